@@ -1,0 +1,161 @@
+#pragma once
+// The front end: SimCLRLoss, configured and reduced the Keras way (docs/semantics.md), local or through a
+// Communicator (docs/distributed.md).
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "simclr/communicator.hpp"
+#include "simclr/engine.hpp"
+#include "simclr/errors.hpp"
+#include "simclr/types.hpp"
+
+namespace simclr {
+
+// Keras sample_weight: any shape the semantics page allows ([], [N], [N, 1], [1], [1, 1]); values in
+// row-major order. Applied to the per-example loss [N] after the rank fix-up, with broadcasting.
+struct SampleWeight {
+  std::vector<std::int64_t> shape;
+  std::vector<double> values;
+
+  SampleWeight() = default;
+  SampleWeight(std::vector<std::int64_t> shape_, std::vector<double> values_)
+      : shape(std::move(shape_)), values(std::move(values_)) {}
+  // A rank-0 weight that scales every example.
+  static SampleWeight scalar(double w) { return SampleWeight({}, {w}); }
+  // A [N] weight, one per example.
+  static SampleWeight per_example(std::vector<double> w) {
+    const auto n = static_cast<std::int64_t>(w.size());
+    return SampleWeight({n}, std::move(w));
+  }
+};
+
+// The global batch size of tf.nn.compute_average_loss: a count >= 0, or "infer" (the total number of rows
+// over all ranks, found by the agreement step; exact with uneven batches).
+class GlobalBatchSize {
+ public:
+  // Throws ValueError for a negative count.
+  static GlobalBatchSize of(std::int64_t rows);
+  static GlobalBatchSize infer() { return GlobalBatchSize(-1); }
+  bool is_infer() const { return rows_ < 0; }
+  std::int64_t rows() const { return rows_; }  // -1 when infer
+
+ private:
+  explicit GlobalBatchSize(std::int64_t rows) : rows_(rows) {}
+  std::int64_t rows_;
+};
+
+// Options of one call.
+struct CallOptions {
+  // When set, the call is distributed (collective over every rank of the communicator) and the loss
+  // contrasts every anchor with the whole global batch. The communicator must outlive the backward.
+  Communicator* communicator = nullptr;
+  // Denominator of sum_over_batch_size; required for auto / sum_over_batch_size with a communicator.
+  std::optional<GlobalBatchSize> global_batch_size;
+  EngineOptions engine;
+};
+
+namespace detail {
+template <class T>
+struct SavedForward;
+}
+
+// The result of a forward call, in the input dtype T, plus what the backward needs.
+template <class T>
+struct LossOutput {
+  Reduction reduction = Reduction::kSumOverBatchSize;  // resolved: never kAuto
+  // none: the weighted per-example loss [n]; otherwise one element, the reduced loss.
+  std::vector<T> values;
+  // This rank's objective J_r: the reduced loss, or for none the sum of `values`.
+  T objective = 0;
+  // Unweighted per-example loss l_i = CE_i(a->[b,a]) + CE_i(b->[a,b]), [n].
+  std::vector<T> per_example;
+  // Rows of every rank (one entry when local), this rank's first global row, and G.
+  std::vector<std::int64_t> rank_rows;
+  std::int64_t row_offset = 0;
+  std::int64_t global_rows = 0;
+  // Flops the forward performed.
+  double flops = 0;
+
+  std::shared_ptr<const detail::SavedForward<T>> saved;  // opaque, for backward()
+};
+
+// dJ/dza and dJ/dzb for this rank's rows, [n, d] each, in the input dtype.
+template <class T>
+struct Gradients {
+  RowMatrix<T> grad_a;
+  RowMatrix<T> grad_b;
+  double flops = 0;
+};
+
+// Constructor arguments and get_config() content.
+struct LossConfig {
+  double temperature = 0.05;
+  Reduction reduction = Reduction::kAuto;
+  std::optional<std::string> name = std::string("simclr_loss");
+};
+
+// TensorFlow Similarity's SimCLRLoss (NT-Xent, both directions summed) with Keras reductions.
+class SimCLRLoss {
+ public:
+  // Throws ValueError for temperature <= 0, NaN or Inf.
+  explicit SimCLRLoss(double temperature = 0.05, Reduction reduction = Reduction::kAuto,
+                      std::optional<std::string> name = std::string("simclr_loss"));
+  explicit SimCLRLoss(const LossConfig& config);
+
+  double temperature() const { return config_.temperature; }
+  Reduction reduction() const { return config_.reduction; }
+  const std::optional<std::string>& name() const { return config_.name; }
+  const LossConfig& config() const { return config_; }
+
+  // {"reduction": ..., "name": ..., "temperature": ...} in that key order.
+  nlohmann::ordered_json get_config() const;
+  // Construction from get_config() keys, or the Keras wrapper {"class_name": ..., "config": {...}}.
+  // Unknown key: TypeError "...unexpected keyword argument 'k'"; wrong JSON type: TypeError; bad
+  // reduction: ValueError "Invalid Reduction Key: ..."; bad temperature: ValueError.
+  static SimCLRLoss from_config(const nlohmann::json& config);
+  static SimCLRLoss from_config(const nlohmann::ordered_json& config);
+  // Same, from JSON text (a parse error is a ValueError).
+  static SimCLRLoss from_config_string(const std::string& text);
+
+  // Forward. za, zb: [n, d] (n may be 0), the two views, caller-owned, T = float or double.
+  // Collective when options.communicator is set (every rank calls it, in the same order as every
+  // other collective call of the library). Bad input on any rank throws the same exception on every
+  // rank before any large transfer. Nothing the caller owns is written.
+  template <class T>
+  LossOutput<T> forward(ConstMatrixView<T> za, ConstMatrixView<T> zb,
+                        const SampleWeight* sample_weight = nullptr,
+                        const CallOptions& options = {}) const;
+
+  // Backward with a scalar upstream gradient g (sum / sum_over_batch_size; for none it is
+  // applied to every example). Collective when the forward was.
+  template <class T>
+  Gradients<T> backward(const LossOutput<T>& output, T upstream = T(1)) const;
+  // Backward with a per-example upstream gradient [n] (reduction none only).
+  template <class T>
+  Gradients<T> backward(const LossOutput<T>& output, const std::vector<T>& upstream) const;
+  // Backward into caller buffers [n, d]; written only when the call succeeds.
+  template <class T>
+  void backward_into(const LossOutput<T>& output, T upstream, MatrixView<T> grad_a,
+                     MatrixView<T> grad_b) const;
+
+  // Forward and the gradient of the objective (upstream 1) in one call. Collective when distributed.
+  template <class T>
+  std::pair<LossOutput<T>, Gradients<T>> value_and_gradient(
+      ConstMatrixView<T> za, ConstMatrixView<T> zb, const SampleWeight* sample_weight = nullptr,
+      const CallOptions& options = {}) const;
+
+ private:
+  template <class T>
+  Gradients<T> backward_alpha(const LossOutput<T>& output, const T* upstream,
+                              std::size_t upstream_size, bool per_example) const;
+
+  LossConfig config_;
+};
+
+}  // namespace simclr

@@ -1,0 +1,431 @@
+// The SimCLRLoss front end: validation, the agreement step, normalisation, the gather, the engine, the
+// Keras reduction; and the backward (spec sections 2-4, docs/semantics.md, docs/distributed.md).
+
+#include "simclr/loss.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
+namespace simclr {
+namespace detail {
+
+template <class T>
+struct SavedForward {
+  RowMatrix<T> u;                  // [2G, d] normalised rows of every rank, rank by rank
+  RowLayout layout;                // where this rank's 2n anchors sit in u
+  std::vector<T> squared_norms;    // [2n] for the normalisation backward
+  EngineForward<T> engine;         // per-row LSE (and the logits block when it fit)
+  std::vector<T> weight;           // [n] weights after broadcasting
+  T denominator = 1;               // of sum_over_batch_size (0 gives 0)
+  Reduction reduction = Reduction::kSum;
+  Communicator* communicator = nullptr;
+  std::vector<std::int64_t> rank_rows;
+  EngineOptions options;
+  T inv_temperature = 1;
+};
+
+namespace {
+
+// One rank's contribution to the agreement step: small, fixed size, trivially copyable.
+struct AgreementRecord {
+  std::int64_t rows;
+  std::int64_t cols;
+  std::int32_t dtype;
+  std::int32_t reduction;
+  double temperature;
+  std::int64_t global_batch;  // -2: not given, -1: infer, >= 0: the count
+  std::int32_t error_kind;    // 0: none, 1: ValueError, 2: TypeError
+  std::int32_t reserved;
+  char message[464];
+};
+static_assert(sizeof(AgreementRecord) == 512, "agreement record is 512 bytes");
+
+enum ErrorKind : std::int32_t { kNoError = 0, kValue = 1, kType = 2 };
+
+void set_error(AgreementRecord& rec, ErrorKind kind, const std::string& what) {
+  rec.error_kind = kind;
+  const std::size_t n = std::min(what.size(), sizeof(rec.message) - 1);
+  std::memcpy(rec.message, what.data(), n);
+  rec.message[n] = '\0';
+}
+
+[[noreturn]] void raise(std::int32_t kind, const std::string& what) {
+  if (kind == kType) throw TypeError(what);
+  throw ValueError(what);
+}
+
+// The first error of any rank, raised identically on every rank.
+void raise_first_error(const std::vector<AgreementRecord>& all) {
+  for (std::size_t r = 0; r < all.size(); ++r) {
+    if (all[r].error_kind != kNoError) {
+      raise(all[r].error_kind, str_cat(std::string(all[r].message), " (rank ", r, ")"));
+    }
+  }
+}
+
+template <class T>
+void check_finite(ConstMatrixView<T> z, const char* view) {
+  for (std::int64_t i = 0; i < z.rows; ++i) {
+    const T* row = z.row(i);
+    for (std::int64_t j = 0; j < z.cols; ++j) {
+      if (!std::isfinite(row[j])) {
+        throw ValueError(str_cat(view, " has ", std::isnan(row[j]) ? "NaN" : "Inf", " at row ", i,
+                                 ", column ", j));
+      }
+    }
+  }
+}
+
+template <class T>
+void check_view(ConstMatrixView<T> z, const char* view) {
+  SIMCLR_ENFORCE(z.rows >= 0 && z.cols >= 0, ValueError, view, " has a negative dimension: [",
+                 z.rows, ", ", z.cols, "]");
+  SIMCLR_ENFORCE(z.rows == 0 || z.data != nullptr, ValueError, view, " is null with ", z.rows,
+                 " rows");
+  SIMCLR_ENFORCE(z.rows <= 1 || z.row_stride >= z.cols, ValueError, view, " row stride ",
+                 z.row_stride, " is smaller than its ", z.cols, " columns");
+}
+
+// Keras sample_weight handling for a [n] loss (docs/semantics.md): the rank fix-up, then broadcasting.
+std::vector<double> broadcast_weight(const SampleWeight* sw, std::int64_t n) {
+  if (sw == nullptr) return std::vector<double>(static_cast<std::size_t>(n), 1.0);
+  std::vector<std::int64_t> shape = sw->shape;
+  std::int64_t count = 1;
+  for (const auto s : shape) {
+    SIMCLR_ENFORCE(s >= 0, ValueError, "sample_weight has a negative dimension ", s);
+    count *= s;
+  }
+  SIMCLR_ENFORCE(count == static_cast<std::int64_t>(sw->values.size()), ValueError,
+                 "sample_weight shape holds ", count, " values but ", sw->values.size(),
+                 " were given");
+  SIMCLR_ENFORCE(shape.size() <= 2, ValueError, "sample_weight of rank ", shape.size(),
+                 " is not supported for a [", n,
+                 "] loss (Keras would broadcast it to an outer product); pass [N] or [N, 1]");
+  for (std::size_t i = 0; i < sw->values.size(); ++i) {
+    SIMCLR_ENFORCE(std::isfinite(sw->values[i]), ValueError, "sample_weight has ",
+                   std::isnan(sw->values[i]) ? "NaN" : "Inf", " at index ", i);
+  }
+  if (shape.size() == 2) {
+    SIMCLR_ENFORCE(shape[1] == 1, ValueError,
+                   "Can not squeeze dim[1], expected a dimension of 1, got ", shape[1],
+                   " (sample_weight [", shape[0], ", ", shape[1], "] for a [", n, "] loss)");
+    shape.pop_back();
+  }
+  if (shape.empty() || shape[0] == 1) {
+    return std::vector<double>(static_cast<std::size_t>(n), sw->values.at(0));
+  }
+  SIMCLR_ENFORCE(shape[0] == n, ValueError, "Incompatible shapes: [", n, "] vs. [", shape[0], "]");
+  return sw->values;
+}
+
+std::string gbs_string(std::int64_t g) {
+  if (g == -2) return "none";
+  if (g == -1) return "infer";
+  return std::to_string(g);
+}
+
+std::string distribution_rule_message(Reduction r) {
+  return "Please use simclr::Reduction::kSum or simclr::Reduction::kNone for loss reduction when "
+         "losses are used through a simclr::Communicator (a distributed context), or pass a global "
+         "batch size (CallOptions::global_batch_size, a count or GlobalBatchSize::infer()) so that "
+         "reduction '" +
+         to_string(r) + "' can divide by it";
+}
+
+}  // namespace
+}  // namespace detail
+
+using detail::AgreementRecord;
+using detail::SavedForward;
+
+template <class T>
+LossOutput<T> SimCLRLoss::forward(ConstMatrixView<T> za, ConstMatrixView<T> zb,
+                                  const SampleWeight* sample_weight,
+                                  const CallOptions& options) const {
+  Communicator* comm = options.communicator;
+  const Reduction reduction =
+      config_.reduction == Reduction::kAuto ? Reduction::kSumOverBatchSize : config_.reduction;
+  const std::int64_t gbs = !options.global_batch_size    ? -2
+                           : options.global_batch_size->is_infer() ? -1
+                                                         : options.global_batch_size->rows();
+
+  // Local validation. Without a communicator errors propagate as they are; with one they are carried
+  // by the agreement step so every rank raises the same exception.
+  std::vector<double> weight;
+  auto validate = [&] {
+    detail::check_view(za, "za");
+    detail::check_view(zb, "zb");
+    SIMCLR_ENFORCE(za.rows == zb.rows && za.cols == zb.cols, ValueError,
+                   "za and zb must have the same shape: [", za.rows, ", ", za.cols, "] vs. [",
+                   zb.rows, ", ", zb.cols, "]");
+    detail::check_finite(za, "za");
+    detail::check_finite(zb, "zb");
+    weight = detail::broadcast_weight(sample_weight, za.rows);
+  };
+
+  const std::int64_t n = za.rows, d = za.cols;
+  std::vector<std::int64_t> rank_rows{n};
+  std::int64_t offset = 0, total = n;
+  if (comm == nullptr) {
+    validate();
+  } else {
+    AgreementRecord mine;
+    std::memset(&mine, 0, sizeof(mine));
+    mine.rows = n;
+    mine.cols = d;
+    mine.dtype = static_cast<std::int32_t>(dtype_of<T>());
+    mine.reduction = static_cast<std::int32_t>(reduction);
+    mine.temperature = config_.temperature;
+    mine.global_batch = gbs;
+    try {
+      validate();
+    } catch (const TypeError& e) {
+      detail::set_error(mine, detail::kType, e.what());
+    } catch (const Error& e) {
+      detail::set_error(mine, detail::kValue, e.what());
+    }
+    const int size = comm->size(), rank = comm->rank();
+    std::vector<AgreementRecord> all(static_cast<std::size_t>(size));
+    comm->all_gather(&mine, sizeof(mine), all.data());
+    detail::raise_first_error(all);
+    for (int r = 1; r < size; ++r) {
+      const auto& a = all[0];
+      const auto& b = all[static_cast<std::size_t>(r)];
+      SIMCLR_ENFORCE(a.dtype == b.dtype, TypeError, "dtype differs across ranks: rank 0 has ",
+                     to_string(static_cast<DType>(a.dtype)), ", rank ", r, " has ",
+                     to_string(static_cast<DType>(b.dtype)));
+      SIMCLR_ENFORCE(a.cols == b.cols, ValueError,
+                     "embedding dimension differs across ranks: rank 0 has ", a.cols, ", rank ", r,
+                     " has ", b.cols);
+      SIMCLR_ENFORCE(a.reduction == b.reduction, ValueError,
+                     "reduction differs across ranks: rank 0 has ",
+                     to_string(static_cast<Reduction>(a.reduction)), ", rank ", r, " has ",
+                     to_string(static_cast<Reduction>(b.reduction)));
+      SIMCLR_ENFORCE(a.temperature == b.temperature, ValueError,
+                     "temperature differs across ranks: rank 0 has ", a.temperature, ", rank ", r,
+                     " has ", b.temperature);
+      SIMCLR_ENFORCE(a.global_batch == b.global_batch, ValueError,
+                     "global batch size differs across ranks: rank 0 has ",
+                     detail::gbs_string(a.global_batch), ", rank ", r, " has ",
+                     detail::gbs_string(b.global_batch));
+    }
+    if (reduction == Reduction::kSumOverBatchSize && gbs == -2) {
+      throw ValueError(detail::distribution_rule_message(config_.reduction));
+    }
+    rank_rows.resize(static_cast<std::size_t>(size));
+    for (int r = 0; r < size; ++r) rank_rows[static_cast<std::size_t>(r)] = all[static_cast<std::size_t>(r)].rows;
+    offset = std::accumulate(rank_rows.begin(), rank_rows.begin() + rank, std::int64_t{0});
+    total = std::accumulate(rank_rows.begin(), rank_rows.end(), std::int64_t{0});
+  }
+
+  auto saved = std::make_shared<SavedForward<T>>();
+  saved->layout = detail::RowLayout{2 * total, 2 * offset, n};
+  saved->communicator = comm;
+  saved->rank_rows = rank_rows;
+  saved->options = options.engine;
+  saved->inv_temperature = static_cast<T>(1.0 / config_.temperature);
+  saved->reduction = reduction;
+  saved->weight.assign(weight.begin(), weight.end());
+
+  // Normalise this rank's rows ([a; b], 2n x d), then gather every rank's into U (spec section 2).
+  saved->squared_norms.resize(static_cast<std::size_t>(2 * n));
+  RowMatrix<T>& u = saved->u;
+  if (comm == nullptr) {
+    u.resize(2 * n, d);
+    detail::l2_normalize_rows(za, u.data(), d, saved->squared_norms.data());
+    detail::l2_normalize_rows(zb, u.data() + n * d, d, saved->squared_norms.data() + n);
+  } else {
+    RowMatrix<T> local(2 * n, d);
+    detail::l2_normalize_rows(za, local.data(), d, saved->squared_norms.data());
+    detail::l2_normalize_rows(zb, local.data() + n * d, d, saved->squared_norms.data() + n);
+    u.resize(2 * total, d);
+    std::vector<std::size_t> bytes(rank_rows.size());
+    for (std::size_t r = 0; r < rank_rows.size(); ++r)
+      bytes[r] = static_cast<std::size_t>(2 * rank_rows[r] * d) * sizeof(T);
+    comm->all_gather_v(local.data(), static_cast<std::size_t>(local.size()) * sizeof(T), u.data(),
+                       bytes);
+  }
+
+  saved->engine = detail::engine_forward(u, saved->layout, saved->inv_temperature, options.engine);
+
+  LossOutput<T> out;
+  out.reduction = reduction;
+  out.rank_rows = rank_rows;
+  out.row_offset = offset;
+  out.global_rows = total;
+  out.flops = saved->engine.flops;
+  out.per_example.resize(static_cast<std::size_t>(n));
+  const auto& lse = saved->engine.row_lse;
+  const auto& pos = saved->engine.row_positive;
+  double weighted_sum = 0;
+  std::vector<T> weighted(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i) {
+    const T l = (lse[i] - pos[i]) + (lse[n + i] - pos[n + i]);
+    out.per_example[i] = l;
+    weighted[i] = static_cast<T>(l * saved->weight[i]);
+    weighted_sum += static_cast<double>(weighted[i]);
+  }
+  if (reduction == Reduction::kSumOverBatchSize) {
+    const std::int64_t denom = gbs == -2 ? n : gbs == -1 ? total : gbs;
+    saved->denominator = static_cast<T>(denom);
+    out.values = {denom == 0 ? T(0) : static_cast<T>(weighted_sum / static_cast<double>(denom))};
+    out.objective = out.values[0];
+  } else if (reduction == Reduction::kSum) {
+    out.values = {static_cast<T>(weighted_sum)};
+    out.objective = out.values[0];
+  } else {
+    out.values = std::move(weighted);
+    out.objective = static_cast<T>(weighted_sum);
+  }
+  out.saved = std::move(saved);
+  return out;
+}
+
+template <class T>
+Gradients<T> SimCLRLoss::backward_alpha(const LossOutput<T>& output, const T* upstream,
+                                        std::size_t upstream_size, bool per_example) const {
+  SIMCLR_ENFORCE(output.saved != nullptr, ValueError,
+                 "backward needs the LossOutput of a forward call of this loss");
+  const SavedForward<T>& s = *output.saved;
+  const detail::RowLayout& layout = s.layout;
+  const std::int64_t n = layout.pairs, d = s.u.cols();
+  Communicator* comm = s.communicator;
+
+  // alpha_i: the weight the reduction gives pair i (spec section 4), shared by both of its anchors.
+  std::vector<T> scalars(static_cast<std::size_t>(4 * n));  // [lse (2n), alpha (2n)]
+  auto compute_alpha = [&] {
+    SIMCLR_ENFORCE(!per_example || static_cast<std::int64_t>(upstream_size) == n, ValueError,
+                   "upstream gradient has ", upstream_size, " elements but the loss has ", n);
+    for (std::int64_t i = 0; i < (per_example ? n : 1); ++i) {
+      SIMCLR_ENFORCE(std::isfinite(upstream[i]), ValueError, "upstream gradient has ",
+                     std::isnan(upstream[i]) ? "NaN" : "Inf", " at index ", i);
+    }
+    for (std::int64_t i = 0; i < n; ++i) {
+      const T g = per_example ? upstream[i] : upstream[0];
+      T a = g * s.weight[i];
+      if (s.reduction == Reduction::kSumOverBatchSize) a = s.denominator == 0 ? T(0) : a / s.denominator;
+      scalars[2 * n + i] = scalars[3 * n + i] = a;
+    }
+    std::copy(s.engine.row_lse.begin(), s.engine.row_lse.end(), scalars.begin());
+  };
+
+  std::vector<T> gathered;
+  const T* lse_all = nullptr;
+  const T* alpha_all = nullptr;
+  std::vector<T> lse_u, alpha_u;
+  if (comm == nullptr) {
+    compute_alpha();
+    lse_all = scalars.data();
+    alpha_all = scalars.data() + 2 * n;
+  } else {
+    // One gather of a status record and 4 scalars per pair: an error on any rank raises everywhere.
+    AgreementRecord mine;
+    std::memset(&mine, 0, sizeof(mine));
+    try {
+      compute_alpha();
+    } catch (const Error& e) {
+      detail::set_error(mine, detail::kValue, e.what());
+    }
+    const std::size_t nranks = s.rank_rows.size();
+    std::vector<std::size_t> bytes(nranks);
+    std::size_t total_bytes = 0;
+    for (std::size_t r = 0; r < nranks; ++r) {
+      bytes[r] = sizeof(AgreementRecord) + static_cast<std::size_t>(4 * s.rank_rows[r]) * sizeof(T);
+      total_bytes += bytes[r];
+    }
+    std::vector<unsigned char> send(bytes[static_cast<std::size_t>(comm->rank())]);
+    std::memcpy(send.data(), &mine, sizeof(mine));
+    std::memcpy(send.data() + sizeof(mine), scalars.data(), scalars.size() * sizeof(T));
+    std::vector<unsigned char> recv(total_bytes);
+    comm->all_gather_v(send.data(), send.size(), recv.data(), bytes);
+    std::vector<AgreementRecord> records(nranks);
+    lse_u.resize(static_cast<std::size_t>(layout.total_rows));
+    alpha_u.resize(static_cast<std::size_t>(layout.total_rows));
+    std::size_t at = 0;
+    std::int64_t row = 0;
+    for (std::size_t r = 0; r < nranks; ++r) {
+      std::memcpy(&records[r], recv.data() + at, sizeof(AgreementRecord));
+      const std::int64_t m = 2 * s.rank_rows[r];
+      std::memcpy(lse_u.data() + row, recv.data() + at + sizeof(AgreementRecord), m * sizeof(T));
+      std::memcpy(alpha_u.data() + row, recv.data() + at + sizeof(AgreementRecord) + m * sizeof(T),
+                  m * sizeof(T));
+      at += bytes[r];
+      row += m;
+    }
+    detail::raise_first_error(records);
+    lse_all = lse_u.data();
+    alpha_all = alpha_u.data();
+  }
+
+  RowMatrix<T> grad_u;
+  Gradients<T> out;
+  out.flops = detail::engine_backward(s.u, layout, s.inv_temperature, lse_all, alpha_all, s.engine,
+                                      s.options, grad_u);
+  out.grad_a.resize(n, d);
+  out.grad_b.resize(n, d);
+  const T* anchors = s.u.data() + layout.anchor_begin * d;
+  detail::l2_normalize_backward(anchors, d, s.squared_norms.data(), grad_u.data(), d, n, d,
+                                out.grad_a.data(), d);
+  detail::l2_normalize_backward(anchors + n * d, d, s.squared_norms.data() + n,
+                                grad_u.data() + n * d, d, n, d, out.grad_b.data(), d);
+  return out;
+}
+
+template <class T>
+Gradients<T> SimCLRLoss::backward(const LossOutput<T>& output, T upstream) const {
+  return backward_alpha(output, &upstream, 1, false);
+}
+
+template <class T>
+Gradients<T> SimCLRLoss::backward(const LossOutput<T>& output, const std::vector<T>& upstream) const {
+  SIMCLR_ENFORCE(output.saved != nullptr, ValueError,
+                 "backward needs the LossOutput of a forward call of this loss");
+  SIMCLR_ENFORCE(output.reduction == Reduction::kNone, ValueError,
+                 "a per-example upstream gradient needs reduction 'none'; reduction '",
+                 to_string(output.reduction), "' takes a scalar");
+  return backward_alpha(output, upstream.data(), upstream.size(), true);
+}
+
+template <class T>
+void SimCLRLoss::backward_into(const LossOutput<T>& output, T upstream, MatrixView<T> grad_a,
+                               MatrixView<T> grad_b) const {
+  Gradients<T> g = backward(output, upstream);
+  for (auto [view, src, what] : {std::tuple{grad_a, &g.grad_a, "grad_a"}, std::tuple{grad_b, &g.grad_b, "grad_b"}}) {
+    SIMCLR_ENFORCE(view.rows == src->rows() && view.cols == src->cols(), ValueError, what,
+                   " buffer is [", view.rows, ", ", view.cols, "] but the gradient is [", src->rows(),
+                   ", ", src->cols(), "]");
+    SIMCLR_ENFORCE(view.rows == 0 || view.data != nullptr, ValueError, what, " buffer is null");
+  }
+  for (auto [view, src] : {std::pair{grad_a, &g.grad_a}, std::pair{grad_b, &g.grad_b}}) {
+    for (std::int64_t i = 0; i < view.rows; ++i)
+      std::copy(src->row(i).data(), src->row(i).data() + view.cols, view.row(i));
+  }
+}
+
+template <class T>
+std::pair<LossOutput<T>, Gradients<T>> SimCLRLoss::value_and_gradient(
+    ConstMatrixView<T> za, ConstMatrixView<T> zb, const SampleWeight* sample_weight,
+    const CallOptions& options) const {
+  LossOutput<T> out = forward(za, zb, sample_weight, options);
+  Gradients<T> grads = backward(out, T(1));
+  return {std::move(out), std::move(grads)};
+}
+
+#define SIMCLR_INSTANTIATE(T)                                                                  \
+  template LossOutput<T> SimCLRLoss::forward<T>(ConstMatrixView<T>, ConstMatrixView<T>,       \
+                                                const SampleWeight*, const CallOptions&) const; \
+  template Gradients<T> SimCLRLoss::backward<T>(const LossOutput<T>&, T) const;               \
+  template Gradients<T> SimCLRLoss::backward<T>(const LossOutput<T>&, const std::vector<T>&)  \
+      const;                                                                                   \
+  template void SimCLRLoss::backward_into<T>(const LossOutput<T>&, T, MatrixView<T>,          \
+                                             MatrixView<T>) const;                            \
+  template std::pair<LossOutput<T>, Gradients<T>> SimCLRLoss::value_and_gradient<T>(          \
+      ConstMatrixView<T>, ConstMatrixView<T>, const SampleWeight*, const CallOptions&) const;
+
+SIMCLR_INSTANTIATE(float)
+SIMCLR_INSTANTIATE(double)
+#undef SIMCLR_INSTANTIATE
+
+}  // namespace simclr

@@ -1,0 +1,194 @@
+#include "bench.hpp"
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <random>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "simclr/loss.hpp"
+
+namespace simclr::tools {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double peak_rss_mib() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_maxrss) / 1024.0;  // Linux reports KiB
+}
+
+// Row `global_row` of view `view` depends only on (seed, view, global_row), so any split of the global
+// batch sees the same embeddings.
+template <class T>
+RowMatrix<T> make_rows(std::uint64_t seed, int view, std::int64_t begin, std::int64_t n, std::int64_t d) {
+  RowMatrix<T> m(n, d);
+  for (std::int64_t i = 0; i < n; ++i) {
+    std::mt19937_64 gen(seed * 0x9E3779B97F4A7C15ULL + static_cast<std::uint64_t>(begin + i) * 2 +
+                        static_cast<std::uint64_t>(view));
+    std::normal_distribution<double> normal;
+    for (std::int64_t j = 0; j < d; ++j) m(i, j) = static_cast<T>(normal(gen));
+  }
+  return m;
+}
+
+// GFLOP/s of a square product C = A B with Eigen (the library's GEMM), the machine's reference rate.
+template <class T>
+double square_gemm_gflops(std::int64_t size, int threads) {
+  RowMatrix<T> a = RowMatrix<T>::Random(size, size), b = RowMatrix<T>::Random(size, size), c(size, size);
+#ifdef _OPENMP
+  const int saved = omp_get_max_threads();
+  omp_set_num_threads(threads);
+#else
+  (void)threads;
+#endif
+  Eigen::setNbThreads(threads);
+  c.noalias() = a * b;  // warm-up
+  std::vector<double> times;
+  for (int r = 0; r < 3; ++r) {
+    const auto t0 = Clock::now();
+    c.noalias() = a * b;
+    times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+#ifdef _OPENMP
+  omp_set_num_threads(saved);
+#endif
+  Eigen::setNbThreads(0);
+  std::sort(times.begin(), times.end());
+  return 2.0 * static_cast<double>(size) * static_cast<double>(size) * static_cast<double>(size) /
+         times[1] / 1e9;
+}
+
+struct BenchResult {
+  double median = 0, min = 0, flops = 0, rss = 0;
+};
+
+template <class T>
+BenchResult bench_one(Runtime& rt, std::int64_t batch, std::int64_t dim, int threads, int repeat,
+                      std::size_t budget, std::uint64_t seed) {
+  Communicator* comm = rt.communicator();
+  const int world = rt.size(), rank = rt.rank();
+  const std::int64_t n = batch / world + (rank < batch % world ? 1 : 0);
+  const std::int64_t begin = rank * (batch / world) + std::min<std::int64_t>(rank, batch % world);
+  const RowMatrix<T> za = make_rows<T>(seed, 0, begin, n, dim);
+  const RowMatrix<T> zb = make_rows<T>(seed, 1, begin, n, dim);
+  const SimCLRLoss loss(0.05, Reduction::kSum);
+  CallOptions options;
+  options.communicator = comm;
+  options.engine.threads = threads;
+  options.engine.memory_budget_bytes = budget;
+  std::vector<double> times;
+  double flops = 0;
+  for (int r = 0; r <= repeat; ++r) {
+    if (comm) comm->barrier();
+    const auto t0 = Clock::now();
+    auto [out, grads] = loss.value_and_gradient<T>(za, zb, nullptr, options);
+    if (comm) comm->barrier();
+    const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
+    flops = out.flops + grads.flops;
+    if (r > 0) times.push_back(dt);  // r == 0 is the warm-up
+  }
+  // Totals over ranks: flops add up, memory is the largest rank's.
+  double mine[2] = {flops, peak_rss_mib()};
+  std::vector<double> all(2 * static_cast<std::size_t>(world));
+  if (comm) {
+    comm->all_gather(mine, sizeof(mine), all.data());
+  } else {
+    all.assign(mine, mine + 2);
+  }
+  BenchResult res;
+  for (int r = 0; r < world; ++r) {
+    res.flops += all[2 * static_cast<std::size_t>(r)];
+    res.rss = std::max(res.rss, all[2 * static_cast<std::size_t>(r) + 1]);
+  }
+  std::sort(times.begin(), times.end());
+  res.median = times[times.size() / 2];
+  if (times.size() % 2 == 0) res.median = 0.5 * (times[times.size() / 2 - 1] + times[times.size() / 2]);
+  res.min = times.front();
+  return res;
+}
+
+template <class T>
+int bench_typed(Runtime& rt, const ParsedArgs& args, const std::string& dtype) {
+  const std::int64_t dim = parse_int(args.get("dim").value_or("128"), "dim", 1);
+  int threads = static_cast<int>(parse_int(args.get("threads").value_or("0"), "threads", 0));
+#ifdef _OPENMP
+  if (threads == 0) threads = omp_get_max_threads();
+#else
+  threads = 1;
+#endif
+  const int repeat = static_cast<int>(parse_int(args.get("repeat").value_or("3"), "repeat", 1));
+  const auto budget = static_cast<std::size_t>(
+      parse_int(args.get("memory-budget").value_or(std::to_string(EngineOptions{}.memory_budget_bytes)),
+                "memory-budget", 0));
+  const auto seed = static_cast<std::uint64_t>(parse_int(args.get("seed").value_or("1"), "seed", 0));
+  std::vector<std::int64_t> batches;
+  if (args.has("sweep")) {
+    batches = args.has("batch") ? parse_counts(*args.get("batch"), "batch")
+                                : std::vector<std::int64_t>{1024, 2048, 4096, 8192, 16384};
+  } else {
+    SIMCLR_ENFORCE(args.has("batch"), ValueError, "bench needs --batch G");
+    batches = {parse_int(*args.get("batch"), "batch", 1)};
+  }
+  double gemm = 0;
+  if (rt.rank() == 0 && !args.has("no-gemm")) gemm = square_gemm_gflops<T>(sizeof(T) == 4 ? 2048 : 1536, threads);
+  if (rt.communicator()) rt.communicator()->barrier();
+  if (args.has("sweep") && rt.rank() == 0) {
+    std::printf("| G | d | dtype | ranks | threads | median s | min s | GFLOP/s | peak RSS MiB |\n");
+    std::printf("|---|---|---|---|---|---|---|---|---|\n");
+  }
+  for (const auto g : batches) {
+    const BenchResult r = bench_one<T>(rt, g, dim, threads, repeat, budget, seed);
+    if (rt.rank() != 0) continue;
+    const double gflops = r.flops / r.median / 1e9;
+    if (args.has("sweep")) {
+      std::printf("| %lld | %lld | %s | %d | %d | %.4f | %.4f | %.1f | %.1f |\n",
+                  static_cast<long long>(g), static_cast<long long>(dim), dtype.c_str(), rt.size(),
+                  threads, r.median, r.min, gflops, r.rss);
+      continue;
+    }
+    nlohmann::ordered_json j;
+    j["batch"] = g;
+    j["dim"] = dim;
+    j["dtype"] = dtype;
+    j["world_size"] = rt.size();
+    j["threads"] = threads;
+    j["seconds_median"] = r.median;
+    j["seconds_min"] = r.min;
+    j["gflops"] = gflops;
+    j["peak_rss_mib"] = r.rss;
+    j["flops"] = r.flops;
+    if (gemm > 0) {
+      j["gemm_gflops"] = gemm;
+      j["fraction_of_gemm"] = gflops / (gemm * rt.size());
+    }
+    std::cout << j.dump() << std::endl;
+  }
+  return 0;
+}
+
+}  // namespace
+
+FlagSpec bench_flags() {
+  return {{"batch", "dim", "dtype", "threads", "repeat", "memory-budget", "seed", "device"},
+          {"sweep", "no-gemm"}};
+}
+
+int run_bench(Runtime& rt, const ParsedArgs& args) {
+  const std::string dtype = args.get("dtype").value_or("float32");
+  const std::string device = args.get("device").value_or("cpu");
+  SIMCLR_ENFORCE(device == "cpu", ValueError, "--device ", device,
+                 " is not available in this build of simclr-loss (built for: cpu)");
+  if (dtype == "float32") return bench_typed<float>(rt, args, dtype);
+  SIMCLR_ENFORCE(dtype == "float64", ValueError, "--dtype must be float32 or float64, got '", dtype, "'");
+  return bench_typed<double>(rt, args, dtype);
+}
+
+}  // namespace simclr::tools

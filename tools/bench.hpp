@@ -1,0 +1,12 @@
+#pragma once
+// `simclr-loss bench`: seeded random embeddings, one warm-up, then timed forward+backward steps.
+
+#include "cli.hpp"
+#include "runtime.hpp"
+
+namespace simclr::tools {
+
+FlagSpec bench_flags();
+int run_bench(Runtime& rt, const ParsedArgs& args);
+
+}  // namespace simclr::tools

@@ -1,0 +1,182 @@
+#include "npy.hpp"
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <sstream>
+
+#include "simclr/errors.hpp"
+
+namespace simclr::tools {
+namespace {
+
+[[noreturn]] void fail(const std::string& what, const std::string& why) {
+  throw ValueError(what + ": " + why);
+}
+
+// Value of `key` in the header dict, e.g. 'descr': '<f8' -> "<f8" (quotes removed) or the raw text.
+std::string dict_value(const std::string& header, const std::string& key, const std::string& what) {
+  const std::string needle = "'" + key + "'";
+  const auto k = header.find(needle);
+  if (k == std::string::npos) fail(what, "npy header has no '" + key + "' key");
+  auto colon = header.find(':', k + needle.size());
+  if (colon == std::string::npos) fail(what, "npy header is malformed near '" + key + "'");
+  std::size_t i = colon + 1;
+  while (i < header.size() && header[i] == ' ') ++i;
+  if (i >= header.size()) fail(what, "npy header is malformed near '" + key + "'");
+  if (header[i] == '\'' || header[i] == '"') {
+    const char q = header[i];
+    const auto end = header.find(q, i + 1);
+    if (end == std::string::npos) fail(what, "npy header has an unterminated string");
+    return header.substr(i + 1, end - i - 1);
+  }
+  if (header[i] == '(') {
+    const auto end = header.find(')', i);
+    if (end == std::string::npos) fail(what, "npy header has an unterminated shape tuple");
+    return header.substr(i, end - i + 1);
+  }
+  auto end = header.find_first_of(",}", i);
+  if (end == std::string::npos) end = header.size();
+  auto v = header.substr(i, end - i);
+  while (!v.empty() && v.back() == ' ') v.pop_back();
+  return v;
+}
+
+std::vector<std::int64_t> parse_shape(const std::string& tuple, const std::string& what) {
+  std::vector<std::int64_t> shape;
+  std::size_t i = 1;  // after '('
+  while (i < tuple.size()) {
+    while (i < tuple.size() && (tuple[i] == ' ' || tuple[i] == ',')) ++i;
+    if (i >= tuple.size() || tuple[i] == ')') break;
+    if (tuple[i] < '0' || tuple[i] > '9') fail(what, "npy shape " + tuple + " is not a tuple of counts");
+    std::int64_t v = 0;
+    while (i < tuple.size() && tuple[i] >= '0' && tuple[i] <= '9') {
+      if (v > (std::numeric_limits<std::int64_t>::max() - 9) / 10)
+        fail(what, "npy shape " + tuple + " is too large");
+      v = v * 10 + (tuple[i] - '0');
+      ++i;
+    }
+    shape.push_back(v);
+    if (shape.size() > 32) fail(what, "npy shape has more than 32 dimensions");
+  }
+  return shape;
+}
+
+}  // namespace
+
+std::int64_t NpyArray::size() const {
+  std::int64_t n = 1;
+  for (auto s : shape) n *= s;
+  return n;
+}
+
+std::vector<double> NpyArray::to_double() const {
+  std::vector<double> out(static_cast<std::size_t>(size()));
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    out[i] = dtype == DType::kFloat32 ? static_cast<double>(data<float>()[i]) : data<double>()[i];
+  }
+  return out;
+}
+
+NpyArray parse_npy(const unsigned char* data, std::size_t size, const std::string& what) {
+  static const unsigned char kMagic[] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
+  if (size < 10 || std::memcmp(data, kMagic, 6) != 0) fail(what, "not a .npy file (bad magic)");
+  const int major = data[6];
+  std::size_t header_len = 0, start = 0;
+  if (major == 1) {
+    header_len = static_cast<std::size_t>(data[8]) | (static_cast<std::size_t>(data[9]) << 8);
+    start = 10;
+  } else if (major == 2 || major == 3) {
+    if (size < 12) fail(what, "truncated .npy header");
+    header_len = static_cast<std::size_t>(data[8]) | (static_cast<std::size_t>(data[9]) << 8) |
+                 (static_cast<std::size_t>(data[10]) << 16) | (static_cast<std::size_t>(data[11]) << 24);
+    start = 12;
+  } else {
+    fail(what, "unsupported .npy format version " + std::to_string(major));
+  }
+  if (header_len > size - start) fail(what, "truncated .npy header");
+  const std::string header(reinterpret_cast<const char*>(data + start), header_len);
+  const std::string descr = dict_value(header, "descr", what);
+  const std::string fortran = dict_value(header, "fortran_order", what);
+  const std::string shape_text = dict_value(header, "shape", what);
+
+  NpyArray out;
+  if (descr == "<f4") {
+    out.dtype = DType::kFloat32;
+  } else if (descr == "<f8") {
+    out.dtype = DType::kFloat64;
+  } else if (descr == ">f4" || descr == ">f8") {
+    fail(what, "big-endian data ('" + descr + "') is not supported; save it as little-endian (numpy: a.astype(a.dtype.newbyteorder('<')))");
+  } else {
+    fail(what, "dtype '" + descr + "' is not supported; use float32 ('<f4') or float64 ('<f8')");
+  }
+  if (fortran != "False") fail(what, "Fortran-order arrays are not supported; save a C-order array");
+  if (shape_text.empty() || shape_text.front() != '(') fail(what, "npy shape is not a tuple");
+  out.shape = parse_shape(shape_text, what);
+  const std::size_t elem = out.dtype == DType::kFloat32 ? 4 : 8;
+  double count = 1;
+  for (auto s : out.shape) count *= static_cast<double>(s);
+  const std::size_t available = size - start - header_len;
+  if (count * static_cast<double>(elem) > static_cast<double>(available)) {
+    fail(what, "truncated .npy data: the header says " + std::to_string(static_cast<long long>(count)) +
+                   " elements but the file holds " + std::to_string(available / elem));
+  }
+  const auto nbytes = static_cast<std::size_t>(count) * elem;
+  if (nbytes != available) {
+    fail(what, "npy data size " + std::to_string(available) + " bytes does not match its shape (" +
+                   std::to_string(nbytes) + " bytes)");
+  }
+  out.bytes.assign(data + start + header_len, data + start + header_len + nbytes);
+  return out;
+}
+
+NpyArray read_npy(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(path, "cannot open file");
+  std::vector<unsigned char> buf((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) fail(path, "read error");
+  return parse_npy(buf.data(), buf.size(), path);
+}
+
+template <class T>
+void write_npy(const std::string& path, const T* data, const std::vector<std::int64_t>& shape) {
+  std::ostringstream dict;
+  dict << "{'descr': '" << (sizeof(T) == 4 ? "<f4" : "<f8") << "', 'fortran_order': False, 'shape': (";
+  std::int64_t count = 1;
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    dict << shape[i] << (shape.size() == 1 || i + 1 < shape.size() ? "," : "");
+    if (i + 1 < shape.size()) dict << " ";
+    count *= shape[i];
+  }
+  dict << "), }";
+  std::string header = dict.str();
+  const std::size_t total = 10 + header.size() + 1;
+  header.append((64 - total % 64) % 64, ' ');
+  header.push_back('\n');
+  const std::string tmp = path + ".tmp-simclr";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) fail(path, "cannot open for writing");
+    const unsigned char pre[] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0,
+                                 static_cast<unsigned char>(header.size() & 0xff),
+                                 static_cast<unsigned char>(header.size() >> 8)};
+    out.write(reinterpret_cast<const char*>(pre), sizeof(pre));
+    out.write(header.data(), static_cast<std::streamsize>(header.size()));
+    out.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(count * sizeof(T)));
+    out.close();
+    if (!out) {
+      std::remove(tmp.c_str());
+      fail(path, "write error");
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    fail(path, "cannot move the written file into place");
+  }
+}
+
+template void write_npy<float>(const std::string&, const float*, const std::vector<std::int64_t>&);
+template void write_npy<double>(const std::string&, const double*, const std::vector<std::int64_t>&);
+
+}  // namespace simclr::tools
