@@ -97,7 +97,8 @@ struct Gradients {
 struct LossConfig {
   double temperature = 0.05;
   Reduction reduction = Reduction::kAuto;
-  std::optional<std::string> name = std::string("simclr_loss");
+  // TensorFlow Similarity 0.17 passes no name to Keras, so its default is None (docs/semantics.md).
+  std::optional<std::string> name = std::nullopt;
 };
 
 // TensorFlow Similarity's SimCLRLoss (NT-Xent, both directions summed) with Keras reductions.
@@ -105,7 +106,7 @@ class SimCLRLoss {
  public:
   // Throws ValueError for temperature <= 0, NaN or Inf.
   explicit SimCLRLoss(double temperature = 0.05, Reduction reduction = Reduction::kAuto,
-                      std::optional<std::string> name = std::string("simclr_loss"));
+                      std::optional<std::string> name = std::nullopt);
   explicit SimCLRLoss(const LossConfig& config);
 
   double temperature() const { return config_.temperature; }
