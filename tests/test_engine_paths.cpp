@@ -1,1 +1,152 @@
+// The engine's paths agree with each other and with the naive reference: streamed (memory budget 0),
+// kept logits (large budget), the single-process symmetric path, several thread counts and tile sizes
+// that do not divide the batch (spec section 5).
+
 #include <gtest/gtest.h>
+
+#include "reference.hpp"
+#include "simclr/loss.hpp"
+
+namespace simclr {
+namespace {
+
+using M = RowMatrix<double>;
+
+struct PathResult {
+  std::vector<double> values;
+  M ga, gb;
+};
+
+PathResult run(const M& a, const M& b, const EngineOptions& opt, double t = 0.1,
+        Reduction r = Reduction::kNone) {
+  CallOptions o;
+  o.engine = opt;
+  const SimCLRLoss loss(t, r);
+  auto [out, g] = loss.value_and_gradient<double>(a, b, nullptr, o);
+  return {out.values, g.grad_a, g.grad_b};
+}
+
+EngineOptions opts(std::size_t budget, int threads, std::int64_t rb, std::int64_t ct, bool sym) {
+  EngineOptions e;
+  e.memory_budget_bytes = budget;
+  e.threads = threads;
+  e.row_block = rb;
+  e.col_tile = ct;
+  e.use_symmetry = sym;
+  return e;
+}
+
+M seeded(int view, int n, int d) {
+  M m(n, d);
+  const auto rows = test::seeded_rows(5, view, 0, n, d);
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < d; ++j) m(i, j) = rows[i][j];
+  return m;
+}
+
+double max_rel(const std::vector<double>& x, const std::vector<double>& y) {
+  double e = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) e = std::max(e, test::rel_err(x[i], y[i]));
+  return e;
+}
+
+TEST(EnginePaths, AllPathsAgreeAcrossTileBoundaries) {
+  for (int n : {1, 2, 7, 13, 40}) {
+    const M a = seeded(0, n, 9), b = seeded(1, n, 9);
+    const auto za = test::seeded_rows(5, 0, 0, n, 9), zb = test::seeded_rows(5, 1, 0, n, 9);
+    const auto ref = test::ref_per_example(za, zb, 0.1);
+    const PathResult base = run(a, b, opts(0, 1, 0, 0, false));
+    EXPECT_LE(max_rel(base.values, ref), 1e-11) << "n=" << n;
+    for (std::size_t budget : {std::size_t{0}, std::size_t{1} << 30}) {
+      for (int threads : {1, 2, 3}) {
+        for (auto [rb, ct] : {std::pair<std::int64_t, std::int64_t>{0, 0}, {3, 5}, {4, 7}, {1, 1}}) {
+          for (bool sym : {false, true}) {
+            SCOPED_TRACE(::testing::Message() << "n=" << n << " budget=" << budget << " threads="
+                                              << threads << " rb=" << rb << " ct=" << ct << " sym=" << sym);
+            const PathResult r = run(a, b, opts(budget, threads, rb, ct, sym));
+            EXPECT_LE(max_rel(r.values, base.values), 1e-12);
+            EXPECT_LE((r.ga - base.ga).norm(), 1e-11 * std::max(1.0, base.ga.norm()));
+            EXPECT_LE((r.gb - base.gb).norm(), 1e-11 * std::max(1.0, base.gb.norm()));
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(EnginePaths, DoubleIsBitStableRunToRunForFixedThreads) {
+  const M a = seeded(0, 300, 16), b = seeded(1, 300, 16);
+  for (bool sym : {false, true}) {
+    for (std::size_t budget : {std::size_t{0}, std::size_t{1} << 30}) {
+      const auto o = opts(budget, 2, 32, 64, sym);
+      const PathResult r1 = run(a, b, o), r2 = run(a, b, o);
+      EXPECT_EQ(r1.values, r2.values);
+      EXPECT_EQ(r1.ga, r2.ga);
+      EXPECT_EQ(r1.gb, r2.gb);
+    }
+  }
+}
+
+TEST(EnginePaths, RowPathIsIndependentOfThreadCount) {
+  // Each anchor row is reduced over the same tiles in the same order whatever thread runs it.
+  const M a = seeded(0, 150, 8), b = seeded(1, 150, 8);
+  const PathResult r1 = run(a, b, opts(0, 1, 16, 32, false)), r3 = run(a, b, opts(0, 3, 16, 32, false));
+  EXPECT_EQ(r1.values, r3.values);
+  EXPECT_EQ(r1.ga, r3.ga);
+}
+
+TEST(EnginePaths, FloatPathsAgree) {
+  const int n = 97, d = 12;
+  RowMatrix<float> a = seeded(0, n, d).cast<float>(), b = seeded(1, n, d).cast<float>();
+  // The float inputs, exactly, for the reference.
+  std::vector<std::vector<double>> fa(n, std::vector<double>(d)), fb(n, std::vector<double>(d));
+  for (int i = 0; i < n; ++i) {
+    for (int j = 0; j < d; ++j) {
+      fa[i][j] = static_cast<double>(a(i, j));
+      fb[i][j] = static_cast<double>(b(i, j));
+    }
+  }
+  const auto ref = test::ref_per_example(fa, fb, 0.05);
+  for (bool sym : {false, true}) {
+    for (std::size_t budget : {std::size_t{0}, std::size_t{1} << 30}) {
+      CallOptions o;
+      o.engine = opts(budget, 2, 8, 24, sym);
+      const auto out = SimCLRLoss(0.05, Reduction::kNone).forward<float>(a, b, nullptr, o);
+      // float32: logits up to 1/T = 20 carry ~20 * 6e-8 absolute error each; LSE inherits it.
+      for (int i = 0; i < n; ++i) EXPECT_NEAR(out.values[i], ref[i], 2e-5 * std::max(1.0, ref[i]));
+    }
+  }
+}
+
+TEST(EnginePaths, TinyTemperatureStaysFiniteInFloat) {
+  // T = 1e-3: logits reach 1000, far beyond exp's float range; the online max keeps LSE finite.
+  RowMatrix<float> a = seeded(0, 20, 6).cast<float>(), b = seeded(1, 20, 6).cast<float>();
+  const SimCLRLoss loss(1e-3, Reduction::kSum);
+  auto [out, g] = loss.value_and_gradient<float>(a, b);
+  EXPECT_TRUE(std::isfinite(out.objective));
+  EXPECT_TRUE(g.grad_a.allFinite());
+  EXPECT_TRUE(g.grad_b.allFinite());
+}
+
+TEST(EnginePaths, MemoryBudgetSelectsThePath) {
+  // Kept logits do one product fewer in the backward; the flops report tells which path ran.
+  const M a = seeded(0, 64, 8), b = seeded(1, 64, 8);
+  CallOptions keep, stream;
+  keep.engine = opts(std::size_t{1} << 30, 1, 0, 0, false);
+  stream.engine = opts(0, 1, 0, 0, false);
+  const SimCLRLoss loss(0.1, Reduction::kSum);
+  const auto k = loss.value_and_gradient<double>(a, b, nullptr, keep);
+  const auto s = loss.value_and_gradient<double>(a, b, nullptr, stream);
+  const double equivalent = 2.0 * 128 * 128 * 8;  // one [2N, 2N] x d product
+  EXPECT_DOUBLE_EQ(k.first.flops + k.second.flops, 2 * equivalent);
+  EXPECT_DOUBLE_EQ(s.first.flops + s.second.flops, 3 * equivalent);
+  CallOptions sym = keep;
+  sym.engine.use_symmetry = true;
+  sym.engine.row_block = 16;
+  const auto y = loss.value_and_gradient<double>(a, b, nullptr, sym);
+  // Symmetric forward computes tiles I <= J only: (8 * 9 / 2) of 64 tiles of 16 x 16.
+  EXPECT_DOUBLE_EQ(y.first.flops, equivalent * 36.0 / 64.0);
+}
+
+}  // namespace
+}  // namespace simclr
