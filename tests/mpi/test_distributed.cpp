@@ -1,0 +1,358 @@
+// The distributed loss under mpirun (1 to 4 ranks): equal to the single-process call on the whole
+// batch for uneven splits and every reduction, equal to TensorFlow's own MirroredStrategy run, the same
+// exception on every rank for bad input on one rank, and the bytes each rank sends.
+
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <numeric>
+
+#include "../golden.hpp"
+#include "../reference.hpp"
+#include "simclr/loss.hpp"
+#include "simclr/mpi_communicator.hpp"
+
+namespace simclr {
+namespace {
+
+int world_rank() {
+  int r = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+int world_size() {
+  int s = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &s);
+  return s;
+}
+
+// Splits of G rows over K ranks: even, uneven, a rank with 0 rows, everything on the last rank.
+std::vector<std::vector<std::int64_t>> splits(std::int64_t g, int k) {
+  std::vector<std::vector<std::int64_t>> out;
+  std::vector<std::int64_t> even(k);
+  for (int r = 0; r < k; ++r) even[r] = g / k + (r < g % k ? 1 : 0);
+  out.push_back(even);
+  if (k >= 2) {
+    std::vector<std::int64_t> uneven(k, 1);
+    uneven[0] = g - (k - 1);
+    out.push_back(uneven);
+    std::vector<std::int64_t> zero = even;
+    zero[k - 1] += zero[0];
+    zero[0] = 0;
+    out.push_back(zero);
+    std::vector<std::int64_t> last(k, 0);
+    last[k - 1] = g;
+    out.push_back(last);
+  }
+  return out;
+}
+
+template <class T>
+RowMatrix<T> global_view(int view, std::int64_t g, std::int64_t d) {
+  RowMatrix<T> m(g, d);
+  const auto rows = test::seeded_rows(23, view, 0, g, d);
+  for (std::int64_t i = 0; i < g; ++i)
+    for (std::int64_t j = 0; j < d; ++j) m(i, j) = static_cast<T>(rows[i][j]);
+  return m;
+}
+
+template <class T>
+double max_rel(const RowMatrix<T>& got, const RowMatrix<T>& want) {
+  if (want.size() == 0) return got.size() == 0 ? 0.0 : 1e300;
+  const double scale = std::max(1e-30, static_cast<double>(want.cwiseAbs().maxCoeff()));
+  return static_cast<double>((got - want).cwiseAbs().maxCoeff()) / scale;
+}
+
+template <class T>
+void check_against_single_process(double tol) {
+  const int k = world_size(), rank = world_rank();
+  MpiCommunicator comm(MPI_COMM_WORLD);
+  const std::int64_t g = 11, d = 6;
+  const RowMatrix<T> za = global_view<T>(0, g, d), zb = global_view<T>(1, g, d);
+  std::vector<double> w_global(g);
+  for (std::int64_t i = 0; i < g; ++i) w_global[i] = 0.5 + 0.25 * static_cast<double>(i % 3);
+  std::vector<T> up_global(g);
+  for (std::int64_t i = 0; i < g; ++i) up_global[i] = static_cast<T>(1.0 - 0.1 * static_cast<double>(i));
+  const SampleWeight w_all = SampleWeight::per_example(w_global);
+
+  for (const auto& split : splits(g, k)) {
+    const std::int64_t begin = std::accumulate(split.begin(), split.begin() + rank, std::int64_t{0});
+    const std::int64_t n = split[rank];
+    const ConstMatrixView<T> a(za.data() + begin * d, n, d), b(zb.data() + begin * d, n, d);
+    const SampleWeight w_mine = SampleWeight::per_example(
+        std::vector<double>(w_global.begin() + begin, w_global.begin() + begin + n));
+    for (auto reduction : {Reduction::kNone, Reduction::kSum, Reduction::kSumOverBatchSize, Reduction::kAuto}) {
+      SCOPED_TRACE(::testing::Message() << "rank " << rank << " split[0]=" << split[0] << " n=" << n
+                                        << " reduction " << to_string(reduction));
+      const SimCLRLoss loss(0.2, reduction);
+      CallOptions o;
+      o.communicator = &comm;
+      if (reduction == Reduction::kSumOverBatchSize || reduction == Reduction::kAuto)
+        o.global_batch_size = GlobalBatchSize::infer();
+      const LossOutput<T> out = loss.forward(a, b, &w_mine, o);
+      EXPECT_EQ(out.global_rows, g);
+      EXPECT_EQ(out.row_offset, begin);
+      std::vector<T> up_mine(up_global.begin() + begin, up_global.begin() + begin + n);
+      const Gradients<T> grads =
+          reduction == Reduction::kNone ? loss.backward(out, up_mine) : loss.backward(out, T(1));
+
+      // Single process on the whole batch: per-example losses, and the gradient of the same J.
+      const SimCLRLoss local_none(0.2, Reduction::kNone);
+      const auto whole = local_none.forward<T>(za, zb, &w_all);
+      double want_j = 0;
+      for (std::int64_t i = begin; i < begin + n; ++i) want_j += static_cast<double>(whole.values[i]);
+      if (reduction == Reduction::kNone) {
+        ASSERT_EQ(static_cast<std::int64_t>(out.values.size()), n);
+        for (std::int64_t i = 0; i < n; ++i)
+          EXPECT_LE(test::rel_err(out.values[i], whole.values[begin + i]), tol);
+      } else {
+        if (reduction != Reduction::kSum) want_j /= static_cast<double>(g);
+        EXPECT_LE(test::rel_err(static_cast<double>(out.values.at(0)), want_j), tol);
+      }
+      std::vector<T> up_whole(g, T(1));
+      if (reduction == Reduction::kNone) up_whole = up_global;
+      if (reduction == Reduction::kSumOverBatchSize || reduction == Reduction::kAuto)
+        for (auto& u : up_whole) u = static_cast<T>(1.0 / static_cast<double>(g));
+      const auto gw = local_none.backward(whole, up_whole);
+      EXPECT_LE(max_rel<T>(grads.grad_a, gw.grad_a.middleRows(begin, n)), tol);
+      EXPECT_LE(max_rel<T>(grads.grad_b, gw.grad_b.middleRows(begin, n)), tol);
+    }
+  }
+}
+
+TEST(Distributed, DoubleEqualsSingleProcessForEverySplitAndReduction) {
+  check_against_single_process<double>(1e-10);
+}
+
+TEST(Distributed, FloatEqualsSingleProcessForEverySplitAndReduction) {
+  check_against_single_process<float>(1e-5);
+}
+
+template <class T>
+void check_golden(const nlohmann::json& c, double tol) {
+  MpiCommunicator comm(MPI_COMM_WORLD);
+  const auto& mine = c["per_replica"][world_rank()];
+  std::int64_t g = 0, d = 0;
+  const auto za = test::flat<T>(c["za"], &g, &d), zb = test::flat<T>(c["zb"]);
+  const std::int64_t begin = mine["row_start"], n = mine["rows"];
+  const SimCLRLoss loss(c["temperature"].get<double>(), Reduction::kNone);
+  CallOptions o;
+  o.communicator = &comm;
+  const auto out = loss.forward<T>(ConstMatrixView<T>(za.data() + begin * d, n, d),
+                                   ConstMatrixView<T>(zb.data() + begin * d, n, d), nullptr, o);
+  const auto grads = loss.backward(out, T(1));
+  std::vector<T> want_loss;
+  for (const auto& v : mine["loss"]) want_loss.push_back(static_cast<T>(v.get<double>()));
+  EXPECT_LE(test::max_rel(out.values.data(), want_loss, 1.0), tol);
+  const auto ga = test::flat<T>(mine["grad_za"]), gb = test::flat<T>(mine["grad_zb"]);
+  // Gradient entries are O(1 / (T |x|)); use that as the floor of the scale (see test_golden.cpp).
+  const double floor = 1.0 / c["temperature"].get<double>() / 10.0;
+  EXPECT_LE(test::max_rel(grads.grad_a.data(), ga, floor), tol);
+  EXPECT_LE(test::max_rel(grads.grad_b.data(), gb, floor), tol);
+}
+
+TEST(Distributed, MatchesTensorFlowMirroredStrategy) {
+  const auto golden = test::load_golden("golden_distributed.json");
+  int ran = 0;
+  for (const auto& c : golden["cases"]) {
+    if (c["replicas"].get<int>() != world_size()) continue;
+    SCOPED_TRACE(c["id"].get<std::string>());
+    if (c["dtype"] == "float32") {
+      check_golden<float>(c, 2e-5);
+    } else {
+      check_golden<double>(c, 1e-10);
+    }
+    ++ran;
+  }
+  if (ran == 0) GTEST_SKIP() << "TensorFlow's golden runs have 2 and 4 replicas, not " << world_size();
+}
+
+// ---- bad input on one rank: the same exception everywhere, then a barrier every rank reaches ----
+
+template <class E, class F>
+void expect_everywhere(F&& call, const std::string& needle) {
+  MpiCommunicator comm(MPI_COMM_WORLD);
+  std::string what = "no exception";
+  try {
+    call(comm);
+  } catch (const E& e) {
+    what = e.what();
+  } catch (const std::exception& e) {
+    what = std::string("wrong type: ") + e.what();
+  }
+  EXPECT_NE(what.find(needle), std::string::npos) << what;
+  // Every rank must hold the same message.
+  char buf[512] = {0};
+  std::strncpy(buf, what.c_str(), sizeof(buf) - 1);
+  std::vector<char> all(sizeof(buf) * world_size());
+  MPI_Allgather(buf, sizeof(buf), MPI_CHAR, all.data(), sizeof(buf), MPI_CHAR, MPI_COMM_WORLD);
+  for (int r = 0; r < world_size(); ++r) EXPECT_STREQ(all.data() + r * sizeof(buf), buf) << "rank " << r;
+  comm.barrier();
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+int bad_rank() { return world_size() - 1; }
+
+TEST(DistributedErrors, NaNOnOneRank) {
+  RowMatrix<double> a = RowMatrix<double>::Ones(3, 4), b = RowMatrix<double>::Random(3, 4);
+  if (world_rank() == bad_rank()) a(2, 1) = std::nan("");
+  expect_everywhere<ValueError>(
+      [&](Communicator& c) {
+        CallOptions o;
+        o.communicator = &c;
+        SimCLRLoss(0.1, Reduction::kSum).forward<double>(a, b, nullptr, o);
+      },
+      "za has NaN at row 2, column 1 (rank " + std::to_string(bad_rank()) + ")");
+}
+
+TEST(DistributedErrors, WrongDimensionOnOneRank) {
+  const int d = world_rank() == bad_rank() && world_size() > 1 ? 5 : 4;
+  RowMatrix<double> a = RowMatrix<double>::Random(3, d), b = RowMatrix<double>::Random(3, d);
+  if (world_size() == 1) GTEST_SKIP() << "needs 2 ranks";
+  expect_everywhere<ValueError>(
+      [&](Communicator& c) {
+        CallOptions o;
+        o.communicator = &c;
+        SimCLRLoss(0.1, Reduction::kSum).forward<double>(a, b, nullptr, o);
+      },
+      "embedding dimension differs across ranks");
+}
+
+TEST(DistributedErrors, WrongDtypeOnOneRank) {
+  if (world_size() == 1) GTEST_SKIP() << "needs 2 ranks";
+  expect_everywhere<TypeError>(
+      [&](Communicator& c) {
+        CallOptions o;
+        o.communicator = &c;
+        const SimCLRLoss loss(0.1, Reduction::kSum);
+        if (world_rank() == bad_rank()) {
+          RowMatrix<float> a = RowMatrix<float>::Random(3, 4);
+          loss.forward<float>(a, a, nullptr, o);
+        } else {
+          RowMatrix<double> a = RowMatrix<double>::Random(3, 4);
+          loss.forward<double>(a, a, nullptr, o);
+        }
+      },
+      "dtype differs across ranks");
+}
+
+TEST(DistributedErrors, BadWeightShapeOnOneRank) {
+  RowMatrix<double> a = RowMatrix<double>::Random(3, 4), b = RowMatrix<double>::Random(3, 4);
+  const SampleWeight w = world_rank() == bad_rank() ? SampleWeight({2}, {1, 1}) : SampleWeight::scalar(1);
+  expect_everywhere<ValueError>(
+      [&](Communicator& c) {
+        CallOptions o;
+        o.communicator = &c;
+        SimCLRLoss(0.1, Reduction::kSum).forward<double>(a, b, &w, o);
+      },
+      "Incompatible shapes: [3] vs. [2]");
+}
+
+TEST(DistributedErrors, DistributionRule) {
+  RowMatrix<double> a = RowMatrix<double>::Random(3, 4), b = RowMatrix<double>::Random(3, 4);
+  for (auto r : {Reduction::kAuto, Reduction::kSumOverBatchSize}) {
+    expect_everywhere<ValueError>(
+        [&](Communicator& c) {
+          CallOptions o;
+          o.communicator = &c;
+          SimCLRLoss(0.1, r).forward<double>(a, b, nullptr, o);
+        },
+        "Please use simclr::Reduction::kSum or simclr::Reduction::kNone");
+  }
+}
+
+TEST(DistributedErrors, MismatchedConfig) {
+  if (world_size() == 1) GTEST_SKIP() << "needs 2 ranks";
+  RowMatrix<double> a = RowMatrix<double>::Random(3, 4), b = RowMatrix<double>::Random(3, 4);
+  expect_everywhere<ValueError>(
+      [&](Communicator& c) {
+        CallOptions o;
+        o.communicator = &c;
+        SimCLRLoss(world_rank() == bad_rank() ? 0.2 : 0.1, Reduction::kSum).forward<double>(a, b, nullptr, o);
+      },
+      "temperature differs across ranks");
+}
+
+TEST(DistributedErrors, BadUpstreamOnOneRankInBackward) {
+  RowMatrix<double> a = RowMatrix<double>::Random(3, 4), b = RowMatrix<double>::Random(3, 4);
+  MpiCommunicator comm(MPI_COMM_WORLD);
+  CallOptions o;
+  o.communicator = &comm;
+  const SimCLRLoss loss(0.1, Reduction::kNone);
+  const auto out = loss.forward<double>(a, b, nullptr, o);
+  expect_everywhere<ValueError>(
+      [&](Communicator&) {
+        std::vector<double> up(world_rank() == bad_rank() ? 2 : 3, 1.0);
+        loss.backward(out, up);
+      },
+      "upstream gradient has 2 elements but the loss has 3");
+}
+
+// ---- traffic: O(n_r d) in the forward's gather, O(n_r) in the backward ----
+
+class CountingCommunicator final : public Communicator {
+ public:
+  explicit CountingCommunicator(Communicator& inner) : inner_(inner) {}
+  int rank() const override { return inner_.rank(); }
+  int size() const override { return inner_.size(); }
+  std::string backend() const override { return "counting+" + inner_.backend(); }
+  void all_gather(const void* s, std::size_t bytes, void* r) override {
+    sent += bytes;
+    inner_.all_gather(s, bytes, r);
+  }
+  void all_gather_v(const void* s, std::size_t bytes, void* r, const std::vector<std::size_t>& rb) override {
+    sent += bytes;
+    inner_.all_gather_v(s, bytes, r, rb);
+  }
+  void barrier() override { inner_.barrier(); }
+  std::size_t sent = 0;
+
+ private:
+  Communicator& inner_;
+};
+
+TEST(DistributedTraffic, BackwardSendsScalarsPerRowNotGradients) {
+  MpiCommunicator mpi(MPI_COMM_WORLD);
+  CountingCommunicator comm(mpi);
+  const std::int64_t n = 8 + world_rank(), d = 64;
+  RowMatrix<float> a = RowMatrix<float>::Random(n, d), b = RowMatrix<float>::Random(n, d);
+  CallOptions o;
+  o.communicator = &comm;
+  const SimCLRLoss loss(0.1, Reduction::kSum);
+  const auto out = loss.forward<float>(a, b, nullptr, o);
+  const std::size_t forward_bytes = comm.sent;
+  comm.sent = 0;
+  loss.backward(out, 1.0f);
+  const std::size_t backward_bytes = comm.sent;
+  // Forward: one 512-byte agreement record plus this rank's 2 n d normalised embeddings.
+  EXPECT_EQ(forward_bytes, 512 + static_cast<std::size_t>(2 * n * d) * sizeof(float));
+  // Backward: one status record plus LSE and alpha for this rank's 2n rows, independent of d and G.
+  EXPECT_EQ(backward_bytes, 512 + static_cast<std::size_t>(4 * n) * sizeof(float));
+  EXPECT_LT(backward_bytes, static_cast<std::size_t>(n * d) * sizeof(float));
+}
+
+TEST(MpiCommunicator, DuplicatesTheCallersCommunicator) {
+  MpiCommunicator comm(MPI_COMM_WORLD);
+  int result = MPI_UNEQUAL;
+  MPI_Comm_compare(comm.comm(), MPI_COMM_WORLD, &result);
+  EXPECT_EQ(result, MPI_CONGRUENT);  // same group, different context: no traffic mixes
+  EXPECT_EQ(comm.rank(), world_rank());
+  EXPECT_EQ(comm.size(), world_size());
+  EXPECT_EQ(comm.backend(), "mpi");
+}
+
+TEST(MpiCommunicator, AllGatherVWithEmptyRanks) {
+  MpiCommunicator comm(MPI_COMM_WORLD);
+  const int k = comm.size(), r = comm.rank();
+  std::vector<std::size_t> counts(k);
+  for (int i = 0; i < k; ++i) counts[i] = static_cast<std::size_t>(i % 2 == 0 ? 0 : i);
+  std::vector<unsigned char> mine(counts[r], static_cast<unsigned char>(r));
+  std::vector<unsigned char> all(std::accumulate(counts.begin(), counts.end(), std::size_t{0}));
+  comm.all_gather_v(mine.data(), mine.size(), all.data(), counts);
+  std::size_t at = 0;
+  for (int i = 0; i < k; ++i)
+    for (std::size_t j = 0; j < counts[i]; ++j) EXPECT_EQ(all[at++], i);
+}
+
+}  // namespace
+}  // namespace simclr
