@@ -22,6 +22,15 @@ constexpr std::int64_t kDefaultColTile = 1024;
 template <class T>
 using Array = Eigen::Array<T, Eigen::Dynamic, 1>;
 
+// Inside our parallel regions Eigen's products must not start their own threads: with a team of one
+// thread Eigen would (it only checks the team size), oversubscribing the cores the caller allowed.
+// omp_set_num_threads inside a region sets the calling thread's ICV only, for nested regions.
+inline void single_threaded_eigen() {
+#ifdef _OPENMP
+  omp_set_num_threads(1);
+#endif
+}
+
 int resolve_threads(const EngineOptions& options) {
   SIMCLR_ENFORCE(options.threads >= 0, ValueError, "threads must be >= 0, got ", options.threads);
 #ifdef _OPENMP
@@ -55,22 +64,49 @@ inline void lse_merge(T& run_max, T& run_sum, T tile_max, T tile_sum) {
   }
 }
 
-// Row-side statistics of a tile: per row, its max and sum of exp(s - max). Entries are -inf where
-// masked; a row with no live entry gets max -inf and sum 0.
-template <class T, class Tile>
-void tile_row_stats(const Tile& s, Array<T>& row_max, Array<T>& row_sum) {
-  const T ninf = -std::numeric_limits<T>::infinity();
-  row_max = s.array().rowwise().maxCoeff();
-  Array<T> shift = (row_max == ninf).select(Array<T>::Zero(row_max.size()), row_max);
-  row_sum = (s.array().colwise() - shift).exp().rowwise().sum();
+// The shift of the exponentials. Unit rows bound every logit by |s| <= 1/T, so when exp(-2/T) is a
+// normal number of T (float: 2/T < 80, double: 2/T < 700) the constant 1/T can serve every row and
+// column: one exponential per logit feeds both the row and the column sums, and the backward needs one
+// exponential per logit instead of two. Otherwise (tiny temperatures) each row keeps a running max.
+template <class T>
+T fixed_shift(T inv_t) {
+  const T limit = sizeof(T) == 4 ? T(80) : T(700);
+  return 2 * inv_t < limit ? inv_t * (T(1) + T(1e-6)) : std::numeric_limits<T>::quiet_NaN();
 }
 
+// Row-side statistics of a tile: per row, its max (or the fixed shift) and sum of exp(s - max).
+// Entries are -inf where masked; a row with no live entry gets max -inf and sum 0.
 template <class T, class Tile>
-void tile_col_stats(const Tile& s, Array<T>& col_max, Array<T>& col_sum) {
+void tile_row_stats(const Tile& s, T shift, Array<T>& row_max, Array<T>& row_sum) {
   const T ninf = -std::numeric_limits<T>::infinity();
+  if (!std::isnan(shift)) {
+    row_max.setConstant(s.rows(), shift);
+    row_sum = (s.array() - shift).exp().rowwise().sum();
+    return;
+  }
+  row_max = s.array().rowwise().maxCoeff();
+  Array<T> safe = (row_max == ninf).select(Array<T>::Zero(row_max.size()), row_max);
+  row_sum = (s.array().colwise() - safe).exp().rowwise().sum();
+}
+
+// Row- and column-side statistics of an off-diagonal tile of the symmetric path.
+template <class T, class Tile>
+void tile_row_col_stats(const Tile& s, T shift, RowMatrix<T>& ebuf, Array<T>& row_max, Array<T>& row_sum,
+                        Array<T>& col_max, Array<T>& col_sum) {
+  const T ninf = -std::numeric_limits<T>::infinity();
+  if (!std::isnan(shift)) {
+    auto e = ebuf.block(0, 0, s.rows(), s.cols());
+    e.array() = (s.array() - shift).exp();
+    row_max.setConstant(s.rows(), shift);
+    col_max.setConstant(s.cols(), shift);
+    row_sum = e.array().rowwise().sum();
+    col_sum = e.array().colwise().sum().transpose();
+    return;
+  }
+  tile_row_stats(s, shift, row_max, row_sum);
   col_max = s.array().colwise().maxCoeff().transpose();
-  Array<T> shift = (col_max == ninf).select(Array<T>::Zero(col_max.size()), col_max);
-  col_sum = (s.array().rowwise() - shift.transpose()).exp().colwise().sum().transpose();
+  Array<T> safe = (col_max == ninf).select(Array<T>::Zero(col_max.size()), col_max);
+  col_sum = (s.array().rowwise() - safe.transpose()).exp().colwise().sum().transpose();
 }
 
 // s_qc for anchors [q0, q0 + rows) of the layout against U rows [c0, c0 + cols), with the self entries
@@ -90,22 +126,46 @@ void logits_tile(const RowMatrix<T>& u, const RowLayout& layout, T inv_t, std::i
   }
 }
 
-// M tile (spec section 4) from a logits tile, in place into m:
+// M tile (spec section 4) from a logits tile, into m:
 // M_kc = a_k exp(s_kc - LSE_k) + a_c exp(s_kc - LSE_c) - (a_k + a_c) [c == p(k)].
+// With a fixed shift and beta_q = a_q exp(shift - LSE_q) this is exp(s_kc - shift) (beta_k + beta_c):
+// one exponential per logit.
 template <class T, class Tile, class Out>
 void m_tile(const Tile& s, const RowLayout& layout, std::int64_t q0, std::int64_t c0,
-            const T* lse_all, const T* alpha_all, Out&& m) {
+            const T* lse_all, const T* alpha_all, T shift, const T* beta_all, Out&& m) {
   const std::int64_t rows = s.rows(), cols = s.cols();
   const std::int64_t g0 = layout.anchor_begin + q0;
-  Eigen::Map<const Array<T>> lse_r(lse_all + g0, rows), alpha_r(alpha_all + g0, rows);
-  Eigen::Map<const Array<T>> lse_c(lse_all + c0, cols), alpha_c(alpha_all + c0, cols);
-  m.array() = (s.array().colwise() - lse_r).exp().colwise() * alpha_r +
-              (s.array().rowwise() - lse_c.transpose()).exp().rowwise() * alpha_c.transpose();
+  if (beta_all != nullptr) {
+    Eigen::Map<const Array<T>> beta_c(beta_all + c0, cols);
+    for (std::int64_t i = 0; i < rows; ++i) {
+      m.row(i).array() = (s.row(i).array() - shift).exp() * (beta_c.transpose() + beta_all[g0 + i]);
+    }
+  } else {
+    Eigen::Map<const Array<T>> lse_r(lse_all + g0, rows), alpha_r(alpha_all + g0, rows);
+    Eigen::Map<const Array<T>> lse_c(lse_all + c0, cols), alpha_c(alpha_all + c0, cols);
+    m.array() = (s.array().colwise() - lse_r).exp().colwise() * alpha_r +
+                (s.array().rowwise() - lse_c.transpose()).exp().rowwise() * alpha_c.transpose();
+  }
   for (std::int64_t i = 0; i < rows; ++i) {
     const std::int64_t q = q0 + i;
     const std::int64_t pos = layout.anchor_begin + layout.partner(q);
     if (pos >= c0 && pos < c0 + cols) m(i, pos - c0) -= alpha_all[g0 + i] + alpha_all[pos];
   }
+}
+
+// beta_q = alpha_q exp(shift - LSE_q) for every row of U, or empty when the fixed shift cannot be used
+// (no shift, or a weight so large that beta would overflow).
+template <class T>
+std::vector<T> make_beta(std::int64_t rows, T shift, const T* lse_all, const T* alpha_all) {
+  std::vector<T> beta;
+  if (std::isnan(shift)) return beta;
+  beta.resize(static_cast<std::size_t>(rows));
+  const T limit = std::numeric_limits<T>::max() / 16;
+  for (std::int64_t q = 0; q < rows; ++q) {
+    beta[q] = alpha_all[q] * std::exp(shift - lse_all[q]);
+    if (!(std::abs(beta[q]) < limit)) return {};
+  }
+  return beta;
 }
 
 // ---- general path: this rank's anchors against all of U, row blocks in parallel ----
@@ -123,8 +183,10 @@ EngineForward<T> forward_rows(const RowMatrix<T>& u, const RowLayout& layout, T 
   if (keep) out.logits.resize(na, nc);
   const std::int64_t nblocks = (na + br - 1) / br;
   const int threads = resolve_threads(options);
+  const T shift = fixed_shift(inv_t);
 #pragma omp parallel num_threads(threads)
   {
+    single_threaded_eigen();
     RowMatrix<T> buf;
     if (!keep) buf.resize(std::min(br, na), bc);
     Array<T> tmax, tsum;
@@ -137,7 +199,7 @@ EngineForward<T> forward_rows(const RowMatrix<T>& u, const RowLayout& layout, T 
         const std::int64_t cols = std::min(bc, nc - c0);
         auto s = keep ? out.logits.block(q0, c0, rows, cols) : buf.block(0, 0, rows, cols);
         logits_tile(u, layout, inv_t, q0, rows, c0, cols, s, out.row_positive.data());
-        tile_row_stats<T>(s, tmax, tsum);
+        tile_row_stats<T>(s, shift, tmax, tsum);
         for (std::int64_t i = 0; i < rows; ++i) lse_merge(run_max[i], run_sum[i], tmax[i], tsum[i]);
       }
       for (std::int64_t i = 0; i < rows; ++i) out.row_lse[q0 + i] = run_max[i] + std::log(run_sum[i]);
@@ -160,8 +222,12 @@ double backward_rows(const RowMatrix<T>& u, const RowLayout& layout, T inv_t, co
                                : std::min(nc, resolve(options.col_tile, kDefaultColTile, "col_tile"));
   const std::int64_t nblocks = (na + br - 1) / br;
   const int threads = resolve_threads(options);
+  const T shift = fixed_shift(inv_t);
+  const std::vector<T> beta = make_beta(nc, shift, lse_all, alpha_all);
+  const T* beta_all = beta.empty() ? nullptr : beta.data();
 #pragma omp parallel num_threads(threads)
   {
+    single_threaded_eigen();
     RowMatrix<T> sbuf, mbuf(std::min(br, na), bc);
     if (!keep) sbuf.resize(std::min(br, na), bc);
 #pragma omp for schedule(dynamic, 1)
@@ -172,11 +238,12 @@ double backward_rows(const RowMatrix<T>& u, const RowLayout& layout, T inv_t, co
         const std::int64_t cols = std::min(bc, nc - c0);
         auto m = mbuf.block(0, 0, rows, cols);
         if (keep) {
-          m_tile(saved.logits.block(q0, c0, rows, cols), layout, q0, c0, lse_all, alpha_all, m);
+          m_tile(saved.logits.block(q0, c0, rows, cols), layout, q0, c0, lse_all, alpha_all, shift,
+                 beta_all, m);
         } else {
           auto s = sbuf.block(0, 0, rows, cols);
           logits_tile(u, layout, inv_t, q0, rows, c0, cols, s, static_cast<T*>(nullptr));
-          m_tile(s, layout, q0, c0, lse_all, alpha_all, m);
+          m_tile(s, layout, q0, c0, lse_all, alpha_all, shift, beta_all, m);
         }
         g.noalias() += m * u.middleRows(c0, cols);
       }
@@ -210,6 +277,7 @@ EngineForward<T> forward_symmetric(const RowMatrix<T>& u, const RowLayout& layou
   if (keep) out.logits.resize(n, n);
   const TilePairs tp(n, resolve(options.row_block, kDefaultRowBlock, "row_block"));
   const int threads = resolve_threads(options);
+  const T shift = fixed_shift(inv_t);
   // Per-thread (max, sum) for every row, merged in thread order afterwards: deterministic for a fixed
   // thread count, no races on the column-side updates.
   std::vector<Array<T>> part_max(threads, Array<T>::Constant(n, ninf));
@@ -217,13 +285,14 @@ EngineForward<T> forward_symmetric(const RowMatrix<T>& u, const RowLayout& layou
   const auto npairs = static_cast<std::int64_t>(tp.pairs.size());
 #pragma omp parallel num_threads(threads)
   {
+    single_threaded_eigen();
 #ifdef _OPENMP
     const int tid = omp_get_thread_num();
 #else
     const int tid = 0;
 #endif
-    RowMatrix<T> buf(std::min(tp.tile, n), std::min(tp.tile, n));
-    Array<T> tmax, tsum;
+    RowMatrix<T> buf(std::min(tp.tile, n), std::min(tp.tile, n)), ebuf(buf.rows(), buf.cols());
+    Array<T> tmax, tsum, cmax, csum;
     Array<T>& pmax = part_max[tid];
     Array<T>& psum = part_sum[tid];
 #pragma omp for schedule(static, 1)
@@ -233,12 +302,15 @@ EngineForward<T> forward_symmetric(const RowMatrix<T>& u, const RowLayout& layou
       const std::int64_t c0 = tj * tp.tile, cols = std::min(tp.tile, n - c0);
       auto s = keep ? out.logits.block(r0, c0, rows, cols) : buf.block(0, 0, rows, cols);
       logits_tile(u, layout, inv_t, r0, rows, c0, cols, s, out.row_positive.data());
-      tile_row_stats<T>(s, tmax, tsum);
+      if (ti == tj) {
+        tile_row_stats<T>(s, shift, tmax, tsum);
+      } else {
+        tile_row_col_stats<T>(s, shift, ebuf, tmax, tsum, cmax, csum);
+      }
       for (std::int64_t i = 0; i < rows; ++i) lse_merge(pmax[r0 + i], psum[r0 + i], tmax[i], tsum[i]);
       if (ti != tj) {
-        tile_col_stats<T>(s, tmax, tsum);
         for (std::int64_t j = 0; j < cols; ++j) {
-          lse_merge(pmax[c0 + j], psum[c0 + j], tmax[j], tsum[j]);
+          lse_merge(pmax[c0 + j], psum[c0 + j], cmax[j], csum[j]);
           const std::int64_t pos = layout.partner(c0 + j) - r0;
           if (pos >= 0 && pos < rows) out.row_positive[c0 + j] = s(pos, j);
         }
@@ -271,6 +343,9 @@ double backward_symmetric(const RowMatrix<T>& u, const RowLayout& layout, T inv_
   // M is symmetric too (spec section 4), so tile (I, J) feeds rows I with M_IJ U_J and rows J with
   // M_IJ^T U_I. Per-thread accumulators merged in thread order keep the result deterministic.
   std::vector<RowMatrix<T>> part(threads > 1 ? threads - 1 : 0);
+  const T shift = fixed_shift(inv_t);
+  const std::vector<T> beta = make_beta(n, shift, lse_all, alpha_all);
+  const T* beta_all = beta.empty() ? nullptr : beta.data();
   const auto npairs = static_cast<std::int64_t>(tp.pairs.size());
   double entries = 0;
   for (const auto& [ti, tj] : tp.pairs)
@@ -278,6 +353,7 @@ double backward_symmetric(const RowMatrix<T>& u, const RowLayout& layout, T inv_
                static_cast<double>(std::min(tp.tile, n - tj * tp.tile)) * (ti == tj ? 1.0 : 2.0);
 #pragma omp parallel num_threads(threads)
   {
+    single_threaded_eigen();
 #ifdef _OPENMP
     const int tid = omp_get_thread_num();
 #else
@@ -294,7 +370,7 @@ double backward_symmetric(const RowMatrix<T>& u, const RowLayout& layout, T inv_
       auto s = sbuf.block(0, 0, rows, cols);
       auto m = mbuf.block(0, 0, rows, cols);
       logits_tile(u, layout, inv_t, r0, rows, c0, cols, s, static_cast<T*>(nullptr));
-      m_tile(s, layout, r0, c0, lse_all, alpha_all, m);
+      m_tile(s, layout, r0, c0, lse_all, alpha_all, shift, beta_all, m);
       acc.middleRows(r0, rows).noalias() += m * u.middleRows(c0, cols);
       if (ti != tj) acc.middleRows(c0, cols).noalias() += m.transpose() * u.middleRows(r0, rows);
     }

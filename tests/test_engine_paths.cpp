@@ -150,3 +150,52 @@ TEST(EnginePaths, MemoryBudgetSelectsThePath) {
 
 }  // namespace
 }  // namespace simclr
+
+namespace simclr {
+namespace {
+
+TEST(EnginePaths, HugeWeightsFallBackToTheTwoExponentialBackward) {
+  // beta = alpha exp(1/T - LSE) would overflow float for alpha = 1e36: the engine must notice and use
+  // the two-exponential form. The gradient is linear in the weight, so it must equal 1e36 x weight 1.
+  RowMatrix<float> a = RowMatrix<float>::Random(12, 5), b = RowMatrix<float>::Random(12, 5);
+  const SimCLRLoss loss(0.05, Reduction::kSum);
+  const SampleWeight big = SampleWeight::scalar(1e36), one = SampleWeight::scalar(1);
+  for (bool sym : {false, true}) {
+    CallOptions o;
+    o.engine.use_symmetry = sym;
+    o.engine.memory_budget_bytes = 0;
+    const auto gb = loss.value_and_gradient<float>(a, b, &big, o).second;
+    const auto g1 = loss.value_and_gradient<float>(a, b, &one, o).second;
+    ASSERT_TRUE(gb.grad_a.allFinite());
+    EXPECT_TRUE((gb.grad_a / 1e36f).isApprox(g1.grad_a, 1e-4f));
+  }
+}
+
+TEST(EnginePaths, FixedShiftAndRunningMaxAgree) {
+  // Double precision takes the fixed shift for T = 0.01 (2/T = 200 < 700) and float the running max;
+  // both must agree with the long-double reference.
+  const int n = 30, d = 7;
+  const auto za = test::seeded_rows(8, 0, 0, n, d), zb = test::seeded_rows(8, 1, 0, n, d);
+  std::vector<std::vector<double>> fa = za, fb = zb;
+  RowMatrix<float> af(n, d), bf(n, d);
+  RowMatrix<double> ad(n, d), bd(n, d);
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < d; ++j) {
+      af(i, j) = static_cast<float>(za[i][j]);
+      bf(i, j) = static_cast<float>(zb[i][j]);
+      fa[i][j] = ad(i, j) = static_cast<double>(af(i, j));
+      fb[i][j] = bd(i, j) = static_cast<double>(bf(i, j));
+    }
+  const auto ref = test::ref_per_example(fa, fb, 0.01);
+  const SimCLRLoss loss(0.01, Reduction::kNone);
+  const auto lf = loss.forward<float>(af, bf).values;
+  const auto ld = loss.forward<double>(ad, bd).values;
+  for (int i = 0; i < n; ++i) {
+    EXPECT_NEAR(ld[i], ref[i], 1e-10 * std::max(1.0, ref[i]));
+    // float: logits up to 100 carry ~1e-5 absolute rounding.
+    EXPECT_NEAR(lf[i], ref[i], 1e-4 * std::max(1.0, ref[i]));
+  }
+}
+
+}  // namespace
+}  // namespace simclr
