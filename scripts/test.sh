@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds, and runs every test (core, command, MPI at 1-4 ranks, package).
+# Usage: scripts/test.sh [--sanitize] [ctest args...]
+#   BUILD_DIR (default build) picks the build folder; JOBS the parallelism (default: nproc).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+sanitize=0
+if [ "${1:-}" = "--sanitize" ]; then sanitize=1; shift; fi
+scripts/deps.sh
+jobs=${JOBS:-$(nproc)}
+# Open MPI refuses to run as root without these; CI and containers run as root.
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export OMPI_MCA_rmaps_base_oversubscribe=1
+build=${BUILD_DIR:-build}
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DSIMCLR_WARNINGS_AS_ERRORS=ON >/dev/null
+cmake --build "$build" -j "$jobs"
+(cd "$build" && ctest --output-on-failure -j "$jobs" "$@")
+if [ "$sanitize" = 1 ] && [ -x scripts/sanitize.sh ]; then
+  scripts/sanitize.sh
+fi
