@@ -168,21 +168,45 @@ std::vector<T> make_beta(std::int64_t rows, T shift, const T* lse_all, const T* 
   return beta;
 }
 
-// ---- general path: this rank's anchors against all of U, row blocks in parallel ----
+// ---- the two ways of covering this rank's [2n, 2G] block of logits ----
+//
+// Rectangular: row blocks of the anchors against a set of column ranges, in parallel over row blocks.
+// Symmetric: the rank's own [2n, 2n] diagonal block is symmetric (it holds every positive), so only its
+// tiles I <= J are computed, each feeding the row statistics of I and the column statistics of J.
+// The streamed path covers the block with the symmetric own block plus the rectangular rest (all of it
+// in a single process); the kept path stores the whole block rectangularly.
+
+using ColumnRanges = std::vector<std::pair<std::int64_t, std::int64_t>>;  // [begin, end) of U rows
+
+// Running (max, sum) per anchor, one set per thread, merged in thread order (deterministic).
+template <class T>
+struct PartialStats {
+  std::vector<Array<T>> max, sum;
+  PartialStats(int threads, std::int64_t rows)
+      : max(static_cast<std::size_t>(threads), Array<T>::Constant(rows, -std::numeric_limits<T>::infinity())),
+        sum(static_cast<std::size_t>(threads), Array<T>::Zero(rows)) {}
+};
+
+inline int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
 
 template <class T>
-EngineForward<T> forward_rows(const RowMatrix<T>& u, const RowLayout& layout, T inv_t,
-                              const EngineOptions& options, bool keep) {
-  const std::int64_t na = layout.anchors(), nc = layout.total_rows, d = u.cols();
-  EngineForward<T> out;
-  out.row_lse.assign(na, T(0));
-  out.row_positive.assign(na, T(0));
-  if (na == 0) return out;
+double rect_forward(const RowMatrix<T>& u, const RowLayout& layout, T inv_t, const EngineOptions& options,
+                    const ColumnRanges& columns, RowMatrix<T>* keep, PartialStats<T>& stats,
+                    T* row_positive) {
+  const std::int64_t na = layout.anchors(), d = u.cols();
+  std::int64_t ncols = 0;
+  for (const auto& [b, e] : columns) ncols += e - b;
+  if (na == 0 || ncols == 0) return 0;
   const std::int64_t br = resolve(options.row_block, kDefaultRowBlock, "row_block");
-  const std::int64_t bc = keep ? nc : std::min(nc, resolve(options.col_tile, kDefaultColTile, "col_tile"));
-  if (keep) out.logits.resize(na, nc);
+  const std::int64_t bc = keep ? layout.total_rows : resolve(options.col_tile, kDefaultColTile, "col_tile");
   const std::int64_t nblocks = (na + br - 1) / br;
-  const int threads = resolve_threads(options);
+  const int threads = static_cast<int>(stats.max.size());
   const T shift = fixed_shift(inv_t);
 #pragma omp parallel num_threads(threads)
   {
@@ -190,118 +214,102 @@ EngineForward<T> forward_rows(const RowMatrix<T>& u, const RowLayout& layout, T 
     RowMatrix<T> buf;
     if (!keep) buf.resize(std::min(br, na), bc);
     Array<T> tmax, tsum;
+    Array<T>& pmax = stats.max[static_cast<std::size_t>(thread_id())];
+    Array<T>& psum = stats.sum[static_cast<std::size_t>(thread_id())];
 #pragma omp for schedule(dynamic, 1)
     for (std::int64_t b = 0; b < nblocks; ++b) {
       const std::int64_t q0 = b * br, rows = std::min(br, na - q0);
-      Array<T> run_max = Array<T>::Constant(rows, -std::numeric_limits<T>::infinity());
-      Array<T> run_sum = Array<T>::Zero(rows);
-      for (std::int64_t c0 = 0; c0 < nc; c0 += bc) {
-        const std::int64_t cols = std::min(bc, nc - c0);
-        auto s = keep ? out.logits.block(q0, c0, rows, cols) : buf.block(0, 0, rows, cols);
-        logits_tile(u, layout, inv_t, q0, rows, c0, cols, s, out.row_positive.data());
-        tile_row_stats<T>(s, shift, tmax, tsum);
-        for (std::int64_t i = 0; i < rows; ++i) lse_merge(run_max[i], run_sum[i], tmax[i], tsum[i]);
+      for (const auto& [cb, ce] : columns) {
+        for (std::int64_t c0 = cb; c0 < ce; c0 += bc) {
+          const std::int64_t cols = std::min(bc, ce - c0);
+          auto s = keep ? keep->block(q0, c0, rows, cols) : buf.block(0, 0, rows, cols);
+          logits_tile(u, layout, inv_t, q0, rows, c0, cols, s, row_positive);
+          tile_row_stats<T>(s, shift, tmax, tsum);
+          for (std::int64_t i = 0; i < rows; ++i) lse_merge(pmax[q0 + i], psum[q0 + i], tmax[i], tsum[i]);
+        }
       }
-      for (std::int64_t i = 0; i < rows; ++i) out.row_lse[q0 + i] = run_max[i] + std::log(run_sum[i]);
     }
   }
-  out.flops = 2.0 * static_cast<double>(na) * static_cast<double>(nc) * static_cast<double>(d);
-  return out;
+  return 2.0 * static_cast<double>(na) * static_cast<double>(ncols) * static_cast<double>(d);
 }
 
-template <class T>
-double backward_rows(const RowMatrix<T>& u, const RowLayout& layout, T inv_t, const T* lse_all,
-                     const T* alpha_all, const EngineForward<T>& saved, const EngineOptions& options,
-                     RowMatrix<T>& grad) {
-  const std::int64_t na = layout.anchors(), nc = layout.total_rows, d = u.cols();
-  grad.setZero(na, d);
-  if (na == 0) return 0;
-  const bool keep = saved.logits.rows() == na && saved.logits.cols() == nc;
+template <class T, class Logits>
+double rect_backward(const RowMatrix<T>& u, const RowLayout& layout, T inv_t, const T* lse_all,
+                     const T* alpha_all, const T* beta_all, const EngineOptions& options,
+                     const ColumnRanges& columns, const Logits* kept, int threads, RowMatrix<T>& grad) {
+  const std::int64_t na = layout.anchors(), d = u.cols();
+  std::int64_t ncols = 0;
+  for (const auto& [b, e] : columns) ncols += e - b;
+  if (na == 0 || ncols == 0) return 0;
   const std::int64_t br = resolve(options.row_block, kDefaultRowBlock, "row_block");
-  const std::int64_t bc = keep ? std::min(nc, std::max<std::int64_t>(kDefaultColTile, 1))
-                               : std::min(nc, resolve(options.col_tile, kDefaultColTile, "col_tile"));
+  const std::int64_t bc = kept ? kDefaultColTile : resolve(options.col_tile, kDefaultColTile, "col_tile");
   const std::int64_t nblocks = (na + br - 1) / br;
-  const int threads = resolve_threads(options);
   const T shift = fixed_shift(inv_t);
-  const std::vector<T> beta = make_beta(nc, shift, lse_all, alpha_all);
-  const T* beta_all = beta.empty() ? nullptr : beta.data();
 #pragma omp parallel num_threads(threads)
   {
     single_threaded_eigen();
-    RowMatrix<T> sbuf, mbuf(std::min(br, na), bc);
-    if (!keep) sbuf.resize(std::min(br, na), bc);
+    RowMatrix<T> sbuf(std::min(br, na), bc), mbuf(std::min(br, na), bc);
 #pragma omp for schedule(dynamic, 1)
     for (std::int64_t b = 0; b < nblocks; ++b) {
       const std::int64_t q0 = b * br, rows = std::min(br, na - q0);
       auto g = grad.middleRows(q0, rows);
-      for (std::int64_t c0 = 0; c0 < nc; c0 += bc) {
-        const std::int64_t cols = std::min(bc, nc - c0);
-        auto m = mbuf.block(0, 0, rows, cols);
-        if (keep) {
-          m_tile(saved.logits.block(q0, c0, rows, cols), layout, q0, c0, lse_all, alpha_all, shift,
-                 beta_all, m);
-        } else {
-          auto s = sbuf.block(0, 0, rows, cols);
-          logits_tile(u, layout, inv_t, q0, rows, c0, cols, s, static_cast<T*>(nullptr));
-          m_tile(s, layout, q0, c0, lse_all, alpha_all, shift, beta_all, m);
+      for (const auto& [cb, ce] : columns) {
+        for (std::int64_t c0 = cb; c0 < ce; c0 += bc) {
+          const std::int64_t cols = std::min(bc, ce - c0);
+          auto m = mbuf.block(0, 0, rows, cols);
+          if (kept) {
+            m_tile(kept->block(q0, c0, rows, cols), layout, q0, c0, lse_all, alpha_all, shift, beta_all, m);
+          } else {
+            auto s = sbuf.block(0, 0, rows, cols);
+            logits_tile(u, layout, inv_t, q0, rows, c0, cols, s, static_cast<T*>(nullptr));
+            m_tile(s, layout, q0, c0, lse_all, alpha_all, shift, beta_all, m);
+          }
+          g.noalias() += inv_t * (m * u.middleRows(c0, cols));
         }
-        g.noalias() += m * u.middleRows(c0, cols);
       }
-      g *= inv_t;
     }
   }
-  const double product = 2.0 * static_cast<double>(na) * static_cast<double>(nc) * static_cast<double>(d);
-  return keep ? product : 2 * product;
+  const double product = 2.0 * static_cast<double>(na) * static_cast<double>(ncols) * static_cast<double>(d);
+  return kept ? product : 2 * product;
 }
 
-// ---- single-process symmetric path: S = U U^T / T is symmetric, so only tiles I <= J are computed ----
-
+// Tile pairs I <= J over this rank's own 2n rows.
 struct TilePairs {
   std::int64_t tile = 0, ntiles = 0;
   std::vector<std::pair<std::int64_t, std::int64_t>> pairs;
+  double entries = 0;  // logits computed: sum of tile areas over the pairs
   TilePairs(std::int64_t n, std::int64_t tile_) : tile(tile_), ntiles((n + tile_ - 1) / tile_) {
     for (std::int64_t i = 0; i < ntiles; ++i)
-      for (std::int64_t j = i; j < ntiles; ++j) pairs.emplace_back(i, j);
+      for (std::int64_t j = i; j < ntiles; ++j) {
+        pairs.emplace_back(i, j);
+        entries += static_cast<double>(std::min(tile, n - i * tile)) * static_cast<double>(std::min(tile, n - j * tile));
+      }
   }
 };
 
 template <class T>
-EngineForward<T> forward_symmetric(const RowMatrix<T>& u, const RowLayout& layout, T inv_t,
-                                   const EngineOptions& options, bool keep) {
-  const std::int64_t n = layout.total_rows, d = u.cols();
-  const T ninf = -std::numeric_limits<T>::infinity();
-  EngineForward<T> out;
-  out.row_lse.assign(n, T(0));
-  out.row_positive.assign(n, T(0));
-  if (n == 0) return out;
-  if (keep) out.logits.resize(n, n);
+double sym_forward(const RowMatrix<T>& u, const RowLayout& layout, T inv_t, const EngineOptions& options,
+                   PartialStats<T>& stats, T* row_positive) {
+  const std::int64_t n = layout.anchors(), base = layout.anchor_begin, d = u.cols();
+  if (n == 0) return 0;
   const TilePairs tp(n, resolve(options.row_block, kDefaultRowBlock, "row_block"));
-  const int threads = resolve_threads(options);
+  const int threads = static_cast<int>(stats.max.size());
   const T shift = fixed_shift(inv_t);
-  // Per-thread (max, sum) for every row, merged in thread order afterwards: deterministic for a fixed
-  // thread count, no races on the column-side updates.
-  std::vector<Array<T>> part_max(threads, Array<T>::Constant(n, ninf));
-  std::vector<Array<T>> part_sum(threads, Array<T>::Zero(n));
   const auto npairs = static_cast<std::int64_t>(tp.pairs.size());
 #pragma omp parallel num_threads(threads)
   {
     single_threaded_eigen();
-#ifdef _OPENMP
-    const int tid = omp_get_thread_num();
-#else
-    const int tid = 0;
-#endif
     RowMatrix<T> buf(std::min(tp.tile, n), std::min(tp.tile, n)), ebuf(buf.rows(), buf.cols());
     Array<T> tmax, tsum, cmax, csum;
-    Array<T>& pmax = part_max[tid];
-    Array<T>& psum = part_sum[tid];
+    Array<T>& pmax = stats.max[static_cast<std::size_t>(thread_id())];
+    Array<T>& psum = stats.sum[static_cast<std::size_t>(thread_id())];
 #pragma omp for schedule(static, 1)
     for (std::int64_t p = 0; p < npairs; ++p) {
-      const auto [ti, tj] = tp.pairs[p];
-      const std::int64_t r0 = ti * tp.tile, rows = std::min(tp.tile, n - r0);
+      const auto [ti, tj] = tp.pairs[static_cast<std::size_t>(p)];
+      const std::int64_t r0 = ti * tp.tile, rows = std::min(tp.tile, n - r0);  // local anchor indices
       const std::int64_t c0 = tj * tp.tile, cols = std::min(tp.tile, n - c0);
-      auto s = keep ? out.logits.block(r0, c0, rows, cols) : buf.block(0, 0, rows, cols);
-      logits_tile(u, layout, inv_t, r0, rows, c0, cols, s, out.row_positive.data());
+      auto s = buf.block(0, 0, rows, cols);
+      logits_tile(u, layout, inv_t, r0, rows, base + c0, cols, s, row_positive);
       if (ti == tj) {
         tile_row_stats<T>(s, shift, tmax, tsum);
       } else {
@@ -312,81 +320,63 @@ EngineForward<T> forward_symmetric(const RowMatrix<T>& u, const RowLayout& layou
         for (std::int64_t j = 0; j < cols; ++j) {
           lse_merge(pmax[c0 + j], psum[c0 + j], cmax[j], csum[j]);
           const std::int64_t pos = layout.partner(c0 + j) - r0;
-          if (pos >= 0 && pos < rows) out.row_positive[c0 + j] = s(pos, j);
+          if (pos >= 0 && pos < rows) row_positive[c0 + j] = s(pos, j);
         }
-        if (keep) out.logits.block(c0, r0, cols, rows) = s.transpose();
       }
     }
   }
-  for (std::int64_t q = 0; q < n; ++q) {
-    T run_max = ninf, run_sum = 0;
-    for (int t = 0; t < threads; ++t) lse_merge(run_max, run_sum, part_max[t][q], part_sum[t][q]);
-    out.row_lse[q] = run_max + std::log(run_sum);
-  }
-  // Tiles I <= J: n(n + tile)/2 entries of S instead of n^2.
-  double entries = 0;
-  for (const auto& [ti, tj] : tp.pairs)
-    entries += static_cast<double>(std::min(tp.tile, n - ti * tp.tile)) *
-               static_cast<double>(std::min(tp.tile, n - tj * tp.tile));
-  out.flops = 2.0 * entries * static_cast<double>(d);
-  return out;
+  return 2.0 * tp.entries * static_cast<double>(d);
 }
 
+// M restricted to the own block is symmetric too (spec section 4): tile (I, J) feeds rows I with
+// M_IJ U_J and rows J with M_IJ^T U_I. Per-thread accumulators, merged in thread order.
 template <class T>
-double backward_symmetric(const RowMatrix<T>& u, const RowLayout& layout, T inv_t, const T* lse_all,
-                          const T* alpha_all, const EngineOptions& options, RowMatrix<T>& grad) {
-  const std::int64_t n = layout.total_rows, d = u.cols();
-  grad.setZero(n, d);
+double sym_backward(const RowMatrix<T>& u, const RowLayout& layout, T inv_t, const T* lse_all,
+                    const T* alpha_all, const T* beta_all, const EngineOptions& options, int threads,
+                    RowMatrix<T>& grad) {
+  const std::int64_t n = layout.anchors(), base = layout.anchor_begin, d = u.cols();
   if (n == 0) return 0;
   const TilePairs tp(n, resolve(options.row_block, kDefaultRowBlock, "row_block"));
-  const int threads = resolve_threads(options);
-  // M is symmetric too (spec section 4), so tile (I, J) feeds rows I with M_IJ U_J and rows J with
-  // M_IJ^T U_I. Per-thread accumulators merged in thread order keep the result deterministic.
-  std::vector<RowMatrix<T>> part(threads > 1 ? threads - 1 : 0);
   const T shift = fixed_shift(inv_t);
-  const std::vector<T> beta = make_beta(n, shift, lse_all, alpha_all);
-  const T* beta_all = beta.empty() ? nullptr : beta.data();
+  std::vector<RowMatrix<T>> part(static_cast<std::size_t>(threads > 1 ? threads - 1 : 0));
   const auto npairs = static_cast<std::int64_t>(tp.pairs.size());
-  double entries = 0;
+  const auto anchors = u.middleRows(base, n);
+  double both_sides = 0;
   for (const auto& [ti, tj] : tp.pairs)
-    entries += static_cast<double>(std::min(tp.tile, n - ti * tp.tile)) *
-               static_cast<double>(std::min(tp.tile, n - tj * tp.tile)) * (ti == tj ? 1.0 : 2.0);
+    both_sides += static_cast<double>(std::min(tp.tile, n - ti * tp.tile)) *
+                  static_cast<double>(std::min(tp.tile, n - tj * tp.tile)) * (ti == tj ? 1.0 : 2.0);
 #pragma omp parallel num_threads(threads)
   {
     single_threaded_eigen();
-#ifdef _OPENMP
-    const int tid = omp_get_thread_num();
-#else
-    const int tid = 0;
-#endif
-    RowMatrix<T>& acc = tid == 0 ? grad : part[tid - 1];
+    const int tid = thread_id();
+    RowMatrix<T>& acc = tid == 0 ? grad : part[static_cast<std::size_t>(tid - 1)];
     if (tid != 0) acc.setZero(n, d);
     RowMatrix<T> sbuf(std::min(tp.tile, n), std::min(tp.tile, n)), mbuf(sbuf.rows(), sbuf.cols());
 #pragma omp for schedule(static, 1)
     for (std::int64_t p = 0; p < npairs; ++p) {
-      const auto [ti, tj] = tp.pairs[p];
+      const auto [ti, tj] = tp.pairs[static_cast<std::size_t>(p)];
       const std::int64_t r0 = ti * tp.tile, rows = std::min(tp.tile, n - r0);
       const std::int64_t c0 = tj * tp.tile, cols = std::min(tp.tile, n - c0);
       auto s = sbuf.block(0, 0, rows, cols);
       auto m = mbuf.block(0, 0, rows, cols);
-      logits_tile(u, layout, inv_t, r0, rows, c0, cols, s, static_cast<T*>(nullptr));
-      m_tile(s, layout, r0, c0, lse_all, alpha_all, shift, beta_all, m);
-      acc.middleRows(r0, rows).noalias() += m * u.middleRows(c0, cols);
-      if (ti != tj) acc.middleRows(c0, cols).noalias() += m.transpose() * u.middleRows(r0, rows);
+      logits_tile(u, layout, inv_t, r0, rows, base + c0, cols, s, static_cast<T*>(nullptr));
+      m_tile(s, layout, r0, base + c0, lse_all, alpha_all, shift, beta_all, m);
+      acc.middleRows(r0, rows).noalias() += inv_t * (m * anchors.middleRows(c0, cols));
+      if (ti != tj) acc.middleRows(c0, cols).noalias() += inv_t * (m.transpose() * anchors.middleRows(r0, rows));
     }
   }
   for (auto& p : part) grad += p;
-  grad *= inv_t;
-  // Recomputed tiles (forward's count) plus the products with U (both sides of each off-diagonal tile).
-  double half = 0;
-  for (const auto& [ti, tj] : tp.pairs)
-    half += static_cast<double>(std::min(tp.tile, n - ti * tp.tile)) *
-            static_cast<double>(std::min(tp.tile, n - tj * tp.tile));
-  return 2.0 * (half + entries) * static_cast<double>(d);
+  // Recomputed tiles plus the products with U on both sides of each off-diagonal tile.
+  return 2.0 * (tp.entries + both_sides) * static_cast<double>(d);
 }
 
-bool symmetric_ok(const RowLayout& layout, const EngineOptions& options) {
-  return options.use_symmetry && layout.whole();
+// Columns of U outside this rank's own rows.
+ColumnRanges other_columns(const RowLayout& layout) {
+  ColumnRanges out;
+  if (layout.anchor_begin > 0) out.emplace_back(0, layout.anchor_begin);
+  const std::int64_t end = layout.anchor_begin + layout.anchors();
+  if (end < layout.total_rows) out.emplace_back(end, layout.total_rows);
+  return out;
 }
 
 }  // namespace
@@ -395,20 +385,60 @@ template <class T>
 EngineForward<T> engine_forward(const RowMatrix<T>& u, const RowLayout& layout, T inv_temperature,
                                 const EngineOptions& options) {
   SIMCLR_ENFORCE_EQ(u.rows(), layout.total_rows, ValueError, "engine: rows of U vs 2G");
-  const bool keep =
-      fits_budget(layout.anchors(), layout.total_rows, sizeof(T), options.memory_budget_bytes);
-  if (symmetric_ok(layout, options)) return forward_symmetric(u, layout, inv_temperature, options, keep);
-  return forward_rows(u, layout, inv_temperature, options, keep);
+  const std::int64_t na = layout.anchors();
+  EngineForward<T> out;
+  out.row_lse.assign(static_cast<std::size_t>(na), T(0));
+  out.row_positive.assign(static_cast<std::size_t>(na), T(0));
+  if (na == 0) return out;
+  const int threads = resolve_threads(options);
+  PartialStats<T> stats(threads, na);
+  const bool keep = fits_budget(na, layout.total_rows, sizeof(T), options.memory_budget_bytes);
+  if (keep) {
+    out.logits.resize(na, layout.total_rows);
+    out.flops = rect_forward(u, layout, inv_temperature, options, {{0, layout.total_rows}}, &out.logits,
+                             stats, out.row_positive.data());
+  } else if (options.use_symmetry) {
+    out.flops = sym_forward(u, layout, inv_temperature, options, stats, out.row_positive.data());
+    out.flops += rect_forward(u, layout, inv_temperature, options, other_columns(layout),
+                              static_cast<RowMatrix<T>*>(nullptr), stats, out.row_positive.data());
+  } else {
+    out.flops = rect_forward(u, layout, inv_temperature, options, {{0, layout.total_rows}},
+                             static_cast<RowMatrix<T>*>(nullptr), stats, out.row_positive.data());
+  }
+  for (std::int64_t q = 0; q < na; ++q) {
+    T run_max = -std::numeric_limits<T>::infinity(), run_sum = 0;
+    for (int t = 0; t < threads; ++t)
+      lse_merge(run_max, run_sum, stats.max[static_cast<std::size_t>(t)][q], stats.sum[static_cast<std::size_t>(t)][q]);
+    out.row_lse[static_cast<std::size_t>(q)] = run_max + std::log(run_sum);
+  }
+  return out;
 }
 
 template <class T>
 double engine_backward(const RowMatrix<T>& u, const RowLayout& layout, T inv_temperature,
                        const T* lse_all, const T* alpha_all, const EngineForward<T>& saved,
                        const EngineOptions& options, RowMatrix<T>& grad_anchors) {
-  const bool keep = saved.logits.rows() == layout.anchors() && layout.anchors() > 0;
-  if (!keep && symmetric_ok(layout, options))
-    return backward_symmetric(u, layout, inv_temperature, lse_all, alpha_all, options, grad_anchors);
-  return backward_rows(u, layout, inv_temperature, lse_all, alpha_all, saved, options, grad_anchors);
+  const std::int64_t na = layout.anchors();
+  grad_anchors.setZero(na, u.cols());
+  if (na == 0) return 0;
+  const int threads = resolve_threads(options);
+  const std::vector<T> beta = make_beta(layout.total_rows, fixed_shift(inv_temperature), lse_all, alpha_all);
+  const T* beta_all = beta.empty() ? nullptr : beta.data();
+  const bool kept = saved.logits.rows() == na && saved.logits.cols() == layout.total_rows;
+  if (kept) {
+    return rect_backward(u, layout, inv_temperature, lse_all, alpha_all, beta_all, options,
+                         {{0, layout.total_rows}}, &saved.logits, threads, grad_anchors);
+  }
+  const RowMatrix<T>* none = nullptr;
+  if (options.use_symmetry) {
+    double flops = sym_backward(u, layout, inv_temperature, lse_all, alpha_all, beta_all, options, threads,
+                                grad_anchors);
+    flops += rect_backward(u, layout, inv_temperature, lse_all, alpha_all, beta_all, options,
+                           other_columns(layout), none, threads, grad_anchors);
+    return flops;
+  }
+  return rect_backward(u, layout, inv_temperature, lse_all, alpha_all, beta_all, options,
+                       {{0, layout.total_rows}}, none, threads, grad_anchors);
 }
 
 template <class T>

@@ -22,7 +22,8 @@ struct EngineOptions {
   // Tile sizes; 0 picks the defaults. Tests force small tiles to cross tile boundaries.
   std::int64_t row_block = 0;
   std::int64_t col_tile = 0;
-  // Single process only: compute one triangle of the symmetric logits (half the forward products).
+  // Compute one triangle of this rank's own [2n, 2n] diagonal block of logits, which is symmetric and
+  // holds every positive (a single process: the whole matrix, half the forward products).
   bool use_symmetry = true;
 };
 

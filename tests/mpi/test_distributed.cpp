@@ -63,8 +63,28 @@ double max_rel(const RowMatrix<T>& got, const RowMatrix<T>& want) {
   return static_cast<double>((got - want).cwiseAbs().maxCoeff()) / scale;
 }
 
+// Engine configurations: defaults (small problems keep their logits), streamed with the symmetric own
+// block plus the rectangular rest on tiny tiles, and streamed without symmetry.
+std::vector<EngineOptions> engine_variants() {
+  EngineOptions kept, sym, rect;
+  sym.memory_budget_bytes = 0;
+  sym.row_block = 3;
+  sym.col_tile = 4;
+  rect = sym;
+  rect.use_symmetry = false;
+  return {kept, sym, rect};
+}
+
+template <class T>
+void check_against_single_process(double tol, const EngineOptions& engine);
+
 template <class T>
 void check_against_single_process(double tol) {
+  for (const EngineOptions& engine : engine_variants()) check_against_single_process<T>(tol, engine);
+}
+
+template <class T>
+void check_against_single_process(double tol, const EngineOptions& engine) {
   const int k = world_size(), rank = world_rank();
   MpiCommunicator comm(MPI_COMM_WORLD);
   const std::int64_t g = 11, d = 6;
@@ -87,6 +107,7 @@ void check_against_single_process(double tol) {
       const SimCLRLoss loss(0.2, reduction);
       CallOptions o;
       o.communicator = &comm;
+      o.engine = engine;
       if (reduction == Reduction::kSumOverBatchSize || reduction == Reduction::kAuto)
         o.global_batch_size = GlobalBatchSize::infer();
       const LossOutput<T> out = loss.forward(a, b, &w_mine, o);
