@@ -1,0 +1,148 @@
+#include "device_engine.hpp"
+
+#include <algorithm>
+#include <climits>
+#include <limits>
+
+#include "blas.hpp"
+#include "simclr/cuda/check.hpp"
+
+namespace simclr::cuda::detail {
+namespace {
+
+constexpr std::int64_t kDefaultTile = 8192;
+constexpr std::int64_t kMinDefaultTile = 256;
+constexpr std::int64_t kMaxTileRows = std::int64_t{65535} * 8;
+
+std::int64_t round_up(std::int64_t x, std::int64_t m) { return (x + m - 1) / m * m; }
+
+int as_int(std::int64_t v, const char* what) {
+  SIMCLR_ENFORCE(v >= 0 && v <= INT_MAX, ValueError, "device loss: ", what, " ", v,
+                 " exceeds cuBLAS's int range");
+  return static_cast<int>(v);
+}
+
+const char* row_ptr(const void* base, std::int64_t row, std::int64_t d, std::size_t elem) {
+  return static_cast<const char*>(base) + static_cast<std::size_t>(row * d) * elem;
+}
+
+// s[rows, cols] (row-major, ld lds) = inv_t * U[q, :] . U[c, :] for U rows [row0, row0 + rows) and
+// [c0, c0 + cols). Column-major cuBLAS sees s^T = U_c * U_q^T with U_c read transposed.
+void logits_gemm(cublasHandle_t blas, DeviceDType dtype, const void* u, std::int64_t d,
+                 std::int64_t row0, std::int64_t rows, std::int64_t c0, std::int64_t cols,
+                 float inv_t, float* s, std::int64_t lds) {
+  const float beta = 0.f;
+  const cudaDataType_t type = blas_type(dtype);
+  const std::size_t elem = element_size(dtype);
+  const int ld_u = as_int(std::max<std::int64_t>(d, 1), "dimension");
+  SIMCLR_CHECK_CUBLAS(cublasSetPointerMode(blas, CUBLAS_POINTER_MODE_HOST));
+  SIMCLR_CHECK_CUBLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, as_int(cols, "tile cols"),
+                                   as_int(rows, "tile rows"), as_int(d, "dimension"), &inv_t,
+                                   row_ptr(u, c0, d, elem), type, ld_u, row_ptr(u, row0, d, elem), type,
+                                   ld_u, &beta, s, CUDA_R_32F, as_int(lds, "tile ld"), CUBLAS_COMPUTE_32F,
+                                   CUBLAS_GEMM_DEFAULT));
+}
+
+}  // namespace
+
+cudaDataType_t blas_type(DeviceDType dtype) {
+  switch (dtype) {
+    case DeviceDType::kFloat32:
+      return CUDA_R_32F;
+    case DeviceDType::kBFloat16:
+      return CUDA_R_16BF;
+    case DeviceDType::kFloat16:
+      return CUDA_R_16F;
+  }
+  throw TypeError(::simclr::detail::str_cat("device loss: unsupported dtype code ",
+                                            static_cast<int>(dtype)));
+}
+
+TilePlan plan_tiles(std::int64_t anchors, std::int64_t total, DeviceDType dtype,
+                    const DeviceOptions& options) {
+  SIMCLR_ENFORCE(options.tile_rows >= 0 && options.tile_cols >= 0, ValueError,
+                 "tile sizes must be >= 0, got ", options.tile_rows, " x ", options.tile_cols);
+  SIMCLR_ENFORCE(options.tile_rows <= kMaxTileRows, ValueError, "tile_rows ", options.tile_rows,
+                 " exceeds ", kMaxTileRows);
+  TilePlan plan;
+  plan.rows = std::max<std::int64_t>(1, std::min(options.tile_rows > 0 ? options.tile_rows : kDefaultTile, anchors));
+  plan.cols = std::max<std::int64_t>(1, std::min(options.tile_cols > 0 ? options.tile_cols : kDefaultTile, total));
+  const auto bytes = [&](const TilePlan& p) {
+    return static_cast<double>(p.rows) * static_cast<double>(round_up(p.cols, 8)) *
+           static_cast<double>(sizeof(float) + element_size(dtype));
+  };
+  // Only default sizes shrink to the budget; sizes the caller chose are kept.
+  while (bytes(plan) > static_cast<double>(options.workspace_bytes)) {
+    const bool shrink_cols = options.tile_cols == 0 && plan.cols > kMinDefaultTile &&
+                             (plan.cols >= plan.rows || options.tile_rows != 0);
+    const bool shrink_rows = options.tile_rows == 0 && plan.rows > kMinDefaultTile;
+    if (shrink_cols) {
+      plan.cols = (plan.cols + 1) / 2;
+    } else if (shrink_rows) {
+      plan.rows = (plan.rows + 1) / 2;
+    } else {
+      break;
+    }
+  }
+  plan.ld = round_up(plan.cols, 8);
+  return plan;
+}
+
+double engine_forward(cublasHandle_t blas, DeviceDType dtype, const void* u, std::int64_t d,
+                      std::int64_t total, AnchorLayout layout, float inv_temperature,
+                      const TilePlan& plan, float* run_max, float* run_sum, float* positive,
+                      cudaStream_t stream) {
+  const std::int64_t anchors = 2 * layout.pairs;
+  launch_fill(run_max, anchors, -std::numeric_limits<float>::infinity(), stream);
+  launch_fill(run_sum, anchors, 0.f, stream);
+  launch_fill(positive, anchors, 0.f, stream);
+  if (anchors == 0 || total == 0) return 0;
+  DeviceArray workspace(static_cast<std::size_t>(plan.rows * plan.ld) * sizeof(float), stream);
+  float* s = workspace.as<float>();
+  for (std::int64_t q0 = 0; q0 < anchors; q0 += plan.rows) {
+    const std::int64_t rows = std::min(plan.rows, anchors - q0);
+    for (std::int64_t c0 = 0; c0 < total; c0 += plan.cols) {
+      const std::int64_t cols = std::min(plan.cols, total - c0);
+      logits_gemm(blas, dtype, u, d, layout.anchor_begin + q0, rows, c0, cols, inv_temperature, s,
+                  plan.ld);
+      launch_lse_tile(s, plan.ld, rows, cols, q0, c0, layout, run_max, run_sum, positive, stream);
+    }
+  }
+  return 2.0 * static_cast<double>(anchors) * static_cast<double>(total) * static_cast<double>(d);
+}
+
+double engine_backward(cublasHandle_t blas, DeviceDType dtype, const void* u, std::int64_t d,
+                       std::int64_t total, AnchorLayout layout, float inv_temperature,
+                       const TilePlan& plan, const float* lse_all, const float* alpha_all,
+                       const float* params, float* grad, cudaStream_t stream) {
+  const std::int64_t anchors = 2 * layout.pairs;
+  if (anchors == 0 || d == 0) return 0;
+  const std::size_t elem = element_size(dtype);
+  const std::size_t s_bytes = static_cast<std::size_t>(plan.rows * plan.ld) * sizeof(float);
+  DeviceArray workspace(s_bytes + static_cast<std::size_t>(plan.rows * plan.ld) * elem, stream);
+  float* s = workspace.as<float>();
+  void* m = static_cast<char*>(workspace.data()) + s_bytes;
+  const cudaDataType_t type = blas_type(dtype);
+  const int ld_u = as_int(d, "dimension");
+  for (std::int64_t q0 = 0; q0 < anchors; q0 += plan.rows) {
+    const std::int64_t rows = std::min(plan.rows, anchors - q0);
+    for (std::int64_t c0 = 0; c0 < total; c0 += plan.cols) {
+      const std::int64_t cols = std::min(plan.cols, total - c0);
+      logits_gemm(blas, dtype, u, d, layout.anchor_begin + q0, rows, c0, cols, inv_temperature, s,
+                  plan.ld);
+      launch_m_tile(s, plan.ld, rows, cols, q0, c0, layout, lse_all, alpha_all, params, dtype, m,
+                    plan.ld, stream);
+      // grad[q0 : q0 + rows] (+)= M U_c, column-major: grad^T [d, rows] = U_c^T [d, cols] M^T.
+      SIMCLR_CHECK_CUBLAS(cublasSetPointerMode(blas, CUBLAS_POINTER_MODE_DEVICE));
+      SIMCLR_CHECK_CUBLAS(cublasGemmEx(
+          blas, CUBLAS_OP_N, CUBLAS_OP_N, ld_u, as_int(rows, "tile rows"), as_int(cols, "tile cols"),
+          params + 1, row_ptr(u, c0, d, elem), type, ld_u, m, type, as_int(plan.ld, "tile ld"),
+          c0 == 0 ? params + 2 : params + 3, grad + q0 * d, CUDA_R_32F, ld_u, CUBLAS_COMPUTE_32F,
+          CUBLAS_GEMM_DEFAULT));
+      SIMCLR_CHECK_CUBLAS(cublasSetPointerMode(blas, CUBLAS_POINTER_MODE_HOST));
+    }
+  }
+  return 4.0 * static_cast<double>(anchors) * static_cast<double>(total) * static_cast<double>(d);
+}
+
+}  // namespace simclr::cuda::detail

@@ -1,0 +1,45 @@
+#pragma once
+// The tiled core of the device loss (spec sections 3-5): logits tiles by cuBLAS into a float32
+// workspace, the online log-sum-exp and the M tiles by kernels.cu, the gradient by a second cuBLAS
+// product per tile. Memory: one tile workspace, never the [2n, 2G] logits.
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "kernels.cuh"
+#include "simclr/cuda/device_loss.hpp"
+
+namespace simclr::cuda::detail {
+
+// Tile shape and the workspace's leading dimension (a multiple of 8, so rows of the float32 logits and
+// of a 16-bit M tile start 16-byte aligned for vector loads and tensor cores).
+struct TilePlan {
+  std::int64_t rows = 1;
+  std::int64_t cols = 1;
+  std::int64_t ld = 8;
+};
+
+// Resolves DeviceOptions for `anchors` x `total` logits of `dtype` (ValueError for negative sizes).
+TilePlan plan_tiles(std::int64_t anchors, std::int64_t total, DeviceDType dtype,
+                    const DeviceOptions& options);
+
+// Forward over anchors of `layout` against all `total` rows of u ([total, d], dtype, unit rows):
+// run_max, run_sum, positive ([2n] float32) are initialised and filled. Returns the flops.
+double engine_forward(cublasHandle_t blas, DeviceDType dtype, const void* u, std::int64_t d,
+                      std::int64_t total, AnchorLayout layout, float inv_temperature,
+                      const TilePlan& plan, float* run_max, float* run_sum, float* positive,
+                      cudaStream_t stream);
+
+// Backward: grad ([2n, d] float32) = dJ/du for this rank's anchors given every row's LSE and alpha in
+// U order and the device params of launch_backward_params. Returns the flops.
+double engine_backward(cublasHandle_t blas, DeviceDType dtype, const void* u, std::int64_t d,
+                       std::int64_t total, AnchorLayout layout, float inv_temperature,
+                       const TilePlan& plan, const float* lse_all, const float* alpha_all,
+                       const float* params, float* grad, cudaStream_t stream);
+
+// cuBLAS's data type for a device dtype.
+cudaDataType_t blas_type(DeviceDType dtype);
+
+}  // namespace simclr::cuda::detail

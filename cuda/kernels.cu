@@ -1,0 +1,431 @@
+// Kernels of the device loss (spec sections 1-4). Element-wise and row-wise work only: the products
+// with U go through cuBLAS (device_engine.cpp). All arithmetic is float32; exponentials are exp2f of
+// a pre-scaled argument, which for the terms that matter (s - max near 0) is accurate to ~1 ulp.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "kernels.cuh"
+#include "simclr/cuda/check.hpp"
+
+namespace simclr::cuda::detail {
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kNormEps = 1e-12f;
+constexpr int kWarp = 32;
+constexpr int kRowsPerBlock = 8;  // one warp per row, 256 threads
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+
+template <class T>
+__device__ __forceinline__ T from_float(float x);
+template <>
+__device__ __forceinline__ float from_float<float>(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+template <>
+__device__ __forceinline__ __half from_float<__half>(float x) {
+  return __float2half_rn(x);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// Merge (m, s) with (om, os): both are (max, sum of exp(x - max)) of disjoint sets; -inf max = empty.
+__device__ __forceinline__ void lse_merge(float& m, float& s, float om, float os) {
+  if (om == -INFINITY) return;
+  if (m == -INFINITY) {
+    m = om;
+    s = os;
+    return;
+  }
+  const float nm = fmaxf(m, om);
+  s = s * exp2f((m - nm) * kLog2e) + os * exp2f((om - nm) * kLog2e);
+  m = nm;
+}
+
+std::int64_t blocks_for(std::int64_t work, std::int64_t per_block, std::int64_t cap) {
+  const std::int64_t b = (work + per_block - 1) / per_block;
+  return b < 1 ? 1 : (b > cap ? cap : b);
+}
+
+// Runs `body.template operator()<T>()` with T the element type of `dtype`.
+template <class Body>
+void dispatch(DeviceDType dtype, Body&& body) {
+  switch (dtype) {
+    case DeviceDType::kFloat32:
+      body(float{});
+      return;
+    case DeviceDType::kBFloat16:
+      body(__nv_bfloat16{});
+      return;
+    case DeviceDType::kFloat16:
+      body(__half{});
+      return;
+  }
+  throw ::simclr::TypeError(::simclr::detail::str_cat("device loss: unsupported dtype code ",
+                                                      static_cast<int>(dtype)));
+}
+
+// ---- kernels ----
+
+template <class T>
+__global__ void find_nonfinite_kernel(const T* x, std::int64_t rows, std::int64_t cols,
+                                      std::int64_t stride, unsigned long long* first_bad) {
+  const std::int64_t total = rows * cols;
+  for (std::int64_t idx = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t r = idx / cols, c = idx - r * cols;
+    if (!isfinite(to_float(x[r * stride + c]))) atomicMin(first_bad, static_cast<unsigned long long>(idx));
+  }
+}
+
+template <class T>
+__global__ void l2_normalize_kernel(const T* x, std::int64_t rows, std::int64_t cols, std::int64_t stride,
+                                    T* out, float* squared_norms) {
+  const std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
+  const int lane = static_cast<int>(threadIdx.x % kWarp);
+  if (row >= rows) return;
+  const T* xr = x + row * stride;
+  float acc = 0.f;
+  for (std::int64_t c = lane; c < cols; c += kWarp) {
+    const float v = to_float(xr[c]);
+    acc = fmaf(v, v, acc);
+  }
+  acc = warp_sum(acc);
+  if (lane == 0) squared_norms[row] = acc;
+  const float inv = 1.0f / sqrtf(fmaxf(acc, kNormEps));
+  T* dst = out + row * cols;
+  for (std::int64_t c = lane; c < cols; c += kWarp) dst[c] = from_float<T>(to_float(xr[c]) * inv);
+}
+
+__global__ void lse_tile_kernel(const float* s, std::int64_t lds, std::int64_t rows, std::int64_t cols,
+                                std::int64_t q0, std::int64_t c0, AnchorLayout layout, float* run_max,
+                                float* run_sum, float* positive) {
+  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
+  const int lane = static_cast<int>(threadIdx.x % kWarp);
+  if (i >= rows) return;
+  const std::int64_t q = q0 + i;
+  const std::int64_t self = layout.anchor_begin + q - c0;
+  const std::int64_t partner = q < layout.pairs ? q + layout.pairs : q - layout.pairs;
+  const std::int64_t pos = layout.anchor_begin + partner - c0;
+  const float* row = s + i * lds;
+  float m = -INFINITY, sum = 0.f;
+  const std::int64_t cols4 = cols & ~std::int64_t{3};
+  for (std::int64_t c = 4 * lane; c < cols4; c += 4 * kWarp) {
+    const float4 v = *reinterpret_cast<const float4*>(row + c);
+    float x[4] = {v.x, v.y, v.z, v.w};
+    if (self >= c && self < c + 4) x[self - c] = -INFINITY;
+    const float tmax = fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3]));
+    if (tmax > m) {
+      sum = (m == -INFINITY) ? 0.f : sum * exp2f((m - tmax) * kLog2e);
+      m = tmax;
+    }
+#pragma unroll
+    for (int k = 0; k < 4; ++k) sum += exp2f((x[k] - m) * kLog2e);  // x = -inf gives 0; m is finite
+  }
+  for (std::int64_t c = cols4 + lane; c < cols; c += kWarp) {
+    if (c == self) continue;
+    const float x = row[c];
+    if (x > m) {
+      sum = (m == -INFINITY) ? 0.f : sum * exp2f((m - x) * kLog2e);
+      m = x;
+    }
+    sum += exp2f((x - m) * kLog2e);
+  }
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) {
+    const float om = __shfl_xor_sync(0xffffffffu, m, offset);
+    const float os = __shfl_xor_sync(0xffffffffu, sum, offset);
+    lse_merge(m, sum, om, os);
+  }
+  if (lane == 0) {
+    float rm = run_max[q], rs = run_sum[q];
+    lse_merge(rm, rs, m, sum);
+    run_max[q] = rm;
+    run_sum[q] = rs;
+    if (pos >= 0 && pos < cols) positive[q] = row[pos];
+  }
+}
+
+constexpr int kFinishThreads = 1024;
+
+template <class T>
+__global__ void forward_finish_kernel(const float* run_max, const float* run_sum, const float* positive,
+                                      const float* weight, std::int64_t n, int reduction,
+                                      double denominator, float* row_lse, T* per_example, T* values,
+                                      float* objective) {
+  __shared__ double partial[kFinishThreads];
+  double acc = 0;
+  for (std::int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const float la = run_max[i] + logf(run_sum[i]);
+    const float lb = run_max[n + i] + logf(run_sum[n + i]);
+    row_lse[i] = la;
+    row_lse[n + i] = lb;
+    const float l = (la - positive[i]) + (lb - positive[n + i]);
+    per_example[i] = from_float<T>(l);
+    const float wl = l * weight[i];
+    if (reduction == kReductionNone) values[i] = from_float<T>(wl);
+    acc += static_cast<double>(wl);
+  }
+  partial[threadIdx.x] = acc;
+  __syncthreads();
+  for (int stride = kFinishThreads / 2; stride > 0; stride /= 2) {
+    if (static_cast<int>(threadIdx.x) < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    const double sum = partial[0];
+    if (reduction == kReductionNone) {
+      objective[0] = static_cast<float>(sum);
+    } else {
+      const double reduced = reduction == kReductionSum ? sum
+                             : denominator <= 0                             ? 0.0
+                                                                            : sum / denominator;
+      values[0] = from_float<T>(static_cast<float>(reduced));
+      objective[0] = static_cast<float>(reduced);
+    }
+  }
+}
+
+__global__ void fill_kernel(float* p, std::int64_t count, float value) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < count;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+    p[i] = value;
+}
+
+__global__ void broadcast_weight_kernel(const float* src, std::int64_t src_size, std::int64_t n,
+                                        float* weight) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+    weight[i] = src == nullptr ? 1.f : src[src_size == 1 ? 0 : i];
+}
+
+__global__ void pair_weight_kernel(const float* upstream, float upstream_scalar, const float* weight,
+                                   std::int64_t n, bool divide, float denominator, float* alpha) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const float g = upstream != nullptr ? upstream[i] : upstream_scalar;
+    float a = g * weight[i];
+    if (divide) a = denominator == 0.f ? 0.f : a / denominator;
+    alpha[i] = a;
+    alpha[n + i] = a;
+  }
+}
+
+__global__ void backward_params_kernel(const float* alpha_all, std::int64_t total, float inv_t,
+                                       bool scale_up, float* params) {
+  __shared__ float partial[kFinishThreads];
+  float amax = 0.f;
+  if (scale_up)
+    for (std::int64_t i = threadIdx.x; i < total; i += blockDim.x) amax = fmaxf(amax, fabsf(alpha_all[i]));
+  partial[threadIdx.x] = amax;
+  __syncthreads();
+  for (int stride = kFinishThreads / 2; stride > 0; stride /= 2) {
+    if (static_cast<int>(threadIdx.x) < stride)
+      partial[threadIdx.x] = fmaxf(partial[threadIdx.x], partial[threadIdx.x + stride]);
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    float scale = 1.f;
+    if (scale_up && partial[0] > 0.f) {
+      int e = 0;
+      frexpf(partial[0], &e);  // max|alpha| < 2^e, and |M| <= 2 max|alpha| < 2^15 after scaling
+      scale = ldexpf(1.f, max(-100, min(100, 14 - e)));  // clamped: never 0 or inf
+    }
+    params[0] = scale;
+    params[1] = inv_t / scale;
+    params[2] = 0.f;
+    params[3] = 1.f;
+  }
+}
+
+constexpr int kMThreads = 256;
+
+template <class T>
+__global__ void m_tile_kernel(const float* s, std::int64_t lds, std::int64_t rows, std::int64_t cols,
+                              std::int64_t q0, std::int64_t c0, AnchorLayout layout,
+                              const float* lse_all, const float* alpha_all, const float* params, T* m,
+                              std::int64_t ldm) {
+  const std::int64_t c = 4 * (static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x);
+  if (c >= cols) return;
+  const float scale = params[0];
+  for (std::int64_t i = blockIdx.y; i < rows; i += gridDim.y) {
+    const std::int64_t q = q0 + i;
+    const std::int64_t gq = layout.anchor_begin + q;
+    const std::int64_t self = gq - c0;
+    const std::int64_t partner = q < layout.pairs ? q + layout.pairs : q - layout.pairs;
+    const std::int64_t pos = layout.anchor_begin + partner - c0;
+    const float lse_k = lse_all[gq], a_k = alpha_all[gq];
+    const float* srow = s + i * lds;
+    float x[4];
+    if (c + 4 <= cols) {
+      const float4 v = *reinterpret_cast<const float4*>(srow + c);
+      x[0] = v.x;
+      x[1] = v.y;
+      x[2] = v.z;
+      x[3] = v.w;
+    } else {
+      for (int k = 0; k < 4; ++k) x[k] = c + k < cols ? srow[c + k] : 0.f;
+    }
+    T* mrow = m + i * ldm;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const std::int64_t j = c + k;
+      if (j >= cols) break;
+      const float a_c = alpha_all[c0 + j];
+      float val = a_k * exp2f((x[k] - lse_k) * kLog2e) + a_c * exp2f((x[k] - lse_all[c0 + j]) * kLog2e);
+      if (j == self) val = 0.f;
+      if (j == pos) val -= a_k + a_c;
+      mrow[j] = from_float<T>(val * scale);
+    }
+  }
+}
+
+template <class T>
+__global__ void l2_normalize_backward_kernel(const T* xhat, const float* squared_norms, const float* grad,
+                                             std::int64_t rows, std::int64_t cols, T* out,
+                                             std::int64_t out_stride) {
+  const std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
+  const int lane = static_cast<int>(threadIdx.x % kWarp);
+  if (row >= rows) return;
+  const T* h = xhat + row * cols;
+  const float* g = grad + row * cols;
+  T* dst = out + row * out_stride;
+  const float nrm2 = squared_norms[row];
+  if (nrm2 > kNormEps) {
+    float dot = 0.f;
+    for (std::int64_t c = lane; c < cols; c += kWarp) dot = fmaf(to_float(h[c]), g[c], dot);
+    dot = warp_sum(dot);
+    const float norm = sqrtf(nrm2);
+    for (std::int64_t c = lane; c < cols; c += kWarp)
+      dst[c] = from_float<T>((g[c] - to_float(h[c]) * dot) / norm);
+  } else {
+    const float norm = sqrtf(kNormEps);
+    for (std::int64_t c = lane; c < cols; c += kWarp) dst[c] = from_float<T>(g[c] / norm);
+  }
+}
+
+}  // namespace
+
+// ---- launchers ----
+
+void launch_find_nonfinite(const void* x, DeviceDType dtype, std::int64_t rows, std::int64_t cols,
+                           std::int64_t row_stride, unsigned long long* first_bad, cudaStream_t stream) {
+  if (rows == 0 || cols == 0) return;
+  dispatch(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const auto blocks = static_cast<unsigned>(blocks_for(rows * cols, 256, 4096));
+    find_nonfinite_kernel<T><<<blocks, 256, 0, stream>>>(static_cast<const T*>(x), rows, cols,
+                                                         row_stride, first_bad);
+  });
+  SIMCLR_CHECK_LAUNCH("find_nonfinite_kernel");
+}
+
+void launch_l2_normalize(const void* x, DeviceDType dtype, std::int64_t rows, std::int64_t cols,
+                         std::int64_t row_stride, void* out, float* squared_norms, cudaStream_t stream) {
+  if (rows == 0) return;
+  dispatch(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const auto blocks = static_cast<unsigned>(blocks_for(rows, kRowsPerBlock, INT32_MAX));
+    l2_normalize_kernel<T><<<blocks, kRowsPerBlock * kWarp, 0, stream>>>(
+        static_cast<const T*>(x), rows, cols, row_stride, static_cast<T*>(out), squared_norms);
+  });
+  SIMCLR_CHECK_LAUNCH("l2_normalize_kernel");
+}
+
+void launch_lse_tile(const float* s, std::int64_t lds, std::int64_t rows, std::int64_t cols,
+                     std::int64_t q0, std::int64_t c0, AnchorLayout layout, float* run_max,
+                     float* run_sum, float* positive, cudaStream_t stream) {
+  if (rows == 0 || cols == 0) return;
+  const auto blocks = static_cast<unsigned>(blocks_for(rows, kRowsPerBlock, INT32_MAX));
+  lse_tile_kernel<<<blocks, kRowsPerBlock * kWarp, 0, stream>>>(s, lds, rows, cols, q0, c0, layout,
+                                                                run_max, run_sum, positive);
+  SIMCLR_CHECK_LAUNCH("lse_tile_kernel");
+}
+
+void launch_forward_finish(const float* run_max, const float* run_sum, const float* positive,
+                           const float* weight, std::int64_t pairs, int reduction, double denominator,
+                           DeviceDType dtype, float* row_lse, void* per_example, void* values,
+                           float* objective, cudaStream_t stream) {
+  dispatch(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    forward_finish_kernel<T><<<1, kFinishThreads, 0, stream>>>(
+        run_max, run_sum, positive, weight, pairs, reduction, denominator, row_lse,
+        static_cast<T*>(per_example), static_cast<T*>(values), objective);
+  });
+  SIMCLR_CHECK_LAUNCH("forward_finish_kernel");
+}
+
+void launch_fill(float* p, std::int64_t count, float value, cudaStream_t stream) {
+  if (count == 0) return;
+  const auto blocks = static_cast<unsigned>(blocks_for(count, 256, 1024));
+  fill_kernel<<<blocks, 256, 0, stream>>>(p, count, value);
+  SIMCLR_CHECK_LAUNCH("fill_kernel");
+}
+
+void launch_broadcast_weight(const float* src, std::int64_t src_size, std::int64_t pairs, float* weight,
+                             cudaStream_t stream) {
+  if (pairs == 0) return;
+  const auto blocks = static_cast<unsigned>(blocks_for(pairs, 256, 1024));
+  broadcast_weight_kernel<<<blocks, 256, 0, stream>>>(src, src_size, pairs, weight);
+  SIMCLR_CHECK_LAUNCH("broadcast_weight_kernel");
+}
+
+void launch_pair_weight(const float* upstream, float upstream_scalar, const float* weight,
+                        std::int64_t pairs, bool divide, float denominator, float* alpha,
+                        cudaStream_t stream) {
+  if (pairs == 0) return;
+  const auto blocks = static_cast<unsigned>(blocks_for(pairs, 256, 1024));
+  pair_weight_kernel<<<blocks, 256, 0, stream>>>(upstream, upstream_scalar, weight, pairs, divide,
+                                                 denominator, alpha);
+  SIMCLR_CHECK_LAUNCH("pair_weight_kernel");
+}
+
+void launch_backward_params(const float* alpha_all, std::int64_t total, float inv_temperature,
+                            DeviceDType dtype, float* params, cudaStream_t stream) {
+  backward_params_kernel<<<1, kFinishThreads, 0, stream>>>(alpha_all, total, inv_temperature,
+                                                           dtype == DeviceDType::kFloat16, params);
+  SIMCLR_CHECK_LAUNCH("backward_params_kernel");
+}
+
+void launch_m_tile(const float* s, std::int64_t lds, std::int64_t rows, std::int64_t cols,
+                   std::int64_t q0, std::int64_t c0, AnchorLayout layout, const float* lse_all,
+                   const float* alpha_all, const float* params, DeviceDType dtype, void* m,
+                   std::int64_t ldm, cudaStream_t stream) {
+  if (rows == 0 || cols == 0) return;
+  const dim3 grid(static_cast<unsigned>(blocks_for((cols + 3) / 4, kMThreads, INT32_MAX)),
+                  static_cast<unsigned>(rows < 65535 ? rows : 65535));
+  dispatch(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    m_tile_kernel<T><<<grid, kMThreads, 0, stream>>>(s, lds, rows, cols, q0, c0, layout, lse_all,
+                                                     alpha_all, params, static_cast<T*>(m), ldm);
+  });
+  SIMCLR_CHECK_LAUNCH("m_tile_kernel");
+}
+
+void launch_l2_normalize_backward(const void* xhat, const float* squared_norms, const float* grad,
+                                  std::int64_t rows, std::int64_t cols, DeviceDType dtype, void* out,
+                                  std::int64_t out_stride, cudaStream_t stream) {
+  if (rows == 0) return;
+  dispatch(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const auto blocks = static_cast<unsigned>(blocks_for(rows, kRowsPerBlock, INT32_MAX));
+    l2_normalize_backward_kernel<T><<<blocks, kRowsPerBlock * kWarp, 0, stream>>>(
+        static_cast<const T*>(xhat), squared_norms, grad, rows, cols, static_cast<T*>(out), out_stride);
+  });
+  SIMCLR_CHECK_LAUNCH("l2_normalize_backward_kernel");
+}
+
+}  // namespace simclr::cuda::detail

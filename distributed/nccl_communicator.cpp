@@ -1,0 +1,106 @@
+#include "simclr/nccl_communicator.hpp"
+
+#include <cstring>
+
+#include "simclr/cuda/check.hpp"
+#include "simclr/errors.hpp"
+
+// Wraps an NCCL call: a failure becomes CommError naming the call, NCCL's error string, its last
+// error message when it has one, and the rank.
+#define SIMCLR_CHECK_NCCL(call, comm, rank)                                                        \
+  do {                                                                                             \
+    const ncclResult_t simclr_nccl_rc_ = (call);                                                   \
+    if (simclr_nccl_rc_ != ncclSuccess && simclr_nccl_rc_ != ncclInProgress) {                     \
+      const char* simclr_nccl_last_ = ncclGetLastError(comm);                                      \
+      throw ::simclr::CommError(::simclr::detail::str_cat(                                         \
+          #call, " failed: ", ncclGetErrorString(simclr_nccl_rc_),                                 \
+          (simclr_nccl_last_ != nullptr && simclr_nccl_last_[0] != '\0') ? " (" : "",              \
+          simclr_nccl_last_ != nullptr ? simclr_nccl_last_ : "",                                   \
+          (simclr_nccl_last_ != nullptr && simclr_nccl_last_[0] != '\0') ? ")" : "", " (rank ",    \
+          rank, ")"));                                                                             \
+    }                                                                                              \
+  } while (0)
+
+namespace simclr {
+
+NcclCommunicator::NcclCommunicator(MPI_Comm comm, cudaStream_t stream)
+    : mpi_(std::make_unique<MpiCommunicator>(comm)), stream_(stream) {
+  rank_ = mpi_->rank();
+  size_ = mpi_->size();
+  SIMCLR_CHECK_CUDA(cudaGetDevice(&device_));
+  // The id travels over the host communicator; every rank learns whether rank 0 could make one, so a
+  // failure there raises on every rank instead of leaving the others waiting in ncclCommInitRank.
+  struct IdRecord {
+    ncclUniqueId id;
+    int status;
+    char message[252];
+  } record;
+  std::memset(&record, 0, sizeof(record));
+  if (rank_ == 0) {
+    const ncclResult_t rc = ncclGetUniqueId(&record.id);
+    if (rc != ncclSuccess) {
+      record.status = static_cast<int>(rc);
+      std::strncpy(record.message, ncclGetErrorString(rc), sizeof(record.message) - 1);
+    }
+  }
+  std::vector<IdRecord> all(static_cast<std::size_t>(size_));
+  mpi_->all_gather(&record, sizeof(record), all.data());
+  SIMCLR_ENFORCE(all[0].status == 0, CommError, "ncclGetUniqueId failed on rank 0: ", all[0].message,
+                 " (rank ", rank_, ")");
+  SIMCLR_CHECK_NCCL(ncclCommInitRank(&nccl_, size_, all[0].id, rank_), nullptr, rank_);
+}
+
+NcclCommunicator::~NcclCommunicator() {
+  if (nccl_ != nullptr) (void)ncclCommDestroy(nccl_);  // never throw from a destructor
+}
+
+void NcclCommunicator::check_async(const char* collective) const {
+  ncclResult_t async = ncclSuccess;
+  SIMCLR_CHECK_NCCL(ncclCommGetAsyncError(nccl_, &async), nccl_, rank_);
+  SIMCLR_ENFORCE(async == ncclSuccess || async == ncclInProgress, CommError, "nccl: ", collective,
+                 " on rank ", rank_, ": communicator has an asynchronous error: ",
+                 ncclGetErrorString(async));
+}
+
+void NcclCommunicator::all_gather(const void* send, std::size_t bytes, void* recv) {
+  check_async("all_gather");
+  if (bytes == 0) return;
+  SIMCLR_CHECK_NCCL(ncclAllGather(send, recv, bytes, ncclUint8, nccl_, stream_), nccl_, rank_);
+}
+
+void NcclCommunicator::all_gather_v(const void* send, std::size_t send_bytes, void* recv,
+                                    const std::vector<std::size_t>& recv_bytes) {
+  check_async("all_gather_v");
+  SIMCLR_ENFORCE(recv_bytes.size() == static_cast<std::size_t>(size_), CommError,
+                 "nccl: all_gather_v needs one count per rank: ", recv_bytes.size(), " vs ", size_);
+  SIMCLR_ENFORCE(send_bytes == recv_bytes[static_cast<std::size_t>(rank_)], CommError,
+                 "nccl: all_gather_v on rank ", rank_, ": sends ", send_bytes,
+                 " bytes but the counts say ", recv_bytes[static_cast<std::size_t>(rank_)]);
+  // One broadcast per rank that has data, rooted there, all in one group so NCCL runs them together.
+  SIMCLR_CHECK_NCCL(ncclGroupStart(), nccl_, rank_);
+  std::size_t at = 0;
+  bool grouped = true;
+  try {
+    for (int r = 0; r < size_; ++r) {
+      const std::size_t bytes = recv_bytes[static_cast<std::size_t>(r)];
+      char* dst = static_cast<char*>(recv) + at;
+      at += bytes;
+      if (bytes == 0) continue;
+      SIMCLR_CHECK_NCCL(ncclBroadcast(r == rank_ ? send : dst, dst, bytes, ncclUint8, r, nccl_, stream_),
+                        nccl_, rank_);
+    }
+  } catch (...) {
+    grouped = false;
+    (void)ncclGroupEnd();
+    throw;
+  }
+  if (grouped) SIMCLR_CHECK_NCCL(ncclGroupEnd(), nccl_, rank_);
+}
+
+void NcclCommunicator::barrier() {
+  check_async("barrier");
+  SIMCLR_CHECK_CUDA(cudaStreamSynchronize(stream_));
+  mpi_->barrier();
+}
+
+}  // namespace simclr

@@ -1,0 +1,260 @@
+#!/usr/bin/env bash
+# scripts/device_check.sh [OUTDIR]
+#
+# The GPU path's check on a machine with an NVIDIA GPU (docs/gpu.md): configures a fresh build, builds
+# only the GPU targets, runs the GPU tests, the benchmark (G=65536, d=256, bfloat16, plus a small
+# float32 parity run against the CPU path), and writes logs and one JSON summary to OUTDIR (default
+# ./device-check-out), then prints the summary. Needs the CUDA toolkit, NCCL, a C++ compiler and
+# cmake; Eigen3, nlohmann_json (required by the core), GoogleTest and MPI are found, installed with
+# apt-get when that works, vendored (GoogleTest from /usr/src/googletest), or skipped (MPI, tests).
+# Extra prefixes to search: SIMCLR_DEPS_PREFIX (a ;-list, passed as CMAKE_PREFIX_PATH).
+#
+# Exit status: 0 when everything that could run passed (also when no GPU is visible: the summary says
+# "no GPU"), 1 when a build, test or benchmark failed, 2 when a required dependency is missing.
+# Runs in under 8 minutes on a 16-core machine; each step has its own timeout.
+
+set -u -o pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="$(mkdir -p "${1:-./device-check-out}" && cd "${1:-./device-check-out}" && pwd)"
+BUILD="${SIMCLR_DEVICE_CHECK_BUILD:-$ROOT/build-device-check}"
+JOBS="${SIMCLR_DEVICE_CHECK_JOBS:-16}"
+BENCH_BATCH="${SIMCLR_BENCH_BATCH:-65536}"
+BENCH_DIM="${SIMCLR_BENCH_DIM:-256}"
+START=$(date +%s)
+DEADLINE=$((START + ${SIMCLR_DEVICE_CHECK_SECONDS:-450}))  # 7.5 minutes for everything
+SUMMARY="$OUT/summary.json"
+: > "$OUT/device_check.log"
+
+log() { echo "[device_check $(($(date +%s) - START))s] $*" | tee -a "$OUT/device_check.log" >&2; }
+left() { echo $((DEADLINE - $(date +%s))); }
+# JSON string escaping for short values (quotes, backslashes, control characters dropped).
+jstr() { printf '"%s"' "$(printf '%s' "$1" | tr -d '\000-\037' | sed 's/\\/\\\\/g; s/"/\\"/g')"; }
+
+STATUS="ok"
+NOTES=()
+declare -A FIELDS=()
+note() { NOTES+=("$1"); log "$1"; }
+
+write_summary() {
+  local elapsed=$(($(date +%s) - START)) notes="" k fields=""
+  for k in "${NOTES[@]+"${NOTES[@]}"}"; do notes+="${notes:+,}$(jstr "$k")"; done
+  for k in "${!FIELDS[@]}"; do fields+=",\"$k\":${FIELDS[$k]}"; done
+  printf '{"status":%s,"elapsed_seconds":%d,"outdir":%s%s,"notes":[%s]}\n' \
+    "$(jstr "$STATUS")" "$elapsed" "$(jstr "$OUT")" "$fields" "$notes" > "$SUMMARY"
+  cat "$SUMMARY"
+}
+finish() {  # finish STATUS EXIT_CODE
+  STATUS="$1"
+  write_summary
+  exit "$2"
+}
+
+# ---- 1. the GPU and the toolkit ----
+if [ -d /usr/local/cuda/bin ] && [[ ":$PATH:" != *":/usr/local/cuda/bin:"* ]]; then
+  export PATH="/usr/local/cuda/bin:$PATH"
+fi
+if ! command -v nvidia-smi > /dev/null 2>&1; then
+  note "nvidia-smi not found: no NVIDIA driver on this machine"
+  FIELDS[gpu]='"none"'
+  finish "no GPU" 0
+fi
+if ! nvidia-smi -L > "$OUT/nvidia-smi.txt" 2>&1 || ! grep -q '^GPU ' "$OUT/nvidia-smi.txt"; then
+  note "nvidia-smi sees no GPU: $(head -c 200 "$OUT/nvidia-smi.txt")"
+  FIELDS[gpu]='"none"'
+  finish "no GPU" 0
+fi
+nvidia-smi >> "$OUT/nvidia-smi.txt" 2>&1 || true
+FIELDS[gpus]=$(grep -c '^GPU ' "$OUT/nvidia-smi.txt")
+FIELDS[gpu]=$(jstr "$(grep -m1 '^GPU ' "$OUT/nvidia-smi.txt" | sed 's/^GPU [0-9]*: //; s/ (UUID.*//')")
+FIELDS[driver]=$(jstr "$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -1)")
+if ! command -v nvcc > /dev/null 2>&1; then
+  note "nvcc not found (looked in PATH and /usr/local/cuda/bin)"
+  finish "missing-dependencies" 2
+fi
+NVCC_VERSION=$(nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')
+FIELDS[nvcc]=$(jstr "$NVCC_VERSION")
+log "GPU ${FIELDS[gpu]}, driver ${FIELDS[driver]}, nvcc ${FIELDS[nvcc]}, $(nproc) cores, $(left)s left"
+
+# ---- 2. dependencies: probe with CMake's own find logic ----
+PREFIX_PATH="${SIMCLR_DEPS_PREFIX:-}"
+probe() {
+  local dir="$BUILD/_probe"
+  rm -rf "$dir" && mkdir -p "$dir"
+  cat > "$dir/CMakeLists.txt" <<'EOF'
+cmake_minimum_required(VERSION 3.25)
+project(probe LANGUAGES CXX)
+find_package(Eigen3 3.3 NO_MODULE QUIET)
+find_package(nlohmann_json 3.9 QUIET)
+find_package(GTest QUIET)
+find_package(MPI COMPONENTS CXX QUIET)
+find_package(OpenMP COMPONENTS CXX QUIET)
+message(STATUS "PROBE eigen=${Eigen3_FOUND} json=${nlohmann_json_FOUND} gtest=${GTest_FOUND} mpi=${MPI_CXX_FOUND} openmp=${OpenMP_CXX_FOUND}")
+EOF
+  cmake -S "$dir" -B "$dir/build" -DCMAKE_PREFIX_PATH="$PREFIX_PATH" 2>&1 | tee -a "$OUT/probe.log" |
+    sed -n 's/.*PROBE //p' | tail -1
+}
+have() {
+  # Test knobs to exercise the fallbacks on a machine that has everything.
+  [ "$1" = gtest ] && [ "${SIMCLR_DEVICE_CHECK_NO_SYSTEM_GTEST:-0}" = 1 ] && [[ "$PREFIX_PATH" != *_gtest_prefix* ]] && return 1
+  [ "$1" = mpi ] && [ "${SIMCLR_DEVICE_CHECK_NO_MPI:-0}" = 1 ] && return 1
+  [[ " $PROBE " == *" $1=1 "* || " $PROBE " == *" $1=TRUE "* || " $PROBE " == *" $1=ON "* ]]
+}
+mkdir -p "$BUILD"
+PROBE=$(probe)
+log "dependencies: $PROBE"
+
+missing_pkgs=()
+have eigen || missing_pkgs+=(libeigen3-dev)
+have json || missing_pkgs+=(nlohmann-json3-dev)
+have gtest || [ -f /usr/src/googletest/CMakeLists.txt ] || missing_pkgs+=(libgtest-dev)
+have mpi || missing_pkgs+=(libopenmpi-dev openmpi-bin)
+if [ ${#missing_pkgs[@]} -gt 0 ] && [ "${SIMCLR_DEVICE_CHECK_NO_APT:-0}" != 1 ]; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && command -v sudo > /dev/null 2>&1 && sudo -n true 2> /dev/null && SUDO="sudo -n"
+  if command -v apt-get > /dev/null 2>&1 && { [ "$(id -u)" -eq 0 ] || [ -n "$SUDO" ]; }; then
+    log "trying apt-get install ${missing_pkgs[*]} (offline machines fail here quickly)"
+    if timeout 60 $SUDO apt-get update -qq >> "$OUT/apt.log" 2>&1 &&
+       DEBIAN_FRONTEND=noninteractive timeout 150 $SUDO apt-get install -y -qq --no-install-recommends \
+         "${missing_pkgs[@]}" >> "$OUT/apt.log" 2>&1; then
+      note "installed with apt-get: ${missing_pkgs[*]}"
+      PROBE=$(probe)
+      log "dependencies after apt-get: $PROBE"
+    else
+      note "apt-get could not install ${missing_pkgs[*]} (offline?); see apt.log"
+    fi
+  else
+    note "missing ${missing_pkgs[*]} and apt-get is not usable here"
+  fi
+fi
+if ! have eigen || ! have json || ! have openmp; then
+  have eigen || note "Eigen3 (>= 3.3) not found: the core needs it (install libeigen3-dev or set SIMCLR_DEPS_PREFIX)"
+  have json || note "nlohmann_json (>= 3.9) not found: the core needs it (install nlohmann-json3-dev or set SIMCLR_DEPS_PREFIX)"
+  have openmp || note "OpenMP for C++ not found: the core needs it"
+  finish "missing-dependencies" 2
+fi
+
+# GoogleTest: the package, else built from /usr/src/googletest into the build tree, else no tests.
+BUILD_TESTS=ON
+if ! have gtest; then
+  if [ -f /usr/src/googletest/CMakeLists.txt ]; then
+    log "building GoogleTest from /usr/src/googletest"
+    if timeout 180 cmake -S /usr/src/googletest -B "$BUILD/_gtest" -DCMAKE_BUILD_TYPE=Release \
+         -DCMAKE_INSTALL_PREFIX="$BUILD/_gtest_prefix" -DBUILD_GMOCK=OFF > "$OUT/gtest.log" 2>&1 &&
+       timeout 180 cmake --build "$BUILD/_gtest" -j "$JOBS" >> "$OUT/gtest.log" 2>&1 &&
+       cmake --install "$BUILD/_gtest" >> "$OUT/gtest.log" 2>&1; then
+      PREFIX_PATH="${PREFIX_PATH:+$PREFIX_PATH;}$BUILD/_gtest_prefix"
+      note "GoogleTest built from /usr/src/googletest"
+    else
+      BUILD_TESTS=OFF
+      note "GoogleTest could not be built from /usr/src/googletest (gtest.log): GPU tests skipped"
+    fi
+  else
+    BUILD_TESTS=OFF
+    note "GoogleTest not found: GPU tests skipped (the benchmark's float32 parity check still runs)"
+  fi
+fi
+WITH_MPI=AUTO
+if ! have mpi; then
+  WITH_MPI=OFF
+  note "MPI not found: built without simclr_nccl; the NCCL tests are skipped"
+fi
+
+# ---- 3. configure a fresh build and build only the GPU targets ----
+rm -rf "$BUILD/CMakeCache.txt" "$BUILD/CMakeFiles"
+log "configuring $BUILD"
+if ! timeout 180 cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DSIMCLR_WITH_CUDA=ON \
+     -DSIMCLR_WITH_MPI="$WITH_MPI" -DSIMCLR_BUILD_TESTS="$BUILD_TESTS" -DSIMCLR_BUILD_TOOLS=ON \
+     -DSIMCLR_BUILD_BENCHMARKS=OFF -DCMAKE_PREFIX_PATH="$PREFIX_PATH" > "$OUT/configure.log" 2>&1; then
+  note "configure failed: $(grep -m1 -i 'error' "$OUT/configure.log" | head -c 300)"
+  FIELDS[configure]='"failed"'
+  finish "configure-failed" 1
+fi
+FIELDS[configure]='"ok"'
+targets=(simclr-gpu-bench)
+[ "$BUILD_TESTS" = ON ] && targets+=(simclr_gpu_tests)
+[ "$BUILD_TESTS" = ON ] && grep -q 'simclr_nccl_tests' "$BUILD/tests/gpu/CTestTestfile.cmake" 2> /dev/null &&
+  targets+=(simclr_nccl_tests)
+log "building ${targets[*]} with -j$JOBS"
+if ! timeout $(( $(left) > 60 ? $(left) - 30 : 30 )) cmake --build "$BUILD" -j "$JOBS" --target "${targets[@]}" \
+     > "$OUT/build.log" 2>&1; then
+  note "build failed: $(grep -m1 -E 'error' "$OUT/build.log" | head -c 300)"
+  FIELDS[build]='"failed"'
+  finish "build-failed" 1
+fi
+FIELDS[build]='"ok"'
+FIELDS[build_warnings]=$(grep -c -i 'warning' "$OUT/build.log" || true)
+
+# ---- 4. GPU tests ----
+FAILED=0
+if [ "$BUILD_TESTS" = ON ]; then
+  log "running the GPU tests ($(left)s left)"
+  timeout $(( $(left) > 200 ? 200 : $(left) )) ctest --test-dir "$BUILD" -L gpu --output-on-failure \
+    --timeout 180 > "$OUT/ctest.log" 2>&1
+  tests=""
+  while read -r name result; do
+    tests+="${tests:+,}$(jstr "$name"):$(jstr "$result")"
+    [ "$result" = "Passed" ] || [ "$result" = "Skipped" ] || FAILED=1
+    # np2 skips on a one-GPU machine by design; any other skip means the runtime saw no device.
+    if [ "$result" = "Skipped" ] && [[ "$name" != *.np2 || "${FIELDS[gpus]}" -ge 2 ]]; then
+      FAILED=1
+      note "$name skipped although nvidia-smi sees ${FIELDS[gpus]} GPU(s): run it by hand to see why"
+    fi
+  done < <(sed -n 's/^ *[0-9]*\/[0-9]* Test *#[0-9]*: \([^ ]*\) \.*[* ]*\([A-Za-z]*\).*/\1 \2/p' "$OUT/ctest.log")
+  FIELDS[tests]="{${tests}}"
+  [ -z "$tests" ] && { FAILED=1; note "ctest ran no test (timeout?): see ctest.log"; }
+  [ $FAILED -eq 1 ] && note "a GPU test failed: see ctest.log"
+fi
+
+# ---- 5. benchmark: the target run, a small float32 parity run, and a short tile sweep ----
+BENCH="$BUILD/bin/simclr-gpu-bench"
+bench() {  # bench NAME TIMEOUT ARGS...
+  local name=$1 limit=$2
+  shift 2
+  if [ "$NO_RUNTIME_DEVICE" = 1 ]; then return; fi
+  if [ "$(left)" -lt 20 ]; then note "bench $name skipped: out of time"; return; fi
+  [ "$limit" -gt "$(left)" ] && limit=$(left)
+  log "bench $name: $*"
+  local rc=0
+  timeout "$limit" "$BENCH" "$@" > "$OUT/bench_$name.json" 2> "$OUT/bench_$name.log" || rc=$?
+  if [ $rc -eq 0 ]; then
+    FIELDS["bench_$name"]=$(tail -1 "$OUT/bench_$name.json")
+    return
+  fi
+  FAILED=1
+  if [ $rc -eq 3 ]; then
+    NO_RUNTIME_DEVICE=1
+    note "the CUDA runtime sees no device although nvidia-smi does (driver too old for CUDA $NVCC_VERSION?): $(tail -c 200 "$OUT/bench_$name.log")"
+  elif [ $rc -eq 124 ]; then
+    note "bench $name timed out after ${limit}s"
+  else
+    note "bench $name failed (exit $rc): $(tail -c 300 "$OUT/bench_$name.log")"
+  fi
+}
+NO_RUNTIME_DEVICE=0
+bench f32_parity 90 --batch 2048 --dim 128 --dtype float32 --repeat 3 --check
+bench bf16 150 --batch "$BENCH_BATCH" --dim "$BENCH_DIM" --dtype bfloat16 --repeat 5
+bench bf16_tiles_4096x16384 60 --batch "$BENCH_BATCH" --dim "$BENCH_DIM" --dtype bfloat16 --repeat 3 \
+  --tile-rows 4096 --tile-cols 16384
+bench bf16_tiles_2048x4096 60 --batch "$BENCH_BATCH" --dim "$BENCH_DIM" --dtype bfloat16 --repeat 3 \
+  --tile-rows 2048 --tile-cols 4096
+if [ -n "${FIELDS[bench_bf16]:-}" ]; then
+  frac=$(sed -n 's/.*"fraction_of_cublas":\([0-9.eE+-]*\).*/\1/p' <<< "${FIELDS[bench_bf16]}")
+  FIELDS[fraction_of_cublas]=${frac:-null}
+  FIELDS[target_fraction]=0.4
+  if [ -n "$frac" ] && awk "BEGIN{exit !($frac >= 0.4)}"; then FIELDS[target_met]=true; else FIELDS[target_met]=false; fi
+fi
+if [ -n "${FIELDS[bench_f32_parity]:-}" ]; then
+  gerr=$(sed -n 's/.*"check_grad_rel_err":\([0-9.eE+-]*\).*/\1/p' <<< "${FIELDS[bench_f32_parity]}")
+  lerr=$(sed -n 's/.*"check_loss_rel_err":\([0-9.eE+-]*\).*/\1/p' <<< "${FIELDS[bench_f32_parity]}")
+  if [ -n "$gerr" ] && [ -n "$lerr" ] && awk "BEGIN{exit !($gerr <= 1e-5 && $lerr <= 1e-5)}"; then
+    FIELDS[f32_parity_ok]=true
+  else
+    FIELDS[f32_parity_ok]=false
+    FAILED=1
+    note "float32 parity above 1e-5: loss $lerr, gradient $gerr"
+  fi
+fi
+
+[ $FAILED -eq 0 ] && finish "ok" 0
+finish "failed" 1

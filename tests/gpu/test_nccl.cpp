@@ -1,0 +1,196 @@
+// The NCCL communicator and the distributed device loss, under mpiexec (1 and 2 ranks, one GPU per
+// rank). Every rank rebuilds the whole batch from (seed, view, global row), runs the CPU path in double
+// on it, and compares its own slice. Skips with one line when fewer CUDA devices than ranks are
+// visible (NCCL needs one GPU per rank).
+
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "gpu_test_util.hpp"
+#include "simclr/cuda/device_loss.hpp"
+#include "simclr/loss.hpp"
+#include "simclr/nccl_communicator.hpp"
+
+namespace simclr::gputest {
+namespace {
+
+constexpr double kFloat32Tol = 1e-5;  // as test_device_loss.cpp: float32 rounding, a margin of ~10
+
+class NcclTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    SIMCLR_CHECK_CUDA(cudaStreamCreate(&stream_));
+    comm_ = std::make_unique<NcclCommunicator>(MPI_COMM_WORLD, stream_);
+  }
+  void TearDown() override {
+    comm_.reset();
+    if (stream_ != nullptr) {
+      (void)cudaStreamSynchronize(stream_);
+      (void)cudaStreamDestroy(stream_);
+    }
+  }
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<NcclCommunicator> comm_;
+};
+
+TEST_F(NcclTest, AllGatherVWithARankOfZeroBytes) {
+  const int rank = comm_->rank(), size = comm_->size();
+  std::vector<std::size_t> bytes(static_cast<std::size_t>(size));
+  for (int r = 0; r < size; ++r) bytes[static_cast<std::size_t>(r)] = r == 1 ? 0 : static_cast<std::size_t>(4 * (r + 3));
+  const std::size_t total = std::accumulate(bytes.begin(), bytes.end(), std::size_t{0});
+  std::vector<unsigned char> mine(bytes[static_cast<std::size_t>(rank)]);
+  for (std::size_t i = 0; i < mine.size(); ++i) mine[i] = static_cast<unsigned char>(rank * 50 + static_cast<int>(i));
+  cuda::DeviceArray send(mine.size(), stream_), recv(total, stream_);
+  if (!mine.empty())
+    SIMCLR_CHECK_CUDA(cudaMemcpyAsync(send.data(), mine.data(), mine.size(), cudaMemcpyHostToDevice, stream_));
+  comm_->all_gather_v(send.data(), mine.size(), recv.data(), bytes);
+  std::vector<unsigned char> got(total);
+  SIMCLR_CHECK_CUDA(cudaMemcpyAsync(got.data(), recv.data(), total, cudaMemcpyDeviceToHost, stream_));
+  SIMCLR_CHECK_CUDA(cudaStreamSynchronize(stream_));
+  std::size_t at = 0;
+  for (int r = 0; r < size; ++r)
+    for (std::size_t i = 0; i < bytes[static_cast<std::size_t>(r)]; ++i, ++at)
+      EXPECT_EQ(got[at], static_cast<unsigned char>(r * 50 + static_cast<int>(i))) << "rank " << r << " byte " << i;
+  comm_->barrier();
+}
+
+// Rows of each rank for a global batch of G: `split` gives rank r's share; the last rank takes the rest.
+std::vector<std::int64_t> split_rows(std::int64_t G, int size, bool empty_rank1) {
+  std::vector<std::int64_t> rows(static_cast<std::size_t>(size), 0);
+  if (size == 1) {
+    rows[0] = G;
+    return rows;
+  }
+  std::int64_t left = G;
+  for (int r = 0; r < size; ++r) {
+    const std::int64_t share = (r == 1 && empty_rank1) ? 0 : (r == size - 1 ? left : (G * 2) / (3 * size));
+    rows[static_cast<std::size_t>(r)] = share;
+    left -= share;
+  }
+  rows[0] += left;  // with an empty last rank
+  return rows;
+}
+
+void check_distributed(NcclCommunicator& comm, cudaStream_t stream, Reduction reduction, bool empty_rank1) {
+  const std::int64_t G = 41, d = 12;
+  const double temperature = 0.1;
+  const int rank = comm.rank();
+  const auto rows = split_rows(G, comm.size(), empty_rank1);
+  const std::int64_t n = rows[static_cast<std::size_t>(rank)];
+  const std::int64_t begin = std::accumulate(rows.begin(), rows.begin() + rank, std::int64_t{0});
+  SCOPED_TRACE(::testing::Message() << "rank " << rank << " rows " << n << " reduction " << to_string(reduction));
+
+  const auto all_a = rounded(seeded_rows(11, 0, 0, G, d), DeviceDType::kFloat32);
+  const auto all_b = rounded(seeded_rows(11, 1, 0, G, d), DeviceDType::kFloat32);
+  RowMatrix<double> ma = Eigen::Map<const RowMatrix<double>>(all_a.data(), G, d);
+  RowMatrix<double> mb = Eigen::Map<const RowMatrix<double>>(all_b.data(), G, d);
+  // Whole batch on one process: J = sum_r J_r for sum; for sum_over_batch_size with the global
+  // batch size inferred, J = mean over G; the gradients are slices of the whole batch's.
+  auto [ref, grads] = SimCLRLoss(temperature, reduction).value_and_gradient<double>(ma, mb);
+
+  const std::vector<double> a(all_a.begin() + begin * d, all_a.begin() + (begin + n) * d);
+  const std::vector<double> b(all_b.begin() + begin * d, all_b.begin() + (begin + n) * d);
+  DeviceMatrix za = upload(a, n, d, DeviceDType::kFloat32, stream), zb = upload(b, n, d, DeviceDType::kFloat32, stream);
+  DeviceMatrix ga = zeros(n, d, DeviceDType::kFloat32, stream), gb = zeros(n, d, DeviceDType::kFloat32, stream);
+  cuda::DeviceSimCLRLoss loss(temperature, reduction);
+  cuda::DeviceCallOptions options;
+  options.communicator = &comm;
+  options.global_batch_size = GlobalBatchSize::infer();
+  options.device.tile_rows = 10;
+  options.device.tile_cols = 28;
+  auto out = loss.forward(za.view(), zb.view(), stream, nullptr, options);
+  loss.backward(out, 1.f, ga.mutable_view(), gb.mutable_view(), stream);
+  EXPECT_EQ(out.global_rows, G);
+  EXPECT_EQ(out.row_offset, begin);
+  const auto per_example = download(out.per_example.data(), 1, n, DeviceDType::kFloat32, stream);
+  for (std::int64_t i = 0; i < n; ++i)
+    EXPECT_NEAR(per_example[static_cast<std::size_t>(i)], ref.per_example[static_cast<std::size_t>(begin + i)],
+                kFloat32Tol * std::abs(ref.per_example[static_cast<std::size_t>(begin + i)]));
+  // This rank's share of the objective, summed over ranks, is the whole batch's.
+  const float mine = copy_to_host_f32(out.objective, 1, stream)[0];
+  float total = 0;
+  MPI_Allreduce(&mine, &total, 1, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+  EXPECT_NEAR(total, ref.objective, kFloat32Tol * std::abs(ref.objective));
+  std::vector<double> rga(grads.grad_a.data() + begin * d, grads.grad_a.data() + (begin + n) * d);
+  std::vector<double> rgb(grads.grad_b.data() + begin * d, grads.grad_b.data() + (begin + n) * d);
+  if (n > 0) {
+    EXPECT_LE(rel_err(download(ga, stream), rga), kFloat32Tol);
+    EXPECT_LE(rel_err(download(gb, stream), rgb), kFloat32Tol);
+  }
+}
+
+TEST_F(NcclTest, LossMatchesTheWholeBatchOnTheCpuWithUnevenRanks) {
+  for (Reduction r : {Reduction::kSum, Reduction::kSumOverBatchSize, Reduction::kNone})
+    check_distributed(*comm_, stream_, r, false);
+}
+
+TEST_F(NcclTest, LossMatchesTheWholeBatchWithARankOfZeroRows) {
+  check_distributed(*comm_, stream_, Reduction::kSumOverBatchSize, true);
+}
+
+TEST_F(NcclTest, BadInputOnOneRankRaisesTheSameErrorOnEveryRank) {
+  const int size = comm_->size();
+  const std::int64_t n = 4, d = 5;
+  auto a = seeded_rows(2, 0, 0, n, d);
+  if (comm_->rank() == size - 1) a[7] = std::nan("");
+  DeviceMatrix za = upload(a, n, d, DeviceDType::kFloat32, stream_);
+  cuda::DeviceSimCLRLoss loss(0.1, Reduction::kSum);
+  cuda::DeviceCallOptions options;
+  options.communicator = comm_.get();
+  std::string what;
+  try {
+    loss.forward(za.view(), za.view(), stream_, nullptr, options);
+  } catch (const ValueError& e) {
+    what = e.what();
+  }
+  EXPECT_EQ(what, "za has NaN at row 1, column 2 (rank " + std::to_string(size - 1) + ")");
+  // The distribution rule holds on every rank too.
+  cuda::DeviceSimCLRLoss auto_loss(0.1);
+  DeviceMatrix zb = upload(seeded_rows(2, 1, 0, n, d), n, d, DeviceDType::kFloat32, stream_);
+  EXPECT_THROW(auto_loss.forward(zb.view(), zb.view(), stream_, nullptr, options), ValueError);
+  comm_->barrier();
+}
+
+}  // namespace
+}  // namespace simclr::gputest
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  ::testing::InitGoogleTest(&argc, argv);
+  int rank = 0, size = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  // Every rank must take the same decision: the smallest device count decides.
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) count = 0;
+  int min_count = 0;
+  MPI_Allreduce(&count, &min_count, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  if (min_count == 0) {
+    ::testing::AddGlobalTestEnvironment(
+        new simclr::gputest::SkipAllEnvironment(simclr::gputest::no_device_reason().empty()
+                                                    ? std::string("no CUDA device visible (on some rank)")
+                                                    : simclr::gputest::no_device_reason()));
+  } else if (min_count < size) {
+    ::testing::AddGlobalTestEnvironment(new simclr::gputest::SkipAllEnvironment(
+        "fewer CUDA devices than ranks: " + std::to_string(min_count) + " for " + std::to_string(size) +
+        " ranks (NCCL needs one GPU per rank)"));
+  } else {
+    SIMCLR_CHECK_CUDA(cudaSetDevice(rank % min_count));
+  }
+  if (rank != 0) {
+    // Only rank 0 prints gtest's report, so a skip is one line, not one per rank.
+    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+  }
+  int failed = RUN_ALL_TESTS();
+  int any_failed = 0;
+  MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  MPI_Finalize();
+  return any_failed;
+}
