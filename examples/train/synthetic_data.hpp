@@ -1,26 +1,26 @@
 #pragma once
-// The demo's data: a seeded synthetic task whose every value is a pure function of (seed, what, index),
-// so any rank can rebuild any example without communication, and 1 rank and N ranks see the same data.
+// The demo's data: a seeded synthetic task whose every value is a pure function of (seed, what,
+// index), so any rank can rebuild any example without communication, and 1 rank and N ranks see the
+// same data.
 //
 // K classes live in R^dim. A clean example is
 //     x_i = prototype[class_i] + within_i + nuisance_basis^T * z_i
 // where within_i is small example-specific detail and z_i (large) moves x_i inside a fixed low-rank
-// "nuisance" subspace that carries no class information (think colour or lighting in images). The raw
-// inputs are therefore hard to classify by cosine similarity. An augmented view resamples the nuisance
-// (z is drawn afresh per view, as colour jitter redraws colour), adds isotropic noise, drops features and
-// rescales the whole vector. The only thing two views of the same example share is its class prototype
-// plus its detail, which is what contrastive training has to discover.
+// "nuisance" subspace that carries no class information (think colour or lighting in images). The
+// raw inputs are therefore hard to classify by cosine similarity. An augmented view resamples the
+// nuisance (z is drawn afresh per view, as colour jitter redraws colour), adds isotropic noise,
+// drops features and rescales the whole vector. The only thing two views of the same example share
+// is its class prototype plus its detail, which is what contrastive training has to discover.
 
+#include <Eigen/Core>
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
 
-#include <Eigen/Core>
-
 namespace simclr::examples {
 
-// A counter-based generator: splitmix64 over a key hashed from (seed, tags...). Cheap to construct, so
-// every example and view gets its own independent stream.
+// A counter-based generator: splitmix64 over a key hashed from (seed, tags...). Cheap to construct,
+// so every example and view gets its own independent stream.
 class Rng {
  public:
   Rng(std::initializer_list<std::uint64_t> key) {
@@ -58,16 +58,17 @@ enum class Stream : std::uint64_t {
   kInit,
 };
 
-// Which pool an example index refers to: training examples, or held-out examples for the evaluation.
+// Which pool an example index refers to: training examples, or held-out examples for the
+// evaluation.
 enum class Split : std::uint64_t { kTrain = 1, kHeldOut = 2 };
 
 struct SyntheticTaskOptions {
   int classes = 10;
   int dim = 32;
-  int nuisance_rank = 8;
+  int nuisance_rank = 16;
   double prototype_scale = 1.0;  // per coordinate
   double within_scale = 0.35;    // per coordinate, example-specific detail
-  double nuisance_scale = 2.5;   // per nuisance direction (unit directions)
+  double nuisance_scale = 4.5;   // per nuisance direction (unit directions)
   // Augmentation strengths.
   double view_noise = 0.25;    // isotropic Gaussian noise per coordinate
   double view_dropout = 0.15;  // probability that a feature is zeroed
@@ -90,7 +91,8 @@ class SyntheticTask {
     // Unit nuisance directions (random, not orthogonalised: they only need to span a subspace).
     nuisance_basis_.resize(options_.nuisance_rank, d);
     for (int k = 0; k < options_.nuisance_rank; ++k) {
-      Rng rng{seed_, static_cast<std::uint64_t>(Stream::kNuisanceBasis), static_cast<std::uint64_t>(k)};
+      Rng rng{seed_, static_cast<std::uint64_t>(Stream::kNuisanceBasis),
+              static_cast<std::uint64_t>(k)};
       for (int j = 0; j < d; ++j) nuisance_basis_(k, j) = real(rng.normal());
       nuisance_basis_.row(k).normalize();
     }
@@ -129,8 +131,8 @@ class SyntheticTask {
   static Real real(double v) { return static_cast<Real>(v); }
 
   Rng example_rng(Split split, std::int64_t index) const {
-    return Rng{seed_, static_cast<std::uint64_t>(Stream::kExample), static_cast<std::uint64_t>(split),
-               static_cast<std::uint64_t>(index)};
+    return Rng{seed_, static_cast<std::uint64_t>(Stream::kExample),
+               static_cast<std::uint64_t>(split), static_cast<std::uint64_t>(index)};
   }
 
   // Prototype of the class plus the example's own detail (drawn first from the example's stream).
