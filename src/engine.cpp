@@ -392,7 +392,12 @@ EngineForward<T> engine_forward(const RowMatrix<T>& u, const RowLayout& layout, 
   if (na == 0) return out;
   const int threads = resolve_threads(options);
   PartialStats<T> stats(threads, na);
-  const bool keep = fits_budget(na, layout.total_rows, sizeof(T), options.memory_budget_bytes);
+  // Keeping the block saves the backward's recomputation, but in a single process the streamed
+  // symmetric path does the same number of products (1/2 + 3/2 versus 1 + 1) in far less memory, so
+  // keeping only pays where the symmetric part is a fraction of the block (several ranks).
+  const bool symmetric_covers_all = options.use_symmetry && layout.whole();
+  const bool keep = !symmetric_covers_all &&
+                    fits_budget(na, layout.total_rows, sizeof(T), options.memory_budget_bytes);
   if (keep) {
     out.logits.resize(na, layout.total_rows);
     out.flops = rect_forward(u, layout, inv_temperature, options, {{0, layout.total_rows}}, &out.logits,
