@@ -2,8 +2,10 @@
 # communicator), and the benchmark simclr-gpu-bench. Included from the top-level CMakeLists, so the
 # variables set here (SIMCLR_CUDA_ENABLED) are the top level's.
 #
-# SIMCLR_WITH_CUDA: AUTO builds the GPU path when nvcc, the CUDA toolkit and NCCL are found; ON
-# requires them; OFF skips it. CPU-only users never link CUDA: the core targets do not change.
+# SIMCLR_WITH_CUDA: AUTO builds the GPU path when nvcc and the CUDA toolkit are found; ON requires
+# them; OFF skips it. NCCL (and MPI) are needed only by simclr_nccl: without them the device loss,
+# its tests and the benchmark are still built. CPU-only users never link CUDA: the core targets do
+# not change.
 
 set(SIMCLR_CUDA_ENABLED OFF)
 if(SIMCLR_WITH_CUDA STREQUAL "OFF")
@@ -52,11 +54,14 @@ endif()
 find_path(SIMCLR_NCCL_INCLUDE_DIR nccl.h
   HINTS ${NCCL_ROOT} ENV NCCL_ROOT ENV NCCL_HOME ${CUDAToolkit_INCLUDE_DIRS} ${CUDAToolkit_ROOT}
   PATH_SUFFIXES include)
-find_library(SIMCLR_NCCL_LIBRARY nccl
+find_library(SIMCLR_NCCL_LIBRARY NAMES nccl libnccl.so.2
   HINTS ${NCCL_ROOT} ENV NCCL_ROOT ENV NCCL_HOME ${CUDAToolkit_LIBRARY_DIR} ${CUDAToolkit_ROOT}
   PATH_SUFFIXES lib lib64)
+set(SIMCLR_NCCL_FOUND ON)
 if(NOT SIMCLR_NCCL_INCLUDE_DIR OR NOT SIMCLR_NCCL_LIBRARY)
-  simclr_cuda_missing("NCCL (nccl.h and libnccl)")
+  # Only simclr_nccl needs it: one status line, the rest of the GPU path is built.
+  set(SIMCLR_NCCL_FOUND OFF)
+  message(STATUS "simclr: NCCL (nccl.h and libnccl) not found (NCCL_ROOT): simclr_nccl not built")
 endif()
 
 # Hopper (sm_90) machine code plus PTX that newer GPUs JIT. Override with -DCMAKE_CUDA_ARCHITECTURES.
@@ -66,10 +71,12 @@ endif()
 enable_language(CUDA)
 set(SIMCLR_CUDA_ENABLED ON)
 
-add_library(simclr_nccl_lib UNKNOWN IMPORTED)
-set_target_properties(simclr_nccl_lib PROPERTIES
-  IMPORTED_LOCATION "${SIMCLR_NCCL_LIBRARY}"
-  INTERFACE_INCLUDE_DIRECTORIES "${SIMCLR_NCCL_INCLUDE_DIR}")
+if(SIMCLR_NCCL_FOUND)
+  add_library(simclr_nccl_lib UNKNOWN IMPORTED)
+  set_target_properties(simclr_nccl_lib PROPERTIES
+    IMPORTED_LOCATION "${SIMCLR_NCCL_LIBRARY}"
+    INTERFACE_INCLUDE_DIRECTORIES "${SIMCLR_NCCL_INCLUDE_DIR}")
+endif()
 
 # Flags of the GPU targets' own sources (host warnings through nvcc too).
 add_library(simclr_cuda_flags INTERFACE)
@@ -92,13 +99,13 @@ set_target_properties(simclr_cuda PROPERTIES POSITION_INDEPENDENT_CODE ON EXPORT
                                              CUDA_SEPARABLE_COMPILATION OFF)
 
 # ---- layer 2 on the GPU: NCCL, bootstrapped over MPI ----
-if(SIMCLR_MPI_FOUND)
+if(SIMCLR_MPI_FOUND AND SIMCLR_NCCL_FOUND)
   add_library(simclr_nccl distributed/nccl_communicator.cpp)
   add_library(simclr::nccl ALIAS simclr_nccl)
   target_link_libraries(simclr_nccl PUBLIC simclr_cuda simclr_mpi simclr_nccl_lib
                                     PRIVATE $<BUILD_INTERFACE:simclr_flags>)
   set_target_properties(simclr_nccl PROPERTIES POSITION_INDEPENDENT_CODE ON EXPORT_NAME nccl)
-else()
+elseif(SIMCLR_NCCL_FOUND)
   message(STATUS "simclr: simclr_nccl not built: it needs MPI to bootstrap (SIMCLR_WITH_MPI)")
 endif()
 
@@ -110,5 +117,10 @@ if(SIMCLR_BUILD_TOOLS)
   set_target_properties(simclr-gpu-bench PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/bin)
 endif()
 
+if(SIMCLR_NCCL_FOUND)
+  set(_simclr_nccl_note "NCCL ${SIMCLR_NCCL_LIBRARY}")
+else()
+  set(_simclr_nccl_note "no NCCL")
+endif()
 message(STATUS "simclr: GPU path on: nvcc ${CMAKE_CUDA_COMPILER_VERSION}, architectures "
-               "${CMAKE_CUDA_ARCHITECTURES}, NCCL ${SIMCLR_NCCL_LIBRARY}")
+               "${CMAKE_CUDA_ARCHITECTURES}, ${_simclr_nccl_note}")

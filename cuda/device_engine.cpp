@@ -34,7 +34,14 @@ void logits_gemm(cublasHandle_t blas, DeviceDType dtype, const void* u, std::int
   const float beta = 0.f;
   const cudaDataType_t type = blas_type(dtype);
   const std::size_t elem = element_size(dtype);
-  const int ld_u = as_int(std::max<std::int64_t>(d, 1), "dimension");
+  if (d == 0) {
+    // Empty rows: every logit is 0. U has no storage then (null), so no cuBLAS call with k = 0.
+    cudaStream_t stream = nullptr;
+    SIMCLR_CHECK_CUBLAS(cublasGetStream(blas, &stream));
+    SIMCLR_CHECK_CUDA(cudaMemsetAsync(s, 0, static_cast<std::size_t>(rows * lds) * sizeof(float), stream));
+    return;
+  }
+  const int ld_u = as_int(d, "dimension");
   SIMCLR_CHECK_CUBLAS(cublasSetPointerMode(blas, CUBLAS_POINTER_MODE_HOST));
   SIMCLR_CHECK_CUBLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, as_int(cols, "tile cols"),
                                    as_int(rows, "tile rows"), as_int(d, "dimension"), &inv_t,
@@ -124,6 +131,9 @@ double engine_backward(cublasHandle_t blas, DeviceDType dtype, const void* u, st
   void* m = static_cast<char*>(workspace.data()) + s_bytes;
   const cudaDataType_t type = blas_type(dtype);
   const int ld_u = as_int(d, "dimension");
+  // The first column tile overwrites grad (beta = 0); zeroing it first keeps uninitialised pool
+  // memory (possibly NaN bit patterns) out of the result whatever cuBLAS does with a device-side beta.
+  SIMCLR_CHECK_CUDA(cudaMemsetAsync(grad, 0, static_cast<std::size_t>(anchors * d) * sizeof(float), stream));
   for (std::int64_t q0 = 0; q0 < anchors; q0 += plan.rows) {
     const std::int64_t rows = std::min(plan.rows, anchors - q0);
     for (std::int64_t c0 = 0; c0 < total; c0 += plan.cols) {

@@ -166,25 +166,38 @@ int main(int argc, char** argv) {
   int rank = 0, size = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
-  // Every rank must take the same decision: the smallest device count decides.
+  // One GPU per rank of a node: the ranks sharing this node pick devices by their rank on the node
+  // (not the global rank, which exceeds the device count on a second node).
+  MPI_Comm node = MPI_COMM_NULL;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node);
+  int local_rank = 0, local_size = 1;
+  MPI_Comm_rank(node, &local_rank);
+  MPI_Comm_size(node, &local_size);
+  MPI_Comm_free(&node);
+  // Every rank must take the same decision: 0 when some node has fewer devices than its ranks.
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess) count = 0;
-  int min_count = 0;
+  const int enough = count >= local_size ? 1 : 0;
+  int all_enough = 0, min_count = 0;
+  MPI_Allreduce(&enough, &all_enough, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
   MPI_Allreduce(&count, &min_count, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-  if (min_count == 0) {
-    ::testing::AddGlobalTestEnvironment(
-        new simclr::gputest::SkipAllEnvironment(simclr::gputest::no_device_reason().empty()
-                                                    ? std::string("no CUDA device visible (on some rank)")
-                                                    : simclr::gputest::no_device_reason()));
-  } else if (min_count < size) {
-    ::testing::AddGlobalTestEnvironment(new simclr::gputest::SkipAllEnvironment(
-        "fewer CUDA devices than ranks: " + std::to_string(min_count) + " for " + std::to_string(size) +
-        " ranks (NCCL needs one GPU per rank)"));
-  } else {
-    SIMCLR_CHECK_CUDA(cudaSetDevice(rank % min_count));
+  if (all_enough == 0) {
+    // One line, from rank 0; ctest's SKIP_REGULAR_EXPRESSION turns it into "Skipped".
+    std::string reason;
+    if (min_count == 0) {
+      reason = simclr::gputest::no_device_reason();
+      if (reason.empty()) reason = "no CUDA device visible (on some rank)";
+    } else {
+      reason = "fewer CUDA devices than ranks: " + std::to_string(min_count) + " for " + std::to_string(size) +
+               " ranks (NCCL needs one GPU per rank)";
+    }
+    if (rank == 0) std::printf("simclr_nccl_tests: skipped: %s\n", reason.c_str());
+    MPI_Finalize();
+    return 0;
   }
+  SIMCLR_CHECK_CUDA(cudaSetDevice(local_rank));
   if (rank != 0) {
-    // Only rank 0 prints gtest's report, so a skip is one line, not one per rank.
+    // Only rank 0 prints gtest's report.
     auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
     delete listeners.Release(listeners.default_result_printer());
   }
