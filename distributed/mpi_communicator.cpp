@@ -17,6 +17,34 @@ std::string mpi_error_string(int code) {
   return std::string(text, static_cast<std::size_t>(len));
 }
 
+// Open MPI 4 raises an error found while completing a non-blocking collective on MPI_COMM_WORLD's error
+// handler instead of the request's communicator (Open MPI 5 uses MPI_COMM_SELF): with the default
+// MPI_ERRORS_ARE_FATAL a failed MPI_Iallgatherv aborts the job instead of MPI_Test returning the error
+// (tests/reliability/test_collectives.cpp, MpiErrors.*). While a timed collective is polled, both
+// handlers are MPI_ERRORS_RETURN; the caller's handlers are restored afterwards.
+class ReturnErrorsWhilePolling {
+ public:
+  ReturnErrorsWhilePolling() {
+    for (int i = 0; i < 2; ++i) {
+      if (MPI_Comm_get_errhandler(comm(i), &saved_[i]) != MPI_SUCCESS) saved_[i] = MPI_ERRHANDLER_NULL;
+      if (saved_[i] != MPI_ERRHANDLER_NULL) MPI_Comm_set_errhandler(comm(i), MPI_ERRORS_RETURN);
+    }
+  }
+  ~ReturnErrorsWhilePolling() {
+    for (int i = 0; i < 2; ++i) {
+      if (saved_[i] == MPI_ERRHANDLER_NULL) continue;
+      MPI_Comm_set_errhandler(comm(i), saved_[i]);
+      MPI_Errhandler_free(&saved_[i]);
+    }
+  }
+  ReturnErrorsWhilePolling(const ReturnErrorsWhilePolling&) = delete;
+  ReturnErrorsWhilePolling& operator=(const ReturnErrorsWhilePolling&) = delete;
+
+ private:
+  static MPI_Comm comm(int i) { return i == 0 ? MPI_COMM_WORLD : MPI_COMM_SELF; }
+  MPI_Errhandler saved_[2] = {MPI_ERRHANDLER_NULL, MPI_ERRHANDLER_NULL};
+};
+
 }  // namespace
 }  // namespace simclr
 
@@ -60,7 +88,8 @@ MpiCommunicator::~MpiCommunicator() {
 
 void MpiCommunicator::check_usable(const char* collective) const {
   SIMCLR_ENFORCE(!broken_, CommError, "mpi: ", collective, " on rank ", rank_,
-                 ": this communicator is broken by an earlier timed-out collective; make a new one");
+                 ": this communicator is broken by an earlier failed or timed-out collective; make a "
+                 "new one");
 }
 
 void MpiCommunicator::wait(MPI_Request* request, const char* collective,
@@ -69,8 +98,17 @@ void MpiCommunicator::wait(MPI_Request* request, const char* collective,
   const auto start = clock::now();
   int done = 0;
   std::chrono::microseconds nap{1};
+  const ReturnErrorsWhilePolling return_errors;
   while (true) {
-    SIMCLR_CHECK_MPI(MPI_Test(request, &done, MPI_STATUS_IGNORE), rank_);
+    const int rc = MPI_Test(request, &done, MPI_STATUS_IGNORE);
+    if (rc != MPI_SUCCESS) {
+      // The collective's state on the other ranks is unknown and MPI may still touch the buffers.
+      broken_ = true;
+      if (staging) abandoned_.push_back(std::move(staging));
+      throw CommError(detail::str_cat("mpi: ", collective, " failed on rank ", rank_, " of ", size_,
+                                      ": ", mpi_error_string(rc),
+                                      "; the communicator is now unusable"));
+    }
     if (done) return;
     const auto waited = clock::now() - start;
     if (waited >= options_.timeout) {

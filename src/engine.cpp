@@ -32,7 +32,8 @@ inline void single_threaded_eigen() {
 }
 
 int resolve_threads(const EngineOptions& options) {
-  SIMCLR_ENFORCE(options.threads >= 0, ValueError, "threads must be >= 0, got ", options.threads);
+  SIMCLR_ENFORCE(options.threads >= 0 && options.threads <= 4096, ValueError,
+                 "threads must be in [0, 4096] (0: what the process is allowed), got ", options.threads);
 #ifdef _OPENMP
   return options.threads > 0 ? options.threads : omp_get_max_threads();
 #else

@@ -337,7 +337,10 @@ Gradients<T> SimCLRLoss::backward_alpha(const LossOutput<T>& output, const T* up
     }
     std::vector<unsigned char> send(bytes[static_cast<std::size_t>(comm->rank())]);
     std::memcpy(send.data(), &mine, sizeof(mine));
-    std::memcpy(send.data() + sizeof(mine), scalars.data(), scalars.size() * sizeof(T));
+    // std::copy_n, not memcpy: with 0 rows the vectors' data() may be null, which memcpy must not get
+    // even for 0 bytes (UBSan, tests/reliability DistributedBadInput.EveryRankEmptyIsAZeroLoss).
+    std::copy_n(reinterpret_cast<const unsigned char*>(scalars.data()), scalars.size() * sizeof(T),
+                send.data() + sizeof(mine));
     std::vector<unsigned char> recv(total_bytes);
     comm->all_gather_v(send.data(), send.size(), recv.data(), bytes);
     std::vector<AgreementRecord> records(nranks);
@@ -348,9 +351,10 @@ Gradients<T> SimCLRLoss::backward_alpha(const LossOutput<T>& output, const T* up
     for (std::size_t r = 0; r < nranks; ++r) {
       std::memcpy(&records[r], recv.data() + at, sizeof(AgreementRecord));
       const std::int64_t m = 2 * s.rank_rows[r];
-      std::memcpy(lse_u.data() + row, recv.data() + at + sizeof(AgreementRecord), m * sizeof(T));
-      std::memcpy(alpha_u.data() + row, recv.data() + at + sizeof(AgreementRecord) + m * sizeof(T),
-                  m * sizeof(T));
+      const unsigned char* scalars_r = recv.data() + at + sizeof(AgreementRecord);
+      std::copy_n(scalars_r, m * sizeof(T), reinterpret_cast<unsigned char*>(lse_u.data() + row));
+      std::copy_n(scalars_r + m * sizeof(T), m * sizeof(T),
+                  reinterpret_cast<unsigned char*>(alpha_u.data() + row));
       at += bytes[r];
       row += m;
     }

@@ -115,14 +115,22 @@ NpyArray parse_npy(const unsigned char* data, std::size_t size, const std::strin
   if (shape_text.empty() || shape_text.front() != '(') fail(what, "npy shape is not a tuple");
   out.shape = parse_shape(shape_text, what);
   const std::size_t elem = out.dtype == DType::kFloat32 ? 4 : 8;
-  double count = 1;
-  for (auto s : out.shape) count *= static_cast<double>(s);
+  // The element count, exactly. Its byte size must fit in int64 even when a zero dimension makes the
+  // count 0, since NpyArray::size() multiplies the dimensions in order (fuzzer findings: a double count
+  // converted to long long out of range, and an int64 overflow behind a zero dimension).
+  const std::int64_t max_elems = std::numeric_limits<std::int64_t>::max() / static_cast<std::int64_t>(elem);
+  std::int64_t count = 1, nonzero = 1;
+  for (auto s : out.shape) {
+    if (s != 0 && nonzero > max_elems / s) fail(what, "npy shape " + shape_text + " is too large");
+    if (s != 0) nonzero *= s;
+    count *= s;
+  }
   const std::size_t available = size - start - header_len;
-  if (count * static_cast<double>(elem) > static_cast<double>(available)) {
-    fail(what, "truncated .npy data: the header says " + std::to_string(static_cast<long long>(count)) +
+  const auto nbytes = static_cast<std::size_t>(count) * elem;
+  if (nbytes > available) {
+    fail(what, "truncated .npy data: the header says " + std::to_string(count) +
                    " elements but the file holds " + std::to_string(available / elem));
   }
-  const auto nbytes = static_cast<std::size_t>(count) * elem;
   if (nbytes != available) {
     fail(what, "npy data size " + std::to_string(available) + " bytes does not match its shape (" +
                    std::to_string(nbytes) + " bytes)");

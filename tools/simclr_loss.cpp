@@ -13,24 +13,13 @@
 
 #include "bench.hpp"
 #include "cli.hpp"
+#include "commands.hpp"
 #include "npy.hpp"
 #include "runtime.hpp"
 #include "simclr/loss.hpp"
 
 namespace simclr::tools {
 namespace {
-
-const std::map<std::string, FlagSpec>& command_specs() {
-  static const std::map<std::string, FlagSpec> specs = {
-      {"compute",
-       {{"za", "zb", "temperature", "reduction", "name", "config", "sample-weight", "loss-out",
-         "grad-a-out", "grad-b-out", "split", "global-batch-size", "threads", "memory-budget"},
-        {}}},
-      {"config", {{"temperature", "reduction", "name", "config"}, {}}},
-      {"bench", bench_flags()},
-  };
-  return specs;
-}
 
 std::string read_text(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

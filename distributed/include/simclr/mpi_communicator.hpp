@@ -16,7 +16,9 @@ namespace simclr {
 struct MpiCommunicatorOptions {
   // When > 0, every collective waits at most this long and then throws CommError naming the
   // collective, the rank and the time waited, instead of blocking forever. A communicator whose
-  // collective timed out is broken: every later call throws. 0 (the default) blocks as MPI does.
+  // collective timed out or failed is broken: every later call throws. 0 (the default) blocks as MPI
+  // does. While a timed collective waits, MPI_COMM_WORLD's and MPI_COMM_SELF's error handlers are
+  // MPI_ERRORS_RETURN (Open MPI 4 reports a failed non-blocking collective there), restored after.
   std::chrono::milliseconds timeout{0};
 };
 
