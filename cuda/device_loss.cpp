@@ -2,6 +2,7 @@
 // tiled engine, the Keras reduction; and the backward. Mirrors src/loss.cpp step by step.
 
 #include "simclr/cuda/device_loss.hpp"
+#include "simclr/detail/agreement.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -137,64 +138,7 @@ struct DeviceSaved {
 
 namespace {
 
-// One rank's contribution to the agreement step (as src/loss.cpp): small, fixed size.
-struct AgreementRecord {
-  std::int64_t rows;
-  std::int64_t cols;
-  std::int32_t dtype;
-  std::int32_t reduction;
-  double temperature;
-  std::int64_t global_batch;  // -2: not given, -1: infer, >= 0: the count
-  std::int32_t error_kind;    // 0: none, 1: ValueError, 2: TypeError
-  std::int32_t reserved;
-  char message[464];
-};
-static_assert(sizeof(AgreementRecord) == 512, "agreement record is 512 bytes");
-
-enum ErrorKind : std::int32_t { kNoError = 0, kValue = 1, kType = 2 };
-
-AgreementRecord empty_record() {
-  AgreementRecord rec;
-  std::memset(&rec, 0, sizeof(rec));
-  return rec;
-}
-
-void set_error(AgreementRecord& rec, ErrorKind kind, const std::string& what) {
-  rec.error_kind = kind;
-  const std::size_t n = std::min(what.size(), sizeof(rec.message) - 1);
-  std::memcpy(rec.message, what.data(), n);
-  rec.message[n] = '\0';
-}
-
-// Runs `validate`; a ValueError/TypeError is stored in the record instead of thrown.
-template <class F>
-void capture(AgreementRecord& rec, F&& validate) {
-  try {
-    validate();
-  } catch (const TypeError& e) {
-    set_error(rec, kType, e.what());
-  } catch (const CommError&) {
-    throw;  // a broken transport is not an input error: every rank sees its own
-  } catch (const Error& e) {
-    set_error(rec, kValue, e.what());
-  }
-}
-
-void raise_first_error(const std::vector<AgreementRecord>& all) {
-  for (std::size_t r = 0; r < all.size(); ++r) {
-    if (all[r].error_kind == kNoError) continue;
-    const std::string what = simclr::detail::str_cat(std::string(all[r].message), " (rank ", r, ")");
-    if (all[r].error_kind == kType) throw TypeError(what);
-    throw ValueError(what);
-  }
-}
-
-std::vector<AgreementRecord> agree(Communicator& host, const AgreementRecord& mine) {
-  std::vector<AgreementRecord> all(static_cast<std::size_t>(host.size()));
-  host.all_gather(&mine, sizeof(mine), all.data());
-  raise_first_error(all);
-  return all;
-}
+using simclr::detail::AgreementRecord;
 
 // Whether host bits of one element of `dtype` are NaN (else Inf).
 bool element_is_nan(const unsigned char* bits, DeviceDType dtype) {
@@ -283,20 +227,6 @@ void check_weight_shape(const DeviceSampleWeight* sw, std::int64_t n) {
   }
 }
 
-std::string gbs_string(std::int64_t g) {
-  if (g == -2) return "none";
-  if (g == -1) return "infer";
-  return std::to_string(g);
-}
-
-std::string distribution_rule_message(Reduction r) {
-  return "Please use simclr::Reduction::kSum or simclr::Reduction::kNone for loss reduction when "
-         "losses are used through a simclr::Communicator (a distributed context), or pass a global "
-         "batch size (DeviceCallOptions::global_batch_size, a count or GlobalBatchSize::infer()) so "
-         "that reduction '" +
-         to_string(r) + "' can divide by it";
-}
-
 // A float32 host vector copied to a fresh device array (pageable source: safe to free on return).
 DeviceArray upload(const float* data, std::int64_t count, cudaStream_t stream) {
   DeviceArray out(static_cast<std::size_t>(count) * sizeof(float), stream);
@@ -327,8 +257,8 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
   const LossConfig& cfg = config_.config();
   const Reduction reduction =
       cfg.reduction == Reduction::kAuto ? Reduction::kSumOverBatchSize : cfg.reduction;
-  const std::int64_t gbs = !options.global_batch_size                ? -2
-                           : options.global_batch_size->is_infer() ? -1
+  const std::int64_t gbs = !options.global_batch_size                ? simclr::detail::kNoGlobalBatch
+                           : options.global_batch_size->is_infer() ? simclr::detail::kInferGlobalBatch
                                                                    : options.global_batch_size->rows();
 
   auto validate = [&] {
@@ -355,39 +285,16 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
   if (comm == nullptr) {
     validate();
   } else {
-    AgreementRecord mine = detail::empty_record();
-    mine.rows = n;
-    mine.cols = d;
-    mine.dtype = static_cast<std::int32_t>(za.dtype);
-    mine.reduction = static_cast<std::int32_t>(reduction);
-    mine.temperature = cfg.temperature;
-    mine.global_batch = gbs;
-    detail::capture(mine, validate);
-    const auto all = detail::agree(comm->host(), mine);
+    AgreementRecord mine = simclr::detail::forward_record(n, d, static_cast<std::int32_t>(za.dtype), reduction,
+                                                          cfg.temperature, gbs);
+    simclr::detail::capture(mine, validate);
+    const auto all = simclr::detail::gather_records(comm->host(), mine);
     const int size = comm->size(), rank = comm->rank();
     SIMCLR_ENFORCE_EQ(static_cast<int>(all.size()), size, CommError,
                       "device communicator: ranks of host() vs the device communicator");
-    for (int r = 1; r < size; ++r) {
-      const auto& a = all[0];
-      const auto& b = all[static_cast<std::size_t>(r)];
-      SIMCLR_ENFORCE(a.dtype == b.dtype, TypeError, "dtype differs across ranks: rank 0 has ",
-                     to_string(static_cast<DeviceDType>(a.dtype)), ", rank ", r, " has ",
-                     to_string(static_cast<DeviceDType>(b.dtype)));
-      SIMCLR_ENFORCE(a.cols == b.cols, ValueError, "embedding dimension differs across ranks: rank 0 has ",
-                     a.cols, ", rank ", r, " has ", b.cols);
-      SIMCLR_ENFORCE(a.reduction == b.reduction, ValueError, "reduction differs across ranks: rank 0 has ",
-                     to_string(static_cast<Reduction>(a.reduction)), ", rank ", r, " has ",
-                     to_string(static_cast<Reduction>(b.reduction)));
-      SIMCLR_ENFORCE(a.temperature == b.temperature, ValueError,
-                     "temperature differs across ranks: rank 0 has ", a.temperature, ", rank ", r,
-                     " has ", b.temperature);
-      SIMCLR_ENFORCE(a.global_batch == b.global_batch, ValueError,
-                     "global batch size differs across ranks: rank 0 has ",
-                     detail::gbs_string(a.global_batch), ", rank ", r, " has ",
-                     detail::gbs_string(b.global_batch));
-    }
-    if (reduction == Reduction::kSumOverBatchSize && gbs == -2)
-      throw ValueError(detail::distribution_rule_message(cfg.reduction));
+    simclr::detail::check_forward_records(
+        all, [](std::int32_t t) { return to_string(static_cast<DeviceDType>(t)); }, cfg.reduction,
+        "DeviceCallOptions");
     rank_rows.resize(static_cast<std::size_t>(size));
     for (int r = 0; r < size; ++r)
       rank_rows[static_cast<std::size_t>(r)] = all[static_cast<std::size_t>(r)].rows;
@@ -472,7 +379,7 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
   out.per_example = DeviceArray(z(n, elem), stream);
   out.objective = DeviceArray(sizeof(float), stream);
   std::int64_t denom = 1;
-  if (reduction == Reduction::kSumOverBatchSize) denom = gbs == -2 ? n : gbs == -1 ? total : gbs;
+  if (reduction == Reduction::kSumOverBatchSize) denom = gbs == simclr::detail::kNoGlobalBatch ? n : gbs == simclr::detail::kInferGlobalBatch ? total : gbs;
   saved->denominator = static_cast<float>(denom);
   detail::launch_forward_finish(run_max, run_max + 2 * n, run_max + 4 * n, saved->weight.as<float>(), n,
                                 static_cast<int>(reduction), static_cast<double>(denom), dtype,
@@ -532,9 +439,9 @@ void DeviceSimCLRLoss::backward_impl(const DeviceLossOutput& output, float scala
   if (comm == nullptr) {
     validate();
   } else {
-    AgreementRecord mine = detail::empty_record();
-    detail::capture(mine, validate);
-    detail::agree(comm->host(), mine);
+    AgreementRecord mine = simclr::detail::empty_record();
+    simclr::detail::capture(mine, validate);
+    simclr::detail::gather_records(comm->host(), mine);
   }
 
   // alpha_i (spec section 4), shared by both anchors of pair i.

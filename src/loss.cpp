@@ -3,6 +3,8 @@
 
 #include "simclr/loss.hpp"
 
+#include "simclr/detail/agreement.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -27,43 +29,6 @@ struct SavedForward {
 };
 
 namespace {
-
-// One rank's contribution to the agreement step: small, fixed size, trivially copyable.
-struct AgreementRecord {
-  std::int64_t rows;
-  std::int64_t cols;
-  std::int32_t dtype;
-  std::int32_t reduction;
-  double temperature;
-  std::int64_t global_batch;  // -2: not given, -1: infer, >= 0: the count
-  std::int32_t error_kind;    // 0: none, 1: ValueError, 2: TypeError
-  std::int32_t reserved;
-  char message[464];
-};
-static_assert(sizeof(AgreementRecord) == 512, "agreement record is 512 bytes");
-
-enum ErrorKind : std::int32_t { kNoError = 0, kValue = 1, kType = 2 };
-
-void set_error(AgreementRecord& rec, ErrorKind kind, const std::string& what) {
-  rec.error_kind = kind;
-  const std::size_t n = std::min(what.size(), sizeof(rec.message) - 1);
-  std::memcpy(rec.message, what.data(), n);
-  rec.message[n] = '\0';
-}
-
-[[noreturn]] void raise(std::int32_t kind, const std::string& what) {
-  if (kind == kType) throw TypeError(what);
-  throw ValueError(what);
-}
-
-// The first error of any rank, raised identically on every rank.
-void raise_first_error(const std::vector<AgreementRecord>& all) {
-  for (std::size_t r = 0; r < all.size(); ++r) {
-    if (all[r].error_kind != kNoError) {
-      raise(all[r].error_kind, str_cat(std::string(all[r].message), " (rank ", r, ")"));
-    }
-  }
-}
 
 template <class T>
 void check_finite(ConstMatrixView<T> z, const char* view) {
@@ -120,20 +85,6 @@ std::vector<double> broadcast_weight(const SampleWeight* sw, std::int64_t n) {
   return sw->values;
 }
 
-std::string gbs_string(std::int64_t g) {
-  if (g == -2) return "none";
-  if (g == -1) return "infer";
-  return std::to_string(g);
-}
-
-std::string distribution_rule_message(Reduction r) {
-  return "Please use simclr::Reduction::kSum or simclr::Reduction::kNone for loss reduction when "
-         "losses are used through a simclr::Communicator (a distributed context), or pass a global "
-         "batch size (CallOptions::global_batch_size, a count or GlobalBatchSize::infer()) so that "
-         "reduction '" +
-         to_string(r) + "' can divide by it";
-}
-
 }  // namespace
 }  // namespace detail
 
@@ -147,9 +98,9 @@ LossOutput<T> SimCLRLoss::forward(ConstMatrixView<T> za, ConstMatrixView<T> zb,
   Communicator* comm = options.communicator;
   const Reduction reduction =
       config_.reduction == Reduction::kAuto ? Reduction::kSumOverBatchSize : config_.reduction;
-  const std::int64_t gbs = !options.global_batch_size    ? -2
-                           : options.global_batch_size->is_infer() ? -1
-                                                         : options.global_batch_size->rows();
+  const std::int64_t gbs = !options.global_batch_size               ? detail::kNoGlobalBatch
+                           : options.global_batch_size->is_infer() ? detail::kInferGlobalBatch
+                                                                   : options.global_batch_size->rows();
 
   // Local validation. Without a communicator errors propagate as they are; with one they are carried
   // by the agreement step so every rank raises the same exception.
@@ -171,49 +122,14 @@ LossOutput<T> SimCLRLoss::forward(ConstMatrixView<T> za, ConstMatrixView<T> zb,
   if (comm == nullptr) {
     validate();
   } else {
-    AgreementRecord mine;
-    std::memset(&mine, 0, sizeof(mine));
-    mine.rows = n;
-    mine.cols = d;
-    mine.dtype = static_cast<std::int32_t>(dtype_of<T>());
-    mine.reduction = static_cast<std::int32_t>(reduction);
-    mine.temperature = config_.temperature;
-    mine.global_batch = gbs;
-    try {
-      validate();
-    } catch (const TypeError& e) {
-      detail::set_error(mine, detail::kType, e.what());
-    } catch (const Error& e) {
-      detail::set_error(mine, detail::kValue, e.what());
-    }
+    AgreementRecord mine = detail::forward_record(n, d, static_cast<std::int32_t>(dtype_of<T>()), reduction,
+                                                  config_.temperature, gbs);
+    detail::capture(mine, validate);
     const int size = comm->size(), rank = comm->rank();
-    std::vector<AgreementRecord> all(static_cast<std::size_t>(size));
-    comm->all_gather(&mine, sizeof(mine), all.data());
-    detail::raise_first_error(all);
-    for (int r = 1; r < size; ++r) {
-      const auto& a = all[0];
-      const auto& b = all[static_cast<std::size_t>(r)];
-      SIMCLR_ENFORCE(a.dtype == b.dtype, TypeError, "dtype differs across ranks: rank 0 has ",
-                     to_string(static_cast<DType>(a.dtype)), ", rank ", r, " has ",
-                     to_string(static_cast<DType>(b.dtype)));
-      SIMCLR_ENFORCE(a.cols == b.cols, ValueError,
-                     "embedding dimension differs across ranks: rank 0 has ", a.cols, ", rank ", r,
-                     " has ", b.cols);
-      SIMCLR_ENFORCE(a.reduction == b.reduction, ValueError,
-                     "reduction differs across ranks: rank 0 has ",
-                     to_string(static_cast<Reduction>(a.reduction)), ", rank ", r, " has ",
-                     to_string(static_cast<Reduction>(b.reduction)));
-      SIMCLR_ENFORCE(a.temperature == b.temperature, ValueError,
-                     "temperature differs across ranks: rank 0 has ", a.temperature, ", rank ", r,
-                     " has ", b.temperature);
-      SIMCLR_ENFORCE(a.global_batch == b.global_batch, ValueError,
-                     "global batch size differs across ranks: rank 0 has ",
-                     detail::gbs_string(a.global_batch), ", rank ", r, " has ",
-                     detail::gbs_string(b.global_batch));
-    }
-    if (reduction == Reduction::kSumOverBatchSize && gbs == -2) {
-      throw ValueError(detail::distribution_rule_message(config_.reduction));
-    }
+    const std::vector<AgreementRecord> all = detail::gather_records(*comm, mine);
+    detail::check_forward_records(
+        all, [](std::int32_t t) { return to_string(static_cast<DType>(t)); }, config_.reduction,
+        "CallOptions");
     rank_rows.resize(static_cast<std::size_t>(size));
     for (int r = 0; r < size; ++r) rank_rows[static_cast<std::size_t>(r)] = all[static_cast<std::size_t>(r)].rows;
     offset = std::accumulate(rank_rows.begin(), rank_rows.begin() + rank, std::int64_t{0});
@@ -268,7 +184,7 @@ LossOutput<T> SimCLRLoss::forward(ConstMatrixView<T> za, ConstMatrixView<T> zb,
     weighted_sum += static_cast<double>(weighted[i]);
   }
   if (reduction == Reduction::kSumOverBatchSize) {
-    const std::int64_t denom = gbs == -2 ? n : gbs == -1 ? total : gbs;
+    const std::int64_t denom = gbs == detail::kNoGlobalBatch ? n : gbs == detail::kInferGlobalBatch ? total : gbs;
     saved->denominator = static_cast<T>(denom);
     out.values = {denom == 0 ? T(0) : static_cast<T>(weighted_sum / static_cast<double>(denom))};
     out.objective = out.values[0];
@@ -321,13 +237,8 @@ Gradients<T> SimCLRLoss::backward_alpha(const LossOutput<T>& output, const T* up
     alpha_all = scalars.data() + 2 * n;
   } else {
     // One gather of a status record and 4 scalars per pair: an error on any rank raises everywhere.
-    AgreementRecord mine;
-    std::memset(&mine, 0, sizeof(mine));
-    try {
-      compute_alpha();
-    } catch (const Error& e) {
-      detail::set_error(mine, detail::kValue, e.what());
-    }
+    AgreementRecord mine = detail::empty_record();
+    detail::capture(mine, compute_alpha);
     const std::size_t nranks = s.rank_rows.size();
     std::vector<std::size_t> bytes(nranks);
     std::size_t total_bytes = 0;

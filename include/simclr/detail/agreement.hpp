@@ -1,0 +1,72 @@
+#pragma once
+// The agreement step every distributed call starts with (docs/distributed.md): each rank contributes a
+// small fixed-size record (rows, dimension, dtype, configuration, and the error its own validation
+// raised, if any); after one all-gather every rank raises the same exception or none. Shared by the
+// CPU front end (src/loss.cpp) and the device one (cuda/device_loss.cpp). Not public API.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "simclr/communicator.hpp"
+#include "simclr/errors.hpp"
+#include "simclr/types.hpp"
+
+namespace simclr::detail {
+
+struct AgreementRecord {
+  std::int64_t rows;
+  std::int64_t cols;
+  std::int32_t dtype;
+  std::int32_t reduction;
+  double temperature;
+  std::int64_t global_batch;  // kNoGlobalBatch, kInferGlobalBatch, or the count (>= 0)
+  std::int32_t error_kind;    // ErrorKind
+  std::int32_t reserved;
+  char message[464];
+};
+static_assert(sizeof(AgreementRecord) == 512, "agreement record is 512 bytes");
+
+constexpr std::int64_t kNoGlobalBatch = -2;
+constexpr std::int64_t kInferGlobalBatch = -1;
+
+enum ErrorKind : std::int32_t { kNoError = 0, kValueErrorKind = 1, kTypeErrorKind = 2 };
+
+// A zeroed record (no uninitialised padding goes over the wire).
+AgreementRecord empty_record();
+// A forward call's record.
+AgreementRecord forward_record(std::int64_t rows, std::int64_t cols, std::int32_t dtype, Reduction reduction,
+                               double temperature, std::int64_t global_batch);
+
+void set_error(AgreementRecord& record, ErrorKind kind, const std::string& what);
+
+// Runs `validate`; a ValueError or TypeError is stored in the record instead of propagating. A
+// CommError is not an input error and propagates.
+template <class F>
+void capture(AgreementRecord& record, F&& validate) {
+  try {
+    validate();
+  } catch (const TypeError& e) {
+    set_error(record, kTypeErrorKind, e.what());
+  } catch (const CommError&) {
+    throw;
+  } catch (const Error& e) {
+    set_error(record, kValueErrorKind, e.what());
+  }
+}
+
+// The error of the lowest rank that has one, raised (with "(rank r)") on every rank.
+void raise_first_error(const std::vector<AgreementRecord>& all);
+
+// Collective: gathers every rank's record and raises the first error of any rank.
+std::vector<AgreementRecord> gather_records(Communicator& comm, const AgreementRecord& mine);
+
+// After gather_records of forward records: the cross-rank checks (dtype, dimension, reduction,
+// temperature, global batch size option; `dtype_name` names a record's dtype) and the distribution rule
+// (`options_name` names where the caller passes a global batch size). Identical on every rank.
+void check_forward_records(const std::vector<AgreementRecord>& all, std::string (*dtype_name)(std::int32_t),
+                           Reduction configured, const char* options_name);
+
+std::string global_batch_string(std::int64_t global_batch);
+
+}  // namespace simclr::detail

@@ -1,0 +1,85 @@
+#include "simclr/detail/agreement.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+namespace simclr::detail {
+
+AgreementRecord empty_record() {
+  AgreementRecord record;
+  std::memset(&record, 0, sizeof(record));
+  return record;
+}
+
+AgreementRecord forward_record(std::int64_t rows, std::int64_t cols, std::int32_t dtype, Reduction reduction,
+                               double temperature, std::int64_t global_batch) {
+  AgreementRecord record = empty_record();
+  record.rows = rows;
+  record.cols = cols;
+  record.dtype = dtype;
+  record.reduction = static_cast<std::int32_t>(reduction);
+  record.temperature = temperature;
+  record.global_batch = global_batch;
+  return record;
+}
+
+void set_error(AgreementRecord& record, ErrorKind kind, const std::string& what) {
+  record.error_kind = kind;
+  const std::size_t n = std::min(what.size(), sizeof(record.message) - 1);
+  std::memcpy(record.message, what.data(), n);
+  record.message[n] = '\0';
+}
+
+void raise_first_error(const std::vector<AgreementRecord>& all) {
+  for (std::size_t r = 0; r < all.size(); ++r) {
+    if (all[r].error_kind == kNoError) continue;
+    const std::string what = str_cat(std::string(all[r].message), " (rank ", r, ")");
+    if (all[r].error_kind == kTypeErrorKind) throw TypeError(what);
+    throw ValueError(what);
+  }
+}
+
+std::vector<AgreementRecord> gather_records(Communicator& comm, const AgreementRecord& mine) {
+  std::vector<AgreementRecord> all(static_cast<std::size_t>(comm.size()));
+  comm.all_gather(&mine, sizeof(mine), all.data());
+  raise_first_error(all);
+  return all;
+}
+
+std::string global_batch_string(std::int64_t global_batch) {
+  if (global_batch == kNoGlobalBatch) return "none";
+  if (global_batch == kInferGlobalBatch) return "infer";
+  return std::to_string(global_batch);
+}
+
+void check_forward_records(const std::vector<AgreementRecord>& all, std::string (*dtype_name)(std::int32_t),
+                           Reduction configured, const char* options_name) {
+  const AgreementRecord& a = all.at(0);
+  for (std::size_t r = 1; r < all.size(); ++r) {
+    const AgreementRecord& b = all[r];
+    SIMCLR_ENFORCE(a.dtype == b.dtype, TypeError, "dtype differs across ranks: rank 0 has ",
+                   dtype_name(a.dtype), ", rank ", r, " has ", dtype_name(b.dtype));
+    SIMCLR_ENFORCE(a.cols == b.cols, ValueError, "embedding dimension differs across ranks: rank 0 has ",
+                   a.cols, ", rank ", r, " has ", b.cols);
+    SIMCLR_ENFORCE(a.reduction == b.reduction, ValueError, "reduction differs across ranks: rank 0 has ",
+                   to_string(static_cast<Reduction>(a.reduction)), ", rank ", r, " has ",
+                   to_string(static_cast<Reduction>(b.reduction)));
+    SIMCLR_ENFORCE(a.temperature == b.temperature, ValueError,
+                   "temperature differs across ranks: rank 0 has ", a.temperature, ", rank ", r, " has ",
+                   b.temperature);
+    SIMCLR_ENFORCE(a.global_batch == b.global_batch, ValueError,
+                   "global batch size differs across ranks: rank 0 has ", global_batch_string(a.global_batch),
+                   ", rank ", r, " has ", global_batch_string(b.global_batch));
+  }
+  // The distribution rule (keras-loss-semantics.md): every rank holds the same records, so every rank
+  // raises it.
+  if (static_cast<Reduction>(a.reduction) == Reduction::kSumOverBatchSize && a.global_batch == kNoGlobalBatch) {
+    throw ValueError(str_cat(
+        "Please use simclr::Reduction::kSum or simclr::Reduction::kNone for loss reduction when losses are "
+        "used through a simclr::Communicator (a distributed context), or pass a global batch size (",
+        options_name, "::global_batch_size, a count or GlobalBatchSize::infer()) so that reduction '",
+        to_string(configured), "' can divide by it"));
+  }
+}
+
+}  // namespace simclr::detail
