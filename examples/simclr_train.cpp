@@ -532,29 +532,13 @@ int train(tools::Runtime& rt, const Options& opt, Clock::time_point start) {
 int main(int argc, char** argv) {
   namespace ex = simclr::examples;
   const auto start = ex::Clock::now();
-  std::unique_ptr<simclr::tools::Runtime> rt;
-  try {
-    rt = std::make_unique<simclr::tools::Runtime>(&argc, &argv);
-  } catch (const std::exception& e) {
-    std::cerr << "error: " << e.what() << std::endl;
-    return 2;
-  }
-  int status = 0;
-  try {
+  return simclr::tools::run_main(argc, argv, [&](simclr::tools::Runtime& rt, const std::vector<std::string>& args) {
     // Every rank parses the same argv, so every rank reaches the same verdict without talking.
-    const ex::Options options = ex::parse_options(std::vector<std::string>(argv, argv + argc));
+    const ex::Options options = ex::parse_options(args);
     if (options.help) {
-      if (rt->rank() == 0) std::cout << ex::kUsage;
-    } else {
-      status = ex::train(*rt, options, start);
+      if (rt.rank() == 0) std::cout << ex::kUsage;
+      return 0;
     }
-  } catch (const simclr::CommError& e) {
-    std::cerr << "error: " << e.what() << std::endl;
-    status = 3;
-  } catch (const std::exception& e) {
-    if (rt->rank() == 0) std::cerr << "error: " << e.what() << std::endl;
-    status = 2;
-  }
-  rt.reset();
-  return status;
+    return ex::train(rt, options, start);
+  });
 }

@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <iostream>
 #include <vector>
 
 #include "simclr/errors.hpp"
@@ -57,6 +58,30 @@ void Runtime::agreed(const std::function<void()>& step) {
     const char* msg = all.data() + sizeof(mine) * static_cast<std::size_t>(r);
     if (msg[0] != '\0') throw ValueError(std::string(msg));
   }
+}
+
+int run_main(int argc, char** argv,
+             const std::function<int(Runtime&, const std::vector<std::string>&)>& body) {
+  std::unique_ptr<Runtime> rt;
+  try {
+    rt = std::make_unique<Runtime>(&argc, &argv);
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << std::endl;
+    return 2;
+  }
+  const std::vector<std::string> args(argv, argv + argc);
+  int status = 0;
+  try {
+    status = body(*rt, args);
+  } catch (const CommError& e) {
+    std::cerr << "error: " << e.what() << std::endl;
+    status = 3;
+  } catch (const std::exception& e) {
+    if (rt->rank() == 0) std::cerr << "error: " << e.what() << std::endl;
+    status = 2;
+  }
+  rt.reset();
+  return status;
 }
 
 }  // namespace simclr::tools

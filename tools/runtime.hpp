@@ -5,6 +5,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "simclr/communicator.hpp"
 
@@ -34,5 +35,11 @@ class Runtime {
   std::unique_ptr<Communicator> comm_;
   bool mpi_initialised_here_ = false;
 };
+
+// The main() of the tools: sets up the runtime, runs `body` with it and the arguments, and maps
+// exceptions to exit statuses: 2 for bad input (rank 0 prints one `error: ...` line; the agreement step
+// made every rank raise it), 3 for a communication failure (each rank prints its own).
+int run_main(int argc, char** argv,
+             const std::function<int(Runtime&, const std::vector<std::string>&)>& body);
 
 }  // namespace simclr::tools

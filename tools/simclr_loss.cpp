@@ -228,26 +228,4 @@ int run(Runtime& rt, const std::vector<std::string>& argv) {
 }  // namespace
 }  // namespace simclr::tools
 
-int main(int argc, char** argv) {
-  using simclr::tools::Runtime;
-  std::unique_ptr<Runtime> rt;
-  try {
-    rt = std::make_unique<Runtime>(&argc, &argv);
-  } catch (const std::exception& e) {
-    std::cerr << "error: " << e.what() << std::endl;
-    return 2;
-  }
-  const std::vector<std::string> args(argv, argv + argc);
-  int status = 0;
-  try {
-    status = simclr::tools::run(*rt, args);
-  } catch (const simclr::CommError& e) {
-    std::cerr << "error: " << e.what() << std::endl;
-    status = 3;
-  } catch (const std::exception& e) {
-    if (rt->rank() == 0) std::cerr << "error: " << e.what() << std::endl;
-    status = 2;
-  }
-  rt.reset();
-  return status;
-}
+int main(int argc, char** argv) { return simclr::tools::run_main(argc, argv, simclr::tools::run); }
