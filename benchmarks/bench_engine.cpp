@@ -1,5 +1,6 @@
 // Kernel benchmarks: the engine's forward and backward on one process for each path (streamed,
-// kept logits, symmetric), and the normalisation. Counters report GFLOP/s on the flops each path does.
+// kept logits, symmetric), and the normalisation. Counters report GFLOP/s on the flops each path
+// does.
 //   build/bin/simclr_kernel_bench [--benchmark_filter=...]
 
 #include <benchmark/benchmark.h>
@@ -33,7 +34,8 @@ void BM_Forward(benchmark::State& state) {
     flops = out.flops;
     benchmark::DoNotOptimize(out.objective);
   }
-  state.counters["GFLOPS"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GFLOPS"] =
+      benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
 template <class T>
@@ -50,7 +52,8 @@ void BM_ForwardBackward(benchmark::State& state) {
     flops = out.flops + grads.flops;
     benchmark::DoNotOptimize(grads.grad_a.data());
   }
-  state.counters["GFLOPS"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GFLOPS"] =
+      benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
 template <class T>

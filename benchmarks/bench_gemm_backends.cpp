@@ -1,6 +1,6 @@
 // Eigen's GEMM against OpenBLAS on the shapes the engine multiplies: a logits tile
-// [rows, d] x [d, cols] (k = d small) and the backward's [rows, cols] x [cols, d], single-threaded as
-// the engine calls them (one product per thread). Decides which backend the engine uses.
+// [rows, d] x [d, cols] (k = d small) and the backward's [rows, cols] x [cols, d], single-threaded
+// as the engine calls them (one product per thread). Decides which backend the engine uses.
 //   build/bin/simclr_gemm_backends
 
 #include <benchmark/benchmark.h>
@@ -22,7 +22,8 @@ void BM_TileEigen(benchmark::State& state) {
     s.noalias() = 0.5f * (a * b.transpose());
     benchmark::DoNotOptimize(s.data());
   }
-  state.counters["GFLOPS"] = benchmark::Counter(2e-9 * static_cast<double>(m * n * k), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GFLOPS"] = benchmark::Counter(2e-9 * static_cast<double>(m * n * k),
+                                                benchmark::Counter::kIsIterationInvariantRate);
 }
 
 void BM_TileOpenBLAS(benchmark::State& state) {
@@ -32,11 +33,12 @@ void BM_TileOpenBLAS(benchmark::State& state) {
   openblas_set_num_threads(1);
   for (auto _ : state) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(n),
-                static_cast<int>(k), 0.5f, a.data(), static_cast<int>(k), b.data(), static_cast<int>(k), 0.0f,
-                s.data(), static_cast<int>(n));
+                static_cast<int>(k), 0.5f, a.data(), static_cast<int>(k), b.data(),
+                static_cast<int>(k), 0.0f, s.data(), static_cast<int>(n));
     benchmark::DoNotOptimize(s.data());
   }
-  state.counters["GFLOPS"] = benchmark::Counter(2e-9 * static_cast<double>(m * n * k), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GFLOPS"] = benchmark::Counter(2e-9 * static_cast<double>(m * n * k),
+                                                benchmark::Counter::kIsIterationInvariantRate);
 }
 
 // Backward: G += M U with M [m, n], U [n, k].
@@ -49,7 +51,8 @@ void BM_BackEigen(benchmark::State& state) {
     g.noalias() += 0.5f * (mm * u);
     benchmark::DoNotOptimize(g.data());
   }
-  state.counters["GFLOPS"] = benchmark::Counter(2e-9 * static_cast<double>(m * n * k), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GFLOPS"] = benchmark::Counter(2e-9 * static_cast<double>(m * n * k),
+                                                benchmark::Counter::kIsIterationInvariantRate);
 }
 
 void BM_BackOpenBLAS(benchmark::State& state) {
@@ -59,11 +62,12 @@ void BM_BackOpenBLAS(benchmark::State& state) {
   openblas_set_num_threads(1);
   for (auto _ : state) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m), static_cast<int>(k),
-                static_cast<int>(n), 0.5f, mm.data(), static_cast<int>(n), u.data(), static_cast<int>(k), 1.0f,
-                g.data(), static_cast<int>(k));
+                static_cast<int>(n), 0.5f, mm.data(), static_cast<int>(n), u.data(),
+                static_cast<int>(k), 1.0f, g.data(), static_cast<int>(k));
     benchmark::DoNotOptimize(g.data());
   }
-  state.counters["GFLOPS"] = benchmark::Counter(2e-9 * static_cast<double>(m * n * k), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GFLOPS"] = benchmark::Counter(2e-9 * static_cast<double>(m * n * k),
+                                                benchmark::Counter::kIsIterationInvariantRate);
 }
 
 void Shapes(benchmark::internal::Benchmark* b) {

@@ -11,10 +11,10 @@ void SingleDeviceCommunicator::all_gather(const void* send, std::size_t bytes, v
 
 void SingleDeviceCommunicator::all_gather_v(const void* send, std::size_t send_bytes, void* recv,
                                             const std::vector<std::size_t>& recv_bytes) {
-  SIMCLR_ENFORCE(recv_bytes.size() == 1, CommError, "single-device: all_gather_v needs one count: ",
-                 recv_bytes.size(), " vs 1");
-  SIMCLR_ENFORCE(send_bytes == recv_bytes[0], CommError, "single-device: all_gather_v sends ", send_bytes,
-                 " bytes but the counts say ", recv_bytes[0]);
+  SIMCLR_ENFORCE(recv_bytes.size() == 1, CommError,
+                 "single-device: all_gather_v needs one count: ", recv_bytes.size(), " vs 1");
+  SIMCLR_ENFORCE(send_bytes == recv_bytes[0], CommError, "single-device: all_gather_v sends ",
+                 send_bytes, " bytes but the counts say ", recv_bytes[0]);
   all_gather(send, send_bytes, recv);
 }
 

@@ -38,16 +38,17 @@ void logits_gemm(cublasHandle_t blas, DeviceDType dtype, const void* u, std::int
     // Empty rows: every logit is 0. U has no storage then (null), so no cuBLAS call with k = 0.
     cudaStream_t stream = nullptr;
     SIMCLR_CHECK_CUBLAS(cublasGetStream(blas, &stream));
-    SIMCLR_CHECK_CUDA(cudaMemsetAsync(s, 0, static_cast<std::size_t>(rows * lds) * sizeof(float), stream));
+    SIMCLR_CHECK_CUDA(
+        cudaMemsetAsync(s, 0, static_cast<std::size_t>(rows * lds) * sizeof(float), stream));
     return;
   }
   const int ld_u = as_int(d, "dimension");
   SIMCLR_CHECK_CUBLAS(cublasSetPointerMode(blas, CUBLAS_POINTER_MODE_HOST));
   SIMCLR_CHECK_CUBLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, as_int(cols, "tile cols"),
                                    as_int(rows, "tile rows"), as_int(d, "dimension"), &inv_t,
-                                   row_ptr(u, c0, d, elem), type, ld_u, row_ptr(u, row0, d, elem), type,
-                                   ld_u, &beta, s, CUDA_R_32F, as_int(lds, "tile ld"), CUBLAS_COMPUTE_32F,
-                                   CUBLAS_GEMM_DEFAULT));
+                                   row_ptr(u, c0, d, elem), type, ld_u, row_ptr(u, row0, d, elem),
+                                   type, ld_u, &beta, s, CUDA_R_32F, as_int(lds, "tile ld"),
+                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
 }  // namespace
@@ -61,8 +62,8 @@ cudaDataType_t blas_type(DeviceDType dtype) {
     case DeviceDType::kFloat16:
       return CUDA_R_16F;
   }
-  throw TypeError(::simclr::detail::str_cat("device loss: unsupported dtype code ",
-                                            static_cast<int>(dtype)));
+  throw TypeError(
+      ::simclr::detail::str_cat("device loss: unsupported dtype code ", static_cast<int>(dtype)));
 }
 
 TilePlan plan_tiles(std::int64_t anchors, std::int64_t total, DeviceDType dtype,
@@ -72,8 +73,10 @@ TilePlan plan_tiles(std::int64_t anchors, std::int64_t total, DeviceDType dtype,
   SIMCLR_ENFORCE(options.tile_rows <= kMaxTileRows, ValueError, "tile_rows ", options.tile_rows,
                  " exceeds ", kMaxTileRows);
   TilePlan plan;
-  plan.rows = std::max<std::int64_t>(1, std::min(options.tile_rows > 0 ? options.tile_rows : kDefaultTile, anchors));
-  plan.cols = std::max<std::int64_t>(1, std::min(options.tile_cols > 0 ? options.tile_cols : kDefaultTile, total));
+  plan.rows = std::max<std::int64_t>(
+      1, std::min(options.tile_rows > 0 ? options.tile_rows : kDefaultTile, anchors));
+  plan.cols = std::max<std::int64_t>(
+      1, std::min(options.tile_cols > 0 ? options.tile_cols : kDefaultTile, total));
   const auto bytes = [&](const TilePlan& p) {
     return static_cast<double>(p.rows) * static_cast<double>(round_up(p.cols, 8)) *
            static_cast<double>(sizeof(float) + element_size(dtype));
@@ -132,8 +135,10 @@ double engine_backward(cublasHandle_t blas, DeviceDType dtype, const void* u, st
   const cudaDataType_t type = blas_type(dtype);
   const int ld_u = as_int(d, "dimension");
   // The first column tile overwrites grad (beta = 0); zeroing it first keeps uninitialised pool
-  // memory (possibly NaN bit patterns) out of the result whatever cuBLAS does with a device-side beta.
-  SIMCLR_CHECK_CUDA(cudaMemsetAsync(grad, 0, static_cast<std::size_t>(anchors * d) * sizeof(float), stream));
+  // memory (possibly NaN bit patterns) out of the result whatever cuBLAS does with a device-side
+  // beta.
+  SIMCLR_CHECK_CUDA(
+      cudaMemsetAsync(grad, 0, static_cast<std::size_t>(anchors * d) * sizeof(float), stream));
   for (std::int64_t q0 = 0; q0 < anchors; q0 += plan.rows) {
     const std::int64_t rows = std::min(plan.rows, anchors - q0);
     for (std::int64_t c0 = 0; c0 < total; c0 += plan.cols) {
@@ -144,11 +149,11 @@ double engine_backward(cublasHandle_t blas, DeviceDType dtype, const void* u, st
                     plan.ld, stream);
       // grad[q0 : q0 + rows] (+)= M U_c, column-major: grad^T [d, rows] = U_c^T [d, cols] M^T.
       SIMCLR_CHECK_CUBLAS(cublasSetPointerMode(blas, CUBLAS_POINTER_MODE_DEVICE));
-      SIMCLR_CHECK_CUBLAS(cublasGemmEx(
-          blas, CUBLAS_OP_N, CUBLAS_OP_N, ld_u, as_int(rows, "tile rows"), as_int(cols, "tile cols"),
-          params + 1, row_ptr(u, c0, d, elem), type, ld_u, m, type, as_int(plan.ld, "tile ld"),
-          c0 == 0 ? params + 2 : params + 3, grad + q0 * d, CUDA_R_32F, ld_u, CUBLAS_COMPUTE_32F,
-          CUBLAS_GEMM_DEFAULT));
+      SIMCLR_CHECK_CUBLAS(
+          cublasGemmEx(blas, CUBLAS_OP_N, CUBLAS_OP_N, ld_u, as_int(rows, "tile rows"),
+                       as_int(cols, "tile cols"), params + 1, row_ptr(u, c0, d, elem), type, ld_u,
+                       m, type, as_int(plan.ld, "tile ld"), c0 == 0 ? params + 2 : params + 3,
+                       grad + q0 * d, CUDA_R_32F, ld_u, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
       SIMCLR_CHECK_CUBLAS(cublasSetPointerMode(blas, CUBLAS_POINTER_MODE_HOST));
     }
   }

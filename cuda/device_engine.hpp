@@ -13,8 +13,8 @@
 
 namespace simclr::cuda::detail {
 
-// Tile shape and the workspace's leading dimension (a multiple of 8, so rows of the float32 logits and
-// of a 16-bit M tile start 16-byte aligned for vector loads and tensor cores).
+// Tile shape and the workspace's leading dimension (a multiple of 8, so rows of the float32 logits
+// and of a 16-bit M tile start 16-byte aligned for vector loads and tensor cores).
 struct TilePlan {
   std::int64_t rows = 1;
   std::int64_t cols = 1;
@@ -32,8 +32,8 @@ double engine_forward(cublasHandle_t blas, DeviceDType dtype, const void* u, std
                       const TilePlan& plan, float* run_max, float* run_sum, float* positive,
                       cudaStream_t stream);
 
-// Backward: grad ([2n, d] float32) = dJ/du for this rank's anchors given every row's LSE and alpha in
-// U order and the device params of launch_backward_params. Returns the flops.
+// Backward: grad ([2n, d] float32) = dJ/du for this rank's anchors given every row's LSE and alpha
+// in U order and the device params of launch_backward_params. Returns the flops.
 double engine_backward(cublasHandle_t blas, DeviceDType dtype, const void* u, std::int64_t d,
                        std::int64_t total, AnchorLayout layout, float inv_temperature,
                        const TilePlan& plan, const float* lse_all, const float* alpha_all,

@@ -1,8 +1,7 @@
-// The device front end (docs/gpu.md): validation, the agreement step, normalisation, the gather, the
-// tiled engine, the Keras reduction; and the backward. Mirrors src/loss.cpp step by step.
+// The device front end (docs/gpu.md): validation, the agreement step, normalisation, the gather,
+// the tiled engine, the Keras reduction; and the backward. Mirrors src/loss.cpp step by step.
 
 #include "simclr/cuda/device_loss.hpp"
-#include "simclr/detail/agreement.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -15,6 +14,7 @@
 #include "device_engine.hpp"
 #include "kernels.cuh"
 #include "simclr/cuda/check.hpp"
+#include "simclr/detail/agreement.hpp"
 #include "simclr/engine.hpp"
 
 namespace simclr::cuda {
@@ -76,7 +76,8 @@ void DeviceArray::release() noexcept {
   bytes_ = 0;
 }
 
-std::vector<float> copy_to_host_f32(const DeviceArray& array, std::size_t count, cudaStream_t stream) {
+std::vector<float> copy_to_host_f32(const DeviceArray& array, std::size_t count,
+                                    cudaStream_t stream) {
   SIMCLR_ENFORCE(count * sizeof(float) <= array.bytes(), ValueError, "copy_to_host_f32: ", count,
                  " floats from an array of ", array.bytes(), " bytes");
   std::vector<float> out(count);
@@ -123,12 +124,12 @@ namespace detail {
 struct DeviceSaved {
   DeviceDType dtype = DeviceDType::kFloat32;
   std::int64_t dim = 0;
-  simclr::detail::RowLayout layout;   // where this rank's 2n anchors sit in u
-  DeviceArray u;                      // [2G, d] normalised rows of every rank, input dtype
-  DeviceArray squared_norms;          // [2n] float32
-  DeviceArray row_lse;                // [2n] float32
-  DeviceArray weight;                 // [n] float32, after broadcasting
-  float denominator = 1;              // of sum_over_batch_size (0 gives 0)
+  simclr::detail::RowLayout layout;  // where this rank's 2n anchors sit in u
+  DeviceArray u;                     // [2G, d] normalised rows of every rank, input dtype
+  DeviceArray squared_norms;         // [2n] float32
+  DeviceArray row_lse;               // [2n] float32
+  DeviceArray weight;                // [n] float32, after broadcasting
+  float denominator = 1;             // of sum_over_batch_size (0 gives 0)
   Reduction reduction = Reduction::kSum;
   DeviceCommunicator* communicator = nullptr;
   std::vector<std::int64_t> rank_rows;
@@ -156,23 +157,23 @@ bool element_is_nan(const unsigned char* bits, DeviceDType dtype) {
 void check_view(const DeviceMatrixView& z, const char* view) {
   SIMCLR_ENFORCE(element_size(z.dtype) != 0, TypeError, view, " has an unsupported dtype (",
                  to_string(z.dtype), "); the device loss takes float32, bfloat16 or float16");
-  SIMCLR_ENFORCE(z.rows >= 0 && z.cols >= 0, ValueError, view, " has a negative dimension: [", z.rows,
-                 ", ", z.cols, "]");
-  SIMCLR_ENFORCE(z.rows == 0 || z.cols == 0 || z.data != nullptr, ValueError, view, " is null with ",
-                 z.rows, " rows");
-  SIMCLR_ENFORCE(z.rows <= 1 || z.row_stride >= z.cols, ValueError, view, " row stride ", z.row_stride,
-                 " is smaller than its ", z.cols, " columns");
+  SIMCLR_ENFORCE(z.rows >= 0 && z.cols >= 0, ValueError, view, " has a negative dimension: [",
+                 z.rows, ", ", z.cols, "]");
+  SIMCLR_ENFORCE(z.rows == 0 || z.cols == 0 || z.data != nullptr, ValueError, view,
+                 " is null with ", z.rows, " rows");
+  SIMCLR_ENFORCE(z.rows <= 1 || z.row_stride >= z.cols, ValueError, view, " row stride ",
+                 z.row_stride, " is smaller than its ", z.cols, " columns");
 }
 
-void check_grad_view(const DeviceMutableMatrixView& g, const char* what, std::int64_t n, std::int64_t d,
-                     DeviceDType dtype) {
+void check_grad_view(const DeviceMutableMatrixView& g, const char* what, std::int64_t n,
+                     std::int64_t d, DeviceDType dtype) {
   SIMCLR_ENFORCE(g.dtype == dtype, TypeError, what, " buffer is ", to_string(g.dtype),
                  " but the loss was computed in ", to_string(dtype));
   SIMCLR_ENFORCE(g.rows == n && g.cols == d, ValueError, what, " buffer is [", g.rows, ", ", g.cols,
                  "] but the gradient is [", n, ", ", d, "]");
   SIMCLR_ENFORCE(n == 0 || d == 0 || g.data != nullptr, ValueError, what, " buffer is null");
-  SIMCLR_ENFORCE(g.rows <= 1 || g.row_stride >= g.cols, ValueError, what, " row stride ", g.row_stride,
-                 " is smaller than its ", g.cols, " columns");
+  SIMCLR_ENFORCE(g.rows <= 1 || g.row_stride >= g.cols, ValueError, what, " row stride ",
+                 g.row_stride, " is smaller than its ", g.cols, " columns");
 }
 
 // Finiteness of up to three device arrays in one pass and one synchronisation: the verdict must
@@ -181,8 +182,8 @@ struct FiniteCheck {
   const void* data;
   DeviceDType dtype;
   std::int64_t rows, cols, stride;
-  const char* what;   // "za has"
-  bool matrix;        // message "at row r, column c" (else "at index i")
+  const char* what;  // "za has"
+  bool matrix;       // message "at row r, column c" (else "at index i")
 };
 
 void check_finite_on_device(const std::vector<FiniteCheck>& checks, cudaStream_t stream) {
@@ -195,8 +196,8 @@ void check_finite_on_device(const std::vector<FiniteCheck>& checks, cudaStream_t
                           first.as<unsigned long long>() + k, stream);
   }
   std::vector<unsigned long long> host(checks.size());
-  SIMCLR_CHECK_CUDA(cudaMemcpyAsync(host.data(), first.data(), first.bytes(), cudaMemcpyDeviceToHost,
-                                    stream));
+  SIMCLR_CHECK_CUDA(
+      cudaMemcpyAsync(host.data(), first.data(), first.bytes(), cudaMemcpyDeviceToHost, stream));
   SIMCLR_CHECK_CUDA(cudaStreamSynchronize(stream));
   for (std::size_t k = 0; k < checks.size(); ++k) {
     if (host[k] == ~0ull) continue;
@@ -205,10 +206,13 @@ void check_finite_on_device(const std::vector<FiniteCheck>& checks, cudaStream_t
     const std::int64_t row = idx / c.cols, col = idx - row * c.cols;
     const std::size_t elem = element_size(c.dtype);
     unsigned char bits[4] = {0, 0, 0, 0};
-    SIMCLR_CHECK_CUDA(cudaMemcpy(bits, static_cast<const char*>(c.data) + (row * c.stride + col) * elem,
+    SIMCLR_CHECK_CUDA(cudaMemcpy(bits,
+                                 static_cast<const char*>(c.data) + (row * c.stride + col) * elem,
                                  elem, cudaMemcpyDeviceToHost));
     const char* kind = element_is_nan(bits, c.dtype) ? "NaN" : "Inf";
-    if (c.matrix) throw ValueError(simclr::detail::str_cat(c.what, " ", kind, " at row ", row, ", column ", col));
+    if (c.matrix)
+      throw ValueError(
+          simclr::detail::str_cat(c.what, " ", kind, " at row ", row, ", column ", col));
     throw ValueError(simclr::detail::str_cat(c.what, " ", kind, " at index ", row));
   }
 }
@@ -231,7 +235,8 @@ void check_weight_shape(const DeviceSampleWeight* sw, std::int64_t n) {
 DeviceArray upload(const float* data, std::int64_t count, cudaStream_t stream) {
   DeviceArray out(static_cast<std::size_t>(count) * sizeof(float), stream);
   if (count > 0)
-    SIMCLR_CHECK_CUDA(cudaMemcpyAsync(out.data(), data, out.bytes(), cudaMemcpyHostToDevice, stream));
+    SIMCLR_CHECK_CUDA(
+        cudaMemcpyAsync(out.data(), data, out.bytes(), cudaMemcpyHostToDevice, stream));
   return out;
 }
 
@@ -240,7 +245,8 @@ DeviceArray upload(const float* data, std::int64_t count, cudaStream_t stream) {
 
 using detail::AgreementRecord;
 
-DeviceSimCLRLoss::DeviceSimCLRLoss(double temperature, Reduction reduction, std::optional<std::string> name)
+DeviceSimCLRLoss::DeviceSimCLRLoss(double temperature, Reduction reduction,
+                                   std::optional<std::string> name)
     : config_(temperature, reduction, std::move(name)), blas_(std::make_unique<BlasHandles>()) {}
 
 DeviceSimCLRLoss::DeviceSimCLRLoss(const LossConfig& config)
@@ -250,25 +256,28 @@ DeviceSimCLRLoss::~DeviceSimCLRLoss() = default;
 DeviceSimCLRLoss::DeviceSimCLRLoss(DeviceSimCLRLoss&&) noexcept = default;
 DeviceSimCLRLoss& DeviceSimCLRLoss::operator=(DeviceSimCLRLoss&&) noexcept = default;
 
-DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView zb, cudaStream_t stream,
+DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView zb,
+                                           cudaStream_t stream,
                                            const DeviceSampleWeight* sample_weight,
                                            const DeviceCallOptions& options) const {
   DeviceCommunicator* comm = options.communicator;
   const LossConfig& cfg = config_.config();
   const Reduction reduction =
       cfg.reduction == Reduction::kAuto ? Reduction::kSumOverBatchSize : cfg.reduction;
-  const std::int64_t gbs = !options.global_batch_size                ? simclr::detail::kNoGlobalBatch
-                           : options.global_batch_size->is_infer() ? simclr::detail::kInferGlobalBatch
-                                                                   : options.global_batch_size->rows();
+  const std::int64_t gbs = !options.global_batch_size ? simclr::detail::kNoGlobalBatch
+                           : options.global_batch_size->is_infer()
+                               ? simclr::detail::kInferGlobalBatch
+                               : options.global_batch_size->rows();
 
   auto validate = [&] {
     detail::check_view(za, "za");
     detail::check_view(zb, "zb");
     SIMCLR_ENFORCE(za.rows == zb.rows && za.cols == zb.cols, ValueError,
-                   "za and zb must have the same shape: [", za.rows, ", ", za.cols, "] vs. [", zb.rows,
-                   ", ", zb.cols, "]");
-    SIMCLR_ENFORCE(za.dtype == zb.dtype, TypeError, "za and zb must have the same dtype: ",
-                   to_string(za.dtype), " vs. ", to_string(zb.dtype));
+                   "za and zb must have the same shape: [", za.rows, ", ", za.cols, "] vs. [",
+                   zb.rows, ", ", zb.cols, "]");
+    SIMCLR_ENFORCE(za.dtype == zb.dtype, TypeError,
+                   "za and zb must have the same dtype: ", to_string(za.dtype), " vs. ",
+                   to_string(zb.dtype));
     detail::check_weight_shape(sample_weight, za.rows);
     std::vector<detail::FiniteCheck> checks{
         {za.data, za.dtype, za.rows, za.cols, za.row_stride, "za has", true},
@@ -285,8 +294,8 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
   if (comm == nullptr) {
     validate();
   } else {
-    AgreementRecord mine = simclr::detail::forward_record(n, d, static_cast<std::int32_t>(za.dtype), reduction,
-                                                          cfg.temperature, gbs);
+    AgreementRecord mine = simclr::detail::forward_record(n, d, static_cast<std::int32_t>(za.dtype),
+                                                          reduction, cfg.temperature, gbs);
     simclr::detail::capture(mine, validate);
     const auto all = simclr::detail::gather_records(comm->host(), mine);
     const int size = comm->size(), rank = comm->rank();
@@ -313,7 +322,9 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
   saved->options = options.device;
   saved->inv_temperature = static_cast<float>(1.0 / cfg.temperature);
   saved->reduction = reduction;
-  const auto z = [](std::int64_t count, std::size_t bytes) { return static_cast<std::size_t>(count) * bytes; };
+  const auto z = [](std::int64_t count, std::size_t bytes) {
+    return static_cast<std::size_t>(count) * bytes;
+  };
   saved->u = DeviceArray(z(2 * total * d, elem), stream);
   saved->squared_norms = DeviceArray(z(2 * n, sizeof(float)), stream);
   saved->row_lse = DeviceArray(z(2 * n, sizeof(float)), stream);
@@ -333,7 +344,8 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
         src = sample_weight->data;
       }
     }
-    detail::launch_broadcast_weight(n == 0 ? nullptr : src, src_size, n, saved->weight.as<float>(), stream);
+    detail::launch_broadcast_weight(n == 0 ? nullptr : src, src_size, n, saved->weight.as<float>(),
+                                    stream);
   }
 
   // Normalise this rank's rows ([a; b], 2n x d), then gather every rank's into U (spec section 2).
@@ -379,12 +391,15 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
   out.per_example = DeviceArray(z(n, elem), stream);
   out.objective = DeviceArray(sizeof(float), stream);
   std::int64_t denom = 1;
-  if (reduction == Reduction::kSumOverBatchSize) denom = gbs == simclr::detail::kNoGlobalBatch ? n : gbs == simclr::detail::kInferGlobalBatch ? total : gbs;
+  if (reduction == Reduction::kSumOverBatchSize)
+    denom = gbs == simclr::detail::kNoGlobalBatch      ? n
+            : gbs == simclr::detail::kInferGlobalBatch ? total
+                                                       : gbs;
   saved->denominator = static_cast<float>(denom);
-  detail::launch_forward_finish(run_max, run_max + 2 * n, run_max + 4 * n, saved->weight.as<float>(), n,
-                                static_cast<int>(reduction), static_cast<double>(denom), dtype,
-                                saved->row_lse.as<float>(), out.per_example.data(), out.values.data(),
-                                out.objective.as<float>(), stream);
+  detail::launch_forward_finish(
+      run_max, run_max + 2 * n, run_max + 4 * n, saved->weight.as<float>(), n,
+      static_cast<int>(reduction), static_cast<double>(denom), dtype, saved->row_lse.as<float>(),
+      out.per_example.data(), out.values.data(), out.objective.as<float>(), stream);
   out.saved = std::move(saved);
   return out;
 }
@@ -407,8 +422,9 @@ void DeviceSimCLRLoss::backward(const DeviceLossOutput& output, FloatVectorView 
 }
 
 void DeviceSimCLRLoss::backward_impl(const DeviceLossOutput& output, float scalar,
-                                     const FloatVectorView* per_example, DeviceMutableMatrixView grad_a,
-                                     DeviceMutableMatrixView grad_b, cudaStream_t stream) const {
+                                     const FloatVectorView* per_example,
+                                     DeviceMutableMatrixView grad_a, DeviceMutableMatrixView grad_b,
+                                     cudaStream_t stream) const {
   SIMCLR_ENFORCE(output.saved != nullptr, ValueError,
                  "backward needs the DeviceLossOutput of a forward call of this loss");
   const detail::DeviceSaved& s = *output.saved;
@@ -433,7 +449,8 @@ void DeviceSimCLRLoss::backward_impl(const DeviceLossOutput& output, float scala
                        std::isnan(per_example->data[i]) ? "NaN" : "Inf", " at index ", i);
     } else {
       detail::check_finite_on_device(
-          {{per_example->data, DeviceDType::kFloat32, n, 1, 1, "upstream gradient has", false}}, stream);
+          {{per_example->data, DeviceDType::kFloat32, n, 1, 1, "upstream gradient has", false}},
+          stream);
     }
   };
   if (comm == nullptr) {
@@ -481,8 +498,8 @@ void DeviceSimCLRLoss::backward_impl(const DeviceLossOutput& output, float scala
   if (n == 0) return;
 
   DeviceArray params(4 * sizeof(float), stream);
-  detail::launch_backward_params(alpha_all, total_rows, s.inv_temperature, s.dtype, params.as<float>(),
-                                 stream);
+  detail::launch_backward_params(alpha_all, total_rows, s.inv_temperature, s.dtype,
+                                 params.as<float>(), stream);
   DeviceArray grad_u(static_cast<std::size_t>(2 * n * d) * sizeof(float), stream);
   const detail::AnchorLayout layout{s.layout.anchor_begin, n};
   const detail::TilePlan plan = detail::plan_tiles(2 * n, total_rows, s.dtype, s.options);
@@ -492,8 +509,8 @@ void DeviceSimCLRLoss::backward_impl(const DeviceLossOutput& output, float scala
   const char* anchors = static_cast<const char*>(s.u.data()) +
                         static_cast<std::size_t>(s.layout.anchor_begin * d) * elem;
   const float* norms = s.squared_norms.as<float>();
-  detail::launch_l2_normalize_backward(anchors, norms, grad_u.as<float>(), n, d, s.dtype, grad_a.data,
-                                       grad_a.row_stride, stream);
+  detail::launch_l2_normalize_backward(anchors, norms, grad_u.as<float>(), n, d, s.dtype,
+                                       grad_a.data, grad_a.row_stride, stream);
   detail::launch_l2_normalize_backward(anchors + static_cast<std::size_t>(n * d) * elem, norms + n,
                                        grad_u.as<float>() + n * d, n, d, s.dtype, grad_b.data,
                                        grad_b.row_stride, stream);

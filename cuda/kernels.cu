@@ -1,6 +1,6 @@
 // Kernels of the device loss (spec sections 1-4). Element-wise and row-wise work only: the products
-// with U go through cuBLAS (device_engine.cpp). All arithmetic is float32; exponentials are exp2f of
-// a pre-scaled argument, which for the terms that matter (s - max near 0) is accurate to ~1 ulp.
+// with U go through cuBLAS (device_engine.cpp). All arithmetic is float32; exponentials are exp2f
+// of a pre-scaled argument, which for the terms that matter (s - max near 0) is accurate to ~1 ulp.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -39,11 +39,13 @@ __device__ __forceinline__ __half from_float<__half>(float x) {
 }
 
 __device__ __forceinline__ float warp_sum(float v) {
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  for (int offset = kWarp / 2; offset > 0; offset /= 2)
+    v += __shfl_xor_sync(0xffffffffu, v, offset);
   return v;
 }
 
-// Merge (m, s) with (om, os): both are (max, sum of exp(x - max)) of disjoint sets; -inf max = empty.
+// Merge (m, s) with (om, os): both are (max, sum of exp(x - max)) of disjoint sets; -inf max =
+// empty.
 __device__ __forceinline__ void lse_merge(float& m, float& s, float om, float os) {
   if (om == -INFINITY) return;
   if (m == -INFINITY) {
@@ -75,8 +77,8 @@ void dispatch(DeviceDType dtype, Body&& body) {
       body(__half{});
       return;
   }
-  throw ::simclr::TypeError(::simclr::detail::str_cat("device loss: unsupported dtype code ",
-                                                      static_cast<int>(dtype)));
+  throw ::simclr::TypeError(
+      ::simclr::detail::str_cat("device loss: unsupported dtype code ", static_cast<int>(dtype)));
 }
 
 // ---- kernels ----
@@ -85,17 +87,19 @@ template <class T>
 __global__ void find_nonfinite_kernel(const T* x, std::int64_t rows, std::int64_t cols,
                                       std::int64_t stride, unsigned long long* first_bad) {
   const std::int64_t total = rows * cols;
-  for (std::int64_t idx = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; idx < total;
-       idx += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+  for (std::int64_t idx = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+       idx < total; idx += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     const std::int64_t r = idx / cols, c = idx - r * cols;
-    if (!isfinite(to_float(x[r * stride + c]))) atomicMin(first_bad, static_cast<unsigned long long>(idx));
+    if (!isfinite(to_float(x[r * stride + c])))
+      atomicMin(first_bad, static_cast<unsigned long long>(idx));
   }
 }
 
 template <class T>
-__global__ void l2_normalize_kernel(const T* x, std::int64_t rows, std::int64_t cols, std::int64_t stride,
-                                    T* out, float* squared_norms) {
-  const std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
+__global__ void l2_normalize_kernel(const T* x, std::int64_t rows, std::int64_t cols,
+                                    std::int64_t stride, T* out, float* squared_norms) {
+  const std::int64_t row =
+      static_cast<std::int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
   const int lane = static_cast<int>(threadIdx.x % kWarp);
   if (row >= rows) return;
   const T* xr = x + row * stride;
@@ -111,10 +115,12 @@ __global__ void l2_normalize_kernel(const T* x, std::int64_t rows, std::int64_t 
   for (std::int64_t c = lane; c < cols; c += kWarp) dst[c] = from_float<T>(to_float(xr[c]) * inv);
 }
 
-__global__ void lse_tile_kernel(const float* s, std::int64_t lds, std::int64_t rows, std::int64_t cols,
-                                std::int64_t q0, std::int64_t c0, AnchorLayout layout, float* run_max,
-                                float* run_sum, float* positive) {
-  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
+__global__ void lse_tile_kernel(const float* s, std::int64_t lds, std::int64_t rows,
+                                std::int64_t cols, std::int64_t q0, std::int64_t c0,
+                                AnchorLayout layout, float* run_max, float* run_sum,
+                                float* positive) {
+  const std::int64_t i =
+      static_cast<std::int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
   const int lane = static_cast<int>(threadIdx.x % kWarp);
   if (i >= rows) return;
   const std::int64_t q = q0 + i;
@@ -162,10 +168,10 @@ __global__ void lse_tile_kernel(const float* s, std::int64_t lds, std::int64_t r
 constexpr int kFinishThreads = 1024;
 
 template <class T>
-__global__ void forward_finish_kernel(const float* run_max, const float* run_sum, const float* positive,
-                                      const float* weight, std::int64_t n, int reduction,
-                                      double denominator, float* row_lse, T* per_example, T* values,
-                                      float* objective) {
+__global__ void forward_finish_kernel(const float* run_max, const float* run_sum,
+                                      const float* positive, const float* weight, std::int64_t n,
+                                      int reduction, double denominator, float* row_lse,
+                                      T* per_example, T* values, float* objective) {
   __shared__ double partial[kFinishThreads];
   double acc = 0;
   for (std::int64_t i = threadIdx.x; i < n; i += blockDim.x) {
@@ -182,7 +188,8 @@ __global__ void forward_finish_kernel(const float* run_max, const float* run_sum
   partial[threadIdx.x] = acc;
   __syncthreads();
   for (int stride = kFinishThreads / 2; stride > 0; stride /= 2) {
-    if (static_cast<int>(threadIdx.x) < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
+    if (static_cast<int>(threadIdx.x) < stride)
+      partial[threadIdx.x] += partial[threadIdx.x + stride];
     __syncthreads();
   }
   if (threadIdx.x == 0) {
@@ -191,8 +198,8 @@ __global__ void forward_finish_kernel(const float* run_max, const float* run_sum
       objective[0] = static_cast<float>(sum);
     } else {
       const double reduced = reduction == kReductionSum ? sum
-                             : denominator <= 0                             ? 0.0
-                                                                            : sum / denominator;
+                             : denominator <= 0         ? 0.0
+                                                        : sum / denominator;
       values[0] = from_float<T>(static_cast<float>(reduced));
       objective[0] = static_cast<float>(reduced);
     }
@@ -212,8 +219,9 @@ __global__ void broadcast_weight_kernel(const float* src, std::int64_t src_size,
     weight[i] = src == nullptr ? 1.f : src[src_size == 1 ? 0 : i];
 }
 
-__global__ void pair_weight_kernel(const float* upstream, float upstream_scalar, const float* weight,
-                                   std::int64_t n, bool divide, float denominator, float* alpha) {
+__global__ void pair_weight_kernel(const float* upstream, float upstream_scalar,
+                                   const float* weight, std::int64_t n, bool divide,
+                                   float denominator, float* alpha) {
   for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     const float g = upstream != nullptr ? upstream[i] : upstream_scalar;
@@ -229,7 +237,8 @@ __global__ void backward_params_kernel(const float* alpha_all, std::int64_t tota
   __shared__ float partial[kFinishThreads];
   float amax = 0.f;
   if (scale_up)
-    for (std::int64_t i = threadIdx.x; i < total; i += blockDim.x) amax = fmaxf(amax, fabsf(alpha_all[i]));
+    for (std::int64_t i = threadIdx.x; i < total; i += blockDim.x)
+      amax = fmaxf(amax, fabsf(alpha_all[i]));
   partial[threadIdx.x] = amax;
   __syncthreads();
   for (int stride = kFinishThreads / 2; stride > 0; stride /= 2) {
@@ -254,10 +263,10 @@ __global__ void backward_params_kernel(const float* alpha_all, std::int64_t tota
 constexpr int kMThreads = 256;
 
 template <class T>
-__global__ void m_tile_kernel(const float* s, std::int64_t lds, std::int64_t rows, std::int64_t cols,
-                              std::int64_t q0, std::int64_t c0, AnchorLayout layout,
-                              const float* lse_all, const float* alpha_all, const float* params, T* m,
-                              std::int64_t ldm) {
+__global__ void m_tile_kernel(const float* s, std::int64_t lds, std::int64_t rows,
+                              std::int64_t cols, std::int64_t q0, std::int64_t c0,
+                              AnchorLayout layout, const float* lse_all, const float* alpha_all,
+                              const float* params, T* m, std::int64_t ldm) {
   const std::int64_t c = 4 * (static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x);
   if (c >= cols) return;
   const float scale = params[0];
@@ -285,7 +294,8 @@ __global__ void m_tile_kernel(const float* s, std::int64_t lds, std::int64_t row
       const std::int64_t j = c + k;
       if (j >= cols) break;
       const float a_c = alpha_all[c0 + j];
-      float val = a_k * exp2f((x[k] - lse_k) * kLog2e) + a_c * exp2f((x[k] - lse_all[c0 + j]) * kLog2e);
+      float val =
+          a_k * exp2f((x[k] - lse_k) * kLog2e) + a_c * exp2f((x[k] - lse_all[c0 + j]) * kLog2e);
       if (j == self) val = 0.f;
       if (j == pos) val -= a_k + a_c;
       mrow[j] = from_float<T>(val * scale);
@@ -294,10 +304,11 @@ __global__ void m_tile_kernel(const float* s, std::int64_t lds, std::int64_t row
 }
 
 template <class T>
-__global__ void l2_normalize_backward_kernel(const T* xhat, const float* squared_norms, const float* grad,
-                                             std::int64_t rows, std::int64_t cols, T* out,
-                                             std::int64_t out_stride) {
-  const std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
+__global__ void l2_normalize_backward_kernel(const T* xhat, const float* squared_norms,
+                                             const float* grad, std::int64_t rows,
+                                             std::int64_t cols, T* out, std::int64_t out_stride) {
+  const std::int64_t row =
+      static_cast<std::int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
   const int lane = static_cast<int>(threadIdx.x % kWarp);
   if (row >= rows) return;
   const T* h = xhat + row * cols;
@@ -322,19 +333,21 @@ __global__ void l2_normalize_backward_kernel(const T* xhat, const float* squared
 // ---- launchers ----
 
 void launch_find_nonfinite(const void* x, DeviceDType dtype, std::int64_t rows, std::int64_t cols,
-                           std::int64_t row_stride, unsigned long long* first_bad, cudaStream_t stream) {
+                           std::int64_t row_stride, unsigned long long* first_bad,
+                           cudaStream_t stream) {
   if (rows == 0 || cols == 0) return;
   dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
     const auto blocks = static_cast<unsigned>(blocks_for(rows * cols, 256, 4096));
-    find_nonfinite_kernel<T><<<blocks, 256, 0, stream>>>(static_cast<const T*>(x), rows, cols,
-                                                         row_stride, first_bad);
+    find_nonfinite_kernel<T>
+        <<<blocks, 256, 0, stream>>>(static_cast<const T*>(x), rows, cols, row_stride, first_bad);
   });
   SIMCLR_CHECK_LAUNCH("find_nonfinite_kernel");
 }
 
 void launch_l2_normalize(const void* x, DeviceDType dtype, std::int64_t rows, std::int64_t cols,
-                         std::int64_t row_stride, void* out, float* squared_norms, cudaStream_t stream) {
+                         std::int64_t row_stride, void* out, float* squared_norms,
+                         cudaStream_t stream) {
   if (rows == 0) return;
   dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
@@ -356,9 +369,9 @@ void launch_lse_tile(const float* s, std::int64_t lds, std::int64_t rows, std::i
 }
 
 void launch_forward_finish(const float* run_max, const float* run_sum, const float* positive,
-                           const float* weight, std::int64_t pairs, int reduction, double denominator,
-                           DeviceDType dtype, float* row_lse, void* per_example, void* values,
-                           float* objective, cudaStream_t stream) {
+                           const float* weight, std::int64_t pairs, int reduction,
+                           double denominator, DeviceDType dtype, float* row_lse, void* per_example,
+                           void* values, float* objective, cudaStream_t stream) {
   dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
     forward_finish_kernel<T><<<1, kFinishThreads, 0, stream>>>(
@@ -375,8 +388,8 @@ void launch_fill(float* p, std::int64_t count, float value, cudaStream_t stream)
   SIMCLR_CHECK_LAUNCH("fill_kernel");
 }
 
-void launch_broadcast_weight(const float* src, std::int64_t src_size, std::int64_t pairs, float* weight,
-                             cudaStream_t stream) {
+void launch_broadcast_weight(const float* src, std::int64_t src_size, std::int64_t pairs,
+                             float* weight, cudaStream_t stream) {
   if (pairs == 0) return;
   const auto blocks = static_cast<unsigned>(blocks_for(pairs, 256, 1024));
   broadcast_weight_kernel<<<blocks, 256, 0, stream>>>(src, src_size, pairs, weight);
@@ -416,14 +429,15 @@ void launch_m_tile(const float* s, std::int64_t lds, std::int64_t rows, std::int
 }
 
 void launch_l2_normalize_backward(const void* xhat, const float* squared_norms, const float* grad,
-                                  std::int64_t rows, std::int64_t cols, DeviceDType dtype, void* out,
-                                  std::int64_t out_stride, cudaStream_t stream) {
+                                  std::int64_t rows, std::int64_t cols, DeviceDType dtype,
+                                  void* out, std::int64_t out_stride, cudaStream_t stream) {
   if (rows == 0) return;
   dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
     const auto blocks = static_cast<unsigned>(blocks_for(rows, kRowsPerBlock, INT32_MAX));
     l2_normalize_backward_kernel<T><<<blocks, kRowsPerBlock * kWarp, 0, stream>>>(
-        static_cast<const T*>(xhat), squared_norms, grad, rows, cols, static_cast<T*>(out), out_stride);
+        static_cast<const T*>(xhat), squared_norms, grad, rows, cols, static_cast<T*>(out),
+        out_stride);
   });
   SIMCLR_CHECK_LAUNCH("l2_normalize_backward_kernel");
 }

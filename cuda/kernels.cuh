@@ -1,6 +1,6 @@
 #pragma once
-// Launchers of the device loss's kernels (kernels.cu). Plain host declarations, so the C++ front end
-// never sees CUDA device code. Every launcher enqueues on `stream` and checks the launch.
+// Launchers of the device loss's kernels (kernels.cu). Plain host declarations, so the C++ front
+// end never sees CUDA device code. Every launcher enqueues on `stream` and checks the launch.
 
 #include <cuda_runtime_api.h>
 
@@ -17,7 +17,8 @@ struct AnchorLayout {
   std::int64_t pairs = 0;
 };
 
-// Reduction codes as simclr::Reduction (checked in device_loss.cpp), so no Eigen header reaches nvcc.
+// Reduction codes as simclr::Reduction (checked in device_loss.cpp), so no Eigen header reaches
+// nvcc.
 constexpr int kReductionNone = 1;
 constexpr int kReductionSum = 2;
 constexpr int kReductionSumOverBatchSize = 3;
@@ -25,18 +26,20 @@ constexpr int kReductionSumOverBatchSize = 3;
 // p[0, count) = value.
 void launch_fill(float* p, std::int64_t count, float value, cudaStream_t stream);
 
-// atomicMin of the flat index (row * cols + col) of any non-finite element into *first_bad, which the
-// caller initialises to ~0ull.
+// atomicMin of the flat index (row * cols + col) of any non-finite element into *first_bad, which
+// the caller initialises to ~0ull.
 void launch_find_nonfinite(const void* x, DeviceDType dtype, std::int64_t rows, std::int64_t cols,
-                           std::int64_t row_stride, unsigned long long* first_bad, cudaStream_t stream);
+                           std::int64_t row_stride, unsigned long long* first_bad,
+                           cudaStream_t stream);
 
 // out[i, :] = x[i, :] / sqrt(max(sum x^2, 1e-12)) in float32, stored in dtype (out stride = cols);
 // squared_norms[i] = sum x^2.
 void launch_l2_normalize(const void* x, DeviceDType dtype, std::int64_t rows, std::int64_t cols,
-                         std::int64_t row_stride, void* out, float* squared_norms, cudaStream_t stream);
+                         std::int64_t row_stride, void* out, float* squared_norms,
+                         cudaStream_t stream);
 
-// Online log-sum-exp over one float32 logits tile [rows, cols] (leading dimension lds, a multiple of
-// 4) of anchors [q0, q0 + rows) against U rows [c0, c0 + cols): the self entry is skipped, the
+// Online log-sum-exp over one float32 logits tile [rows, cols] (leading dimension lds, a multiple
+// of 4) of anchors [q0, q0 + rows) against U rows [c0, c0 + cols): the self entry is skipped, the
 // positive is picked into positive[q], and (run_max, run_sum)[q] are merged with the tile's.
 void launch_lse_tile(const float* s, std::int64_t lds, std::int64_t rows, std::int64_t cols,
                      std::int64_t q0, std::int64_t c0, AnchorLayout layout, float* run_max,
@@ -46,13 +49,13 @@ void launch_lse_tile(const float* s, std::int64_t lds, std::int64_t rows, std::i
 // values = l_i * w_i (none, [n]) or the reduction ([1], dtype); objective[0] = J_r (float32).
 // denominator <= 0 makes sum_over_batch_size 0 (Keras's divide_no_nan).
 void launch_forward_finish(const float* run_max, const float* run_sum, const float* positive,
-                           const float* weight, std::int64_t pairs, int reduction, double denominator,
-                           DeviceDType dtype, float* row_lse, void* per_example, void* values,
-                           float* objective, cudaStream_t stream);
+                           const float* weight, std::int64_t pairs, int reduction,
+                           double denominator, DeviceDType dtype, float* row_lse, void* per_example,
+                           void* values, float* objective, cudaStream_t stream);
 
 // Weights [n] from a sample weight of size 1 (broadcast) or n, already on the device.
-void launch_broadcast_weight(const float* src, std::int64_t src_size, std::int64_t pairs, float* weight,
-                             cudaStream_t stream);
+void launch_broadcast_weight(const float* src, std::int64_t src_size, std::int64_t pairs,
+                             float* weight, cudaStream_t stream);
 
 // alpha[i] = alpha[n + i] = g_i * w_i (/ denominator for sum_over_batch_size; 0 when it is 0), with
 // g_i = upstream[i] when upstream is non-null, else upstream_scalar.
@@ -60,8 +63,8 @@ void launch_pair_weight(const float* upstream, float upstream_scalar, const floa
                         std::int64_t pairs, bool divide, float denominator, float* alpha,
                         cudaStream_t stream);
 
-// params[0] = scale of the M tile (a power of two: 2^14 / max|alpha| for float16 so M uses its range,
-// else 1); params[1] = inv_temperature / scale (the backward GEMM's alpha); params[2] = 0;
+// params[0] = scale of the M tile (a power of two: 2^14 / max|alpha| for float16 so M uses its
+// range, else 1); params[1] = inv_temperature / scale (the backward GEMM's alpha); params[2] = 0;
 // params[3] = 1 (betas).
 void launch_backward_params(const float* alpha_all, std::int64_t total, float inv_temperature,
                             DeviceDType dtype, float* params, cudaStream_t stream);
@@ -75,9 +78,10 @@ void launch_m_tile(const float* s, std::int64_t lds, std::int64_t rows, std::int
                    std::int64_t ldm, cudaStream_t stream);
 
 // Backward of launch_l2_normalize (spec section 4): out = (g - xhat (xhat . g)) / sqrt(nrm2) when
-// nrm2 > 1e-12, else g / sqrt(1e-12). xhat: dtype, stride cols; g: float32, stride cols; out: dtype.
+// nrm2 > 1e-12, else g / sqrt(1e-12). xhat: dtype, stride cols; g: float32, stride cols; out:
+// dtype.
 void launch_l2_normalize_backward(const void* xhat, const float* squared_norms, const float* grad,
-                                  std::int64_t rows, std::int64_t cols, DeviceDType dtype, void* out,
-                                  std::int64_t out_stride, cudaStream_t stream);
+                                  std::int64_t rows, std::int64_t cols, DeviceDType dtype,
+                                  void* out, std::int64_t out_stride, cudaStream_t stream);
 
 }  // namespace simclr::cuda::detail

@@ -17,16 +17,18 @@ std::string mpi_error_string(int code) {
   return std::string(text, static_cast<std::size_t>(len));
 }
 
-// Open MPI 4 raises an error found while completing a non-blocking collective on MPI_COMM_WORLD's error
-// handler instead of the request's communicator (Open MPI 5 uses MPI_COMM_SELF): with the default
-// MPI_ERRORS_ARE_FATAL a failed MPI_Iallgatherv aborts the job instead of MPI_Test returning the error
-// (tests/reliability/test_collectives.cpp, MpiErrors.*). While a timed collective is polled, both
-// handlers are MPI_ERRORS_RETURN; the caller's handlers are restored afterwards.
+// Open MPI 4 raises an error found while completing a non-blocking collective on MPI_COMM_WORLD's
+// error handler instead of the request's communicator (Open MPI 5 uses MPI_COMM_SELF): with the
+// default MPI_ERRORS_ARE_FATAL a failed MPI_Iallgatherv aborts the job instead of MPI_Test
+// returning the error (tests/reliability/test_collectives.cpp, MpiErrors.*). While a timed
+// collective is polled, both handlers are MPI_ERRORS_RETURN; the caller's handlers are restored
+// afterwards.
 class ReturnErrorsWhilePolling {
  public:
   ReturnErrorsWhilePolling() {
     for (int i = 0; i < 2; ++i) {
-      if (MPI_Comm_get_errhandler(comm(i), &saved_[i]) != MPI_SUCCESS) saved_[i] = MPI_ERRHANDLER_NULL;
+      if (MPI_Comm_get_errhandler(comm(i), &saved_[i]) != MPI_SUCCESS)
+        saved_[i] = MPI_ERRHANDLER_NULL;
       if (saved_[i] != MPI_ERRHANDLER_NULL) MPI_Comm_set_errhandler(comm(i), MPI_ERRORS_RETURN);
     }
   }
@@ -49,13 +51,12 @@ class ReturnErrorsWhilePolling {
 }  // namespace simclr
 
 // Wraps an MPI call: a failure becomes CommError naming the call, the error string and the rank.
-#define SIMCLR_CHECK_MPI(call, rank)                                                            \
-  do {                                                                                          \
-    const int simclr_rc_ = (call);                                                              \
-    if (simclr_rc_ != MPI_SUCCESS)                                                              \
-      throw ::simclr::CommError(::simclr::detail::str_cat(#call, " failed: ",                   \
-                                                          ::simclr::mpi_error_string(simclr_rc_), \
-                                                          " (rank ", rank, ")"));               \
+#define SIMCLR_CHECK_MPI(call, rank)                                                          \
+  do {                                                                                        \
+    const int simclr_rc_ = (call);                                                            \
+    if (simclr_rc_ != MPI_SUCCESS)                                                            \
+      throw ::simclr::CommError(::simclr::detail::str_cat(                                    \
+          #call, " failed: ", ::simclr::mpi_error_string(simclr_rc_), " (rank ", rank, ")")); \
   } while (0)
 
 namespace simclr {
@@ -65,8 +66,9 @@ MpiCommunicator::MpiCommunicator(MPI_Comm comm, MpiCommunicatorOptions options)
   int initialized = 0, finalized = 0;
   MPI_Initialized(&initialized);
   MPI_Finalized(&finalized);
-  SIMCLR_ENFORCE(initialized && !finalized, CommError,
-                 "MpiCommunicator needs MPI initialised (call MPI_Init first; the library never does)");
+  SIMCLR_ENFORCE(
+      initialized && !finalized, CommError,
+      "MpiCommunicator needs MPI initialised (call MPI_Init first; the library never does)");
   SIMCLR_ENFORCE(comm != MPI_COMM_NULL, CommError, "MpiCommunicator: MPI_COMM_NULL given");
   // Errors on the caller's communicator would abort before we could set a handler on the duplicate;
   // MPI_Comm_dup's own failure is reported through the caller's handler, which is theirs to choose.
@@ -79,17 +81,18 @@ MpiCommunicator::MpiCommunicator(MPI_Comm comm, MpiCommunicatorOptions options)
 MpiCommunicator::~MpiCommunicator() {
   int finalized = 1;
   MPI_Finalized(&finalized);
-  // A timed-out collective may still be pending on comm_; freeing it then is not safe, so it is left to
-  // MPI_Finalize. Never throw from here.
+  // A timed-out collective may still be pending on comm_; freeing it then is not safe, so it is
+  // left to MPI_Finalize. Never throw from here.
   if (!finalized && comm_ != MPI_COMM_NULL && !broken_) MPI_Comm_free(&comm_);
   // Buffers of abandoned collectives are deliberately leaked: MPI may still write into them.
   for (auto& staging : abandoned_) new std::shared_ptr<Staging>(std::move(staging));  // NOLINT
 }
 
 void MpiCommunicator::check_usable(const char* collective) const {
-  SIMCLR_ENFORCE(!broken_, CommError, "mpi: ", collective, " on rank ", rank_,
-                 ": this communicator is broken by an earlier failed or timed-out collective; make a "
-                 "new one");
+  SIMCLR_ENFORCE(
+      !broken_, CommError, "mpi: ", collective, " on rank ", rank_,
+      ": this communicator is broken by an earlier failed or timed-out collective; make a "
+      "new one");
 }
 
 void MpiCommunicator::wait(MPI_Request* request, const char* collective,
@@ -116,8 +119,8 @@ void MpiCommunicator::wait(MPI_Request* request, const char* collective,
       if (staging) abandoned_.push_back(std::move(staging));  // MPI may still write into it
       throw CommError(detail::str_cat(
           "mpi: ", collective, " timed out on rank ", rank_, " of ", size_, " after ",
-          std::chrono::duration_cast<std::chrono::milliseconds>(waited).count(),
-          " ms (timeout ", options_.timeout.count(),
+          std::chrono::duration_cast<std::chrono::milliseconds>(waited).count(), " ms (timeout ",
+          options_.timeout.count(),
           " ms): another rank did not take part; the communicator is now unusable"));
     }
     std::this_thread::sleep_for(nap);
@@ -127,21 +130,22 @@ void MpiCommunicator::wait(MPI_Request* request, const char* collective,
 
 void MpiCommunicator::all_gather(const void* send, std::size_t bytes, void* recv) {
   check_usable("all_gather");
-  SIMCLR_ENFORCE(bytes <= static_cast<std::size_t>(INT_MAX), CommError, "mpi: all_gather of ", bytes,
-                 " bytes exceeds MPI's int count");
+  SIMCLR_ENFORCE(bytes <= static_cast<std::size_t>(INT_MAX), CommError, "mpi: all_gather of ",
+                 bytes, " bytes exceeds MPI's int count");
   const int count = static_cast<int>(bytes);
   if (options_.timeout.count() <= 0) {
     SIMCLR_CHECK_MPI(MPI_Allgather(send, count, MPI_BYTE, recv, count, MPI_BYTE, comm_), rank_);
     return;
   }
-  // With a timeout the buffers MPI may still touch after we give up are our own, kept alive on failure.
+  // With a timeout the buffers MPI may still touch after we give up are our own, kept alive on
+  // failure.
   auto staging = std::make_shared<Staging>();
   staging->send.assign(static_cast<const unsigned char*>(send),
                        static_cast<const unsigned char*>(send) + bytes);
   staging->recv.resize(bytes * static_cast<std::size_t>(size_));
   MPI_Request request;
-  SIMCLR_CHECK_MPI(MPI_Iallgather(staging->send.data(), count, MPI_BYTE, staging->recv.data(), count,
-                                  MPI_BYTE, comm_, &request),
+  SIMCLR_CHECK_MPI(MPI_Iallgather(staging->send.data(), count, MPI_BYTE, staging->recv.data(),
+                                  count, MPI_BYTE, comm_, &request),
                    rank_);
   wait(&request, "all_gather", staging);
   std::copy(staging->recv.begin(), staging->recv.end(), static_cast<unsigned char*>(recv));
@@ -153,8 +157,8 @@ void MpiCommunicator::all_gather_v(const void* send, std::size_t send_bytes, voi
   SIMCLR_ENFORCE(recv_bytes.size() == static_cast<std::size_t>(size_), CommError,
                  "mpi: all_gather_v needs one count per rank: ", recv_bytes.size(), " vs ", size_);
   SIMCLR_ENFORCE(send_bytes == recv_bytes[static_cast<std::size_t>(rank_)], CommError,
-                 "mpi: all_gather_v on rank ", rank_, ": sends ", send_bytes, " bytes but the counts say ",
-                 recv_bytes[static_cast<std::size_t>(rank_)]);
+                 "mpi: all_gather_v on rank ", rank_, ": sends ", send_bytes,
+                 " bytes but the counts say ", recv_bytes[static_cast<std::size_t>(rank_)]);
   std::vector<int> counts(recv_bytes.size()), displs(recv_bytes.size());
   std::size_t at = 0;
   for (std::size_t r = 0; r < recv_bytes.size(); ++r) {
@@ -168,9 +172,9 @@ void MpiCommunicator::all_gather_v(const void* send, std::size_t send_bytes, voi
   }
   const int count = static_cast<int>(send_bytes);
   if (options_.timeout.count() <= 0) {
-    SIMCLR_CHECK_MPI(MPI_Allgatherv(send, count, MPI_BYTE, recv, counts.data(), displs.data(),
-                                    MPI_BYTE, comm_),
-                     rank_);
+    SIMCLR_CHECK_MPI(
+        MPI_Allgatherv(send, count, MPI_BYTE, recv, counts.data(), displs.data(), MPI_BYTE, comm_),
+        rank_);
     return;
   }
   auto staging = std::make_shared<Staging>();
@@ -180,10 +184,10 @@ void MpiCommunicator::all_gather_v(const void* send, std::size_t send_bytes, voi
   staging->counts = std::move(counts);
   staging->displs = std::move(displs);
   MPI_Request request;
-  SIMCLR_CHECK_MPI(MPI_Iallgatherv(staging->send.data(), count, MPI_BYTE, staging->recv.data(),
-                                   staging->counts.data(), staging->displs.data(), MPI_BYTE, comm_,
-                                   &request),
-                   rank_);
+  SIMCLR_CHECK_MPI(
+      MPI_Iallgatherv(staging->send.data(), count, MPI_BYTE, staging->recv.data(),
+                      staging->counts.data(), staging->displs.data(), MPI_BYTE, comm_, &request),
+      rank_);
   wait(&request, "all_gather_v", staging);
   std::copy(staging->recv.begin(), staging->recv.end(), static_cast<unsigned char*>(recv));
 }

@@ -7,18 +7,18 @@
 
 // Wraps an NCCL call: a failure becomes CommError naming the call, NCCL's error string, its last
 // error message when it has one, and the rank.
-#define SIMCLR_CHECK_NCCL(call, comm, rank)                                                        \
-  do {                                                                                             \
-    const ncclResult_t simclr_nccl_rc_ = (call);                                                   \
-    if (simclr_nccl_rc_ != ncclSuccess && simclr_nccl_rc_ != ncclInProgress) {                     \
-      const char* simclr_nccl_last_ = ncclGetLastError(comm);                                      \
-      throw ::simclr::CommError(::simclr::detail::str_cat(                                         \
-          #call, " failed: ", ncclGetErrorString(simclr_nccl_rc_),                                 \
-          (simclr_nccl_last_ != nullptr && simclr_nccl_last_[0] != '\0') ? " (" : "",              \
-          simclr_nccl_last_ != nullptr ? simclr_nccl_last_ : "",                                   \
-          (simclr_nccl_last_ != nullptr && simclr_nccl_last_[0] != '\0') ? ")" : "", " (rank ",    \
-          rank, ")"));                                                                             \
-    }                                                                                              \
+#define SIMCLR_CHECK_NCCL(call, comm, rank)                                                     \
+  do {                                                                                          \
+    const ncclResult_t simclr_nccl_rc_ = (call);                                                \
+    if (simclr_nccl_rc_ != ncclSuccess && simclr_nccl_rc_ != ncclInProgress) {                  \
+      const char* simclr_nccl_last_ = ncclGetLastError(comm);                                   \
+      throw ::simclr::CommError(::simclr::detail::str_cat(                                      \
+          #call, " failed: ", ncclGetErrorString(simclr_nccl_rc_),                              \
+          (simclr_nccl_last_ != nullptr && simclr_nccl_last_[0] != '\0') ? " (" : "",           \
+          simclr_nccl_last_ != nullptr ? simclr_nccl_last_ : "",                                \
+          (simclr_nccl_last_ != nullptr && simclr_nccl_last_[0] != '\0') ? ")" : "", " (rank ", \
+          rank, ")"));                                                                          \
+    }                                                                                           \
   } while (0)
 
 namespace simclr {
@@ -28,8 +28,8 @@ NcclCommunicator::NcclCommunicator(MPI_Comm comm, cudaStream_t stream)
   rank_ = mpi_->rank();
   size_ = mpi_->size();
   SIMCLR_CHECK_CUDA(cudaGetDevice(&device_));
-  // The id travels over the host communicator; every rank learns whether rank 0 could make one, so a
-  // failure there raises on every rank instead of leaving the others waiting in ncclCommInitRank.
+  // The id travels over the host communicator; every rank learns whether rank 0 could make one, so
+  // a failure there raises on every rank instead of leaving the others waiting in ncclCommInitRank.
   struct IdRecord {
     ncclUniqueId id;
     int status;
@@ -45,8 +45,8 @@ NcclCommunicator::NcclCommunicator(MPI_Comm comm, cudaStream_t stream)
   }
   std::vector<IdRecord> all(static_cast<std::size_t>(size_));
   mpi_->all_gather(&record, sizeof(record), all.data());
-  SIMCLR_ENFORCE(all[0].status == 0, CommError, "ncclGetUniqueId failed on rank 0: ", all[0].message,
-                 " (rank ", rank_, ")");
+  SIMCLR_ENFORCE(all[0].status == 0, CommError,
+                 "ncclGetUniqueId failed on rank 0: ", all[0].message, " (rank ", rank_, ")");
   SIMCLR_CHECK_NCCL(ncclCommInitRank(&nccl_, size_, all[0].id, rank_), nullptr, rank_);
 }
 
@@ -58,8 +58,8 @@ void NcclCommunicator::check_async(const char* collective) const {
   ncclResult_t async = ncclSuccess;
   SIMCLR_CHECK_NCCL(ncclCommGetAsyncError(nccl_, &async), nccl_, rank_);
   SIMCLR_ENFORCE(async == ncclSuccess || async == ncclInProgress, CommError, "nccl: ", collective,
-                 " on rank ", rank_, ": communicator has an asynchronous error: ",
-                 ncclGetErrorString(async));
+                 " on rank ", rank_,
+                 ": communicator has an asynchronous error: ", ncclGetErrorString(async));
 }
 
 void NcclCommunicator::all_gather(const void* send, std::size_t bytes, void* recv) {
@@ -76,7 +76,8 @@ void NcclCommunicator::all_gather_v(const void* send, std::size_t send_bytes, vo
   SIMCLR_ENFORCE(send_bytes == recv_bytes[static_cast<std::size_t>(rank_)], CommError,
                  "nccl: all_gather_v on rank ", rank_, ": sends ", send_bytes,
                  " bytes but the counts say ", recv_bytes[static_cast<std::size_t>(rank_)]);
-  // One broadcast per rank that has data, rooted there, all in one group so NCCL runs them together.
+  // One broadcast per rank that has data, rooted there, all in one group so NCCL runs them
+  // together.
   SIMCLR_CHECK_NCCL(ncclGroupStart(), nccl_, rank_);
   std::size_t at = 0;
   bool grouped = true;
@@ -86,8 +87,9 @@ void NcclCommunicator::all_gather_v(const void* send, std::size_t send_bytes, vo
       char* dst = static_cast<char*>(recv) + at;
       at += bytes;
       if (bytes == 0) continue;
-      SIMCLR_CHECK_NCCL(ncclBroadcast(r == rank_ ? send : dst, dst, bytes, ncclUint8, r, nccl_, stream_),
-                        nccl_, rank_);
+      SIMCLR_CHECK_NCCL(
+          ncclBroadcast(r == rank_ ? send : dst, dst, bytes, ncclUint8, r, nccl_, stream_), nccl_,
+          rank_);
     }
   } catch (...) {
     grouped = false;

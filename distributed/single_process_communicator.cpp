@@ -13,7 +13,8 @@ void SingleProcessCommunicator::all_gather_v(const void* send, std::size_t send_
                                              const std::vector<std::size_t>& recv_bytes) {
   SIMCLR_ENFORCE(recv_bytes.size() == 1, CommError, "single: all_gather_v expects 1 count, got ",
                  recv_bytes.size());
-  SIMCLR_ENFORCE_EQ(send_bytes, recv_bytes[0], CommError, "single: all_gather_v send vs recv bytes");
+  SIMCLR_ENFORCE_EQ(send_bytes, recv_bytes[0], CommError,
+                    "single: all_gather_v send vs recv bytes");
   if (send_bytes > 0) std::memmove(recv, send, send_bytes);
 }
 

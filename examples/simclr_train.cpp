@@ -532,13 +532,14 @@ int train(tools::Runtime& rt, const Options& opt, Clock::time_point start) {
 int main(int argc, char** argv) {
   namespace ex = simclr::examples;
   const auto start = ex::Clock::now();
-  return simclr::tools::run_main(argc, argv, [&](simclr::tools::Runtime& rt, const std::vector<std::string>& args) {
-    // Every rank parses the same argv, so every rank reaches the same verdict without talking.
-    const ex::Options options = ex::parse_options(args);
-    if (options.help) {
-      if (rt.rank() == 0) std::cout << ex::kUsage;
-      return 0;
-    }
-    return ex::train(rt, options, start);
-  });
+  return simclr::tools::run_main(
+      argc, argv, [&](simclr::tools::Runtime& rt, const std::vector<std::string>& args) {
+        // Every rank parses the same argv, so every rank reaches the same verdict without talking.
+        const ex::Options options = ex::parse_options(args);
+        if (options.help) {
+          if (rt.rank() == 0) std::cout << ex::kUsage;
+          return 0;
+        }
+        return ex::train(rt, options, start);
+      });
 }

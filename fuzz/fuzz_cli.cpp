@@ -1,6 +1,6 @@
-// Fuzz target: simclr::tools::parse_args with simclr-loss's real command specs, then the strict number
-// parsers on every value. The input is argv: arguments separated by NUL bytes. Every problem must be a
-// simclr::ValueError.
+// Fuzz target: simclr::tools::parse_args with simclr-loss's real command specs, then the strict
+// number parsers on every value. The input is argv: arguments separated by NUL bytes. Every problem
+// must be a simclr::ValueError.
 
 #include <cstddef>
 #include <cstdint>

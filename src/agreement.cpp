@@ -11,8 +11,8 @@ AgreementRecord empty_record() {
   return record;
 }
 
-AgreementRecord forward_record(std::int64_t rows, std::int64_t cols, std::int32_t dtype, Reduction reduction,
-                               double temperature, std::int64_t global_batch) {
+AgreementRecord forward_record(std::int64_t rows, std::int64_t cols, std::int32_t dtype,
+                               Reduction reduction, double temperature, std::int64_t global_batch) {
   AgreementRecord record = empty_record();
   record.rows = rows;
   record.cols = cols;
@@ -52,33 +52,41 @@ std::string global_batch_string(std::int64_t global_batch) {
   return std::to_string(global_batch);
 }
 
-void check_forward_records(const std::vector<AgreementRecord>& all, std::string (*dtype_name)(std::int32_t),
-                           Reduction configured, const char* options_name) {
+void check_forward_records(const std::vector<AgreementRecord>& all,
+                           std::string (*dtype_name)(std::int32_t), Reduction configured,
+                           const char* options_name) {
   const AgreementRecord& a = all.at(0);
   for (std::size_t r = 1; r < all.size(); ++r) {
     const AgreementRecord& b = all[r];
     SIMCLR_ENFORCE(a.dtype == b.dtype, TypeError, "dtype differs across ranks: rank 0 has ",
                    dtype_name(a.dtype), ", rank ", r, " has ", dtype_name(b.dtype));
-    SIMCLR_ENFORCE(a.cols == b.cols, ValueError, "embedding dimension differs across ranks: rank 0 has ",
-                   a.cols, ", rank ", r, " has ", b.cols);
-    SIMCLR_ENFORCE(a.reduction == b.reduction, ValueError, "reduction differs across ranks: rank 0 has ",
+    SIMCLR_ENFORCE(a.cols == b.cols, ValueError,
+                   "embedding dimension differs across ranks: rank 0 has ", a.cols, ", rank ", r,
+                   " has ", b.cols);
+    SIMCLR_ENFORCE(a.reduction == b.reduction, ValueError,
+                   "reduction differs across ranks: rank 0 has ",
                    to_string(static_cast<Reduction>(a.reduction)), ", rank ", r, " has ",
                    to_string(static_cast<Reduction>(b.reduction)));
     SIMCLR_ENFORCE(a.temperature == b.temperature, ValueError,
-                   "temperature differs across ranks: rank 0 has ", a.temperature, ", rank ", r, " has ",
-                   b.temperature);
+                   "temperature differs across ranks: rank 0 has ", a.temperature, ", rank ", r,
+                   " has ", b.temperature);
     SIMCLR_ENFORCE(a.global_batch == b.global_batch, ValueError,
-                   "global batch size differs across ranks: rank 0 has ", global_batch_string(a.global_batch),
-                   ", rank ", r, " has ", global_batch_string(b.global_batch));
+                   "global batch size differs across ranks: rank 0 has ",
+                   global_batch_string(a.global_batch), ", rank ", r, " has ",
+                   global_batch_string(b.global_batch));
   }
-  // The distribution rule (keras-loss-semantics.md): every rank holds the same records, so every rank
-  // raises it.
-  if (static_cast<Reduction>(a.reduction) == Reduction::kSumOverBatchSize && a.global_batch == kNoGlobalBatch) {
-    throw ValueError(str_cat(
-        "Please use simclr::Reduction::kSum or simclr::Reduction::kNone for loss reduction when losses are "
-        "used through a simclr::Communicator (a distributed context), or pass a global batch size (",
-        options_name, "::global_batch_size, a count or GlobalBatchSize::infer()) so that reduction '",
-        to_string(configured), "' can divide by it"));
+  // The distribution rule (keras-loss-semantics.md): every rank holds the same records, so every
+  // rank raises it.
+  if (static_cast<Reduction>(a.reduction) == Reduction::kSumOverBatchSize &&
+      a.global_batch == kNoGlobalBatch) {
+    throw ValueError(
+        str_cat("Please use simclr::Reduction::kSum or simclr::Reduction::kNone for loss reduction "
+                "when losses are "
+                "used through a simclr::Communicator (a distributed context), or pass a global "
+                "batch size (",
+                options_name,
+                "::global_batch_size, a count or GlobalBatchSize::infer()) so that reduction '",
+                to_string(configured), "' can divide by it"));
   }
 }
 

@@ -60,9 +60,9 @@ LossConfig parse_config(const nlohmann::json& in) {
   if (in.contains("class_name") || in.contains("config")) {
     // Keras serialization wrapper; Keras 2.13+ also writes "module" and "registered_name".
     for (const auto& [key, value] : in.items()) {
-      SIMCLR_ENFORCE(key == "class_name" || key == "config" || key == "module" ||
-                         key == "registered_name",
-                     TypeError, "unexpected key '", key, "' in the Keras wrapper object");
+      SIMCLR_ENFORCE(
+          key == "class_name" || key == "config" || key == "module" || key == "registered_name",
+          TypeError, "unexpected key '", key, "' in the Keras wrapper object");
     }
     SIMCLR_ENFORCE(in.contains("class_name") && in.at("class_name").is_string(), TypeError,
                    "the Keras wrapper needs a string \"class_name\"");
@@ -88,7 +88,8 @@ LossConfig parse_config(const nlohmann::json& in) {
     } else if (key == "name") {
       SIMCLR_ENFORCE(value.is_string() || value.is_null(), TypeError,
                      "name must be a string or null, got ", json_type(value));
-      out.name = value.is_null() ? std::nullopt : std::optional<std::string>(value.get<std::string>());
+      out.name =
+          value.is_null() ? std::nullopt : std::optional<std::string>(value.get<std::string>());
     } else {
       throw TypeError("SimCLRLoss.__init__() got an unexpected keyword argument '" + key + "'");
     }
@@ -104,8 +105,9 @@ SimCLRLoss::SimCLRLoss(double temperature, Reduction reduction, std::optional<st
 
 SimCLRLoss::SimCLRLoss(const LossConfig& config) : config_(config) {
   check_temperature(config_.temperature);
-  SIMCLR_ENFORCE(static_cast<int>(config_.reduction) >= 0 && static_cast<int>(config_.reduction) <= 3,
-                 ValueError, "Invalid Reduction Key: ", static_cast<int>(config_.reduction), ".");
+  SIMCLR_ENFORCE(
+      static_cast<int>(config_.reduction) >= 0 && static_cast<int>(config_.reduction) <= 3,
+      ValueError, "Invalid Reduction Key: ", static_cast<int>(config_.reduction), ".");
 }
 
 nlohmann::ordered_json SimCLRLoss::get_config() const {

@@ -33,7 +33,8 @@ inline void single_threaded_eigen() {
 
 int resolve_threads(const EngineOptions& options) {
   SIMCLR_ENFORCE(options.threads >= 0 && options.threads <= 4096, ValueError,
-                 "threads must be in [0, 4096] (0: what the process is allowed), got ", options.threads);
+                 "threads must be in [0, 4096] (0: what the process is allowed), got ",
+                 options.threads);
 #ifdef _OPENMP
   return options.threads > 0 ? options.threads : omp_get_max_threads();
 #else
@@ -49,11 +50,13 @@ std::int64_t resolve(std::int64_t value, std::int64_t fallback, const char* what
 // Whether a [rows, cols] logits block of T fits the budget (without overflow).
 bool fits_budget(std::int64_t rows, std::int64_t cols, std::size_t elem, std::size_t budget) {
   if (rows == 0 || cols == 0) return true;
-  const double bytes = static_cast<double>(rows) * static_cast<double>(cols) * static_cast<double>(elem);
+  const double bytes =
+      static_cast<double>(rows) * static_cast<double>(cols) * static_cast<double>(elem);
   return bytes <= static_cast<double>(budget);
 }
 
-// Running (max, sum) of one row's log-sum-exp, merged with a tile's (max, sum-relative-to-that-max).
+// Running (max, sum) of one row's log-sum-exp, merged with a tile's (max,
+// sum-relative-to-that-max).
 template <class T>
 inline void lse_merge(T& run_max, T& run_sum, T tile_max, T tile_sum) {
   if (tile_max == -std::numeric_limits<T>::infinity()) return;
@@ -67,8 +70,9 @@ inline void lse_merge(T& run_max, T& run_sum, T tile_max, T tile_sum) {
 
 // The shift of the exponentials. Unit rows bound every logit by |s| <= 1/T, so when exp(-2/T) is a
 // normal number of T (float: 2/T < 80, double: 2/T < 700) the constant 1/T can serve every row and
-// column: one exponential per logit feeds both the row and the column sums, and the backward needs one
-// exponential per logit instead of two. Otherwise (tiny temperatures) each row keeps a running max.
+// column: one exponential per logit feeds both the row and the column sums, and the backward needs
+// one exponential per logit instead of two. Otherwise (tiny temperatures) each row keeps a running
+// max.
 template <class T>
 T fixed_shift(T inv_t) {
   const T limit = sizeof(T) == 4 ? T(80) : T(700);
@@ -92,8 +96,8 @@ void tile_row_stats(const Tile& s, T shift, Array<T>& row_max, Array<T>& row_sum
 
 // Row- and column-side statistics of an off-diagonal tile of the symmetric path.
 template <class T, class Tile>
-void tile_row_col_stats(const Tile& s, T shift, RowMatrix<T>& ebuf, Array<T>& row_max, Array<T>& row_sum,
-                        Array<T>& col_max, Array<T>& col_sum) {
+void tile_row_col_stats(const Tile& s, T shift, RowMatrix<T>& ebuf, Array<T>& row_max,
+                        Array<T>& row_sum, Array<T>& col_max, Array<T>& col_sum) {
   const T ninf = -std::numeric_limits<T>::infinity();
   if (!std::isnan(shift)) {
     auto e = ebuf.block(0, 0, s.rows(), s.cols());
@@ -110,13 +114,13 @@ void tile_row_col_stats(const Tile& s, T shift, RowMatrix<T>& ebuf, Array<T>& ro
   col_sum = (s.array().rowwise() - safe.transpose()).exp().colwise().sum().transpose();
 }
 
-// s_qc for anchors [q0, q0 + rows) of the layout against U rows [c0, c0 + cols), with the self entries
-// set to -inf; records the positives that fall in the tile.
+// s_qc for anchors [q0, q0 + rows) of the layout against U rows [c0, c0 + cols), with the self
+// entries set to -inf; records the positives that fall in the tile.
 template <class T, class Tile>
 void logits_tile(const RowMatrix<T>& u, const RowLayout& layout, T inv_t, std::int64_t q0,
                  std::int64_t rows, std::int64_t c0, std::int64_t cols, Tile&& s, T* row_positive) {
-  s.noalias() = inv_t * (u.middleRows(layout.anchor_begin + q0, rows) *
-                         u.middleRows(c0, cols).transpose());
+  s.noalias() =
+      inv_t * (u.middleRows(layout.anchor_begin + q0, rows) * u.middleRows(c0, cols).transpose());
   const T ninf = -std::numeric_limits<T>::infinity();
   for (std::int64_t i = 0; i < rows; ++i) {
     const std::int64_t q = q0 + i;
@@ -129,8 +133,8 @@ void logits_tile(const RowMatrix<T>& u, const RowLayout& layout, T inv_t, std::i
 
 // M tile (spec section 4) from a logits tile, into m:
 // M_kc = a_k exp(s_kc - LSE_k) + a_c exp(s_kc - LSE_c) - (a_k + a_c) [c == p(k)].
-// With a fixed shift and beta_q = a_q exp(shift - LSE_q) this is exp(s_kc - shift) (beta_k + beta_c):
-// one exponential per logit.
+// With a fixed shift and beta_q = a_q exp(shift - LSE_q) this is exp(s_kc - shift) (beta_k +
+// beta_c): one exponential per logit.
 template <class T, class Tile, class Out>
 void m_tile(const Tile& s, const RowLayout& layout, std::int64_t q0, std::int64_t c0,
             const T* lse_all, const T* alpha_all, T shift, const T* beta_all, Out&& m) {
@@ -154,8 +158,8 @@ void m_tile(const Tile& s, const RowLayout& layout, std::int64_t q0, std::int64_
   }
 }
 
-// beta_q = alpha_q exp(shift - LSE_q) for every row of U, or empty when the fixed shift cannot be used
-// (no shift, or a weight so large that beta would overflow).
+// beta_q = alpha_q exp(shift - LSE_q) for every row of U, or empty when the fixed shift cannot be
+// used (no shift, or a weight so large that beta would overflow).
 template <class T>
 std::vector<T> make_beta(std::int64_t rows, T shift, const T* lse_all, const T* alpha_all) {
   std::vector<T> beta;
@@ -171,11 +175,12 @@ std::vector<T> make_beta(std::int64_t rows, T shift, const T* lse_all, const T* 
 
 // ---- the two ways of covering this rank's [2n, 2G] block of logits ----
 //
-// Rectangular: row blocks of the anchors against a set of column ranges, in parallel over row blocks.
-// Symmetric: the rank's own [2n, 2n] diagonal block is symmetric (it holds every positive), so only its
-// tiles I <= J are computed, each feeding the row statistics of I and the column statistics of J.
-// The streamed path covers the block with the symmetric own block plus the rectangular rest (all of it
-// in a single process); the kept path stores the whole block rectangularly.
+// Rectangular: row blocks of the anchors against a set of column ranges, in parallel over row
+// blocks. Symmetric: the rank's own [2n, 2n] diagonal block is symmetric (it holds every positive),
+// so only its tiles I <= J are computed, each feeding the row statistics of I and the column
+// statistics of J. The streamed path covers the block with the symmetric own block plus the
+// rectangular rest (all of it in a single process); the kept path stores the whole block
+// rectangularly.
 
 using ColumnRanges = std::vector<std::pair<std::int64_t, std::int64_t>>;  // [begin, end) of U rows
 
@@ -184,7 +189,8 @@ template <class T>
 struct PartialStats {
   std::vector<Array<T>> max, sum;
   PartialStats(int threads, std::int64_t rows)
-      : max(static_cast<std::size_t>(threads), Array<T>::Constant(rows, -std::numeric_limits<T>::infinity())),
+      : max(static_cast<std::size_t>(threads),
+            Array<T>::Constant(rows, -std::numeric_limits<T>::infinity())),
         sum(static_cast<std::size_t>(threads), Array<T>::Zero(rows)) {}
 };
 
@@ -197,15 +203,16 @@ inline int thread_id() {
 }
 
 template <class T>
-double rect_forward(const RowMatrix<T>& u, const RowLayout& layout, T inv_t, const EngineOptions& options,
-                    const ColumnRanges& columns, RowMatrix<T>* keep, PartialStats<T>& stats,
-                    T* row_positive) {
+double rect_forward(const RowMatrix<T>& u, const RowLayout& layout, T inv_t,
+                    const EngineOptions& options, const ColumnRanges& columns, RowMatrix<T>* keep,
+                    PartialStats<T>& stats, T* row_positive) {
   const std::int64_t na = layout.anchors(), d = u.cols();
   std::int64_t ncols = 0;
   for (const auto& [b, e] : columns) ncols += e - b;
   if (na == 0 || ncols == 0) return 0;
   const std::int64_t br = resolve(options.row_block, kDefaultRowBlock, "row_block");
-  const std::int64_t bc = keep ? layout.total_rows : resolve(options.col_tile, kDefaultColTile, "col_tile");
+  const std::int64_t bc =
+      keep ? layout.total_rows : resolve(options.col_tile, kDefaultColTile, "col_tile");
   const std::int64_t nblocks = (na + br - 1) / br;
   const int threads = static_cast<int>(stats.max.size());
   const T shift = fixed_shift(inv_t);
@@ -226,7 +233,8 @@ double rect_forward(const RowMatrix<T>& u, const RowLayout& layout, T inv_t, con
           auto s = keep ? keep->block(q0, c0, rows, cols) : buf.block(0, 0, rows, cols);
           logits_tile(u, layout, inv_t, q0, rows, c0, cols, s, row_positive);
           tile_row_stats<T>(s, shift, tmax, tsum);
-          for (std::int64_t i = 0; i < rows; ++i) lse_merge(pmax[q0 + i], psum[q0 + i], tmax[i], tsum[i]);
+          for (std::int64_t i = 0; i < rows; ++i)
+            lse_merge(pmax[q0 + i], psum[q0 + i], tmax[i], tsum[i]);
         }
       }
     }
@@ -237,13 +245,15 @@ double rect_forward(const RowMatrix<T>& u, const RowLayout& layout, T inv_t, con
 template <class T, class Logits>
 double rect_backward(const RowMatrix<T>& u, const RowLayout& layout, T inv_t, const T* lse_all,
                      const T* alpha_all, const T* beta_all, const EngineOptions& options,
-                     const ColumnRanges& columns, const Logits* kept, int threads, RowMatrix<T>& grad) {
+                     const ColumnRanges& columns, const Logits* kept, int threads,
+                     RowMatrix<T>& grad) {
   const std::int64_t na = layout.anchors(), d = u.cols();
   std::int64_t ncols = 0;
   for (const auto& [b, e] : columns) ncols += e - b;
   if (na == 0 || ncols == 0) return 0;
   const std::int64_t br = resolve(options.row_block, kDefaultRowBlock, "row_block");
-  const std::int64_t bc = kept ? kDefaultColTile : resolve(options.col_tile, kDefaultColTile, "col_tile");
+  const std::int64_t bc =
+      kept ? kDefaultColTile : resolve(options.col_tile, kDefaultColTile, "col_tile");
   const std::int64_t nblocks = (na + br - 1) / br;
   const T shift = fixed_shift(inv_t);
 #pragma omp parallel num_threads(threads)
@@ -259,7 +269,8 @@ double rect_backward(const RowMatrix<T>& u, const RowLayout& layout, T inv_t, co
           const std::int64_t cols = std::min(bc, ce - c0);
           auto m = mbuf.block(0, 0, rows, cols);
           if (kept) {
-            m_tile(kept->block(q0, c0, rows, cols), layout, q0, c0, lse_all, alpha_all, shift, beta_all, m);
+            m_tile(kept->block(q0, c0, rows, cols), layout, q0, c0, lse_all, alpha_all, shift,
+                   beta_all, m);
           } else {
             auto s = sbuf.block(0, 0, rows, cols);
             logits_tile(u, layout, inv_t, q0, rows, c0, cols, s, static_cast<T*>(nullptr));
@@ -270,7 +281,8 @@ double rect_backward(const RowMatrix<T>& u, const RowLayout& layout, T inv_t, co
       }
     }
   }
-  const double product = 2.0 * static_cast<double>(na) * static_cast<double>(ncols) * static_cast<double>(d);
+  const double product =
+      2.0 * static_cast<double>(na) * static_cast<double>(ncols) * static_cast<double>(d);
   return kept ? product : 2 * product;
 }
 
@@ -283,14 +295,15 @@ struct TilePairs {
     for (std::int64_t i = 0; i < ntiles; ++i)
       for (std::int64_t j = i; j < ntiles; ++j) {
         pairs.emplace_back(i, j);
-        entries += static_cast<double>(std::min(tile, n - i * tile)) * static_cast<double>(std::min(tile, n - j * tile));
+        entries += static_cast<double>(std::min(tile, n - i * tile)) *
+                   static_cast<double>(std::min(tile, n - j * tile));
       }
   }
 };
 
 template <class T>
-double sym_forward(const RowMatrix<T>& u, const RowLayout& layout, T inv_t, const EngineOptions& options,
-                   PartialStats<T>& stats, T* row_positive) {
+double sym_forward(const RowMatrix<T>& u, const RowLayout& layout, T inv_t,
+                   const EngineOptions& options, PartialStats<T>& stats, T* row_positive) {
   const std::int64_t n = layout.anchors(), base = layout.anchor_begin, d = u.cols();
   if (n == 0) return 0;
   const TilePairs tp(n, resolve(options.row_block, kDefaultRowBlock, "row_block"));
@@ -307,7 +320,8 @@ double sym_forward(const RowMatrix<T>& u, const RowLayout& layout, T inv_t, cons
 #pragma omp for schedule(static, 1)
     for (std::int64_t p = 0; p < npairs; ++p) {
       const auto [ti, tj] = tp.pairs[static_cast<std::size_t>(p)];
-      const std::int64_t r0 = ti * tp.tile, rows = std::min(tp.tile, n - r0);  // local anchor indices
+      const std::int64_t r0 = ti * tp.tile,
+                         rows = std::min(tp.tile, n - r0);  // local anchor indices
       const std::int64_t c0 = tj * tp.tile, cols = std::min(tp.tile, n - c0);
       auto s = buf.block(0, 0, rows, cols);
       logits_tile(u, layout, inv_t, r0, rows, base + c0, cols, s, row_positive);
@@ -316,7 +330,8 @@ double sym_forward(const RowMatrix<T>& u, const RowLayout& layout, T inv_t, cons
       } else {
         tile_row_col_stats<T>(s, shift, ebuf, tmax, tsum, cmax, csum);
       }
-      for (std::int64_t i = 0; i < rows; ++i) lse_merge(pmax[r0 + i], psum[r0 + i], tmax[i], tsum[i]);
+      for (std::int64_t i = 0; i < rows; ++i)
+        lse_merge(pmax[r0 + i], psum[r0 + i], tmax[i], tsum[i]);
       if (ti != tj) {
         for (std::int64_t j = 0; j < cols; ++j) {
           lse_merge(pmax[c0 + j], psum[c0 + j], cmax[j], csum[j]);
@@ -333,8 +348,8 @@ double sym_forward(const RowMatrix<T>& u, const RowLayout& layout, T inv_t, cons
 // M_IJ U_J and rows J with M_IJ^T U_I. Per-thread accumulators, merged in thread order.
 template <class T>
 double sym_backward(const RowMatrix<T>& u, const RowLayout& layout, T inv_t, const T* lse_all,
-                    const T* alpha_all, const T* beta_all, const EngineOptions& options, int threads,
-                    RowMatrix<T>& grad) {
+                    const T* alpha_all, const T* beta_all, const EngineOptions& options,
+                    int threads, RowMatrix<T>& grad) {
   const std::int64_t n = layout.anchors(), base = layout.anchor_begin, d = u.cols();
   if (n == 0) return 0;
   const TilePairs tp(n, resolve(options.row_block, kDefaultRowBlock, "row_block"));
@@ -363,7 +378,9 @@ double sym_backward(const RowMatrix<T>& u, const RowLayout& layout, T inv_t, con
       logits_tile(u, layout, inv_t, r0, rows, base + c0, cols, s, static_cast<T*>(nullptr));
       m_tile(s, layout, r0, base + c0, lse_all, alpha_all, shift, beta_all, m);
       acc.middleRows(r0, rows).noalias() += inv_t * (m * anchors.middleRows(c0, cols));
-      if (ti != tj) acc.middleRows(c0, cols).noalias() += inv_t * (m.transpose() * anchors.middleRows(r0, rows));
+      if (ti != tj)
+        acc.middleRows(c0, cols).noalias() +=
+            inv_t * (m.transpose() * anchors.middleRows(r0, rows));
     }
   }
   for (auto& p : part) grad += p;
@@ -401,8 +418,8 @@ EngineForward<T> engine_forward(const RowMatrix<T>& u, const RowLayout& layout, 
                     fits_budget(na, layout.total_rows, sizeof(T), options.memory_budget_bytes);
   if (keep) {
     out.logits.resize(na, layout.total_rows);
-    out.flops = rect_forward(u, layout, inv_temperature, options, {{0, layout.total_rows}}, &out.logits,
-                             stats, out.row_positive.data());
+    out.flops = rect_forward(u, layout, inv_temperature, options, {{0, layout.total_rows}},
+                             &out.logits, stats, out.row_positive.data());
   } else if (options.use_symmetry) {
     out.flops = sym_forward(u, layout, inv_temperature, options, stats, out.row_positive.data());
     out.flops += rect_forward(u, layout, inv_temperature, options, other_columns(layout),
@@ -414,7 +431,8 @@ EngineForward<T> engine_forward(const RowMatrix<T>& u, const RowLayout& layout, 
   for (std::int64_t q = 0; q < na; ++q) {
     T run_max = -std::numeric_limits<T>::infinity(), run_sum = 0;
     for (int t = 0; t < threads; ++t)
-      lse_merge(run_max, run_sum, stats.max[static_cast<std::size_t>(t)][q], stats.sum[static_cast<std::size_t>(t)][q]);
+      lse_merge(run_max, run_sum, stats.max[static_cast<std::size_t>(t)][q],
+                stats.sum[static_cast<std::size_t>(t)][q]);
     out.row_lse[static_cast<std::size_t>(q)] = run_max + std::log(run_sum);
   }
   return out;
@@ -428,7 +446,8 @@ double engine_backward(const RowMatrix<T>& u, const RowLayout& layout, T inv_tem
   grad_anchors.setZero(na, u.cols());
   if (na == 0) return 0;
   const int threads = resolve_threads(options);
-  const std::vector<T> beta = make_beta(layout.total_rows, fixed_shift(inv_temperature), lse_all, alpha_all);
+  const std::vector<T> beta =
+      make_beta(layout.total_rows, fixed_shift(inv_temperature), lse_all, alpha_all);
   const T* beta_all = beta.empty() ? nullptr : beta.data();
   const bool kept = saved.logits.rows() == na && saved.logits.cols() == layout.total_rows;
   if (kept) {
@@ -437,8 +456,8 @@ double engine_backward(const RowMatrix<T>& u, const RowLayout& layout, T inv_tem
   }
   const RowMatrix<T>* none = nullptr;
   if (options.use_symmetry) {
-    double flops = sym_backward(u, layout, inv_temperature, lse_all, alpha_all, beta_all, options, threads,
-                                grad_anchors);
+    double flops = sym_backward(u, layout, inv_temperature, lse_all, alpha_all, beta_all, options,
+                                threads, grad_anchors);
     flops += rect_backward(u, layout, inv_temperature, lse_all, alpha_all, beta_all, options,
                            other_columns(layout), none, threads, grad_anchors);
     return flops;
@@ -475,12 +494,13 @@ void l2_normalize_backward(const T* xhat, std::int64_t xhat_stride, const T* squ
   }
 }
 
-#define SIMCLR_INSTANTIATE(T)                                                                       \
-  template EngineForward<T> engine_forward<T>(const RowMatrix<T>&, const RowLayout&, T,           \
-                                              const EngineOptions&);                              \
+#define SIMCLR_INSTANTIATE(T)                                                                      \
+  template EngineForward<T> engine_forward<T>(const RowMatrix<T>&, const RowLayout&, T,            \
+                                              const EngineOptions&);                               \
   template double engine_backward<T>(const RowMatrix<T>&, const RowLayout&, T, const T*, const T*, \
-                                     const EngineForward<T>&, const EngineOptions&, RowMatrix<T>&); \
-  template void l2_normalize_rows<T>(ConstMatrixView<T>, T*, std::int64_t, T*);                   \
+                                     const EngineForward<T>&, const EngineOptions&,                \
+                                     RowMatrix<T>&);                                               \
+  template void l2_normalize_rows<T>(ConstMatrixView<T>, T*, std::int64_t, T*);                    \
   template void l2_normalize_backward<T>(const T*, std::int64_t, const T*, const T*, std::int64_t, \
                                          std::int64_t, std::int64_t, T*, std::int64_t);
 

@@ -1,26 +1,27 @@
-// The SimCLRLoss front end: validation, the agreement step, normalisation, the gather, the engine, the
-// Keras reduction; and the backward (spec sections 2-4, docs/semantics.md, docs/distributed.md).
+// The SimCLRLoss front end: validation, the agreement step, normalisation, the gather, the engine,
+// the Keras reduction; and the backward (spec sections 2-4, docs/semantics.md,
+// docs/distributed.md).
 
 #include "simclr/loss.hpp"
-
-#include "simclr/detail/agreement.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <numeric>
 
+#include "simclr/detail/agreement.hpp"
+
 namespace simclr {
 namespace detail {
 
 template <class T>
 struct SavedForward {
-  RowMatrix<T> u;                  // [2G, d] normalised rows of every rank, rank by rank
-  RowLayout layout;                // where this rank's 2n anchors sit in u
-  std::vector<T> squared_norms;    // [2n] for the normalisation backward
-  EngineForward<T> engine;         // per-row LSE (and the logits block when it fit)
-  std::vector<T> weight;           // [n] weights after broadcasting
-  T denominator = 1;               // of sum_over_batch_size (0 gives 0)
+  RowMatrix<T> u;                // [2G, d] normalised rows of every rank, rank by rank
+  RowLayout layout;              // where this rank's 2n anchors sit in u
+  std::vector<T> squared_norms;  // [2n] for the normalisation backward
+  EngineForward<T> engine;       // per-row LSE (and the logits block when it fit)
+  std::vector<T> weight;         // [n] weights after broadcasting
+  T denominator = 1;             // of sum_over_batch_size (0 gives 0)
   Reduction reduction = Reduction::kSum;
   Communicator* communicator = nullptr;
   std::vector<std::int64_t> rank_rows;
@@ -53,7 +54,8 @@ void check_view(ConstMatrixView<T> z, const char* view) {
                  z.row_stride, " is smaller than its ", z.cols, " columns");
 }
 
-// Keras sample_weight handling for a [n] loss (docs/semantics.md): the rank fix-up, then broadcasting.
+// Keras sample_weight handling for a [n] loss (docs/semantics.md): the rank fix-up, then
+// broadcasting.
 std::vector<double> broadcast_weight(const SampleWeight* sw, std::int64_t n) {
   if (sw == nullptr) return std::vector<double>(static_cast<std::size_t>(n), 1.0);
   std::vector<std::int64_t> shape = sw->shape;
@@ -98,12 +100,13 @@ LossOutput<T> SimCLRLoss::forward(ConstMatrixView<T> za, ConstMatrixView<T> zb,
   Communicator* comm = options.communicator;
   const Reduction reduction =
       config_.reduction == Reduction::kAuto ? Reduction::kSumOverBatchSize : config_.reduction;
-  const std::int64_t gbs = !options.global_batch_size               ? detail::kNoGlobalBatch
-                           : options.global_batch_size->is_infer() ? detail::kInferGlobalBatch
-                                                                   : options.global_batch_size->rows();
+  const std::int64_t gbs = !options.global_batch_size ? detail::kNoGlobalBatch
+                           : options.global_batch_size->is_infer()
+                               ? detail::kInferGlobalBatch
+                               : options.global_batch_size->rows();
 
-  // Local validation. Without a communicator errors propagate as they are; with one they are carried
-  // by the agreement step so every rank raises the same exception.
+  // Local validation. Without a communicator errors propagate as they are; with one they are
+  // carried by the agreement step so every rank raises the same exception.
   std::vector<double> weight;
   auto validate = [&] {
     detail::check_view(za, "za");
@@ -122,8 +125,8 @@ LossOutput<T> SimCLRLoss::forward(ConstMatrixView<T> za, ConstMatrixView<T> zb,
   if (comm == nullptr) {
     validate();
   } else {
-    AgreementRecord mine = detail::forward_record(n, d, static_cast<std::int32_t>(dtype_of<T>()), reduction,
-                                                  config_.temperature, gbs);
+    AgreementRecord mine = detail::forward_record(n, d, static_cast<std::int32_t>(dtype_of<T>()),
+                                                  reduction, config_.temperature, gbs);
     detail::capture(mine, validate);
     const int size = comm->size(), rank = comm->rank();
     const std::vector<AgreementRecord> all = detail::gather_records(*comm, mine);
@@ -131,7 +134,8 @@ LossOutput<T> SimCLRLoss::forward(ConstMatrixView<T> za, ConstMatrixView<T> zb,
         all, [](std::int32_t t) { return to_string(static_cast<DType>(t)); }, config_.reduction,
         "CallOptions");
     rank_rows.resize(static_cast<std::size_t>(size));
-    for (int r = 0; r < size; ++r) rank_rows[static_cast<std::size_t>(r)] = all[static_cast<std::size_t>(r)].rows;
+    for (int r = 0; r < size; ++r)
+      rank_rows[static_cast<std::size_t>(r)] = all[static_cast<std::size_t>(r)].rows;
     offset = std::accumulate(rank_rows.begin(), rank_rows.begin() + rank, std::int64_t{0});
     total = std::accumulate(rank_rows.begin(), rank_rows.end(), std::int64_t{0});
   }
@@ -184,7 +188,9 @@ LossOutput<T> SimCLRLoss::forward(ConstMatrixView<T> za, ConstMatrixView<T> zb,
     weighted_sum += static_cast<double>(weighted[i]);
   }
   if (reduction == Reduction::kSumOverBatchSize) {
-    const std::int64_t denom = gbs == detail::kNoGlobalBatch ? n : gbs == detail::kInferGlobalBatch ? total : gbs;
+    const std::int64_t denom = gbs == detail::kNoGlobalBatch      ? n
+                               : gbs == detail::kInferGlobalBatch ? total
+                                                                  : gbs;
     saved->denominator = static_cast<T>(denom);
     out.values = {denom == 0 ? T(0) : static_cast<T>(weighted_sum / static_cast<double>(denom))};
     out.objective = out.values[0];
@@ -221,7 +227,8 @@ Gradients<T> SimCLRLoss::backward_alpha(const LossOutput<T>& output, const T* up
     for (std::int64_t i = 0; i < n; ++i) {
       const T g = per_example ? upstream[i] : upstream[0];
       T a = g * s.weight[i];
-      if (s.reduction == Reduction::kSumOverBatchSize) a = s.denominator == 0 ? T(0) : a / s.denominator;
+      if (s.reduction == Reduction::kSumOverBatchSize)
+        a = s.denominator == 0 ? T(0) : a / s.denominator;
       scalars[2 * n + i] = scalars[3 * n + i] = a;
     }
     std::copy(s.engine.row_lse.begin(), s.engine.row_lse.end(), scalars.begin());
@@ -248,8 +255,9 @@ Gradients<T> SimCLRLoss::backward_alpha(const LossOutput<T>& output, const T* up
     }
     std::vector<unsigned char> send(bytes[static_cast<std::size_t>(comm->rank())]);
     std::memcpy(send.data(), &mine, sizeof(mine));
-    // std::copy_n, not memcpy: with 0 rows the vectors' data() may be null, which memcpy must not get
-    // even for 0 bytes (UBSan, tests/reliability DistributedBadInput.EveryRankEmptyIsAZeroLoss).
+    // std::copy_n, not memcpy: with 0 rows the vectors' data() may be null, which memcpy must not
+    // get even for 0 bytes (UBSan, tests/reliability
+    // DistributedBadInput.EveryRankEmptyIsAZeroLoss).
     std::copy_n(reinterpret_cast<const unsigned char*>(scalars.data()), scalars.size() * sizeof(T),
                 send.data() + sizeof(mine));
     std::vector<unsigned char> recv(total_bytes);
@@ -294,7 +302,8 @@ Gradients<T> SimCLRLoss::backward(const LossOutput<T>& output, T upstream) const
 }
 
 template <class T>
-Gradients<T> SimCLRLoss::backward(const LossOutput<T>& output, const std::vector<T>& upstream) const {
+Gradients<T> SimCLRLoss::backward(const LossOutput<T>& output,
+                                  const std::vector<T>& upstream) const {
   SIMCLR_ENFORCE(output.saved != nullptr, ValueError,
                  "backward needs the LossOutput of a forward call of this loss");
   SIMCLR_ENFORCE(output.reduction == Reduction::kNone, ValueError,
@@ -307,10 +316,11 @@ template <class T>
 void SimCLRLoss::backward_into(const LossOutput<T>& output, T upstream, MatrixView<T> grad_a,
                                MatrixView<T> grad_b) const {
   Gradients<T> g = backward(output, upstream);
-  for (auto [view, src, what] : {std::tuple{grad_a, &g.grad_a, "grad_a"}, std::tuple{grad_b, &g.grad_b, "grad_b"}}) {
+  for (auto [view, src, what] :
+       {std::tuple{grad_a, &g.grad_a, "grad_a"}, std::tuple{grad_b, &g.grad_b, "grad_b"}}) {
     SIMCLR_ENFORCE(view.rows == src->rows() && view.cols == src->cols(), ValueError, what,
-                   " buffer is [", view.rows, ", ", view.cols, "] but the gradient is [", src->rows(),
-                   ", ", src->cols(), "]");
+                   " buffer is [", view.rows, ", ", view.cols, "] but the gradient is [",
+                   src->rows(), ", ", src->cols(), "]");
     SIMCLR_ENFORCE(view.rows == 0 || view.data != nullptr, ValueError, what, " buffer is null");
   }
   for (auto [view, src] : {std::pair{grad_a, &g.grad_a}, std::pair{grad_b, &g.grad_b}}) {
@@ -328,15 +338,15 @@ std::pair<LossOutput<T>, Gradients<T>> SimCLRLoss::value_and_gradient(
   return {std::move(out), std::move(grads)};
 }
 
-#define SIMCLR_INSTANTIATE(T)                                                                  \
-  template LossOutput<T> SimCLRLoss::forward<T>(ConstMatrixView<T>, ConstMatrixView<T>,       \
+#define SIMCLR_INSTANTIATE(T)                                                                   \
+  template LossOutput<T> SimCLRLoss::forward<T>(ConstMatrixView<T>, ConstMatrixView<T>,         \
                                                 const SampleWeight*, const CallOptions&) const; \
-  template Gradients<T> SimCLRLoss::backward<T>(const LossOutput<T>&, T) const;               \
-  template Gradients<T> SimCLRLoss::backward<T>(const LossOutput<T>&, const std::vector<T>&)  \
-      const;                                                                                   \
-  template void SimCLRLoss::backward_into<T>(const LossOutput<T>&, T, MatrixView<T>,          \
-                                             MatrixView<T>) const;                            \
-  template std::pair<LossOutput<T>, Gradients<T>> SimCLRLoss::value_and_gradient<T>(          \
+  template Gradients<T> SimCLRLoss::backward<T>(const LossOutput<T>&, T) const;                 \
+  template Gradients<T> SimCLRLoss::backward<T>(const LossOutput<T>&, const std::vector<T>&)    \
+      const;                                                                                    \
+  template void SimCLRLoss::backward_into<T>(const LossOutput<T>&, T, MatrixView<T>,            \
+                                             MatrixView<T>) const;                              \
+  template std::pair<LossOutput<T>, Gradients<T>> SimCLRLoss::value_and_gradient<T>(            \
       ConstMatrixView<T>, ConstMatrixView<T>, const SampleWeight*, const CallOptions&) const;
 
 SIMCLR_INSTANTIATE(float)

@@ -2,10 +2,9 @@
 // Reading the golden files made by scripts/make_golden.py from the real TensorFlow Similarity.
 
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "simclr/loss.hpp"
 
@@ -19,7 +18,8 @@ inline nlohmann::json load_golden(const std::string& file) {
 
 // A [rows, d] JSON array as a flat row-major vector of T (float cases hold exact float32 values).
 template <class T>
-std::vector<T> flat(const nlohmann::json& rows, std::int64_t* n = nullptr, std::int64_t* d = nullptr) {
+std::vector<T> flat(const nlohmann::json& rows, std::int64_t* n = nullptr,
+                    std::int64_t* d = nullptr) {
   std::vector<T> out;
   for (const auto& r : rows)
     for (const auto& v : r) out.push_back(static_cast<T>(v.get<double>()));

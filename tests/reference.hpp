@@ -1,8 +1,9 @@
 #pragma once
-// An independent, deliberately naive reference of TensorFlow Similarity's SimCLRLoss (spec section 1),
-// written the way TF writes it: two directions, logits [h1 h2^T | h1 h1^T] with the self entry pushed to
-// -1e9, softmax cross-entropy against the positive. Long double, full matrices, no tiling, no shared code
-// with the library. Used to check the library on random inputs; the golden files check both against TF.
+// An independent, deliberately naive reference of TensorFlow Similarity's SimCLRLoss (spec section
+// 1), written the way TF writes it: two directions, logits [h1 h2^T | h1 h1^T] with the self entry
+// pushed to -1e9, softmax cross-entropy against the positive. Long double, full matrices, no
+// tiling, no shared code with the library. Used to check the library on random inputs; the golden
+// files check both against TF.
 
 #include <cmath>
 #include <cstdint>
@@ -53,17 +54,20 @@ inline std::vector<double> ref_per_example(const Rows& za, const Rows& zb, doubl
   return out;
 }
 
-// Embedding row `row` of view `view`: a function of (seed, view, row) only, as nccl-tests derives data,
-// so any rank can rebuild any other rank's rows and a split batch equals the whole one.
-inline std::vector<double> seeded_row(std::uint64_t seed, int view, std::int64_t row, std::int64_t d) {
-  std::mt19937_64 gen(seed * 1000003ULL + static_cast<std::uint64_t>(row) * 2 + static_cast<std::uint64_t>(view));
+// Embedding row `row` of view `view`: a function of (seed, view, row) only, as nccl-tests derives
+// data, so any rank can rebuild any other rank's rows and a split batch equals the whole one.
+inline std::vector<double> seeded_row(std::uint64_t seed, int view, std::int64_t row,
+                                      std::int64_t d) {
+  std::mt19937_64 gen(seed * 1000003ULL + static_cast<std::uint64_t>(row) * 2 +
+                      static_cast<std::uint64_t>(view));
   std::normal_distribution<double> normal(0.0, 1.0);
   std::vector<double> out(static_cast<std::size_t>(d));
   for (auto& v : out) v = normal(gen) * 1.7;
   return out;
 }
 
-inline Rows seeded_rows(std::uint64_t seed, int view, std::int64_t begin, std::int64_t n, std::int64_t d) {
+inline Rows seeded_rows(std::uint64_t seed, int view, std::int64_t begin, std::int64_t n,
+                        std::int64_t d) {
   Rows out;
   for (std::int64_t i = 0; i < n; ++i) out.push_back(seeded_row(seed, view, begin + i, d));
   return out;

@@ -1,5 +1,5 @@
-// The simclr-loss command's contract: its JSON line, output files, and `error: ` + exit 2 on bad input
-// with no partial output. Also under mpirun (2 ranks) when MPI was built.
+// The simclr-loss command's contract: its JSON line, output files, and `error: ` + exit 2 on bad
+// input with no partial output. Also under mpirun (2 ranks) when MPI was built.
 
 #include <gtest/gtest.h>
 #include <sys/wait.h>
@@ -8,7 +8,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-
 #include <nlohmann/json.hpp>
 
 #include "npy.hpp"
@@ -27,9 +26,14 @@ struct Result {
 Result run(const std::string& args, const std::string& prefix = "") {
   static int counter = 0;
   const fs::path dir = fs::temp_directory_path();
-  const std::string out = (dir / ("simclr_cli_out_" + std::to_string(getpid()) + "_" + std::to_string(counter))).string();
-  const std::string err = (dir / ("simclr_cli_err_" + std::to_string(getpid()) + "_" + std::to_string(counter++))).string();
-  const std::string cmd = prefix + std::string(SIMCLR_LOSS_BIN) + " " + args + " >" + out + " 2>" + err + " </dev/null";
+  const std::string out =
+      (dir / ("simclr_cli_out_" + std::to_string(getpid()) + "_" + std::to_string(counter)))
+          .string();
+  const std::string err =
+      (dir / ("simclr_cli_err_" + std::to_string(getpid()) + "_" + std::to_string(counter++)))
+          .string();
+  const std::string cmd =
+      prefix + std::string(SIMCLR_LOSS_BIN) + " " + args + " >" + out + " 2>" + err + " </dev/null";
   const int rc = std::system(cmd.c_str());
   Result r;
   r.status = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
@@ -44,8 +48,9 @@ Result run(const std::string& args, const std::string& prefix = "") {
 class Cli : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("simclr_cli_" + std::to_string(getpid()) + "_" +
-                                       ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    dir_ = fs::temp_directory_path() /
+           ("simclr_cli_" + std::to_string(getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(dir_);
     fs::create_directories(dir_);
     // The hand-checked example of the semantics page.
@@ -81,7 +86,8 @@ TEST_F(Cli, ComputePrintsOneJsonLineWithTheContractKeys) {
   const auto j = nlohmann::ordered_json::parse(r.out);
   std::vector<std::string> keys;
   for (const auto& [k, v] : j.items()) keys.push_back(k);
-  EXPECT_EQ(keys, (std::vector<std::string>{"loss", "reduction", "world_size", "rows", "global_batch_size", "dtype"}));
+  EXPECT_EQ(keys, (std::vector<std::string>{"loss", "reduction", "world_size", "rows",
+                                            "global_batch_size", "dtype"}));
   EXPECT_NEAR(j["loss"].get<double>(), 2.770411866, 1e-9);  // auto = sum_over_batch_size
   EXPECT_EQ(j["reduction"], "auto");
   EXPECT_EQ(j["world_size"], 1);
@@ -93,9 +99,10 @@ TEST_F(Cli, ComputePrintsOneJsonLineWithTheContractKeys) {
 TEST_F(Cli, NoneWritesWeightedPerExampleAndGradients) {
   const std::vector<double> w = {1, 2, 3};
   tools::write_npy<double>(p("w.npy"), w.data(), {3});
-  const Result r = run("compute --za " + p("a.npy") + " --zb " + p("b.npy") +
-                       " --temperature 1 --reduction none --sample-weight " + p("w.npy") + " --loss-out " +
-                       p("loss_out.npy") + " --grad-a-out " + p("ga.npy") + " --grad-b-out " + p("gb.npy"));
+  const Result r =
+      run("compute --za " + p("a.npy") + " --zb " + p("b.npy") +
+          " --temperature 1 --reduction none --sample-weight " + p("w.npy") + " --loss-out " +
+          p("loss_out.npy") + " --grad-a-out " + p("ga.npy") + " --grad-b-out " + p("gb.npy"));
   ASSERT_EQ(r.status, 0) << r.err;
   const auto j = nlohmann::json::parse(r.out);
   const double want[] = {2.343702263, 2 * 1.959094756, 3 * 4.008438580};
@@ -107,7 +114,8 @@ TEST_F(Cli, NoneWritesWeightedPerExampleAndGradients) {
   const double a[] = {1, 0, 0, 1, 1, 1}, b[] = {1, 0, 0, 1, 1, -1};
   const SampleWeight sw = SampleWeight::per_example(w);
   const auto g = SimCLRLoss(1.0, Reduction::kNone)
-                     .value_and_gradient<double>(ConstMatrixView<double>(a, 3, 2), ConstMatrixView<double>(b, 3, 2), &sw)
+                     .value_and_gradient<double>(ConstMatrixView<double>(a, 3, 2),
+                                                 ConstMatrixView<double>(b, 3, 2), &sw)
                      .second;
   const auto ga = tools::read_npy(p("ga.npy")), gb = tools::read_npy(p("gb.npy"));
   ASSERT_EQ(ga.shape, (std::vector<std::int64_t>{3, 2}));
@@ -119,7 +127,8 @@ TEST_F(Cli, NoneWritesWeightedPerExampleAndGradients) {
 
 TEST_F(Cli, Float32InFloat32Out) {
   const Result r = run("compute --za " + p("af.npy") + " --zb " + p("bf.npy") +
-                       " --temperature 1 --reduction sum --loss-out " + p("l.npy") + " --grad-a-out " + p("g.npy"));
+                       " --temperature 1 --reduction sum --loss-out " + p("l.npy") +
+                       " --grad-a-out " + p("g.npy"));
   ASSERT_EQ(r.status, 0) << r.err;
   const auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["dtype"], "float32");
@@ -130,8 +139,11 @@ TEST_F(Cli, Float32InFloat32Out) {
 }
 
 TEST_F(Cli, ConfigFileAndConfigCommand) {
-  write_file("cfg.json", R"({"class_name": "Similarity>SimCLRLoss", "config": {"reduction": "sum", "name": null, "temperature": 1.0}})");
-  const Result r = run("compute --za " + p("a.npy") + " --zb " + p("b.npy") + " --config " + p("cfg.json"));
+  write_file(
+      "cfg.json",
+      R"({"class_name": "Similarity>SimCLRLoss", "config": {"reduction": "sum", "name": null, "temperature": 1.0}})");
+  const Result r =
+      run("compute --za " + p("a.npy") + " --zb " + p("b.npy") + " --config " + p("cfg.json"));
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_NEAR(nlohmann::json::parse(r.out)["loss"].get<double>(), 8.311235598, 1e-9);
   const Result c = run("config --config " + p("cfg.json"));
@@ -144,7 +156,8 @@ TEST_F(Cli, ConfigFileAndConfigCommand) {
 }
 
 TEST_F(Cli, GlobalBatchSize) {
-  const Result r = run("compute --za " + p("a.npy") + " --zb " + p("b.npy") + " --temperature 1 --global-batch-size 6");
+  const Result r = run("compute --za " + p("a.npy") + " --zb " + p("b.npy") +
+                       " --temperature 1 --global-batch-size 6");
   ASSERT_EQ(r.status, 0) << r.err;
   const auto j = nlohmann::json::parse(r.out);
   EXPECT_NEAR(j["loss"].get<double>(), 8.311235598 / 6, 1e-9);
@@ -160,18 +173,22 @@ TEST_F(Cli, UsageErrorsExit2WithOneLine) {
   expect_usage_error("compute" + ab + " --bogus 1", "unknown flag --bogus");
   expect_usage_error("compute" + ab + " --temperature", "--temperature needs a value");
   expect_usage_error("compute" + ab + " --temperature abc" + outs, "expects a number");
-  expect_usage_error("compute" + ab + " --temperature 0" + outs, "temperature must be a finite number > 0");
+  expect_usage_error("compute" + ab + " --temperature 0" + outs,
+                     "temperature must be a finite number > 0");
   expect_usage_error("compute" + ab + " --reduction mean" + outs, "Invalid Reduction Key: mean.");
   expect_usage_error("compute" + ab + " --temperature 1 --temperature 2", "given twice");
   write_file("cfg.json", R"({"margin": 0.1})");
-  expect_usage_error("compute" + ab + " --config " + p("cfg.json") + outs, "unexpected keyword argument 'margin'");
-  expect_usage_error("compute" + ab + " --config " + p("cfg.json") + " --temperature 1", "cannot be combined with --config");
+  expect_usage_error("compute" + ab + " --config " + p("cfg.json") + outs,
+                     "unexpected keyword argument 'margin'");
+  expect_usage_error("compute" + ab + " --config " + p("cfg.json") + " --temperature 1",
+                     "cannot be combined with --config");
   expect_usage_error("compute" + ab + " --global-batch-size -3" + outs, "must be >= 0");
 }
 
 TEST_F(Cli, FileErrorsExit2WithNoOutput) {
   const std::string outs = " --loss-out " + p("loss_out.npy") + " --grad-a-out " + p("ga.npy");
-  expect_usage_error("compute --za " + p("missing.npy") + " --zb " + p("b.npy") + outs, "cannot open file");
+  expect_usage_error("compute --za " + p("missing.npy") + " --zb " + p("b.npy") + outs,
+                     "cannot open file");
   write_file("junk.npy", "not numpy at all");
   expect_usage_error("compute --za " + p("junk.npy") + " --zb " + p("b.npy") + outs, "bad magic");
   // Truncated: drop the last 8 bytes of a valid file.
@@ -192,24 +209,28 @@ TEST_F(Cli, FileErrorsExit2WithNoOutput) {
     write_file("i8.npy", i8);
   }
   expect_usage_error("compute --za " + p("be.npy") + " --zb " + p("b.npy") + outs, "big-endian");
-  expect_usage_error("compute --za " + p("i8.npy") + " --zb " + p("b.npy") + outs, "dtype '<i8' is not supported");
+  expect_usage_error("compute --za " + p("i8.npy") + " --zb " + p("b.npy") + outs,
+                     "dtype '<i8' is not supported");
   const double v[] = {1, 2, 3};
   tools::write_npy<double>(p("v.npy"), v, {3});
-  expect_usage_error("compute --za " + p("v.npy") + " --zb " + p("b.npy") + outs, "expected a 2-D array");
+  expect_usage_error("compute --za " + p("v.npy") + " --zb " + p("b.npy") + outs,
+                     "expected a 2-D array");
   const double c[] = {1, 0, 0, 1};
   tools::write_npy<double>(p("c.npy"), c, {2, 2});
   expect_usage_error("compute --za " + p("c.npy") + " --zb " + p("b.npy") + outs, "same shape");
   expect_usage_error("compute --za " + p("af.npy") + " --zb " + p("b.npy") + outs, "same dtype");
   const double nan[] = {1, 0, 0, std::nan(""), 1, 1};
   tools::write_npy<double>(p("nan.npy"), nan, {3, 2});
-  expect_usage_error("compute --za " + p("a.npy") + " --zb " + p("nan.npy") + outs, "zb has NaN at row 1");
+  expect_usage_error("compute --za " + p("a.npy") + " --zb " + p("nan.npy") + outs,
+                     "zb has NaN at row 1");
   const double w[] = {1, 2};
   tools::write_npy<double>(p("w2.npy"), w, {2});
-  expect_usage_error("compute --za " + p("a.npy") + " --zb " + p("b.npy") + " --sample-weight " + p("w2.npy") + outs,
+  expect_usage_error("compute --za " + p("a.npy") + " --zb " + p("b.npy") + " --sample-weight " +
+                         p("w2.npy") + outs,
                      "Incompatible shapes: [3] vs. [2]");
   // An output that cannot be written: nothing else is left behind either.
-  expect_usage_error("compute --za " + p("a.npy") + " --zb " + p("b.npy") + " --loss-out " + p("loss_out.npy") +
-                         " --grad-a-out " + p("no/such/dir/ga.npy"),
+  expect_usage_error("compute --za " + p("a.npy") + " --zb " + p("b.npy") + " --loss-out " +
+                         p("loss_out.npy") + " --grad-a-out " + p("no/such/dir/ga.npy"),
                      "cannot open for writing");
 }
 
@@ -218,7 +239,8 @@ TEST_F(Cli, FileErrorsExit2WithNoOutput) {
 std::string mpirun(int np) {
   const std::string exe = SIMCLR_MPIEXEC;
   if (exe.empty()) return "";
-  return exe + " -np " + std::to_string(np) + " --oversubscribe --allow-run-as-root --bind-to none ";
+  return exe + " -np " + std::to_string(np) +
+         " --oversubscribe --allow-run-as-root --bind-to none ";
 }
 
 TEST_F(Cli, MpirunMatchesTheLocalCall) {
@@ -233,9 +255,10 @@ TEST_F(Cli, MpirunMatchesTheLocalCall) {
   tools::write_npy<double>(p("b7.npy"), b.data(), {7, 3});
   std::vector<double> w7 = {1, 2, 3, 4, 5, 6, 7};
   tools::write_npy<double>(p("w7.npy"), w7.data(), {7, 1});
-  const std::string ab = " --za " + p("a7.npy") + " --zb " + p("b7.npy") + " --temperature 0.3 --sample-weight " + p("w7.npy");
-  const Result local = run("compute" + ab + " --reduction none --loss-out " + p("l1.npy") + " --grad-a-out " +
-                           p("g1.npy"));
+  const std::string ab = " --za " + p("a7.npy") + " --zb " + p("b7.npy") +
+                         " --temperature 0.3 --sample-weight " + p("w7.npy");
+  const Result local = run("compute" + ab + " --reduction none --loss-out " + p("l1.npy") +
+                           " --grad-a-out " + p("g1.npy"));
   ASSERT_EQ(local.status, 0) << local.err;
   for (const std::string split : {"", " --split 3,4", " --split 0,7"}) {
     SCOPED_TRACE(split);
@@ -245,7 +268,8 @@ TEST_F(Cli, MpirunMatchesTheLocalCall) {
     ASSERT_EQ(dist.status, 0) << dist.err;
     const auto jl = nlohmann::json::parse(local.out), jd = nlohmann::json::parse(dist.out);
     EXPECT_EQ(jd["world_size"], 2);
-    EXPECT_NEAR(jd["loss"].get<double>(), jl["loss"].get<double>(), 1e-10 * std::abs(jl["loss"].get<double>()));
+    EXPECT_NEAR(jd["loss"].get<double>(), jl["loss"].get<double>(),
+                1e-10 * std::abs(jl["loss"].get<double>()));
     const auto l1 = tools::read_npy(p("l1.npy")), l2 = tools::read_npy(p("l2.npy"));
     const auto g1 = tools::read_npy(p("g1.npy")), g2 = tools::read_npy(p("g2.npy"));
     ASSERT_EQ(l2.shape, std::vector<std::int64_t>{7});
@@ -256,7 +280,8 @@ TEST_F(Cli, MpirunMatchesTheLocalCall) {
   const Result split = run("compute" + ab + " --reduction sum", mpirun(2));
   EXPECT_EQ(nlohmann::json::parse(split.out)["rows"], nlohmann::json::array({4, 3}));
   // sum: --loss-out holds each rank's reduced loss.
-  const Result per_rank = run("compute" + ab + " --reduction sum --loss-out " + p("lr.npy"), mpirun(2));
+  const Result per_rank =
+      run("compute" + ab + " --reduction sum --loss-out " + p("lr.npy"), mpirun(2));
   ASSERT_EQ(per_rank.status, 0) << per_rank.err;
   EXPECT_EQ(tools::read_npy(p("lr.npy")).shape, std::vector<std::int64_t>{2});
 }
@@ -267,7 +292,8 @@ TEST_F(Cli, MpirunDistributionRuleAndErrors) {
   const Result rule = run("compute" + ab, mpirun(2));
   EXPECT_NE(rule.status, 0);
   EXPECT_EQ(std::count(rule.err.begin(), rule.err.end(), '\n') >= 1, true);
-  EXPECT_NE(rule.err.find("error: Please use simclr::Reduction::kSum"), std::string::npos) << rule.err;
+  EXPECT_NE(rule.err.find("error: Please use simclr::Reduction::kSum"), std::string::npos)
+      << rule.err;
   // Printed once (rank 0), not once per rank.
   EXPECT_EQ(rule.err.find("error: ", rule.err.find("error: ") + 1), std::string::npos) << rule.err;
   const Result ok = run("compute" + ab + " --global-batch-size infer --temperature 1", mpirun(2));
@@ -276,7 +302,9 @@ TEST_F(Cli, MpirunDistributionRuleAndErrors) {
   EXPECT_EQ(nlohmann::json::parse(ok.out)["global_batch_size"], 3);
   const Result bad_split = run("compute" + ab + " --reduction sum --split 1,1", mpirun(2));
   EXPECT_NE(bad_split.status, 0);
-  EXPECT_NE(bad_split.err.find("error: --split counts sum to 2 but za has 3 rows"), std::string::npos) << bad_split.err;
+  EXPECT_NE(bad_split.err.find("error: --split counts sum to 2 but za has 3 rows"),
+            std::string::npos)
+      << bad_split.err;
 }
 
 }  // namespace

@@ -53,8 +53,9 @@ TEST(Config, MissingKeysTakeDefaults) {
 
 TEST(Config, KerasWrapperAccepted) {
   for (const char* cls : {"Similarity>SimCLRLoss", "SimCLRLoss"}) {
-    const std::string text = std::string(R"({"class_name": ")") + cls +
-                             R"(", "config": {"reduction": "sum", "name": "n", "temperature": 0.5}})";
+    const std::string text =
+        std::string(R"({"class_name": ")") + cls +
+        R"(", "config": {"reduction": "sum", "name": "n", "temperature": 0.5}})";
     const auto l = SimCLRLoss::from_config_string(text);
     EXPECT_EQ(l.reduction(), Reduction::kSum);
     EXPECT_EQ(l.temperature(), 0.5);
@@ -75,24 +76,30 @@ TEST(Config, UnknownKeyIsTypeError) {
 }
 
 TEST(Config, WrongJsonTypeIsTypeError) {
-  EXPECT_NE(message_of<TypeError>([] { SimCLRLoss::from_config_string(R"({"temperature": "0.1"})"); })
-                .find("temperature must be a number"),
+  EXPECT_NE(message_of<TypeError>([] {
+              SimCLRLoss::from_config_string(R"({"temperature": "0.1"})");
+            }).find("temperature must be a number"),
             std::string::npos);
-  EXPECT_NE(message_of<TypeError>([] { SimCLRLoss::from_config_string(R"({"reduction": 3})"); })
-                .find("reduction must be a string"),
+  EXPECT_NE(message_of<TypeError>([] {
+              SimCLRLoss::from_config_string(R"({"reduction": 3})");
+            }).find("reduction must be a string"),
             std::string::npos);
-  EXPECT_NE(message_of<TypeError>([] { SimCLRLoss::from_config_string(R"({"name": 7})"); })
-                .find("name must be a string or null"),
+  EXPECT_NE(message_of<TypeError>([] {
+              SimCLRLoss::from_config_string(R"({"name": 7})");
+            }).find("name must be a string or null"),
             std::string::npos);
-  EXPECT_NE(message_of<TypeError>([] { SimCLRLoss::from_config_string("[1, 2]"); }).find("JSON object"),
-            std::string::npos);
-  EXPECT_NE(message_of<TypeError>([] { SimCLRLoss::from_config_string(R"({"temperature": true})"); })
-                .find("temperature must be a number"),
+  EXPECT_NE(
+      message_of<TypeError>([] { SimCLRLoss::from_config_string("[1, 2]"); }).find("JSON object"),
+      std::string::npos);
+  EXPECT_NE(message_of<TypeError>([] {
+              SimCLRLoss::from_config_string(R"({"temperature": true})");
+            }).find("temperature must be a number"),
             std::string::npos);
 }
 
 TEST(Config, InvalidReductionKey) {
-  const auto m = message_of<ValueError>([] { SimCLRLoss::from_config_string(R"({"reduction": "mean"})"); });
+  const auto m =
+      message_of<ValueError>([] { SimCLRLoss::from_config_string(R"({"reduction": "mean"})"); });
   EXPECT_EQ(m.rfind("Invalid Reduction Key: mean.", 0), 0u) << m;
   for (const char* key : {"'auto'", "'none'", "'sum'", "'sum_over_batch_size'"})
     EXPECT_NE(m.find(key), std::string::npos) << key;
@@ -128,18 +135,24 @@ TEST(Errors, HierarchyRootsInError) {
 TEST(Errors, NonFiniteEmbeddingNamesViewAndRow) {
   RowMatrix<double> a = RowMatrix<double>::Ones(5, 3), b = RowMatrix<double>::Ones(5, 3);
   a(3, 1) = std::nan("");
-  EXPECT_NE(message_of<ValueError>([&] { SimCLRLoss().forward<double>(a, b); }).find("za has NaN at row 3"),
+  EXPECT_NE(message_of<ValueError>([&] {
+              SimCLRLoss().forward<double>(a, b);
+            }).find("za has NaN at row 3"),
             std::string::npos);
   a(3, 1) = 1;
   b(4, 2) = -INFINITY;
-  EXPECT_NE(message_of<ValueError>([&] { SimCLRLoss().forward<double>(a, b); }).find("zb has Inf at row 4"),
+  EXPECT_NE(message_of<ValueError>([&] {
+              SimCLRLoss().forward<double>(a, b);
+            }).find("zb has Inf at row 4"),
             std::string::npos);
 }
 
 TEST(Errors, ShapeMismatch) {
-  RowMatrix<float> a = RowMatrix<float>::Ones(5, 3), b = RowMatrix<float>::Ones(4, 3), c = RowMatrix<float>::Ones(5, 2);
-  EXPECT_NE(message_of<ValueError>([&] { SimCLRLoss().forward<float>(a, b); }).find("[5, 3] vs. [4, 3]"),
-            std::string::npos);
+  RowMatrix<float> a = RowMatrix<float>::Ones(5, 3), b = RowMatrix<float>::Ones(4, 3),
+                   c = RowMatrix<float>::Ones(5, 2);
+  EXPECT_NE(
+      message_of<ValueError>([&] { SimCLRLoss().forward<float>(a, b); }).find("[5, 3] vs. [4, 3]"),
+      std::string::npos);
   EXPECT_THROW(SimCLRLoss().forward<float>(a, c), ValueError);
 }
 
@@ -147,7 +160,8 @@ TEST(Errors, FailedCallLeavesCallerBuffersUntouched) {
   RowMatrix<double> a = RowMatrix<double>::Random(4, 3), b = RowMatrix<double>::Random(4, 3);
   const SimCLRLoss loss(0.1, Reduction::kSum);
   const auto out = loss.forward<double>(a, b);
-  RowMatrix<double> ga = RowMatrix<double>::Constant(4, 3, 7.0), gb = RowMatrix<double>::Constant(3, 3, 7.0);
+  RowMatrix<double> ga = RowMatrix<double>::Constant(4, 3, 7.0),
+                    gb = RowMatrix<double>::Constant(3, 3, 7.0);
   // grad_b has the wrong shape: the call fails and writes neither buffer.
   EXPECT_THROW(loss.backward_into<double>(out, 1.0, ga, gb), ValueError);
   EXPECT_TRUE((ga.array() == 7.0).all());

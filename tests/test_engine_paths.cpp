@@ -1,6 +1,6 @@
-// The engine's paths agree with each other and with the naive reference: streamed (memory budget 0),
-// kept logits (large budget), the single-process symmetric path, several thread counts and tile sizes
-// that do not divide the batch (spec section 5).
+// The engine's paths agree with each other and with the naive reference: streamed (memory budget
+// 0), kept logits (large budget), the single-process symmetric path, several thread counts and tile
+// sizes that do not divide the batch (spec section 5).
 
 #include <gtest/gtest.h>
 
@@ -18,7 +18,7 @@ struct PathResult {
 };
 
 PathResult run(const M& a, const M& b, const EngineOptions& opt, double t = 0.1,
-        Reduction r = Reduction::kNone) {
+               Reduction r = Reduction::kNone) {
   CallOptions o;
   o.engine = opt;
   const SimCLRLoss loss(t, r);
@@ -59,10 +59,12 @@ TEST(EnginePaths, AllPathsAgreeAcrossTileBoundaries) {
     EXPECT_LE(max_rel(base.values, ref), 1e-11) << "n=" << n;
     for (std::size_t budget : {std::size_t{0}, std::size_t{1} << 30}) {
       for (int threads : {1, 2, 3}) {
-        for (auto [rb, ct] : {std::pair<std::int64_t, std::int64_t>{0, 0}, {3, 5}, {4, 7}, {1, 1}}) {
+        for (auto [rb, ct] :
+             {std::pair<std::int64_t, std::int64_t>{0, 0}, {3, 5}, {4, 7}, {1, 1}}) {
           for (bool sym : {false, true}) {
-            SCOPED_TRACE(::testing::Message() << "n=" << n << " budget=" << budget << " threads="
-                                              << threads << " rb=" << rb << " ct=" << ct << " sym=" << sym);
+            SCOPED_TRACE(::testing::Message()
+                         << "n=" << n << " budget=" << budget << " threads=" << threads
+                         << " rb=" << rb << " ct=" << ct << " sym=" << sym);
             const PathResult r = run(a, b, opts(budget, threads, rb, ct, sym));
             EXPECT_LE(max_rel(r.values, base.values), 1e-12);
             EXPECT_LE((r.ga - base.ga).norm(), 1e-11 * std::max(1.0, base.ga.norm()));
@@ -90,7 +92,8 @@ TEST(EnginePaths, DoubleIsBitStableRunToRunForFixedThreads) {
 TEST(EnginePaths, RowPathIsIndependentOfThreadCount) {
   // Each anchor row is reduced over the same tiles in the same order whatever thread runs it.
   const M a = seeded(0, 150, 8), b = seeded(1, 150, 8);
-  const PathResult r1 = run(a, b, opts(0, 1, 16, 32, false)), r3 = run(a, b, opts(0, 3, 16, 32, false));
+  const PathResult r1 = run(a, b, opts(0, 1, 16, 32, false)),
+                   r3 = run(a, b, opts(0, 3, 16, 32, false));
   EXPECT_EQ(r1.values, r3.values);
   EXPECT_EQ(r1.ga, r3.ga);
 }
@@ -141,7 +144,8 @@ TEST(EnginePaths, MemoryBudgetSelectsThePath) {
   EXPECT_DOUBLE_EQ(k.first.flops + k.second.flops, 2 * equivalent);
   EXPECT_DOUBLE_EQ(s.first.flops + s.second.flops, 3 * equivalent);
   // Streaming with symmetry: tiles I <= J only, (8 * 9 / 2) of 64 tiles of 16 x 16 in the forward;
-  // the backward recomputes those and multiplies both sides of each off-diagonal tile (64 tile-products).
+  // the backward recomputes those and multiplies both sides of each off-diagonal tile (64
+  // tile-products).
   CallOptions sym = stream;
   sym.engine.use_symmetry = true;
   sym.engine.row_block = 16;
@@ -157,8 +161,9 @@ namespace simclr {
 namespace {
 
 TEST(EnginePaths, HugeWeightsFallBackToTheTwoExponentialBackward) {
-  // beta = alpha exp(1/T - LSE) would overflow float for alpha = 1e36: the engine must notice and use
-  // the two-exponential form. The gradient is linear in the weight, so it must equal 1e36 x weight 1.
+  // beta = alpha exp(1/T - LSE) would overflow float for alpha = 1e36: the engine must notice and
+  // use the two-exponential form. The gradient is linear in the weight, so it must equal 1e36 x
+  // weight 1.
   RowMatrix<float> a = RowMatrix<float>::Random(12, 5), b = RowMatrix<float>::Random(12, 5);
   const SimCLRLoss loss(0.05, Reduction::kSum);
   const SampleWeight big = SampleWeight::scalar(1e36), one = SampleWeight::scalar(1);
@@ -174,8 +179,8 @@ TEST(EnginePaths, HugeWeightsFallBackToTheTwoExponentialBackward) {
 }
 
 TEST(EnginePaths, FixedShiftAndRunningMaxAgree) {
-  // Double precision takes the fixed shift for T = 0.01 (2/T = 200 < 700) and float the running max;
-  // both must agree with the long-double reference.
+  // Double precision takes the fixed shift for T = 0.01 (2/T = 200 < 700) and float the running
+  // max; both must agree with the long-double reference.
   const int n = 30, d = 7;
   const auto za = test::seeded_rows(8, 0, 0, n, d), zb = test::seeded_rows(8, 1, 0, n, d);
   std::vector<std::vector<double>> fa = za, fb = zb;

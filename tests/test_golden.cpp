@@ -1,9 +1,10 @@
 // The library against the real TensorFlow Similarity (tests/data, made by scripts/make_golden.py).
 //
-// Tolerances: float64 cases agree to rounding (1e-10 relative). float32 cases: TF and the library both
-// round every logit (|s| <= 1/T) and sum up to 2N terms in float32, so differences of a few ulps of the
-// largest term (1/T) are expected; relative to the output scale 2e-5 leaves room for T = 0.01 while a
-// wrong formula (e.g. a missing direction or a different denominator) is off by far more.
+// Tolerances: float64 cases agree to rounding (1e-10 relative). float32 cases: TF and the library
+// both round every logit (|s| <= 1/T) and sum up to 2N terms in float32, so differences of a few
+// ulps of the largest term (1/T) are expected; relative to the output scale 2e-5 leaves room for T
+// = 0.01 while a wrong formula (e.g. a missing direction or a different denominator) is off by far
+// more.
 
 #include <gtest/gtest.h>
 
@@ -19,8 +20,8 @@ void check_case(const nlohmann::json& c, double tol) {
   const auto zb = test::flat<T>(c["zb"]);
   const auto w = test::weight_of(c);
   const SimCLRLoss loss(c["temperature"].get<double>(), parse_reduction(c["reduction"]));
-  auto [out, grads] = loss.value_and_gradient<T>(ConstMatrixView<T>(za.data(), n, d),
-                                                 ConstMatrixView<T>(zb.data(), n, d), w ? &*w : nullptr);
+  auto [out, grads] = loss.value_and_gradient<T>(
+      ConstMatrixView<T>(za.data(), n, d), ConstMatrixView<T>(zb.data(), n, d), w ? &*w : nullptr);
   std::vector<T> want_loss;
   if (c["loss"].is_array()) {
     for (const auto& v : c["loss"]) want_loss.push_back(static_cast<T>(v.get<double>()));
@@ -29,17 +30,20 @@ void check_case(const nlohmann::json& c, double tol) {
   }
   ASSERT_EQ(out.values.size(), want_loss.size());
   EXPECT_LE(test::max_rel(out.values.data(), want_loss, 1.0), tol) << "loss";
-  EXPECT_LE(test::max_rel(&out.objective, std::vector<T>{static_cast<T>(c["objective"].get<double>())}, 1.0),
+  EXPECT_LE(test::max_rel(&out.objective,
+                          std::vector<T>{static_cast<T>(c["objective"].get<double>())}, 1.0),
             tol)
       << "objective";
   const auto ga = test::flat<T>(c["grad_za"]), gb = test::flat<T>(c["grad_zb"]);
-  // Gradient scale: the largest entry, but at least the size of one term of dJ/dx, 1 / (T |x|), since
-  // where the true gradient cancels to ~0 (identical rows) both sides hold rounding noise of that term.
+  // Gradient scale: the largest entry, but at least the size of one term of dJ/dx, 1 / (T |x|),
+  // since where the true gradient cancels to ~0 (identical rows) both sides hold rounding noise of
+  // that term.
   double max_norm = 0;
   for (const auto* z : {&za, &zb})
     for (std::int64_t i = 0; i < n; ++i) {
       double s = 0;
-      for (std::int64_t j = 0; j < d; ++j) s += static_cast<double>((*z)[i * d + j]) * static_cast<double>((*z)[i * d + j]);
+      for (std::int64_t j = 0; j < d; ++j)
+        s += static_cast<double>((*z)[i * d + j]) * static_cast<double>((*z)[i * d + j]);
       max_norm = std::max(max_norm, std::sqrt(s));
     }
   double scale = 1.0 / (c["temperature"].get<double>() * std::max(max_norm, 1e-6));

@@ -100,7 +100,8 @@ TEST_P(GradientVsFiniteDifferences, RelativeErrorBelow1e6) {
     return objective(loss, xa, xb, w ? &*w : nullptr, none ? &up_none : nullptr, upstream);
   };
   const auto out = loss.forward<double>(a, b, w ? &*w : nullptr);
-  const Gradients<double> g = none ? loss.backward<double>(out, up_none) : loss.backward<double>(out, upstream);
+  const Gradients<double> g =
+      none ? loss.backward<double>(out, up_none) : loss.backward<double>(out, upstream);
   const auto [fa, fb] = finite_differences(f, a, b, c.temperature);
   EXPECT_LE(worst_row_error(g.grad_a, fa), 1e-6);
   EXPECT_LE(worst_row_error(g.grad_b, fb), 1e-6);
@@ -112,7 +113,8 @@ INSTANTIATE_TEST_SUITE_P(
     Cases, GradientVsFiniteDifferences,
     ::testing::Values(Case{"sum_t05", 5, 4, 0.5, Reduction::kSum, false, false},
                       Case{"none_t1_weights", 4, 3, 1.0, Reduction::kNone, false, true},
-                      Case{"sobs_t02_weights", 6, 5, 0.2, Reduction::kSumOverBatchSize, false, true},
+                      Case{"sobs_t02_weights", 6, 5, 0.2, Reduction::kSumOverBatchSize, false,
+                           true},
                       Case{"auto_t005", 5, 8, 0.05, Reduction::kAuto, false, false},
                       Case{"zero_row_t05", 4, 3, 0.5, Reduction::kSum, true, false},
                       Case{"zero_row_t001", 4, 3, 0.01, Reduction::kSum, true, true},

@@ -35,7 +35,8 @@ TEST(HandValues, IdentityPairsTemperatureOne) {
   ASSERT_EQ(l.size(), 2u);
   EXPECT_NEAR(l[0], 1.102889428, 1e-9);
   EXPECT_NEAR(l[1], 1.102889428, 1e-9);
-  const auto sum = SimCLRLoss(1.0, Reduction::kSum).forward<double>(mat({{1, 0}, {0, 1}}), mat({{1, 0}, {0, 1}}));
+  const auto sum = SimCLRLoss(1.0, Reduction::kSum)
+                       .forward<double>(mat({{1, 0}, {0, 1}}), mat({{1, 0}, {0, 1}}));
   EXPECT_NEAR(sum.values.at(0), 2.205778856, 1e-9);
 }
 
@@ -65,8 +66,10 @@ TEST(HandValues, ThreeExamples) {
   EXPECT_NEAR(l[2], 4.008438580, 1e-9);
   EXPECT_NEAR(SimCLRLoss(1.0, Reduction::kSumOverBatchSize).forward<double>(a, b).values.at(0),
               2.770411866, 1e-9);
-  EXPECT_NEAR(SimCLRLoss(1.0, Reduction::kAuto).forward<double>(a, b).values.at(0), 2.770411866, 1e-9);
-  EXPECT_NEAR(SimCLRLoss(1.0, Reduction::kSum).forward<double>(a, b).values.at(0), 8.311235598, 1e-9);
+  EXPECT_NEAR(SimCLRLoss(1.0, Reduction::kAuto).forward<double>(a, b).values.at(0), 2.770411866,
+              1e-9);
+  EXPECT_NEAR(SimCLRLoss(1.0, Reduction::kSum).forward<double>(a, b).values.at(0), 8.311235598,
+              1e-9);
   const SampleWeight w = SampleWeight::per_example({1, 2, 3});
   EXPECT_NEAR(SimCLRLoss(1.0, Reduction::kSumOverBatchSize).forward<double>(a, b, &w).values.at(0),
               6.095735838, 1e-9);
@@ -91,8 +94,9 @@ TEST(HandValues, ResultsKeepTheInputDtype) {
 }
 
 TEST(HandValues, SumOverBatchSizeDividesByCountNotWeights) {
-  // losses [1, 2, 3, 4] weighted [1, 0, 1, 0] -> (1 + 3) / 4 = 1.0, not 2.0. Build four examples whose
-  // per-example losses we know from the reference, and check the reduction arithmetic on them.
+  // losses [1, 2, 3, 4] weighted [1, 0, 1, 0] -> (1 + 3) / 4 = 1.0, not 2.0. Build four examples
+  // whose per-example losses we know from the reference, and check the reduction arithmetic on
+  // them.
   const auto za = test::seeded_rows(3, 0, 0, 4, 3), zb = test::seeded_rows(3, 1, 0, 4, 3);
   const auto lref = test::ref_per_example(za, zb, 0.3);
   const auto fa = test::flatten<double>(za), fb = test::flatten<double>(zb);
@@ -126,7 +130,8 @@ class SampleWeightTable : public ::testing::Test {
   }
   std::vector<double> none(const SampleWeight* w) const {
     return SimCLRLoss(0.2, Reduction::kNone)
-        .forward(ConstMatrixView<double>(za_.data(), kN, 3), ConstMatrixView<double>(zb_.data(), kN, 3), w)
+        .forward(ConstMatrixView<double>(za_.data(), kN, 3),
+                 ConstMatrixView<double>(zb_.data(), kN, 3), w)
         .values;
   }
   std::string error_of(const SampleWeight& w) const {
@@ -175,16 +180,19 @@ TEST_F(SampleWeightTable, IncompatibleLength) {
 TEST_F(SampleWeightTable, CannotSqueezeLastDimension) {
   EXPECT_NE(error_of(SampleWeight({1, kN}, {1, 1, 1, 1})).find("expected a dimension of 1, got 4"),
             std::string::npos);
-  EXPECT_NE(error_of(SampleWeight({kN, 2}, std::vector<double>(8, 1))).find("expected a dimension of 1, got 2"),
+  EXPECT_NE(error_of(SampleWeight({kN, 2}, std::vector<double>(8, 1)))
+                .find("expected a dimension of 1, got 2"),
             std::string::npos);
 }
 
 TEST_F(SampleWeightTable, RankThreeRejected) {
-  EXPECT_NE(error_of(SampleWeight({kN, 1, 1}, std::vector<double>(4, 1))).find("rank 3"), std::string::npos);
+  EXPECT_NE(error_of(SampleWeight({kN, 1, 1}, std::vector<double>(4, 1))).find("rank 3"),
+            std::string::npos);
 }
 
 TEST_F(SampleWeightTable, NonFiniteWeightNamesIndex) {
-  EXPECT_NE(error_of(SampleWeight::per_example({1, NAN, 1, 1})).find("NaN at index 1"), std::string::npos);
+  EXPECT_NE(error_of(SampleWeight::per_example({1, NAN, 1, 1})).find("NaN at index 1"),
+            std::string::npos);
   EXPECT_NE(error_of(SampleWeight::per_example({1, 1, 1, INFINITY})).find("Inf at index 3"),
             std::string::npos);
 }

@@ -1,5 +1,6 @@
-// The distributed code path with the single-process communicator: same numbers as the local call, and
-// the distribution rule (a communicator of size 1 is a distributed context, as TF's strategies are).
+// The distributed code path with the single-process communicator: same numbers as the local call,
+// and the distribution rule (a communicator of size 1 is a distributed context, as TF's strategies
+// are).
 
 #include <gtest/gtest.h>
 
@@ -36,7 +37,9 @@ TEST(SingleProcessComm, DistributionRuleRaises) {
       SimCLRLoss(0.1, r).forward<double>(a, b, nullptr, dist);
       ADD_FAILURE() << "no error for " << to_string(r);
     } catch (const ValueError& e) {
-      EXPECT_EQ(std::string(e.what()).rfind("Please use simclr::Reduction::kSum or simclr::Reduction::kNone", 0), 0u)
+      EXPECT_EQ(std::string(e.what()).rfind(
+                    "Please use simclr::Reduction::kSum or simclr::Reduction::kNone", 0),
+                0u)
           << e.what();
       EXPECT_NE(std::string(e.what()).find("global batch size"), std::string::npos);
     }

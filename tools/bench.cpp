@@ -25,10 +25,11 @@ double peak_rss_mib() {
   return static_cast<double>(ru.ru_maxrss) / 1024.0;  // Linux reports KiB
 }
 
-// Row `global_row` of view `view` depends only on (seed, view, global_row), so any split of the global
-// batch sees the same embeddings.
+// Row `global_row` of view `view` depends only on (seed, view, global_row), so any split of the
+// global batch sees the same embeddings.
 template <class T>
-RowMatrix<T> make_rows(std::uint64_t seed, int view, std::int64_t begin, std::int64_t n, std::int64_t d) {
+RowMatrix<T> make_rows(std::uint64_t seed, int view, std::int64_t begin, std::int64_t n,
+                       std::int64_t d) {
   RowMatrix<T> m(n, d);
   for (std::int64_t i = 0; i < n; ++i) {
     std::mt19937_64 gen(seed * 0x9E3779B97F4A7C15ULL + static_cast<std::uint64_t>(begin + i) * 2 +
@@ -39,10 +40,12 @@ RowMatrix<T> make_rows(std::uint64_t seed, int view, std::int64_t begin, std::in
   return m;
 }
 
-// GFLOP/s of a square product C = A B with Eigen (the library's GEMM), the machine's reference rate.
+// GFLOP/s of a square product C = A B with Eigen (the library's GEMM), the machine's reference
+// rate.
 template <class T>
 double square_gemm_gflops(std::int64_t size, int threads) {
-  RowMatrix<T> a = RowMatrix<T>::Random(size, size), b = RowMatrix<T>::Random(size, size), c(size, size);
+  RowMatrix<T> a = RowMatrix<T>::Random(size, size), b = RowMatrix<T>::Random(size, size),
+               c(size, size);
 #ifdef _OPENMP
   const int saved = omp_get_max_threads();
   omp_set_num_threads(threads);
@@ -110,7 +113,8 @@ BenchResult bench_one(Runtime& rt, std::int64_t batch, std::int64_t dim, int thr
   }
   std::sort(times.begin(), times.end());
   res.median = times[times.size() / 2];
-  if (times.size() % 2 == 0) res.median = 0.5 * (times[times.size() / 2 - 1] + times[times.size() / 2]);
+  if (times.size() % 2 == 0)
+    res.median = 0.5 * (times[times.size() / 2 - 1] + times[times.size() / 2]);
   res.min = times.front();
   return res;
 }
@@ -125,10 +129,11 @@ int bench_typed(Runtime& rt, const ParsedArgs& args, const std::string& dtype) {
   threads = 1;
 #endif
   const int repeat = static_cast<int>(parse_int(args.get("repeat").value_or("3"), "repeat", 1));
-  const auto budget = static_cast<std::size_t>(
-      parse_int(args.get("memory-budget").value_or(std::to_string(EngineOptions{}.memory_budget_bytes)),
-                "memory-budget", 0));
-  const auto seed = static_cast<std::uint64_t>(parse_int(args.get("seed").value_or("1"), "seed", 0));
+  const auto budget = static_cast<std::size_t>(parse_int(
+      args.get("memory-budget").value_or(std::to_string(EngineOptions{}.memory_budget_bytes)),
+      "memory-budget", 0));
+  const auto seed =
+      static_cast<std::uint64_t>(parse_int(args.get("seed").value_or("1"), "seed", 0));
   std::vector<std::int64_t> batches;
   if (args.has("sweep")) {
     batches = args.has("batch") ? parse_counts(*args.get("batch"), "batch")
@@ -140,14 +145,16 @@ int bench_typed(Runtime& rt, const ParsedArgs& args, const std::string& dtype) {
   // The reference GEMM runs after the timed steps, so its matrices do not count in their peak RSS.
   double gemm = -1;
   auto reference_gemm = [&] {
-    if (gemm < 0) gemm = rt.rank() == 0 && !args.has("no-gemm")
-                             ? square_gemm_gflops<T>(sizeof(T) == 4 ? 2048 : 1536, threads)
-                             : 0;
+    if (gemm < 0)
+      gemm = rt.rank() == 0 && !args.has("no-gemm")
+                 ? square_gemm_gflops<T>(sizeof(T) == 4 ? 2048 : 1536, threads)
+                 : 0;
     if (rt.communicator()) rt.communicator()->barrier();
     return gemm;
   };
   if (args.has("sweep") && rt.rank() == 0) {
-    std::printf("| G | d | dtype | ranks | threads | median s | min s | GFLOP/s | peak RSS MiB |\n");
+    std::printf(
+        "| G | d | dtype | ranks | threads | median s | min s | GFLOP/s | peak RSS MiB |\n");
     std::printf("|---|---|---|---|---|---|---|---|---|\n");
   }
   for (const auto g : batches) {
@@ -194,7 +201,8 @@ int run_bench(Runtime& rt, const ParsedArgs& args) {
   SIMCLR_ENFORCE(device == "cpu", ValueError, "--device ", device,
                  " is not available in this build of simclr-loss (built for: cpu)");
   if (dtype == "float32") return bench_typed<float>(rt, args, dtype);
-  SIMCLR_ENFORCE(dtype == "float64", ValueError, "--dtype must be float32 or float64, got '", dtype, "'");
+  SIMCLR_ENFORCE(dtype == "float64", ValueError, "--dtype must be float32 or float64, got '", dtype,
+                 "'");
   return bench_typed<double>(rt, args, dtype);
 }
 

@@ -27,8 +27,8 @@ ParsedArgs parse_args(const std::vector<std::string>& args,
   const FlagSpec& spec = spec_it->second;
   for (std::size_t i = 2; i < args.size(); ++i) {
     const std::string& a = args[i];
-    SIMCLR_ENFORCE(a.size() > 2 && a.compare(0, 2, "--") == 0, ValueError, "unexpected argument '", a,
-                   "' (flags start with --)");
+    SIMCLR_ENFORCE(a.size() > 2 && a.compare(0, 2, "--") == 0, ValueError, "unexpected argument '",
+                   a, "' (flags start with --)");
     std::string flag = a.substr(2), value;
     bool inline_value = false;
     if (const auto eq = flag.find('='); eq != std::string::npos) {
@@ -77,9 +77,9 @@ std::vector<std::int64_t> parse_counts(const std::string& text, const std::strin
   std::size_t start = 0;
   while (true) {
     const auto comma = text.find(',', start);
-    out.push_back(parse_int(text.substr(start, comma == std::string::npos ? std::string::npos
-                                                                           : comma - start),
-                            flag, 0));
+    out.push_back(parse_int(
+        text.substr(start, comma == std::string::npos ? std::string::npos : comma - start), flag,
+        0));
     if (comma == std::string::npos) break;
     start = comma + 1;
   }

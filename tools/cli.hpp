@@ -1,6 +1,7 @@
 #pragma once
-// Command-line parsing shared by the tools: `prog <subcommand> --flag value ...`. Every problem is a
-// simclr::ValueError whose message says what is wrong; the tools turn it into `error: ...`, exit 2.
+// Command-line parsing shared by the tools: `prog <subcommand> --flag value ...`. Every problem is
+// a simclr::ValueError whose message says what is wrong; the tools turn it into `error: ...`,
+// exit 2.
 
 #include <cstdint>
 #include <map>

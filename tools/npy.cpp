@@ -49,7 +49,8 @@ std::vector<std::int64_t> parse_shape(const std::string& tuple, const std::strin
   while (i < tuple.size()) {
     while (i < tuple.size() && (tuple[i] == ' ' || tuple[i] == ',')) ++i;
     if (i >= tuple.size() || tuple[i] == ')') break;
-    if (tuple[i] < '0' || tuple[i] > '9') fail(what, "npy shape " + tuple + " is not a tuple of counts");
+    if (tuple[i] < '0' || tuple[i] > '9')
+      fail(what, "npy shape " + tuple + " is not a tuple of counts");
     std::int64_t v = 0;
     while (i < tuple.size() && tuple[i] >= '0' && tuple[i] <= '9') {
       if (v > (std::numeric_limits<std::int64_t>::max() - 9) / 10)
@@ -90,7 +91,8 @@ NpyArray parse_npy(const unsigned char* data, std::size_t size, const std::strin
   } else if (major == 2 || major == 3) {
     if (size < 12) fail(what, "truncated .npy header");
     header_len = static_cast<std::size_t>(data[8]) | (static_cast<std::size_t>(data[9]) << 8) |
-                 (static_cast<std::size_t>(data[10]) << 16) | (static_cast<std::size_t>(data[11]) << 24);
+                 (static_cast<std::size_t>(data[10]) << 16) |
+                 (static_cast<std::size_t>(data[11]) << 24);
     start = 12;
   } else {
     fail(what, "unsupported .npy format version " + std::to_string(major));
@@ -107,18 +109,23 @@ NpyArray parse_npy(const unsigned char* data, std::size_t size, const std::strin
   } else if (descr == "<f8") {
     out.dtype = DType::kFloat64;
   } else if (descr == ">f4" || descr == ">f8") {
-    fail(what, "big-endian data ('" + descr + "') is not supported; save it as little-endian (numpy: a.astype(a.dtype.newbyteorder('<')))");
+    fail(what, "big-endian data ('" + descr +
+                   "') is not supported; save it as little-endian (numpy: "
+                   "a.astype(a.dtype.newbyteorder('<')))");
   } else {
     fail(what, "dtype '" + descr + "' is not supported; use float32 ('<f4') or float64 ('<f8')");
   }
-  if (fortran != "False") fail(what, "Fortran-order arrays are not supported; save a C-order array");
+  if (fortran != "False")
+    fail(what, "Fortran-order arrays are not supported; save a C-order array");
   if (shape_text.empty() || shape_text.front() != '(') fail(what, "npy shape is not a tuple");
   out.shape = parse_shape(shape_text, what);
   const std::size_t elem = out.dtype == DType::kFloat32 ? 4 : 8;
-  // The element count, exactly. Its byte size must fit in int64 even when a zero dimension makes the
-  // count 0, since NpyArray::size() multiplies the dimensions in order (fuzzer findings: a double count
-  // converted to long long out of range, and an int64 overflow behind a zero dimension).
-  const std::int64_t max_elems = std::numeric_limits<std::int64_t>::max() / static_cast<std::int64_t>(elem);
+  // The element count, exactly. Its byte size must fit in int64 even when a zero dimension makes
+  // the count 0, since NpyArray::size() multiplies the dimensions in order (fuzzer findings: a
+  // double count converted to long long out of range, and an int64 overflow behind a zero
+  // dimension).
+  const std::int64_t max_elems =
+      std::numeric_limits<std::int64_t>::max() / static_cast<std::int64_t>(elem);
   std::int64_t count = 1, nonzero = 1;
   for (auto s : out.shape) {
     if (s != 0 && nonzero > max_elems / s) fail(what, "npy shape " + shape_text + " is too large");
@@ -142,7 +149,8 @@ NpyArray parse_npy(const unsigned char* data, std::size_t size, const std::strin
 NpyArray read_npy(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path, "cannot open file");
-  std::vector<unsigned char> buf((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<unsigned char> buf((std::istreambuf_iterator<char>(in)),
+                                 std::istreambuf_iterator<char>());
   if (in.bad()) fail(path, "read error");
   return parse_npy(buf.data(), buf.size(), path);
 }
@@ -150,7 +158,8 @@ NpyArray read_npy(const std::string& path) {
 template <class T>
 void write_npy(const std::string& path, const T* data, const std::vector<std::int64_t>& shape) {
   std::ostringstream dict;
-  dict << "{'descr': '" << (sizeof(T) == 4 ? "<f4" : "<f8") << "', 'fortran_order': False, 'shape': (";
+  dict << "{'descr': '" << (sizeof(T) == 4 ? "<f4" : "<f8")
+       << "', 'fortran_order': False, 'shape': (";
   std::int64_t count = 1;
   for (std::size_t i = 0; i < shape.size(); ++i) {
     dict << shape[i] << (shape.size() == 1 || i + 1 < shape.size() ? "," : "");
@@ -166,7 +175,14 @@ void write_npy(const std::string& path, const T* data, const std::vector<std::in
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     if (!out) fail(path, "cannot open for writing");
-    const unsigned char pre[] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0,
+    const unsigned char pre[] = {0x93,
+                                 'N',
+                                 'U',
+                                 'M',
+                                 'P',
+                                 'Y',
+                                 1,
+                                 0,
                                  static_cast<unsigned char>(header.size() & 0xff),
                                  static_cast<unsigned char>(header.size() >> 8)};
     out.write(reinterpret_cast<const char*>(pre), sizeof(pre));
@@ -185,6 +201,7 @@ void write_npy(const std::string& path, const T* data, const std::vector<std::in
 }
 
 template void write_npy<float>(const std::string&, const float*, const std::vector<std::int64_t>&);
-template void write_npy<double>(const std::string&, const double*, const std::vector<std::int64_t>&);
+template void write_npy<double>(const std::string&, const double*,
+                                const std::vector<std::int64_t>&);
 
 }  // namespace simclr::tools

@@ -1,6 +1,7 @@
 #pragma once
 // Minimal NumPy .npy reader and writer for the command line tools: little-endian float32/float64,
-// C order, format versions 1.0 to 3.0. Every malformed file is a simclr::ValueError naming the file.
+// C order, format versions 1.0 to 3.0. Every malformed file is a simclr::ValueError naming the
+// file.
 
 #include <cstdint>
 #include <string>

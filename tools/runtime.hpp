@@ -1,6 +1,7 @@
 #pragma once
-// Process set-up shared by the tools: MPI when started by a launcher, and the agreement of every rank
-// on the outcome of a step that may fail on some ranks only (so all exit 2 together, none hangs).
+// Process set-up shared by the tools: MPI when started by a launcher, and the agreement of every
+// rank on the outcome of a step that may fail on some ranks only (so all exit 2 together, none
+// hangs).
 
 #include <functional>
 #include <memory>
@@ -37,8 +38,8 @@ class Runtime {
 };
 
 // The main() of the tools: sets up the runtime, runs `body` with it and the arguments, and maps
-// exceptions to exit statuses: 2 for bad input (rank 0 prints one `error: ...` line; the agreement step
-// made every rank raise it), 3 for a communication failure (each rank prints its own).
+// exceptions to exit statuses: 2 for bad input (rank 0 prints one `error: ...` line; the agreement
+// step made every rank raise it), 3 for a communication failure (each rank prints its own).
 int run_main(int argc, char** argv,
              const std::function<int(Runtime&, const std::vector<std::string>&)>& body);
 

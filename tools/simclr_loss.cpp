@@ -115,12 +115,15 @@ void compute(Runtime& rt, const ParsedArgs& args, const SimCLRLoss& loss, const 
       for (int r = 0; r < world; ++r) split.push_back(rows / world + (r < rows % world ? 1 : 0));
     }
     if (auto g = args.get("global-batch-size")) {
-      options.global_batch_size = *g == "infer" ? GlobalBatchSize::infer()
-                                                : GlobalBatchSize::of(parse_int(*g, "global-batch-size", 0));
+      options.global_batch_size = *g == "infer"
+                                      ? GlobalBatchSize::infer()
+                                      : GlobalBatchSize::of(parse_int(*g, "global-batch-size", 0));
     }
-    if (auto t = args.get("threads")) options.engine.threads = static_cast<int>(parse_int(*t, "threads", 0));
+    if (auto t = args.get("threads"))
+      options.engine.threads = static_cast<int>(parse_int(*t, "threads", 0));
     if (auto m = args.get("memory-budget"))
-      options.engine.memory_budget_bytes = static_cast<std::size_t>(parse_int(*m, "memory-budget", 0));
+      options.engine.memory_budget_bytes =
+          static_cast<std::size_t>(parse_int(*m, "memory-budget", 0));
     if (weight_file) {
       weight = SampleWeight(weight_file->shape, weight_file->to_double());
       // A per-example weight of the global batch ([G] or [G, 1]) is sliced to this rank's rows.
@@ -128,9 +131,11 @@ void compute(Runtime& rt, const ParsedArgs& args, const SimCLRLoss& loss, const 
       const bool global_rows = !sh.empty() && sh[0] == rows && rows != 1 &&
                                (sh.size() == 1 || (sh.size() == 2 && sh[1] == 1));
       if (comm != nullptr && global_rows) {
-        const std::int64_t begin = std::accumulate(split.begin(), split.begin() + rank, std::int64_t{0});
-        std::vector<double> mine(weight.values.begin() + begin,
-                                 weight.values.begin() + begin + split[static_cast<std::size_t>(rank)]);
+        const std::int64_t begin =
+            std::accumulate(split.begin(), split.begin() + rank, std::int64_t{0});
+        std::vector<double> mine(
+            weight.values.begin() + begin,
+            weight.values.begin() + begin + split[static_cast<std::size_t>(rank)]);
         std::vector<std::int64_t> shape = sh;
         shape[0] = split[static_cast<std::size_t>(rank)];
         weight = SampleWeight(shape, mine);
@@ -145,8 +150,9 @@ void compute(Runtime& rt, const ParsedArgs& args, const SimCLRLoss& loss, const 
   auto [out, grads] = loss.value_and_gradient(a, b, weight_file ? &weight : nullptr, options);
 
   // J = sum over ranks of each rank's objective; --loss-out in global row order.
-  std::vector<double> objectives = gather_all(comm, std::vector<double>{static_cast<double>(out.objective)},
-                                              std::vector<std::int64_t>(world, 1));
+  std::vector<double> objectives =
+      gather_all(comm, std::vector<double>{static_cast<double>(out.objective)},
+                 std::vector<std::int64_t>(world, 1));
   double total = 0;
   for (double j : objectives) total += j;
   std::vector<T> loss_vec = out.values;
@@ -180,8 +186,9 @@ void compute(Runtime& rt, const ParsedArgs& args, const SimCLRLoss& loss, const 
     if (!options.global_batch_size) {
       j["global_batch_size"] = nullptr;
     } else {
-      j["global_batch_size"] =
-          options.global_batch_size->is_infer() ? out.global_rows : options.global_batch_size->rows();
+      j["global_batch_size"] = options.global_batch_size->is_infer()
+                                   ? out.global_rows
+                                   : options.global_batch_size->rows();
     }
     j["dtype"] = to_string(dtype_of<T>());
     std::cout << j.dump() << std::endl;
@@ -207,14 +214,16 @@ int run(Runtime& rt, const std::vector<std::string>& argv) {
     loss = make_loss(args);
     za = read_npy(*args.get("za"));
     zb = read_npy(*args.get("zb"));
-    SIMCLR_ENFORCE(za->shape.size() == 2, ValueError, *args.get("za"), ": expected a 2-D array [N, d], got ",
-                   za->shape.size(), "-D");
-    SIMCLR_ENFORCE(zb->shape.size() == 2, ValueError, *args.get("zb"), ": expected a 2-D array [N, d], got ",
-                   zb->shape.size(), "-D");
+    SIMCLR_ENFORCE(za->shape.size() == 2, ValueError, *args.get("za"),
+                   ": expected a 2-D array [N, d], got ", za->shape.size(), "-D");
+    SIMCLR_ENFORCE(zb->shape.size() == 2, ValueError, *args.get("zb"),
+                   ": expected a 2-D array [N, d], got ", zb->shape.size(), "-D");
     SIMCLR_ENFORCE(za->shape == zb->shape, ValueError, "za and zb must have the same shape: [",
-                   za->shape[0], ", ", za->shape[1], "] vs. [", zb->shape[0], ", ", zb->shape[1], "]");
-    SIMCLR_ENFORCE(za->dtype == zb->dtype, ValueError, "za and zb must have the same dtype: ",
-                   to_string(za->dtype), " vs. ", to_string(zb->dtype));
+                   za->shape[0], ", ", za->shape[1], "] vs. [", zb->shape[0], ", ", zb->shape[1],
+                   "]");
+    SIMCLR_ENFORCE(za->dtype == zb->dtype, ValueError,
+                   "za and zb must have the same dtype: ", to_string(za->dtype), " vs. ",
+                   to_string(zb->dtype));
     if (auto p = args.get("sample-weight")) w = read_npy(*p);
   });
   if (za->dtype == DType::kFloat32) {

@@ -59,24 +59,38 @@ Flags parse(int argc, char** argv) {
       return argv[++i];
     };
     try {
-      if (a == "--batch") f.batch = std::stoll(value());
-      else if (a == "--dim") f.dim = std::stoll(value());
-      else if (a == "--dtype") f.dtype = value();
-      else if (a == "--repeat") f.repeat = std::stoi(value());
-      else if (a == "--warmup") f.warmup = std::stoi(value());
-      else if (a == "--tile-rows") f.tile_rows = std::stoll(value());
-      else if (a == "--tile-cols") f.tile_cols = std::stoll(value());
-      else if (a == "--temperature") f.temperature = std::stod(value());
-      else if (a == "--seed") f.seed = std::stoull(value());
-      else if (a == "--check") f.check = true;
-      else if (a == "--help" || a == "-h") usage("help");
-      else usage("unknown flag " + a);
+      if (a == "--batch")
+        f.batch = std::stoll(value());
+      else if (a == "--dim")
+        f.dim = std::stoll(value());
+      else if (a == "--dtype")
+        f.dtype = value();
+      else if (a == "--repeat")
+        f.repeat = std::stoi(value());
+      else if (a == "--warmup")
+        f.warmup = std::stoi(value());
+      else if (a == "--tile-rows")
+        f.tile_rows = std::stoll(value());
+      else if (a == "--tile-cols")
+        f.tile_cols = std::stoll(value());
+      else if (a == "--temperature")
+        f.temperature = std::stod(value());
+      else if (a == "--seed")
+        f.seed = std::stoull(value());
+      else if (a == "--check")
+        f.check = true;
+      else if (a == "--help" || a == "-h")
+        usage("help");
+      else
+        usage("unknown flag " + a);
     } catch (const std::logic_error&) {
       usage("bad value for " + a);
     }
   }
-  if (f.batch < 1 || f.dim < 1 || f.repeat < 1 || f.warmup < 0) usage("sizes and counts must be positive");
-  if (f.dtype != "bfloat16" && f.dtype != "float16" && f.dtype != "float32") usage("unknown dtype " + f.dtype);
+  if (f.batch < 1 || f.dim < 1 || f.repeat < 1 || f.warmup < 0)
+    usage("sizes and counts must be positive");
+  if (f.dtype != "bfloat16" && f.dtype != "float16" && f.dtype != "float32")
+    usage("unknown dtype " + f.dtype);
   return f;
 }
 
@@ -101,7 +115,8 @@ struct HostRows {
   std::vector<unsigned char> bytes;
 };
 
-HostRows make_rows(std::uint64_t seed, int view, std::int64_t rows, std::int64_t dim, DeviceDType dtype) {
+HostRows make_rows(std::uint64_t seed, int view, std::int64_t rows, std::int64_t dim,
+                   DeviceDType dtype) {
   HostRows h;
   const auto count = static_cast<std::size_t>(rows * dim);
   h.values.resize(count);
@@ -137,11 +152,13 @@ std::string version_string(int v) {
 }
 
 // Converts a device array of dtype to host doubles (synchronises).
-std::vector<double> to_host(const void* data, std::size_t count, DeviceDType dtype, cudaStream_t stream) {
+std::vector<double> to_host(const void* data, std::size_t count, DeviceDType dtype,
+                            cudaStream_t stream) {
   const std::size_t elem = simclr::cuda::element_size(dtype);
   std::vector<unsigned char> bytes(count * elem);
   if (count > 0)
-    SIMCLR_CHECK_CUDA(cudaMemcpyAsync(bytes.data(), data, bytes.size(), cudaMemcpyDeviceToHost, stream));
+    SIMCLR_CHECK_CUDA(
+        cudaMemcpyAsync(bytes.data(), data, bytes.size(), cudaMemcpyDeviceToHost, stream));
   SIMCLR_CHECK_CUDA(cudaStreamSynchronize(stream));
   std::vector<double> out(count);
   for (std::size_t i = 0; i < count; ++i) {
@@ -177,8 +194,8 @@ int run(const Flags& f) {
   SIMCLR_CHECK_CUDA(cudaGetDeviceProperties(&prop, device));
   SIMCLR_CHECK_CUDA(cudaDriverGetVersion(&driver));
   SIMCLR_CHECK_CUDA(cudaRuntimeGetVersion(&runtime));
-  // The benchmark keeps freed pool memory (a framework's caching allocator would); the library never
-  // changes this process-wide setting itself.
+  // The benchmark keeps freed pool memory (a framework's caching allocator would); the library
+  // never changes this process-wide setting itself.
   cudaMemPool_t pool;
   SIMCLR_CHECK_CUDA(cudaDeviceGetDefaultMemPool(&pool, device));
   std::uint64_t threshold = UINT64_MAX;
@@ -195,15 +212,18 @@ int run(const Flags& f) {
   SIMCLR_CHECK_CUDA(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &zero));
   DeviceArray za(ha.bytes.size(), stream), zb(hb.bytes.size(), stream);
   DeviceArray ga(ha.bytes.size(), stream), gb(hb.bytes.size(), stream);
-  SIMCLR_CHECK_CUDA(cudaMemcpyAsync(za.data(), ha.bytes.data(), ha.bytes.size(), cudaMemcpyHostToDevice, stream));
-  SIMCLR_CHECK_CUDA(cudaMemcpyAsync(zb.data(), hb.bytes.data(), hb.bytes.size(), cudaMemcpyHostToDevice, stream));
+  SIMCLR_CHECK_CUDA(
+      cudaMemcpyAsync(za.data(), ha.bytes.data(), ha.bytes.size(), cudaMemcpyHostToDevice, stream));
+  SIMCLR_CHECK_CUDA(
+      cudaMemcpyAsync(zb.data(), hb.bytes.data(), hb.bytes.size(), cudaMemcpyHostToDevice, stream));
 
   simclr::cuda::DeviceSimCLRLoss loss(f.temperature, simclr::Reduction::kSumOverBatchSize);
   simclr::cuda::DeviceCallOptions options;
   options.device.tile_rows = f.tile_rows;
   options.device.tile_cols = f.tile_cols;
   const simclr::cuda::DeviceMatrixView va(za.data(), G, d, dtype), vb(zb.data(), G, d, dtype);
-  const simclr::cuda::DeviceMutableMatrixView wa(ga.data(), G, d, dtype), wb(gb.data(), G, d, dtype);
+  const simclr::cuda::DeviceMutableMatrixView wa(ga.data(), G, d, dtype),
+      wb(gb.data(), G, d, dtype);
 
   cudaEvent_t e0, e1, e2;
   SIMCLR_CHECK_CUDA(cudaEventCreate(&e0));
@@ -230,8 +250,8 @@ int run(const Flags& f) {
   std::uint64_t peak = 0;
   SIMCLR_CHECK_CUDA(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &peak));
 
-  // The floor: the same GEMMs as the loss (2 logits products and 1 product with U per tile) in plain
-  // cuBLAS, input dtype in and out, float32 compute, no element-wise work.
+  // The floor: the same GEMMs as the loss (2 logits products and 1 product with U per tile) in
+  // plain cuBLAS, input dtype in and out, float32 compute, no element-wise work.
   const std::int64_t rows_total = 2 * G;
   const simclr::cuda::detail::TilePlan plan =
       simclr::cuda::detail::plan_tiles(rows_total, rows_total, dtype, options.device);
@@ -240,9 +260,10 @@ int run(const Flags& f) {
   DeviceArray u_ref(static_cast<std::size_t>(rows_total * d) * elem, stream);
   DeviceArray g_ref(static_cast<std::size_t>(plan.rows * d) * elem, stream);
   SIMCLR_CHECK_CUDA(cudaMemsetAsync(m_tile.data(), 0, m_tile.bytes(), stream));
-  SIMCLR_CHECK_CUDA(cudaMemcpyAsync(u_ref.data(), za.data(), za.bytes(), cudaMemcpyDeviceToDevice, stream));
-  SIMCLR_CHECK_CUDA(cudaMemcpyAsync(static_cast<char*>(u_ref.data()) + za.bytes(), zb.data(), zb.bytes(),
-                                    cudaMemcpyDeviceToDevice, stream));
+  SIMCLR_CHECK_CUDA(
+      cudaMemcpyAsync(u_ref.data(), za.data(), za.bytes(), cudaMemcpyDeviceToDevice, stream));
+  SIMCLR_CHECK_CUDA(cudaMemcpyAsync(static_cast<char*>(u_ref.data()) + za.bytes(), zb.data(),
+                                    zb.bytes(), cudaMemcpyDeviceToDevice, stream));
   cublasHandle_t blas;
   SIMCLR_CHECK_CUBLAS(cublasCreate(&blas));
   SIMCLR_CHECK_CUBLAS(cublasSetStream(blas, stream));
@@ -255,14 +276,16 @@ int run(const Flags& f) {
       for (std::int64_t c0 = 0; c0 < rows_total; c0 += plan.cols) {
         const int cols = static_cast<int>(std::min(plan.cols, rows_total - c0));
         for (int pass = 0; pass < 2; ++pass)
-          SIMCLR_CHECK_CUBLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, cols, rows, static_cast<int>(d), &one,
-                                           u + c0 * d * elem, type, static_cast<int>(d), u + q0 * d * elem, type,
-                                           static_cast<int>(d), &zero_f, c_tile.data(), type,
-                                           static_cast<int>(plan.ld), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-        SIMCLR_CHECK_CUBLAS(cublasGemmEx(blas, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(d), rows, cols, &one,
-                                         u + c0 * d * elem, type, static_cast<int>(d), m_tile.data(), type,
-                                         static_cast<int>(plan.ld), c0 == 0 ? &zero_f : &one, g_ref.data(), type,
-                                         static_cast<int>(d), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+          SIMCLR_CHECK_CUBLAS(
+              cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, cols, rows, static_cast<int>(d), &one,
+                           u + c0 * d * elem, type, static_cast<int>(d), u + q0 * d * elem, type,
+                           static_cast<int>(d), &zero_f, c_tile.data(), type,
+                           static_cast<int>(plan.ld), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        SIMCLR_CHECK_CUBLAS(
+            cublasGemmEx(blas, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(d), rows, cols, &one,
+                         u + c0 * d * elem, type, static_cast<int>(d), m_tile.data(), type,
+                         static_cast<int>(plan.ld), c0 == 0 ? &zero_f : &one, g_ref.data(), type,
+                         static_cast<int>(d), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
       }
     }
   };
@@ -280,26 +303,30 @@ int run(const Flags& f) {
 
   // 3 GEMM-equivalents (spec section 5): the forward's logits, the backward's recomputed logits and
   // its product with U.
-  const double flops = 3.0 * 2.0 * static_cast<double>(rows_total) * static_cast<double>(rows_total) *
-                       static_cast<double>(d);
+  const double flops = 3.0 * 2.0 * static_cast<double>(rows_total) *
+                       static_cast<double>(rows_total) * static_cast<double>(d);
   const double t_med = median(step), t_min = *std::min_element(step.begin(), step.end());
   const double tflops = flops / t_med / 1e12, cublas_tflops = flops / median(ref) / 1e12;
 
   std::ostringstream json;
   json.precision(6);
-  json << "{\"batch\":" << G << ",\"dim\":" << d << ",\"dtype\":\"" << f.dtype << "\",\"world_size\":1"
+  json << "{\"batch\":" << G << ",\"dim\":" << d << ",\"dtype\":\"" << f.dtype
+       << "\",\"world_size\":1"
        << ",\"seconds_median\":" << t_med << ",\"seconds_min\":" << t_min
        << ",\"forward_seconds_median\":" << median(fwd) << ",\"tflops\":" << tflops
-       << ",\"cublas_tflops\":" << cublas_tflops << ",\"fraction_of_cublas\":" << tflops / cublas_tflops
+       << ",\"cublas_tflops\":" << cublas_tflops
+       << ",\"fraction_of_cublas\":" << tflops / cublas_tflops
        << ",\"peak_device_mib\":" << static_cast<double>(peak) / (1024.0 * 1024.0)
-       << ",\"tile_rows\":" << plan.rows << ",\"tile_cols\":" << plan.cols << ",\"repeat\":" << f.repeat
-       << ",\"gpu\":\"" << prop.name << "\",\"driver\":\"" << version_string(driver) << "\",\"runtime\":\""
-       << version_string(runtime) << "\"";
+       << ",\"tile_rows\":" << plan.rows << ",\"tile_cols\":" << plan.cols
+       << ",\"repeat\":" << f.repeat << ",\"gpu\":\"" << prop.name << "\",\"driver\":\""
+       << version_string(driver) << "\",\"runtime\":\"" << version_string(runtime) << "\"";
 
   if (f.check) {
-    // The CPU path in double on the same (rounded) inputs; errors relative to the largest magnitude.
+    // The CPU path in double on the same (rounded) inputs; errors relative to the largest
+    // magnitude.
     using Mat = simclr::RowMatrix<double>;
-    Mat a = Eigen::Map<const Mat>(ha.values.data(), G, d), b = Eigen::Map<const Mat>(hb.values.data(), G, d);
+    Mat a = Eigen::Map<const Mat>(ha.values.data(), G, d),
+        b = Eigen::Map<const Mat>(hb.values.data(), G, d);
     simclr::SimCLRLoss cpu(f.temperature, simclr::Reduction::kSumOverBatchSize);
     auto [out, grads] = cpu.value_and_gradient<double>(a, b);
     const double loss_dev = to_host(last.values.data(), 1, dtype, stream)[0];
@@ -308,10 +335,12 @@ int run(const Flags& f) {
     const auto gbd = to_host(gb.data(), static_cast<std::size_t>(G * d), dtype, stream);
     double err = 0, scale = 0;
     for (std::int64_t i = 0; i < G * d; ++i) {
-      err = std::max({err, std::abs(gad[i] - grads.grad_a.data()[i]), std::abs(gbd[i] - grads.grad_b.data()[i])});
+      err = std::max({err, std::abs(gad[i] - grads.grad_a.data()[i]),
+                      std::abs(gbd[i] - grads.grad_b.data()[i])});
       scale = std::max({scale, std::abs(grads.grad_a.data()[i]), std::abs(grads.grad_b.data()[i])});
     }
-    json << ",\"check_loss_rel_err\":" << std::abs(loss_dev - out.values[0]) / std::abs(out.values[0])
+    json << ",\"check_loss_rel_err\":"
+         << std::abs(loss_dev - out.values[0]) / std::abs(out.values[0])
          << ",\"check_grad_rel_err\":" << (scale > 0 ? err / scale : err);
   }
   json << "}";

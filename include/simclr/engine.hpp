@@ -1,7 +1,7 @@
 #pragma once
 // Core math (spec sections 3-5): the loss of a set of anchor rows against all rows of the stacked,
-// normalised embeddings U, streamed in tiles, and its closed-form gradient. No communication here: the
-// front end (loss.cpp) gathers U and the per-row scalars and calls these.
+// normalised embeddings U, streamed in tiles, and its closed-form gradient. No communication here:
+// the front end (loss.cpp) gathers U and the per-row scalars and calls these.
 
 #include <cstddef>
 #include <cstdint>
@@ -13,18 +13,18 @@ namespace simclr {
 
 // How the engine may spend memory and threads. The defaults suit most callers.
 struct EngineOptions {
-  // Bytes the engine may use for a kept logits block. When this rank's [2n, 2G] block of logits fits,
-  // the forward keeps it and the backward skips recomputing it (2 products instead of 3); otherwise
-  // both stream column tiles and memory stays O(threads * tile). A single process with use_symmetry
-  // always streams: its symmetric path needs 2 products too, in far less memory.
+  // Bytes the engine may use for a kept logits block. When this rank's [2n, 2G] block of logits
+  // fits, the forward keeps it and the backward skips recomputing it (2 products instead of 3);
+  // otherwise both stream column tiles and memory stays O(threads * tile). A single process with
+  // use_symmetry always streams: its symmetric path needs 2 products too, in far less memory.
   std::size_t memory_budget_bytes = std::size_t{32} << 20;
   // OpenMP threads for the row blocks; 0 means what the process is allowed (omp_get_max_threads()).
   int threads = 0;
   // Tile sizes; 0 picks the defaults. Tests force small tiles to cross tile boundaries.
   std::int64_t row_block = 0;
   std::int64_t col_tile = 0;
-  // Compute one triangle of this rank's own [2n, 2n] diagonal block of logits, which is symmetric and
-  // holds every positive (a single process: the whole matrix, half the forward products).
+  // Compute one triangle of this rank's own [2n, 2n] diagonal block of logits, which is symmetric
+  // and holds every positive (a single process: the whole matrix, half the forward products).
   bool use_symmetry = true;
 };
 
@@ -32,8 +32,9 @@ namespace detail {
 
 // Where this rank's anchors sit in U (spec section 3). U stacks every rank's rows rank by rank,
 // [a_0; b_0; a_1; b_1; ...], so a rank's 2n anchors are the contiguous rows
-// [anchor_begin, anchor_begin + 2n): first its n rows of view a, then its n rows of view b. The positive
-// of local anchor q is local anchor q + n (q < n) or q - n. The loss does not depend on the order of U.
+// [anchor_begin, anchor_begin + 2n): first its n rows of view a, then its n rows of view b. The
+// positive of local anchor q is local anchor q + n (q < n) or q - n. The loss does not depend on
+// the order of U.
 struct RowLayout {
   std::int64_t total_rows = 0;    // 2G
   std::int64_t anchor_begin = 0;  // 2 * (rows of earlier ranks)
@@ -48,8 +49,8 @@ template <class T>
 struct EngineForward {
   std::vector<T> row_lse;       // [2n] log-sum-exp over c != q of s_qc
   std::vector<T> row_positive;  // [2n] s_{q, p(q)}
-  RowMatrix<T> logits;          // [2n, 2G] with -inf on the self entries, kept when it fit the budget
-  double flops = 0;             // multiply-adds * 2 actually performed
+  RowMatrix<T> logits;  // [2n, 2G] with -inf on the self entries, kept when it fit the budget
+  double flops = 0;     // multiply-adds * 2 actually performed
 };
 
 // Forward over the anchors of `layout` against all rows of u ([2G, d], unit rows), logits scaled by
@@ -65,8 +66,8 @@ double engine_backward(const RowMatrix<T>& u, const RowLayout& layout, T inv_tem
                        const T* lse_all, const T* alpha_all, const EngineForward<T>& saved,
                        const EngineOptions& options, RowMatrix<T>& grad_anchors);
 
-// Row-wise L2 normalisation as tf.math.l2_normalize(x, axis=1): out = x * rsqrt(max(sum x^2, 1e-12)).
-// Writes out rows [0, x.rows) and the squared norms.
+// Row-wise L2 normalisation as tf.math.l2_normalize(x, axis=1): out = x * rsqrt(max(sum x^2,
+// 1e-12)). Writes out rows [0, x.rows) and the squared norms.
 template <class T>
 void l2_normalize_rows(ConstMatrixView<T> x, T* out, std::int64_t out_stride, T* squared_norms);
 

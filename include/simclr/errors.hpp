@@ -14,8 +14,8 @@ class Error : public std::runtime_error {
   explicit Error(const std::string& what) : std::runtime_error(what) {}
 };
 
-// A bad value: shapes that do not match, NaN/Inf in an embedding, an invalid reduction or temperature,
-// the distribution rule. Python: ValueError.
+// A bad value: shapes that do not match, NaN/Inf in an embedding, an invalid reduction or
+// temperature, the distribution rule. Python: ValueError.
 class ValueError : public Error {
  public:
   explicit ValueError(const std::string& what) : Error(what) {}
@@ -48,15 +48,15 @@ std::string str_cat(const Args&... args) {
 }  // namespace simclr
 
 // Check macros that print both sides ("rows 7 vs 8"), in the style of gloo's GLOO_ENFORCE_EQ.
-#define SIMCLR_ENFORCE(cond, ExcType, ...)                         \
-  do {                                                             \
+#define SIMCLR_ENFORCE(cond, ExcType, ...)                              \
+  do {                                                                  \
     if (!(cond)) throw ExcType(::simclr::detail::str_cat(__VA_ARGS__)); \
   } while (0)
 
-#define SIMCLR_ENFORCE_EQ(a, b, ExcType, what)                                                 \
-  do {                                                                                         \
-    const auto simclr_a_ = (a);                                                                \
-    const auto simclr_b_ = (b);                                                                \
-    if (!(simclr_a_ == simclr_b_))                                                             \
-      throw ExcType(::simclr::detail::str_cat(what, ": ", simclr_a_, " vs ", simclr_b_));      \
+#define SIMCLR_ENFORCE_EQ(a, b, ExcType, what)                                            \
+  do {                                                                                    \
+    const auto simclr_a_ = (a);                                                           \
+    const auto simclr_b_ = (b);                                                           \
+    if (!(simclr_a_ == simclr_b_))                                                        \
+      throw ExcType(::simclr::detail::str_cat(what, ": ", simclr_a_, " vs ", simclr_b_)); \
   } while (0)

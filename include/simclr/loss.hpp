@@ -1,14 +1,13 @@
 #pragma once
-// The front end: SimCLRLoss, configured and reduced the Keras way (docs/semantics.md), local or through a
-// Communicator (docs/distributed.md).
+// The front end: SimCLRLoss, configured and reduced the Keras way (docs/semantics.md), local or
+// through a Communicator (docs/distributed.md).
 
 #include <cstdint>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "simclr/communicator.hpp"
 #include "simclr/engine.hpp"
@@ -17,8 +16,8 @@
 
 namespace simclr {
 
-// Keras sample_weight: any shape the semantics page allows ([], [N], [N, 1], [1], [1, 1]); values in
-// row-major order. Applied to the per-example loss [N] after the rank fix-up, with broadcasting.
+// Keras sample_weight: any shape the semantics page allows ([], [N], [N, 1], [1], [1, 1]); values
+// in row-major order. Applied to the per-example loss [N] after the rank fix-up, with broadcasting.
 struct SampleWeight {
   std::vector<std::int64_t> shape;
   std::vector<double> values;
@@ -35,8 +34,8 @@ struct SampleWeight {
   }
 };
 
-// The global batch size of tf.nn.compute_average_loss: a count >= 0, or "infer" (the total number of rows
-// over all ranks, found by the agreement step; exact with uneven batches).
+// The global batch size of tf.nn.compute_average_loss: a count >= 0, or "infer" (the total number
+// of rows over all ranks, found by the agreement step; exact with uneven batches).
 class GlobalBatchSize {
  public:
   // Throws ValueError for a negative count.
@@ -55,7 +54,8 @@ struct CallOptions {
   // When set, the call is distributed (collective over every rank of the communicator) and the loss
   // contrasts every anchor with the whole global batch. The communicator must outlive the backward.
   Communicator* communicator = nullptr;
-  // Denominator of sum_over_batch_size; required for auto / sum_over_batch_size with a communicator.
+  // Denominator of sum_over_batch_size; required for auto / sum_over_batch_size with a
+  // communicator.
   std::optional<GlobalBatchSize> global_batch_size;
   EngineOptions engine;
 };
@@ -145,7 +145,8 @@ class SimCLRLoss {
   void backward_into(const LossOutput<T>& output, T upstream, MatrixView<T> grad_a,
                      MatrixView<T> grad_b) const;
 
-  // Forward and the gradient of the objective (upstream 1) in one call. Collective when distributed.
+  // Forward and the gradient of the objective (upstream 1) in one call. Collective when
+  // distributed.
   template <class T>
   std::pair<LossOutput<T>, Gradients<T>> value_and_gradient(
       ConstMatrixView<T> za, ConstMatrixView<T> zb, const SampleWeight* sample_weight = nullptr,

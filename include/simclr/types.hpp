@@ -1,10 +1,9 @@
 #pragma once
 // Views of caller-owned memory, dtypes and the reduction keys shared by every layer.
 
+#include <Eigen/Core>
 #include <cstdint>
 #include <string>
-
-#include <Eigen/Core>
 
 namespace simclr {
 
@@ -35,7 +34,8 @@ struct ConstMatrixView {
   std::int64_t row_stride = 0;
 
   ConstMatrixView() = default;
-  ConstMatrixView(const T* data_, std::int64_t rows_, std::int64_t cols_, std::int64_t row_stride_ = -1)
+  ConstMatrixView(const T* data_, std::int64_t rows_, std::int64_t cols_,
+                  std::int64_t row_stride_ = -1)
       : data(data_), rows(rows_), cols(cols_), row_stride(row_stride_ < 0 ? cols_ : row_stride_) {}
   // Any Eigen dense expression with direct access (a row-major matrix, a block of one, a Map).
   template <class Derived>

@@ -1,6 +1,7 @@
 #pragma once
-// Helpers of the GPU tests: seeded inputs derived from (seed, view, global row, column) so any rank can
-// rebuild any other's rows, host <-> device copies in every device dtype, and the no-device skip.
+// Helpers of the GPU tests: seeded inputs derived from (seed, view, global row, column) so any rank
+// can rebuild any other's rows, host <-> device copies in every device dtype, and the no-device
+// skip.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -26,7 +27,8 @@ using cuda::DeviceDType;
 inline std::string no_device_reason() {
   int count = 0;
   const cudaError_t rc = cudaGetDeviceCount(&count);
-  if (rc != cudaSuccess) return std::string("no CUDA device visible (") + cudaGetErrorString(rc) + ")";
+  if (rc != cudaSuccess)
+    return std::string("no CUDA device visible (") + cudaGetErrorString(rc) + ")";
   if (count == 0) return "no CUDA device visible (0 devices)";
   return "";
 }
@@ -52,23 +54,26 @@ inline double seeded_value(std::uint64_t seed, int view, std::int64_t row, std::
                             mix(static_cast<std::uint64_t>(row) * 0xD1B54A32D192ED03ULL +
                                 static_cast<std::uint64_t>(col) * 0x8CB92BA72F3D8DD7ULL + 1);
   const double u1 = (static_cast<double>(mix(key) >> 11) + 0.5) / 9007199254740992.0;
-  const double u2 = static_cast<double>(mix(key + 0x632BE59BD9B4E019ULL) >> 11) / 9007199254740992.0;
+  const double u2 =
+      static_cast<double>(mix(key + 0x632BE59BD9B4E019ULL) >> 11) / 9007199254740992.0;
   return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
 }
 
 // Rows [begin, begin + rows) of view `view`, row-major [rows, d].
-inline std::vector<double> seeded_rows(std::uint64_t seed, int view, std::int64_t begin, std::int64_t rows,
-                                       std::int64_t d) {
+inline std::vector<double> seeded_rows(std::uint64_t seed, int view, std::int64_t begin,
+                                       std::int64_t rows, std::int64_t d) {
   std::vector<double> out(static_cast<std::size_t>(rows * d));
   for (std::int64_t i = 0; i < rows; ++i)
-    for (std::int64_t j = 0; j < d; ++j) out[static_cast<std::size_t>(i * d + j)] = seeded_value(seed, view, begin + i, j);
+    for (std::int64_t j = 0; j < d; ++j)
+      out[static_cast<std::size_t>(i * d + j)] = seeded_value(seed, view, begin + i, j);
   return out;
 }
 
 // The value of x once stored in dtype (round to nearest even).
 inline double round_to(double x, DeviceDType dtype) {
   const auto f = static_cast<float>(x);
-  if (dtype == DeviceDType::kBFloat16) return static_cast<double>(__bfloat162float(__float2bfloat16_rn(f)));
+  if (dtype == DeviceDType::kBFloat16)
+    return static_cast<double>(__bfloat162float(__float2bfloat16_rn(f)));
   if (dtype == DeviceDType::kFloat16) return static_cast<double>(__half2float(__float2half_rn(f)));
   return static_cast<double>(f);
 }
@@ -113,7 +118,9 @@ struct DeviceMatrix {
   std::int64_t rows = 0, cols = 0, stride = 0;
   DeviceDType dtype = DeviceDType::kFloat32;
   cuda::DeviceMatrixView view() const { return {memory.data(), rows, cols, dtype, stride}; }
-  cuda::DeviceMutableMatrixView mutable_view() const { return {memory.data(), rows, cols, dtype, stride}; }
+  cuda::DeviceMutableMatrixView mutable_view() const {
+    return {memory.data(), rows, cols, dtype, stride};
+  }
 };
 
 inline DeviceMatrix upload(const std::vector<double>& values, std::int64_t rows, std::int64_t cols,
@@ -131,25 +138,28 @@ inline DeviceMatrix upload(const std::vector<double>& values, std::int64_t rows,
              bytes.data() + static_cast<std::size_t>(i * m.stride + j) * elem);
   m.memory = DeviceArray(bytes.size(), stream);
   if (!bytes.empty())
-    SIMCLR_CHECK_CUDA(cudaMemcpyAsync(m.memory.data(), bytes.data(), bytes.size(), cudaMemcpyHostToDevice, stream));
+    SIMCLR_CHECK_CUDA(cudaMemcpyAsync(m.memory.data(), bytes.data(), bytes.size(),
+                                      cudaMemcpyHostToDevice, stream));
   SIMCLR_CHECK_CUDA(cudaStreamSynchronize(stream));
   return m;
 }
 
-inline DeviceMatrix zeros(std::int64_t rows, std::int64_t cols, DeviceDType dtype, cudaStream_t stream,
-                          std::int64_t stride = -1) {
-  return upload(std::vector<double>(static_cast<std::size_t>(rows * cols), 0.0), rows, cols, dtype, stream,
-                stride);
+inline DeviceMatrix zeros(std::int64_t rows, std::int64_t cols, DeviceDType dtype,
+                          cudaStream_t stream, std::int64_t stride = -1) {
+  return upload(std::vector<double>(static_cast<std::size_t>(rows * cols), 0.0), rows, cols, dtype,
+                stream, stride);
 }
 
 // [rows, cols] of dtype at `data` (row stride `stride`) as host doubles; synchronises.
-inline std::vector<double> download(const void* data, std::int64_t rows, std::int64_t cols, DeviceDType dtype,
-                                    cudaStream_t stream, std::int64_t stride = -1) {
+inline std::vector<double> download(const void* data, std::int64_t rows, std::int64_t cols,
+                                    DeviceDType dtype, cudaStream_t stream,
+                                    std::int64_t stride = -1) {
   if (stride < 0) stride = cols;
   const std::size_t elem = cuda::element_size(dtype);
   std::vector<unsigned char> bytes(static_cast<std::size_t>(rows * stride) * elem);
   if (!bytes.empty())
-    SIMCLR_CHECK_CUDA(cudaMemcpyAsync(bytes.data(), data, bytes.size(), cudaMemcpyDeviceToHost, stream));
+    SIMCLR_CHECK_CUDA(
+        cudaMemcpyAsync(bytes.data(), data, bytes.size(), cudaMemcpyDeviceToHost, stream));
   SIMCLR_CHECK_CUDA(cudaStreamSynchronize(stream));
   std::vector<double> out(static_cast<std::size_t>(rows * cols));
   for (std::int64_t i = 0; i < rows; ++i)

@@ -27,17 +27,17 @@ namespace {
 using cuda::DeviceSimCLRLoss;
 using cuda::MemorySpace;
 
-// float32: the CPU reference is double, so the device error is float32 rounding in the normalisation,
-// the products (d-term sums), exp/log (~2 ulp) and the LSE (2G terms): a few hundred ulps at these
-// sizes, i.e. <= 1e-5 relative (the bar) with a margin of ~10.
+// float32: the CPU reference is double, so the device error is float32 rounding in the
+// normalisation, the products (d-term sums), exp/log (~2 ulp) and the LSE (2G terms): a few hundred
+// ulps at these sizes, i.e. <= 1e-5 relative (the bar) with a margin of ~10.
 constexpr double kFloat32Tol = 1e-5;
 
-// 16-bit inputs: both paths see the same rounded inputs, but the device stores the normalised rows U,
-// the M tiles and the outputs in the input dtype (as any plain bf16/fp16 implementation does), with
-// unit roundoff u (2^-8 bf16, 2^-11 fp16). |x_hat| = 1, so each logit moves by at most 2u/T; each
-// direction's CE (an LSE, 1-Lipschitz in the max norm, minus the positive) by at most 4u/T, and l_i by
-// 8u/T, plus u|l| for storing it. The gradient's norm-wise relative error is bounded the same way:
-// P entries move by a factor <= exp(4u/T), M, U, x_hat and the output each add u.
+// 16-bit inputs: both paths see the same rounded inputs, but the device stores the normalised rows
+// U, the M tiles and the outputs in the input dtype (as any plain bf16/fp16 implementation does),
+// with unit roundoff u (2^-8 bf16, 2^-11 fp16). |x_hat| = 1, so each logit moves by at most 2u/T;
+// each direction's CE (an LSE, 1-Lipschitz in the max norm, minus the positive) by at most 4u/T,
+// and l_i by 8u/T, plus u|l| for storing it. The gradient's norm-wise relative error is bounded the
+// same way: P entries move by a factor <= exp(4u/T), M, U, x_hat and the output each add u.
 double loss_tol(DeviceDType dtype, double temperature, double magnitude) {
   if (dtype == DeviceDType::kFloat32) return kFloat32Tol * magnitude;
   const double u = dtype == DeviceDType::kBFloat16 ? 0x1p-8 : 0x1p-11;
@@ -74,14 +74,15 @@ class DeviceLossTest : public ::testing::Test {
 
   // Runs the device forward + backward (upstream 1) and the CPU double reference; checks them.
   void check_case(const Case& c) {
-    SCOPED_TRACE(::testing::Message() << "n=" << c.n << " d=" << c.d << " T=" << c.temperature
-                                      << " reduction=" << to_string(c.reduction) << " dtype="
-                                      << cuda::to_string(c.dtype) << " tiles=" << c.tile_rows << "x"
-                                      << c.tile_cols);
+    SCOPED_TRACE(::testing::Message()
+                 << "n=" << c.n << " d=" << c.d << " T=" << c.temperature
+                 << " reduction=" << to_string(c.reduction) << " dtype=" << cuda::to_string(c.dtype)
+                 << " tiles=" << c.tile_rows << "x" << c.tile_cols);
     const auto a = rounded(seeded_rows(c.seed, 0, 0, c.n, c.d), c.dtype);
     const auto b = rounded(seeded_rows(c.seed, 1, 0, c.n, c.d), c.dtype);
     std::vector<float> w(static_cast<std::size_t>(c.n));
-    for (std::int64_t i = 0; i < c.n; ++i) w[static_cast<std::size_t>(i)] = 0.25f + 0.5f * static_cast<float>(i % 4);
+    for (std::int64_t i = 0; i < c.n; ++i)
+      w[static_cast<std::size_t>(i)] = 0.25f + 0.5f * static_cast<float>(i % 4);
     const float scalar_w = 1.5f;
 
     // CPU reference in double.
@@ -98,9 +99,11 @@ class DeviceLossTest : public ::testing::Test {
     const std::int64_t stride = c.d + c.stride_pad;
     DeviceMatrix za = upload(a, c.n, c.d, c.dtype, stream_, stride);
     DeviceMatrix zb = upload(b, c.n, c.d, c.dtype, stream_, stride);
-    DeviceMatrix ga = zeros(c.n, c.d, c.dtype, stream_, stride), gb = zeros(c.n, c.d, c.dtype, stream_, stride);
+    DeviceMatrix ga = zeros(c.n, c.d, c.dtype, stream_, stride),
+                 gb = zeros(c.n, c.d, c.dtype, stream_, stride);
     DeviceArray w_dev(w.size() * sizeof(float), stream_);
-    SIMCLR_CHECK_CUDA(cudaMemcpyAsync(w_dev.data(), w.data(), w_dev.bytes(), cudaMemcpyHostToDevice, stream_));
+    SIMCLR_CHECK_CUDA(
+        cudaMemcpyAsync(w_dev.data(), w.data(), w_dev.bytes(), cudaMemcpyHostToDevice, stream_));
     cuda::DeviceSampleWeight dsw;
     if (c.weights == Weights::kScalarHost) dsw = {&scalar_w, 1, MemorySpace::kHost};
     if (c.weights == Weights::kHost) dsw = {w.data(), c.n, MemorySpace::kHost};
@@ -109,32 +112,40 @@ class DeviceLossTest : public ::testing::Test {
     cuda::DeviceCallOptions options;
     options.device.tile_rows = c.tile_rows;
     options.device.tile_cols = c.tile_cols;
-    auto out = loss.forward(za.view(), zb.view(), stream_, c.weights == Weights::kNone ? nullptr : &dsw, options);
+    auto out = loss.forward(za.view(), zb.view(), stream_,
+                            c.weights == Weights::kNone ? nullptr : &dsw, options);
     loss.backward(out, 1.0f, ga.mutable_view(), gb.mutable_view(), stream_);
 
-    const auto values = download(out.values.data(), 1, static_cast<std::int64_t>(ref.values.size()), c.dtype, stream_);
+    const auto values = download(out.values.data(), 1, static_cast<std::int64_t>(ref.values.size()),
+                                 c.dtype, stream_);
     const auto per_example = download(out.per_example.data(), 1, c.n, c.dtype, stream_);
     const auto objective = copy_to_host_f32(out.objective, 1, stream_);
     ASSERT_EQ(out.reduction, ref.reduction);
     double magnitude = 0;
     for (double v : ref.per_example) magnitude = std::max(magnitude, std::abs(v));
     for (std::size_t i = 0; i < ref.per_example.size(); ++i)
-      EXPECT_NEAR(per_example[i], ref.per_example[i], loss_tol(c.dtype, c.temperature, magnitude)) << "example " << i;
+      EXPECT_NEAR(per_example[i], ref.per_example[i], loss_tol(c.dtype, c.temperature, magnitude))
+          << "example " << i;
     double vmag = 0;
     for (double v : ref.values) vmag = std::max(vmag, std::abs(v));
     // Reduced values are weighted means/sums of the l_i, so they inherit the l_i bound times the
     // weights' scale (max weight 1.5, times n for the sum).
     const double wscale = (c.weights == Weights::kNone ? 1.0 : 1.5) *
                           (c.reduction == Reduction::kSum ? static_cast<double>(c.n) : 1.0);
-    const double vtol = c.dtype == DeviceDType::kFloat32 ? kFloat32Tol * std::max(vmag, 1e-30)
-                                                         : loss_tol(c.dtype, c.temperature, magnitude) * wscale;
-    for (std::size_t i = 0; i < ref.values.size(); ++i) EXPECT_NEAR(values[i], ref.values[i], vtol) << "value " << i;
+    const double vtol = c.dtype == DeviceDType::kFloat32
+                            ? kFloat32Tol * std::max(vmag, 1e-30)
+                            : loss_tol(c.dtype, c.temperature, magnitude) * wscale;
+    for (std::size_t i = 0; i < ref.values.size(); ++i)
+      EXPECT_NEAR(values[i], ref.values[i], vtol) << "value " << i;
     EXPECT_NEAR(objective[0], ref.objective,
-                c.dtype == DeviceDType::kFloat32 ? kFloat32Tol * std::abs(ref.objective)
-                                                 : loss_tol(c.dtype, c.temperature, magnitude) * wscale *
-                                                       (c.reduction == Reduction::kNone ? static_cast<double>(c.n) : 1.0));
-    const std::vector<double> rga(ref_grad.grad_a.data(), ref_grad.grad_a.data() + ref_grad.grad_a.size());
-    const std::vector<double> rgb(ref_grad.grad_b.data(), ref_grad.grad_b.data() + ref_grad.grad_b.size());
+                c.dtype == DeviceDType::kFloat32
+                    ? kFloat32Tol * std::abs(ref.objective)
+                    : loss_tol(c.dtype, c.temperature, magnitude) * wscale *
+                          (c.reduction == Reduction::kNone ? static_cast<double>(c.n) : 1.0));
+    const std::vector<double> rga(ref_grad.grad_a.data(),
+                                  ref_grad.grad_a.data() + ref_grad.grad_a.size());
+    const std::vector<double> rgb(ref_grad.grad_b.data(),
+                                  ref_grad.grad_b.data() + ref_grad.grad_b.size());
     EXPECT_LE(rel_err(download(ga, stream_), rga), grad_tol(c.dtype, c.temperature));
     EXPECT_LE(rel_err(download(gb, stream_), rgb), grad_tol(c.dtype, c.temperature));
   }
@@ -143,7 +154,8 @@ class DeviceLossTest : public ::testing::Test {
 };
 
 TEST_F(DeviceLossTest, Float32MatchesCpuAcrossTilesForEveryReductionAndWeight) {
-  for (Reduction r : {Reduction::kAuto, Reduction::kSum, Reduction::kSumOverBatchSize, Reduction::kNone}) {
+  for (Reduction r :
+       {Reduction::kAuto, Reduction::kSum, Reduction::kSumOverBatchSize, Reduction::kNone}) {
     for (Weights w : {Weights::kNone, Weights::kScalarHost, Weights::kHost, Weights::kDevice}) {
       Case c;
       c.reduction = r;
@@ -154,7 +166,8 @@ TEST_F(DeviceLossTest, Float32MatchesCpuAcrossTilesForEveryReductionAndWeight) {
 }
 
 TEST_F(DeviceLossTest, Float32TileShapesDoNotChangeTheResult) {
-  for (auto [rows, cols] : std::vector<std::pair<std::int64_t, std::int64_t>>{{1, 1}, {5, 7}, {74, 74}, {8, 3}, {0, 0}}) {
+  for (auto [rows, cols] : std::vector<std::pair<std::int64_t, std::int64_t>>{
+           {1, 1}, {5, 7}, {74, 74}, {8, 3}, {0, 0}}) {
     Case c;
     c.tile_rows = rows;
     c.tile_cols = cols;
@@ -233,8 +246,10 @@ TEST_F(DeviceLossTest, ZeroRowStaysFiniteAndMatchesCpu) {
   for (int j = 0; j < 5; ++j) a[static_cast<std::size_t>(2 * 5 + j)] = 0;
   a = rounded(a, DeviceDType::kFloat32);
   b = rounded(b, DeviceDType::kFloat32);
-  DeviceMatrix za = upload(a, 6, 5, DeviceDType::kFloat32, stream_), zb = upload(b, 6, 5, DeviceDType::kFloat32, stream_);
-  DeviceMatrix ga = zeros(6, 5, DeviceDType::kFloat32, stream_), gb = zeros(6, 5, DeviceDType::kFloat32, stream_);
+  DeviceMatrix za = upload(a, 6, 5, DeviceDType::kFloat32, stream_),
+               zb = upload(b, 6, 5, DeviceDType::kFloat32, stream_);
+  DeviceMatrix ga = zeros(6, 5, DeviceDType::kFloat32, stream_),
+               gb = zeros(6, 5, DeviceDType::kFloat32, stream_);
   DeviceSimCLRLoss loss(0.1, Reduction::kSum);
   auto out = loss.forward(za.view(), zb.view(), stream_);
   loss.backward(out, 1.0f, ga.mutable_view(), gb.mutable_view(), stream_);
@@ -246,7 +261,8 @@ TEST_F(DeviceLossTest, ZeroRowStaysFiniteAndMatchesCpu) {
               kFloat32Tol * std::abs(ref.values[0]));
   const auto dga = download(ga, stream_);
   for (double v : dga) EXPECT_TRUE(std::isfinite(v));
-  EXPECT_LE(rel_err(dga, std::vector<double>(grads.grad_a.data(), grads.grad_a.data() + 30)), kFloat32Tol);
+  EXPECT_LE(rel_err(dga, std::vector<double>(grads.grad_a.data(), grads.grad_a.data() + 30)),
+            kFloat32Tol);
 }
 
 TEST_F(DeviceLossTest, PerExampleUpstreamOnHostAndDevice) {
@@ -254,24 +270,31 @@ TEST_F(DeviceLossTest, PerExampleUpstreamOnHostAndDevice) {
   const auto a = rounded(seeded_rows(5, 0, 0, n, d), DeviceDType::kFloat32);
   const auto b = rounded(seeded_rows(5, 1, 0, n, d), DeviceDType::kFloat32);
   std::vector<float> g(static_cast<std::size_t>(n));
-  for (std::int64_t i = 0; i < n; ++i) g[static_cast<std::size_t>(i)] = static_cast<float>(i % 5) - 1.5f;
+  for (std::int64_t i = 0; i < n; ++i)
+    g[static_cast<std::size_t>(i)] = static_cast<float>(i % 5) - 1.5f;
   SimCLRLoss cpu(0.3, Reduction::kNone);
   RowMatrix<double> ma = Eigen::Map<const RowMatrix<double>>(a.data(), n, d);
   RowMatrix<double> mb = Eigen::Map<const RowMatrix<double>>(b.data(), n, d);
   auto ref = cpu.forward<double>(ma, mb);
   auto grads = cpu.backward<double>(ref, std::vector<double>(g.begin(), g.end()));
-  DeviceMatrix za = upload(a, n, d, DeviceDType::kFloat32, stream_), zb = upload(b, n, d, DeviceDType::kFloat32, stream_);
+  DeviceMatrix za = upload(a, n, d, DeviceDType::kFloat32, stream_),
+               zb = upload(b, n, d, DeviceDType::kFloat32, stream_);
   DeviceArray g_dev(g.size() * sizeof(float), stream_);
-  SIMCLR_CHECK_CUDA(cudaMemcpyAsync(g_dev.data(), g.data(), g_dev.bytes(), cudaMemcpyHostToDevice, stream_));
+  SIMCLR_CHECK_CUDA(
+      cudaMemcpyAsync(g_dev.data(), g.data(), g_dev.bytes(), cudaMemcpyHostToDevice, stream_));
   DeviceSimCLRLoss loss(0.3, Reduction::kNone);
   auto out = loss.forward(za.view(), zb.view(), stream_);
   for (MemorySpace space : {MemorySpace::kHost, MemorySpace::kDevice}) {
-    DeviceMatrix ga = zeros(n, d, DeviceDType::kFloat32, stream_), gb = zeros(n, d, DeviceDType::kFloat32, stream_);
-    const cuda::FloatVectorView up{space == MemorySpace::kHost ? g.data() : g_dev.as<float>(), n, space};
+    DeviceMatrix ga = zeros(n, d, DeviceDType::kFloat32, stream_),
+                 gb = zeros(n, d, DeviceDType::kFloat32, stream_);
+    const cuda::FloatVectorView up{space == MemorySpace::kHost ? g.data() : g_dev.as<float>(), n,
+                                   space};
     loss.backward(out, up, ga.mutable_view(), gb.mutable_view(), stream_);
-    EXPECT_LE(rel_err(download(ga, stream_), std::vector<double>(grads.grad_a.data(), grads.grad_a.data() + n * d)),
+    EXPECT_LE(rel_err(download(ga, stream_),
+                      std::vector<double>(grads.grad_a.data(), grads.grad_a.data() + n * d)),
               kFloat32Tol);
-    EXPECT_LE(rel_err(download(gb, stream_), std::vector<double>(grads.grad_b.data(), grads.grad_b.data() + n * d)),
+    EXPECT_LE(rel_err(download(gb, stream_),
+                      std::vector<double>(grads.grad_b.data(), grads.grad_b.data() + n * d)),
               kFloat32Tol);
   }
 }
@@ -293,7 +316,8 @@ TEST_F(DeviceLossTest, BadInputRaisesTheCpuPathsErrors) {
   auto a = seeded_rows(1, 0, 0, n, d);
   const auto b = seeded_rows(1, 1, 0, n, d);
   a[static_cast<std::size_t>(3 * d + 5)] = std::nan("");
-  DeviceMatrix za = upload(a, n, d, DeviceDType::kFloat32, stream_), zb = upload(b, n, d, DeviceDType::kFloat32, stream_);
+  DeviceMatrix za = upload(a, n, d, DeviceDType::kFloat32, stream_),
+               zb = upload(b, n, d, DeviceDType::kFloat32, stream_);
   DeviceSimCLRLoss loss;
   EXPECT_EQ(message_of<ValueError>([&] { loss.forward(za.view(), zb.view(), stream_); }),
             "za has NaN at row 3, column 5");
@@ -304,27 +328,36 @@ TEST_F(DeviceLossTest, BadInputRaisesTheCpuPathsErrors) {
   DeviceMatrix za16 = upload(b, n, d, DeviceDType::kBFloat16, stream_);
   EXPECT_EQ(message_of<ValueError>([&] { loss.forward(za16.view(), zb_bad.view(), stream_); }),
             "zb has Inf at row 7, column 0");
-  EXPECT_NE(message_of<TypeError>([&] { loss.forward(zb.view(), zb16.view(), stream_); }).find("same dtype"),
+  EXPECT_NE(message_of<TypeError>([&] {
+              loss.forward(zb.view(), zb16.view(), stream_);
+            }).find("same dtype"),
             std::string::npos);
   DeviceMatrix short_b = upload(b, n - 1, d, DeviceDType::kFloat32, stream_);
-  EXPECT_NE(message_of<ValueError>([&] { loss.forward(zb.view(), short_b.view(), stream_); }).find("same shape"),
+  EXPECT_NE(message_of<ValueError>([&] {
+              loss.forward(zb.view(), short_b.view(), stream_);
+            }).find("same shape"),
             std::string::npos);
   const float w[3] = {1, 2, 3};
   const cuda::DeviceSampleWeight sw{w, 3, MemorySpace::kHost};
-  EXPECT_NE(message_of<ValueError>([&] { loss.forward(zb.view(), zb.view(), stream_, &sw); })
-                .find("Incompatible shapes: [8] vs. [3]"),
+  EXPECT_NE(message_of<ValueError>([&] {
+              loss.forward(zb.view(), zb.view(), stream_, &sw);
+            }).find("Incompatible shapes: [8] vs. [3]"),
             std::string::npos);
   auto out = loss.forward(zb.view(), zb.view(), stream_);
-  DeviceMatrix g_small = zeros(n, d - 1, DeviceDType::kFloat32, stream_), g = zeros(n, d, DeviceDType::kFloat32, stream_);
-  EXPECT_NE(message_of<ValueError>([&] { loss.backward(out, 1.f, g_small.mutable_view(), g.mutable_view(), stream_); })
-                .find("grad_a buffer is [8, 5]"),
+  DeviceMatrix g_small = zeros(n, d - 1, DeviceDType::kFloat32, stream_),
+               g = zeros(n, d, DeviceDType::kFloat32, stream_);
+  EXPECT_NE(message_of<ValueError>([&] {
+              loss.backward(out, 1.f, g_small.mutable_view(), g.mutable_view(), stream_);
+            }).find("grad_a buffer is [8, 5]"),
             std::string::npos);
   const cuda::FloatVectorView up{w, 3, MemorySpace::kHost};
-  EXPECT_NE(message_of<ValueError>([&] { loss.backward(out, up, g.mutable_view(), g.mutable_view(), stream_); })
-                .find("needs reduction 'none'"),
+  EXPECT_NE(message_of<ValueError>([&] {
+              loss.backward(out, up, g.mutable_view(), g.mutable_view(), stream_);
+            }).find("needs reduction 'none'"),
             std::string::npos);
-  EXPECT_NE(message_of<ValueError>([&] { loss.backward(out, NAN, g.mutable_view(), g.mutable_view(), stream_); })
-                .find("upstream gradient has NaN"),
+  EXPECT_NE(message_of<ValueError>([&] {
+              loss.backward(out, NAN, g.mutable_view(), g.mutable_view(), stream_);
+            }).find("upstream gradient has NaN"),
             std::string::npos);
 }
 
@@ -332,19 +365,22 @@ TEST_F(DeviceLossTest, DistributedPathOnOneGpuFollowsTheDistributionRule) {
   const std::int64_t n = 30, d = 16;
   const auto a = rounded(seeded_rows(9, 0, 0, n, d), DeviceDType::kFloat32);
   const auto b = rounded(seeded_rows(9, 1, 0, n, d), DeviceDType::kFloat32);
-  DeviceMatrix za = upload(a, n, d, DeviceDType::kFloat32, stream_), zb = upload(b, n, d, DeviceDType::kFloat32, stream_);
+  DeviceMatrix za = upload(a, n, d, DeviceDType::kFloat32, stream_),
+               zb = upload(b, n, d, DeviceDType::kFloat32, stream_);
   cuda::SingleDeviceCommunicator comm;
   cuda::DeviceCallOptions options;
   options.communicator = &comm;
   options.device.tile_rows = 17;
   options.device.tile_cols = 23;
   DeviceSimCLRLoss loss(0.1);  // auto
-  EXPECT_NE(message_of<ValueError>([&] { loss.forward(za.view(), zb.view(), stream_, nullptr, options); })
-                .find("global batch size"),
+  EXPECT_NE(message_of<ValueError>([&] {
+              loss.forward(za.view(), zb.view(), stream_, nullptr, options);
+            }).find("global batch size"),
             std::string::npos);
   options.global_batch_size = GlobalBatchSize::of(100);
   auto out = loss.forward(za.view(), zb.view(), stream_, nullptr, options);
-  DeviceMatrix ga = zeros(n, d, DeviceDType::kFloat32, stream_), gb = zeros(n, d, DeviceDType::kFloat32, stream_);
+  DeviceMatrix ga = zeros(n, d, DeviceDType::kFloat32, stream_),
+               gb = zeros(n, d, DeviceDType::kFloat32, stream_);
   loss.backward(out, 1.f, ga.mutable_view(), gb.mutable_view(), stream_);
 
   SingleProcessCommunicator cpu_comm;
@@ -356,7 +392,8 @@ TEST_F(DeviceLossTest, DistributedPathOnOneGpuFollowsTheDistributionRule) {
   auto [ref, grads] = SimCLRLoss(0.1).value_and_gradient<double>(ma, mb, nullptr, cpu_options);
   EXPECT_NEAR(download(out.values.data(), 1, 1, DeviceDType::kFloat32, stream_)[0], ref.values[0],
               kFloat32Tol * std::abs(ref.values[0]));
-  EXPECT_LE(rel_err(download(ga, stream_), std::vector<double>(grads.grad_a.data(), grads.grad_a.data() + n * d)),
+  EXPECT_LE(rel_err(download(ga, stream_),
+                    std::vector<double>(grads.grad_a.data(), grads.grad_a.data() + n * d)),
             kFloat32Tol);
   EXPECT_EQ(out.global_rows, n);
   EXPECT_EQ(out.rank_rows, std::vector<std::int64_t>{n});
@@ -366,19 +403,24 @@ TEST_F(DeviceLossTest, DistributedPathOnOneGpuFollowsTheDistributionRule) {
 //
 // The machine the device check runs on may have a single GPU, where NCCL cannot run 2 ranks. These
 // communicators run R ranks as R threads of this process on the current device, so the distributed
-// code path (anchor_begin > 0, uneven ranks, a rank of 0 rows, the gathered LSE and alpha) is checked
-// on one GPU against the whole batch on the CPU.
+// code path (anchor_begin > 0, uneven ranks, a rank of 0 rows, the gathered LSE and alpha) is
+// checked on one GPU against the whole batch on the CPU.
 
 // Shared state of the ranks: a generation barrier (with a deadline, so a rank that failed makes the
 // others fail instead of hang) and one slot per rank.
 class ThreadGroup {
  public:
   explicit ThreadGroup(int size)
-      : host_send_(static_cast<std::size_t>(size)), dev_send_(static_cast<std::size_t>(size)),
-        ready_(static_cast<std::size_t>(size)), done_(static_cast<std::size_t>(size)), size_(size) {
+      : host_send_(static_cast<std::size_t>(size)),
+        dev_send_(static_cast<std::size_t>(size)),
+        ready_(static_cast<std::size_t>(size)),
+        done_(static_cast<std::size_t>(size)),
+        size_(size) {
     for (int r = 0; r < size; ++r) {
-      SIMCLR_CHECK_CUDA(cudaEventCreateWithFlags(&ready_[static_cast<std::size_t>(r)], cudaEventDisableTiming));
-      SIMCLR_CHECK_CUDA(cudaEventCreateWithFlags(&done_[static_cast<std::size_t>(r)], cudaEventDisableTiming));
+      SIMCLR_CHECK_CUDA(
+          cudaEventCreateWithFlags(&ready_[static_cast<std::size_t>(r)], cudaEventDisableTiming));
+      SIMCLR_CHECK_CUDA(
+          cudaEventCreateWithFlags(&done_[static_cast<std::size_t>(r)], cudaEventDisableTiming));
     }
   }
   ~ThreadGroup() {
@@ -397,7 +439,9 @@ class ThreadGroup {
       cv_.notify_all();
       return;
     }
-    if (!cv_.wait_for(lock, std::chrono::seconds(60), [&] { return generation_ != gen || broken_; }) || broken_) {
+    if (!cv_.wait_for(lock, std::chrono::seconds(60),
+                      [&] { return generation_ != gen || broken_; }) ||
+        broken_) {
       broken_ = true;
       cv_.notify_all();
       throw CommError("thread group: a rank did not arrive (failed or deadlocked)");
@@ -435,16 +479,19 @@ class ThreadHostCommunicator final : public Communicator {
   int size() const override { return group_.size(); }
   std::string backend() const override { return "thread-host"; }
   void all_gather(const void* send, std::size_t bytes, void* recv) override {
-    all_gather_v(send, bytes, recv, std::vector<std::size_t>(static_cast<std::size_t>(size()), bytes));
+    all_gather_v(send, bytes, recv,
+                 std::vector<std::size_t>(static_cast<std::size_t>(size()), bytes));
   }
   void all_gather_v(const void* send, std::size_t send_bytes, void* recv,
                     const std::vector<std::size_t>& recv_bytes) override {
-    SIMCLR_ENFORCE(send_bytes == recv_bytes[static_cast<std::size_t>(rank_)], CommError, "thread-host: counts");
+    SIMCLR_ENFORCE(send_bytes == recv_bytes[static_cast<std::size_t>(rank_)], CommError,
+                   "thread-host: counts");
     group_.host_send_[static_cast<std::size_t>(rank_)] = send;
     group_.arrive_and_wait();
     const auto at = offsets_of(recv_bytes);
     for (std::size_t r = 0; r < recv_bytes.size(); ++r)
-      if (recv_bytes[r] > 0) std::memcpy(static_cast<char*>(recv) + at[r], group_.host_send_[r], recv_bytes[r]);
+      if (recv_bytes[r] > 0)
+        std::memcpy(static_cast<char*>(recv) + at[r], group_.host_send_[r], recv_bytes[r]);
     group_.arrive_and_wait();  // every rank has read every send buffer
   }
   void barrier() override { group_.arrive_and_wait(); }
@@ -456,18 +503,21 @@ class ThreadHostCommunicator final : public Communicator {
 
 class ThreadDeviceCommunicator final : public cuda::DeviceCommunicator {
  public:
-  ThreadDeviceCommunicator(ThreadGroup& group, int rank) : group_(group), rank_(rank), host_(group, rank) {}
+  ThreadDeviceCommunicator(ThreadGroup& group, int rank)
+      : group_(group), rank_(rank), host_(group, rank) {}
   int rank() const override { return rank_; }
   int size() const override { return group_.size(); }
   std::string backend() const override { return "thread-device"; }
   void all_gather(const void* send, std::size_t bytes, void* recv) override {
-    all_gather_v(send, bytes, recv, std::vector<std::size_t>(static_cast<std::size_t>(size()), bytes));
+    all_gather_v(send, bytes, recv,
+                 std::vector<std::size_t>(static_cast<std::size_t>(size()), bytes));
   }
-  // Stream-ordered: my stream waits for each sender's data, copies it, and does not go on (e.g. free
-  // or overwrite my send buffer) until every rank's copies of it are done.
+  // Stream-ordered: my stream waits for each sender's data, copies it, and does not go on (e.g.
+  // free or overwrite my send buffer) until every rank's copies of it are done.
   void all_gather_v(const void* send, std::size_t send_bytes, void* recv,
                     const std::vector<std::size_t>& recv_bytes) override {
-    SIMCLR_ENFORCE(send_bytes == recv_bytes[static_cast<std::size_t>(rank_)], CommError, "thread-device: counts");
+    SIMCLR_ENFORCE(send_bytes == recv_bytes[static_cast<std::size_t>(rank_)], CommError,
+                   "thread-device: counts");
     const auto me = static_cast<std::size_t>(rank_);
     group_.dev_send_[me] = send;
     SIMCLR_CHECK_CUDA(cudaEventRecord(group_.ready_[me], stream_));
@@ -476,8 +526,8 @@ class ThreadDeviceCommunicator final : public cuda::DeviceCommunicator {
     for (std::size_t r = 0; r < recv_bytes.size(); ++r) {
       if (recv_bytes[r] == 0) continue;
       SIMCLR_CHECK_CUDA(cudaStreamWaitEvent(stream_, group_.ready_[r], 0));
-      SIMCLR_CHECK_CUDA(cudaMemcpyAsync(static_cast<char*>(recv) + at[r], group_.dev_send_[r], recv_bytes[r],
-                                        cudaMemcpyDeviceToDevice, stream_));
+      SIMCLR_CHECK_CUDA(cudaMemcpyAsync(static_cast<char*>(recv) + at[r], group_.dev_send_[r],
+                                        recv_bytes[r], cudaMemcpyDeviceToDevice, stream_));
     }
     SIMCLR_CHECK_CUDA(cudaEventRecord(group_.done_[me], stream_));
     group_.arrive_and_wait();
@@ -506,19 +556,21 @@ struct RankResult {
   std::string error;
 };
 
-// Runs the device loss on `rows[r]` rows per rank (rank r's slice of one seeded batch), one thread per
-// rank, and checks every rank's slice against the whole batch on the CPU in double.
-void check_thread_ranks(const std::vector<std::int64_t>& rows, DeviceDType dtype, Reduction reduction,
-                        std::int64_t tile_rows, std::int64_t tile_cols) {
+// Runs the device loss on `rows[r]` rows per rank (rank r's slice of one seeded batch), one thread
+// per rank, and checks every rank's slice against the whole batch on the CPU in double.
+void check_thread_ranks(const std::vector<std::int64_t>& rows, DeviceDType dtype,
+                        Reduction reduction, std::int64_t tile_rows, std::int64_t tile_cols) {
   const auto size = static_cast<int>(rows.size());
   const std::int64_t G = std::accumulate(rows.begin(), rows.end(), std::int64_t{0}), d = 24;
   const double temperature = 0.2;
-  SCOPED_TRACE(::testing::Message() << size << " ranks, G=" << G << " dtype=" << cuda::to_string(dtype)
-                                    << " reduction=" << to_string(reduction));
+  SCOPED_TRACE(::testing::Message()
+               << size << " ranks, G=" << G << " dtype=" << cuda::to_string(dtype)
+               << " reduction=" << to_string(reduction));
   const auto all_a = rounded(seeded_rows(21, 0, 0, G, d), dtype);
   const auto all_b = rounded(seeded_rows(21, 1, 0, G, d), dtype);
   std::vector<float> w(static_cast<std::size_t>(G));
-  for (std::int64_t i = 0; i < G; ++i) w[static_cast<std::size_t>(i)] = 0.5f + 0.25f * static_cast<float>(i % 3);
+  for (std::int64_t i = 0; i < G; ++i)
+    w[static_cast<std::size_t>(i)] = 0.5f + 0.25f * static_cast<float>(i % 3);
   RowMatrix<double> ma = Eigen::Map<const RowMatrix<double>>(all_a.data(), G, d);
   RowMatrix<double> mb = Eigen::Map<const RowMatrix<double>>(all_b.data(), G, d);
   const SampleWeight sw = SampleWeight::per_example(std::vector<double>(w.begin(), w.end()));
@@ -535,11 +587,13 @@ void check_thread_ranks(const std::vector<std::int64_t>& rows, DeviceDType dtype
         SIMCLR_CHECK_CUDA(cudaSetDevice(0));
         SIMCLR_CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
         const std::int64_t n = rows[static_cast<std::size_t>(rank)];
-        const std::int64_t begin = std::accumulate(rows.begin(), rows.begin() + rank, std::int64_t{0});
+        const std::int64_t begin =
+            std::accumulate(rows.begin(), rows.begin() + rank, std::int64_t{0});
         {
           const std::vector<double> a(all_a.begin() + begin * d, all_a.begin() + (begin + n) * d);
           const std::vector<double> b(all_b.begin() + begin * d, all_b.begin() + (begin + n) * d);
-          DeviceMatrix za = upload(a, n, d, dtype, stream, d + 3), zb = upload(b, n, d, dtype, stream);
+          DeviceMatrix za = upload(a, n, d, dtype, stream, d + 3),
+                       zb = upload(b, n, d, dtype, stream);
           DeviceMatrix ga = zeros(n, d, dtype, stream), gb = zeros(n, d, dtype, stream, d + 1);
           ThreadDeviceCommunicator comm(group, rank);
           cuda::DeviceCallOptions options;
@@ -584,23 +638,27 @@ void check_thread_ranks(const std::vector<std::int64_t>& rows, DeviceDType dtype
     EXPECT_EQ(res.row_offset, begin);
     EXPECT_EQ(res.global_rows, G);
     for (std::int64_t i = 0; i < n; ++i)
-      EXPECT_NEAR(res.per_example[static_cast<std::size_t>(i)], ref.per_example[static_cast<std::size_t>(begin + i)],
+      EXPECT_NEAR(res.per_example[static_cast<std::size_t>(i)],
+                  ref.per_example[static_cast<std::size_t>(begin + i)],
                   loss_tol(dtype, temperature, magnitude))
           << "example " << i;
     objective += res.objective;
     if (n > 0) {
-      const std::vector<double> rga(grads.grad_a.data() + begin * d, grads.grad_a.data() + (begin + n) * d);
-      const std::vector<double> rgb(grads.grad_b.data() + begin * d, grads.grad_b.data() + (begin + n) * d);
+      const std::vector<double> rga(grads.grad_a.data() + begin * d,
+                                    grads.grad_a.data() + (begin + n) * d);
+      const std::vector<double> rgb(grads.grad_b.data() + begin * d,
+                                    grads.grad_b.data() + (begin + n) * d);
       EXPECT_LE(rel_err(res.grad_a, rga), grad_tol(dtype, temperature));
       EXPECT_LE(rel_err(res.grad_b, rgb), grad_tol(dtype, temperature));
     }
     begin += n;
   }
   // The ranks' objectives add up to the whole batch's (spec section 2).
-  const double otol = dtype == DeviceDType::kFloat32
-                          ? kFloat32Tol * std::abs(ref.objective)
-                          : loss_tol(dtype, temperature, magnitude) *
-                                (reduction == Reduction::kSumOverBatchSize ? 1.0 : static_cast<double>(G));
+  const double otol =
+      dtype == DeviceDType::kFloat32
+          ? kFloat32Tol * std::abs(ref.objective)
+          : loss_tol(dtype, temperature, magnitude) *
+                (reduction == Reduction::kSumOverBatchSize ? 1.0 : static_cast<double>(G));
   EXPECT_NEAR(objective, ref.objective, otol);
 }
 

@@ -1,7 +1,7 @@
 // The NCCL communicator and the distributed device loss, under mpiexec (1 and 2 ranks, one GPU per
-// rank). Every rank rebuilds the whole batch from (seed, view, global row), runs the CPU path in double
-// on it, and compares its own slice. Skips with one line when fewer CUDA devices than ranks are
-// visible (NCCL needs one GPU per rank).
+// rank). Every rank rebuilds the whole batch from (seed, view, global row), runs the CPU path in
+// double on it, and compares its own slice. Skips with one line when fewer CUDA devices than ranks
+// are visible (NCCL needs one GPU per rank).
 
 #include <gtest/gtest.h>
 #include <mpi.h>
@@ -42,25 +42,31 @@ class NcclTest : public ::testing::Test {
 TEST_F(NcclTest, AllGatherVWithARankOfZeroBytes) {
   const int rank = comm_->rank(), size = comm_->size();
   std::vector<std::size_t> bytes(static_cast<std::size_t>(size));
-  for (int r = 0; r < size; ++r) bytes[static_cast<std::size_t>(r)] = r == 1 ? 0 : static_cast<std::size_t>(4 * (r + 3));
+  for (int r = 0; r < size; ++r)
+    bytes[static_cast<std::size_t>(r)] = r == 1 ? 0 : static_cast<std::size_t>(4 * (r + 3));
   const std::size_t total = std::accumulate(bytes.begin(), bytes.end(), std::size_t{0});
   std::vector<unsigned char> mine(bytes[static_cast<std::size_t>(rank)]);
-  for (std::size_t i = 0; i < mine.size(); ++i) mine[i] = static_cast<unsigned char>(rank * 50 + static_cast<int>(i));
+  for (std::size_t i = 0; i < mine.size(); ++i)
+    mine[i] = static_cast<unsigned char>(rank * 50 + static_cast<int>(i));
   cuda::DeviceArray send(mine.size(), stream_), recv(total, stream_);
   if (!mine.empty())
-    SIMCLR_CHECK_CUDA(cudaMemcpyAsync(send.data(), mine.data(), mine.size(), cudaMemcpyHostToDevice, stream_));
+    SIMCLR_CHECK_CUDA(
+        cudaMemcpyAsync(send.data(), mine.data(), mine.size(), cudaMemcpyHostToDevice, stream_));
   comm_->all_gather_v(send.data(), mine.size(), recv.data(), bytes);
   std::vector<unsigned char> got(total);
-  SIMCLR_CHECK_CUDA(cudaMemcpyAsync(got.data(), recv.data(), total, cudaMemcpyDeviceToHost, stream_));
+  SIMCLR_CHECK_CUDA(
+      cudaMemcpyAsync(got.data(), recv.data(), total, cudaMemcpyDeviceToHost, stream_));
   SIMCLR_CHECK_CUDA(cudaStreamSynchronize(stream_));
   std::size_t at = 0;
   for (int r = 0; r < size; ++r)
     for (std::size_t i = 0; i < bytes[static_cast<std::size_t>(r)]; ++i, ++at)
-      EXPECT_EQ(got[at], static_cast<unsigned char>(r * 50 + static_cast<int>(i))) << "rank " << r << " byte " << i;
+      EXPECT_EQ(got[at], static_cast<unsigned char>(r * 50 + static_cast<int>(i)))
+          << "rank " << r << " byte " << i;
   comm_->barrier();
 }
 
-// Rows of each rank for a global batch of G: `split` gives rank r's share; the last rank takes the rest.
+// Rows of each rank for a global batch of G: `split` gives rank r's share; the last rank takes the
+// rest.
 std::vector<std::int64_t> split_rows(std::int64_t G, int size, bool empty_rank1) {
   std::vector<std::int64_t> rows(static_cast<std::size_t>(size), 0);
   if (size == 1) {
@@ -69,7 +75,8 @@ std::vector<std::int64_t> split_rows(std::int64_t G, int size, bool empty_rank1)
   }
   std::int64_t left = G;
   for (int r = 0; r < size; ++r) {
-    const std::int64_t share = (r == 1 && empty_rank1) ? 0 : (r == size - 1 ? left : (G * 2) / (3 * size));
+    const std::int64_t share =
+        (r == 1 && empty_rank1) ? 0 : (r == size - 1 ? left : (G * 2) / (3 * size));
     rows[static_cast<std::size_t>(r)] = share;
     left -= share;
   }
@@ -77,14 +84,16 @@ std::vector<std::int64_t> split_rows(std::int64_t G, int size, bool empty_rank1)
   return rows;
 }
 
-void check_distributed(NcclCommunicator& comm, cudaStream_t stream, Reduction reduction, bool empty_rank1) {
+void check_distributed(NcclCommunicator& comm, cudaStream_t stream, Reduction reduction,
+                       bool empty_rank1) {
   const std::int64_t G = 41, d = 12;
   const double temperature = 0.1;
   const int rank = comm.rank();
   const auto rows = split_rows(G, comm.size(), empty_rank1);
   const std::int64_t n = rows[static_cast<std::size_t>(rank)];
   const std::int64_t begin = std::accumulate(rows.begin(), rows.begin() + rank, std::int64_t{0});
-  SCOPED_TRACE(::testing::Message() << "rank " << rank << " rows " << n << " reduction " << to_string(reduction));
+  SCOPED_TRACE(::testing::Message()
+               << "rank " << rank << " rows " << n << " reduction " << to_string(reduction));
 
   const auto all_a = rounded(seeded_rows(11, 0, 0, G, d), DeviceDType::kFloat32);
   const auto all_b = rounded(seeded_rows(11, 1, 0, G, d), DeviceDType::kFloat32);
@@ -96,8 +105,10 @@ void check_distributed(NcclCommunicator& comm, cudaStream_t stream, Reduction re
 
   const std::vector<double> a(all_a.begin() + begin * d, all_a.begin() + (begin + n) * d);
   const std::vector<double> b(all_b.begin() + begin * d, all_b.begin() + (begin + n) * d);
-  DeviceMatrix za = upload(a, n, d, DeviceDType::kFloat32, stream), zb = upload(b, n, d, DeviceDType::kFloat32, stream);
-  DeviceMatrix ga = zeros(n, d, DeviceDType::kFloat32, stream), gb = zeros(n, d, DeviceDType::kFloat32, stream);
+  DeviceMatrix za = upload(a, n, d, DeviceDType::kFloat32, stream),
+               zb = upload(b, n, d, DeviceDType::kFloat32, stream);
+  DeviceMatrix ga = zeros(n, d, DeviceDType::kFloat32, stream),
+               gb = zeros(n, d, DeviceDType::kFloat32, stream);
   cuda::DeviceSimCLRLoss loss(temperature, reduction);
   cuda::DeviceCallOptions options;
   options.communicator = &comm;
@@ -110,7 +121,8 @@ void check_distributed(NcclCommunicator& comm, cudaStream_t stream, Reduction re
   EXPECT_EQ(out.row_offset, begin);
   const auto per_example = download(out.per_example.data(), 1, n, DeviceDType::kFloat32, stream);
   for (std::int64_t i = 0; i < n; ++i)
-    EXPECT_NEAR(per_example[static_cast<std::size_t>(i)], ref.per_example[static_cast<std::size_t>(begin + i)],
+    EXPECT_NEAR(per_example[static_cast<std::size_t>(i)],
+                ref.per_example[static_cast<std::size_t>(begin + i)],
                 kFloat32Tol * std::abs(ref.per_example[static_cast<std::size_t>(begin + i)]));
   // This rank's share of the objective, summed over ranks, is the whole batch's.
   const float mine = copy_to_host_f32(out.objective, 1, stream)[0];
@@ -188,8 +200,8 @@ int main(int argc, char** argv) {
       reason = simclr::gputest::no_device_reason();
       if (reason.empty()) reason = "no CUDA device visible (on some rank)";
     } else {
-      reason = "fewer CUDA devices than ranks: " + std::to_string(min_count) + " for " + std::to_string(size) +
-               " ranks (NCCL needs one GPU per rank)";
+      reason = "fewer CUDA devices than ranks: " + std::to_string(min_count) + " for " +
+               std::to_string(size) + " ranks (NCCL needs one GPU per rank)";
     }
     if (rank == 0) std::printf("simclr_nccl_tests: skipped: %s\n", reason.c_str());
     MPI_Finalize();

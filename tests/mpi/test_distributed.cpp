@@ -1,6 +1,6 @@
 // The distributed loss under mpirun (1 to 4 ranks): equal to the single-process call on the whole
-// batch for uneven splits and every reduction, equal to TensorFlow's own MirroredStrategy run, the same
-// exception on every rank for bad input on one rank, and the bytes each rank sends.
+// batch for uneven splits and every reduction, equal to TensorFlow's own MirroredStrategy run, the
+// same exception on every rank for bad input on one rank, and the bytes each rank sends.
 
 #include <gtest/gtest.h>
 #include <mpi.h>
@@ -63,8 +63,8 @@ double max_rel(const RowMatrix<T>& got, const RowMatrix<T>& want) {
   return static_cast<double>((got - want).cwiseAbs().maxCoeff()) / scale;
 }
 
-// Engine configurations: defaults (small problems keep their logits), streamed with the symmetric own
-// block plus the rectangular rest on tiny tiles, and streamed without symmetry.
+// Engine configurations: defaults (small problems keep their logits), streamed with the symmetric
+// own block plus the rectangular rest on tiny tiles, and streamed without symmetry.
 std::vector<EngineOptions> engine_variants() {
   EngineOptions kept, sym, rect;
   sym.memory_budget_bytes = 0;
@@ -80,7 +80,8 @@ void check_against_single_process(double tol, const EngineOptions& engine);
 
 template <class T>
 void check_against_single_process(double tol) {
-  for (const EngineOptions& engine : engine_variants()) check_against_single_process<T>(tol, engine);
+  for (const EngineOptions& engine : engine_variants())
+    check_against_single_process<T>(tol, engine);
 }
 
 template <class T>
@@ -92,16 +93,19 @@ void check_against_single_process(double tol, const EngineOptions& engine) {
   std::vector<double> w_global(g);
   for (std::int64_t i = 0; i < g; ++i) w_global[i] = 0.5 + 0.25 * static_cast<double>(i % 3);
   std::vector<T> up_global(g);
-  for (std::int64_t i = 0; i < g; ++i) up_global[i] = static_cast<T>(1.0 - 0.1 * static_cast<double>(i));
+  for (std::int64_t i = 0; i < g; ++i)
+    up_global[i] = static_cast<T>(1.0 - 0.1 * static_cast<double>(i));
   const SampleWeight w_all = SampleWeight::per_example(w_global);
 
   for (const auto& split : splits(g, k)) {
-    const std::int64_t begin = std::accumulate(split.begin(), split.begin() + rank, std::int64_t{0});
+    const std::int64_t begin =
+        std::accumulate(split.begin(), split.begin() + rank, std::int64_t{0});
     const std::int64_t n = split[rank];
     const ConstMatrixView<T> a(za.data() + begin * d, n, d), b(zb.data() + begin * d, n, d);
     const SampleWeight w_mine = SampleWeight::per_example(
         std::vector<double>(w_global.begin() + begin, w_global.begin() + begin + n));
-    for (auto reduction : {Reduction::kNone, Reduction::kSum, Reduction::kSumOverBatchSize, Reduction::kAuto}) {
+    for (auto reduction :
+         {Reduction::kNone, Reduction::kSum, Reduction::kSumOverBatchSize, Reduction::kAuto}) {
       SCOPED_TRACE(::testing::Message() << "rank " << rank << " split[0]=" << split[0] << " n=" << n
                                         << " reduction " << to_string(reduction));
       const SimCLRLoss loss(0.2, reduction);
@@ -121,7 +125,8 @@ void check_against_single_process(double tol, const EngineOptions& engine) {
       const SimCLRLoss local_none(0.2, Reduction::kNone);
       const auto whole = local_none.forward<T>(za, zb, &w_all);
       double want_j = 0;
-      for (std::int64_t i = begin; i < begin + n; ++i) want_j += static_cast<double>(whole.values[i]);
+      for (std::int64_t i = begin; i < begin + n; ++i)
+        want_j += static_cast<double>(whole.values[i]);
       if (reduction == Reduction::kNone) {
         ASSERT_EQ(static_cast<std::int64_t>(out.values.size()), n);
         for (std::int64_t i = 0; i < n; ++i)
@@ -185,7 +190,8 @@ TEST(Distributed, MatchesTensorFlowMirroredStrategy) {
     }
     ++ran;
   }
-  if (ran == 0) GTEST_SKIP() << "TensorFlow's golden runs have 2 and 4 replicas, not " << world_size();
+  if (ran == 0)
+    GTEST_SKIP() << "TensorFlow's golden runs have 2 and 4 replicas, not " << world_size();
 }
 
 // ---- bad input on one rank: the same exception everywhere, then a barrier every rank reaches ----
@@ -207,7 +213,8 @@ void expect_everywhere(F&& call, const std::string& needle) {
   std::strncpy(buf, what.c_str(), sizeof(buf) - 1);
   std::vector<char> all(sizeof(buf) * world_size());
   MPI_Allgather(buf, sizeof(buf), MPI_CHAR, all.data(), sizeof(buf), MPI_CHAR, MPI_COMM_WORLD);
-  for (int r = 0; r < world_size(); ++r) EXPECT_STREQ(all.data() + r * sizeof(buf), buf) << "rank " << r;
+  for (int r = 0; r < world_size(); ++r)
+    EXPECT_STREQ(all.data() + r * sizeof(buf), buf) << "rank " << r;
   comm.barrier();
   MPI_Barrier(MPI_COMM_WORLD);
 }
@@ -259,7 +266,8 @@ TEST(DistributedErrors, WrongDtypeOnOneRank) {
 
 TEST(DistributedErrors, BadWeightShapeOnOneRank) {
   RowMatrix<double> a = RowMatrix<double>::Random(3, 4), b = RowMatrix<double>::Random(3, 4);
-  const SampleWeight w = world_rank() == bad_rank() ? SampleWeight({2}, {1, 1}) : SampleWeight::scalar(1);
+  const SampleWeight w =
+      world_rank() == bad_rank() ? SampleWeight({2}, {1, 1}) : SampleWeight::scalar(1);
   expect_everywhere<ValueError>(
       [&](Communicator& c) {
         CallOptions o;
@@ -289,7 +297,8 @@ TEST(DistributedErrors, MismatchedConfig) {
       [&](Communicator& c) {
         CallOptions o;
         o.communicator = &c;
-        SimCLRLoss(world_rank() == bad_rank() ? 0.2 : 0.1, Reduction::kSum).forward<double>(a, b, nullptr, o);
+        SimCLRLoss(world_rank() == bad_rank() ? 0.2 : 0.1, Reduction::kSum)
+            .forward<double>(a, b, nullptr, o);
       },
       "temperature differs across ranks");
 }
@@ -321,7 +330,8 @@ class CountingCommunicator final : public Communicator {
     sent += bytes;
     inner_.all_gather(s, bytes, r);
   }
-  void all_gather_v(const void* s, std::size_t bytes, void* r, const std::vector<std::size_t>& rb) override {
+  void all_gather_v(const void* s, std::size_t bytes, void* r,
+                    const std::vector<std::size_t>& rb) override {
     sent += bytes;
     inner_.all_gather_v(s, bytes, r, rb);
   }

@@ -1,5 +1,5 @@
-// main() of the MPI test binaries: initialise MPI, run the tests on every rank (rank 0 prints in full,
-// the others only their failures), and make every rank agree on the result before exiting.
+// main() of the MPI test binaries: initialise MPI, run the tests on every rank (rank 0 prints in
+// full, the others only their failures), and make every rank agree on the result before exiting.
 
 #include <gtest/gtest.h>
 #include <mpi.h>

@@ -3,9 +3,9 @@
 //            wait in a timed collective (tests/reliability/rank_death.sh)
 //   steps    every rank runs timed forward+backward steps until a collective fails; the multi-host
 //            run (scripts/multihost.sh) cuts one host's link meanwhile
-// Every rank that sees a CommError prints "SURVIVOR rank r: <message>" and leaves with _exit(0): with
-// a peer gone MPI_Finalize could block, so a real job would exit (or be restarted) the same way.
-// Usage: simclr_fault_inject die|steps [timeout_ms=2000] [max_steps=100000]
+// Every rank that sees a CommError prints "SURVIVOR rank r: <message>" and leaves with _exit(0):
+// with a peer gone MPI_Finalize could block, so a real job would exit (or be restarted) the same
+// way. Usage: simclr_fault_inject die|steps [timeout_ms=2000] [max_steps=100000]
 
 #include <mpi.h>
 #include <unistd.h>
@@ -47,14 +47,15 @@ int main(int argc, char** argv) {
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   if (mode != "die" && mode != "steps") {
-    if (rank == 0) std::fprintf(stderr, "usage: simclr_fault_inject die|steps [timeout_ms] [max_steps]\n");
+    if (rank == 0)
+      std::fprintf(stderr, "usage: simclr_fault_inject die|steps [timeout_ms] [max_steps]\n");
     MPI_Finalize();
     return 2;
   }
   char host[256] = {0};
   gethostname(host, sizeof(host) - 1);
-  simclr::MpiCommunicator comm(MPI_COMM_WORLD,
-                               simclr::MpiCommunicatorOptions{std::chrono::milliseconds(timeout_ms)});
+  simclr::MpiCommunicator comm(
+      MPI_COMM_WORLD, simclr::MpiCommunicatorOptions{std::chrono::milliseconds(timeout_ms)});
   const simclr::SimCLRLoss loss(0.1, simclr::Reduction::kSum);
   long done = 0;
   try {
@@ -66,7 +67,8 @@ int main(int argc, char** argv) {
         _exit(0);
       }
       comm.barrier();
-      say("rank " + std::to_string(rank) + ": barrier completed without the dead rank (unexpected)");
+      say("rank " + std::to_string(rank) +
+          ": barrier completed without the dead rank (unexpected)");
     } else {
       for (done = 1; done < max_steps; ++done) {
         step(loss, comm, static_cast<int>(done));

@@ -1,10 +1,11 @@
-// simclr_soak: thousands of distributed steps under mpirun, each with a random global batch, dimension,
-// uneven split (ranks with 0 rows included), reduction and dtype, checked against the single-process
-// call on the whole batch; and the resident memory, which must not grow after warm-up.
-// Run by scripts/soak.sh (not a default test). Prints one summary line on rank 0; exit 1 on failure.
-// Usage: simclr_soak [seconds=40] [seed=1]
+// simclr_soak: thousands of distributed steps under mpirun, each with a random global batch,
+// dimension, uneven split (ranks with 0 rows included), reduction and dtype, checked against the
+// single-process call on the whole batch; and the resident memory, which must not grow after
+// warm-up. Run by scripts/soak.sh (not a default test). Prints one summary line on rank 0; exit 1
+// on failure. Usage: simclr_soak [seconds=40] [seed=1]
 
 #include <mpi.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -12,7 +13,6 @@
 #include <cstdlib>
 #include <random>
 #include <string>
-#include <unistd.h>
 
 #include "reference.hpp"
 #include "simclr/loss.hpp"
@@ -34,7 +34,8 @@ long rss_kib() {
 template <class T>
 double max_abs_diff(const T* got, const T* want, std::size_t n) {
   double m = 0;
-  for (std::size_t i = 0; i < n; ++i) m = std::max(m, std::abs(static_cast<double>(got[i]) - static_cast<double>(want[i])));
+  for (std::size_t i = 0; i < n; ++i)
+    m = std::max(m, std::abs(static_cast<double>(got[i]) - static_cast<double>(want[i])));
   return m;
 }
 
@@ -63,23 +64,31 @@ double step(Communicator& comm, std::uint64_t seed, std::int64_t g, std::int64_t
   const auto [out, grads] = loss.value_and_gradient<T>(a, b, nullptr, o);
 
   // The single-process reference: per-example losses of the whole batch, and the gradient of the
-  // objective every rank's gradient belongs to, the sum of all ranks' objectives (docs/distributed.md).
+  // objective every rank's gradient belongs to, the sum of all ranks' objectives
+  // (docs/distributed.md).
   const SimCLRLoss whole_loss(0.1, Reduction::kNone);
   const auto whole = whole_loss.forward<T>(za, zb);
   const T scale = reduction == Reduction::kSumOverBatchSize ? T(1) / static_cast<T>(g) : T(1);
   const std::vector<T> up(static_cast<std::size_t>(g), scale);
   const auto gw = whole_loss.backward(whole, up);
 
-  double err = max_abs_diff(out.per_example.data(), whole.per_example.data() + begin, static_cast<std::size_t>(n)) /
+  double err = max_abs_diff(out.per_example.data(), whole.per_example.data() + begin,
+                            static_cast<std::size_t>(n)) /
                std::max(1.0, std::log(2.0 * static_cast<double>(g)));
   const RowMatrix<T> ga = gw.grad_a.middleRows(begin, n), gb = gw.grad_b.middleRows(begin, n);
   if (n > 0 && d > 0) {
-    // Floor of the scale: the reduction's weight per pair. At d = 1 every normalised row is +-1 and the
-    // exact gradient is 0 (only the normalisation's rounding is left), so a relative error would be 0/0.
-    const double gscale = std::max(static_cast<double>(scale),
-                                   static_cast<double>(std::max(ga.cwiseAbs().maxCoeff(), gb.cwiseAbs().maxCoeff())));
-    err = std::max(err, max_abs_diff(grads.grad_a.data(), ga.data(), static_cast<std::size_t>(ga.size())) / gscale);
-    err = std::max(err, max_abs_diff(grads.grad_b.data(), gb.data(), static_cast<std::size_t>(gb.size())) / gscale);
+    // Floor of the scale: the reduction's weight per pair. At d = 1 every normalised row is +-1 and
+    // the exact gradient is 0 (only the normalisation's rounding is left), so a relative error
+    // would be 0/0.
+    const double gscale =
+        std::max(static_cast<double>(scale),
+                 static_cast<double>(std::max(ga.cwiseAbs().maxCoeff(), gb.cwiseAbs().maxCoeff())));
+    err = std::max(
+        err,
+        max_abs_diff(grads.grad_a.data(), ga.data(), static_cast<std::size_t>(ga.size())) / gscale);
+    err = std::max(
+        err,
+        max_abs_diff(grads.grad_b.data(), gb.data(), static_cast<std::size_t>(gb.size())) / gscale);
   }
   if (out.global_rows != g || out.row_offset != begin) err = 1e300;
   return err;
@@ -103,7 +112,8 @@ int main(int argc, char** argv) {
   std::string first_failure;
   while (true) {
     int go = 0;
-    if (rank == 0) go = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() < seconds;
+    if (rank == 0)
+      go = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() < seconds;
     MPI_Bcast(&go, 1, MPI_INT, 0, MPI_COMM_WORLD);
     if (!go) break;
     // Every rank draws the same step from (seed0, step).
@@ -117,8 +127,10 @@ int main(int argc, char** argv) {
     std::discrete_distribution<int> pick(weights.begin(), weights.end());
     const bool lump = gen() % 4 == 0;
     const int lump_rank = static_cast<int>(gen() % static_cast<std::uint64_t>(k));
-    for (std::int64_t i = 0; i < g; ++i) ++split[static_cast<std::size_t>(lump ? lump_rank : pick(gen))];
-    const Reduction reductions[] = {Reduction::kSum, Reduction::kNone, Reduction::kSumOverBatchSize};
+    for (std::int64_t i = 0; i < g; ++i)
+      ++split[static_cast<std::size_t>(lump ? lump_rank : pick(gen))];
+    const Reduction reductions[] = {Reduction::kSum, Reduction::kNone,
+                                    Reduction::kSumOverBatchSize};
     const Reduction red = reductions[gen() % 3];
     const bool dbl = gen() % 2 == 0;
     double err = 0;
@@ -135,13 +147,13 @@ int main(int argc, char** argv) {
     (dbl ? worst_double : worst_float) = std::max(dbl ? worst_double : worst_float, err);
     if (!(err <= tol)) {
       ++failures;
-      if (first_failure.empty())
-      {
+      if (first_failure.empty()) {
         std::string sp;
         for (auto c : split) sp += (sp.empty() ? "" : ",") + std::to_string(c);
-        first_failure = "step " + std::to_string(steps) + " (G " + std::to_string(g) + ", d " + std::to_string(d) +
-                        ", split " + sp + ", " + to_string(red) + ", " + (dbl ? "float64" : "float32") +
-                        "): error " + std::to_string(err) + " > " + std::to_string(tol);
+        first_failure = "step " + std::to_string(steps) + " (G " + std::to_string(g) + ", d " +
+                        std::to_string(d) + ", split " + sp + ", " + to_string(red) + ", " +
+                        (dbl ? "float64" : "float32") + "): error " + std::to_string(err) + " > " +
+                        std::to_string(tol);
       }
     }
     ++steps;
@@ -152,8 +164,8 @@ int main(int argc, char** argv) {
       rss_peak_after_warm = std::max(rss_peak_after_warm, rss);
     }
   }
-  // Growth allowed after warm-up: 4 MiB (allocator and Open MPI free-list noise); a leak of even one
-  // small buffer per step grows by far more over thousands of steps.
+  // Growth allowed after warm-up: 4 MiB (allocator and Open MPI free-list noise); a leak of even
+  // one small buffer per step grows by far more over thousands of steps.
   const long growth = rss_peak_after_warm - rss_warm;
   const int mine_bad = failures > 0 || growth > 4096 || rss_warm == 0 ? 1 : 0;
   long all_steps = 0, all_failures = 0, max_growth = 0;
@@ -164,10 +176,14 @@ int main(int argc, char** argv) {
   MPI_Allreduce(&mine_bad, &any_bad, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
   double worst[2] = {worst_double, worst_float}, worst_all[2] = {0, 0};
   MPI_Reduce(worst, worst_all, 2, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
-  if (!first_failure.empty()) std::fprintf(stderr, "rank %d: first failure: %s\n", rank, first_failure.c_str());
+  if (!first_failure.empty())
+    std::fprintf(stderr, "rank %d: first failure: %s\n", rank, first_failure.c_str());
   if (rank == 0) {
-    std::printf("soak: ranks=%d steps=%ld failures=%ld max_err_double=%.3g max_err_float=%.3g rss_after_warmup=%ld KiB max_growth=%ld KiB: %s\n",
-                k, all_steps, all_failures, worst_all[0], worst_all[1], rss_warm, max_growth, any_bad ? "FAIL" : "PASS");
+    std::printf(
+        "soak: ranks=%d steps=%ld failures=%ld max_err_double=%.3g max_err_float=%.3g "
+        "rss_after_warmup=%ld KiB max_growth=%ld KiB: %s\n",
+        k, all_steps, all_failures, worst_all[0], worst_all[1], rss_warm, max_growth,
+        any_bad ? "FAIL" : "PASS");
     std::fflush(stdout);
   }
   MPI_Finalize();

@@ -1,6 +1,6 @@
 // Rows of the bad-input matrix (docs/errors.md) that no other test covers: huge norms, a tiny
-// temperature in float32 against float64, and the caller's buffers after every failing call, locally
-// and through the distributed code path (SingleProcessCommunicator).
+// temperature in float32 against float64, and the caller's buffers after every failing call,
+// locally and through the distributed code path (SingleProcessCommunicator).
 
 #include <gtest/gtest.h>
 
@@ -26,7 +26,8 @@ RowMatrix<T> seeded(unsigned seed, std::int64_t n, std::int64_t d) {
 template <class M>
 bool same_bits(const M& x, const M& y) {
   return x.rows() == y.rows() && x.cols() == y.cols() &&
-         std::memcmp(x.data(), y.data(), static_cast<std::size_t>(x.size()) * sizeof(*x.data())) == 0;
+         std::memcmp(x.data(), y.data(), static_cast<std::size_t>(x.size()) * sizeof(*x.data())) ==
+             0;
 }
 
 TEST(HugeNorms, DoubleRowsOf1e30AreScaleInvariant) {
@@ -36,7 +37,8 @@ TEST(HugeNorms, DoubleRowsOf1e30AreScaleInvariant) {
   const auto [ref, gref] = loss.value_and_gradient<double>(a, b);
   const RowMatrix<double> a_big = a * 1e30, b_big = b * 1e30;
   const auto [big, gbig] = loss.value_and_gradient<double>(a_big, b_big);
-  for (std::size_t i = 0; i < ref.values.size(); ++i) EXPECT_NEAR(big.values[i], ref.values[i], 1e-12);
+  for (std::size_t i = 0; i < ref.values.size(); ++i)
+    EXPECT_NEAR(big.values[i], ref.values[i], 1e-12);
   // d l / d x scales as 1 / |x|.
   EXPECT_LE((gbig.grad_a * 1e30 - gref.grad_a).cwiseAbs().maxCoeff(), 1e-10);
   EXPECT_LE((gbig.grad_b * 1e30 - gref.grad_b).cwiseAbs().maxCoeff(), 1e-10);
@@ -44,8 +46,8 @@ TEST(HugeNorms, DoubleRowsOf1e30AreScaleInvariant) {
 
 TEST(HugeNorms, FloatRowsWhoseSquaredNormOverflowsBehaveAsZeroRows) {
   // In float32 sum(x^2) of a 1e30 row is +Inf, so rsqrt gives 0 and the row normalises to zero, as
-  // tf.math.l2_normalize does in float32. No exception, and everything stays finite: the result is the
-  // loss of the same batch with those rows set to zero.
+  // tf.math.l2_normalize does in float32. No exception, and everything stays finite: the result is
+  // the loss of the same batch with those rows set to zero.
   RowMatrix<float> a = seeded<float>(3, 6, 5), b = seeded<float>(4, 6, 5);
   RowMatrix<float> a_big = a, a_zero = a;
   a_big.row(2) *= 1e30f;
@@ -66,14 +68,15 @@ TEST(HugeNorms, FloatRowsWhoseSquaredNormOverflowsBehaveAsZeroRows) {
   a_large.row(2) *= 1e18f;
   const auto large = loss.forward<float>(a_large, b);
   const auto ref = loss.forward<float>(a, b);
-  for (std::size_t i = 0; i < ref.values.size(); ++i) EXPECT_NEAR(large.values[i], ref.values[i], 1e-4f) << i;
+  for (std::size_t i = 0; i < ref.values.size(); ++i)
+    EXPECT_NEAR(large.values[i], ref.values[i], 1e-4f) << i;
 }
 
 TEST(TinyTemperature, Float32AtOneThousandthMatchesFloat64) {
   // Logits reach 1/T = 1000. The float result carries an absolute error of about
-  // 1000 * (float eps 6e-8) * (a few roundings per logit and LSE term) ~ 1e-3 on per-example losses of
-  // size up to ~1e3; 1e-2 + 1e-5 relative bounds it with room, while a lost row or an overflow would
-  // be off by O(1) or more.
+  // 1000 * (float eps 6e-8) * (a few roundings per logit and LSE term) ~ 1e-3 on per-example losses
+  // of size up to ~1e3; 1e-2 + 1e-5 relative bounds it with room, while a lost row or an overflow
+  // would be off by O(1) or more.
   const RowMatrix<double> a = seeded<double>(5, 24, 8), b = seeded<double>(6, 24, 8);
   const SimCLRLoss loss(1e-3, Reduction::kNone);
   const auto d = loss.forward<double>(a, b);
@@ -81,7 +84,8 @@ TEST(TinyTemperature, Float32AtOneThousandthMatchesFloat64) {
   const auto [f, g] = loss.value_and_gradient<float>(af, bf);
   for (std::size_t i = 0; i < d.values.size(); ++i) {
     ASSERT_TRUE(std::isfinite(f.values[i])) << i;
-    EXPECT_NEAR(static_cast<double>(f.values[i]), d.values[i], 1e-2 + 1e-5 * std::abs(d.values[i])) << i;
+    EXPECT_NEAR(static_cast<double>(f.values[i]), d.values[i], 1e-2 + 1e-5 * std::abs(d.values[i]))
+        << i;
   }
   EXPECT_TRUE(g.grad_a.allFinite() && g.grad_b.allFinite());
 }
@@ -95,18 +99,24 @@ struct BadCase {
 };
 
 std::vector<BadCase> bad_cases() {
-  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  const float nan = std::numeric_limits<float>::quiet_NaN(),
+              inf = std::numeric_limits<float>::infinity();
   return {
       {"NaN in za", "za has NaN at row 3, column 1", [=](auto& a, auto&, auto&) { a(3, 1) = nan; }},
-      {"-Inf in zb", "zb has Inf at row 0, column 4", [=](auto&, auto& b, auto&) { b(0, 4) = -inf; }},
+      {"-Inf in zb", "zb has Inf at row 0, column 4",
+       [=](auto&, auto& b, auto&) { b(0, 4) = -inf; }},
       {"shape mismatch", "za and zb must have the same shape: [5, 6] vs. [4, 6]",
        [](auto&, auto& b, auto&) { b.conservativeResize(4, 6); }},
       {"weight length", "Incompatible shapes: [5] vs. [3]",
-       [](auto&, auto&, auto& w) { w = SampleWeight::per_example({1, 2, 3}); }},
+       [](auto&, auto&, auto& w) {
+         w = SampleWeight::per_example({1, 2, 3});
+       }},
       {"NaN weight", "sample_weight has NaN at index 2",
        [](auto&, auto&, auto& w) { w.values[2] = std::nan(""); }},
       {"weight rank 3", "sample_weight of rank 3 is not supported",
-       [](auto&, auto&, auto& w) { w = SampleWeight({5, 1, 1}, std::vector<double>(5, 1.0)); }},
+       [](auto&, auto&, auto& w) {
+         w = SampleWeight({5, 1, 1}, std::vector<double>(5, 1.0));
+       }},
       {"weight values vs shape", "sample_weight shape holds 5 values but 4 were given",
        [](auto&, auto&, auto& w) { w.values.pop_back(); }},
   };
@@ -142,10 +152,13 @@ void check_unchanged_after_failure(bool through_communicator) {
 
 TEST(CallerBuffers, UnchangedAfterEveryFailingLocalCall) { check_unchanged_after_failure(false); }
 
-TEST(CallerBuffers, UnchangedAfterEveryFailingDistributedCall) { check_unchanged_after_failure(true); }
+TEST(CallerBuffers, UnchangedAfterEveryFailingDistributedCall) {
+  check_unchanged_after_failure(true);
+}
 
 TEST(CallerBuffers, BadViewsAreRejectedWithoutReading) {
-  // A null view with rows, a negative dimension, a stride smaller than the row: ValueError, no read.
+  // A null view with rows, a negative dimension, a stride smaller than the row: ValueError, no
+  // read.
   const SimCLRLoss loss(0.1, Reduction::kSum);
   const RowMatrix<double> ok = seeded<double>(9, 3, 4);
   EXPECT_THROW(loss.forward<double>(ConstMatrixView<double>(nullptr, 3, 4), ok), ValueError);
@@ -160,8 +173,10 @@ TEST(CallerBuffers, FailedBackwardIntoLeavesGradientBuffersUnchanged) {
   o.communicator = &single;
   const SimCLRLoss loss(0.1, Reduction::kSum);
   const auto out = loss.forward<float>(a, b, nullptr, o);
-  RowMatrix<float> ga = RowMatrix<float>::Constant(4, 3, 7.0f), gb = RowMatrix<float>::Constant(4, 3, 7.0f);
-  EXPECT_THROW(loss.backward_into<float>(out, std::numeric_limits<float>::infinity(), ga, gb), ValueError);
+  RowMatrix<float> ga = RowMatrix<float>::Constant(4, 3, 7.0f),
+                   gb = RowMatrix<float>::Constant(4, 3, 7.0f);
+  EXPECT_THROW(loss.backward_into<float>(out, std::numeric_limits<float>::infinity(), ga, gb),
+               ValueError);
   EXPECT_TRUE((ga.array() == 7.0f).all() && (gb.array() == 7.0f).all());
 }
 

@@ -1,9 +1,9 @@
-// Collective safety under mpirun (2-3 ranks): with MpiCommunicatorOptions::timeout a rank that never
-// enters a collective makes the others raise CommError naming the collective, their rank and the time
-// waited (no hang); a rank arriving late completes into buffers the others abandoned; MPI errors come
-// back as exceptions instead of aborting the job; bad input spread over ranks raises the same error
-// everywhere and leaves the caller's buffers unchanged. Times are only checked against generous hang
-// guards (30 s), never for speed.
+// Collective safety under mpirun (2-3 ranks): with MpiCommunicatorOptions::timeout a rank that
+// never enters a collective makes the others raise CommError naming the collective, their rank and
+// the time waited (no hang); a rank arriving late completes into buffers the others abandoned; MPI
+// errors come back as exceptions instead of aborting the job; bad input spread over ranks raises
+// the same error everywhere and leaves the caller's buffers unchanged. Times are only checked
+// against generous hang guards (30 s), never for speed.
 
 #include <gtest/gtest.h>
 #include <mpi.h>
@@ -26,7 +26,8 @@ using std::chrono::milliseconds;
 using Clock = std::chrono::steady_clock;
 
 constexpr milliseconds kShortTimeout{1000};
-// Long enough that a slow (sanitised, oversubscribed) rank never trips it when every rank takes part.
+// Long enough that a slow (sanitised, oversubscribed) rank never trips it when every rank takes
+// part.
 constexpr milliseconds kGenerousTimeout{30000};
 constexpr double kHangGuardSeconds = 30;
 
@@ -61,7 +62,9 @@ std::string comm_error_of(F&& call) {
 
 // Checks "mpi: <collective> timed out on rank r of k after W ms (timeout T ms)" with W >= T.
 void expect_timeout_message(const std::string& what, const std::string& collective) {
-  const std::regex re("mpi: " + collective + " timed out on rank ([0-9]+) of ([0-9]+) after ([0-9]+) ms \\(timeout ([0-9]+) ms\\)");
+  const std::regex re(
+      "mpi: " + collective +
+      " timed out on rank ([0-9]+) of ([0-9]+) after ([0-9]+) ms \\(timeout ([0-9]+) ms\\)");
   std::smatch m;
   ASSERT_TRUE(std::regex_search(what, m, re)) << what;
   EXPECT_EQ(std::stoi(m[1]), world_rank()) << what;
@@ -80,8 +83,10 @@ void call_collective(Communicator& comm, const std::string& which) {
     comm.all_gather(send.data(), send.size() * sizeof(double), recv.data());
   } else {
     std::vector<std::size_t> bytes(static_cast<std::size_t>(k));
-    for (int i = 0; i < k; ++i) bytes[static_cast<std::size_t>(i)] = static_cast<std::size_t>(3 * i + 1);
-    std::vector<unsigned char> send(bytes[static_cast<std::size_t>(r)], static_cast<unsigned char>(r));
+    for (int i = 0; i < k; ++i)
+      bytes[static_cast<std::size_t>(i)] = static_cast<std::size_t>(3 * i + 1);
+    std::vector<unsigned char> send(bytes[static_cast<std::size_t>(r)],
+                                    static_cast<unsigned char>(r));
     std::vector<unsigned char> recv(std::accumulate(bytes.begin(), bytes.end(), std::size_t{0}));
     comm.all_gather_v(send.data(), send.size(), recv.data(), bytes);
   }
@@ -100,7 +105,8 @@ TEST_P(CollectiveTimeout, ARankThatSkipsMakesTheOthersRaise) {
     EXPECT_NE(what.find("another rank did not take part"), std::string::npos) << what;
     // The communicator is now unusable, and says so instead of hanging.
     const std::string again = comm_error_of([&] { comm.barrier(); });
-    EXPECT_NE(again.find("broken by an earlier failed or timed-out collective"), std::string::npos) << again;
+    EXPECT_NE(again.find("broken by an earlier failed or timed-out collective"), std::string::npos)
+        << again;
   }
   MPI_Barrier(MPI_COMM_WORLD);
 }
@@ -142,21 +148,25 @@ TEST(CollectiveTimeoutLoss, BackwardRaisesCommErrorWhenARankSkipsIt) {
   MPI_Barrier(MPI_COMM_WORLD);
 }
 
-// The ranks that gave up have left (their receive buffers are gone); the late rank still completes the
-// collective they posted. MPI writes into the communicator's own staging buffers, which is what ASan
-// checks here; the late rank receives every rank's data.
+// The ranks that gave up have left (their receive buffers are gone); the late rank still completes
+// the collective they posted. MPI writes into the communicator's own staging buffers, which is what
+// ASan checks here; the late rank receives every rank's data.
 TEST(CollectiveTimeoutLoss, LateRankCompletesIntoAbandonedBuffers) {
   const int k = world_size(), r = world_rank();
   const bool late = r == skipper();
-  MpiCommunicator comm(MPI_COMM_WORLD, MpiCommunicatorOptions{late ? kGenerousTimeout : kShortTimeout});
+  MpiCommunicator comm(MPI_COMM_WORLD,
+                       MpiCommunicatorOptions{late ? kGenerousTimeout : kShortTimeout});
   std::vector<std::size_t> bytes(static_cast<std::size_t>(k));
-  for (int i = 0; i < k; ++i) bytes[static_cast<std::size_t>(i)] = static_cast<std::size_t>(100 + i);
+  for (int i = 0; i < k; ++i)
+    bytes[static_cast<std::size_t>(i)] = static_cast<std::size_t>(100 + i);
   const std::size_t total = std::accumulate(bytes.begin(), bytes.end(), std::size_t{0});
   if (!late) {
     {
-      std::vector<unsigned char> send(bytes[static_cast<std::size_t>(r)], static_cast<unsigned char>(r + 1));
+      std::vector<unsigned char> send(bytes[static_cast<std::size_t>(r)],
+                                      static_cast<unsigned char>(r + 1));
       std::vector<unsigned char> recv(total, 0);
-      const std::string what = comm_error_of([&] { comm.all_gather_v(send.data(), send.size(), recv.data(), bytes); });
+      const std::string what =
+          comm_error_of([&] { comm.all_gather_v(send.data(), send.size(), recv.data(), bytes); });
       expect_timeout_message(what, "all_gather_v");
       EXPECT_TRUE(std::all_of(recv.begin(), recv.end(), [](unsigned char c) { return c == 0; }));
     }  // the caller's buffers are freed here
@@ -164,7 +174,8 @@ TEST(CollectiveTimeoutLoss, LateRankCompletesIntoAbandonedBuffers) {
     MPI_Barrier(MPI_COMM_WORLD);
   } else {
     std::this_thread::sleep_for(2 * kShortTimeout + milliseconds(500));
-    std::vector<unsigned char> send(bytes[static_cast<std::size_t>(r)], static_cast<unsigned char>(r + 1));
+    std::vector<unsigned char> send(bytes[static_cast<std::size_t>(r)],
+                                    static_cast<unsigned char>(r + 1));
     std::vector<unsigned char> recv(total, 0);
     const auto t0 = Clock::now();
     EXPECT_NO_THROW(comm.all_gather_v(send.data(), send.size(), recv.data(), bytes));
@@ -206,13 +217,14 @@ TEST(MpiErrors, MismatchedCountIsAnExceptionNotAnAbortBlocking) {
 }
 
 TEST(MpiErrors, MismatchedCountIsAnExceptionNotAnAbortTimed) {
-  // Open MPI 4 reports this error on MPI_COMM_WORLD's handler (fatal by default) while the request is
-  // tested: the communicator returns it as CommError all the same.
+  // Open MPI 4 reports this error on MPI_COMM_WORLD's handler (fatal by default) while the request
+  // is tested: the communicator returns it as CommError all the same.
   MpiCommunicator comm(MPI_COMM_WORLD, MpiCommunicatorOptions{kShortTimeout});
   const std::string what = truncated_all_gather_v(comm);
   if (world_rank() != 1) {
     // Either the truncation itself or, for a rank waiting on a block that never comes, the timeout.
-    const bool failed = what.find("mpi: all_gather_v failed on rank " + std::to_string(world_rank())) != std::string::npos &&
+    const bool failed = what.find("mpi: all_gather_v failed on rank " +
+                                  std::to_string(world_rank())) != std::string::npos &&
                         what.find("MPI_ERR_TRUNCATE") != std::string::npos;
     const bool timed_out = what.find("mpi: all_gather_v timed out on rank") != std::string::npos;
     EXPECT_TRUE(failed || timed_out) << what;
@@ -228,7 +240,8 @@ TEST(MpiErrors, MismatchedCountIsAnExceptionNotAnAbortTimed) {
   MPI_Barrier(MPI_COMM_WORLD);
 }
 
-// ---- bad input spread over ranks: one error, raised identically everywhere, buffers unchanged ----
+// ---- bad input spread over ranks: one error, raised identically everywhere, buffers unchanged
+// ----
 
 template <class E, class F>
 std::string error_everywhere(F&& call) {
@@ -261,7 +274,9 @@ TEST(DistributedBadInput, ZeroRowsOnOneRankNaNOnAnother) {
   const std::string what = error_everywhere<ValueError>(
       [&] { SimCLRLoss(0.1, Reduction::kSum).forward<float>(a, b, nullptr, o); });
   if (world_size() > 1) {
-    EXPECT_NE(what.find("zb has NaN at row 1, column 2 (rank " + std::to_string(bad) + ")"), std::string::npos) << what;
+    EXPECT_NE(what.find("zb has NaN at row 1, column 2 (rank " + std::to_string(bad) + ")"),
+              std::string::npos)
+        << what;
   }
   EXPECT_TRUE(a.cwiseEqual(a0).all() && (b.array().isNaN() == b0.array().isNaN()).all());
   // The communicator is still usable: the error was agreed, not a broken collective.
@@ -274,15 +289,20 @@ TEST(DistributedBadInput, MismatchedReductionAndGlobalBatchSize) {
   RowMatrix<double> a = RowMatrix<double>::Random(3, 4), b = RowMatrix<double>::Random(3, 4);
   CallOptions o;
   o.communicator = &comm;
-  std::string what = error_everywhere<ValueError>(
-      [&] { SimCLRLoss(0.1, odd ? Reduction::kNone : Reduction::kSum).forward<double>(a, b, nullptr, o); });
-  EXPECT_NE(what.find("reduction differs across ranks: rank 0 has sum, rank " + std::to_string(skipper()) + " has none"),
-            std::string::npos) << what;
+  std::string what = error_everywhere<ValueError>([&] {
+    SimCLRLoss(0.1, odd ? Reduction::kNone : Reduction::kSum).forward<double>(a, b, nullptr, o);
+  });
+  EXPECT_NE(what.find("reduction differs across ranks: rank 0 has sum, rank " +
+                      std::to_string(skipper()) + " has none"),
+            std::string::npos)
+      << what;
   o.global_batch_size = odd ? GlobalBatchSize::of(9) : GlobalBatchSize::infer();
   what = error_everywhere<ValueError>(
       [&] { SimCLRLoss(0.1, Reduction::kSumOverBatchSize).forward<double>(a, b, nullptr, o); });
-  EXPECT_NE(what.find("global batch size differs across ranks: rank 0 has infer, rank " + std::to_string(skipper()) + " has 9"),
-            std::string::npos) << what;
+  EXPECT_NE(what.find("global batch size differs across ranks: rank 0 has infer, rank " +
+                      std::to_string(skipper()) + " has 9"),
+            std::string::npos)
+      << what;
 }
 
 TEST(DistributedBadInput, EveryRankEmptyIsAZeroLoss) {

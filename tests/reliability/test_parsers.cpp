@@ -1,7 +1,7 @@
-// The parsers that read untrusted input, as the fuzzers (fuzz/) drive them: every committed corpus file
-// replayed, every prefix of a valid .npy, and one case per fuzzer finding (docs/errors.md).
-// Contract: a malformed input raises simclr::ValueError (TypeError for config value kinds) naming what
-// is wrong; an accepted input is self-consistent; nothing crashes or overflows.
+// The parsers that read untrusted input, as the fuzzers (fuzz/) drive them: every committed corpus
+// file replayed, every prefix of a valid .npy, and one case per fuzzer finding (docs/errors.md).
+// Contract: a malformed input raises simclr::ValueError (TypeError for config value kinds) naming
+// what is wrong; an accepted input is self-consistent; nothing crashes or overflows.
 
 #include <gtest/gtest.h>
 
@@ -47,7 +47,8 @@ std::string npy_image(const std::string& descr, const std::string& shape, const 
 }
 
 tools::NpyArray parse(const std::string& bytes) {
-  return tools::parse_npy(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), "t.npy");
+  return tools::parse_npy(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(),
+                          "t.npy");
 }
 
 std::string npy_error(const std::string& bytes) {
@@ -75,7 +76,8 @@ TEST(NpyParser, EveryCorpusFileIsAcceptedConsistentlyOrRejectedWithValueError) {
     const std::string bytes = read_bytes(f);
     try {
       expect_consistent(parse(bytes));
-      EXPECT_EQ(f.filename().string().rfind("valid_", 0), 0u) << "accepted a file not named valid_*";
+      EXPECT_EQ(f.filename().string().rfind("valid_", 0), 0u)
+          << "accepted a file not named valid_*";
     } catch (const ValueError&) {
       EXPECT_NE(f.filename().string().rfind("valid_", 0), 0u) << "rejected a valid_* file";
     }
@@ -84,38 +86,47 @@ TEST(NpyParser, EveryCorpusFileIsAcceptedConsistentlyOrRejectedWithValueError) {
 
 TEST(NpyParser, EveryPrefixOfAValidFileIsRejected) {
   const double v[] = {1, 2, 3, 4, 5, 6};
-  const std::string full = npy_image("<f8", "(3, 2)", std::string(reinterpret_cast<const char*>(v), sizeof(v)));
+  const std::string full =
+      npy_image("<f8", "(3, 2)", std::string(reinterpret_cast<const char*>(v), sizeof(v)));
   expect_consistent(parse(full));
   for (std::size_t n = 0; n < full.size(); ++n) {
     const std::string what = npy_error(full.substr(0, n));
-    EXPECT_TRUE(what.find("bad magic") != std::string::npos || what.find("truncated") != std::string::npos ||
+    EXPECT_TRUE(what.find("bad magic") != std::string::npos ||
+                what.find("truncated") != std::string::npos ||
                 what.find("npy header") != std::string::npos)
         << n << " bytes: " << what;
   }
 }
 
 TEST(NpyParser, WrongEndiannessNamesTheFix) {
-  EXPECT_NE(npy_error(npy_image(">f4", "(1,)", std::string(4, '\0'))).find("big-endian data ('>f4') is not supported"),
+  EXPECT_NE(npy_error(npy_image(">f4", "(1,)", std::string(4, '\0')))
+                .find("big-endian data ('>f4') is not supported"),
             std::string::npos);
 }
 
 // Fuzzer finding (fuzz/corpus/npy/regress_count_out_of_long_long_range.npy): shape (3, 3.1e18) of
 // float64 made the element count (then a double) 9.3e18, converted to long long for the "truncated"
-// message: out of range, undefined behaviour (UBSan). Now counts are exact int64 with an overflow check.
+// message: out of range, undefined behaviour (UBSan). Now counts are exact int64 with an overflow
+// check.
 TEST(NpyParser, RegressionElementCountBeyondInt64) {
-  const auto file = read_bytes(fs::path(SIMCLR_FUZZ_CORPUS) / "npy" / "regress_count_out_of_long_long_range.npy");
+  const auto file =
+      read_bytes(fs::path(SIMCLR_FUZZ_CORPUS) / "npy" / "regress_count_out_of_long_long_range.npy");
   EXPECT_NE(npy_error(file).find("is too large"), std::string::npos) << npy_error(file);
-  EXPECT_NE(npy_error(npy_image("<f4", "(3, 3106511852580896772)", "")).find("is too large"), std::string::npos);
+  EXPECT_NE(npy_error(npy_image("<f4", "(3, 3106511852580896772)", "")).find("is too large"),
+            std::string::npos);
   // Just inside int64 elements but not in bytes: also too large, never a wrapped byte count.
-  EXPECT_NE(npy_error(npy_image("<f8", "(2, 2305843009213693952)", "")).find("is too large"), std::string::npos);
+  EXPECT_NE(npy_error(npy_image("<f8", "(2, 2305843009213693952)", "")).find("is too large"),
+            std::string::npos);
   // Large but representable: the ordinary truncation message with the exact count.
-  EXPECT_NE(npy_error(npy_image("<f8", "(1000000, 1000000)", "")).find("header says 1000000000000 elements"),
+  EXPECT_NE(npy_error(npy_image("<f8", "(1000000, 1000000)", ""))
+                .find("header says 1000000000000 elements"),
             std::string::npos);
 }
 
-// Found while writing the fuzz target's invariant (fuzz/corpus/npy/regress_shape_overflow_with_zero.npy):
-// a zero dimension made the byte count 0 and the file "valid", but NpyArray::size() then multiplied the
-// other dimensions in int64 and overflowed (undefined behaviour). The non-zero dimensions must fit.
+// Found while writing the fuzz target's invariant
+// (fuzz/corpus/npy/regress_shape_overflow_with_zero.npy): a zero dimension made the byte count 0
+// and the file "valid", but NpyArray::size() then multiplied the other dimensions in int64 and
+// overflowed (undefined behaviour). The non-zero dimensions must fit.
 TEST(NpyParser, RegressionShapeWhoseProductOverflowsDespiteAZeroDimension) {
   const std::string big = std::to_string(std::numeric_limits<std::int64_t>::max() / 4);
   const std::string what = npy_error(npy_image("<f8", "(" + big + ", " + big + ", 0)", ""));
@@ -124,7 +135,8 @@ TEST(NpyParser, RegressionShapeWhoseProductOverflowsDespiteAZeroDimension) {
   const auto empty = parse(npy_image("<f8", "(1000000, 0, 3)", ""));
   EXPECT_EQ(empty.size(), 0);
   expect_consistent(empty);
-  const auto file = read_bytes(fs::path(SIMCLR_FUZZ_CORPUS) / "npy" / "regress_shape_overflow_with_zero.npy");
+  const auto file =
+      read_bytes(fs::path(SIMCLR_FUZZ_CORPUS) / "npy" / "regress_shape_overflow_with_zero.npy");
   EXPECT_NE(npy_error(file).find("too large"), std::string::npos);
 }
 
@@ -148,7 +160,8 @@ TEST(ConfigParser, EveryCorpusFileIsAcceptedOrRejectedWithTheLibrarysErrors) {
 TEST(ConfigParser, DeepNestingIsAnErrorNotAStackOverflow) {
   const std::string deep = std::string(100000, '[') + std::string(100000, ']');
   EXPECT_THROW(SimCLRLoss::from_config_string(deep), TypeError);
-  const std::string deep_obj = "{\"config\": " + std::string(50000, '[') + std::string(50000, ']') + "}";
+  const std::string deep_obj =
+      "{\"config\": " + std::string(50000, '[') + std::string(50000, ']') + "}";
   EXPECT_THROW(SimCLRLoss::from_config_string(deep_obj), TypeError);
 }
 
@@ -195,16 +208,20 @@ TEST(CliParser, RealSpecsRejectEachKindOfMistake) {
     }
     return std::string("accepted");
   };
-  EXPECT_NE(error_of({}).find("missing command; expected one of: bench, compute, config"), std::string::npos);
+  EXPECT_NE(error_of({}).find("missing command; expected one of: bench, compute, config"),
+            std::string::npos);
   EXPECT_NE(error_of({"train"}).find("unknown command 'train'"), std::string::npos);
   EXPECT_NE(error_of({"compute", "za"}).find("unexpected argument 'za'"), std::string::npos);
   EXPECT_NE(error_of({"compute", "--"}).find("unexpected argument '--'"), std::string::npos);
   EXPECT_NE(error_of({"compute", "--za"}).find("--za needs a value"), std::string::npos);
-  EXPECT_NE(error_of({"compute", "--za=a", "--za", "b"}).find("--za given twice"), std::string::npos);
+  EXPECT_NE(error_of({"compute", "--za=a", "--za", "b"}).find("--za given twice"),
+            std::string::npos);
   EXPECT_NE(error_of({"bench", "--sweep=1"}).find("--sweep takes no value"), std::string::npos);
-  EXPECT_NE(error_of({"config", "--split", "1"}).find("unknown flag --split for 'config'"), std::string::npos);
+  EXPECT_NE(error_of({"config", "--split", "1"}).find("unknown flag --split for 'config'"),
+            std::string::npos);
   EXPECT_NE(error_of({"compute", "--=x"}).find("unknown flag -- for 'compute'"), std::string::npos);
-  EXPECT_EQ(error_of({"compute", "--za=", "--zb", ""}), "accepted");  // empty values are the files' problem
+  EXPECT_EQ(error_of({"compute", "--za=", "--zb", ""}),
+            "accepted");  // empty values are the files' problem
 }
 
 TEST(CliParser, NumbersAreStrict) {

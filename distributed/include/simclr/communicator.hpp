@@ -1,9 +1,9 @@
 #pragma once
 // The communication layer: one small abstract class with the few collectives the loss uses.
 //
-// Every rank calls these collectives in the same order with consistent arguments, as with c10d process
-// groups; the loss itself guarantees that order (docs/distributed.md). Buffers are host memory for the
-// CPU backends and device memory for the NCCL backend.
+// Every rank calls these collectives in the same order with consistent arguments, as with c10d
+// process groups; the loss itself guarantees that order (docs/distributed.md). Buffers are host
+// memory for the CPU backends and device memory for the NCCL backend.
 
 #include <cstddef>
 #include <cstdint>
@@ -24,12 +24,13 @@ class Communicator {
   // Backend name for messages: "single", "mpi", "nccl".
   virtual std::string backend() const = 0;
 
-  // Collective. Every rank contributes `bytes` bytes (the same count on every rank); `recv` receives
-  // size() * bytes bytes, rank r's contribution at offset r * bytes. Used for the small agreement step.
+  // Collective. Every rank contributes `bytes` bytes (the same count on every rank); `recv`
+  // receives size() * bytes bytes, rank r's contribution at offset r * bytes. Used for the small
+  // agreement step.
   virtual void all_gather(const void* send, std::size_t bytes, void* recv) = 0;
 
-  // Collective. Rank r contributes recv_bytes[r] bytes (every rank passes the same recv_bytes vector,
-  // which the agreement step makes known); `recv` receives them back to back in rank order.
+  // Collective. Rank r contributes recv_bytes[r] bytes (every rank passes the same recv_bytes
+  // vector, which the agreement step makes known); `recv` receives them back to back in rank order.
   virtual void all_gather_v(const void* send, std::size_t send_bytes, void* recv,
                             const std::vector<std::size_t>& recv_bytes) = 0;
 
@@ -37,8 +38,8 @@ class Communicator {
   virtual void barrier() = 0;
 };
 
-// A communicator of one rank: the distributed code path without any transport, so that path is testable
-// without MPI. Collectives copy send to recv.
+// A communicator of one rank: the distributed code path without any transport, so that path is
+// testable without MPI. Collectives copy send to recv.
 class SingleProcessCommunicator final : public Communicator {
  public:
   int rank() const override { return 0; }

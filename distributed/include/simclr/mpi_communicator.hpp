@@ -1,13 +1,14 @@
 #pragma once
-// The MPI backend of the Communicator (target simclr::mpi). Built from a caller's MPI_Comm, which it
-// duplicates so the library's traffic never mixes with the job's. The library never calls MPI_Init or
-// MPI_Finalize: the caller owns MPI's lifetime and must destroy this object before MPI_Finalize.
+// The MPI backend of the Communicator (target simclr::mpi). Built from a caller's MPI_Comm, which
+// it duplicates so the library's traffic never mixes with the job's. The library never calls
+// MPI_Init or MPI_Finalize: the caller owns MPI's lifetime and must destroy this object before
+// MPI_Finalize.
+
+#include <mpi.h>
 
 #include <chrono>
 #include <memory>
 #include <vector>
-
-#include <mpi.h>
 
 #include "simclr/communicator.hpp"
 
@@ -16,16 +17,17 @@ namespace simclr {
 struct MpiCommunicatorOptions {
   // When > 0, every collective waits at most this long and then throws CommError naming the
   // collective, the rank and the time waited, instead of blocking forever. A communicator whose
-  // collective timed out or failed is broken: every later call throws. 0 (the default) blocks as MPI
-  // does. While a timed collective waits, MPI_COMM_WORLD's and MPI_COMM_SELF's error handlers are
-  // MPI_ERRORS_RETURN (Open MPI 4 reports a failed non-blocking collective there), restored after.
+  // collective timed out or failed is broken: every later call throws. 0 (the default) blocks as
+  // MPI does. While a timed collective waits, MPI_COMM_WORLD's and MPI_COMM_SELF's error handlers
+  // are MPI_ERRORS_RETURN (Open MPI 4 reports a failed non-blocking collective there), restored
+  // after.
   std::chrono::milliseconds timeout{0};
 };
 
 class MpiCommunicator final : public Communicator {
  public:
-  // Collective over `comm` (MPI_Comm_dup). Sets MPI_ERRORS_RETURN on the duplicate, so MPI errors come
-  // back as CommError instead of aborting the job. Throws CommError if MPI is not initialised.
+  // Collective over `comm` (MPI_Comm_dup). Sets MPI_ERRORS_RETURN on the duplicate, so MPI errors
+  // come back as CommError instead of aborting the job. Throws CommError if MPI is not initialised.
   explicit MpiCommunicator(MPI_Comm comm, MpiCommunicatorOptions options = {});
   ~MpiCommunicator() override;
   MpiCommunicator(const MpiCommunicator&) = delete;

@@ -1,9 +1,9 @@
 #pragma once
 // The NCCL backend of the Communicator (target simclr::nccl), on device buffers and a CUDA stream.
 // Bootstrapped from a caller's MPI_Comm, which it duplicates (an MpiCommunicator, also used for the
-// host-side agreement step): rank 0 makes the ncclUniqueId and broadcasts it over MPI, as nccl-tests
-// does. Uses the CUDA device current when it is constructed (call cudaSetDevice first). The library
-// never calls MPI_Init / MPI_Finalize; destroy this object before MPI_Finalize.
+// host-side agreement step): rank 0 makes the ncclUniqueId and broadcasts it over MPI, as
+// nccl-tests does. Uses the CUDA device current when it is constructed (call cudaSetDevice first).
+// The library never calls MPI_Init / MPI_Finalize; destroy this object before MPI_Finalize.
 
 #include <cuda_runtime_api.h>
 #include <mpi.h>
@@ -34,7 +34,8 @@ class NcclCommunicator final : public cuda::DeviceCommunicator {
   std::string backend() const override { return "nccl"; }
   // Collective, device buffers, enqueued on stream() (ncclAllGather).
   void all_gather(const void* send, std::size_t bytes, void* recv) override;
-  // Collective, device buffers, enqueued on stream(): one grouped ncclBroadcast per rank with bytes.
+  // Collective, device buffers, enqueued on stream(): one grouped ncclBroadcast per rank with
+  // bytes.
   void all_gather_v(const void* send, std::size_t send_bytes, void* recv,
                     const std::vector<std::size_t>& recv_bytes) override;
   // Collective: waits for stream(), then for every rank (MPI barrier on the host communicator).

@@ -24,8 +24,8 @@ class DeviceCommunicator : public Communicator {
   virtual Communicator& host() = 0;
 };
 
-// One rank on one GPU: the distributed code path of the device loss without NCCL or MPI. Collectives
-// copy device memory to device memory on the stream.
+// One rank on one GPU: the distributed code path of the device loss without NCCL or MPI.
+// Collectives copy device memory to device memory on the stream.
 class SingleDeviceCommunicator final : public DeviceCommunicator {
  public:
   explicit SingleDeviceCommunicator(cudaStream_t stream = nullptr) : stream_(stream) {}

@@ -33,7 +33,10 @@ struct DeviceMatrixView {
   DeviceMatrixView() = default;
   DeviceMatrixView(const void* data_, std::int64_t rows_, std::int64_t cols_, DeviceDType dtype_,
                    std::int64_t row_stride_ = -1)
-      : data(data_), rows(rows_), cols(cols_), row_stride(row_stride_ < 0 ? cols_ : row_stride_),
+      : data(data_),
+        rows(rows_),
+        cols(cols_),
+        row_stride(row_stride_ < 0 ? cols_ : row_stride_),
         dtype(dtype_) {}
 };
 
@@ -48,7 +51,10 @@ struct DeviceMutableMatrixView {
   DeviceMutableMatrixView() = default;
   DeviceMutableMatrixView(void* data_, std::int64_t rows_, std::int64_t cols_, DeviceDType dtype_,
                           std::int64_t row_stride_ = -1)
-      : data(data_), rows(rows_), cols(cols_), row_stride(row_stride_ < 0 ? cols_ : row_stride_),
+      : data(data_),
+        rows(rows_),
+        cols(cols_),
+        row_stride(row_stride_ < 0 ? cols_ : row_stride_),
         dtype(dtype_) {}
 };
 

@@ -1,8 +1,9 @@
 #pragma once
-// The agreement step every distributed call starts with (docs/distributed.md): each rank contributes a
-// small fixed-size record (rows, dimension, dtype, configuration, and the error its own validation
-// raised, if any); after one all-gather every rank raises the same exception or none. Shared by the
-// CPU front end (src/loss.cpp) and the device one (cuda/device_loss.cpp). Not public API.
+// The agreement step every distributed call starts with (docs/distributed.md): each rank
+// contributes a small fixed-size record (rows, dimension, dtype, configuration, and the error its
+// own validation raised, if any); after one all-gather every rank raises the same exception or
+// none. Shared by the CPU front end (src/loss.cpp) and the device one (cuda/device_loss.cpp). Not
+// public API.
 
 #include <cstdint>
 #include <string>
@@ -35,8 +36,8 @@ enum ErrorKind : std::int32_t { kNoError = 0, kValueErrorKind = 1, kTypeErrorKin
 // A zeroed record (no uninitialised padding goes over the wire).
 AgreementRecord empty_record();
 // A forward call's record.
-AgreementRecord forward_record(std::int64_t rows, std::int64_t cols, std::int32_t dtype, Reduction reduction,
-                               double temperature, std::int64_t global_batch);
+AgreementRecord forward_record(std::int64_t rows, std::int64_t cols, std::int32_t dtype,
+                               Reduction reduction, double temperature, std::int64_t global_batch);
 
 void set_error(AgreementRecord& record, ErrorKind kind, const std::string& what);
 
@@ -62,10 +63,12 @@ void raise_first_error(const std::vector<AgreementRecord>& all);
 std::vector<AgreementRecord> gather_records(Communicator& comm, const AgreementRecord& mine);
 
 // After gather_records of forward records: the cross-rank checks (dtype, dimension, reduction,
-// temperature, global batch size option; `dtype_name` names a record's dtype) and the distribution rule
+// temperature, global batch size option; `dtype_name` names a record's dtype) and the distribution
+// rule
 // (`options_name` names where the caller passes a global batch size). Identical on every rank.
-void check_forward_records(const std::vector<AgreementRecord>& all, std::string (*dtype_name)(std::int32_t),
-                           Reduction configured, const char* options_name);
+void check_forward_records(const std::vector<AgreementRecord>& all,
+                           std::string (*dtype_name)(std::int32_t), Reduction configured,
+                           const char* options_name);
 
 std::string global_batch_string(std::int64_t global_batch);
 
