@@ -199,7 +199,8 @@ int run_bench(Runtime& rt, const ParsedArgs& args) {
   const std::string dtype = args.get("dtype").value_or("float32");
   const std::string device = args.get("device").value_or("cpu");
   SIMCLR_ENFORCE(device == "cpu", ValueError, "--device ", device,
-                 " is not available in this build of simclr-loss (built for: cpu)");
+                 " is not available in simclr-loss, which runs the CPU path; the GPU path has its own "
+                 "benchmark, simclr-gpu-bench (docs/gpu.md)");
   if (dtype == "float32") return bench_typed<float>(rt, args, dtype);
   SIMCLR_ENFORCE(dtype == "float64", ValueError, "--dtype must be float32 or float64, got '", dtype,
                  "'");
