@@ -296,6 +296,11 @@ TEST_F(Cli, MpirunDistributionRuleAndErrors) {
       << rule.err;
   // Printed once (rank 0), not once per rank.
   EXPECT_EQ(rule.err.find("error: ", rule.err.find("error: ") + 1), std::string::npos) << rule.err;
+  // -np 1 is a distributed context too, as any tf.distribute strategy is; without a launcher it is not.
+  const Result one = run("compute" + ab, mpirun(1));
+  EXPECT_NE(one.status, 0);
+  EXPECT_NE(one.err.find("error: Please use simclr::Reduction::kSum"), std::string::npos) << one.err;
+  EXPECT_EQ(run("compute" + ab).status, 0);
   const Result ok = run("compute" + ab + " --global-batch-size infer --temperature 1", mpirun(2));
   ASSERT_EQ(ok.status, 0) << ok.err;
   EXPECT_NEAR(nlohmann::json::parse(ok.out)["loss"].get<double>(), 2.770411866, 1e-9);
