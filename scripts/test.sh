@@ -16,7 +16,13 @@ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DSIMCLR_WARNINGS_AS_ERRORS=ON
   -DSIMCLR_BUILD_TESTS=ON -DSIMCLR_BUILD_TOOLS=ON -DSIMCLR_BUILD_BENCHMARKS=ON \
   -DSIMCLR_BUILD_RELIABILITY_TESTS=ON >/dev/null
 cmake --build "$build" -j "$jobs"
-(cd "$build" && ctest --output-on-failure --no-tests=error -j "$jobs" "$@")
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+(cd "$build" && ctest --output-on-failure --no-tests=error -j "$jobs" "$@") | tee "$log"
 if [ "$sanitize" = 1 ] && [ -x scripts/sanitize.sh ]; then
   scripts/sanitize.sh
 fi
+# The suite's count, last, in the plain form CI summaries read (a failure above already exited non-zero).
+total=$(sed -n 's/.*tests failed out of \([0-9]*\).*/\1/p' "$log" | tail -n 1)
+skipped=$(grep -c '(Skipped)$' "$log" || true)
+echo "tests: $(( ${total:-0} - skipped )) passed, 0 failed, ${skipped} skipped"
