@@ -17,7 +17,7 @@ struct EngineOptions {
   // fits, the forward keeps it and the backward skips recomputing it (2 products instead of 3);
   // otherwise both stream column tiles and memory stays O(threads * tile). A single process with
   // use_symmetry always streams: its symmetric path needs 2 products too, in far less memory.
-  std::size_t memory_budget_bytes = std::size_t{32} << 20;
+  std::size_t memory_budget_bytes = std::size_t{8} << 20;
   // OpenMP threads for the row blocks; 0 means what the process is allowed (omp_get_max_threads()).
   int threads = 0;
   // Tile sizes; 0 picks the defaults. Tests force small tiles to cross tile boundaries.
