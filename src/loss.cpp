@@ -35,6 +35,8 @@ template <class T>
 void check_finite(ConstMatrixView<T> z, const char* view) {
   for (std::int64_t i = 0; i < z.rows; ++i) {
     const T* row = z.row(i);
+    // A vectorised test of the whole row first; the element loop only runs to name the culprit.
+    if (Eigen::Map<const Eigen::Array<T, 1, Eigen::Dynamic>>(row, z.cols).allFinite()) continue;
     for (std::int64_t j = 0; j < z.cols; ++j) {
       if (!std::isfinite(row[j])) {
         throw ValueError(str_cat(view, " has ", std::isnan(row[j]) ? "NaN" : "Inf", " at row ", i,
