@@ -12,8 +12,8 @@
 # Machines that cannot install packages (no network): stage the header/static dependencies here first,
 #   scripts/device_check.sh --stage-deps [DIR]     (default DIR: <repo>/.device-deps, about 13 MB)
 # which copies this machine's Eigen3, nlohmann_json and GoogleTest (headers, static libraries, CMake
-# package files) into DIR; the check then uses <repo>/.device-deps automatically when it exists (add
-# "/.device-deps/" to .git/info/exclude and carry it to the GPU machine). NCCL is looked for in the
+# package files) into DIR; the check then uses <repo>/.device-deps automatically when it exists (git
+# ignores it; copy it to the GPU machine with the checkout). NCCL is looked for in the
 # CUDA toolkit, NCCL_ROOT, and the Python package nvidia-nccl-cu13/cu12 when one is installed.
 #
 # Exit status: 0 when everything that could run passed (also when no GPU is visible: the summary says
