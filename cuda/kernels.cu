@@ -11,6 +11,16 @@
 #include "kernels.cuh"
 #include "simclr/cuda/check.hpp"
 
+// One launch syntax for nvcc and for the CPU emulation of the tests (cuda/emulation):
+// SIMCLR_LAUNCH(kernel, grid, block, stream)(args...). SIMCLR_LAUNCH_SYNC marks the kernels whose
+// threads meet at __syncthreads or a warp shuffle, which the emulation then runs as fibers.
+#ifdef SIMCLR_CUDA_EMULATION
+#include "emulation/builtins.hpp"
+#else
+#define SIMCLR_LAUNCH(kernel, grid, block, stream) kernel<<<grid, block, 0, stream>>>
+#define SIMCLR_LAUNCH_SYNC(kernel, grid, block, stream) kernel<<<grid, block, 0, stream>>>
+#endif
+
 namespace simclr::cuda::detail {
 namespace {
 
@@ -250,8 +260,9 @@ __global__ void backward_params_kernel(const float* alpha_all, std::int64_t tota
     float scale = 1.f;
     if (scale_up && partial[0] > 0.f) {
       int e = 0;
-      frexpf(partial[0], &e);  // max|alpha| < 2^e, and |M| <= 2 max|alpha| < 2^15 after scaling
-      scale = ldexpf(1.f, max(-100, min(100, 14 - e)));  // clamped: never 0 or inf
+      frexpf(partial[0], &e);    // max|alpha| < 2^e, and |M| <= 2 max|alpha| < 2^15 after scaling
+      const int shift = 14 - e;  // clamped below: 2^shift is never 0 or inf
+      scale = ldexpf(1.f, shift < -100 ? -100 : (shift > 100 ? 100 : shift));
     }
     params[0] = scale;
     params[1] = inv_t / scale;
@@ -339,8 +350,8 @@ void launch_find_nonfinite(const void* x, DeviceDType dtype, std::int64_t rows, 
   dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
     const auto blocks = static_cast<unsigned>(blocks_for(rows * cols, 256, 4096));
-    find_nonfinite_kernel<T>
-        <<<blocks, 256, 0, stream>>>(static_cast<const T*>(x), rows, cols, row_stride, first_bad);
+    SIMCLR_LAUNCH(find_nonfinite_kernel<T>, blocks, 256, stream)
+    (static_cast<const T*>(x), rows, cols, row_stride, first_bad);
   });
   SIMCLR_CHECK_LAUNCH("find_nonfinite_kernel");
 }
@@ -352,8 +363,8 @@ void launch_l2_normalize(const void* x, DeviceDType dtype, std::int64_t rows, st
   dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
     const auto blocks = static_cast<unsigned>(blocks_for(rows, kRowsPerBlock, INT32_MAX));
-    l2_normalize_kernel<T><<<blocks, kRowsPerBlock * kWarp, 0, stream>>>(
-        static_cast<const T*>(x), rows, cols, row_stride, static_cast<T*>(out), squared_norms);
+    SIMCLR_LAUNCH_SYNC(l2_normalize_kernel<T>, blocks, kRowsPerBlock * kWarp, stream)
+    (static_cast<const T*>(x), rows, cols, row_stride, static_cast<T*>(out), squared_norms);
   });
   SIMCLR_CHECK_LAUNCH("l2_normalize_kernel");
 }
@@ -363,8 +374,8 @@ void launch_lse_tile(const float* s, std::int64_t lds, std::int64_t rows, std::i
                      float* run_sum, float* positive, cudaStream_t stream) {
   if (rows == 0 || cols == 0) return;
   const auto blocks = static_cast<unsigned>(blocks_for(rows, kRowsPerBlock, INT32_MAX));
-  lse_tile_kernel<<<blocks, kRowsPerBlock * kWarp, 0, stream>>>(s, lds, rows, cols, q0, c0, layout,
-                                                                run_max, run_sum, positive);
+  SIMCLR_LAUNCH_SYNC(lse_tile_kernel, blocks, kRowsPerBlock * kWarp, stream)
+  (s, lds, rows, cols, q0, c0, layout, run_max, run_sum, positive);
   SIMCLR_CHECK_LAUNCH("lse_tile_kernel");
 }
 
@@ -374,9 +385,9 @@ void launch_forward_finish(const float* run_max, const float* run_sum, const flo
                            void* values, float* objective, cudaStream_t stream) {
   dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
-    forward_finish_kernel<T><<<1, kFinishThreads, 0, stream>>>(
-        run_max, run_sum, positive, weight, pairs, reduction, denominator, row_lse,
-        static_cast<T*>(per_example), static_cast<T*>(values), objective);
+    SIMCLR_LAUNCH_SYNC(forward_finish_kernel<T>, 1, kFinishThreads, stream)
+    (run_max, run_sum, positive, weight, pairs, reduction, denominator, row_lse,
+     static_cast<T*>(per_example), static_cast<T*>(values), objective);
   });
   SIMCLR_CHECK_LAUNCH("forward_finish_kernel");
 }
@@ -384,7 +395,7 @@ void launch_forward_finish(const float* run_max, const float* run_sum, const flo
 void launch_fill(float* p, std::int64_t count, float value, cudaStream_t stream) {
   if (count == 0) return;
   const auto blocks = static_cast<unsigned>(blocks_for(count, 256, 1024));
-  fill_kernel<<<blocks, 256, 0, stream>>>(p, count, value);
+  SIMCLR_LAUNCH(fill_kernel, blocks, 256, stream)(p, count, value);
   SIMCLR_CHECK_LAUNCH("fill_kernel");
 }
 
@@ -392,7 +403,7 @@ void launch_broadcast_weight(const float* src, std::int64_t src_size, std::int64
                              float* weight, cudaStream_t stream) {
   if (pairs == 0) return;
   const auto blocks = static_cast<unsigned>(blocks_for(pairs, 256, 1024));
-  broadcast_weight_kernel<<<blocks, 256, 0, stream>>>(src, src_size, pairs, weight);
+  SIMCLR_LAUNCH(broadcast_weight_kernel, blocks, 256, stream)(src, src_size, pairs, weight);
   SIMCLR_CHECK_LAUNCH("broadcast_weight_kernel");
 }
 
@@ -401,15 +412,15 @@ void launch_pair_weight(const float* upstream, float upstream_scalar, const floa
                         cudaStream_t stream) {
   if (pairs == 0) return;
   const auto blocks = static_cast<unsigned>(blocks_for(pairs, 256, 1024));
-  pair_weight_kernel<<<blocks, 256, 0, stream>>>(upstream, upstream_scalar, weight, pairs, divide,
-                                                 denominator, alpha);
+  SIMCLR_LAUNCH(pair_weight_kernel, blocks, 256, stream)
+  (upstream, upstream_scalar, weight, pairs, divide, denominator, alpha);
   SIMCLR_CHECK_LAUNCH("pair_weight_kernel");
 }
 
 void launch_backward_params(const float* alpha_all, std::int64_t total, float inv_temperature,
                             DeviceDType dtype, float* params, cudaStream_t stream) {
-  backward_params_kernel<<<1, kFinishThreads, 0, stream>>>(alpha_all, total, inv_temperature,
-                                                           dtype == DeviceDType::kFloat16, params);
+  SIMCLR_LAUNCH_SYNC(backward_params_kernel, 1, kFinishThreads, stream)
+  (alpha_all, total, inv_temperature, dtype == DeviceDType::kFloat16, params);
   SIMCLR_CHECK_LAUNCH("backward_params_kernel");
 }
 
@@ -422,8 +433,8 @@ void launch_m_tile(const float* s, std::int64_t lds, std::int64_t rows, std::int
                   static_cast<unsigned>(rows < 65535 ? rows : 65535));
   dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
-    m_tile_kernel<T><<<grid, kMThreads, 0, stream>>>(s, lds, rows, cols, q0, c0, layout, lse_all,
-                                                     alpha_all, params, static_cast<T*>(m), ldm);
+    SIMCLR_LAUNCH(m_tile_kernel<T>, grid, kMThreads, stream)
+    (s, lds, rows, cols, q0, c0, layout, lse_all, alpha_all, params, static_cast<T*>(m), ldm);
   });
   SIMCLR_CHECK_LAUNCH("m_tile_kernel");
 }
@@ -435,9 +446,9 @@ void launch_l2_normalize_backward(const void* xhat, const float* squared_norms, 
   dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
     const auto blocks = static_cast<unsigned>(blocks_for(rows, kRowsPerBlock, INT32_MAX));
-    l2_normalize_backward_kernel<T><<<blocks, kRowsPerBlock * kWarp, 0, stream>>>(
-        static_cast<const T*>(xhat), squared_norms, grad, rows, cols, static_cast<T*>(out),
-        out_stride);
+    SIMCLR_LAUNCH_SYNC(l2_normalize_backward_kernel<T>, blocks, kRowsPerBlock * kWarp, stream)
+    (static_cast<const T*>(xhat), squared_norms, grad, rows, cols, static_cast<T*>(out),
+     out_stride);
   });
   SIMCLR_CHECK_LAUNCH("l2_normalize_backward_kernel");
 }
