@@ -33,16 +33,6 @@ inline std::string no_device_reason() {
   return "";
 }
 
-// Skips every test of the binary with one message when set up with a reason.
-class SkipAllEnvironment : public ::testing::Environment {
- public:
-  explicit SkipAllEnvironment(std::string reason) : reason_(std::move(reason)) {}
-  void SetUp() override { GTEST_SKIP() << reason_; }
-
- private:
-  std::string reason_;
-};
-
 // Standard normal from (seed, view, row, col): splitmix64 and Box-Muller.
 inline double seeded_value(std::uint64_t seed, int view, std::int64_t row, std::int64_t col) {
   auto mix = [](std::uint64_t z) {

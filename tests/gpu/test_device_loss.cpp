@@ -1,6 +1,8 @@
 // The device loss against the CPU path (simclr::SimCLRLoss in double on host copies of the same
 // inputs): values, per-example losses, objective and gradients, across tile boundaries, in float32,
 // bfloat16 and float16; validation; the distributed code path on one GPU; the empty batch.
+// Built twice: against the CUDA toolkit (simclr_gpu_tests, run on a GPU) and against the CPU
+// emulation of the GPU path (simclr_gpu_emulated_tests, run everywhere; cuda/emulation).
 
 #include <gtest/gtest.h>
 
