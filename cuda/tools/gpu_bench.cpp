@@ -356,6 +356,7 @@ int run(const Flags& f) {
   u_ref = DeviceArray();
   g_ref = DeviceArray();
   SIMCLR_CHECK_CUDA(cudaStreamSynchronize(stream));
+  for (cudaEvent_t e : {e0, e1, e2}) SIMCLR_CHECK_CUDA(cudaEventDestroy(e));
   SIMCLR_CHECK_CUDA(cudaStreamDestroy(stream));
   return 0;
 }
