@@ -133,6 +133,7 @@ struct DeviceSaved {
   Reduction reduction = Reduction::kSum;
   DeviceCommunicator* communicator = nullptr;
   std::vector<std::int64_t> rank_rows;
+  cudaStream_t stream = nullptr;  // the forward's: the arrays above are freed in its order
   DeviceOptions options;
   float inv_temperature = 1;
 };
@@ -231,6 +232,21 @@ void check_weight_shape(const DeviceSampleWeight* sw, std::int64_t n) {
   }
 }
 
+// Makes `later` wait for what is enqueued on `earlier` so far. The backward may run on another
+// stream than the forward; the forward's arrays, which it reads, are freed in the forward stream's
+// order when the output is dropped, so that stream must not get there before the backward is done.
+void order_after(cudaStream_t later, cudaStream_t earlier) {
+  if (later == earlier) return;
+  cudaEvent_t done = nullptr;
+  SIMCLR_CHECK_CUDA(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+  const cudaError_t recorded = cudaEventRecord(done, earlier);
+  const cudaError_t waited =
+      recorded == cudaSuccess ? cudaStreamWaitEvent(later, done, 0) : cudaSuccess;
+  (void)cudaEventDestroy(done);  // released once the wait is satisfied
+  SIMCLR_CHECK_CUDA(recorded);
+  SIMCLR_CHECK_CUDA(waited);
+}
+
 // A float32 host vector copied to a fresh device array (pageable source: safe to free on return).
 DeviceArray upload(const float* data, std::int64_t count, cudaStream_t stream) {
   DeviceArray out(static_cast<std::size_t>(count) * sizeof(float), stream);
@@ -319,6 +335,7 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
   saved->layout = simclr::detail::RowLayout{2 * total, 2 * offset, n};
   saved->communicator = comm;
   saved->rank_rows = rank_rows;
+  saved->stream = stream;
   saved->options = options.device;
   saved->inv_temperature = static_cast<float>(1.0 / cfg.temperature);
   saved->reduction = reduction;
@@ -495,7 +512,10 @@ void DeviceSimCLRLoss::backward_impl(const DeviceLossOutput& output, float scala
     lse_all = lse_gathered.as<float>();
     alpha_all = alpha_gathered.as<float>();
   }
-  if (n == 0) return;
+  if (n == 0) {
+    detail::order_after(s.stream, stream);
+    return;
+  }
 
   DeviceArray params(4 * sizeof(float), stream);
   detail::launch_backward_params(alpha_all, total_rows, s.inv_temperature, s.dtype,
@@ -514,6 +534,7 @@ void DeviceSimCLRLoss::backward_impl(const DeviceLossOutput& output, float scala
   detail::launch_l2_normalize_backward(anchors + static_cast<std::size_t>(n * d) * elem, norms + n,
                                        grad_u.as<float>() + n * d, n, d, s.dtype, grad_b.data,
                                        grad_b.row_stride, stream);
+  detail::order_after(s.stream, stream);
 }
 
 }  // namespace simclr::cuda

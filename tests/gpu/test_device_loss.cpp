@@ -301,6 +301,49 @@ TEST_F(DeviceLossTest, PerExampleUpstreamOnHostAndDevice) {
   }
 }
 
+// The backward on a second stream, ordered after the forward by an event, with the forward's output
+// dropped right after the call: the library orders the forward stream after the backward, so the
+// output's arrays are not freed (in the forward stream's order) while the backward still reads
+// them.
+TEST_F(DeviceLossTest, BackwardOnAnotherStreamWhileTheOutputIsDropped) {
+  const std::int64_t n = 150, d = 40;
+  const auto a = rounded(seeded_rows(9, 0, 0, n, d), DeviceDType::kFloat32);
+  const auto b = rounded(seeded_rows(9, 1, 0, n, d), DeviceDType::kFloat32);
+  SimCLRLoss cpu(0.1, Reduction::kSum);
+  RowMatrix<double> ma = Eigen::Map<const RowMatrix<double>>(a.data(), n, d);
+  RowMatrix<double> mb = Eigen::Map<const RowMatrix<double>>(b.data(), n, d);
+  auto [ref, grads] = cpu.value_and_gradient<double>(ma, mb);
+  DeviceMatrix za = upload(a, n, d, DeviceDType::kFloat32, stream_),
+               zb = upload(b, n, d, DeviceDType::kFloat32, stream_);
+  cudaStream_t other = nullptr;
+  SIMCLR_CHECK_CUDA(cudaStreamCreateWithFlags(&other, cudaStreamNonBlocking));
+  DeviceMatrix ga = zeros(n, d, DeviceDType::kFloat32, other),
+               gb = zeros(n, d, DeviceDType::kFloat32, other);
+  DeviceSimCLRLoss loss(0.1, Reduction::kSum);
+  cuda::DeviceCallOptions options;
+  options.device.tile_rows = 64;
+  options.device.tile_cols = 96;
+  {
+    auto out = loss.forward(za.view(), zb.view(), stream_, nullptr, options);
+    cudaEvent_t forward_done = nullptr;
+    SIMCLR_CHECK_CUDA(cudaEventCreateWithFlags(&forward_done, cudaEventDisableTiming));
+    SIMCLR_CHECK_CUDA(cudaEventRecord(forward_done, stream_));
+    SIMCLR_CHECK_CUDA(cudaStreamWaitEvent(other, forward_done, 0));
+    SIMCLR_CHECK_CUDA(cudaEventDestroy(forward_done));
+    loss.backward(out, 1.0f, ga.mutable_view(), gb.mutable_view(), other);
+  }  // out dropped: its arrays are freed on stream_
+  const auto dga = download(ga, other), dgb = download(gb, other);
+  SIMCLR_CHECK_CUDA(cudaStreamSynchronize(stream_));
+  ga.memory = DeviceArray();
+  gb.memory = DeviceArray();
+  SIMCLR_CHECK_CUDA(cudaStreamSynchronize(other));
+  SIMCLR_CHECK_CUDA(cudaStreamDestroy(other));
+  EXPECT_LE(rel_err(dga, std::vector<double>(grads.grad_a.data(), grads.grad_a.data() + n * d)),
+            kFloat32Tol);
+  EXPECT_LE(rel_err(dgb, std::vector<double>(grads.grad_b.data(), grads.grad_b.data() + n * d)),
+            kFloat32Tol);
+}
+
 template <class Exc>
 std::string message_of(const std::function<void()>& f) {
   try {

@@ -106,7 +106,9 @@ class DeviceSimCLRLoss {
 
   // Backward with a scalar upstream gradient g (for none it applies to every example): writes
   // dJ/dza, dJ/dzb ([n, d], the input dtype) into the caller's device buffers, enqueued on `stream`
-  // (the forward's stream, or one ordered after it). Collective when the forward was.
+  // (the forward's stream, or one ordered after it; then the forward's stream is made to wait for
+  // this backward, so dropping the output frees nothing the backward still reads). Collective when
+  // the forward was.
   void backward(const DeviceLossOutput& output, float upstream, DeviceMutableMatrixView grad_a,
                 DeviceMutableMatrixView grad_b, cudaStream_t stream) const;
   // Backward with a per-example upstream gradient [n] (reduction none only), host or device
