@@ -143,6 +143,15 @@ cudaError_t check_stream(cudaStream_t s, const char* call) {
   return fail(cudaErrorInvalidResourceHandle, std::string(call) + " on a stream that is not live");
 }
 
+cudaError_t check_event(cudaEvent_t e, const char* call) {
+  Memory& m = memory();
+  {
+    std::lock_guard<std::mutex> lock(m.mutex);
+    if (m.events.count(e) != 0) return cudaSuccess;
+  }
+  return fail(cudaErrorInvalidResourceHandle, std::string(call) + " of an event that is not live");
+}
+
 template <class Handle>
 cudaError_t make_handle(Handle* out, std::set<const void*> Memory::*registry) {
   if (out == nullptr) return fail(cudaErrorInvalidValue, "null handle pointer");
@@ -435,6 +444,7 @@ std::uint64_t shuffle_xor_bits(std::uint64_t bits, int lane_mask, unsigned membe
 // ---- the CUDA runtime ----
 
 using simclr::cuda::emu::check_copy;
+using simclr::cuda::emu::check_event;
 using simclr::cuda::emu::check_stream;
 using simclr::cuda::emu::fail;
 using simclr::cuda::emu::is_device;
@@ -617,7 +627,9 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   return check_stream(stream, "cudaStreamSynchronize");
 }
 
-cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t, unsigned int) {
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int) {
+  if (check_event(event, "cudaStreamWaitEvent") != cudaSuccess)
+    return cudaErrorInvalidResourceHandle;
   return check_stream(stream, "cudaStreamWaitEvent");
 }
 
@@ -635,16 +647,23 @@ cudaError_t cudaEventDestroy(cudaEvent_t event) {
 }
 
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
-  if (check_stream(stream, "cudaEventRecord") != cudaSuccess) return cudaErrorInvalidResourceHandle;
+  if (check_stream(stream, "cudaEventRecord") != cudaSuccess ||
+      check_event(event, "cudaEventRecord") != cudaSuccess)
+    return cudaErrorInvalidResourceHandle;
   *reinterpret_cast<std::int64_t*>(event) =
       std::chrono::steady_clock::now().time_since_epoch().count();
   return cudaSuccess;
 }
 
-cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  return check_event(event, "cudaEventSynchronize");
+}
 
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
   if (ms == nullptr) return fail(cudaErrorInvalidValue, "cudaEventElapsedTime(null)");
+  if (check_event(start, "cudaEventElapsedTime") != cudaSuccess ||
+      check_event(end, "cudaEventElapsedTime") != cudaSuccess)
+    return cudaErrorInvalidResourceHandle;
   const auto ticks =
       *reinterpret_cast<std::int64_t*>(end) - *reinterpret_cast<std::int64_t*>(start);
   *ms = static_cast<float>(

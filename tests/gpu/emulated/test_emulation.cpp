@@ -212,6 +212,17 @@ TEST_F(EmulationTest, ADestroyedStreamIsRefused) {
   (void)cudaGetLastError();
 }
 
+TEST_F(EmulationTest, ADestroyedEventIsRefused) {
+  cudaEvent_t e = nullptr;
+  ASSERT_EQ(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), cudaSuccess);
+  EXPECT_EQ(cudaEventRecord(e, nullptr), cudaSuccess);
+  EXPECT_EQ(cudaStreamWaitEvent(nullptr, e, 0), cudaSuccess);
+  ASSERT_EQ(cudaEventDestroy(e), cudaSuccess);
+  EXPECT_EQ(cudaStreamWaitEvent(nullptr, e, 0), cudaErrorInvalidResourceHandle);
+  EXPECT_EQ(cudaEventRecord(e, nullptr), cudaErrorInvalidResourceHandle);
+  (void)cudaGetLastError();
+}
+
 // ---- cuBLAS ----
 
 class EmulatedGemmTest : public EmulationTest {
