@@ -101,6 +101,20 @@ if ! command -v nvcc > /dev/null 2>&1; then
   note "nvcc not found (looked in PATH and /usr/local/cuda/bin)"
   finish "missing-dependencies" 2
 fi
+# CMake and a build tool: Makefiles where make exists, else Ninja.
+if ! command -v cmake > /dev/null 2>&1; then
+  note "cmake not found"
+  finish "missing-dependencies" 2
+fi
+GEN=()
+if ! command -v make > /dev/null 2>&1; then
+  if command -v ninja > /dev/null 2>&1; then
+    GEN=(-G Ninja)
+  else
+    note "neither make nor ninja found: CMake has no build tool"
+    finish "missing-dependencies" 2
+  fi
+fi
 NVCC_VERSION=$(nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')
 FIELDS[nvcc]=$(jstr "$NVCC_VERSION")
 log "GPU ${FIELDS[gpu]}, driver ${FIELDS[driver]}, nvcc ${FIELDS[nvcc]}, $(nproc) cores, $(left)s left"
@@ -133,7 +147,7 @@ find_package(MPI COMPONENTS CXX QUIET)
 find_package(OpenMP COMPONENTS CXX QUIET)
 message(STATUS "PROBE eigen=${Eigen3_FOUND} json=${nlohmann_json_FOUND} gtest=${GTest_FOUND} mpi=${MPI_CXX_FOUND} openmp=${OpenMP_CXX_FOUND}")
 EOF
-  cmake -S "$dir" -B "$dir/build" -DCMAKE_PREFIX_PATH="$PREFIX_PATH" 2>&1 | tee -a "$OUT/probe.log" |
+  cmake "${GEN[@]+"${GEN[@]}"}" -S "$dir" -B "$dir/build" -DCMAKE_PREFIX_PATH="$PREFIX_PATH" 2>&1 | tee -a "$OUT/probe.log" |
     sed -n 's/.*PROBE //p' | tail -1
 }
 have() {
@@ -156,8 +170,9 @@ if [ ${#missing_pkgs[@]} -gt 0 ] && [ "${SIMCLR_DEVICE_CHECK_NO_APT:-0}" != 1 ];
   [ "$(id -u)" -ne 0 ] && command -v sudo > /dev/null 2>&1 && sudo -n true 2> /dev/null && SUDO="sudo -n"
   if command -v apt-get > /dev/null 2>&1 && { [ "$(id -u)" -eq 0 ] || [ -n "$SUDO" ]; }; then
     log "trying apt-get install ${missing_pkgs[*]} (offline machines fail here quickly)"
-    if timeout 60 $SUDO apt-get update -qq >> "$OUT/apt.log" 2>&1 &&
-       DEBIAN_FRONTEND=noninteractive timeout 150 $SUDO apt-get install -y -qq --no-install-recommends \
+    # Capped by what is left of the deadline, so a slow mirror cannot eat the build's time.
+    if timeout $(( $(left) / 6 < 60 ? $(left) / 6 + 1 : 60 )) $SUDO apt-get update -qq >> "$OUT/apt.log" 2>&1 &&
+       DEBIAN_FRONTEND=noninteractive timeout $(( $(left) / 3 < 150 ? $(left) / 3 + 1 : 150 )) $SUDO apt-get install -y -qq --no-install-recommends \
          "${missing_pkgs[@]}" >> "$OUT/apt.log" 2>&1; then
       note "installed with apt-get: ${missing_pkgs[*]}"
       PROBE=$(probe)
@@ -181,7 +196,7 @@ BUILD_TESTS=ON
 if ! have gtest; then
   if [ -f /usr/src/googletest/CMakeLists.txt ]; then
     log "building GoogleTest from /usr/src/googletest"
-    if timeout 180 cmake -S /usr/src/googletest -B "$BUILD/_gtest" -DCMAKE_BUILD_TYPE=Release \
+    if timeout 180 cmake "${GEN[@]+"${GEN[@]}"}" -S /usr/src/googletest -B "$BUILD/_gtest" -DCMAKE_BUILD_TYPE=Release \
          -DCMAKE_INSTALL_PREFIX="$BUILD/_gtest_prefix" -DBUILD_GMOCK=OFF > "$OUT/gtest.log" 2>&1 &&
        timeout 180 cmake --build "$BUILD/_gtest" -j "$JOBS" >> "$OUT/gtest.log" 2>&1 &&
        cmake --install "$BUILD/_gtest" >> "$OUT/gtest.log" 2>&1; then
@@ -205,7 +220,7 @@ fi
 # ---- 3. configure a fresh build and build only the GPU targets ----
 rm -rf "$BUILD/CMakeCache.txt" "$BUILD/CMakeFiles"
 log "configuring $BUILD"
-if ! timeout 180 cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DSIMCLR_WITH_CUDA=ON \
+if ! timeout 180 cmake "${GEN[@]+"${GEN[@]}"}" -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DSIMCLR_WITH_CUDA=ON \
      -DSIMCLR_WITH_MPI="$WITH_MPI" -DSIMCLR_BUILD_TESTS="$BUILD_TESTS" -DSIMCLR_BUILD_TOOLS=ON \
      -DSIMCLR_BUILD_BENCHMARKS=OFF -DSIMCLR_BUILD_RELIABILITY_TESTS=OFF -DSIMCLR_BUILD_FUZZERS=OFF \
      -DCMAKE_PREFIX_PATH="$PREFIX_PATH" > "$OUT/configure.log" 2>&1; then
