@@ -43,4 +43,18 @@ set_source_files_properties(cuda/emulation/kernels_emulated.cpp PROPERTIES
                             COMPILE_OPTIONS $<$<COMPILE_LANG_AND_ID:CXX,GNU,Clang>:-Wno-unknown-pragmas>)
 target_compile_definitions(simclr_cuda_emulated PRIVATE SIMCLR_CUDA_EMULATION=1)
 target_link_libraries(simclr_cuda_emulated PUBLIC simclr PRIVATE simclr_flags)
-message(STATUS "simclr: GPU emulation on (CUDA headers ${SIMCLR_CUDA_HEADERS_DIR})")
+
+# The NCCL communicator on the emulation: NCCL's calls emulated over MPI, one process per GPU.
+set(_simclr_emu_nccl "no NCCL emulation (needs MPI and nccl.h)")
+find_path(SIMCLR_NCCL_HEADER_DIR nccl.h
+  HINTS ${SIMCLR_CUDA_HEADERS_DIR} ${NCCL_ROOT} ENV NCCL_ROOT ENV NCCL_HOME
+  PATH_SUFFIXES include)
+if(TARGET simclr_mpi AND SIMCLR_NCCL_HEADER_DIR)
+  add_library(simclr_nccl_emulated STATIC
+    distributed/nccl_communicator.cpp
+    cuda/emulation/nccl.cpp)
+  target_include_directories(simclr_nccl_emulated SYSTEM PUBLIC ${SIMCLR_NCCL_HEADER_DIR})
+  target_link_libraries(simclr_nccl_emulated PUBLIC simclr_cuda_emulated simclr_mpi PRIVATE simclr_flags)
+  set(_simclr_emu_nccl "NCCL over MPI")
+endif()
+message(STATUS "simclr: GPU emulation on (CUDA headers ${SIMCLR_CUDA_HEADERS_DIR}; ${_simclr_emu_nccl})")

@@ -47,6 +47,9 @@ namespace {
 // ---- errors ----
 
 thread_local cudaError_t last_error = cudaSuccess;
+// Devices share one memory (the host's); an MPI process per device is what the NCCL tests run.
+constexpr int kDevices = 8;
+thread_local int current_device = 0;
 
 // ---- device memory ----
 
@@ -504,24 +507,28 @@ const char* cudaGetErrorString(cudaError_t error) {
 
 cudaError_t cudaGetDeviceCount(int* count) {
   if (count == nullptr) return fail(cudaErrorInvalidValue, "cudaGetDeviceCount(null)");
-  *count = 1;
+  *count = simclr::cuda::emu::kDevices;
   return cudaSuccess;
 }
 
 cudaError_t cudaGetDevice(int* device) {
   if (device == nullptr) return fail(cudaErrorInvalidValue, "cudaGetDevice(null)");
-  *device = 0;
+  *device = simclr::cuda::emu::current_device;
   return cudaSuccess;
 }
 
 cudaError_t cudaSetDevice(int device) {
-  if (device != 0) return fail(cudaErrorInvalidDevice, "the emulation has one device, 0");
+  if (device < 0 || device >= simclr::cuda::emu::kDevices)
+    return fail(cudaErrorInvalidDevice, "cudaSetDevice(" + std::to_string(device) +
+                                            "): the emulation has devices 0 to " +
+                                            std::to_string(simclr::cuda::emu::kDevices - 1));
+  simclr::cuda::emu::current_device = device;
   return cudaSuccess;
 }
 
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
-  if (prop == nullptr || device != 0)
-    return fail(cudaErrorInvalidDevice, "cudaGetDeviceProperties of a device but 0");
+  if (prop == nullptr || device < 0 || device >= simclr::cuda::emu::kDevices)
+    return fail(cudaErrorInvalidDevice, "cudaGetDeviceProperties of a device that does not exist");
   std::memset(prop, 0, sizeof(*prop));
   std::snprintf(prop->name, sizeof(prop->name), "CPU emulation (no GPU)");
   prop->major = 9;
@@ -559,8 +566,9 @@ cudaError_t cudaFreeAsync(void* ptr, cudaStream_t stream) {
 }
 
 cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* pool, int device) {
-  if (pool == nullptr || device != 0)
-    return fail(cudaErrorInvalidValue, "cudaDeviceGetDefaultMemPool of a device but 0");
+  if (pool == nullptr || device < 0 || device >= simclr::cuda::emu::kDevices)
+    return fail(cudaErrorInvalidValue,
+                "cudaDeviceGetDefaultMemPool of a device that does not exist");
   static int the_pool = 0;
   *pool = reinterpret_cast<cudaMemPool_t>(&the_pool);
   return cudaSuccess;
