@@ -264,7 +264,7 @@ if [ "$BUILD_TESTS" = ON ]; then
   [ $FAILED -eq 1 ] && note "a GPU test failed: see ctest.log"
 fi
 
-# ---- 5. benchmark: the target run, a small float32 parity run, and a short tile sweep ----
+# ---- 5. benchmark: a small float32 parity run, the target run, and a tile sweep ----
 BENCH="$BUILD/bin/simclr-gpu-bench"
 bench() {  # bench NAME TIMEOUT ARGS...
   local name=$1 limit=$2
@@ -294,8 +294,13 @@ bench f32_parity 90 --batch 2048 --dim 128 --dtype float32 --repeat 3 --check
 bench bf16 150 --batch "$BENCH_BATCH" --dim "$BENCH_DIM" --dtype bfloat16 --repeat 5
 bench bf16_tiles_4096x16384 60 --batch "$BENCH_BATCH" --dim "$BENCH_DIM" --dtype bfloat16 --repeat 3 \
   --tile-rows 4096 --tile-cols 16384
+bench bf16_tiles_4096x4096 60 --batch "$BENCH_BATCH" --dim "$BENCH_DIM" --dtype bfloat16 --repeat 3 \
+  --tile-rows 4096 --tile-cols 4096
 bench bf16_tiles_2048x4096 60 --batch "$BENCH_BATCH" --dim "$BENCH_DIM" --dtype bfloat16 --repeat 3 \
   --tile-rows 2048 --tile-cols 4096
+# L2-resident tiles (16 MB of float32 logits): less HBM traffic, 4x the launches of 4096 x 4096.
+bench bf16_tiles_2048x2048 60 --batch "$BENCH_BATCH" --dim "$BENCH_DIM" --dtype bfloat16 --repeat 3 \
+  --tile-rows 2048 --tile-cols 2048
 if [ -n "${FIELDS[bench_bf16]:-}" ]; then
   frac=$(sed -n 's/.*"fraction_of_cublas":\([0-9.eE+-]*\).*/\1/p' <<< "${FIELDS[bench_bf16]}")
   FIELDS[fraction_of_cublas]=${frac:-null}
