@@ -19,7 +19,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <iterator>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -57,7 +56,7 @@ struct Memory {
   std::mutex mutex;
   std::map<std::uintptr_t, std::size_t> live;  // begin -> bytes
   std::size_t used = 0, high = 0;
-  std::set<const void*> streams, events, handles;
+  std::set<const void*> streams, events;
 };
 
 Memory& memory() {
