@@ -100,8 +100,8 @@ TilePlan plan_tiles(std::int64_t anchors, std::int64_t total, DeviceDType dtype,
 
 double engine_forward(cublasHandle_t blas, DeviceDType dtype, const void* u, std::int64_t d,
                       std::int64_t total, AnchorLayout layout, float inv_temperature,
-                      const TilePlan& plan, float* run_max, float* run_sum, float* positive,
-                      cudaStream_t stream) {
+                      const TilePlan& plan, bool symmetric, float* run_max, float* run_sum,
+                      float* positive, cudaStream_t stream) {
   const std::int64_t anchors = 2 * layout.pairs;
   launch_fill(run_max, anchors, -std::numeric_limits<float>::infinity(), stream);
   launch_fill(run_sum, anchors, 0.f, stream);
@@ -109,6 +109,29 @@ double engine_forward(cublasHandle_t blas, DeviceDType dtype, const void* u, std
   if (anchors == 0 || total == 0) return 0;
   DeviceArray workspace(static_cast<std::size_t>(plan.rows * plan.ld) * sizeof(float), stream);
   float* s = workspace.as<float>();
+  if (symmetric && layout.anchor_begin == 0 && anchors == total) {
+    // S = U U^T / T is symmetric: tiles (I, J) with I <= J. The row pass of (I, J) serves the
+    // anchors of I; for I < J the column pass serves those of J, which is their tile (J, I).
+    const std::int64_t b = std::min(plan.rows, plan.cols);
+    DeviceArray partial(static_cast<std::size_t>(column_chunks(b) * b) * 2 * sizeof(float), stream);
+    double flops = 0;
+    for (std::int64_t i0 = 0; i0 < total; i0 += b) {
+      const std::int64_t rows = std::min(b, total - i0);
+      for (std::int64_t j0 = i0; j0 < total; j0 += b) {
+        const std::int64_t cols = std::min(b, total - j0);
+        logits_gemm(blas, dtype, u, d, i0, rows, j0, cols, inv_temperature, s, plan.ld);
+        launch_lse_tile(s, plan.ld, rows, cols, i0, j0, layout, run_max, run_sum, positive, stream);
+        if (j0 > i0) {
+          launch_lse_tile_columns(s, plan.ld, rows, cols, partial.as<float>(), stream);
+          launch_lse_merge_columns(s, plan.ld, rows, cols, i0, j0, layout, partial.as<float>(),
+                                   run_max, run_sum, positive, stream);
+        }
+        flops +=
+            2.0 * static_cast<double>(rows) * static_cast<double>(cols) * static_cast<double>(d);
+      }
+    }
+    return flops;
+  }
   for (std::int64_t q0 = 0; q0 < anchors; q0 += plan.rows) {
     const std::int64_t rows = std::min(plan.rows, anchors - q0);
     for (std::int64_t c0 = 0; c0 < total; c0 += plan.cols) {

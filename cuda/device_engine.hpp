@@ -26,11 +26,13 @@ TilePlan plan_tiles(std::int64_t anchors, std::int64_t total, DeviceDType dtype,
                     const DeviceOptions& options);
 
 // Forward over anchors of `layout` against all `total` rows of u ([total, d], dtype, unit rows):
-// run_max, run_sum, positive ([2n] float32) are initialised and filled. Returns the flops.
+// run_max, run_sum, positive ([2n] float32) are initialised and filled. With `symmetric` and the
+// anchors being all of u (one process), only the square tiles on and above the diagonal are
+// computed, each off-diagonal one serving its rows and its columns. Returns the flops.
 double engine_forward(cublasHandle_t blas, DeviceDType dtype, const void* u, std::int64_t d,
                       std::int64_t total, AnchorLayout layout, float inv_temperature,
-                      const TilePlan& plan, float* run_max, float* run_sum, float* positive,
-                      cudaStream_t stream);
+                      const TilePlan& plan, bool symmetric, float* run_max, float* run_sum,
+                      float* positive, cudaStream_t stream);
 
 // Backward: grad ([2n, d] float32) = dJ/du for this rank's anchors given every row's LSE and alpha
 // in U order and the device params of launch_backward_params. Returns the flops.

@@ -393,8 +393,8 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
   double flops = 0;
   if (n > 0) {
     flops = detail::engine_forward(blas_->get(stream), dtype, saved->u.data(), d, 2 * total, layout,
-                                   saved->inv_temperature, plan, run_max, run_max + 2 * n,
-                                   run_max + 4 * n, stream);
+                                   saved->inv_temperature, plan, options.device.symmetric_forward,
+                                   run_max, run_max + 2 * n, run_max + 4 * n, stream);
   }
 
   DeviceLossOutput out;

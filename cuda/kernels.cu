@@ -175,6 +175,47 @@ __global__ void lse_tile_kernel(const float* s, std::int64_t lds, std::int64_t r
   }
 }
 
+// Column half of an off-diagonal tile of the symmetric forward: thread = column (consecutive
+// threads read consecutive floats of a row), blockIdx.y = chunk of kColumnChunk rows; online
+// (max, sum) as lse_tile_kernel, one partial per (chunk, column) so the merge order is fixed.
+__global__ void lse_columns_kernel(const float* s, std::int64_t lds, std::int64_t rows,
+                                   std::int64_t cols, float* partial) {
+  const std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= cols) return;
+  const std::int64_t begin = static_cast<std::int64_t>(blockIdx.y) * kColumnChunk;
+  const std::int64_t end = begin + kColumnChunk < rows ? begin + kColumnChunk : rows;
+  float m = -INFINITY, sum = 0.f;
+  for (std::int64_t r = begin; r < end; ++r) {
+    const float x = s[r * lds + c];
+    if (x > m) {
+      sum = (m == -INFINITY) ? 0.f : sum * exp2f((m - x) * kLog2e);
+      m = x;
+    }
+    sum += exp2f((x - m) * kLog2e);
+  }
+  float* out = partial + 2 * (static_cast<std::int64_t>(blockIdx.y) * cols + c);
+  out[0] = m;
+  out[1] = sum;
+}
+
+__global__ void lse_merge_columns_kernel(const float* s, std::int64_t lds, std::int64_t rows,
+                                         std::int64_t cols, std::int64_t r0, std::int64_t c0,
+                                         AnchorLayout layout, const float* partial,
+                                         std::int64_t chunks, float* run_max, float* run_sum,
+                                         float* positive) {
+  const std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= cols) return;
+  const std::int64_t q = c0 + c - layout.anchor_begin;
+  float m = run_max[q], sum = run_sum[q];
+  for (std::int64_t k = 0; k < chunks; ++k)
+    lse_merge(m, sum, partial[2 * (k * cols + c)], partial[2 * (k * cols + c) + 1]);
+  run_max[q] = m;
+  run_sum[q] = sum;
+  const std::int64_t partner = q < layout.pairs ? q + layout.pairs : q - layout.pairs;
+  const std::int64_t row = layout.anchor_begin + partner - r0;
+  if (row >= 0 && row < rows) positive[q] = s[row * lds + c];
+}
+
 constexpr int kFinishThreads = 1024;
 
 template <class T>
@@ -377,6 +418,26 @@ void launch_lse_tile(const float* s, std::int64_t lds, std::int64_t rows, std::i
   SIMCLR_LAUNCH_SYNC(lse_tile_kernel, blocks, kRowsPerBlock * kWarp, stream)
   (s, lds, rows, cols, q0, c0, layout, run_max, run_sum, positive);
   SIMCLR_CHECK_LAUNCH("lse_tile_kernel");
+}
+
+void launch_lse_tile_columns(const float* s, std::int64_t lds, std::int64_t rows, std::int64_t cols,
+                             float* partial, cudaStream_t stream) {
+  if (rows == 0 || cols == 0) return;
+  const dim3 grid(static_cast<unsigned>(blocks_for(cols, 256, INT32_MAX)),
+                  static_cast<unsigned>(column_chunks(rows)));
+  SIMCLR_LAUNCH(lse_columns_kernel, grid, 256, stream)(s, lds, rows, cols, partial);
+  SIMCLR_CHECK_LAUNCH("lse_columns_kernel");
+}
+
+void launch_lse_merge_columns(const float* s, std::int64_t lds, std::int64_t rows,
+                              std::int64_t cols, std::int64_t r0, std::int64_t c0,
+                              AnchorLayout layout, const float* partial, float* run_max,
+                              float* run_sum, float* positive, cudaStream_t stream) {
+  if (rows == 0 || cols == 0) return;
+  const auto blocks = static_cast<unsigned>(blocks_for(cols, 256, INT32_MAX));
+  SIMCLR_LAUNCH(lse_merge_columns_kernel, blocks, 256, stream)
+  (s, lds, rows, cols, r0, c0, layout, partial, column_chunks(rows), run_max, run_sum, positive);
+  SIMCLR_CHECK_LAUNCH("lse_merge_columns_kernel");
 }
 
 void launch_forward_finish(const float* run_max, const float* run_sum, const float* positive,

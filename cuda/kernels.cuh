@@ -45,6 +45,24 @@ void launch_lse_tile(const float* s, std::int64_t lds, std::int64_t rows, std::i
                      std::int64_t q0, std::int64_t c0, AnchorLayout layout, float* run_max,
                      float* run_sum, float* positive, cudaStream_t stream);
 
+// The symmetric forward (one process holds the whole batch, so S is symmetric and only tiles on or
+// above the diagonal are computed): the column half of an off-diagonal tile, rows [r0, r0 + rows) x
+// columns [c0, c0 + cols) of U with r0 + rows <= c0, so no entry is a self entry.
+// launch_lse_tile_columns: the (max, sum) of each column over each chunk of kColumnChunk rows into
+// partial[2 * (chunk * cols + c) + {0, 1}] (column_chunks(rows) * cols pairs).
+// launch_lse_merge_columns: merges the chunks in order into (run_max, run_sum)[c0 + c -
+// anchor_begin], and picks the positive of that anchor when its partner row lies in the tile.
+constexpr std::int64_t kColumnChunk = 128;
+inline std::int64_t column_chunks(std::int64_t rows) {
+  return (rows + kColumnChunk - 1) / kColumnChunk;
+}
+void launch_lse_tile_columns(const float* s, std::int64_t lds, std::int64_t rows, std::int64_t cols,
+                             float* partial, cudaStream_t stream);
+void launch_lse_merge_columns(const float* s, std::int64_t lds, std::int64_t rows,
+                              std::int64_t cols, std::int64_t r0, std::int64_t c0,
+                              AnchorLayout layout, const float* partial, float* run_max,
+                              float* run_sum, float* positive, cudaStream_t stream);
+
 // One block: row_lse[q] = run_max + log(run_sum) for 2n anchors; per_example[i] = l_i (dtype);
 // values = l_i * w_i (none, [n]) or the reduction ([1], dtype); objective[0] = J_r (float32).
 // denominator <= 0 makes sum_over_batch_size 0 (Keras's divide_no_nan).

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -61,6 +62,7 @@ struct Case {
   DeviceDType dtype = DeviceDType::kFloat32;
   std::int64_t tile_rows = 16, tile_cols = 24;  // 2n = 74: ragged last tiles, a 2-column tail
   std::int64_t stride_pad = 0;                  // extra elements per row of inputs and gradients
+  bool symmetric = true;                        // DeviceOptions::symmetric_forward
   std::uint64_t seed = 7;
 };
 
@@ -76,10 +78,10 @@ class DeviceLossTest : public ::testing::Test {
 
   // Runs the device forward + backward (upstream 1) and the CPU double reference; checks them.
   void check_case(const Case& c) {
-    SCOPED_TRACE(::testing::Message()
-                 << "n=" << c.n << " d=" << c.d << " T=" << c.temperature
-                 << " reduction=" << to_string(c.reduction) << " dtype=" << cuda::to_string(c.dtype)
-                 << " tiles=" << c.tile_rows << "x" << c.tile_cols);
+    SCOPED_TRACE(::testing::Message() << "n=" << c.n << " d=" << c.d << " T=" << c.temperature
+                                      << " reduction=" << to_string(c.reduction) << " dtype="
+                                      << cuda::to_string(c.dtype) << " tiles=" << c.tile_rows << "x"
+                                      << c.tile_cols << (c.symmetric ? " symmetric" : " general"));
     const auto a = rounded(seeded_rows(c.seed, 0, 0, c.n, c.d), c.dtype);
     const auto b = rounded(seeded_rows(c.seed, 1, 0, c.n, c.d), c.dtype);
     std::vector<float> w(static_cast<std::size_t>(c.n));
@@ -114,6 +116,7 @@ class DeviceLossTest : public ::testing::Test {
     cuda::DeviceCallOptions options;
     options.device.tile_rows = c.tile_rows;
     options.device.tile_cols = c.tile_cols;
+    options.device.symmetric_forward = c.symmetric;
     auto out = loss.forward(za.view(), zb.view(), stream_,
                             c.weights == Weights::kNone ? nullptr : &dsw, options);
     loss.backward(out, 1.0f, ga.mutable_view(), gb.mutable_view(), stream_);
@@ -175,6 +178,29 @@ TEST_F(DeviceLossTest, Float32TileShapesDoNotChangeTheResult) {
     c.tile_cols = cols;
     c.n = 19;
     check_case(c);
+  }
+}
+
+// The single-process forward computes the tiles on and above the diagonal only (symmetric_forward);
+// the general path, which every rank of a distributed call takes, must give the same results. Tile
+// sizes put the partners of some anchors in tiles below the diagonal (their positive then comes
+// from the column pass), span several 128-row chunks of the column pass, and leave ragged edges.
+TEST_F(DeviceLossTest, Float32SymmetricAndGeneralForwardsMatchTheCpu) {
+  for (bool symmetric : {true, false}) {
+    for (auto [n, rows, cols] : std::vector<std::array<std::int64_t, 3>>{{37, 16, 24},
+                                                                         {37, 24, 16},
+                                                                         {150, 130, 300},
+                                                                         {150, 300, 130},
+                                                                         {5, 1, 1},
+                                                                         {9, 64, 64}}) {
+      Case c;
+      c.n = n;
+      c.tile_rows = rows;
+      c.tile_cols = cols;
+      c.symmetric = symmetric;
+      c.reduction = Reduction::kNone;
+      check_case(c);
+    }
   }
 }
 
