@@ -51,6 +51,26 @@ void logits_gemm(cublasHandle_t blas, DeviceDType dtype, const void* u, std::int
                                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
+// grad[g0 : g0 + count] += params[1] * op(M) U[o0 : o0 + other] for the M tile [rows, cols]
+// (leading dimension ldm, dtype): op(M) = M (count = rows, other = cols) or, with `transposed`, M^T
+// (count = cols, other = rows). Column-major: grad^T [d, count] = U_o^T [d, other] op(M)^T, where
+// the stored M reads as M^T [cols, rows]. g0 indexes grad's rows (this rank's anchors), o0 U's.
+void gradient_gemm(cublasHandle_t blas, DeviceDType dtype, const void* u, std::int64_t d,
+                   const void* m, std::int64_t ldm, std::int64_t rows, std::int64_t cols,
+                   std::int64_t g0, std::int64_t o0, bool transposed, const float* params,
+                   float* grad) {
+  const int ld_u = as_int(d, "dimension");
+  const std::int64_t count = transposed ? cols : rows, other = transposed ? rows : cols;
+  const cudaDataType_t type = blas_type(dtype);
+  SIMCLR_CHECK_CUBLAS(cublasSetPointerMode(blas, CUBLAS_POINTER_MODE_DEVICE));
+  SIMCLR_CHECK_CUBLAS(cublasGemmEx(blas, CUBLAS_OP_N, transposed ? CUBLAS_OP_T : CUBLAS_OP_N, ld_u,
+                                   as_int(count, "tile rows"), as_int(other, "tile cols"),
+                                   params + 1, row_ptr(u, o0, d, element_size(dtype)), type, ld_u,
+                                   m, type, as_int(ldm, "tile ld"), params + 3, grad + g0 * d,
+                                   CUDA_R_32F, ld_u, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  SIMCLR_CHECK_CUBLAS(cublasSetPointerMode(blas, CUBLAS_POINTER_MODE_HOST));
+}
+
 }  // namespace
 
 cudaDataType_t blas_type(DeviceDType dtype) {
@@ -146,22 +166,40 @@ double engine_forward(cublasHandle_t blas, DeviceDType dtype, const void* u, std
 
 double engine_backward(cublasHandle_t blas, DeviceDType dtype, const void* u, std::int64_t d,
                        std::int64_t total, AnchorLayout layout, float inv_temperature,
-                       const TilePlan& plan, const float* lse_all, const float* alpha_all,
-                       const float* params, float* grad, cudaStream_t stream) {
+                       const TilePlan& plan, bool symmetric, const float* lse_all,
+                       const float* alpha_all, const float* params, float* grad,
+                       cudaStream_t stream) {
   const std::int64_t anchors = 2 * layout.pairs;
   if (anchors == 0 || d == 0) return 0;
-  const std::size_t elem = element_size(dtype);
   const std::size_t s_bytes = static_cast<std::size_t>(plan.rows * plan.ld) * sizeof(float);
-  DeviceArray workspace(s_bytes + static_cast<std::size_t>(plan.rows * plan.ld) * elem, stream);
+  DeviceArray workspace(
+      s_bytes + static_cast<std::size_t>(plan.rows * plan.ld) * element_size(dtype), stream);
   float* s = workspace.as<float>();
   void* m = static_cast<char*>(workspace.data()) + s_bytes;
-  const cudaDataType_t type = blas_type(dtype);
-  const int ld_u = as_int(d, "dimension");
-  // The first column tile overwrites grad (beta = 0); zeroing it first keeps uninitialised pool
-  // memory (possibly NaN bit patterns) out of the result whatever cuBLAS does with a device-side
-  // beta.
+  // Every product accumulates (beta = 1) into a zeroed grad.
   SIMCLR_CHECK_CUDA(
       cudaMemsetAsync(grad, 0, static_cast<std::size_t>(anchors * d) * sizeof(float), stream));
+  const double tile_flops = 2.0 * static_cast<double>(d);
+  double flops = 0;
+  if (symmetric && layout.anchor_begin == 0 && anchors == total) {
+    // M is symmetric too (spec section 4: M_kc = M_ck, as p is an involution): the tile (I, J),
+    // I <= J, gives grad[I] += M_IJ U_J and, off the diagonal, grad[J] += M_IJ^T U_I.
+    const std::int64_t b = std::min(plan.rows, plan.cols);
+    for (std::int64_t i0 = 0; i0 < total; i0 += b) {
+      const std::int64_t rows = std::min(b, total - i0);
+      for (std::int64_t j0 = i0; j0 < total; j0 += b) {
+        const std::int64_t cols = std::min(b, total - j0);
+        logits_gemm(blas, dtype, u, d, i0, rows, j0, cols, inv_temperature, s, plan.ld);
+        launch_m_tile(s, plan.ld, rows, cols, i0, j0, layout, lse_all, alpha_all, params, dtype, m,
+                      plan.ld, stream);
+        gradient_gemm(blas, dtype, u, d, m, plan.ld, rows, cols, i0, j0, false, params, grad);
+        if (j0 > i0)
+          gradient_gemm(blas, dtype, u, d, m, plan.ld, rows, cols, j0, i0, true, params, grad);
+        flops += tile_flops * static_cast<double>(rows * cols) * (j0 > i0 ? 3 : 2);
+      }
+    }
+    return flops;
+  }
   for (std::int64_t q0 = 0; q0 < anchors; q0 += plan.rows) {
     const std::int64_t rows = std::min(plan.rows, anchors - q0);
     for (std::int64_t c0 = 0; c0 < total; c0 += plan.cols) {
@@ -170,17 +208,11 @@ double engine_backward(cublasHandle_t blas, DeviceDType dtype, const void* u, st
                   plan.ld);
       launch_m_tile(s, plan.ld, rows, cols, q0, c0, layout, lse_all, alpha_all, params, dtype, m,
                     plan.ld, stream);
-      // grad[q0 : q0 + rows] (+)= M U_c, column-major: grad^T [d, rows] = U_c^T [d, cols] M^T.
-      SIMCLR_CHECK_CUBLAS(cublasSetPointerMode(blas, CUBLAS_POINTER_MODE_DEVICE));
-      SIMCLR_CHECK_CUBLAS(
-          cublasGemmEx(blas, CUBLAS_OP_N, CUBLAS_OP_N, ld_u, as_int(rows, "tile rows"),
-                       as_int(cols, "tile cols"), params + 1, row_ptr(u, c0, d, elem), type, ld_u,
-                       m, type, as_int(plan.ld, "tile ld"), c0 == 0 ? params + 2 : params + 3,
-                       grad + q0 * d, CUDA_R_32F, ld_u, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-      SIMCLR_CHECK_CUBLAS(cublasSetPointerMode(blas, CUBLAS_POINTER_MODE_HOST));
+      gradient_gemm(blas, dtype, u, d, m, plan.ld, rows, cols, q0, c0, false, params, grad);
+      flops += tile_flops * static_cast<double>(rows * cols) * 2;
     }
   }
-  return 4.0 * static_cast<double>(anchors) * static_cast<double>(total) * static_cast<double>(d);
+  return flops;
 }
 
 }  // namespace simclr::cuda::detail

@@ -35,11 +35,14 @@ double engine_forward(cublasHandle_t blas, DeviceDType dtype, const void* u, std
                       float* positive, cudaStream_t stream);
 
 // Backward: grad ([2n, d] float32) = dJ/du for this rank's anchors given every row's LSE and alpha
-// in U order and the device params of launch_backward_params. Returns the flops.
+// in U order and the device params of launch_backward_params. `symmetric` as engine_forward: the
+// tiles on and above the diagonal, each off-diagonal one giving both its rows' and its columns'
+// gradient. Returns the flops.
 double engine_backward(cublasHandle_t blas, DeviceDType dtype, const void* u, std::int64_t d,
                        std::int64_t total, AnchorLayout layout, float inv_temperature,
-                       const TilePlan& plan, const float* lse_all, const float* alpha_all,
-                       const float* params, float* grad, cudaStream_t stream);
+                       const TilePlan& plan, bool symmetric, const float* lse_all,
+                       const float* alpha_all, const float* params, float* grad,
+                       cudaStream_t stream);
 
 // cuBLAS's data type for a device dtype.
 cudaDataType_t blas_type(DeviceDType dtype);

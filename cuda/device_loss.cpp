@@ -393,8 +393,8 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
   double flops = 0;
   if (n > 0) {
     flops = detail::engine_forward(blas_->get(stream), dtype, saved->u.data(), d, 2 * total, layout,
-                                   saved->inv_temperature, plan, options.device.symmetric_forward,
-                                   run_max, run_max + 2 * n, run_max + 4 * n, stream);
+                                   saved->inv_temperature, plan, options.device.symmetric, run_max,
+                                   run_max + 2 * n, run_max + 4 * n, stream);
   }
 
   DeviceLossOutput out;
@@ -524,8 +524,8 @@ void DeviceSimCLRLoss::backward_impl(const DeviceLossOutput& output, float scala
   const detail::AnchorLayout layout{s.layout.anchor_begin, n};
   const detail::TilePlan plan = detail::plan_tiles(2 * n, total_rows, s.dtype, s.options);
   detail::engine_backward(blas_->get(stream), s.dtype, s.u.data(), d, total_rows, layout,
-                          s.inv_temperature, plan, lse_all, alpha_all, params.as<float>(),
-                          grad_u.as<float>(), stream);
+                          s.inv_temperature, plan, s.options.symmetric, lse_all, alpha_all,
+                          params.as<float>(), grad_u.as<float>(), stream);
   const char* anchors = static_cast<const char*>(s.u.data()) +
                         static_cast<std::size_t>(s.layout.anchor_begin * d) * elem;
   const float* norms = s.squared_norms.as<float>();

@@ -62,7 +62,7 @@ struct Case {
   DeviceDType dtype = DeviceDType::kFloat32;
   std::int64_t tile_rows = 16, tile_cols = 24;  // 2n = 74: ragged last tiles, a 2-column tail
   std::int64_t stride_pad = 0;                  // extra elements per row of inputs and gradients
-  bool symmetric = true;                        // DeviceOptions::symmetric_forward
+  bool symmetric = true;                        // DeviceOptions::symmetric
   std::uint64_t seed = 7;
 };
 
@@ -116,7 +116,7 @@ class DeviceLossTest : public ::testing::Test {
     cuda::DeviceCallOptions options;
     options.device.tile_rows = c.tile_rows;
     options.device.tile_cols = c.tile_cols;
-    options.device.symmetric_forward = c.symmetric;
+    options.device.symmetric = c.symmetric;
     auto out = loss.forward(za.view(), zb.view(), stream_,
                             c.weights == Weights::kNone ? nullptr : &dsw, options);
     loss.backward(out, 1.0f, ga.mutable_view(), gb.mutable_view(), stream_);
@@ -181,11 +181,11 @@ TEST_F(DeviceLossTest, Float32TileShapesDoNotChangeTheResult) {
   }
 }
 
-// The single-process forward computes the tiles on and above the diagonal only (symmetric_forward);
+// One process: forward and backward compute the tiles on and above the diagonal only (symmetric);
 // the general path, which every rank of a distributed call takes, must give the same results. Tile
 // sizes put the partners of some anchors in tiles below the diagonal (their positive then comes
 // from the column pass), span several 128-row chunks of the column pass, and leave ragged edges.
-TEST_F(DeviceLossTest, Float32SymmetricAndGeneralForwardsMatchTheCpu) {
+TEST_F(DeviceLossTest, Float32SymmetricAndGeneralPathsMatchTheCpu) {
   for (bool symmetric : {true, false}) {
     for (auto [n, rows, cols] : std::vector<std::array<std::int64_t, 3>>{{37, 16, 24},
                                                                          {37, 24, 16},

@@ -40,11 +40,11 @@ struct DeviceOptions {
   std::int64_t tile_rows = 0;  // anchors per tile (<= 65535 * 8)
   std::int64_t tile_cols = 0;  // candidates per tile
   std::size_t workspace_bytes = std::size_t{512} << 20;
-  // When one process holds the whole batch, the logits are symmetric: the forward computes only the
-  // square tiles on and above the diagonal (min(tile_rows, tile_cols) wide) and takes each
-  // off-diagonal tile's columns too, 1 GEMM-equivalent instead of 2. false: every tile, as a rank
-  // of a distributed call does (for comparisons).
-  bool symmetric_forward = true;
+  // When one process holds the whole batch, the logits and M are symmetric: forward and backward
+  // compute only the square tiles on and above the diagonal (min(tile_rows, tile_cols) wide), each
+  // off-diagonal tile serving its columns' anchors too: 2 GEMM-equivalents per step instead of 3.
+  // false: every tile, as a rank of a distributed call does (for comparisons).
+  bool symmetric = true;
 };
 
 // Options of one call.
