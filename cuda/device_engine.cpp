@@ -66,7 +66,7 @@ void gradient_gemm(cublasHandle_t blas, DeviceDType dtype, const void* u, std::i
   SIMCLR_CHECK_CUBLAS(cublasGemmEx(blas, CUBLAS_OP_N, transposed ? CUBLAS_OP_T : CUBLAS_OP_N, ld_u,
                                    as_int(count, "tile rows"), as_int(other, "tile cols"),
                                    params + 1, row_ptr(u, o0, d, element_size(dtype)), type, ld_u,
-                                   m, type, as_int(ldm, "tile ld"), params + 3, grad + g0 * d,
+                                   m, type, as_int(ldm, "tile ld"), params + 2, grad + g0 * d,
                                    CUDA_R_32F, ld_u, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   SIMCLR_CHECK_CUBLAS(cublasSetPointerMode(blas, CUBLAS_POINTER_MODE_HOST));
 }

@@ -517,7 +517,7 @@ void DeviceSimCLRLoss::backward_impl(const DeviceLossOutput& output, float scala
     return;
   }
 
-  DeviceArray params(4 * sizeof(float), stream);
+  DeviceArray params(3 * sizeof(float), stream);
   detail::launch_backward_params(alpha_all, total_rows, s.inv_temperature, s.dtype,
                                  params.as<float>(), stream);
   DeviceArray grad_u(static_cast<std::size_t>(2 * n * d) * sizeof(float), stream);

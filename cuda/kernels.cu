@@ -307,8 +307,7 @@ __global__ void backward_params_kernel(const float* alpha_all, std::int64_t tota
     }
     params[0] = scale;
     params[1] = inv_t / scale;
-    params[2] = 0.f;
-    params[3] = 1.f;
+    params[2] = 1.f;
   }
 }
 

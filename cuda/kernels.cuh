@@ -82,8 +82,8 @@ void launch_pair_weight(const float* upstream, float upstream_scalar, const floa
                         cudaStream_t stream);
 
 // params[0] = scale of the M tile (a power of two: 2^14 / max|alpha| for float16 so M uses its
-// range, else 1); params[1] = inv_temperature / scale (the backward GEMM's alpha); params[2] = 0;
-// params[3] = 1 (betas).
+// range, else 1); params[1] = inv_temperature / scale (the backward GEMM's alpha); params[2] = 1
+// (its beta: every product accumulates into a zeroed gradient).
 void launch_backward_params(const float* alpha_all, std::int64_t total, float inv_temperature,
                             DeviceDType dtype, float* params, cudaStream_t stream);
 
