@@ -295,15 +295,15 @@ bench bf16 150 --batch "$BENCH_BATCH" --dim "$BENCH_DIM" --dtype bfloat16 --repe
 # The same without using the symmetry of S and M: what it buys on this GPU.
 bench bf16_no_symmetry 60 --batch "$BENCH_BATCH" --dim "$BENCH_DIM" --dtype bfloat16 --repeat 3 \
   --no-symmetry
-bench bf16_tiles_4096x16384 60 --batch "$BENCH_BATCH" --dim "$BENCH_DIM" --dtype bfloat16 --repeat 3 \
-  --tile-rows 4096 --tile-cols 16384
-bench bf16_tiles_4096x4096 60 --batch "$BENCH_BATCH" --dim "$BENCH_DIM" --dtype bfloat16 --repeat 3 \
-  --tile-rows 4096 --tile-cols 4096
-bench bf16_tiles_2048x4096 60 --batch "$BENCH_BATCH" --dim "$BENCH_DIM" --dtype bfloat16 --repeat 3 \
-  --tile-rows 2048 --tile-cols 4096
-# L2-resident tiles (16 MB of float32 logits): less HBM traffic, 4x the launches of 4096 x 4096.
-bench bf16_tiles_2048x2048 60 --batch "$BENCH_BATCH" --dim "$BENCH_DIM" --dtype bfloat16 --repeat 3 \
-  --tile-rows 2048 --tile-cols 2048
+# Tile sweep. With the symmetry the tiles are square (min of the two sizes): 16384 (1.5 GB of
+# workspace, fewer launches), 4096, and 2048 (16 MB of float32 logits: L2-resident). Then a
+# distributed rank's shape, the general path with wide tiles.
+for t in 16384 4096 2048; do
+  bench "bf16_tiles_$t" 60 --batch "$BENCH_BATCH" --dim "$BENCH_DIM" --dtype bfloat16 --repeat 3 \
+    --tile-rows "$t" --tile-cols "$t"
+done
+bench bf16_no_symmetry_tiles_4096x16384 60 --batch "$BENCH_BATCH" --dim "$BENCH_DIM" --dtype bfloat16 \
+  --repeat 3 --no-symmetry --tile-rows 4096 --tile-cols 16384
 if [ -n "${FIELDS[bench_bf16]:-}" ]; then
   frac=$(sed -n 's/.*"fraction_of_cublas":\([0-9.eE+-]*\).*/\1/p' <<< "${FIELDS[bench_bf16]}")
   FIELDS[fraction_of_cublas]=${frac:-null}

@@ -323,6 +323,7 @@ int run(const Flags& f) {
        << ",\"cublas_tflops\":" << cublas_tflops
        << ",\"fraction_of_cublas\":" << tflops / cublas_tflops
        << ",\"forward_gemm_equivalents\":" << last.flops / (flops / 3.0)
+       << ",\"symmetric\":" << (f.symmetric ? "true" : "false")
        << ",\"peak_device_mib\":" << static_cast<double>(peak) / (1024.0 * 1024.0)
        << ",\"tile_rows\":" << plan.rows << ",\"tile_cols\":" << plan.cols
        << ",\"repeat\":" << f.repeat << ",\"gpu\":\"" << prop.name << "\",\"driver\":\""
