@@ -71,6 +71,21 @@ void gradient_gemm(cublasHandle_t blas, DeviceDType dtype, const void* u, std::i
   SIMCLR_CHECK_CUBLAS(cublasSetPointerMode(blas, CUBLAS_POINTER_MODE_HOST));
 }
 
+// The symmetric scheme applies when this process's anchors are all of U: its block of S is then all
+// of S, which is symmetric (spec section 3), and so is M (section 4).
+bool use_symmetry(bool symmetric, AnchorLayout layout, std::int64_t total) {
+  return symmetric && layout.anchor_begin == 0 && 2 * layout.pairs == total;
+}
+
+// Calls tile(i0, rows, j0, cols) for the square tiles (I, J), I <= J, of side b over [0, total),
+// row of tiles by row of tiles (a fixed order: the results are deterministic).
+template <class Tile>
+void for_each_upper_tile(std::int64_t total, std::int64_t b, Tile&& tile) {
+  for (std::int64_t i0 = 0; i0 < total; i0 += b)
+    for (std::int64_t j0 = i0; j0 < total; j0 += b)
+      tile(i0, std::min(b, total - i0), j0, std::min(b, total - j0));
+}
+
 }  // namespace
 
 cudaDataType_t blas_type(DeviceDType dtype) {
@@ -129,27 +144,24 @@ double engine_forward(cublasHandle_t blas, DeviceDType dtype, const void* u, std
   if (anchors == 0 || total == 0) return 0;
   DeviceArray workspace(static_cast<std::size_t>(plan.rows * plan.ld) * sizeof(float), stream);
   float* s = workspace.as<float>();
-  if (symmetric && layout.anchor_begin == 0 && anchors == total) {
+  if (use_symmetry(symmetric, layout, total)) {
     // S = U U^T / T is symmetric: tiles (I, J) with I <= J. The row pass of (I, J) serves the
     // anchors of I; for I < J the column pass serves those of J, which is their tile (J, I).
     const std::int64_t b = std::min(plan.rows, plan.cols);
     DeviceArray partial(static_cast<std::size_t>(column_chunks(b) * b) * 2 * sizeof(float), stream);
     double flops = 0;
-    for (std::int64_t i0 = 0; i0 < total; i0 += b) {
-      const std::int64_t rows = std::min(b, total - i0);
-      for (std::int64_t j0 = i0; j0 < total; j0 += b) {
-        const std::int64_t cols = std::min(b, total - j0);
-        logits_gemm(blas, dtype, u, d, i0, rows, j0, cols, inv_temperature, s, plan.ld);
-        launch_lse_tile(s, plan.ld, rows, cols, i0, j0, layout, run_max, run_sum, positive, stream);
-        if (j0 > i0) {
-          launch_lse_tile_columns(s, plan.ld, rows, cols, partial.as<float>(), stream);
-          launch_lse_merge_columns(s, plan.ld, rows, cols, i0, j0, layout, partial.as<float>(),
-                                   run_max, run_sum, positive, stream);
-        }
-        flops +=
-            2.0 * static_cast<double>(rows) * static_cast<double>(cols) * static_cast<double>(d);
-      }
-    }
+    for_each_upper_tile(
+        total, b, [&](std::int64_t i0, std::int64_t rows, std::int64_t j0, std::int64_t cols) {
+          logits_gemm(blas, dtype, u, d, i0, rows, j0, cols, inv_temperature, s, plan.ld);
+          launch_lse_tile(s, plan.ld, rows, cols, i0, j0, layout, run_max, run_sum, positive,
+                          stream);
+          if (j0 > i0) {
+            launch_lse_tile_columns(s, plan.ld, rows, cols, partial.as<float>(), stream);
+            launch_lse_merge_columns(s, plan.ld, rows, cols, i0, j0, layout, partial.as<float>(),
+                                     run_max, run_sum, positive, stream);
+          }
+          flops += 2.0 * static_cast<double>(rows * cols) * static_cast<double>(d);
+        });
     return flops;
   }
   for (std::int64_t q0 = 0; q0 < anchors; q0 += plan.rows) {
@@ -181,23 +193,20 @@ double engine_backward(cublasHandle_t blas, DeviceDType dtype, const void* u, st
       cudaMemsetAsync(grad, 0, static_cast<std::size_t>(anchors * d) * sizeof(float), stream));
   const double tile_flops = 2.0 * static_cast<double>(d);
   double flops = 0;
-  if (symmetric && layout.anchor_begin == 0 && anchors == total) {
+  if (use_symmetry(symmetric, layout, total)) {
     // M is symmetric too (spec section 4: M_kc = M_ck, as p is an involution): the tile (I, J),
     // I <= J, gives grad[I] += M_IJ U_J and, off the diagonal, grad[J] += M_IJ^T U_I.
-    const std::int64_t b = std::min(plan.rows, plan.cols);
-    for (std::int64_t i0 = 0; i0 < total; i0 += b) {
-      const std::int64_t rows = std::min(b, total - i0);
-      for (std::int64_t j0 = i0; j0 < total; j0 += b) {
-        const std::int64_t cols = std::min(b, total - j0);
-        logits_gemm(blas, dtype, u, d, i0, rows, j0, cols, inv_temperature, s, plan.ld);
-        launch_m_tile(s, plan.ld, rows, cols, i0, j0, layout, lse_all, alpha_all, params, dtype, m,
-                      plan.ld, stream);
-        gradient_gemm(blas, dtype, u, d, m, plan.ld, rows, cols, i0, j0, false, params, grad);
-        if (j0 > i0)
-          gradient_gemm(blas, dtype, u, d, m, plan.ld, rows, cols, j0, i0, true, params, grad);
-        flops += tile_flops * static_cast<double>(rows * cols) * (j0 > i0 ? 3 : 2);
-      }
-    }
+    for_each_upper_tile(
+        total, std::min(plan.rows, plan.cols),
+        [&](std::int64_t i0, std::int64_t rows, std::int64_t j0, std::int64_t cols) {
+          logits_gemm(blas, dtype, u, d, i0, rows, j0, cols, inv_temperature, s, plan.ld);
+          launch_m_tile(s, plan.ld, rows, cols, i0, j0, layout, lse_all, alpha_all, params, dtype,
+                        m, plan.ld, stream);
+          gradient_gemm(blas, dtype, u, d, m, plan.ld, rows, cols, i0, j0, false, params, grad);
+          if (j0 > i0)
+            gradient_gemm(blas, dtype, u, d, m, plan.ld, rows, cols, j0, i0, true, params, grad);
+          flops += tile_flops * static_cast<double>(rows * cols) * (j0 > i0 ? 3 : 2);
+        });
     return flops;
   }
   for (std::int64_t q0 = 0; q0 < anchors; q0 += plan.rows) {
