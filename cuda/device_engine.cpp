@@ -77,13 +77,24 @@ bool use_symmetry(bool symmetric, AnchorLayout layout, std::int64_t total) {
   return symmetric && layout.anchor_begin == 0 && 2 * layout.pairs == total;
 }
 
-// Calls tile(i0, rows, j0, cols) for the square tiles (I, J), I <= J, of side b over [0, total),
-// row of tiles by row of tiles (a fixed order: the results are deterministic).
+// Calls tile(q0, rows, c0, cols, mirrored) for each logits tile to compute, in a fixed order (the
+// results are deterministic): anchors [q0, q0 + rows) (this rank's indices) against U rows
+// [c0, c0 + cols). General scheme: every tile of the plan's shape. Symmetric scheme: the square
+// tiles on and above the diagonal, min(plan.rows, plan.cols) wide; `mirrored` marks the
+// off-diagonal ones, which stand for their transposes too.
 template <class Tile>
-void for_each_upper_tile(std::int64_t total, std::int64_t b, Tile&& tile) {
-  for (std::int64_t i0 = 0; i0 < total; i0 += b)
-    for (std::int64_t j0 = i0; j0 < total; j0 += b)
-      tile(i0, std::min(b, total - i0), j0, std::min(b, total - j0));
+void for_each_tile(bool symmetric_scheme, std::int64_t anchors, std::int64_t total,
+                   const TilePlan& plan, Tile&& tile) {
+  if (symmetric_scheme) {
+    const std::int64_t b = std::min(plan.rows, plan.cols);
+    for (std::int64_t i0 = 0; i0 < total; i0 += b)
+      for (std::int64_t j0 = i0; j0 < total; j0 += b)
+        tile(i0, std::min(b, total - i0), j0, std::min(b, total - j0), j0 > i0);
+    return;
+  }
+  for (std::int64_t q0 = 0; q0 < anchors; q0 += plan.rows)
+    for (std::int64_t c0 = 0; c0 < total; c0 += plan.cols)
+      tile(q0, std::min(plan.rows, anchors - q0), c0, std::min(plan.cols, total - c0), false);
 }
 
 }  // namespace
@@ -144,36 +155,28 @@ double engine_forward(cublasHandle_t blas, DeviceDType dtype, const void* u, std
   if (anchors == 0 || total == 0) return 0;
   DeviceArray workspace(static_cast<std::size_t>(plan.rows * plan.ld) * sizeof(float), stream);
   float* s = workspace.as<float>();
-  if (use_symmetry(symmetric, layout, total)) {
-    // S = U U^T / T is symmetric: tiles (I, J) with I <= J. The row pass of (I, J) serves the
-    // anchors of I; for I < J the column pass serves those of J, which is their tile (J, I).
-    const std::int64_t b = std::min(plan.rows, plan.cols);
-    DeviceArray partial(static_cast<std::size_t>(column_chunks(b) * b) * 2 * sizeof(float), stream);
-    double flops = 0;
-    for_each_upper_tile(
-        total, b, [&](std::int64_t i0, std::int64_t rows, std::int64_t j0, std::int64_t cols) {
-          logits_gemm(blas, dtype, u, d, i0, rows, j0, cols, inv_temperature, s, plan.ld);
-          launch_lse_tile(s, plan.ld, rows, cols, i0, j0, layout, run_max, run_sum, positive,
-                          stream);
-          if (j0 > i0) {
-            launch_lse_tile_columns(s, plan.ld, rows, cols, partial.as<float>(), stream);
-            launch_lse_merge_columns(s, plan.ld, rows, cols, i0, j0, layout, partial.as<float>(),
-                                     run_max, run_sum, positive, stream);
-          }
-          flops += 2.0 * static_cast<double>(rows * cols) * static_cast<double>(d);
-        });
-    return flops;
-  }
-  for (std::int64_t q0 = 0; q0 < anchors; q0 += plan.rows) {
-    const std::int64_t rows = std::min(plan.rows, anchors - q0);
-    for (std::int64_t c0 = 0; c0 < total; c0 += plan.cols) {
-      const std::int64_t cols = std::min(plan.cols, total - c0);
-      logits_gemm(blas, dtype, u, d, layout.anchor_begin + q0, rows, c0, cols, inv_temperature, s,
-                  plan.ld);
-      launch_lse_tile(s, plan.ld, rows, cols, q0, c0, layout, run_max, run_sum, positive, stream);
-    }
-  }
-  return 2.0 * static_cast<double>(anchors) * static_cast<double>(total) * static_cast<double>(d);
+  // With the symmetry (spec section 3), the row pass of tile (I, J) serves the anchors of I and,
+  // off the diagonal, the column pass serves those of J, whose tile (J, I) is not computed.
+  const bool symmetric_scheme = use_symmetry(symmetric, layout, total);
+  const std::int64_t b = std::min(plan.rows, plan.cols);
+  DeviceArray partial(
+      symmetric_scheme ? static_cast<std::size_t>(column_chunks(b) * b) * 2 * sizeof(float) : 0,
+      stream);
+  double flops = 0;
+  for_each_tile(
+      symmetric_scheme, anchors, total, plan,
+      [&](std::int64_t q0, std::int64_t rows, std::int64_t c0, std::int64_t cols, bool mirrored) {
+        const std::int64_t r0 = layout.anchor_begin + q0;
+        logits_gemm(blas, dtype, u, d, r0, rows, c0, cols, inv_temperature, s, plan.ld);
+        launch_lse_tile(s, plan.ld, rows, cols, q0, c0, layout, run_max, run_sum, positive, stream);
+        if (mirrored) {
+          launch_lse_tile_columns(s, plan.ld, rows, cols, partial.as<float>(), stream);
+          launch_lse_merge_columns(s, plan.ld, rows, cols, r0, c0, layout, partial.as<float>(),
+                                   run_max, run_sum, positive, stream);
+        }
+        flops += 2.0 * static_cast<double>(rows * cols) * static_cast<double>(d);
+      });
+  return flops;
 }
 
 double engine_backward(cublasHandle_t blas, DeviceDType dtype, const void* u, std::int64_t d,
@@ -191,36 +194,23 @@ double engine_backward(cublasHandle_t blas, DeviceDType dtype, const void* u, st
   // Every product accumulates (beta = 1) into a zeroed grad.
   SIMCLR_CHECK_CUDA(
       cudaMemsetAsync(grad, 0, static_cast<std::size_t>(anchors * d) * sizeof(float), stream));
-  const double tile_flops = 2.0 * static_cast<double>(d);
+  // With the symmetry, M is symmetric too (spec section 4: M_kc = M_ck, as p is an involution):
+  // an off-diagonal tile (I, J) gives grad[I] += M_IJ U_J and grad[J] += M_IJ^T U_I.
   double flops = 0;
-  if (use_symmetry(symmetric, layout, total)) {
-    // M is symmetric too (spec section 4: M_kc = M_ck, as p is an involution): the tile (I, J),
-    // I <= J, gives grad[I] += M_IJ U_J and, off the diagonal, grad[J] += M_IJ^T U_I.
-    for_each_upper_tile(
-        total, std::min(plan.rows, plan.cols),
-        [&](std::int64_t i0, std::int64_t rows, std::int64_t j0, std::int64_t cols) {
-          logits_gemm(blas, dtype, u, d, i0, rows, j0, cols, inv_temperature, s, plan.ld);
-          launch_m_tile(s, plan.ld, rows, cols, i0, j0, layout, lse_all, alpha_all, params, dtype,
-                        m, plan.ld, stream);
-          gradient_gemm(blas, dtype, u, d, m, plan.ld, rows, cols, i0, j0, false, params, grad);
-          if (j0 > i0)
-            gradient_gemm(blas, dtype, u, d, m, plan.ld, rows, cols, j0, i0, true, params, grad);
-          flops += tile_flops * static_cast<double>(rows * cols) * (j0 > i0 ? 3 : 2);
-        });
-    return flops;
-  }
-  for (std::int64_t q0 = 0; q0 < anchors; q0 += plan.rows) {
-    const std::int64_t rows = std::min(plan.rows, anchors - q0);
-    for (std::int64_t c0 = 0; c0 < total; c0 += plan.cols) {
-      const std::int64_t cols = std::min(plan.cols, total - c0);
-      logits_gemm(blas, dtype, u, d, layout.anchor_begin + q0, rows, c0, cols, inv_temperature, s,
-                  plan.ld);
-      launch_m_tile(s, plan.ld, rows, cols, q0, c0, layout, lse_all, alpha_all, params, dtype, m,
-                    plan.ld, stream);
-      gradient_gemm(blas, dtype, u, d, m, plan.ld, rows, cols, q0, c0, false, params, grad);
-      flops += tile_flops * static_cast<double>(rows * cols) * 2;
-    }
-  }
+  for_each_tile(
+      use_symmetry(symmetric, layout, total), anchors, total, plan,
+      [&](std::int64_t q0, std::int64_t rows, std::int64_t c0, std::int64_t cols, bool mirrored) {
+        const std::int64_t r0 = layout.anchor_begin + q0;
+        logits_gemm(blas, dtype, u, d, r0, rows, c0, cols, inv_temperature, s, plan.ld);
+        launch_m_tile(s, plan.ld, rows, cols, q0, c0, layout, lse_all, alpha_all, params, dtype, m,
+                      plan.ld, stream);
+        gradient_gemm(blas, dtype, u, d, m, plan.ld, rows, cols, q0, c0, false, params, grad);
+        if (mirrored)
+          gradient_gemm(blas, dtype, u, d, m, plan.ld, rows, cols, c0 - layout.anchor_begin, r0,
+                        true, params, grad);
+        flops +=
+            2.0 * static_cast<double>(rows * cols) * static_cast<double>(d) * (mirrored ? 3 : 2);
+      });
   return flops;
 }
 
