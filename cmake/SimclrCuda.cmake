@@ -89,7 +89,7 @@ add_library(simclr_cuda
   cuda/kernels.cu
   cuda/device_engine.cpp
   cuda/device_loss.cpp
-  cuda/device_communicator.cpp)
+  distributed/single_device_communicator.cpp)
 add_library(simclr::cuda ALIAS simclr_cuda)
 target_include_directories(simclr_cuda PRIVATE ${PROJECT_SOURCE_DIR}/cuda)
 target_link_libraries(simclr_cuda PUBLIC simclr CUDA::cudart CUDA::cublas
@@ -111,7 +111,7 @@ endif()
 
 # ---- layer 3: the GPU benchmark ----
 if(SIMCLR_BUILD_TOOLS)
-  add_executable(simclr-gpu-bench cuda/tools/gpu_bench.cpp)
+  add_executable(simclr-gpu-bench tools/gpu_bench.cpp)
   target_include_directories(simclr-gpu-bench PRIVATE ${PROJECT_SOURCE_DIR}/cuda)
   target_link_libraries(simclr-gpu-bench PRIVATE simclr_cuda simclr_flags)
   set_target_properties(simclr-gpu-bench PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/bin)

@@ -52,18 +52,22 @@ endforeach()
 # Headers of a backend that was not built are left out: including them could not work.
 set(_simclr_header_excludes "")
 if(NOT TARGET simclr_mpi)
-  list(APPEND _simclr_header_excludes PATTERN "mpi_*" EXCLUDE)
+  list(APPEND _simclr_header_excludes PATTERN "mpi" EXCLUDE)
 endif()
 if(NOT TARGET simclr_cuda)
   list(APPEND _simclr_header_excludes PATTERN "cuda" EXCLUDE PATTERN "*cuda*" EXCLUDE)
 endif()
 if(NOT TARGET simclr_nccl)
-  list(APPEND _simclr_header_excludes PATTERN "*nccl*" EXCLUDE)
+  list(APPEND _simclr_header_excludes PATTERN "nccl" EXCLUDE)
 endif()
-install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/simclr ${PROJECT_SOURCE_DIR}/distributed/include/simclr
+# detail/ (check macros, the agreement record) is the library's own business: never installed.
+install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/simclr
   DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
   FILES_MATCHING PATTERN "*.hpp" PATTERN "*.h" PATTERN "*.cuh"
+  PATTERN "detail" EXCLUDE PATTERN "*.in" EXCLUDE
   ${_simclr_header_excludes})
+install(FILES ${PROJECT_BINARY_DIR}/include/simclr/build_config.hpp
+  DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/simclr)
 
 foreach(_program IN ITEMS simclr-loss simclr-train)
   if(TARGET ${_program})

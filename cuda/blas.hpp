@@ -3,7 +3,7 @@
 
 #include <cublas_v2.h>
 
-#include "simclr/errors.hpp"
+#include "simclr/detail/check.hpp"
 
 // Wraps a cuBLAS call: a failure throws CommError "<call> failed: <status name>: <status text>".
 #define SIMCLR_CHECK_CUBLAS(call)                                                             \

@@ -5,7 +5,7 @@
 #include <limits>
 
 #include "blas.hpp"
-#include "simclr/cuda/check.hpp"
+#include "simclr/detail/cuda_check.hpp"
 
 namespace simclr::cuda::detail {
 namespace {

@@ -9,14 +9,13 @@
 #include <cstdint>
 
 #include "kernels.cuh"
-#include "simclr/cuda/check.hpp"
+#include "simclr/detail/cuda_check.hpp"
 
-// One launch syntax for nvcc and for the CPU emulation of the tests (cuda/emulation):
-// SIMCLR_LAUNCH(kernel, grid, block, stream)(args...). SIMCLR_LAUNCH_SYNC marks the kernels whose
-// threads meet at __syncthreads or a warp shuffle, which the emulation then runs as fibers.
-#ifdef SIMCLR_CUDA_EMULATION
-#include "emulation/builtins.hpp"
-#else
+// The launch seam: SIMCLR_LAUNCH(kernel, grid, block, stream)(args...). SIMCLR_LAUNCH_SYNC marks
+// the kernels whose threads meet at __syncthreads or a warp shuffle. nvcc gets the triple-chevron
+// launch below; the tests' CPU emulation (tests/emulation) compiles this file with the host
+// compiler and defines both macros itself, before this point, through a forced include.
+#ifndef SIMCLR_LAUNCH
 #define SIMCLR_LAUNCH(kernel, grid, block, stream) kernel<<<grid, block, 0, stream>>>
 #define SIMCLR_LAUNCH_SYNC(kernel, grid, block, stream) kernel<<<grid, block, 0, stream>>>
 #endif

@@ -1,11 +1,11 @@
-#include "simclr/mpi_communicator.hpp"
+#include "simclr/mpi/mpi_communicator.hpp"
 
 #include <algorithm>
 #include <climits>
 #include <memory>
 #include <thread>
 
-#include "simclr/errors.hpp"
+#include "simclr/detail/check.hpp"
 
 namespace simclr {
 namespace {

@@ -1,9 +1,9 @@
-#include "simclr/nccl_communicator.hpp"
+#include "simclr/nccl/nccl_communicator.hpp"
 
 #include <cstring>
 
-#include "simclr/cuda/check.hpp"
-#include "simclr/errors.hpp"
+#include "simclr/detail/cuda_check.hpp"
+#include "simclr/detail/check.hpp"
 
 // Wraps an NCCL call: a failure becomes CommError naming the call, NCCL's error string, its last
 // error message when it has one, and the rank.

@@ -36,7 +36,7 @@
 
 #include "cli.hpp"
 #include "runtime.hpp"
-#include "simclr/errors.hpp"
+#include "simclr/detail/check.hpp"
 #include "simclr/loss.hpp"
 #include "train/knn.hpp"
 #include "train/mlp.hpp"

@@ -9,7 +9,7 @@
 
 #include "cli.hpp"
 #include "commands.hpp"
-#include "simclr/errors.hpp"
+#include "simclr/detail/check.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   std::vector<std::string> args{"simclr-loss"};

@@ -6,7 +6,7 @@
 #include <cstdlib>
 
 #include "npy.hpp"
-#include "simclr/errors.hpp"
+#include "simclr/detail/check.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   simclr::tools::NpyArray a;

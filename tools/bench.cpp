@@ -1,3 +1,4 @@
+#include "simclr/detail/check.hpp"
 #include "bench.hpp"
 
 #include <sys/resource.h>

@@ -4,7 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 
-#include "simclr/errors.hpp"
+#include "simclr/detail/check.hpp"
 
 namespace simclr::tools {
 

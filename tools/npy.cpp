@@ -6,7 +6,7 @@
 #include <limits>
 #include <sstream>
 
-#include "simclr/errors.hpp"
+#include "simclr/detail/check.hpp"
 
 namespace simclr::tools {
 namespace {

@@ -5,10 +5,10 @@
 #include <iostream>
 #include <vector>
 
-#include "simclr/errors.hpp"
+#include "simclr/detail/check.hpp"
 
 #ifdef SIMCLR_TOOLS_WITH_MPI
-#include "simclr/mpi_communicator.hpp"
+#include "simclr/mpi/mpi_communicator.hpp"
 #endif
 
 namespace simclr::tools {

@@ -11,6 +11,7 @@
 #include <numeric>
 #include <sstream>
 
+#include "simclr/detail/check.hpp"
 #include "bench.hpp"
 #include "cli.hpp"
 #include "commands.hpp"

@@ -2,7 +2,6 @@
 // The exception hierarchy of the library. Every error a caller can see derives from simclr::Error,
 // named for what a Python user of TensorFlow Similarity would see for the same mistake.
 
-#include <sstream>
 #include <stdexcept>
 #include <string>
 
@@ -28,35 +27,17 @@ class TypeError : public Error {
   explicit TypeError(const std::string& what) : Error(what) {}
 };
 
-// A failure of the communication layer (MPI, NCCL, CUDA runtime) or a collective that timed out.
+// A failure of the communication layer (MPI, NCCL) or a collective that timed out.
 class CommError : public Error {
  public:
   explicit CommError(const std::string& what) : Error(what) {}
 };
 
-namespace detail {
+// A failure of the device: a CUDA runtime or cuBLAS call, a kernel launch, or device memory that
+// could not be allocated. The message names the call. Python: RuntimeError.
+class DeviceError : public Error {
+ public:
+  explicit DeviceError(const std::string& what) : Error(what) {}
+};
 
-template <class... Args>
-std::string str_cat(const Args&... args) {
-  std::ostringstream os;
-  os.precision(17);
-  (os << ... << args);
-  return os.str();
-}
-
-}  // namespace detail
 }  // namespace simclr
-
-// Check macros that print both sides ("rows 7 vs 8"), in the style of gloo's GLOO_ENFORCE_EQ.
-#define SIMCLR_ENFORCE(cond, ExcType, ...)                              \
-  do {                                                                  \
-    if (!(cond)) throw ExcType(::simclr::detail::str_cat(__VA_ARGS__)); \
-  } while (0)
-
-#define SIMCLR_ENFORCE_EQ(a, b, ExcType, what)                                            \
-  do {                                                                                    \
-    const auto simclr_a_ = (a);                                                           \
-    const auto simclr_b_ = (b);                                                           \
-    if (!(simclr_a_ == simclr_b_))                                                        \
-      throw ExcType(::simclr::detail::str_cat(what, ": ", simclr_a_, " vs ", simclr_b_)); \
-  } while (0)

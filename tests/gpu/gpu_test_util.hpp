@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "simclr/cuda/check.hpp"
+#include "simclr/detail/cuda_check.hpp"
 #include "simclr/cuda/device_loss.hpp"
 
 namespace simclr::gputest {

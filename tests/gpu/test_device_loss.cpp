@@ -2,7 +2,7 @@
 // inputs): values, per-example losses, objective and gradients, across tile boundaries, in float32,
 // bfloat16 and float16; validation; the distributed code path on one GPU; the empty batch.
 // Built twice: against the CUDA toolkit (simclr_gpu_tests, run on a GPU) and against the CPU
-// emulation of the GPU path (simclr_gpu_emulated_tests, run everywhere; cuda/emulation).
+// emulation of the GPU path (simclr_gpu_emulated_tests, run everywhere; tests/emulation).
 
 #include <gtest/gtest.h>
 
@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "simclr/detail/check.hpp"
 #include "gpu_test_util.hpp"
 #include "simclr/cuda/device_loss.hpp"
 #include "simclr/loss.hpp"

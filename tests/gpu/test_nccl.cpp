@@ -15,7 +15,7 @@
 #include "gpu_test_util.hpp"
 #include "simclr/cuda/device_loss.hpp"
 #include "simclr/loss.hpp"
-#include "simclr/nccl_communicator.hpp"
+#include "simclr/nccl/nccl_communicator.hpp"
 
 namespace simclr::gputest {
 namespace {

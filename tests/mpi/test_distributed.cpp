@@ -10,7 +10,7 @@
 #include "../golden.hpp"
 #include "../reference.hpp"
 #include "simclr/loss.hpp"
-#include "simclr/mpi_communicator.hpp"
+#include "simclr/mpi/mpi_communicator.hpp"
 
 namespace simclr {
 namespace {

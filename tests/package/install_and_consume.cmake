@@ -32,11 +32,15 @@ file(MAKE_DIRECTORY ${WORK_DIR})
 # 1. install
 run_step("cmake --install" out
   ${CMAKE_COMMAND} --install ${SIMCLR_BUILD_DIR} --prefix ${prefix} --config ${SIMCLR_CONFIG})
-foreach(file include/simclr/loss.hpp include/simclr/communicator.hpp include/simclr/mpi_communicator.hpp)
+foreach(file include/simclr/loss.hpp include/simclr/communicator.hpp include/simclr/mpi/mpi_communicator.hpp include/simclr/build_config.hpp)
   if(NOT EXISTS ${prefix}/${file})
     message(FATAL_ERROR "installed tree lacks ${file}")
   endif()
 endforeach()
+# The library's own check macros and agreement record are not API.
+if(EXISTS ${prefix}/include/simclr/detail)
+  message(FATAL_ERROR "installed tree has include/simclr/detail, which is not public API")
+endif()
 file(GLOB_RECURSE config_file ${prefix}/*/simclrConfig.cmake)
 file(GLOB_RECURSE version_file ${prefix}/*/simclrConfigVersion.cmake)
 file(GLOB_RECURSE pc_file ${prefix}/*/pkgconfig/simclr.pc)

@@ -16,7 +16,7 @@
 
 #include "reference.hpp"
 #include "simclr/loss.hpp"
-#include "simclr/mpi_communicator.hpp"
+#include "simclr/mpi/mpi_communicator.hpp"
 
 namespace {
 

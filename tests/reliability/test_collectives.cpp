@@ -17,7 +17,7 @@
 #include <thread>
 
 #include "simclr/loss.hpp"
-#include "simclr/mpi_communicator.hpp"
+#include "simclr/mpi/mpi_communicator.hpp"
 
 namespace simclr {
 namespace {

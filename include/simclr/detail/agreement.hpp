@@ -2,7 +2,7 @@
 // The agreement step every distributed call starts with (docs/distributed.md): each rank
 // contributes a small fixed-size record (rows, dimension, dtype, configuration, and the error its
 // own validation raised, if any); after one all-gather every rank raises the same exception or
-// none. Shared by the CPU front end (src/loss.cpp) and the device one (cuda/device_loss.cpp). Not
+// none. Shared by the CPU front end (src/frontend/loss.cpp) and the device one (cuda/device_loss.cpp). Not
 // public API.
 
 #include <cstdint>
@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "simclr/communicator.hpp"
-#include "simclr/errors.hpp"
+#include "simclr/detail/check.hpp"
 #include "simclr/types.hpp"
 
 namespace simclr::detail {

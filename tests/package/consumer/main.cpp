@@ -11,7 +11,7 @@
 #include <exception>
 #include <memory>
 #include <simclr/loss.hpp>
-#include <simclr/mpi_communicator.hpp>
+#include <simclr/mpi/mpi_communicator.hpp>
 
 namespace {
 

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "simclr/detail/check.hpp"
 #include "simclr/loss.hpp"
 
 namespace simclr {

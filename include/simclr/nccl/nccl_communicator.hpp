@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "simclr/cuda/device_communicator.hpp"
-#include "simclr/mpi_communicator.hpp"
+#include "simclr/mpi/mpi_communicator.hpp"
 
 namespace simclr {
 

@@ -11,7 +11,7 @@
 #include <omp.h>
 #endif
 
-#include "simclr/errors.hpp"
+#include "simclr/detail/check.hpp"
 
 namespace simclr::detail {
 namespace {

@@ -1,4 +1,4 @@
-// The CPU emulation of the GPU path (cuda/emulation) against what a GPU does: warp shuffles and
+// The CPU emulation of the GPU path (tests/emulation) against what a GPU does: warp shuffles and
 // block barriers give the values CUDA defines, and the faults a GPU would report (a barrier some
 // threads skip, a refused launch configuration, an operand outside its allocation, a host pointer
 // where a device one belongs, a bad leading dimension) make the call fail here too. These are what
@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "emulation/builtins.hpp"
+#include "builtins.hpp"
 
 namespace {
 

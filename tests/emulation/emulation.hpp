@@ -1,8 +1,8 @@
 #pragma once
 // CPU emulation of the CUDA kernels' execution model, for testing the GPU path on machines without
-// a GPU (docs/gpu.md, "Emulation"). kernels.cu includes this header instead of being compiled by
-// nvcc when SIMCLR_CUDA_EMULATION is defined; runtime.cpp implements it together with the CUDA
-// runtime and cuBLAS calls the GPU path makes.
+// a GPU (docs/gpu.md, "Emulation"). The emulated build compiles cuda/kernels.cu with the host
+// compiler, with builtins.hpp (which includes this header) forced in first; runtime.cpp implements
+// it together with the CUDA runtime and cuBLAS calls the GPU path makes.
 //
 // A launch runs synchronously on the calling thread, one block after another. Threads of a block
 // that never meet (SIMCLR_LAUNCH) run one after another; threads that meet at __syncthreads or a

@@ -1,6 +1,6 @@
 #include "simclr/cuda/device_communicator.hpp"
 
-#include "simclr/cuda/check.hpp"
+#include "simclr/detail/cuda_check.hpp"
 
 namespace simclr::cuda {
 

@@ -20,7 +20,7 @@
 
 #include "blas.hpp"
 #include "device_engine.hpp"
-#include "simclr/cuda/check.hpp"
+#include "simclr/detail/cuda_check.hpp"
 #include "simclr/cuda/device_loss.hpp"
 #include "simclr/loss.hpp"
 

@@ -5,7 +5,7 @@
 
 #include <cuda_runtime_api.h>
 
-#include "simclr/errors.hpp"
+#include "simclr/detail/check.hpp"
 
 // Wraps a CUDA runtime call: a failure throws CommError "<call> failed: <cudaErrorName>: <text>".
 #define SIMCLR_CHECK_CUDA(call)                                                                  \

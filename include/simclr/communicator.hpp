@@ -7,9 +7,12 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
+
+#include "simclr/errors.hpp"
 
 namespace simclr {
 
@@ -45,9 +48,19 @@ class SingleProcessCommunicator final : public Communicator {
   int rank() const override { return 0; }
   int size() const override { return 1; }
   std::string backend() const override { return "single"; }
-  void all_gather(const void* send, std::size_t bytes, void* recv) override;
+  void all_gather(const void* send, std::size_t bytes, void* recv) override {
+    if (bytes > 0) std::memmove(recv, send, bytes);
+  }
   void all_gather_v(const void* send, std::size_t send_bytes, void* recv,
-                    const std::vector<std::size_t>& recv_bytes) override;
+                    const std::vector<std::size_t>& recv_bytes) override {
+    if (recv_bytes.size() != 1)
+      throw CommError("single: all_gather_v expects 1 count, got " +
+                      std::to_string(recv_bytes.size()));
+    if (send_bytes != recv_bytes[0])
+      throw CommError("single: all_gather_v send vs recv bytes: " + std::to_string(send_bytes) +
+                      " vs " + std::to_string(recv_bytes[0]));
+    if (send_bytes > 0) std::memmove(recv, send, send_bytes);
+  }
   void barrier() override {}
 };
 
