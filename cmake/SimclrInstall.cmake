@@ -1,7 +1,7 @@
 # Install and export (included from the top-level CMakeLists.txt, after every target is defined).
 #
 #   cmake --install <build> [--prefix P] installs
-#     P/include/simclr/...                         the public headers of both include trees
+#     P/include/simclr/...                         the public headers (not detail/)
 #     P/lib/libsimclr.a, libsimclr_mpi.a, ...       the libraries (and the cuda/nccl ones when built)
 #     P/lib/cmake/simclr/simclrConfig.cmake        find_package(simclr [COMPONENTS mpi cuda nccl])
 #     P/lib/pkgconfig/simclr.pc (+ simclr-mpi.pc)  pkg-config, relocatable

@@ -72,7 +72,7 @@ void gradient_gemm(cublasHandle_t blas, DeviceDType dtype, const void* u, std::i
 }
 
 // The symmetric scheme applies when this process's anchors are all of U: its block of S is then all
-// of S, which is symmetric (spec section 3), and so is M (section 4).
+// of S, which is symmetric (docs/math.md section 3), and so is M (section 4.2).
 bool use_symmetry(bool symmetric, AnchorLayout layout, std::int64_t total) {
   return symmetric && layout.anchor_begin == 0 && 2 * layout.pairs == total;
 }
@@ -155,8 +155,8 @@ double engine_forward(cublasHandle_t blas, DeviceDType dtype, const void* u, std
   if (anchors == 0 || total == 0) return 0;
   DeviceArray workspace(static_cast<std::size_t>(plan.rows * plan.ld) * sizeof(float), stream);
   float* s = workspace.as<float>();
-  // With the symmetry (spec section 3), the row pass of tile (I, J) serves the anchors of I and,
-  // off the diagonal, the column pass serves those of J, whose tile (J, I) is not computed.
+  // With the symmetry (docs/math.md section 5.5), tile (I, J)'s row pass serves the anchors of I;
+  // off the diagonal, its column pass serves those of J, whose tile (J, I) is not computed.
   const bool symmetric_scheme = use_symmetry(symmetric, layout, total);
   const std::int64_t b = std::min(plan.rows, plan.cols);
   DeviceArray partial(
@@ -194,8 +194,8 @@ double engine_backward(cublasHandle_t blas, DeviceDType dtype, const void* u, st
   // Every product accumulates (beta = 1) into a zeroed grad.
   SIMCLR_CHECK_CUDA(
       cudaMemsetAsync(grad, 0, static_cast<std::size_t>(anchors * d) * sizeof(float), stream));
-  // With the symmetry, M is symmetric too (spec section 4: M_kc = M_ck, as p is an involution):
-  // an off-diagonal tile (I, J) gives grad[I] += M_IJ U_J and grad[J] += M_IJ^T U_I.
+  // M is symmetric too (docs/math.md section 4.2: M_kc = M_ck, as p is an involution), so with the
+  // symmetry an off-diagonal tile (I, J) gives grad[I] += M_IJ U_J and grad[J] += M_IJ^T U_I.
   double flops = 0;
   for_each_tile(
       use_symmetry(symmetric, layout, total), anchors, total, plan,

@@ -1,7 +1,7 @@
 #pragma once
-// The tiled core of the device loss (spec sections 3-5): logits tiles by cuBLAS into a float32
-// workspace, the online log-sum-exp and the M tiles by kernels.cu, the gradient by a second cuBLAS
-// product per tile. Memory: one tile workspace, never the [2n, 2G] logits.
+// The tiled core of the device loss (docs/math.md sections 3-5): logits tiles by cuBLAS into a
+// float32 workspace, the online log-sum-exp and the M tiles by kernels.cu, the gradient by a second
+// cuBLAS product per tile. Memory: one tile workspace, never the [2n, 2G] logits.
 
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>

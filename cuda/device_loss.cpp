@@ -365,7 +365,7 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
                                     stream);
   }
 
-  // Normalise this rank's rows ([a; b], 2n x d), then gather every rank's into U (spec section 2).
+  // Normalise own rows ([a; b], 2n x d), then gather every rank's into U (docs/math.md section 3).
   {
     DeviceArray local;
     void* dst = saved->u.data();
@@ -478,7 +478,7 @@ void DeviceSimCLRLoss::backward_impl(const DeviceLossOutput& output, float scala
     simclr::detail::gather_records(comm->host(), mine);
   }
 
-  // alpha_i (spec section 4), shared by both anchors of pair i.
+  // alpha_i (docs/math.md section 4.1), shared by both anchors of pair i.
   DeviceArray alpha(static_cast<std::size_t>(2 * n) * sizeof(float), stream);
   {
     DeviceArray staged;

@@ -1,4 +1,4 @@
-// Kernels of the device loss (spec sections 1-4). Element-wise and row-wise work only: the products
+// Device loss kernels (docs/math.md sections 1-4): element-wise and row-wise work only; products
 // with U go through cuBLAS (device_engine.cpp). All arithmetic is float32; exponentials are exp2f
 // of a pre-scaled argument, which for the terms that matter (s - max near 0) is accurate to ~1 ulp.
 

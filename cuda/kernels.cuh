@@ -87,7 +87,7 @@ void launch_pair_weight(const float* upstream, float upstream_scalar, const floa
 void launch_backward_params(const float* alpha_all, std::int64_t total, float inv_temperature,
                             DeviceDType dtype, float* params, cudaStream_t stream);
 
-// M tile (spec section 4) from a float32 logits tile, scaled by params[0], stored in dtype with
+// M tile (docs/math.md section 4.2) from a float32 logits tile, scaled by params[0], in dtype with
 // leading dimension ldm: M_kc = a_k exp(s - LSE_k) + a_c exp(s - LSE_c) - (a_k + a_c)[c == p(k)],
 // 0 on the self entry.
 void launch_m_tile(const float* s, std::int64_t lds, std::int64_t rows, std::int64_t cols,
@@ -95,9 +95,9 @@ void launch_m_tile(const float* s, std::int64_t lds, std::int64_t rows, std::int
                    const float* alpha_all, const float* params, DeviceDType dtype, void* m,
                    std::int64_t ldm, cudaStream_t stream);
 
-// Backward of launch_l2_normalize (spec section 4): out = (g - xhat (xhat . g)) / sqrt(nrm2) when
-// nrm2 > 1e-12, else g / sqrt(1e-12). xhat: dtype, stride cols; g: float32, stride cols; out:
-// dtype.
+// Backward of launch_l2_normalize (docs/math.md section 4.5): out = (g - xhat (xhat . g)) /
+// sqrt(nrm2) when nrm2 > 1e-12, else g / sqrt(1e-12). xhat: dtype, stride cols; g: float32, stride
+// cols; out: dtype.
 void launch_l2_normalize_backward(const void* xhat, const float* squared_norms, const float* grad,
                                   std::int64_t rows, std::int64_t cols, DeviceDType dtype,
                                   void* out, std::int64_t out_stride, cudaStream_t stream);

@@ -22,8 +22,9 @@ Then:
     python3 scripts/make_golden.py OUT_DIR --only distributed
 
 It writes OUT_DIR/golden_single.json and OUT_DIR/golden_distributed.json and prints
-sanity checks (TF vs an independent float64 numpy implementation of the spec formulas,
-TF vs the hand-checked values of the spec keras-loss-semantics.md, and distributed vs single-process).
+sanity checks (TF vs an independent float64 numpy implementation of the formulas of
+docs/math.md, TF vs the hand-checked values of docs/math.md section 1.5, and distributed vs
+single-process).
 
 The distributed file is produced by one subprocess per replica count R (2 and 4),
 because the logical CPU devices must be configured before TensorFlow initialises its
@@ -136,9 +137,9 @@ def check_float64_unsupported(SimCLRLoss):
     raise AssertionError("float64 unexpectedly works with the unpatched SimCLRLoss; drop the patch")
 
 
-# ------------------------------------------------- independent reference (spec, numpy)
+# ------------------------------------------ independent reference (docs/math.md, numpy)
 def ref_loss_and_grad(za, zb, T, alpha):
-    """float64 implementation of the spec simclr-loss.md sections 1, 3 and 4.
+    """float64 implementation of docs/math.md sections 1, 3 and 4.
 
     Returns per-example loss l [N] and dJ/dza, dJ/dzb for J = sum_i alpha_i * l_i."""
     za = np.asarray(za, np.float64)
@@ -182,7 +183,7 @@ def ref_loss_and_grad(za, zb, T, alpha):
 
 
 def ref_alpha(n, reduction, sw):
-    """Weight each example gets in reduce_sum(returned loss) (spec section 4, g = 1)."""
+    """Weight each example gets in reduce_sum(returned loss) (docs/math.md section 4.1, g = 1)."""
     if sw is None:
         w = np.ones(n)
     else:
@@ -284,7 +285,7 @@ def single_case_specs():
         za = np.tile(v[:3], (5, 1)).astype(dt)
         specs.append((f"identical_rows_n5_{dn}_sum", dn, 1.0, "sum", za, 2.0 * za, None))
 
-    # 6. the hand-checked values of the spec keras-loss-semantics.md
+    # 6. the hand-checked values of docs/math.md section 1.5
     for dn, dt in dts:
         e = np.asarray([[1, 0], [0, 1]], dt)
         specs.append((f"hand_eye_t1_{dn}_none", dn, 1.0, "none", e, e.copy(), None))
@@ -300,7 +301,7 @@ def single_case_specs():
     return specs
 
 
-HAND = {  # spec keras-loss-semantics.md "Hand-checked values"
+HAND = {  # docs/math.md section 1.5, "Closed forms and hand-checked values"
     "hand_eye_t1_none": [1.102889428] * 2,
     "hand_scaled_t1_sum": 2.205778856,
     "hand_eye_t0.5_none": [0.479089532] * 2,
@@ -377,10 +378,10 @@ def run_single(out_dir):
         })
     ids = [c["id"] for c in cases]
     assert len(ids) == len(set(ids)), "duplicate ids"
-    print("single: TF vs float64 numpy spec reference, max |diff| / max(1, max|ref|):")
+    print("single: TF vs float64 numpy reference, max |diff| / max(1, max|ref|):")
     for dn, (l, g, o) in worst.items():
         print(f"  {dn}: loss {l:.3e}  grad {g:.3e}  objective {o:.3e}")
-    print("single: max |TF - spec hand-checked value (9 decimals) or 2 ln(2N-1)|: "
+    print("single: max |TF - hand-checked value (9 decimals) or 2 ln(2N-1)|: "
           + ", ".join(f"{k} {v:.3e}" for k, v in hand_diff.items()))
     print(f"single: float32, patched vs unpatched class, max |diff| = {patched_vs_orig_f32:.3e}")
     gen = versions()
@@ -519,7 +520,7 @@ def run_distributed(out_dir):
             print(f"  {dn}: max |concat per-replica loss - single-process none loss| = {c['loss_vs_single']:.3e}")
             print(f"  {dn}: max |per-replica grad - single-process grad of the global sum| = "
                   f"{c['grad_vs_single']:.3e} (relative to max(1, max|grad|): {c['grad_vs_single_rel']:.3e})")
-            print(f"  {dn}: vs float64 numpy spec reference, relative: loss {c['loss_vs_spec_ref_rel']:.3e}, "
+            print(f"  {dn}: vs float64 numpy reference, relative: loss {c['loss_vs_spec_ref_rel']:.3e}, "
                   f"grad {c['grad_vs_spec_ref_rel']:.3e}")
             print(f"  {dn}: min over cases of max |distributed - local-only loss| (replica 0) = "
                   f"{c['loss_vs_local_only_min']:.3e}  (must be > 0: global negatives used)")

@@ -1,9 +1,9 @@
 #pragma once
-// An independent, deliberately naive reference of TensorFlow Similarity's SimCLRLoss (spec section
-// 1), written the way TF writes it: two directions, logits [h1 h2^T | h1 h1^T] with the self entry
-// pushed to -1e9, softmax cross-entropy against the positive. Long double, full matrices, no
-// tiling, no shared code with the library. Used to check the library on random inputs; the golden
-// files check both against TF.
+// An independent, deliberately naive reference of TensorFlow Similarity's SimCLRLoss (docs/math.md
+// section 1), written the way TF writes it: two directions, logits [h1 h2^T | h1 h1^T] with the
+// self entry pushed to -1e9, softmax cross-entropy against the positive. Long double, full
+// matrices, no tiling, no shared code with the library. Used to check the library on random inputs;
+// the golden files check both against TF.
 
 #include <cmath>
 #include <cstdint>

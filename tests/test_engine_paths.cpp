@@ -1,6 +1,6 @@
 // The engine's paths agree with each other and with the naive reference: streamed (memory budget
 // 0), kept logits (large budget), the single-process symmetric path, several thread counts and tile
-// sizes that do not divide the batch (spec section 5).
+// sizes that do not divide the batch (docs/math.md section 5).
 
 #include <gtest/gtest.h>
 

@@ -1,4 +1,4 @@
-// The closed-form gradient (spec section 4) against central finite differences in double precision.
+// The closed-form gradient (docs/math.md section 4) against finite differences in double precision.
 // Richardson-extrapolated central differences, step scaled by the temperature (the curvature is
 // O(1/T^2)), so truncation and rounding both stay near 1e-10 and the 1e-6 bound has room.
 

@@ -1,5 +1,5 @@
-// Every hand-checked value of ../shared/spec/keras-loss-semantics.md and spec section 1, and every
-// row of the sample-weight table.
+// Every hand-checked value of docs/math.md section 1.5, and every row of the sample-weight table
+// of section 1.4.
 
 #include <gtest/gtest.h>
 

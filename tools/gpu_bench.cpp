@@ -305,10 +305,10 @@ int run(const Flags& f) {
   }
   SIMCLR_CHECK_CUBLAS(cublasDestroy(blas));
 
-  // 3 GEMM-equivalents (spec section 5): the forward's logits, the backward's recomputed logits and
-  // its product with U, for the loss and the floor alike: the work of the plain scheme. The loss's
-  // symmetric path does less of it (forward_gemm_equivalents: about 0.5 instead of 1; the backward
-  // about 1.5 instead of 2).
+  // 3 GEMM-equivalents (docs/math.md section 5.4): the forward's logits, the backward's recomputed
+  // logits and its product with U, for the loss and the floor alike: the work of the plain scheme.
+  // The loss's symmetric path does less of it (forward_gemm_equivalents: about 0.5 instead of 1;
+  // the backward about 1.5 instead of 2).
   const double flops = 3.0 * 2.0 * static_cast<double>(rows_total) *
                        static_cast<double>(rows_total) * static_cast<double>(d);
   const double t_med = median(step), t_min = *std::min_element(step.begin(), step.end());

@@ -1,7 +1,7 @@
 #pragma once
-// Core math (spec sections 3-5): the loss of a set of anchor rows against all rows of the stacked,
-// normalised embeddings U, streamed in tiles, and its closed-form gradient. No communication here:
-// the front end (loss.cpp) gathers U and the per-row scalars and calls these.
+// Core math (docs/math.md sections 3-5): the loss of a set of anchor rows against all rows of the
+// stacked, normalised embeddings U, streamed in tiles, and its closed-form gradient. No
+// communication here: the front end (loss.cpp) gathers U and the per-row scalars and calls these.
 
 #include <cstddef>
 #include <cstdint>
@@ -30,11 +30,10 @@ struct EngineOptions {
 
 namespace detail {
 
-// Where this rank's anchors sit in U (spec section 3). U stacks every rank's rows rank by rank,
-// [a_0; b_0; a_1; b_1; ...], so a rank's 2n anchors are the contiguous rows
-// [anchor_begin, anchor_begin + 2n): first its n rows of view a, then its n rows of view b. The
-// positive of local anchor q is local anchor q + n (q < n) or q - n. The loss does not depend on
-// the order of U.
+// Where this rank's anchors sit in U (docs/math.md section 3). U stacks every rank's rows rank by
+// rank, [a_0; b_0; a_1; b_1; ...], so a rank's 2n anchors are the contiguous rows [anchor_begin,
+// anchor_begin + 2n): first its n rows of view a, then its n rows of view b. The positive of local
+// anchor q is local anchor q + n (q < n) or q - n. The loss does not depend on the order of U.
 struct RowLayout {
   std::int64_t total_rows = 0;    // 2G
   std::int64_t anchor_begin = 0;  // 2 * (rows of earlier ranks)
@@ -60,7 +59,7 @@ EngineForward<T> engine_forward(const RowMatrix<T>& u, const RowLayout& layout, 
                                 const EngineOptions& options);
 
 // Backward: dJ/du for this rank's anchors ([2n, d]) where J = sum_q alpha_q CE_q over ALL 2G rows,
-// given every row's LSE and alpha in U order (spec section 4). Returns the flops performed.
+// given every row's LSE and alpha in U order (docs/math.md section 4). Returns the flops performed.
 template <class T>
 double engine_backward(const RowMatrix<T>& u, const RowLayout& layout, T inv_temperature,
                        const T* lse_all, const T* alpha_all, const EngineForward<T>& saved,
@@ -71,8 +70,8 @@ double engine_backward(const RowMatrix<T>& u, const RowLayout& layout, T inv_tem
 template <class T>
 void l2_normalize_rows(ConstMatrixView<T> x, T* out, std::int64_t out_stride, T* squared_norms);
 
-// Backward of l2_normalize_rows (spec section 4): dx = (g - xhat (xhat . g)) / sqrt(nrm2) when
-// nrm2 > 1e-12, else g / sqrt(1e-12).
+// Backward of l2_normalize_rows (docs/math.md section 4.5): dx = (g - xhat (xhat . g)) / sqrt(nrm2)
+// when nrm2 > 1e-12, else g / sqrt(1e-12).
 template <class T>
 void l2_normalize_backward(const T* xhat, std::int64_t xhat_stride, const T* squared_norms,
                            const T* grad_xhat, std::int64_t grad_stride, std::int64_t rows,

@@ -1,5 +1,5 @@
-// Core math of the loss (spec sections 3-5): tiled logits, online log-sum-exp, and the closed-form
-// backward that applies M (spec section 4) tile by tile without materialising it.
+// Core math of the loss (docs/math.md sections 3-5): tiled logits, online log-sum-exp, and the
+// closed-form backward that applies M (section 4.2) tile by tile without materialising it.
 
 #include "simclr/engine.hpp"
 
@@ -131,7 +131,7 @@ void logits_tile(const RowMatrix<T>& u, const RowLayout& layout, T inv_t, std::i
   }
 }
 
-// M tile (spec section 4) from a logits tile, into m:
+// M tile (docs/math.md sections 4.2 and 4.4) from a logits tile, into m:
 // M_kc = a_k exp(s_kc - LSE_k) + a_c exp(s_kc - LSE_c) - (a_k + a_c) [c == p(k)].
 // With a fixed shift and beta_q = a_q exp(shift - LSE_q) this is exp(s_kc - shift) (beta_k +
 // beta_c): one exponential per logit.
@@ -344,7 +344,7 @@ double sym_forward(const RowMatrix<T>& u, const RowLayout& layout, T inv_t,
   return 2.0 * tp.entries * static_cast<double>(d);
 }
 
-// M restricted to the own block is symmetric too (spec section 4): tile (I, J) feeds rows I with
+// On the own block M is symmetric too (docs/math.md section 5.5): tile (I, J) feeds rows I with
 // M_IJ U_J and rows J with M_IJ^T U_I. Per-thread accumulators, merged in thread order.
 template <class T>
 double sym_backward(const RowMatrix<T>& u, const RowLayout& layout, T inv_t, const T* lse_all,

@@ -1,5 +1,5 @@
 // The SimCLRLoss front end: validation, the agreement step, normalisation, the gather, the engine,
-// the Keras reduction; and the backward (spec sections 2-4, docs/semantics.md,
+// the Keras reduction; and the backward (docs/math.md sections 2-4, docs/semantics.md,
 // docs/distributed.md).
 
 #include "simclr/loss.hpp"
@@ -151,7 +151,7 @@ LossOutput<T> SimCLRLoss::forward(ConstMatrixView<T> za, ConstMatrixView<T> zb,
   saved->reduction = reduction;
   saved->weight.assign(weight.begin(), weight.end());
 
-  // Normalise this rank's rows ([a; b], 2n x d), then gather every rank's into U (spec section 2).
+  // Normalise own rows ([a; b], 2n x d), then gather every rank's into U (docs/math.md section 3).
   saved->squared_norms.resize(static_cast<std::size_t>(2 * n));
   RowMatrix<T>& u = saved->u;
   if (comm == nullptr) {
@@ -217,7 +217,7 @@ Gradients<T> SimCLRLoss::backward_alpha(const LossOutput<T>& output, const T* up
   const std::int64_t n = layout.pairs, d = s.u.cols();
   Communicator* comm = s.communicator;
 
-  // alpha_i: the weight the reduction gives pair i (spec section 4), shared by both of its anchors.
+  // alpha_i: the weight the reduction gives pair i (docs/math.md section 4.1), for both anchors.
   std::vector<T> scalars(static_cast<std::size_t>(4 * n));  // [lse (2n), alpha (2n)]
   auto compute_alpha = [&] {
     SIMCLR_ENFORCE(!per_example || static_cast<std::int64_t>(upstream_size) == n, ValueError,

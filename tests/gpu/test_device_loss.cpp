@@ -725,7 +725,7 @@ void check_thread_ranks(const std::vector<std::int64_t>& rows, DeviceDType dtype
     }
     begin += n;
   }
-  // The ranks' objectives add up to the whole batch's (spec section 2).
+  // The ranks' objectives add up to the whole batch's (docs/math.md section 2.3).
   const double otol =
       dtype == DeviceDType::kFloat32
           ? kFloat32Tol * std::abs(ref.objective)

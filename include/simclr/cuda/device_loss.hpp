@@ -1,13 +1,13 @@
 #pragma once
-// SimCLRLoss on the GPU (docs/gpu.md): the same semantics as simclr::SimCLRLoss (spec sections 1-4,
-// docs/semantics.md) on device memory, on a caller-given stream. Inputs float32, bfloat16 or
-// float16; normalisation, logits, log-sum-exp and gradient accumulation in float32; outputs in the
-// input dtype.
+// SimCLRLoss on the GPU (docs/gpu.md): the same semantics as simclr::SimCLRLoss (docs/math.md
+// sections 1-4, docs/semantics.md) on device memory, on a caller-given stream. Inputs float32,
+// bfloat16 or float16; normalisation, logits, log-sum-exp and gradient accumulation in float32;
+// outputs in the input dtype.
 //
 // Memory: the gathered, normalised U [2G, d] in the input dtype, O(n) float32 scalars, the float32
 // gradient accumulator [2n, d], and one workspace tile (DeviceOptions). The [2n, 2G] logits are
 // never held: the forward streams column tiles with an online log-sum-exp, the backward recomputes
-// each tile and applies M (spec section 4) to U tile by tile.
+// each tile and applies M (docs/math.md section 4.2) to U tile by tile.
 //
 // Host synchronisation: only where a result must reach the host before the step can go on: the
 // finiteness check of the inputs (its verdict decides the exception, and the agreement step needs
