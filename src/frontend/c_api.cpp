@@ -279,7 +279,7 @@ simclr_status simclr_loss_create(double temperature, simclr_reduction reduction,
     const simclr::Reduction r = simclr::detail::c_api_reduction(reduction, "simclr_loss_create");
     std::optional<std::string> n;
     if (name != nullptr) n = std::string(name);
-    *out = new simclr_loss{simclr::SimCLRLoss(temperature, r, std::move(n))};
+    *out = new simclr_loss(simclr::SimCLRLoss(temperature, r, std::move(n)));
   });
 }
 
@@ -287,7 +287,7 @@ simclr_status simclr_loss_from_config(const char* json, simclr_loss_t* out) {
   return c_api_guard([&] {
     SIMCLR_ENFORCE(out != nullptr, simclr::ValueError, "simclr_loss_from_config: out is NULL");
     SIMCLR_ENFORCE(json != nullptr, simclr::ValueError, "simclr_loss_from_config: json is NULL");
-    *out = new simclr_loss{simclr::SimCLRLoss::from_config_string(json)};
+    *out = new simclr_loss(simclr::SimCLRLoss::from_config_string(json));
   });
 }
 
@@ -295,7 +295,7 @@ simclr_status simclr_loss_get_config(simclr_loss_t loss, char* buffer, size_t ca
                                      size_t* length) {
   return c_api_guard([&] {
     SIMCLR_ENFORCE(loss != nullptr, simclr::ValueError, "simclr_loss_get_config: loss is NULL");
-    const std::string text = loss->loss.get_config().dump();
+    const std::string text = loss->loss.get_config_string();
     if (length != nullptr) *length = text.size();
     SIMCLR_ENFORCE(buffer != nullptr || capacity == 0, simclr::ValueError,
                    "simclr_loss_get_config: buffer is NULL with capacity ", capacity);
