@@ -109,7 +109,8 @@ typedef struct simclr_comm* simclr_comm_t;
  *   all_gather_v: rank r sends recv_bytes[r] bytes (send_bytes on this rank); recv gets them back to
  *                 back in rank order. recv_bytes has `size` entries, the same on every rank.
  *   barrier:      returns when every rank has entered it (may be NULL: then a 1-byte all_gather).
- *   release:      called once by simclr_comm_destroy with user (may be NULL). */
+ *   release:      called once by simclr_comm_destroy with user (may be NULL); not called when
+ *                 simclr_comm_create_callbacks fails, so the caller still owns user then. */
 typedef struct simclr_comm_callbacks {
   void* user;
   int32_t rank;
@@ -166,8 +167,9 @@ typedef struct simclr_forward_info {
 } simclr_forward_info;
 
 /* What a forward keeps for its backward (opaque). Holds a reference to the call's communicator,
- * which must outlive it. */
-typedef struct simclr_forward* simclr_forward_t;
+ * which must outlive it. (The struct tag differs from the function simclr_forward so that the header
+ * also compiles as C++.) */
+typedef struct simclr_forward_state* simclr_forward_t;
 
 /* Forward on host memory. za, zb: [n, d] float32 or float64 (the same dtype, device -1); weight may
  * be NULL. Writes values ([n] weighted per-example loss for reduction none, otherwise [1], the
@@ -183,7 +185,9 @@ simclr_status simclr_forward(simclr_loss_t loss, const simclr_matrix* za, const 
 /* Backward of a forward on host memory: writes dJ/dza and dJ/dzb ([n, d], the input dtype) into
  * grad_a and grad_b. upstream: upstream_count values of the input dtype; 1 is a scalar gradient of
  * the reduced loss (for none, applied to every example), n a per-example gradient (reduction none
- * only). Collective when the forward was. May be called more than once. */
+ * only). Collective when the forward was: the output buffers are checked after the collective, so a
+ * bad buffer on one rank fails there alone, while upstream and upstream_count must be valid on every
+ * rank (a per-example count of the wrong length fails on every rank). May be called more than once. */
 simclr_status simclr_backward(simclr_loss_t loss, simclr_forward_t saved, const void* upstream,
                               int64_t upstream_count, const simclr_matrix* grad_a,
                               const simclr_matrix* grad_b);
@@ -200,7 +204,11 @@ void simclr_forward_destroy(simclr_forward_t saved);
 /* The same on CUDA device memory, enqueued on cuda_stream (a cudaStream_t; NULL is the legacy
  * default stream). za, zb: float32, float16 or bfloat16 on the current device. values and
  * per_example are device buffers of the input dtype. Only local calls (options->comm NULL) for now:
- * a communicator fails with SIMCLR_UNSUPPORTED. Defined by simclr::cuda (SIMCLR_HAS_CUDA). */
+ * a communicator fails with SIMCLR_UNSUPPORTED. The outputs are copied with cudaMemcpyAsync on
+ * cuda_stream (ready in stream order); info->objective is read back to the host, which synchronises
+ * the stream (pass info NULL to avoid that). The device loss of a simclr_loss_t is made on first use
+ * and serves one host thread at a time (calls on the same loss are serialised). Defined by
+ * simclr::cuda (SIMCLR_HAS_CUDA). */
 simclr_status simclr_device_forward(simclr_loss_t loss, const simclr_matrix* za,
                                     const simclr_matrix* zb, const simclr_call_options* options,
                                     void* cuda_stream, void* values, void* per_example,
