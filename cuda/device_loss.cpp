@@ -1,5 +1,6 @@
 // The device front end (docs/gpu.md): validation, the agreement step, normalisation, the gather,
-// the tiled engine, the Keras reduction; and the backward. Mirrors src/frontend/loss.cpp step by step.
+// the tiled engine, the Keras reduction; and the backward. Mirrors src/frontend/loss.cpp step by
+// step.
 
 #include "simclr/cuda/device_loss.hpp"
 
@@ -13,8 +14,8 @@
 #include "blas.hpp"
 #include "device_engine.hpp"
 #include "kernels.cuh"
-#include "simclr/detail/cuda_check.hpp"
 #include "simclr/detail/agreement.hpp"
+#include "simclr/detail/cuda_check.hpp"
 #include "simclr/engine.hpp"
 
 namespace simclr::cuda {
@@ -50,7 +51,15 @@ std::size_t element_size(DeviceDType dtype) {
 // ---- DeviceArray ----
 
 DeviceArray::DeviceArray(std::size_t bytes, cudaStream_t stream) : bytes_(bytes), stream_(stream) {
-  if (bytes > 0) SIMCLR_CHECK_CUDA(cudaMallocAsync(&data_, bytes, stream));
+  if (bytes == 0) return;
+  const cudaError_t rc = cudaMallocAsync(&data_, bytes, stream);
+  if (rc != cudaSuccess) {
+    data_ = nullptr;
+    bytes_ = 0;
+    // The size is what tells an exhausted device from a bug; cudaErrorMemoryAllocation is OOM.
+    throw DeviceError(simclr::detail::cuda_failure(
+        simclr::detail::str_cat("cudaMallocAsync(&ptr, ", bytes, " bytes)"), rc));
+  }
 }
 
 DeviceArray::~DeviceArray() { release(); }
