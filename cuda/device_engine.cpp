@@ -149,6 +149,7 @@ double engine_forward(cublasHandle_t blas, DeviceDType dtype, const void* u, std
                       const TilePlan& plan, bool symmetric, float* run_max, float* run_sum,
                       float* positive, cudaStream_t stream) {
   const std::int64_t anchors = 2 * layout.pairs;
+  SIMCLR_CHECK_LE(layout.anchor_begin + anchors, total);
   launch_fill(run_max, anchors, -std::numeric_limits<float>::infinity(), stream);
   launch_fill(run_sum, anchors, 0.f, stream);
   launch_fill(positive, anchors, 0.f, stream);
@@ -185,6 +186,7 @@ double engine_backward(cublasHandle_t blas, DeviceDType dtype, const void* u, st
                        const float* alpha_all, const float* params, float* grad,
                        cudaStream_t stream) {
   const std::int64_t anchors = 2 * layout.pairs;
+  SIMCLR_CHECK_LE(layout.anchor_begin + anchors, total);
   if (anchors == 0 || d == 0) return 0;
   const std::size_t s_bytes = static_cast<std::size_t>(plan.rows * plan.ld) * sizeof(float);
   DeviceArray workspace(

@@ -52,7 +52,15 @@ std::size_t element_size(DeviceDType dtype) {
 // ---- DeviceArray ----
 
 DeviceArray::DeviceArray(std::size_t bytes, cudaStream_t stream) : bytes_(bytes), stream_(stream) {
-  if (bytes > 0) SIMCLR_CHECK_CUDA(cudaMallocAsync(&data_, bytes, stream));
+  if (bytes == 0) return;
+  const cudaError_t rc = cudaMallocAsync(&data_, bytes, stream);
+  if (rc != cudaSuccess) {
+    data_ = nullptr;
+    bytes_ = 0;
+    // The size is what tells an exhausted device from a bug; cudaErrorMemoryAllocation is OOM.
+    throw DeviceError(simclr::detail::cuda_failure(
+        simclr::detail::str_cat("cudaMallocAsync(&ptr, ", bytes, " bytes)"), rc));
+  }
 }
 
 DeviceArray::~DeviceArray() { release(); }

@@ -2,8 +2,8 @@
 
 #include <cstring>
 
-#include "simclr/detail/cuda_check.hpp"
 #include "simclr/detail/check.hpp"
+#include "simclr/detail/cuda_check.hpp"
 
 // Wraps an NCCL call: a failure becomes CommError naming the call, NCCL's error string, its last
 // error message when it has one, and the rank.
@@ -23,8 +23,9 @@
 
 namespace simclr {
 
-NcclCommunicator::NcclCommunicator(MPI_Comm comm, cudaStream_t stream)
-    : mpi_(std::make_unique<MpiCommunicator>(comm)), stream_(stream) {
+NcclCommunicator::NcclCommunicator(MPI_Comm comm, cudaStream_t stream,
+                                   MpiCommunicatorOptions options)
+    : mpi_(std::make_unique<MpiCommunicator>(comm, options)), stream_(stream) {
   rank_ = mpi_->rank();
   size_ = mpi_->size();
   SIMCLR_CHECK_CUDA(cudaGetDevice(&device_));

@@ -9,8 +9,10 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <typeinfo>
 
 #include "npy.hpp"
+#include "runtime.hpp"
 #include "simclr/loss.hpp"
 
 namespace fs = std::filesystem;
@@ -296,10 +298,12 @@ TEST_F(Cli, MpirunDistributionRuleAndErrors) {
       << rule.err;
   // Printed once (rank 0), not once per rank.
   EXPECT_EQ(rule.err.find("error: ", rule.err.find("error: ") + 1), std::string::npos) << rule.err;
-  // -np 1 is a distributed context too, as any tf.distribute strategy is; without a launcher it is not.
+  // -np 1 is a distributed context too, as any tf.distribute strategy is; without a launcher it is
+  // not.
   const Result one = run("compute" + ab, mpirun(1));
   EXPECT_NE(one.status, 0);
-  EXPECT_NE(one.err.find("error: Please use simclr::Reduction::kSum"), std::string::npos) << one.err;
+  EXPECT_NE(one.err.find("error: Please use simclr::Reduction::kSum"), std::string::npos)
+      << one.err;
   EXPECT_EQ(run("compute" + ab).status, 0);
   const Result ok = run("compute" + ab + " --global-batch-size infer --temperature 1", mpirun(2));
   ASSERT_EQ(ok.status, 0) << ok.err;
@@ -310,6 +314,53 @@ TEST_F(Cli, MpirunDistributionRuleAndErrors) {
   EXPECT_NE(bad_split.err.find("error: --split counts sum to 2 but za has 3 rows"),
             std::string::npos)
       << bad_split.err;
+  // The library's agreement step names the rank that failed; bad input keeps exit status 2.
+  EXPECT_NE(bad_split.err.find("rows (rank 0)"), std::string::npos) << bad_split.err;
+  EXPECT_EQ(bad_split.status, 2);
+}
+
+// The message of the exception of exactly type E that rt.agreed(step) raises, or a marker.
+template <class E, class F>
+std::string agreed_message(tools::Runtime& rt, F&& step) {
+  try {
+    rt.agreed(step);
+  } catch (const std::exception& e) {
+    if (typeid(e) != typeid(E)) return std::string("wrong type: ") + e.what();
+    return e.what();
+  }
+  return "no exception";
+}
+
+// Runtime::agreed with a communicator is the library's agreement step: the type of the failing
+// rank's exception survives, and its message gains the rank.
+TEST(CliRuntime, AgreedKeepsTheExceptionTypeAndNamesTheRank) {
+  tools::Runtime rt(std::make_unique<SingleProcessCommunicator>());
+  EXPECT_EQ(agreed_message<TypeError>(rt, [] { throw TypeError("wrong kind"); }),
+            "wrong kind (rank 0)");
+  EXPECT_EQ(agreed_message<ValueError>(rt, [] { throw ValueError("bad value"); }),
+            "bad value (rank 0)");
+  EXPECT_EQ(agreed_message<DeviceError>(rt, [] { throw DeviceError("cudaMalloc failed"); }),
+            "cudaMalloc failed (rank 0)");
+  EXPECT_EQ(agreed_message<Error>(rt, [] { throw std::bad_alloc(); }),
+            "out of host memory (std::bad_alloc) (rank 0)");
+  // The transport failing is not agreed on (it cannot be): it propagates as it is.
+  EXPECT_THROW(rt.agreed([] { throw CommError("mpi: all_gather failed"); }), CommError);
+  EXPECT_NO_THROW(rt.agreed([] {}));
+  // Without a communicator the exception is the step's own.
+  tools::Runtime local(nullptr);
+  EXPECT_THROW(local.agreed([] { throw TypeError("t"); }), TypeError);
+}
+
+TEST(CliRuntime, EachErrorKindHasItsExitStatus) {
+  auto status_of = [](auto e) { return tools::exit_status(std::make_exception_ptr(e)); };
+  EXPECT_EQ(tools::exit_status(nullptr), 0);
+  EXPECT_EQ(status_of(ValueError("v")), 2);
+  EXPECT_EQ(status_of(TypeError("t")), 2);
+  EXPECT_EQ(status_of(CommError("c")), 3);
+  EXPECT_EQ(status_of(DeviceError("d")), 4);
+  EXPECT_EQ(status_of(Error("internal error at x.cpp:1: check `a` failed")), 5);
+  EXPECT_EQ(status_of(std::bad_alloc()), 5);
+  EXPECT_EQ(status_of(42), 5);
 }
 
 }  // namespace

@@ -1,11 +1,11 @@
 #include "runtime.hpp"
 
 #include <cstdlib>
-#include <cstring>
 #include <iostream>
+#include <utility>
 #include <vector>
 
-#include "simclr/detail/check.hpp"
+#include "simclr/detail/agreement.hpp"
 
 #ifdef SIMCLR_TOOLS_WITH_MPI
 #include "simclr/mpi/mpi_communicator.hpp"
@@ -34,6 +34,8 @@ Runtime::Runtime(int* argc, char*** argv) {
 #endif
 }
 
+Runtime::Runtime(std::unique_ptr<Communicator> comm) : comm_(std::move(comm)) {}
+
 Runtime::~Runtime() {
   comm_.reset();
 #ifdef SIMCLR_TOOLS_WITH_MPI
@@ -42,21 +44,29 @@ Runtime::~Runtime() {
 }
 
 void Runtime::agreed(const std::function<void()>& step) {
-  std::string error;
-  try {
+  if (!comm_) {
     step();
-  } catch (const std::exception& e) {
-    if (!comm_) throw;
-    error = e.what();
+    return;
   }
-  if (!comm_) return;
-  char mine[512] = {0};
-  std::strncpy(mine, error.c_str(), sizeof(mine) - 1);
-  std::vector<char> all(sizeof(mine) * static_cast<std::size_t>(comm_->size()));
-  comm_->all_gather(mine, sizeof(mine), all.data());
-  for (int r = 0; r < comm_->size(); ++r) {
-    const char* msg = all.data() + sizeof(mine) * static_cast<std::size_t>(r);
-    if (msg[0] != '\0') throw ValueError(std::string(msg));
+  detail::AgreementRecord mine = detail::empty_record();
+  detail::capture(mine, step);
+  detail::gather_records(*comm_, mine);
+}
+
+int exit_status(const std::exception_ptr& error) {
+  if (!error) return kExitOk;
+  try {
+    std::rethrow_exception(error);
+  } catch (const ValueError&) {
+    return kExitBadInput;
+  } catch (const TypeError&) {
+    return kExitBadInput;
+  } catch (const CommError&) {
+    return kExitCommFailure;
+  } catch (const DeviceError&) {
+    return kExitDeviceFailure;
+  } catch (...) {
+    return kExitOtherFailure;
   }
 }
 
@@ -67,18 +77,18 @@ int run_main(int argc, char** argv,
     rt = std::make_unique<Runtime>(&argc, &argv);
   } catch (const std::exception& e) {
     std::cerr << "error: " << e.what() << std::endl;
-    return 2;
+    return kExitBadInput;
   }
   const std::vector<std::string> args(argv, argv + argc);
-  int status = 0;
+  int status = kExitOk;
   try {
     status = body(*rt, args);
-  } catch (const CommError& e) {
-    std::cerr << "error: " << e.what() << std::endl;
-    status = 3;
   } catch (const std::exception& e) {
-    if (rt->rank() == 0) std::cerr << "error: " << e.what() << std::endl;
-    status = 2;
+    status = exit_status(std::current_exception());
+    if (status != kExitBadInput || rt->rank() == 0) std::cerr << "error: " << e.what() << std::endl;
+  } catch (...) {
+    status = kExitOtherFailure;
+    std::cerr << "error: an exception that is not a std::exception" << std::endl;
   }
   rt.reset();
   return status;

@@ -402,7 +402,10 @@ ColumnRanges other_columns(const RowLayout& layout) {
 template <class T>
 EngineForward<T> engine_forward(const RowMatrix<T>& u, const RowLayout& layout, T inv_temperature,
                                 const EngineOptions& options) {
-  SIMCLR_ENFORCE_EQ(u.rows(), layout.total_rows, ValueError, "engine: rows of U vs 2G");
+  // The front ends build u and the layout together: a mismatch is a bug of theirs, not bad input.
+  SIMCLR_CHECK_EQ(u.rows(), layout.total_rows);
+  SIMCLR_CHECK_GE(layout.anchor_begin, 0);
+  SIMCLR_CHECK_LE(layout.anchor_begin + layout.anchors(), layout.total_rows);
   const std::int64_t na = layout.anchors();
   EngineForward<T> out;
   out.row_lse.assign(static_cast<std::size_t>(na), T(0));
@@ -442,6 +445,8 @@ template <class T>
 double engine_backward(const RowMatrix<T>& u, const RowLayout& layout, T inv_temperature,
                        const T* lse_all, const T* alpha_all, const EngineForward<T>& saved,
                        const EngineOptions& options, RowMatrix<T>& grad_anchors) {
+  SIMCLR_CHECK_EQ(u.rows(), layout.total_rows);
+  SIMCLR_CHECK_LE(layout.anchor_begin + layout.anchors(), layout.total_rows);
   const std::int64_t na = layout.anchors();
   grad_anchors.setZero(na, u.cols());
   if (na == 0) return 0;

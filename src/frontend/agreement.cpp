@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <new>
 
 namespace simclr::detail {
 
@@ -30,12 +31,44 @@ void set_error(AgreementRecord& record, ErrorKind kind, const std::string& what)
   record.message[n] = '\0';
 }
 
+void set_current_error(AgreementRecord& record) {
+  try {
+    throw;
+  } catch (const CommError&) {
+    throw;
+  } catch (const TypeError& e) {
+    set_error(record, kTypeErrorKind, e.what());
+  } catch (const ValueError& e) {
+    set_error(record, kValueErrorKind, e.what());
+  } catch (const DeviceError& e) {
+    set_error(record, kDeviceErrorKind, e.what());
+  } catch (const Error& e) {
+    set_error(record, kOtherErrorKind, e.what());
+  } catch (const std::bad_alloc& e) {
+    set_error(record, kOtherErrorKind, str_cat("out of host memory (", e.what(), ")"));
+  } catch (const std::exception& e) {
+    set_error(record, kOtherErrorKind, e.what());
+  } catch (...) {
+    set_error(record, kOtherErrorKind, "an exception that is not a std::exception");
+  }
+}
+
 void raise_first_error(const std::vector<AgreementRecord>& all) {
   for (std::size_t r = 0; r < all.size(); ++r) {
     if (all[r].error_kind == kNoError) continue;
-    const std::string what = str_cat(std::string(all[r].message), " (rank ", r, ")");
-    if (all[r].error_kind == kTypeErrorKind) throw TypeError(what);
-    throw ValueError(what);
+    // strnlen: a record from another rank is trusted to be ours, but never read past its end.
+    const std::string message(all[r].message, strnlen(all[r].message, sizeof(all[r].message)));
+    const std::string what = str_cat(message, " (rank ", r, ")");
+    switch (all[r].error_kind) {
+      case kValueErrorKind:
+        throw ValueError(what);
+      case kTypeErrorKind:
+        throw TypeError(what);
+      case kDeviceErrorKind:
+        throw DeviceError(what);
+      default:
+        throw Error(what);
+    }
   }
 }
 

@@ -249,6 +249,7 @@ Gradients<T> SimCLRLoss::backward_alpha(const LossOutput<T>& output, const T* up
     AgreementRecord mine = detail::empty_record();
     detail::capture(mine, compute_alpha);
     const std::size_t nranks = s.rank_rows.size();
+    SIMCLR_CHECK_EQ(nranks, static_cast<std::size_t>(comm->size()));
     std::vector<std::size_t> bytes(nranks);
     std::size_t total_bytes = 0;
     for (std::size_t r = 0; r < nranks; ++r) {
@@ -279,6 +280,7 @@ Gradients<T> SimCLRLoss::backward_alpha(const LossOutput<T>& output, const T* up
       at += bytes[r];
       row += m;
     }
+    SIMCLR_CHECK_EQ(at, recv.size());
     detail::raise_first_error(records);
     lse_all = lse_u.data();
     alpha_all = alpha_u.data();

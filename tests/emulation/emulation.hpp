@@ -91,6 +91,9 @@ bool is_device(const void* p, std::size_t bytes);       // inside one live alloc
 bool touches_device(const void* p, std::size_t bytes);  // any byte of it is device memory
 bool valid_stream(cudaStream_t stream);                 // null, a legacy handle or a live stream
 std::string describe(const void* p, std::size_t bytes);
+// Test hook: the next `count` device allocations (cudaMalloc, cudaMallocAsync) made by the calling
+// thread fail with cudaErrorMemoryAllocation, as an exhausted GPU would. 0 disarms.
+void fail_next_allocations(int count);
 // Reports a failure on stderr and as the thread's last CUDA error; returns `code`.
 cudaError_t fail(cudaError_t code, const std::string& why);
 

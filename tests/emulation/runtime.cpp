@@ -49,6 +49,7 @@ thread_local cudaError_t last_error = cudaSuccess;
 // Devices share one memory (the host's); an MPI process per device is what the NCCL tests run.
 constexpr int kDevices = 8;
 thread_local int current_device = 0;
+thread_local int allocations_to_fail = 0;  // fail_next_allocations
 
 // ---- device memory ----
 
@@ -65,6 +66,8 @@ Memory& memory() {
 }
 
 }  // namespace
+
+void fail_next_allocations(int count) { allocations_to_fail = count > 0 ? count : 0; }
 
 cudaError_t fail(cudaError_t code, const std::string& why) {
   std::fprintf(stderr, "cuda emulation: %s\n", why.c_str());
@@ -112,6 +115,11 @@ cudaError_t allocate(void** out, std::size_t bytes) {
   if (out == nullptr) return fail(cudaErrorInvalidValue, "allocation with a null result pointer");
   *out = nullptr;
   if (bytes == 0) return cudaSuccess;
+  if (allocations_to_fail > 0) {
+    --allocations_to_fail;
+    return fail(cudaErrorMemoryAllocation,
+                "allocation of " + std::to_string(bytes) + " bytes failed (injected by the test)");
+  }
   const std::size_t rounded = (bytes + 255) / 256 * 256;
   void* p = std::aligned_alloc(256, rounded);
   if (p == nullptr) return fail(cudaErrorMemoryAllocation, "out of host memory");

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "builtins.hpp"
@@ -201,6 +202,27 @@ TEST_F(EmulationTest, CopiesCheckDirectionAndBounds) {
   cudaFree(d);
   EXPECT_EQ(cudaMemcpy(h.data(), d, sizeof(float), cudaMemcpyDeviceToHost), cudaErrorInvalidValue);
   (void)cudaGetLastError();
+}
+
+TEST_F(EmulationTest, InjectedAllocationFailuresFailOnlyThatManyAllocationsOfThisThread) {
+  simclr::cuda::emu::fail_next_allocations(2);
+  // Another thread's allocations are not affected.
+  std::thread([] {
+    void* p = nullptr;
+    EXPECT_EQ(cudaMalloc(&p, 64), cudaSuccess);
+    EXPECT_EQ(cudaFree(p), cudaSuccess);
+  }).join();
+  void* p = reinterpret_cast<void*>(1);
+  EXPECT_EQ(cudaMalloc(&p, 64), cudaErrorMemoryAllocation);
+  EXPECT_EQ(p, nullptr);
+  EXPECT_EQ(cudaMallocAsync(&p, 64, nullptr), cudaErrorMemoryAllocation);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorMemoryAllocation);
+  EXPECT_EQ(cudaMalloc(&p, 64), cudaSuccess);
+  EXPECT_EQ(cudaFree(p), cudaSuccess);
+  simclr::cuda::emu::fail_next_allocations(1);
+  simclr::cuda::emu::fail_next_allocations(0);  // disarmed
+  EXPECT_EQ(cudaMalloc(&p, 64), cudaSuccess);
+  EXPECT_EQ(cudaFree(p), cudaSuccess);
 }
 
 TEST_F(EmulationTest, ADestroyedStreamIsRefused) {

@@ -18,12 +18,17 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
-#include "simclr/detail/check.hpp"
 #include "gpu_test_util.hpp"
 #include "simclr/cuda/device_loss.hpp"
+#include "simclr/detail/check.hpp"
 #include "simclr/loss.hpp"
+
+#ifdef SIMCLR_CUDA_EMULATION
+#include "emulation.hpp"  // fail_next_allocations: a device that runs out of memory on demand
+#endif
 
 namespace simclr::gputest {
 namespace {
@@ -743,6 +748,82 @@ TEST_F(DeviceLossTest, ThreadRanksOnOneGpuMatchTheWholeBatch) {
   check_thread_ranks({20, 0, 24}, DeviceDType::kBFloat16, Reduction::kSumOverBatchSize, 16, 40);
   check_thread_ranks({31, 12}, DeviceDType::kFloat16, Reduction::kNone, 12, 20);
 }
+
+#ifdef SIMCLR_CUDA_EMULATION
+// Device memory running out is a DeviceError (not a CommError: the transport is fine) whose message
+// names the call, the size and the device.
+TEST_F(DeviceLossTest, AnAllocationFailureIsADeviceErrorNamingTheCall) {
+  static_assert(!std::is_base_of_v<CommError, DeviceError>);
+  const std::int64_t n = 8, d = 6;
+  DeviceMatrix za = upload(seeded_rows(3, 0, 0, n, d), n, d, DeviceDType::kFloat32, stream_),
+               zb = upload(seeded_rows(3, 1, 0, n, d), n, d, DeviceDType::kFloat32, stream_);
+  DeviceSimCLRLoss loss(0.1, Reduction::kSum);
+  cuda::emu::fail_next_allocations(1);
+  const std::string what =
+      message_of<DeviceError>([&] { loss.forward(za.view(), zb.view(), stream_); });
+  EXPECT_EQ(what.rfind("cudaMallocAsync(&ptr, ", 0), 0u) << what;
+  EXPECT_NE(what.find(" bytes) failed: cudaErrorMemoryAllocation: out of memory"),
+            std::string::npos)
+      << what;
+  EXPECT_NE(what.find("(device 0)"), std::string::npos) << what;
+  (void)cudaGetLastError();
+  // One failure only: the same call then succeeds.
+  auto out = loss.forward(za.view(), zb.view(), stream_);
+  EXPECT_TRUE(std::isfinite(copy_to_host_f32(out.objective, 1, stream_)[0]));
+}
+
+// A device failure in one rank's validation (the finiteness check's allocation) is carried by the
+// agreement step: every rank raises the same DeviceError naming that rank, and the ranks stay in
+// step (a barrier afterwards passes). Before, the failing rank left and the others waited.
+TEST_F(DeviceLossTest, ADeviceFailureOnOneRankRaisesTheSameErrorOnEveryRank) {
+  const int size = 3, failing = 1;
+  const std::int64_t n = 5, d = 4;
+  ThreadGroup group(size);
+  std::vector<std::string> errors(static_cast<std::size_t>(size));
+  std::vector<bool> barrier_passed(static_cast<std::size_t>(size), false);
+  std::vector<std::thread> threads;
+  for (int rank = 0; rank < size; ++rank) {
+    threads.emplace_back([&, rank] {
+      cudaStream_t stream = nullptr;
+      try {
+        SIMCLR_CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+        DeviceMatrix za = upload(seeded_rows(4, 0, rank * n, n, d), n, d, DeviceDType::kFloat32,
+                                 stream),
+                     zb = upload(seeded_rows(4, 1, rank * n, n, d), n, d, DeviceDType::kFloat32,
+                                 stream);
+        ThreadDeviceCommunicator comm(group, rank);
+        cuda::DeviceCallOptions options;
+        options.communicator = &comm;
+        DeviceSimCLRLoss loss(0.1, Reduction::kSum);
+        if (rank == failing) cuda::emu::fail_next_allocations(1);
+        errors[static_cast<std::size_t>(rank)] = message_of<DeviceError>(
+            [&] { loss.forward(za.view(), zb.view(), stream, nullptr, options); });
+        cuda::emu::fail_next_allocations(0);
+        comm.barrier();
+        barrier_passed[static_cast<std::size_t>(rank)] = true;
+      } catch (const std::exception& e) {
+        errors[static_cast<std::size_t>(rank)] = std::string("escaped: ") + e.what();
+        group.break_group();
+      }
+      if (stream != nullptr) {
+        (void)cudaStreamSynchronize(stream);
+        (void)cudaStreamDestroy(stream);
+      }
+      (void)cudaGetLastError();
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int rank = 0; rank < size; ++rank) {
+    SCOPED_TRACE(::testing::Message() << "rank " << rank);
+    const std::string& what = errors[static_cast<std::size_t>(rank)];
+    EXPECT_EQ(what, errors[static_cast<std::size_t>(failing)]);
+    EXPECT_EQ(what.rfind("cudaMallocAsync(&ptr, ", 0), 0u) << what;
+    EXPECT_NE(what.find("cudaErrorMemoryAllocation"), std::string::npos) << what;
+    EXPECT_NE(what.find("(rank 1)"), std::string::npos) << what;
+    EXPECT_TRUE(barrier_passed[static_cast<std::size_t>(rank)]);
+  }
+}
+#endif
 
 TEST_F(DeviceLossTest, EmptyBatchGivesZeroAndNoWork) {
   DeviceSimCLRLoss loss;

@@ -6,8 +6,10 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -16,6 +18,10 @@
 #include "simclr/cuda/device_loss.hpp"
 #include "simclr/loss.hpp"
 #include "simclr/nccl/nccl_communicator.hpp"
+
+#ifdef SIMCLR_CUDA_EMULATION
+#include "emulation.hpp"  // fail_next_allocations
+#endif
 
 namespace simclr::gputest {
 namespace {
@@ -168,6 +174,66 @@ TEST_F(NcclTest, BadInputOnOneRankRaisesTheSameErrorOnEveryRank) {
   EXPECT_THROW(auto_loss.forward(zb.view(), zb.view(), stream_, nullptr, options), ValueError);
   comm_->barrier();
 }
+
+// The MPI bootstrap takes MpiCommunicator's options: with a timeout, a rank that skips a host-side
+// collective makes the others raise CommError naming it within the timeout, instead of a hang.
+TEST(NcclOptions, TheBootstrapCommunicatorTakesTheTimeout) {
+  int rank = 0, size = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  const std::chrono::milliseconds timeout{1000};
+  {
+    NcclCommunicator comm(MPI_COMM_WORLD, nullptr, MpiCommunicatorOptions{timeout});
+    EXPECT_EQ(comm.options().timeout, timeout);
+    if (size > 1 && rank != size - 1) {
+      std::string what = "no exception";
+      try {
+        comm.barrier();
+      } catch (const CommError& e) {
+        what = e.what();
+      }
+      EXPECT_NE(what.find("mpi: barrier timed out on rank " + std::to_string(rank)),
+                std::string::npos)
+          << what;
+      EXPECT_NE(what.find("(timeout 1000 ms)"), std::string::npos) << what;
+    }
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+#ifdef SIMCLR_CUDA_EMULATION
+// Device memory running out on one rank during validation (the finiteness check's allocation):
+// every rank raises the same DeviceError naming that rank, and the ranks stay in step.
+TEST_F(NcclTest, AnAllocationFailureOnOneRankRaisesTheSameDeviceErrorOnEveryRank) {
+  const int size = comm_->size(), failing = size - 1;
+  const std::int64_t n = 4, d = 5;
+  DeviceMatrix za = upload(seeded_rows(5, 0, 0, n, d), n, d, DeviceDType::kFloat32, stream_);
+  cuda::DeviceSimCLRLoss loss(0.1, Reduction::kSum);
+  cuda::DeviceCallOptions options;
+  options.communicator = comm_.get();
+  if (comm_->rank() == failing) cuda::emu::fail_next_allocations(1);
+  std::string what = "no exception";
+  try {
+    loss.forward(za.view(), za.view(), stream_, nullptr, options);
+  } catch (const DeviceError& e) {
+    what = e.what();
+  } catch (const std::exception& e) {
+    what = std::string("wrong type: ") + e.what();
+  }
+  cuda::emu::fail_next_allocations(0);
+  (void)cudaGetLastError();
+  EXPECT_EQ(what.rfind("cudaMallocAsync(&ptr, ", 0), 0u) << what;
+  EXPECT_NE(what.find("cudaErrorMemoryAllocation"), std::string::npos) << what;
+  EXPECT_NE(what.find("(rank " + std::to_string(failing) + ")"), std::string::npos) << what;
+  // The same message everywhere.
+  char buf[512] = {0};
+  std::strncpy(buf, what.c_str(), sizeof(buf) - 1);
+  std::vector<char> all(sizeof(buf) * static_cast<std::size_t>(size));
+  MPI_Allgather(buf, sizeof(buf), MPI_CHAR, all.data(), sizeof(buf), MPI_CHAR, MPI_COMM_WORLD);
+  for (int r = 0; r < size; ++r) EXPECT_STREQ(all.data() + r * sizeof(buf), buf) << "rank " << r;
+  comm_->barrier();
+}
+#endif
 
 }  // namespace
 }  // namespace simclr::gputest

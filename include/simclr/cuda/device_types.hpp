@@ -71,7 +71,7 @@ struct FloatVectorView {
 class DeviceArray {
  public:
   DeviceArray() = default;
-  // Throws CommError when the allocation fails. 0 bytes allocates nothing (data() is null).
+  // Throws DeviceError naming the call, the size and the device when the allocation fails. 0 bytes allocates nothing (data() is null).
   DeviceArray(std::size_t bytes, cudaStream_t stream);
   ~DeviceArray();
   DeviceArray(DeviceArray&& other) noexcept;

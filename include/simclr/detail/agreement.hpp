@@ -31,7 +31,14 @@ static_assert(sizeof(AgreementRecord) == 512, "agreement record is 512 bytes");
 constexpr std::int64_t kNoGlobalBatch = -2;
 constexpr std::int64_t kInferGlobalBatch = -1;
 
-enum ErrorKind : std::int32_t { kNoError = 0, kValueErrorKind = 1, kTypeErrorKind = 2 };
+// What an agreement record carries: no error, or the kind of exception every rank then raises.
+enum ErrorKind : std::int32_t {
+  kNoError = 0,
+  kValueErrorKind = 1,   // ValueError
+  kTypeErrorKind = 2,    // TypeError
+  kDeviceErrorKind = 3,  // DeviceError (a CUDA or cuBLAS call, device memory)
+  kOtherErrorKind = 4,   // simclr::Error: a failed internal check, std::bad_alloc, anything else
+};
 
 // A zeroed record (no uninitialised padding goes over the wire).
 AgreementRecord empty_record();
@@ -41,22 +48,25 @@ AgreementRecord forward_record(std::int64_t rows, std::int64_t cols, std::int32_
 
 void set_error(AgreementRecord& record, ErrorKind kind, const std::string& what);
 
-// Runs `validate`; a ValueError or TypeError is stored in the record instead of propagating. A
-// CommError is not an input error and propagates.
+// Inside a catch handler: stores the exception being handled in the record, with its kind. A
+// CommError is rethrown instead (the transport failed; the other ranks learn it from theirs).
+void set_current_error(AgreementRecord& record);
+
+// Runs `validate`; whatever it throws, except CommError, is stored in the record instead of
+// propagating, so that this rank still takes part in the agreement gather and every rank raises
+// the same exception. Without this a std::bad_alloc or a DeviceError on one rank would leave the
+// others waiting in the gather.
 template <class F>
 void capture(AgreementRecord& record, F&& validate) {
   try {
     validate();
-  } catch (const TypeError& e) {
-    set_error(record, kTypeErrorKind, e.what());
-  } catch (const CommError&) {
-    throw;
-  } catch (const Error& e) {
-    set_error(record, kValueErrorKind, e.what());
+  } catch (...) {
+    set_current_error(record);
   }
 }
 
-// The error of the lowest rank that has one, raised (with "(rank r)") on every rank.
+// The error of the lowest rank that has one, raised (with "(rank r)") on every rank as the type its
+// kind names.
 void raise_first_error(const std::vector<AgreementRecord>& all);
 
 // Collective: gathers every rank's record and raises the first error of any rank.

@@ -21,6 +21,15 @@ std::string str_cat(const Args&... args) {
   return os.str();
 }
 
+// The file name of a __FILE__ path, without the directories: the build machine's paths stay out of
+// messages, and the library's file names are unique.
+constexpr const char* file_name(const char* path) {
+  const char* name = path;
+  for (const char* p = path; *p != '\0'; ++p)
+    if (*p == '/' || *p == '\\') name = p + 1;
+  return name;
+}
+
 }  // namespace simclr::detail
 
 #define SIMCLR_ENFORCE(cond, ExcType, ...)                              \
@@ -36,25 +45,24 @@ std::string str_cat(const Args&... args) {
       throw ExcType(::simclr::detail::str_cat(what, ": ", simclr_a_, " vs ", simclr_b_)); \
   } while (0)
 
-// Internal invariant: throws simclr::Error "internal error at file:line: check `cond` failed".
-#define SIMCLR_CHECK(cond)                                                                   \
-  do {                                                                                       \
-    if (!(cond))                                                                             \
-      throw ::simclr::Error(::simclr::detail::str_cat("internal error at ", __FILE__, ":",   \
-                                                      __LINE__, ": check `", #cond,          \
-                                                      "` failed"));                          \
+// Internal invariant: throws simclr::Error "internal error at file.cpp:line: check `cond` failed".
+#define SIMCLR_CHECK(cond)                                                                        \
+  do {                                                                                            \
+    if (!(cond))                                                                                  \
+      throw ::simclr::Error(::simclr::detail::str_cat("internal error at ",                       \
+                                                      ::simclr::detail::file_name(__FILE__), ":", \
+                                                      __LINE__, ": check `", #cond, "` failed")); \
   } while (0)
 
 // Internal invariant a OP b with both sides printed: "check `rows == cols` failed (7 vs 8)".
-#define SIMCLR_CHECK_OP(a, b, op)                                                               \
-  do {                                                                                          \
-    const auto simclr_a_ = (a);                                                                 \
-    const auto simclr_b_ = (b);                                                                 \
-    if (!(simclr_a_ op simclr_b_))                                                              \
-      throw ::simclr::Error(::simclr::detail::str_cat("internal error at ", __FILE__, ":",      \
-                                                      __LINE__, ": check `", #a, " " #op " ",   \
-                                                      #b, "` failed (", simclr_a_, " vs ",      \
-                                                      simclr_b_, ")"));                         \
+#define SIMCLR_CHECK_OP(a, b, op)                                                                  \
+  do {                                                                                             \
+    const auto simclr_a_ = (a);                                                                    \
+    const auto simclr_b_ = (b);                                                                    \
+    if (!(simclr_a_ op simclr_b_))                                                                 \
+      throw ::simclr::Error(::simclr::detail::str_cat(                                             \
+          "internal error at ", ::simclr::detail::file_name(__FILE__), ":", __LINE__, ": check `", \
+          #a, " " #op " ", #b, "` failed (", simclr_a_, " vs ", simclr_b_, ")"));                  \
   } while (0)
 #define SIMCLR_CHECK_EQ(a, b) SIMCLR_CHECK_OP(a, b, ==)
 #define SIMCLR_CHECK_LE(a, b) SIMCLR_CHECK_OP(a, b, <=)

@@ -21,9 +21,13 @@ namespace simclr {
 
 class NcclCommunicator final : public cuda::DeviceCommunicator {
  public:
-  // Collective over `comm` (MPI_Comm_dup, then ncclCommInitRank on the current device). Throws
-  // CommError naming the failing MPI, CUDA or NCCL call.
-  explicit NcclCommunicator(MPI_Comm comm, cudaStream_t stream = nullptr);
+  // Collective over `comm` (MPI_Comm_dup, then ncclCommInitRank on the current device). `options`
+  // are those of the MpiCommunicator it bootstraps over: with a timeout, the exchange of the NCCL
+  // id and every host-side collective (the agreement step, barrier()) wait at most that long, then
+  // throw CommError; NCCL's own collectives are not bounded by it. Throws CommError naming the
+  // failing MPI or NCCL call, DeviceError for a failing CUDA call.
+  explicit NcclCommunicator(MPI_Comm comm, cudaStream_t stream = nullptr,
+                            MpiCommunicatorOptions options = {});
   // ncclCommDestroy; never throws.
   ~NcclCommunicator() override;
   NcclCommunicator(const NcclCommunicator&) = delete;
@@ -48,6 +52,7 @@ class NcclCommunicator final : public cuda::DeviceCommunicator {
 
   ncclComm_t nccl_comm() const { return nccl_; }
   int device() const { return device_; }
+  const MpiCommunicatorOptions& options() const { return mpi_->options(); }
 
  private:
   void check_async(const char* collective) const;
