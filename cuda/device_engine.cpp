@@ -144,10 +144,16 @@ TilePlan plan_tiles(std::int64_t anchors, std::int64_t total, DeviceDType dtype,
   return plan;
 }
 
-double engine_forward(cublasHandle_t blas, DeviceDType dtype, const void* u, std::int64_t d,
-                      std::int64_t total, AnchorLayout layout, float inv_temperature,
-                      const TilePlan& plan, bool symmetric, float* run_max, float* run_sum,
-                      float* positive, cudaStream_t stream) {
+double engine_forward(const DeviceTileProblem& p, float* run_max, float* run_sum, float* positive) {
+  cublasHandle_t blas = p.blas;
+  const DeviceDType dtype = p.dtype;
+  const void* u = p.u;
+  const std::int64_t d = p.d, total = p.total;
+  const AnchorLayout layout = p.layout;
+  const float inv_temperature = p.inv_temperature;
+  const TilePlan& plan = p.plan;
+  const bool symmetric = p.symmetric;
+  cudaStream_t stream = p.stream;
   const std::int64_t anchors = 2 * layout.pairs;
   launch_fill(run_max, anchors, -std::numeric_limits<float>::infinity(), stream);
   launch_fill(run_sum, anchors, 0.f, stream);
@@ -168,7 +174,8 @@ double engine_forward(cublasHandle_t blas, DeviceDType dtype, const void* u, std
       [&](std::int64_t q0, std::int64_t rows, std::int64_t c0, std::int64_t cols, bool mirrored) {
         const std::int64_t r0 = layout.anchor_begin + q0;
         logits_gemm(blas, dtype, u, d, r0, rows, c0, cols, inv_temperature, s, plan.ld);
-        launch_lse_tile(s, plan.ld, rows, cols, q0, c0, layout, run_max, run_sum, positive, stream);
+        launch_lse_tile(LogitsTile{s, plan.ld, rows, cols, q0, c0, layout}, run_max, run_sum,
+                        positive, stream);
         if (mirrored) {
           launch_lse_tile_columns(s, plan.ld, rows, cols, partial.as<float>(), stream);
           launch_lse_merge_columns(s, plan.ld, rows, cols, r0, c0, layout, partial.as<float>(),
@@ -179,11 +186,17 @@ double engine_forward(cublasHandle_t blas, DeviceDType dtype, const void* u, std
   return flops;
 }
 
-double engine_backward(cublasHandle_t blas, DeviceDType dtype, const void* u, std::int64_t d,
-                       std::int64_t total, AnchorLayout layout, float inv_temperature,
-                       const TilePlan& plan, bool symmetric, const float* lse_all,
-                       const float* alpha_all, const float* params, float* grad,
-                       cudaStream_t stream) {
+double engine_backward(const DeviceTileProblem& p, const float* lse_all, const float* alpha_all,
+                       const float* params, float* grad) {
+  cublasHandle_t blas = p.blas;
+  const DeviceDType dtype = p.dtype;
+  const void* u = p.u;
+  const std::int64_t d = p.d, total = p.total;
+  const AnchorLayout layout = p.layout;
+  const float inv_temperature = p.inv_temperature;
+  const TilePlan& plan = p.plan;
+  const bool symmetric = p.symmetric;
+  cudaStream_t stream = p.stream;
   const std::int64_t anchors = 2 * layout.pairs;
   if (anchors == 0 || d == 0) return 0;
   const std::size_t s_bytes = static_cast<std::size_t>(plan.rows * plan.ld) * sizeof(float);
@@ -202,8 +215,15 @@ double engine_backward(cublasHandle_t blas, DeviceDType dtype, const void* u, st
       [&](std::int64_t q0, std::int64_t rows, std::int64_t c0, std::int64_t cols, bool mirrored) {
         const std::int64_t r0 = layout.anchor_begin + q0;
         logits_gemm(blas, dtype, u, d, r0, rows, c0, cols, inv_temperature, s, plan.ld);
-        launch_m_tile(s, plan.ld, rows, cols, q0, c0, layout, lse_all, alpha_all, params, dtype, m,
-                      plan.ld, stream);
+        MTileParams mp;
+        mp.tile = LogitsTile{s, plan.ld, rows, cols, q0, c0, layout};
+        mp.lse_all = lse_all;
+        mp.alpha_all = alpha_all;
+        mp.params = params;
+        mp.dtype = dtype;
+        mp.m = m;
+        mp.ldm = plan.ld;
+        launch_m_tile(mp, stream);
         gradient_gemm(blas, dtype, u, d, m, plan.ld, rows, cols, q0, c0, false, params, grad);
         if (mirrored)
           gradient_gemm(blas, dtype, u, d, m, plan.ld, rows, cols, c0 - layout.anchor_begin, r0,

@@ -1,5 +1,6 @@
 // The device front end (docs/gpu.md): validation, the agreement step, normalisation, the gather,
-// the tiled engine, the Keras reduction; and the backward. Mirrors src/frontend/loss.cpp step by step.
+// the tiled engine, the Keras reduction; and the backward. Mirrors src/frontend/loss.cpp step by
+// step.
 
 #include "simclr/cuda/device_loss.hpp"
 
@@ -13,8 +14,8 @@
 #include "blas.hpp"
 #include "device_engine.hpp"
 #include "kernels.cuh"
-#include "simclr/detail/cuda_check.hpp"
 #include "simclr/detail/agreement.hpp"
+#include "simclr/detail/cuda_check.hpp"
 #include "simclr/engine.hpp"
 
 namespace simclr::cuda {
@@ -392,9 +393,18 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
   float* run_max = stats.as<float>();
   double flops = 0;
   if (n > 0) {
-    flops = detail::engine_forward(blas_->get(stream), dtype, saved->u.data(), d, 2 * total, layout,
-                                   saved->inv_temperature, plan, options.device.symmetric, run_max,
-                                   run_max + 2 * n, run_max + 4 * n, stream);
+    detail::DeviceTileProblem problem;
+    problem.blas = blas_->get(stream);
+    problem.dtype = dtype;
+    problem.u = saved->u.data();
+    problem.d = d;
+    problem.total = 2 * total;
+    problem.layout = layout;
+    problem.inv_temperature = saved->inv_temperature;
+    problem.plan = plan;
+    problem.symmetric = options.device.symmetric;
+    problem.stream = stream;
+    flops = detail::engine_forward(problem, run_max, run_max + 2 * n, run_max + 4 * n);
   }
 
   DeviceLossOutput out;
@@ -523,9 +533,18 @@ void DeviceSimCLRLoss::backward_impl(const DeviceLossOutput& output, float scala
   DeviceArray grad_u(static_cast<std::size_t>(2 * n * d) * sizeof(float), stream);
   const detail::AnchorLayout layout{s.layout.anchor_begin, n};
   const detail::TilePlan plan = detail::plan_tiles(2 * n, total_rows, s.dtype, s.options);
-  detail::engine_backward(blas_->get(stream), s.dtype, s.u.data(), d, total_rows, layout,
-                          s.inv_temperature, plan, s.options.symmetric, lse_all, alpha_all,
-                          params.as<float>(), grad_u.as<float>(), stream);
+  detail::DeviceTileProblem problem;
+  problem.blas = blas_->get(stream);
+  problem.dtype = s.dtype;
+  problem.u = s.u.data();
+  problem.d = d;
+  problem.total = total_rows;
+  problem.layout = layout;
+  problem.inv_temperature = s.inv_temperature;
+  problem.plan = plan;
+  problem.symmetric = s.options.symmetric;
+  problem.stream = stream;
+  detail::engine_backward(problem, lse_all, alpha_all, params.as<float>(), grad_u.as<float>());
   const char* anchors = static_cast<const char*>(s.u.data()) +
                         static_cast<std::size_t>(s.layout.anchor_begin * d) * elem;
   const float* norms = s.squared_norms.as<float>();

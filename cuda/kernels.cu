@@ -313,10 +313,13 @@ __global__ void backward_params_kernel(const float* alpha_all, std::int64_t tota
 constexpr int kMThreads = 256;
 
 template <class T>
-__global__ void m_tile_kernel(const float* s, std::int64_t lds, std::int64_t rows,
-                              std::int64_t cols, std::int64_t q0, std::int64_t c0,
-                              AnchorLayout layout, const float* lse_all, const float* alpha_all,
-                              const float* params, T* m, std::int64_t ldm) {
+__global__ void m_tile_kernel(MTileParams p) {
+  const float* s = p.tile.s;
+  const std::int64_t lds = p.tile.lds, rows = p.tile.rows, cols = p.tile.cols;
+  const std::int64_t q0 = p.tile.q0, c0 = p.tile.c0, ldm = p.ldm;
+  const AnchorLayout layout = p.tile.layout;
+  const float *lse_all = p.lse_all, *alpha_all = p.alpha_all, *params = p.params;
+  T* m = static_cast<T*>(p.m);
   const std::int64_t c = 4 * (static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x);
   if (c >= cols) return;
   const float scale = params[0];
@@ -408,13 +411,12 @@ void launch_l2_normalize(const void* x, DeviceDType dtype, std::int64_t rows, st
   SIMCLR_CHECK_LAUNCH("l2_normalize_kernel");
 }
 
-void launch_lse_tile(const float* s, std::int64_t lds, std::int64_t rows, std::int64_t cols,
-                     std::int64_t q0, std::int64_t c0, AnchorLayout layout, float* run_max,
-                     float* run_sum, float* positive, cudaStream_t stream) {
-  if (rows == 0 || cols == 0) return;
-  const auto blocks = static_cast<unsigned>(blocks_for(rows, kRowsPerBlock, INT32_MAX));
+void launch_lse_tile(const LogitsTile& t, float* run_max, float* run_sum, float* positive,
+                     cudaStream_t stream) {
+  if (t.rows == 0 || t.cols == 0) return;
+  const auto blocks = static_cast<unsigned>(blocks_for(t.rows, kRowsPerBlock, INT32_MAX));
   SIMCLR_LAUNCH_SYNC(lse_tile_kernel, blocks, kRowsPerBlock * kWarp, stream)
-  (s, lds, rows, cols, q0, c0, layout, run_max, run_sum, positive);
+  (t.s, t.lds, t.rows, t.cols, t.q0, t.c0, t.layout, run_max, run_sum, positive);
   SIMCLR_CHECK_LAUNCH("lse_tile_kernel");
 }
 
@@ -483,17 +485,14 @@ void launch_backward_params(const float* alpha_all, std::int64_t total, float in
   SIMCLR_CHECK_LAUNCH("backward_params_kernel");
 }
 
-void launch_m_tile(const float* s, std::int64_t lds, std::int64_t rows, std::int64_t cols,
-                   std::int64_t q0, std::int64_t c0, AnchorLayout layout, const float* lse_all,
-                   const float* alpha_all, const float* params, DeviceDType dtype, void* m,
-                   std::int64_t ldm, cudaStream_t stream) {
+void launch_m_tile(const MTileParams& p, cudaStream_t stream) {
+  const std::int64_t rows = p.tile.rows, cols = p.tile.cols;
   if (rows == 0 || cols == 0) return;
   const dim3 grid(static_cast<unsigned>(blocks_for((cols + 3) / 4, kMThreads, INT32_MAX)),
                   static_cast<unsigned>(rows < 65535 ? rows : 65535));
-  dispatch(dtype, [&](auto tag) {
+  dispatch(p.dtype, [&](auto tag) {
     using T = decltype(tag);
-    SIMCLR_LAUNCH(m_tile_kernel<T>, grid, kMThreads, stream)
-    (s, lds, rows, cols, q0, c0, layout, lse_all, alpha_all, params, static_cast<T*>(m), ldm);
+    SIMCLR_LAUNCH(m_tile_kernel<T>, grid, kMThreads, stream)(p);
   });
   SIMCLR_CHECK_LAUNCH("m_tile_kernel");
 }

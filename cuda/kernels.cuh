@@ -38,12 +38,22 @@ void launch_l2_normalize(const void* x, DeviceDType dtype, std::int64_t rows, st
                          std::int64_t row_stride, void* out, float* squared_norms,
                          cudaStream_t stream);
 
-// Online log-sum-exp over one float32 logits tile [rows, cols] (leading dimension lds, a multiple
-// of 4) of anchors [q0, q0 + rows) against U rows [c0, c0 + cols): the self entry is skipped, the
-// positive is picked into positive[q], and (run_max, run_sum)[q] are merged with the tile's.
-void launch_lse_tile(const float* s, std::int64_t lds, std::int64_t rows, std::int64_t cols,
-                     std::int64_t q0, std::int64_t c0, AnchorLayout layout, float* run_max,
-                     float* run_sum, float* positive, cudaStream_t stream);
+// One float32 logits tile [rows, cols] (leading dimension lds, a multiple of 4) of this rank's
+// anchors [q0, q0 + rows) against U rows [c0, c0 + cols): what every tile launcher reads.
+struct LogitsTile {
+  const float* s = nullptr;
+  std::int64_t lds = 0;
+  std::int64_t rows = 0;
+  std::int64_t cols = 0;
+  std::int64_t q0 = 0;  // first anchor, this rank's index (U row layout.anchor_begin + q0)
+  std::int64_t c0 = 0;  // first U row of the columns
+  AnchorLayout layout;
+};
+
+// Online log-sum-exp over one logits tile: the self entry is skipped, the positive is picked into
+// positive[q], and (run_max, run_sum)[q] are merged with the tile's.
+void launch_lse_tile(const LogitsTile& tile, float* run_max, float* run_sum, float* positive,
+                     cudaStream_t stream);
 
 // The symmetric forward (one process holds the whole batch, so S is symmetric and only tiles on or
 // above the diagonal are computed): the column half of an off-diagonal tile, rows [r0, r0 + rows) x
@@ -88,12 +98,18 @@ void launch_backward_params(const float* alpha_all, std::int64_t total, float in
                             DeviceDType dtype, float* params, cudaStream_t stream);
 
 // M tile (spec section 4) from a float32 logits tile, scaled by params[0], stored in dtype with
-// leading dimension ldm: M_kc = a_k exp(s - LSE_k) + a_c exp(s - LSE_c) - (a_k + a_c)[c == p(k)],
-// 0 on the self entry.
-void launch_m_tile(const float* s, std::int64_t lds, std::int64_t rows, std::int64_t cols,
-                   std::int64_t q0, std::int64_t c0, AnchorLayout layout, const float* lse_all,
-                   const float* alpha_all, const float* params, DeviceDType dtype, void* m,
-                   std::int64_t ldm, cudaStream_t stream);
+// leading dimension ldm (the arguments in one struct, as flash-attention's kernels take theirs):
+// M_kc = a_k exp(s - LSE_k) + a_c exp(s - LSE_c) - (a_k + a_c)[c == p(k)], 0 on the self entry.
+struct MTileParams {
+  LogitsTile tile;
+  const float* lse_all = nullptr;    // [2G] every row's LSE, U order
+  const float* alpha_all = nullptr;  // [2G] every row's weight
+  const float* params = nullptr;     // launch_backward_params's output (device)
+  DeviceDType dtype = DeviceDType::kFloat32;
+  void* m = nullptr;  // [rows, cols] out, dtype
+  std::int64_t ldm = 0;
+};
+void launch_m_tile(const MTileParams& p, cudaStream_t stream);
 
 // Backward of launch_l2_normalize (spec section 4): out = (g - xhat (xhat . g)) / sqrt(nrm2) when
 // nrm2 > 1e-12, else g / sqrt(1e-12). xhat: dtype, stride cols; g: float32, stride cols; out:

@@ -27,3 +27,18 @@ foreach(level IN LISTS LEVELS)
   endif()
   message(STATUS "${level}: ${count} global symbols, all private to the level")
 endforeach()
+
+# The baseline level (and so every caller that does not dispatch) uses no AVX register: the package
+# runs on x86-64-v2 processors.
+if(OBJDUMP)
+  file(GLOB objects ${OBJECT_DIR}/engine_kernels_baseline.cpp.o)
+  execute_process(COMMAND ${OBJDUMP} -d --no-show-raw-insn ${objects} OUTPUT_VARIABLE code RESULT_VARIABLE rc)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "objdump failed on ${objects}")
+  endif()
+  string(REGEX MATCH "[^\n]*%[yz]mm[0-9]+[^\n]*" wide "${code}")
+  if(wide)
+    message(FATAL_ERROR "engine_kernels_baseline uses AVX registers: ${wide}")
+  endif()
+  message(STATUS "baseline: no AVX registers")
+endif()

@@ -77,7 +77,6 @@ struct BenchResult {
   double median = 0, min = 0, flops = 0, rss = 0;
 };
 
-template <class T>
 // What one measurement runs: the global batch, the sizes and the engine's settings.
 struct BenchCase {
   std::int64_t batch = 0;
