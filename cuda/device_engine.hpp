@@ -42,8 +42,8 @@ struct DeviceTileProblem {
   cudaStream_t stream = nullptr;
 };
 
-// Forward: run_max, run_sum, positive ([2n] float32) are initialised and filled. Returns the flops.
-double engine_forward(const DeviceTileProblem& p, float* run_max, float* run_sum, float* positive);
+// Forward: the row statistics ([2n] float32 each) are initialised and filled. Returns the flops.
+double engine_forward(const DeviceTileProblem& p, const RowStats& stats);
 
 // Backward: grad ([2n, d] float32) = dJ/du for this rank's anchors given every row's LSE and alpha
 // in U order and the device params of launch_backward_params. Returns the flops.

@@ -404,7 +404,7 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
     problem.plan = plan;
     problem.symmetric = options.device.symmetric;
     problem.stream = stream;
-    flops = detail::engine_forward(problem, run_max, run_max + 2 * n, run_max + 4 * n);
+    flops = detail::engine_forward(problem, {run_max, run_max + 2 * n, run_max + 4 * n});
   }
 
   DeviceLossOutput out;
@@ -423,10 +423,20 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
             : gbs == simclr::detail::kInferGlobalBatch ? total
                                                        : gbs;
   saved->denominator = static_cast<float>(denom);
-  detail::launch_forward_finish(
-      run_max, run_max + 2 * n, run_max + 4 * n, saved->weight.as<float>(), n,
-      static_cast<int>(reduction), static_cast<double>(denom), dtype, saved->row_lse.as<float>(),
-      out.per_example.data(), out.values.data(), out.objective.as<float>(), stream);
+  detail::ForwardFinishParams finish;
+  finish.run_max = run_max;
+  finish.run_sum = run_max + 2 * n;
+  finish.positive = run_max + 4 * n;
+  finish.weight = saved->weight.as<float>();
+  finish.pairs = n;
+  finish.reduction = static_cast<int>(reduction);
+  finish.denominator = static_cast<double>(denom);
+  finish.dtype = dtype;
+  finish.row_lse = saved->row_lse.as<float>();
+  finish.per_example = out.per_example.data();
+  finish.values = out.values.data();
+  finish.objective = out.objective.as<float>();
+  detail::launch_forward_finish(finish, stream);
   out.saved = std::move(saved);
   return out;
 }
