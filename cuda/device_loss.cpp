@@ -1,6 +1,5 @@
 // The device front end (docs/gpu.md): validation, the agreement step, normalisation, the gather,
-// the tiled engine, the Keras reduction; and the backward. Mirrors src/frontend/loss.cpp step by
-// step.
+// the tiled engine, the Keras reduction; and the backward. Mirrors src/frontend/loss.cpp step by step.
 
 #include "simclr/cuda/device_loss.hpp"
 
@@ -14,8 +13,8 @@
 #include "blas.hpp"
 #include "device_engine.hpp"
 #include "kernels.cuh"
-#include "simclr/detail/agreement.hpp"
 #include "simclr/detail/cuda_check.hpp"
+#include "simclr/detail/agreement.hpp"
 #include "simclr/engine.hpp"
 
 namespace simclr::cuda {

@@ -20,8 +20,8 @@
 
 #include "blas.hpp"
 #include "device_engine.hpp"
-#include "simclr/cuda/device_loss.hpp"
 #include "simclr/detail/cuda_check.hpp"
+#include "simclr/cuda/device_loss.hpp"
 #include "simclr/loss.hpp"
 
 namespace {
