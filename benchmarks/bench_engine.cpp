@@ -15,7 +15,7 @@ enum Path { kStreamed = 0, kKept = 1, kSymmetric = 2 };
 
 simclr::EngineOptions options_for(int path) {
   simclr::EngineOptions e;
-  e.use_symmetry = path == kSymmetric;
+  e.symmetric = path == kSymmetric;
   e.memory_budget_bytes = path == kKept ? (std::size_t{1} << 34) : 0;
   return e;
 }
@@ -34,7 +34,7 @@ void BM_Forward(benchmark::State& state) {
     flops = out.flops;
     benchmark::DoNotOptimize(out.objective);
   }
-  state.counters["GFLOPS"] =
+  state.counters["gflops"] =
       benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
@@ -52,7 +52,7 @@ void BM_ForwardBackward(benchmark::State& state) {
     flops = out.flops + grads.flops;
     benchmark::DoNotOptimize(grads.grad_a.data());
   }
-  state.counters["GFLOPS"] =
+  state.counters["gflops"] =
       benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
@@ -75,7 +75,7 @@ void Sizes(benchmark::internal::Benchmark* b) {
       if (path == kKept && g > 4096) continue;  // 1 GiB of logits: not a sensible configuration
       b->Args({g, 128, path});
     }
-  b->ArgNames({"G", "d", "path"})->Unit(benchmark::kMillisecond)->UseRealTime();
+  b->ArgNames({"batch", "dim", "path"})->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 
 BENCHMARK_TEMPLATE(BM_Forward, float)->Apply(Sizes);

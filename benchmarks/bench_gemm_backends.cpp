@@ -22,7 +22,7 @@ void BM_TileEigen(benchmark::State& state) {
     s.noalias() = 0.5f * (a * b.transpose());
     benchmark::DoNotOptimize(s.data());
   }
-  state.counters["GFLOPS"] = benchmark::Counter(2e-9 * static_cast<double>(m * n * k),
+  state.counters["gflops"] = benchmark::Counter(2e-9 * static_cast<double>(m * n * k),
                                                 benchmark::Counter::kIsIterationInvariantRate);
 }
 
@@ -37,7 +37,7 @@ void BM_TileOpenBLAS(benchmark::State& state) {
                 static_cast<int>(k), 0.0f, s.data(), static_cast<int>(n));
     benchmark::DoNotOptimize(s.data());
   }
-  state.counters["GFLOPS"] = benchmark::Counter(2e-9 * static_cast<double>(m * n * k),
+  state.counters["gflops"] = benchmark::Counter(2e-9 * static_cast<double>(m * n * k),
                                                 benchmark::Counter::kIsIterationInvariantRate);
 }
 
@@ -51,7 +51,7 @@ void BM_BackEigen(benchmark::State& state) {
     g.noalias() += 0.5f * (mm * u);
     benchmark::DoNotOptimize(g.data());
   }
-  state.counters["GFLOPS"] = benchmark::Counter(2e-9 * static_cast<double>(m * n * k),
+  state.counters["gflops"] = benchmark::Counter(2e-9 * static_cast<double>(m * n * k),
                                                 benchmark::Counter::kIsIterationInvariantRate);
 }
 
@@ -66,7 +66,7 @@ void BM_BackOpenBLAS(benchmark::State& state) {
                 static_cast<int>(k), 1.0f, g.data(), static_cast<int>(k));
     benchmark::DoNotOptimize(g.data());
   }
-  state.counters["GFLOPS"] = benchmark::Counter(2e-9 * static_cast<double>(m * n * k),
+  state.counters["gflops"] = benchmark::Counter(2e-9 * static_cast<double>(m * n * k),
                                                 benchmark::Counter::kIsIterationInvariantRate);
 }
 

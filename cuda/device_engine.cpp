@@ -28,9 +28,13 @@ const char* row_ptr(const void* base, std::int64_t row, std::int64_t d, std::siz
 
 // s[rows, cols] (row-major, ld lds) = inv_t * U[q, :] . U[c, :] for U rows [row0, row0 + rows) and
 // [c0, c0 + cols). Column-major cuBLAS sees s^T = U_c * U_q^T with U_c read transposed.
-void logits_gemm(cublasHandle_t blas, DeviceDType dtype, const void* u, std::int64_t d,
-                 std::int64_t row0, std::int64_t rows, std::int64_t c0, std::int64_t cols,
-                 float inv_t, float* s, std::int64_t lds) {
+void logits_gemm(const DeviceTileProblem& p, std::int64_t row0, std::int64_t rows, std::int64_t c0,
+                 std::int64_t cols, float* s, std::int64_t lds) {
+  cublasHandle_t blas = p.blas;
+  const DeviceDType dtype = p.dtype;
+  const void* u = p.u;
+  const std::int64_t d = p.d;
+  const float inv_t = p.inv_temperature;
   const float beta = 0.f;
   const cudaDataType_t type = blas_type(dtype);
   const std::size_t elem = element_size(dtype);
@@ -51,14 +55,26 @@ void logits_gemm(cublasHandle_t blas, DeviceDType dtype, const void* u, std::int
                                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
-// grad[g0 : g0 + count] += params[1] * op(M) U[o0 : o0 + other] for the M tile [rows, cols]
-// (leading dimension ldm, dtype): op(M) = M (count = rows, other = cols) or, with `transposed`, M^T
-// (count = cols, other = rows). Column-major: grad^T [d, count] = U_o^T [d, other] op(M)^T, where
-// the stored M reads as M^T [cols, rows]. g0 indexes grad's rows (this rank's anchors), o0 U's.
-void gradient_gemm(cublasHandle_t blas, DeviceDType dtype, const void* u, std::int64_t d,
-                   const void* m, std::int64_t ldm, std::int64_t rows, std::int64_t cols,
-                   std::int64_t g0, std::int64_t o0, bool transposed, const float* params,
-                   float* grad) {
+// An M tile [rows, cols] in the problem's dtype, leading dimension ldm.
+struct MTile {
+  const void* m = nullptr;
+  std::int64_t ldm = 0;
+  std::int64_t rows = 0;
+  std::int64_t cols = 0;
+};
+
+// grad[g0 : g0 + count] += params[1] * op(M) U[o0 : o0 + other] for the M tile: op(M) = M
+// (count = rows, other = cols) or, with `transposed`, M^T (count = cols, other = rows).
+// Column-major: grad^T [d, count] = U_o^T [d, other] op(M)^T, where the stored M reads as
+// M^T [cols, rows]. g0 indexes grad's rows (this rank's anchors), o0 U's.
+void gradient_gemm(const DeviceTileProblem& p, const MTile& tile, std::int64_t g0, std::int64_t o0,
+                   bool transposed, const float* params, float* grad) {
+  cublasHandle_t blas = p.blas;
+  const DeviceDType dtype = p.dtype;
+  const void* u = p.u;
+  const std::int64_t d = p.d;
+  const void* m = tile.m;
+  const std::int64_t ldm = tile.ldm, rows = tile.rows, cols = tile.cols;
   const int ld_u = as_int(d, "dimension");
   const std::int64_t count = transposed ? cols : rows, other = transposed ? rows : cols;
   const cudaDataType_t type = blas_type(dtype);
@@ -144,20 +160,22 @@ TilePlan plan_tiles(std::int64_t anchors, std::int64_t total, DeviceDType dtype,
   return plan;
 }
 
-double engine_forward(cublasHandle_t blas, DeviceDType dtype, const void* u, std::int64_t d,
-                      std::int64_t total, AnchorLayout layout, float inv_temperature,
-                      const TilePlan& plan, bool symmetric, float* run_max, float* run_sum,
-                      float* positive, cudaStream_t stream) {
+double engine_forward(const DeviceTileProblem& p, const RowStats& stats) {
+  const std::int64_t d = p.d, total = p.total;
+  const AnchorLayout layout = p.layout;
+  const TilePlan& plan = p.plan;
+  const bool symmetric = p.symmetric;
+  cudaStream_t stream = p.stream;
   const std::int64_t anchors = 2 * layout.pairs;
   SIMCLR_CHECK_LE(layout.anchor_begin + anchors, total);
-  launch_fill(run_max, anchors, -std::numeric_limits<float>::infinity(), stream);
-  launch_fill(run_sum, anchors, 0.f, stream);
-  launch_fill(positive, anchors, 0.f, stream);
+  launch_fill(stats.run_max, anchors, -std::numeric_limits<float>::infinity(), stream);
+  launch_fill(stats.run_sum, anchors, 0.f, stream);
+  launch_fill(stats.positive, anchors, 0.f, stream);
   if (anchors == 0 || total == 0) return 0;
   DeviceArray workspace(static_cast<std::size_t>(plan.rows * plan.ld) * sizeof(float), stream);
   float* s = workspace.as<float>();
-  // With the symmetry (docs/math.md section 5.5), tile (I, J)'s row pass serves the anchors of I;
-  // off the diagonal, its column pass serves those of J, whose tile (J, I) is not computed.
+  // With the symmetry (docs/math.md section 3), the row pass of tile (I, J) serves the anchors of I and,
+  // off the diagonal, the column pass serves those of J, whose tile (J, I) is not computed.
   const bool symmetric_scheme = use_symmetry(symmetric, layout, total);
   const std::int64_t b = std::min(plan.rows, plan.cols);
   DeviceArray partial(
@@ -167,24 +185,25 @@ double engine_forward(cublasHandle_t blas, DeviceDType dtype, const void* u, std
   for_each_tile(
       symmetric_scheme, anchors, total, plan,
       [&](std::int64_t q0, std::int64_t rows, std::int64_t c0, std::int64_t cols, bool mirrored) {
-        const std::int64_t r0 = layout.anchor_begin + q0;
-        logits_gemm(blas, dtype, u, d, r0, rows, c0, cols, inv_temperature, s, plan.ld);
-        launch_lse_tile(s, plan.ld, rows, cols, q0, c0, layout, run_max, run_sum, positive, stream);
+        logits_gemm(p, layout.anchor_begin + q0, rows, c0, cols, s, plan.ld);
+        const LogitsTile tile{s, plan.ld, rows, cols, q0, c0, layout};
+        launch_lse_tile(tile, stats, stream);
         if (mirrored) {
           launch_lse_tile_columns(s, plan.ld, rows, cols, partial.as<float>(), stream);
-          launch_lse_merge_columns(s, plan.ld, rows, cols, r0, c0, layout, partial.as<float>(),
-                                   run_max, run_sum, positive, stream);
+          launch_lse_merge_columns(tile, partial.as<float>(), stats, stream);
         }
         flops += 2.0 * static_cast<double>(rows * cols) * static_cast<double>(d);
       });
   return flops;
 }
 
-double engine_backward(cublasHandle_t blas, DeviceDType dtype, const void* u, std::int64_t d,
-                       std::int64_t total, AnchorLayout layout, float inv_temperature,
-                       const TilePlan& plan, bool symmetric, const float* lse_all,
-                       const float* alpha_all, const float* params, float* grad,
-                       cudaStream_t stream) {
+double engine_backward(const DeviceTileProblem& p, const float* lse_all, const float* alpha_all,
+                       const float* params, float* grad) {
+  const DeviceDType dtype = p.dtype;
+  const std::int64_t d = p.d, total = p.total;
+  const AnchorLayout layout = p.layout;
+  const TilePlan& plan = p.plan;
+  cudaStream_t stream = p.stream;
   const std::int64_t anchors = 2 * layout.pairs;
   SIMCLR_CHECK_LE(layout.anchor_begin + anchors, total);
   if (anchors == 0 || d == 0) return 0;
@@ -196,20 +215,26 @@ double engine_backward(cublasHandle_t blas, DeviceDType dtype, const void* u, st
   // Every product accumulates (beta = 1) into a zeroed grad.
   SIMCLR_CHECK_CUDA(
       cudaMemsetAsync(grad, 0, static_cast<std::size_t>(anchors * d) * sizeof(float), stream));
-  // M is symmetric too (docs/math.md section 4.2: M_kc = M_ck, as p is an involution), so with the
-  // symmetry an off-diagonal tile (I, J) gives grad[I] += M_IJ U_J and grad[J] += M_IJ^T U_I.
+  // With the symmetry, M is symmetric too (docs/math.md section 4.2: M_kc = M_ck, as p is an involution):
+  // an off-diagonal tile (I, J) gives grad[I] += M_IJ U_J and grad[J] += M_IJ^T U_I.
   double flops = 0;
   for_each_tile(
-      use_symmetry(symmetric, layout, total), anchors, total, plan,
+      use_symmetry(p.symmetric, layout, total), anchors, total, plan,
       [&](std::int64_t q0, std::int64_t rows, std::int64_t c0, std::int64_t cols, bool mirrored) {
         const std::int64_t r0 = layout.anchor_begin + q0;
-        logits_gemm(blas, dtype, u, d, r0, rows, c0, cols, inv_temperature, s, plan.ld);
-        launch_m_tile(s, plan.ld, rows, cols, q0, c0, layout, lse_all, alpha_all, params, dtype, m,
-                      plan.ld, stream);
-        gradient_gemm(blas, dtype, u, d, m, plan.ld, rows, cols, q0, c0, false, params, grad);
-        if (mirrored)
-          gradient_gemm(blas, dtype, u, d, m, plan.ld, rows, cols, c0 - layout.anchor_begin, r0,
-                        true, params, grad);
+        logits_gemm(p, r0, rows, c0, cols, s, plan.ld);
+        MTileParams mp;
+        mp.tile = LogitsTile{s, plan.ld, rows, cols, q0, c0, layout};
+        mp.lse_all = lse_all;
+        mp.alpha_all = alpha_all;
+        mp.params = params;
+        mp.dtype = dtype;
+        mp.m = m;
+        mp.ldm = plan.ld;
+        launch_m_tile(mp, stream);
+        const MTile tile{m, plan.ld, rows, cols};
+        gradient_gemm(p, tile, q0, c0, false, params, grad);
+        if (mirrored) gradient_gemm(p, tile, c0 - layout.anchor_begin, r0, true, params, grad);
         flops +=
             2.0 * static_cast<double>(rows * cols) * static_cast<double>(d) * (mirrored ? 3 : 2);
       });

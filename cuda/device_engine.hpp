@@ -25,24 +25,30 @@ struct TilePlan {
 TilePlan plan_tiles(std::int64_t anchors, std::int64_t total, DeviceDType dtype,
                     const DeviceOptions& options);
 
-// Forward over anchors of `layout` against all `total` rows of u ([total, d], dtype, unit rows):
-// run_max, run_sum, positive ([2n] float32) are initialised and filled. With `symmetric` and the
-// anchors being all of u (one process), only the square tiles on and above the diagonal are
-// computed, each off-diagonal one serving its rows and its columns. Returns the flops.
-double engine_forward(cublasHandle_t blas, DeviceDType dtype, const void* u, std::int64_t d,
-                      std::int64_t total, AnchorLayout layout, float inv_temperature,
-                      const TilePlan& plan, bool symmetric, float* run_max, float* run_sum,
-                      float* positive, cudaStream_t stream);
+// What the forward and the backward share: anchors of `layout` against all `total` rows of u
+// ([total, d], dtype, unit rows), tiled by `plan`. With `symmetric` and the anchors being all of u
+// (one process), only the square tiles on and above the diagonal are computed, each off-diagonal
+// one serving its rows and its columns.
+struct DeviceTileProblem {
+  cublasHandle_t blas = nullptr;
+  DeviceDType dtype = DeviceDType::kFloat32;
+  const void* u = nullptr;
+  std::int64_t d = 0;
+  std::int64_t total = 0;
+  AnchorLayout layout;
+  float inv_temperature = 1.f;
+  TilePlan plan;
+  bool symmetric = true;
+  cudaStream_t stream = nullptr;
+};
+
+// Forward: the row statistics ([2n] float32 each) are initialised and filled. Returns the flops.
+double engine_forward(const DeviceTileProblem& p, const RowStats& stats);
 
 // Backward: grad ([2n, d] float32) = dJ/du for this rank's anchors given every row's LSE and alpha
-// in U order and the device params of launch_backward_params. `symmetric` as engine_forward: the
-// tiles on and above the diagonal, each off-diagonal one giving both its rows' and its columns'
-// gradient. Returns the flops.
-double engine_backward(cublasHandle_t blas, DeviceDType dtype, const void* u, std::int64_t d,
-                       std::int64_t total, AnchorLayout layout, float inv_temperature,
-                       const TilePlan& plan, bool symmetric, const float* lse_all,
-                       const float* alpha_all, const float* params, float* grad,
-                       cudaStream_t stream);
+// in U order and the device params of launch_backward_params. Returns the flops.
+double engine_backward(const DeviceTileProblem& p, const float* lse_all, const float* alpha_all,
+                       const float* params, float* grad);
 
 // cuBLAS's data type for a device dtype.
 cudaDataType_t blas_type(DeviceDType dtype);

@@ -410,9 +410,18 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
   float* run_max = stats.as<float>();
   double flops = 0;
   if (n > 0) {
-    flops = detail::engine_forward(blas_->get(stream), dtype, saved->u.data(), d, 2 * total, layout,
-                                   saved->inv_temperature, plan, options.device.symmetric, run_max,
-                                   run_max + 2 * n, run_max + 4 * n, stream);
+    detail::DeviceTileProblem problem;
+    problem.blas = blas_->get(stream);
+    problem.dtype = dtype;
+    problem.u = saved->u.data();
+    problem.d = d;
+    problem.total = 2 * total;
+    problem.layout = layout;
+    problem.inv_temperature = saved->inv_temperature;
+    problem.plan = plan;
+    problem.symmetric = options.device.symmetric;
+    problem.stream = stream;
+    flops = detail::engine_forward(problem, {run_max, run_max + 2 * n, run_max + 4 * n});
   }
 
   DeviceLossOutput out;
@@ -431,10 +440,20 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
             : gbs == simclr::detail::kInferGlobalBatch ? total
                                                        : gbs;
   saved->denominator = static_cast<float>(denom);
-  detail::launch_forward_finish(
-      run_max, run_max + 2 * n, run_max + 4 * n, saved->weight.as<float>(), n,
-      static_cast<int>(reduction), static_cast<double>(denom), dtype, saved->row_lse.as<float>(),
-      out.per_example.data(), out.values.data(), out.objective.as<float>(), stream);
+  detail::ForwardFinishParams finish;
+  finish.run_max = run_max;
+  finish.run_sum = run_max + 2 * n;
+  finish.positive = run_max + 4 * n;
+  finish.weight = saved->weight.as<float>();
+  finish.pairs = n;
+  finish.reduction = static_cast<int>(reduction);
+  finish.denominator = static_cast<double>(denom);
+  finish.dtype = dtype;
+  finish.row_lse = saved->row_lse.as<float>();
+  finish.per_example = out.per_example.data();
+  finish.values = out.values.data();
+  finish.objective = out.objective.as<float>();
+  detail::launch_forward_finish(finish, stream);
   out.saved = std::move(saved);
   return out;
 }
@@ -541,9 +560,18 @@ void DeviceSimCLRLoss::backward_impl(const DeviceLossOutput& output, float scala
   DeviceArray grad_u(static_cast<std::size_t>(2 * n * d) * sizeof(float), stream);
   const detail::AnchorLayout layout{s.layout.anchor_begin, n};
   const detail::TilePlan plan = detail::plan_tiles(2 * n, total_rows, s.dtype, s.options);
-  detail::engine_backward(blas_->get(stream), s.dtype, s.u.data(), d, total_rows, layout,
-                          s.inv_temperature, plan, s.options.symmetric, lse_all, alpha_all,
-                          params.as<float>(), grad_u.as<float>(), stream);
+  detail::DeviceTileProblem problem;
+  problem.blas = blas_->get(stream);
+  problem.dtype = s.dtype;
+  problem.u = s.u.data();
+  problem.d = d;
+  problem.total = total_rows;
+  problem.layout = layout;
+  problem.inv_temperature = s.inv_temperature;
+  problem.plan = plan;
+  problem.symmetric = s.options.symmetric;
+  problem.stream = stream;
+  detail::engine_backward(problem, lse_all, alpha_all, params.as<float>(), grad_u.as<float>());
   const char* anchors = static_cast<const char*>(s.u.data()) +
                         static_cast<std::size_t>(s.layout.anchor_begin * d) * elem;
   const float* norms = s.squared_norms.as<float>();

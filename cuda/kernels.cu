@@ -124,10 +124,11 @@ __global__ void l2_normalize_kernel(const T* x, std::int64_t rows, std::int64_t 
   for (std::int64_t c = lane; c < cols; c += kWarp) dst[c] = from_float<T>(to_float(xr[c]) * inv);
 }
 
-__global__ void lse_tile_kernel(const float* s, std::int64_t lds, std::int64_t rows,
-                                std::int64_t cols, std::int64_t q0, std::int64_t c0,
-                                AnchorLayout layout, float* run_max, float* run_sum,
-                                float* positive) {
+__global__ void lse_tile_kernel(LogitsTile t, RowStats stats) {
+  const float* s = t.s;
+  const std::int64_t lds = t.lds, rows = t.rows, cols = t.cols, q0 = t.q0, c0 = t.c0;
+  const AnchorLayout layout = t.layout;
+  float *run_max = stats.run_max, *run_sum = stats.run_sum, *positive = stats.positive;
   const std::int64_t i =
       static_cast<std::int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
   const int lane = static_cast<int>(threadIdx.x % kWarp);
@@ -197,11 +198,13 @@ __global__ void lse_columns_kernel(const float* s, std::int64_t lds, std::int64_
   out[1] = sum;
 }
 
-__global__ void lse_merge_columns_kernel(const float* s, std::int64_t lds, std::int64_t rows,
-                                         std::int64_t cols, std::int64_t r0, std::int64_t c0,
-                                         AnchorLayout layout, const float* partial,
-                                         std::int64_t chunks, float* run_max, float* run_sum,
-                                         float* positive) {
+__global__ void lse_merge_columns_kernel(LogitsTile t, const float* partial, std::int64_t chunks,
+                                         RowStats stats) {
+  const float* s = t.s;
+  const std::int64_t lds = t.lds, rows = t.rows, cols = t.cols, c0 = t.c0;
+  const AnchorLayout layout = t.layout;
+  const std::int64_t r0 = layout.anchor_begin + t.q0;  // U row of the tile's first row
+  float *run_max = stats.run_max, *run_sum = stats.run_sum, *positive = stats.positive;
   const std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= cols) return;
   const std::int64_t q = c0 + c - layout.anchor_begin;
@@ -218,10 +221,15 @@ __global__ void lse_merge_columns_kernel(const float* s, std::int64_t lds, std::
 constexpr int kFinishThreads = 1024;
 
 template <class T>
-__global__ void forward_finish_kernel(const float* run_max, const float* run_sum,
-                                      const float* positive, const float* weight, std::int64_t n,
-                                      int reduction, double denominator, float* row_lse,
-                                      T* per_example, T* values, float* objective) {
+__global__ void forward_finish_kernel(ForwardFinishParams p) {
+  const float *run_max = p.run_max, *run_sum = p.run_sum, *positive = p.positive,
+              *weight = p.weight;
+  const std::int64_t n = p.pairs;
+  const int reduction = p.reduction;
+  const double denominator = p.denominator;
+  float *row_lse = p.row_lse, *objective = p.objective;
+  T* per_example = static_cast<T*>(p.per_example);
+  T* values = static_cast<T*>(p.values);
   __shared__ double partial[kFinishThreads];
   double acc = 0;
   for (std::int64_t i = threadIdx.x; i < n; i += blockDim.x) {
@@ -313,10 +321,13 @@ __global__ void backward_params_kernel(const float* alpha_all, std::int64_t tota
 constexpr int kMThreads = 256;
 
 template <class T>
-__global__ void m_tile_kernel(const float* s, std::int64_t lds, std::int64_t rows,
-                              std::int64_t cols, std::int64_t q0, std::int64_t c0,
-                              AnchorLayout layout, const float* lse_all, const float* alpha_all,
-                              const float* params, T* m, std::int64_t ldm) {
+__global__ void m_tile_kernel(MTileParams p) {
+  const float* s = p.tile.s;
+  const std::int64_t lds = p.tile.lds, rows = p.tile.rows, cols = p.tile.cols;
+  const std::int64_t q0 = p.tile.q0, c0 = p.tile.c0, ldm = p.ldm;
+  const AnchorLayout layout = p.tile.layout;
+  const float *lse_all = p.lse_all, *alpha_all = p.alpha_all, *params = p.params;
+  T* m = static_cast<T*>(p.m);
   const std::int64_t c = 4 * (static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x);
   if (c >= cols) return;
   const float scale = params[0];
@@ -408,13 +419,10 @@ void launch_l2_normalize(const void* x, DeviceDType dtype, std::int64_t rows, st
   SIMCLR_CHECK_LAUNCH("l2_normalize_kernel");
 }
 
-void launch_lse_tile(const float* s, std::int64_t lds, std::int64_t rows, std::int64_t cols,
-                     std::int64_t q0, std::int64_t c0, AnchorLayout layout, float* run_max,
-                     float* run_sum, float* positive, cudaStream_t stream) {
-  if (rows == 0 || cols == 0) return;
-  const auto blocks = static_cast<unsigned>(blocks_for(rows, kRowsPerBlock, INT32_MAX));
-  SIMCLR_LAUNCH_SYNC(lse_tile_kernel, blocks, kRowsPerBlock * kWarp, stream)
-  (s, lds, rows, cols, q0, c0, layout, run_max, run_sum, positive);
+void launch_lse_tile(const LogitsTile& t, const RowStats& stats, cudaStream_t stream) {
+  if (t.rows == 0 || t.cols == 0) return;
+  const auto blocks = static_cast<unsigned>(blocks_for(t.rows, kRowsPerBlock, INT32_MAX));
+  SIMCLR_LAUNCH_SYNC(lse_tile_kernel, blocks, kRowsPerBlock * kWarp, stream)(t, stats);
   SIMCLR_CHECK_LAUNCH("lse_tile_kernel");
 }
 
@@ -427,26 +435,19 @@ void launch_lse_tile_columns(const float* s, std::int64_t lds, std::int64_t rows
   SIMCLR_CHECK_LAUNCH("lse_columns_kernel");
 }
 
-void launch_lse_merge_columns(const float* s, std::int64_t lds, std::int64_t rows,
-                              std::int64_t cols, std::int64_t r0, std::int64_t c0,
-                              AnchorLayout layout, const float* partial, float* run_max,
-                              float* run_sum, float* positive, cudaStream_t stream) {
-  if (rows == 0 || cols == 0) return;
-  const auto blocks = static_cast<unsigned>(blocks_for(cols, 256, INT32_MAX));
+void launch_lse_merge_columns(const LogitsTile& t, const float* partial, const RowStats& stats,
+                              cudaStream_t stream) {
+  if (t.rows == 0 || t.cols == 0) return;
+  const auto blocks = static_cast<unsigned>(blocks_for(t.cols, 256, INT32_MAX));
   SIMCLR_LAUNCH(lse_merge_columns_kernel, blocks, 256, stream)
-  (s, lds, rows, cols, r0, c0, layout, partial, column_chunks(rows), run_max, run_sum, positive);
+  (t, partial, column_chunks(t.rows), stats);
   SIMCLR_CHECK_LAUNCH("lse_merge_columns_kernel");
 }
 
-void launch_forward_finish(const float* run_max, const float* run_sum, const float* positive,
-                           const float* weight, std::int64_t pairs, int reduction,
-                           double denominator, DeviceDType dtype, float* row_lse, void* per_example,
-                           void* values, float* objective, cudaStream_t stream) {
-  dispatch(dtype, [&](auto tag) {
+void launch_forward_finish(const ForwardFinishParams& p, cudaStream_t stream) {
+  dispatch(p.dtype, [&](auto tag) {
     using T = decltype(tag);
-    SIMCLR_LAUNCH_SYNC(forward_finish_kernel<T>, 1, kFinishThreads, stream)
-    (run_max, run_sum, positive, weight, pairs, reduction, denominator, row_lse,
-     static_cast<T*>(per_example), static_cast<T*>(values), objective);
+    SIMCLR_LAUNCH_SYNC(forward_finish_kernel<T>, 1, kFinishThreads, stream)(p);
   });
   SIMCLR_CHECK_LAUNCH("forward_finish_kernel");
 }
@@ -483,17 +484,14 @@ void launch_backward_params(const float* alpha_all, std::int64_t total, float in
   SIMCLR_CHECK_LAUNCH("backward_params_kernel");
 }
 
-void launch_m_tile(const float* s, std::int64_t lds, std::int64_t rows, std::int64_t cols,
-                   std::int64_t q0, std::int64_t c0, AnchorLayout layout, const float* lse_all,
-                   const float* alpha_all, const float* params, DeviceDType dtype, void* m,
-                   std::int64_t ldm, cudaStream_t stream) {
+void launch_m_tile(const MTileParams& p, cudaStream_t stream) {
+  const std::int64_t rows = p.tile.rows, cols = p.tile.cols;
   if (rows == 0 || cols == 0) return;
   const dim3 grid(static_cast<unsigned>(blocks_for((cols + 3) / 4, kMThreads, INT32_MAX)),
                   static_cast<unsigned>(rows < 65535 ? rows : 65535));
-  dispatch(dtype, [&](auto tag) {
+  dispatch(p.dtype, [&](auto tag) {
     using T = decltype(tag);
-    SIMCLR_LAUNCH(m_tile_kernel<T>, grid, kMThreads, stream)
-    (s, lds, rows, cols, q0, c0, layout, lse_all, alpha_all, params, static_cast<T*>(m), ldm);
+    SIMCLR_LAUNCH(m_tile_kernel<T>, grid, kMThreads, stream)(p);
   });
   SIMCLR_CHECK_LAUNCH("m_tile_kernel");
 }

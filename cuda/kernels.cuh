@@ -38,12 +38,28 @@ void launch_l2_normalize(const void* x, DeviceDType dtype, std::int64_t rows, st
                          std::int64_t row_stride, void* out, float* squared_norms,
                          cudaStream_t stream);
 
-// Online log-sum-exp over one float32 logits tile [rows, cols] (leading dimension lds, a multiple
-// of 4) of anchors [q0, q0 + rows) against U rows [c0, c0 + cols): the self entry is skipped, the
-// positive is picked into positive[q], and (run_max, run_sum)[q] are merged with the tile's.
-void launch_lse_tile(const float* s, std::int64_t lds, std::int64_t rows, std::int64_t cols,
-                     std::int64_t q0, std::int64_t c0, AnchorLayout layout, float* run_max,
-                     float* run_sum, float* positive, cudaStream_t stream);
+// One float32 logits tile [rows, cols] (leading dimension lds, a multiple of 4) of this rank's
+// anchors [q0, q0 + rows) against U rows [c0, c0 + cols): what every tile launcher reads.
+struct LogitsTile {
+  const float* s = nullptr;
+  std::int64_t lds = 0;
+  std::int64_t rows = 0;
+  std::int64_t cols = 0;
+  std::int64_t q0 = 0;  // first anchor, this rank's index (U row layout.anchor_begin + q0)
+  std::int64_t c0 = 0;  // first U row of the columns
+  AnchorLayout layout;
+};
+
+// Online log-sum-exp over one logits tile: the self entry is skipped, the positive is picked into
+// positive[q], and (run_max, run_sum)[q] are merged with the tile's.
+// What a forward tile updates: each anchor's running (max, sum) of its LSE and its positive logit,
+// [2n] float32 each.
+struct RowStats {
+  float* run_max = nullptr;
+  float* run_sum = nullptr;
+  float* positive = nullptr;
+};
+void launch_lse_tile(const LogitsTile& tile, const RowStats& stats, cudaStream_t stream);
 
 // The symmetric forward (one process holds the whole batch, so S is symmetric and only tiles on or
 // above the diagonal are computed): the column half of an off-diagonal tile, rows [r0, r0 + rows) x
@@ -51,25 +67,35 @@ void launch_lse_tile(const float* s, std::int64_t lds, std::int64_t rows, std::i
 // launch_lse_tile_columns: the (max, sum) of each column over each chunk of kColumnChunk rows into
 // partial[2 * (chunk * cols + c) + {0, 1}] (column_chunks(rows) * cols pairs).
 // launch_lse_merge_columns: merges the chunks in order into (run_max, run_sum)[c0 + c -
-// anchor_begin], and picks the positive of that anchor when its partner row lies in the tile.
+// anchor_begin], and picks the positive of that anchor when its partner row lies in the tile (the
+// tile's rows are anchors [q0, q0 + rows), U rows anchor_begin + q0 on).
 constexpr std::int64_t kColumnChunk = 128;
 inline std::int64_t column_chunks(std::int64_t rows) {
   return (rows + kColumnChunk - 1) / kColumnChunk;
 }
 void launch_lse_tile_columns(const float* s, std::int64_t lds, std::int64_t rows, std::int64_t cols,
                              float* partial, cudaStream_t stream);
-void launch_lse_merge_columns(const float* s, std::int64_t lds, std::int64_t rows,
-                              std::int64_t cols, std::int64_t r0, std::int64_t c0,
-                              AnchorLayout layout, const float* partial, float* run_max,
-                              float* run_sum, float* positive, cudaStream_t stream);
+void launch_lse_merge_columns(const LogitsTile& tile, const float* partial, const RowStats& stats,
+                              cudaStream_t stream);
 
 // One block: row_lse[q] = run_max + log(run_sum) for 2n anchors; per_example[i] = l_i (dtype);
 // values = l_i * w_i (none, [n]) or the reduction ([1], dtype); objective[0] = J_r (float32).
 // denominator <= 0 makes sum_over_batch_size 0 (Keras's divide_no_nan).
-void launch_forward_finish(const float* run_max, const float* run_sum, const float* positive,
-                           const float* weight, std::int64_t pairs, int reduction,
-                           double denominator, DeviceDType dtype, float* row_lse, void* per_example,
-                           void* values, float* objective, cudaStream_t stream);
+struct ForwardFinishParams {
+  const float* run_max = nullptr;   // [2n]
+  const float* run_sum = nullptr;   // [2n]
+  const float* positive = nullptr;  // [2n]
+  const float* weight = nullptr;    // [n]
+  std::int64_t pairs = 0;           // n
+  int reduction = kReductionSumOverBatchSize;
+  double denominator = 0;
+  DeviceDType dtype = DeviceDType::kFloat32;
+  float* row_lse = nullptr;     // [2n] out
+  void* per_example = nullptr;  // [n] out, dtype
+  void* values = nullptr;       // [n] or [1] out, dtype
+  float* objective = nullptr;   // [1] out
+};
+void launch_forward_finish(const ForwardFinishParams& p, cudaStream_t stream);
 
 // Weights [n] from a sample weight of size 1 (broadcast) or n, already on the device.
 void launch_broadcast_weight(const float* src, std::int64_t src_size, std::int64_t pairs,
@@ -87,17 +113,23 @@ void launch_pair_weight(const float* upstream, float upstream_scalar, const floa
 void launch_backward_params(const float* alpha_all, std::int64_t total, float inv_temperature,
                             DeviceDType dtype, float* params, cudaStream_t stream);
 
-// M tile (docs/math.md section 4.2) from a float32 logits tile, scaled by params[0], in dtype with
-// leading dimension ldm: M_kc = a_k exp(s - LSE_k) + a_c exp(s - LSE_c) - (a_k + a_c)[c == p(k)],
-// 0 on the self entry.
-void launch_m_tile(const float* s, std::int64_t lds, std::int64_t rows, std::int64_t cols,
-                   std::int64_t q0, std::int64_t c0, AnchorLayout layout, const float* lse_all,
-                   const float* alpha_all, const float* params, DeviceDType dtype, void* m,
-                   std::int64_t ldm, cudaStream_t stream);
+// M tile (docs/math.md section 4.2) from a float32 logits tile, scaled by params[0], stored in dtype with
+// leading dimension ldm (the arguments in one struct, as flash-attention's kernels take theirs):
+// M_kc = a_k exp(s - LSE_k) + a_c exp(s - LSE_c) - (a_k + a_c)[c == p(k)], 0 on the self entry.
+struct MTileParams {
+  LogitsTile tile;
+  const float* lse_all = nullptr;    // [2G] every row's LSE, U order
+  const float* alpha_all = nullptr;  // [2G] every row's weight
+  const float* params = nullptr;     // launch_backward_params's output (device)
+  DeviceDType dtype = DeviceDType::kFloat32;
+  void* m = nullptr;  // [rows, cols] out, dtype
+  std::int64_t ldm = 0;
+};
+void launch_m_tile(const MTileParams& p, cudaStream_t stream);
 
-// Backward of launch_l2_normalize (docs/math.md section 4.5): out = (g - xhat (xhat . g)) /
-// sqrt(nrm2) when nrm2 > 1e-12, else g / sqrt(1e-12). xhat: dtype, stride cols; g: float32, stride
-// cols; out: dtype.
+// Backward of launch_l2_normalize (docs/math.md section 4.5): out = (g - xhat (xhat . g)) / sqrt(nrm2) when
+// nrm2 > 1e-12, else g / sqrt(1e-12). xhat: dtype, stride cols; g: float32, stride cols; out:
+// dtype.
 void launch_l2_normalize_backward(const void* xhat, const float* squared_norms, const float* grad,
                                   std::int64_t rows, std::int64_t cols, DeviceDType dtype,
                                   void* out, std::int64_t out_stride, cudaStream_t stream);

@@ -34,12 +34,10 @@
 #include <thread>
 #include <vector>
 
-#include "cli.hpp"
-#include "runtime.hpp"
-#include "simclr/detail/check.hpp"
 #include "simclr/loss.hpp"
 #include "train/knn.hpp"
 #include "train/mlp.hpp"
+#include "train/runtime.hpp"
 #include "train/synthetic_data.hpp"
 
 #ifdef SIMCLR_TRAIN_WITH_MPI
@@ -94,8 +92,6 @@ constexpr std::int64_t kHeldOutExamples = 1000;
 constexpr int kNeighbours = 5;
 
 Options parse_options(const std::vector<std::string>& args) {
-  using tools::parse_double;
-  using tools::parse_int;
   const std::vector<std::string> with_value = {
       "epochs", "batch", "examples", "classes", "seed", "lr", "temperature", "threads", "out"};
   std::map<std::string, std::string> given;
@@ -106,8 +102,8 @@ Options parse_options(const std::vector<std::string>& args) {
       o.help = true;
       continue;
     }
-    SIMCLR_ENFORCE(a.size() > 2 && a.compare(0, 2, "--") == 0, ValueError, "unexpected argument '",
-                   a, "' (flags start with --; see --help)");
+    require(a.size() > 2 && a.compare(0, 2, "--") == 0, "unexpected argument '", a,
+            "' (flags start with --; see --help)");
     std::string flag = a.substr(2), value;
     const auto eq = flag.find('=');
     const bool inline_value = eq != std::string::npos;
@@ -115,18 +111,17 @@ Options parse_options(const std::vector<std::string>& args) {
       value = flag.substr(eq + 1);
       flag = flag.substr(0, eq);
     }
-    SIMCLR_ENFORCE(std::find(with_value.begin(), with_value.end(), flag) != with_value.end(),
-                   ValueError, "unknown flag --", flag, " (see --help)");
-    SIMCLR_ENFORCE(given.count(flag) == 0, ValueError, "--", flag, " given twice");
+    require(std::find(with_value.begin(), with_value.end(), flag) != with_value.end(),
+            "unknown flag --", flag, " (see --help)");
+    require(given.count(flag) == 0, "--", flag, " given twice");
     if (!inline_value) {
-      SIMCLR_ENFORCE(i + 1 < args.size(), ValueError, "--", flag, " needs a value");
+      require(i + 1 < args.size(), "--", flag, " needs a value");
       value = args[++i];
     }
     given[flag] = value;
   }
   auto positive = [](double v, const char* flag) {
-    SIMCLR_ENFORCE(std::isfinite(v) && v > 0, ValueError, "--", flag,
-                   " must be a positive finite number, got ", v);
+    require(std::isfinite(v) && v > 0, "--", flag, " must be a positive finite number, got ", v);
     return v;
   };
   for (const auto& [flag, value] : given) {
@@ -139,13 +134,13 @@ Options parse_options(const std::vector<std::string>& args) {
     if (flag == "temperature") o.temperature = positive(parse_double(value, flag), "temperature");
     if (flag == "threads") o.threads = parse_int(value, flag, 0);
     if (flag == "out") {
-      SIMCLR_ENFORCE(!value.empty(), ValueError, "--out needs a directory");
+      require(!value.empty(), "--out needs a directory");
       o.out = value;
     }
   }
-  SIMCLR_ENFORCE(o.classes <= 1000, ValueError, "--classes must be <= 1000, got ", o.classes);
-  SIMCLR_ENFORCE(o.examples >= o.classes, ValueError, "--examples (", o.examples,
-                 ") must be at least --classes (", o.classes, ")");
+  require(o.classes <= 1000, "--classes must be <= 1000, got ", o.classes);
+  require(o.examples >= o.classes, "--examples (", o.examples, ") must be at least --classes (",
+          o.classes, ")");
   return o;
 }
 
@@ -325,13 +320,13 @@ void write_outputs(const std::filesystem::path& dir, const std::vector<CurvePoin
   const auto csv_path = dir / "loss_curve.csv";
   {
     std::ofstream csv(csv_path);
-    SIMCLR_ENFORCE(csv.good(), ValueError, csv_path.string(), ": cannot write");
+    require(csv.good(), csv_path.string(), ": cannot write");
     csv << "step,epoch,global_batch,loss,seconds\n" << std::setprecision(9);
     for (const auto& p : curve) {
       csv << p.step << ',' << p.epoch + 1 << ',' << p.rows << ',' << p.loss << ',' << p.seconds
           << '\n';
     }
-    SIMCLR_ENFORCE(csv.good(), ValueError, csv_path.string(), ": write failed");
+    require(csv.good(), csv_path.string(), ": write failed");
   }
   std::cout << "wrote " << csv_path.string() << std::endl;
   if (!on_path("gnuplot")) {
@@ -362,7 +357,7 @@ void write_outputs(const std::filesystem::path& dir, const std::vector<CurvePoin
   }
 }
 
-int train(tools::Runtime& rt, const Options& opt, Clock::time_point start) {
+int train(Runtime& rt, const Options& opt, Clock::time_point start) {
   const int rank = rt.rank(), world = rt.size();
   DataParallel parallel(rt.communicator() != nullptr);
 
@@ -379,8 +374,8 @@ int train(tools::Runtime& rt, const Options& opt, Clock::time_point start) {
     if (!opt.out || rank != 0) return;
     std::error_code ec;
     std::filesystem::create_directories(*opt.out, ec);
-    SIMCLR_ENFORCE(!ec && std::filesystem::is_directory(*opt.out), ValueError, "--out ", *opt.out,
-                   ": cannot create the directory (", ec.message(), ")");
+    require(!ec && std::filesystem::is_directory(*opt.out), "--out ", *opt.out,
+            ": cannot create the directory (", ec.message(), ")");
     out_dir = std::filesystem::path(*opt.out);
   });
 
@@ -413,8 +408,7 @@ int train(tools::Runtime& rt, const Options& opt, Clock::time_point start) {
   Matrix<Real> grad_proj;  // [2n, projection]
   std::vector<Real> flat_grad;
   std::vector<CurvePoint> curve;
-  Progress progress(rank == 0, stdout_is_terminal(tools::started_by_launcher()), opt.epochs,
-                    total_steps);
+  Progress progress(rank == 0, stdout_is_terminal(started_by_launcher()), opt.epochs, total_steps);
   const auto train_start = Clock::now();
   double final_epoch_loss = 0;
   std::int64_t step = 0;
@@ -532,14 +526,13 @@ int train(tools::Runtime& rt, const Options& opt, Clock::time_point start) {
 int main(int argc, char** argv) {
   namespace ex = simclr::examples;
   const auto start = ex::Clock::now();
-  return simclr::tools::run_main(
-      argc, argv, [&](simclr::tools::Runtime& rt, const std::vector<std::string>& args) {
-        // Every rank parses the same argv, so every rank reaches the same verdict without talking.
-        const ex::Options options = ex::parse_options(args);
-        if (options.help) {
-          if (rt.rank() == 0) std::cout << ex::kUsage;
-          return 0;
-        }
-        return ex::train(rt, options, start);
-      });
+  return ex::run_main(argc, argv, [&](ex::Runtime& rt, const std::vector<std::string>& args) {
+    // Every rank parses the same argv, so every rank reaches the same verdict without talking.
+    const ex::Options options = ex::parse_options(args);
+    if (options.help) {
+      if (rt.rank() == 0) std::cout << ex::kUsage;
+      return 0;
+    }
+    return ex::train(rt, options, start);
+  });
 }

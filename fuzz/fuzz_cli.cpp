@@ -34,8 +34,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   for (const auto& [flag, value] : parsed.values) {
     try {
       if (flag == "temperature") (void)parse_double(value, flag);
-      if (flag == "threads" || flag == "memory-budget" || flag == "repeat" || flag == "seed" ||
-          flag == "batch" || flag == "dim")
+      if (flag == "threads" || flag == "memory-budget" || flag == "repeat" || flag == "warmup" ||
+          flag == "seed" || flag == "batch" || flag == "dim" || flag == "tile-rows" ||
+          flag == "tile-cols")
         (void)parse_int(value, flag, 0);
       if (flag == "global-batch-size" && value != "infer") (void)parse_int(value, flag, 0);
       if (flag == "split") (void)parse_counts(value, flag);

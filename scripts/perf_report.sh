@@ -23,5 +23,5 @@ build/bin/simclr-loss bench --sweep --batch 1024,2048,4096,8192,16384 --repeat 3
 OMP_NUM_THREADS=1 "${mpirun[@]}" -np 2 build/bin/simclr-loss bench --sweep --batch 4096,8192,16384,32768 \
   --threads 1 --repeat 1 --no-gemm | tee "$out/sweep_mpi2.md"
 OMP_NUM_THREADS=1 build/bin/simclr_gemm_backends --benchmark_min_time=0.2 | tee "$out/gemm_backends.txt"
-build/bin/simclr_kernel_bench --benchmark_filter='G:8192' --benchmark_min_time=0.5 | tee "$out/kernels.txt"
+build/bin/simclr_kernel_bench --benchmark_filter='batch:8192' --benchmark_min_time=0.5 | tee "$out/kernels.txt"
 echo "wrote $out"

@@ -30,9 +30,9 @@ EngineOptions opts(std::size_t budget, int threads, std::int64_t rb, std::int64_
   EngineOptions e;
   e.memory_budget_bytes = budget;
   e.threads = threads;
-  e.row_block = rb;
-  e.col_tile = ct;
-  e.use_symmetry = sym;
+  e.tile_rows = rb;
+  e.tile_cols = ct;
+  e.symmetric = sym;
   return e;
 }
 
@@ -147,8 +147,8 @@ TEST(EnginePaths, MemoryBudgetSelectsThePath) {
   // the backward recomputes those and multiplies both sides of each off-diagonal tile (64
   // tile-products).
   CallOptions sym = stream;
-  sym.engine.use_symmetry = true;
-  sym.engine.row_block = 16;
+  sym.engine.symmetric = true;
+  sym.engine.tile_rows = 16;
   const auto y = loss.value_and_gradient<double>(a, b, nullptr, sym);
   EXPECT_DOUBLE_EQ(y.second.flops, equivalent * (36.0 + 64.0) / 64.0);
   EXPECT_DOUBLE_EQ(y.first.flops, equivalent * 36.0 / 64.0);
@@ -169,7 +169,7 @@ TEST(EnginePaths, HugeWeightsFallBackToTheTwoExponentialBackward) {
   const SampleWeight big = SampleWeight::scalar(1e36), one = SampleWeight::scalar(1);
   for (bool sym : {false, true}) {
     CallOptions o;
-    o.engine.use_symmetry = sym;
+    o.engine.symmetric = sym;
     o.engine.memory_budget_bytes = 0;
     const auto gb = loss.value_and_gradient<float>(a, b, &big, o).second;
     const auto g1 = loss.value_and_gradient<float>(a, b, &one, o).second;

@@ -1,4 +1,3 @@
-#include "simclr/detail/check.hpp"
 #include "bench.hpp"
 
 #include <sys/resource.h>
@@ -10,10 +9,13 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "simclr/detail/check.hpp"
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
+#include "simclr/engine.hpp"
 #include "simclr/loss.hpp"
 
 namespace simclr::tools {
@@ -75,30 +77,47 @@ struct BenchResult {
   double median = 0, min = 0, flops = 0, rss = 0;
 };
 
+// What one measurement runs: the global batch, the sizes and the engine's settings.
+struct BenchCase {
+  std::int64_t batch = 0;
+  std::int64_t dim = 0;
+  int threads = 1;
+  int warmup = 1;
+  int repeat = 3;
+  std::size_t budget = 0;
+  std::int64_t tile_rows = 0;  // 0: the engine's defaults
+  std::int64_t tile_cols = 0;
+  bool symmetric = true;
+  std::uint64_t seed = 1;
+};
+
 template <class T>
-BenchResult bench_one(Runtime& rt, std::int64_t batch, std::int64_t dim, int threads, int repeat,
-                      std::size_t budget, std::uint64_t seed) {
+BenchResult bench_one(Runtime& rt, const BenchCase& c) {
+  const std::int64_t batch = c.batch, dim = c.dim;
   Communicator* comm = rt.communicator();
   const int world = rt.size(), rank = rt.rank();
   const std::int64_t n = batch / world + (rank < batch % world ? 1 : 0);
   const std::int64_t begin = rank * (batch / world) + std::min<std::int64_t>(rank, batch % world);
-  const RowMatrix<T> za = make_rows<T>(seed, 0, begin, n, dim);
-  const RowMatrix<T> zb = make_rows<T>(seed, 1, begin, n, dim);
+  const RowMatrix<T> za = make_rows<T>(c.seed, 0, begin, n, dim);
+  const RowMatrix<T> zb = make_rows<T>(c.seed, 1, begin, n, dim);
   const SimCLRLoss loss(0.05, Reduction::kSum);
   CallOptions options;
   options.communicator = comm;
-  options.engine.threads = threads;
-  options.engine.memory_budget_bytes = budget;
+  options.engine.threads = c.threads;
+  options.engine.memory_budget_bytes = c.budget;
+  options.engine.tile_rows = c.tile_rows;
+  options.engine.tile_cols = c.tile_cols;
+  options.engine.symmetric = c.symmetric;
   std::vector<double> times;
   double flops = 0;
-  for (int r = 0; r <= repeat; ++r) {
+  for (int r = 0; r < c.warmup + c.repeat; ++r) {
     if (comm) comm->barrier();
     const auto t0 = Clock::now();
     auto [out, grads] = loss.value_and_gradient<T>(za, zb, nullptr, options);
     if (comm) comm->barrier();
     const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
     flops = out.flops + grads.flops;
-    if (r > 0) times.push_back(dt);  // r == 0 is the warm-up
+    if (r >= c.warmup) times.push_back(dt);
   }
   // Totals over ranks: flops add up, memory is the largest rank's.
   double mine[2] = {flops, peak_rss_mib()};
@@ -130,12 +149,18 @@ int bench_typed(Runtime& rt, const ParsedArgs& args, const std::string& dtype) {
 #else
   threads = 1;
 #endif
-  const int repeat = static_cast<int>(parse_int(args.get("repeat").value_or("3"), "repeat", 1));
-  const auto budget = static_cast<std::size_t>(parse_int(
+  BenchCase c;
+  c.dim = dim;
+  c.threads = threads;
+  c.repeat = static_cast<int>(parse_int(args.get("repeat").value_or("3"), "repeat", 1));
+  c.warmup = static_cast<int>(parse_int(args.get("warmup").value_or("1"), "warmup", 0));
+  c.budget = static_cast<std::size_t>(parse_int(
       args.get("memory-budget").value_or(std::to_string(EngineOptions{}.memory_budget_bytes)),
       "memory-budget", 0));
-  const auto seed =
-      static_cast<std::uint64_t>(parse_int(args.get("seed").value_or("1"), "seed", 0));
+  c.tile_rows = parse_int(args.get("tile-rows").value_or("0"), "tile-rows", 0);
+  c.tile_cols = parse_int(args.get("tile-cols").value_or("0"), "tile-cols", 0);
+  c.symmetric = !args.has("no-symmetry");
+  c.seed = static_cast<std::uint64_t>(parse_int(args.get("seed").value_or("1"), "seed", 0));
   std::vector<std::int64_t> batches;
   if (args.has("sweep")) {
     batches = args.has("batch") ? parse_counts(*args.get("batch"), "batch")
@@ -160,7 +185,8 @@ int bench_typed(Runtime& rt, const ParsedArgs& args, const std::string& dtype) {
     std::printf("|---|---|---|---|---|---|---|---|---|\n");
   }
   for (const auto g : batches) {
-    const BenchResult r = bench_one<T>(rt, g, dim, threads, repeat, budget, seed);
+    c.batch = g;
+    const BenchResult r = bench_one<T>(rt, c);
     if (!args.has("sweep")) reference_gemm();
     if (rt.rank() != 0) continue;
     const double gflops = r.flops / r.median / 1e9;
@@ -176,11 +202,15 @@ int bench_typed(Runtime& rt, const ParsedArgs& args, const std::string& dtype) {
     j["dtype"] = dtype;
     j["world_size"] = rt.size();
     j["threads"] = threads;
+    j["warmup"] = c.warmup;
+    j["repeat"] = c.repeat;
+    j["symmetric"] = c.symmetric;
+    j["cpu_level"] = detail::to_string(detail::cpu_level());
     j["seconds_median"] = r.median;
     j["seconds_min"] = r.min;
+    j["flops"] = r.flops;
     j["gflops"] = gflops;
     j["peak_rss_mib"] = r.rss;
-    j["flops"] = r.flops;
     if (gemm > 0) {
       j["gemm_gflops"] = gemm;
       j["fraction_of_gemm"] = gflops / (gemm * rt.size());
@@ -193,16 +223,18 @@ int bench_typed(Runtime& rt, const ParsedArgs& args, const std::string& dtype) {
 }  // namespace
 
 FlagSpec bench_flags() {
-  return {{"batch", "dim", "dtype", "threads", "repeat", "memory-budget", "seed", "device"},
-          {"sweep", "no-gemm"}};
+  return {{"batch", "dim", "dtype", "threads", "warmup", "repeat", "memory-budget", "tile-rows",
+           "tile-cols", "seed", "device"},
+          {"sweep", "no-gemm", "no-symmetry"}};
 }
 
 int run_bench(Runtime& rt, const ParsedArgs& args) {
   const std::string dtype = args.get("dtype").value_or("float32");
   const std::string device = args.get("device").value_or("cpu");
-  SIMCLR_ENFORCE(device == "cpu", ValueError, "--device ", device,
-                 " is not available in simclr-loss, which runs the CPU path; the GPU path has its own "
-                 "benchmark, simclr-gpu-bench (docs/gpu.md)");
+  SIMCLR_ENFORCE(
+      device == "cpu", ValueError, "--device ", device,
+      " is not available in simclr-loss, which runs the CPU path; the GPU path has its own "
+      "benchmark, simclr-gpu-bench (docs/gpu.md)");
   if (dtype == "float32") return bench_typed<float>(rt, args, dtype);
   SIMCLR_ENFORCE(dtype == "float64", ValueError, "--dtype must be float32 or float64, got '", dtype,
                  "'");

@@ -318,16 +318,18 @@ int run(const Flags& f) {
   json.precision(6);
   json << "{\"batch\":" << G << ",\"dim\":" << d << ",\"dtype\":\"" << f.dtype
        << "\",\"world_size\":1"
+       << ",\"warmup\":" << f.warmup << ",\"repeat\":" << f.repeat
        << ",\"seconds_median\":" << t_med << ",\"seconds_min\":" << t_min
-       << ",\"forward_seconds_median\":" << median(fwd) << ",\"tflops\":" << tflops
+       << ",\"forward_seconds_median\":" << median(fwd) << ",\"flops\":" << flops
+       << ",\"gflops\":" << tflops * 1e3 << ",\"tflops\":" << tflops
        << ",\"cublas_tflops\":" << cublas_tflops
        << ",\"fraction_of_cublas\":" << tflops / cublas_tflops
        << ",\"forward_gemm_equivalents\":" << last.flops / (flops / 3.0)
        << ",\"symmetric\":" << (f.symmetric ? "true" : "false")
        << ",\"peak_device_mib\":" << static_cast<double>(peak) / (1024.0 * 1024.0)
-       << ",\"tile_rows\":" << plan.rows << ",\"tile_cols\":" << plan.cols
-       << ",\"repeat\":" << f.repeat << ",\"gpu\":\"" << prop.name << "\",\"driver\":\""
-       << version_string(driver) << "\",\"runtime\":\"" << version_string(runtime) << "\"";
+       << ",\"tile_rows\":" << plan.rows << ",\"tile_cols\":" << plan.cols << ",\"gpu\":\""
+       << prop.name << "\",\"driver\":\"" << version_string(driver) << "\",\"runtime\":\""
+       << version_string(runtime) << "\"";
 
   if (f.check) {
     // The CPU path in double on the same (rounded) inputs; errors relative to the largest

@@ -1,7 +1,7 @@
 #pragma once
-// Core math (docs/math.md sections 3-5): the loss of a set of anchor rows against all rows of the
-// stacked, normalised embeddings U, streamed in tiles, and its closed-form gradient. No
-// communication here: the front end (loss.cpp) gathers U and the per-row scalars and calls these.
+// Core math (docs/math.md sections 3-5): the loss of a set of anchor rows against all rows of the stacked,
+// normalised embeddings U, streamed in tiles, and its closed-form gradient. No communication here:
+// the front end (loss.cpp) gathers U and the per-row scalars and calls these.
 
 #include <cstddef>
 #include <cstdint>
@@ -16,24 +16,29 @@ struct EngineOptions {
   // Bytes the engine may use for a kept logits block. When this rank's [2n, 2G] block of logits
   // fits, the forward keeps it and the backward skips recomputing it (2 products instead of 3);
   // otherwise both stream column tiles and memory stays O(threads * tile). A single process with
-  // use_symmetry always streams: its symmetric path needs 2 products too, in far less memory.
+  // `symmetric` always streams: its symmetric path needs 2 products too, in far less memory.
+  // (Not the device's DeviceOptions::workspace_bytes, which bounds a tile rather than decide
+  // whether to keep the whole block.)
   std::size_t memory_budget_bytes = std::size_t{8} << 20;
   // OpenMP threads for the row blocks; 0 means what the process is allowed (omp_get_max_threads()).
   int threads = 0;
-  // Tile sizes; 0 picks the defaults. Tests force small tiles to cross tile boundaries.
-  std::int64_t row_block = 0;
-  std::int64_t col_tile = 0;
+  // Tile sizes, anchors by candidates (the symmetric block uses square tiles of tile_rows); 0 picks
+  // the defaults (128, 1024). Tests force small tiles to cross tile boundaries. Same names as
+  // cuda::DeviceOptions.
+  std::int64_t tile_rows = 0;
+  std::int64_t tile_cols = 0;
   // Compute one triangle of this rank's own [2n, 2n] diagonal block of logits, which is symmetric
   // and holds every positive (a single process: the whole matrix, half the forward products).
-  bool use_symmetry = true;
+  bool symmetric = true;
 };
 
 namespace detail {
 
-// Where this rank's anchors sit in U (docs/math.md section 3). U stacks every rank's rows rank by
-// rank, [a_0; b_0; a_1; b_1; ...], so a rank's 2n anchors are the contiguous rows [anchor_begin,
-// anchor_begin + 2n): first its n rows of view a, then its n rows of view b. The positive of local
-// anchor q is local anchor q + n (q < n) or q - n. The loss does not depend on the order of U.
+// Where this rank's anchors sit in U (docs/math.md section 3). U stacks every rank's rows rank by rank,
+// [a_0; b_0; a_1; b_1; ...], so a rank's 2n anchors are the contiguous rows
+// [anchor_begin, anchor_begin + 2n): first its n rows of view a, then its n rows of view b. The
+// positive of local anchor q is local anchor q + n (q < n) or q - n. The loss does not depend on
+// the order of U.
 struct RowLayout {
   std::int64_t total_rows = 0;    // 2G
   std::int64_t anchor_begin = 0;  // 2 * (rows of earlier ranks)
@@ -58,20 +63,48 @@ template <class T>
 EngineForward<T> engine_forward(const RowMatrix<T>& u, const RowLayout& layout, T inv_temperature,
                                 const EngineOptions& options);
 
-// Backward: dJ/du for this rank's anchors ([2n, d]) where J = sum_q alpha_q CE_q over ALL 2G rows,
-// given every row's LSE and alpha in U order (docs/math.md section 4). Returns the flops performed.
+// What the backward reads: the forward's inputs and result, and every row's LSE and weight alpha in
+// U order (gathered from every rank).
 template <class T>
-double engine_backward(const RowMatrix<T>& u, const RowLayout& layout, T inv_temperature,
-                       const T* lse_all, const T* alpha_all, const EngineForward<T>& saved,
-                       const EngineOptions& options, RowMatrix<T>& grad_anchors);
+struct EngineBackwardArgs {
+  const RowMatrix<T>* u = nullptr;  // [2G, d] unit rows, as given to engine_forward
+  RowLayout layout;
+  T inv_temperature = T(1);
+  const T* lse_all = nullptr;               // [2G]
+  const T* alpha_all = nullptr;             // [2G]
+  const EngineForward<T>* saved = nullptr;  // this rank's engine_forward
+  EngineOptions options;
+};
+
+// Backward: dJ/du for this rank's anchors ([2n, d]) where J = sum_q alpha_q CE_q over ALL 2G rows
+// (docs/math.md section 4). Returns the flops performed.
+template <class T>
+double engine_backward(const EngineBackwardArgs<T>& args, RowMatrix<T>& grad_anchors);
+
+// The instruction sets the engine's tile loops were compiled for, chosen at run time: the widest
+// this CPU supports, unless the environment variable SIMCLR_CPU_DISPATCH (baseline, avx2, avx512)
+// names one (ValueError at the first engine call when that level is not built or not supported).
+// baseline is the build's own target (x86-64-v2 unless SIMCLR_NATIVE); avx2 is x86-64-v3 (AVX2,
+// FMA); avx512 is x86-64-v4 (AVX-512 F/BW/CD/DQ/VL).
+enum class CpuLevel : std::int32_t { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
+
+// "baseline" / "avx2" / "avx512".
+const char* to_string(CpuLevel level);
+// The levels built into this library that this CPU can run, ascending (baseline first).
+std::vector<CpuLevel> supported_cpu_levels();
+// The level the engine uses now.
+CpuLevel cpu_level();
+// Makes the engine use `level` from now on, process-wide (tests and measurements); ValueError when
+// it is not in supported_cpu_levels(). Not thread-safe against concurrent engine calls.
+void set_cpu_level(CpuLevel level);
 
 // Row-wise L2 normalisation as tf.math.l2_normalize(x, axis=1): out = x * rsqrt(max(sum x^2,
 // 1e-12)). Writes out rows [0, x.rows) and the squared norms.
 template <class T>
 void l2_normalize_rows(ConstMatrixView<T> x, T* out, std::int64_t out_stride, T* squared_norms);
 
-// Backward of l2_normalize_rows (docs/math.md section 4.5): dx = (g - xhat (xhat . g)) / sqrt(nrm2)
-// when nrm2 > 1e-12, else g / sqrt(1e-12).
+// Backward of l2_normalize_rows (docs/math.md section 4.5): dx = (g - xhat (xhat . g)) / sqrt(nrm2) when
+// nrm2 > 1e-12, else g / sqrt(1e-12).
 template <class T>
 void l2_normalize_backward(const T* xhat, std::int64_t xhat_stride, const T* squared_norms,
                            const T* grad_xhat, std::int64_t grad_stride, std::int64_t rows,

@@ -288,8 +288,15 @@ Gradients<T> SimCLRLoss::backward_alpha(const LossOutput<T>& output, const T* up
 
   RowMatrix<T> grad_u;
   Gradients<T> out;
-  out.flops = detail::engine_backward(s.u, layout, s.inv_temperature, lse_all, alpha_all, s.engine,
-                                      s.options, grad_u);
+  detail::EngineBackwardArgs<T> engine_args;
+  engine_args.u = &s.u;
+  engine_args.layout = layout;
+  engine_args.inv_temperature = s.inv_temperature;
+  engine_args.lse_all = lse_all;
+  engine_args.alpha_all = alpha_all;
+  engine_args.saved = &s.engine;
+  engine_args.options = s.options;
+  out.flops = detail::engine_backward(engine_args, grad_u);
   out.grad_a.resize(n, d);
   out.grad_b.resize(n, d);
   const T* anchors = s.u.data() + layout.anchor_begin * d;

@@ -68,10 +68,10 @@ double max_rel(const RowMatrix<T>& got, const RowMatrix<T>& want) {
 std::vector<EngineOptions> engine_variants() {
   EngineOptions kept, sym, rect;
   sym.memory_budget_bytes = 0;
-  sym.row_block = 3;
-  sym.col_tile = 4;
+  sym.tile_rows = 3;
+  sym.tile_cols = 4;
   rect = sym;
-  rect.use_symmetry = false;
+  rect.symmetric = false;
   return {kept, sym, rect};
 }
 

@@ -3,7 +3,9 @@
 #   2. configure + build tests/package/consumer against that prefix only (find_package(simclr));
 #   3. run it on RANKS MPI ranks: the distributed loss must equal the local one; run the C program
 #      of the C API;
-#   4. when pkg-config is present, build the same source from simclr-mpi.pc alone and run it again.
+#   4. when EXAMPLES_SOURCE_DIR is given, build examples/ (simclr-train) against the prefix alone and
+#      train for one short epoch on RANKS ranks, checking its last-line JSON;
+#   5. when pkg-config is present, build the consumer from simclr-mpi.pc alone and run it again.
 cmake_minimum_required(VERSION 3.25)
 
 foreach(var SIMCLR_BUILD_DIR CONSUMER_SOURCE_DIR WORK_DIR MPIEXEC_EXECUTABLE RANKS)
@@ -94,7 +96,41 @@ if(NOT out MATCHES "ok: simclr C API")
   message(FATAL_ERROR "unexpected C consumer output:\n${out}")
 endif()
 
-# 4. pkg-config
+# 4. the examples, as a user builds a trainer of their own
+if(EXAMPLES_SOURCE_DIR)
+  run_step("configure examples" out
+    ${CMAKE_COMMAND} -S ${EXAMPLES_SOURCE_DIR} -B ${WORK_DIR}/examples-build ${generator_args}
+      ${compiler_args} -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH=${prefix}
+      -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF -DCMAKE_FIND_USE_SYSTEM_PACKAGE_REGISTRY=OFF)
+  if(NOT out MATCHES "simclr_examples: simclr [^\n]* from ${prefix}/[^\n]*mpi=(1|ON|TRUE)")
+    message(FATAL_ERROR "the examples did not find simclr (with mpi) in ${prefix}:\n${out}")
+  endif()
+  run_step("build examples" out ${CMAKE_COMMAND} --build ${WORK_DIR}/examples-build --config Release)
+  file(GLOB_RECURSE train ${WORK_DIR}/examples-build/simclr-train ${WORK_DIR}/examples-build/simclr-train.exe)
+  if(NOT train)
+    message(FATAL_ERROR "no simclr-train binary under ${WORK_DIR}/examples-build")
+  endif()
+  list(GET train 0 train)
+  execute_process(COMMAND ${launch} ${train} --epochs 1 --examples 512 --batch 128 --threads 1
+                  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "simclr-train on ${RANKS} ranks failed (${rc}):\n${out}\n${err}")
+  endif()
+  string(STRIP "${out}" out)
+  string(REGEX MATCH "[^\n]*$" last_line "${out}")
+  string(JSON world ERROR_VARIABLE json_error GET "${last_line}" world_size)
+  if(json_error)
+    message(FATAL_ERROR "simclr-train's last line is not its JSON summary (${json_error}):\n${out}")
+  endif()
+  string(JSON steps GET "${last_line}" steps)
+  string(JSON final_loss GET "${last_line}" final_loss)
+  if(NOT world EQUAL RANKS OR NOT steps EQUAL 4 OR NOT final_loss MATCHES "^[0-9]")
+    message(FATAL_ERROR "unexpected simclr-train summary (want world_size ${RANKS}, 4 steps, a finite loss):\n${last_line}")
+  endif()
+  message(STATUS "simclr-train: ${last_line}")
+endif()
+
+# 5. pkg-config
 find_program(PKG_CONFIG_EXECUTABLE NAMES pkg-config pkgconf)
 if(NOT PKG_CONFIG_EXECUTABLE OR NOT CONSUMER_CXX_COMPILER)
   message(STATUS "pkg-config check skipped (no pkg-config or no compiler given)")

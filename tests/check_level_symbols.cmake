@@ -1,0 +1,45 @@
+# cmake -P script behind CpuDispatch.level_symbols_are_private: every symbol that an object of the
+# engine's per-level tile loops defines with global or weak (COMDAT) binding must belong to that
+# level (its kernels namespace or its renamed Eigen), apart from the personality references and
+# clang's __clang_call_terminate (two calls, no vector instruction, the same in every level).
+foreach(level IN LISTS LEVELS)
+  file(GLOB objects ${OBJECT_DIR}/engine_kernels_${level}.cpp.o ${OBJECT_DIR}/engine_kernels_${level}.cpp.obj)
+  if(NOT objects)
+    message(FATAL_ERROR "no object for level ${level} under ${OBJECT_DIR}")
+  endif()
+  execute_process(COMMAND ${NM} -C --defined-only ${objects}
+                  OUTPUT_VARIABLE symbols RESULT_VARIABLE rc)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "nm failed on ${objects}")
+  endif()
+  string(REPLACE "\n" ";" lines "${symbols}")
+  set(count 0)
+  foreach(line IN LISTS lines)
+    if(line MATCHES "^[0-9a-f]+ [TWVDBRu] (.*)$")
+      set(name "${CMAKE_MATCH_1}")
+      math(EXPR count "${count} + 1")
+      if(NOT name MATCHES "simclr_eigen_${level}|kernels::${level}::" AND NOT name MATCHES "^(DW\\.ref\\.__g(xx|cc)_personality|__clang_call_terminate$)")
+        message(FATAL_ERROR "engine_kernels_${level} exports a symbol of no level: ${name}")
+      endif()
+    endif()
+  endforeach()
+  if(count EQUAL 0)
+    message(FATAL_ERROR "engine_kernels_${level} defines no global symbol (nm output changed?)")
+  endif()
+  message(STATUS "${level}: ${count} global symbols, all private to the level")
+endforeach()
+
+# The baseline level (and so every caller that does not dispatch) uses no AVX register: the package
+# runs on x86-64-v2 processors.
+if(OBJDUMP)
+  file(GLOB objects ${OBJECT_DIR}/engine_kernels_baseline.cpp.o)
+  execute_process(COMMAND ${OBJDUMP} -d --no-show-raw-insn ${objects} OUTPUT_VARIABLE code RESULT_VARIABLE rc)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "objdump failed on ${objects}")
+  endif()
+  string(REGEX MATCH "[^\n]*%[yz]mm[0-9]+[^\n]*" wide "${code}")
+  if(wide)
+    message(FATAL_ERROR "engine_kernels_baseline uses AVX registers: ${wide}")
+  endif()
+  message(STATUS "baseline: no AVX registers")
+endif()
