@@ -295,8 +295,12 @@ nb::object byte_view(const void* data, size_t bytes, bool writable) {
   static unsigned char empty[1] = {0};
   const size_t shape[1] = {bytes};
   void* p = (bytes == 0 || data == nullptr) ? empty : const_cast<void*>(data);
-  if (writable) return nb::cast(nb::ndarray<nb::numpy, uint8_t>(p, 1, shape, nb::handle()));
-  return nb::cast(nb::ndarray<nb::numpy, const uint8_t>(p, 1, shape, nb::handle()));
+  // rv_policy::reference: a view without an owner (the default would copy it).
+  if (writable)
+    return nb::cast(nb::ndarray<nb::numpy, uint8_t>(p, 1, shape, nb::handle()),
+                    nb::rv_policy::reference);
+  return nb::cast(nb::ndarray<nb::numpy, const uint8_t>(p, 1, shape, nb::handle()),
+                  nb::rv_policy::reference);
 }
 
 int cb_all_gather(void* user, const void* send, size_t bytes, void* recv, char* error,
@@ -720,7 +724,7 @@ NB_MODULE(_core, m) {
   nb::class_<Comm>(m, "Comm", nb::is_weak_referenceable(),
                    "A communicator (the C API's handle): callbacks, MPI or one rank.")
       .def_static("from_callbacks", &comm_from_callbacks, "rank"_a, "size"_a, "backend"_a,
-                  "all_gather"_a, "all_gather_v"_a, "barrier"_a = nb::none(),
+                  "all_gather"_a.none(), "all_gather_v"_a.none(), "barrier"_a = nb::none(),
                   nb::rv_policy::take_ownership,
                   "all_gather(send: uint8[bytes], recv: uint8[size*bytes]) fills recv; "
                   "all_gather_v(send: uint8[send_bytes], recv: uint8[sum], recv_bytes: list[int]); "
