@@ -171,7 +171,7 @@ CallOptions to_call_options(const simclr_call_options& o) {
   SIMCLR_ENFORCE(o.threads >= 0, ValueError, "simclr_call_options: threads is ", o.threads,
                  "; pass 0 (the process default) or a count");
   options.engine.threads = o.threads;
-  options.engine.use_symmetry = o.symmetric != 0;
+  options.engine.symmetric = o.symmetric != 0;
   if (o.memory_budget_bytes != 0) options.engine.memory_budget_bytes = o.memory_budget_bytes;
   return options;
 }
