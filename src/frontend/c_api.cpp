@@ -217,16 +217,12 @@ void host_backward(const SimCLRLoss& loss, const HostForward<T>& saved, const vo
   Gradients<T> g;
   if (upstream_count == 1 && up != nullptr) {
     g = loss.backward(out, up[0]);
-  } else if (out.reduction == Reduction::kNone) {
-    // A wrong count goes through the per-example path, whose check is collective.
+  } else {
+    // Anything else goes through the per-example path, whose checks (the reduction, the count)
+    // are collective: a wrong count on one rank fails every rank instead of leaving them waiting.
     std::vector<T> per(up != nullptr && upstream_count > 0 ? up : nullptr,
                        up != nullptr && upstream_count > 0 ? up + upstream_count : nullptr);
     g = loss.backward(out, per);
-  } else {
-    SIMCLR_ENFORCE(up != nullptr, ValueError, "simclr_backward: upstream is NULL");
-    throw ValueError(str_cat("simclr_backward: upstream has ", upstream_count,
-                             " values; reduction '", to_string(out.reduction),
-                             "' takes 1 (a per-example upstream needs reduction 'none')"));
   }
   // Checked after the (possibly collective) backward, so one rank's bad buffer cannot leave the
   // others waiting in it.

@@ -220,6 +220,9 @@ Gradients<T> SimCLRLoss::backward_alpha(const LossOutput<T>& output, const T* up
   // alpha_i: the weight the reduction gives pair i (docs/math.md section 4.1), for both anchors.
   std::vector<T> scalars(static_cast<std::size_t>(4 * n));  // [lse (2n), alpha (2n)]
   auto compute_alpha = [&] {
+    SIMCLR_ENFORCE(!per_example || output.reduction == Reduction::kNone, ValueError,
+                   "a per-example upstream gradient needs reduction 'none'; reduction '",
+                   to_string(output.reduction), "' takes a scalar");
     SIMCLR_ENFORCE(!per_example || static_cast<std::int64_t>(upstream_size) == n, ValueError,
                    "upstream gradient has ", upstream_size, " elements but the loss has ", n);
     for (std::int64_t i = 0; i < (per_example ? n : 1); ++i) {
@@ -317,9 +320,8 @@ Gradients<T> SimCLRLoss::backward(const LossOutput<T>& output,
                                   const std::vector<T>& upstream) const {
   SIMCLR_ENFORCE(output.saved != nullptr, ValueError,
                  "backward needs the LossOutput of a forward call of this loss");
-  SIMCLR_ENFORCE(output.reduction == Reduction::kNone, ValueError,
-                 "a per-example upstream gradient needs reduction 'none'; reduction '",
-                 to_string(output.reduction), "' takes a scalar");
+  // The reduction is checked inside backward_alpha, where a distributed call agrees on the error:
+  // a caller that passes a per-example gradient on one rank only must not leave the others waiting.
   return backward_alpha(output, upstream.data(), upstream.size(), true);
 }
 

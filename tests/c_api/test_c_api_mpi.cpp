@@ -180,6 +180,21 @@ void test_bad_input_on_one_rank(simclr_comm_t comm) {
                      nullptr, nullptr, nullptr),
       SIMCLR_VALUE_ERROR, "values is NULL");
 
+  // A backward whose upstream has the wrong count (or is NULL) on one rank only: the check runs
+  // inside the backward's collective, so every rank fails alike instead of waiting for that rank.
+  simclr_forward_t saved = nullptr;
+  CHECK_OK(
+      simclr_forward(loss, &a, &b, nullptr, &options, values.data(), nullptr, nullptr, &saved));
+  std::vector<double> ga(za.size()), gb(za.size()), up(3, 1.0);
+  simclr_matrix ma = host64(ga.data(), n, kD), mb = host64(gb.data(), n, kD);
+  check_same_failure(simclr_backward(loss, saved, up.data(), rank == last ? 3 : 1, &ma, &mb),
+                     SIMCLR_VALUE_ERROR, "needs reduction 'none'");
+  check_same_failure(
+      simclr_backward(loss, saved, rank == 0 ? nullptr : up.data(), 1, &ma, &mb),
+      SIMCLR_VALUE_ERROR, "needs reduction 'none'");
+  CHECK_OK(simclr_backward(loss, saved, up.data(), 1, &ma, &mb));
+  simclr_forward_destroy(saved);
+
   // The communicator is still good afterwards.
   CHECK_OK(
       simclr_forward(loss, &a, &b, nullptr, &options, values.data(), nullptr, nullptr, nullptr));
