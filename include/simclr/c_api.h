@@ -219,6 +219,63 @@ simclr_status simclr_device_backward(simclr_loss_t loss, simclr_forward_t saved,
                                      const simclr_matrix* grad_a, const simclr_matrix* grad_b,
                                      void* cuda_stream);
 
+/* ---- step calls for frameworks whose collectives are graph ops ---- */
+
+/* For front ends whose framework gathers the rows and the per-row scalars itself, as graph
+ * operations (XLA FFI handlers under jax.jit and shard_map: the gathers are XLA all-gathers). Each
+ * call is one local step of simclr_forward / simclr_backward over data the caller has already
+ * gathered; they share the core's code (normalisation, engine, reduction, weights), keep nothing
+ * between calls and never communicate. Host memory; every matrix and buffer of one call has the
+ * same dtype, float32 or float64.
+ *
+ * The steps of one rank with n pairs in a group of ranks holding G pairs in all:
+ *   forward:  simclr_step_normalize(za, zb) -> u_local [2n, d], squared_norms [2n]
+ *             (caller) u_global [2G, d] = the u_local of every rank, rank by rank
+ *             simclr_step_forward(u_global, anchor_begin = 2 * rows before this rank, n) -> row_lse
+ *             [2n], values, per_example
+ *   backward: simclr_step_alpha(upstream, weight) -> alpha [2n]
+ *             (caller) lse_all [2G], alpha_all [2G] = every rank's row_lse and alpha, rank by rank
+ *             simclr_step_backward(u_global, anchor_begin, n, squared_norms, lse_all, alpha_all)
+ *             -> grad_a, grad_b [n, d]
+ * A single process is the group of one rank: u_global = u_local, anchor_begin 0. The options give
+ * threads, the memory budget and global_batch_size (comm must be NULL): sum_over_batch_size
+ * divides by n for SIMCLR_GLOBAL_BATCH_NONE, by G for SIMCLR_GLOBAL_BATCH_INFER, else by the count;
+ * with more than one rank (u_global has more rows than 2n) it needs a global batch size, as the
+ * collective calls do. */
+
+/* u_local [2n, d] (written) = [l2_normalize(za); l2_normalize(zb)]; squared_norms [2n] (written)
+ * the squared row norms before normalisation. za, zb: [n, d]. SIMCLR_VALUE_ERROR for a shape
+ * mismatch or NaN/Inf in za or zb (the message names the view, the row and the column). */
+simclr_status simclr_step_normalize(const simclr_matrix* za, const simclr_matrix* zb,
+                                    const simclr_matrix* u_local, void* squared_norms);
+
+/* The forward of this rank's 2n anchors (rows [anchor_begin, anchor_begin + 2n) of u_global, the
+ * gathered unit rows [2G, d]) against every row. Writes row_lse [2n] (each anchor's log-sum-exp
+ * over every other row, which every rank's backward reads), per_example [n] (unweighted; may be
+ * NULL) and values: [n] weighted per-example losses for reduction none, otherwise [1], this rank's
+ * reduced loss. weight: this rank's Keras sample_weight, or NULL. */
+simclr_status simclr_step_forward(simclr_loss_t loss, const simclr_matrix* u_global,
+                                  int64_t anchor_begin, int64_t pairs, const simclr_weight* weight,
+                                  const simclr_call_options* options, void* row_lse,
+                                  void* per_example, void* values);
+
+/* alpha [2n] (written, dtype): the weight of each of this rank's 2n anchors' cross entropy in the
+ * objective, from the upstream gradient of this rank's loss (upstream_count 1: a scalar; n: per
+ * example, reduction none only), the sample weights and the reduction. global_pairs: G. */
+simclr_status simclr_step_alpha(simclr_loss_t loss, simclr_dtype dtype, int64_t pairs,
+                                int64_t global_pairs, const simclr_weight* weight,
+                                const simclr_call_options* options, const void* upstream,
+                                int64_t upstream_count, void* alpha);
+
+/* dJ/dza and dJ/dzb ([n, d], written into grad_a and grad_b) of J = sum over all 2G rows of
+ * alpha_q CE_q, from the forward's u_global, anchor_begin and pairs, this rank's squared_norms [2n]
+ * (simclr_step_normalize) and every rank's row_lse and alpha (lse_all, alpha_all: [2G]). */
+simclr_status simclr_step_backward(simclr_loss_t loss, const simclr_matrix* u_global,
+                                   int64_t anchor_begin, int64_t pairs, const void* squared_norms,
+                                   const void* lse_all, const void* alpha_all,
+                                   const simclr_call_options* options, const simclr_matrix* grad_a,
+                                   const simclr_matrix* grad_b);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

@@ -10,6 +10,7 @@
 #include <numeric>
 
 #include "simclr/detail/agreement.hpp"
+#include "simclr/detail/reduction.hpp"
 
 namespace simclr {
 namespace detail {
@@ -29,67 +30,6 @@ struct SavedForward {
   T inv_temperature = 1;
 };
 
-namespace {
-
-template <class T>
-void check_finite(ConstMatrixView<T> z, const char* view) {
-  for (std::int64_t i = 0; i < z.rows; ++i) {
-    const T* row = z.row(i);
-    // A vectorised test of the whole row first; the element loop only runs to name the culprit.
-    if (Eigen::Map<const Eigen::Array<T, 1, Eigen::Dynamic>>(row, z.cols).allFinite()) continue;
-    for (std::int64_t j = 0; j < z.cols; ++j) {
-      if (!std::isfinite(row[j])) {
-        throw ValueError(str_cat(view, " has ", std::isnan(row[j]) ? "NaN" : "Inf", " at row ", i,
-                                 ", column ", j));
-      }
-    }
-  }
-}
-
-template <class T>
-void check_view(ConstMatrixView<T> z, const char* view) {
-  SIMCLR_ENFORCE(z.rows >= 0 && z.cols >= 0, ValueError, view, " has a negative dimension: [",
-                 z.rows, ", ", z.cols, "]");
-  SIMCLR_ENFORCE(z.rows == 0 || z.data != nullptr, ValueError, view, " is null with ", z.rows,
-                 " rows");
-  SIMCLR_ENFORCE(z.rows <= 1 || z.row_stride >= z.cols, ValueError, view, " row stride ",
-                 z.row_stride, " is smaller than its ", z.cols, " columns");
-}
-
-// Keras sample_weight handling for a [n] loss (docs/semantics.md): the rank fix-up, then
-// broadcasting.
-std::vector<double> broadcast_weight(const SampleWeight* sw, std::int64_t n) {
-  if (sw == nullptr) return std::vector<double>(static_cast<std::size_t>(n), 1.0);
-  std::vector<std::int64_t> shape = sw->shape;
-  std::int64_t count = 1;
-  for (const auto s : shape) {
-    SIMCLR_ENFORCE(s >= 0, ValueError, "sample_weight has a negative dimension ", s);
-    count *= s;
-  }
-  SIMCLR_ENFORCE(count == static_cast<std::int64_t>(sw->values.size()), ValueError,
-                 "sample_weight shape holds ", count, " values but ", sw->values.size(),
-                 " were given");
-  SIMCLR_ENFORCE(shape.size() <= 2, ValueError, "sample_weight of rank ", shape.size(),
-                 " is not supported for a [", n,
-                 "] loss (Keras would broadcast it to an outer product); pass [N] or [N, 1]");
-  for (std::size_t i = 0; i < sw->values.size(); ++i) {
-    SIMCLR_ENFORCE(std::isfinite(sw->values[i]), ValueError, "sample_weight has ",
-                   std::isnan(sw->values[i]) ? "NaN" : "Inf", " at index ", i);
-  }
-  if (shape.size() == 2) {
-    SIMCLR_ENFORCE(shape[1] == 1, ValueError,
-                   "Can not squeeze dim[1], expected a dimension of 1, got ", shape[1],
-                   " (sample_weight [", shape[0], ", ", shape[1], "] for a [", n, "] loss)");
-    shape.pop_back();
-  }
-  if (shape.empty() || shape[0] == 1) {
-    return std::vector<double>(static_cast<std::size_t>(n), sw->values.at(0));
-  }
-  SIMCLR_ENFORCE(shape[0] == n, ValueError, "Incompatible shapes: [", n, "] vs. [", shape[0], "]");
-  return sw->values;
-}
-
-}  // namespace
 }  // namespace detail
 
 using detail::AgreementRecord;

@@ -1,0 +1,52 @@
+#pragma once
+// The input checks, the Keras sample_weight rules and the reduction of per-example losses
+// (docs/semantics.md, docs/math.md section 4.1), shared by the C++ front end
+// (src/frontend/loss.cpp) and the C API's step calls (src/frontend/c_api_step.cpp). Not public API,
+// not installed.
+
+#include <cstdint>
+#include <vector>
+
+#include "simclr/loss.hpp"
+#include "simclr/types.hpp"
+
+namespace simclr::detail {
+
+// ValueError naming the view, row and column of the first NaN or Inf in z.
+template <class T>
+void check_finite(ConstMatrixView<T> z, const char* view);
+
+// ValueError for a negative dimension, null data with rows, or a row stride below the columns.
+template <class T>
+void check_view(ConstMatrixView<T> z, const char* view);
+
+// Keras sample_weight for a [n] loss: the rank fix-up, then broadcasting to [n] (all ones for
+// nullptr). ValueError for shapes Keras rejects and for NaN/Inf weights.
+std::vector<double> broadcast_weight(const SampleWeight* sw, std::int64_t n);
+
+// The sum_over_batch_size denominator: n for kNoGlobalBatch, the global pair count for
+// kInferGlobalBatch, else the count itself.
+std::int64_t reduction_denominator(std::int64_t global_batch, std::int64_t pairs,
+                                   std::int64_t global_pairs);
+
+// A rank's reduced loss from its anchors' LSE and positive logits ([2n] each: a rows, then b).
+template <class T>
+struct ReducedLoss {
+  std::vector<T> per_example;  // [n] unweighted
+  std::vector<T> values;       // [n] weighted (none) or [1]
+  double objective = 0;        // values[0], or the weighted sum for none
+};
+template <class T>
+ReducedLoss<T> reduce_examples(const T* row_lse, const T* row_positive, std::int64_t pairs,
+                               const std::vector<double>& weight, Reduction reduction,
+                               std::int64_t denominator);
+
+// alpha_i, the weight the reduction gives pair i's two cross entropies (docs/math.md section 4.1),
+// written to alpha[i] and alpha[n + i]. upstream: one value (a scalar gradient) or n (per example;
+// the caller has checked the reduction is none). ValueError for NaN/Inf upstream.
+template <class T>
+void pair_alpha(const T* upstream, bool per_example, std::int64_t pairs,
+                const std::vector<double>& weight, Reduction reduction, std::int64_t denominator,
+                T* alpha);
+
+}  // namespace simclr::detail

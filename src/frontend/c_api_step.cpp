@@ -1,0 +1,307 @@
+// The C API's step calls (include/simclr/c_api.h, "step calls for frameworks whose collectives are
+// graph ops"): the forward and backward of simclr_forward / simclr_backward cut at their
+// collectives, over the same layer-1 functions (engine.hpp) and the same reduction code
+// (detail/reduction.hpp), for callers that gather between the steps themselves.
+
+#include <algorithm>
+#include <optional>
+
+#include "simclr/c_api.h"
+#include "simclr/detail/agreement.hpp"
+#include "simclr/detail/c_api_impl.hpp"
+#include "simclr/detail/check.hpp"
+#include "simclr/detail/reduction.hpp"
+#include "simclr/engine.hpp"
+
+namespace simclr::detail {
+namespace {
+
+bool is_host_dtype(const simclr_dtype& dtype) {
+  const std::int64_t raw = c_enum_value(dtype);
+  return raw == SIMCLR_FLOAT32 || raw == SIMCLR_FLOAT64;
+}
+
+const char* host_dtype_name(const simclr_dtype& dtype) {
+  return c_enum_value(dtype) == SIMCLR_FLOAT32 ? "float32" : "float64";
+}
+
+// A host matrix of `rows` x `cols` (-1: any) in `dtype`, readable or writable.
+void check_matrix(const simclr_matrix* m, const char* what, const char* where, simclr_dtype dtype,
+                  std::int64_t rows, std::int64_t cols) {
+  SIMCLR_ENFORCE(m != nullptr, ValueError, where, ": ", what, " is NULL");
+  if (m->device != -1)
+    c_api_fail(SIMCLR_UNSUPPORTED, str_cat(where, ": ", what, " is on CUDA device ", m->device,
+                                           "; the step calls take host memory (device -1)"));
+  if (!is_host_dtype(m->dtype))
+    c_api_fail(SIMCLR_TYPE_ERROR,
+               str_cat(where, ": ", what, " has dtype ", c_enum_value(m->dtype),
+                       "; the step calls take SIMCLR_FLOAT32 or SIMCLR_FLOAT64"));
+  SIMCLR_ENFORCE(m->dtype == dtype, TypeError, where, ": ", what, " is ", host_dtype_name(m->dtype),
+                 " but the call is ", host_dtype_name(dtype));
+  SIMCLR_ENFORCE(m->rows >= 0 && m->cols >= 0, ValueError, where, ": ", what,
+                 " has a negative dimension: [", m->rows, ", ", m->cols, "]");
+  SIMCLR_ENFORCE((rows < 0 || m->rows == rows) && (cols < 0 || m->cols == cols), ValueError, where,
+                 ": ", what, " is [", m->rows, ", ", m->cols, "] but must be [",
+                 rows < 0 ? m->rows : rows, ", ", cols < 0 ? m->cols : cols, "]");
+  SIMCLR_ENFORCE(m->rows == 0 || m->data != nullptr, ValueError, where, ": ", what,
+                 " data is NULL with ", m->rows, " rows");
+  SIMCLR_ENFORCE(m->rows <= 1 || m->row_stride >= m->cols, ValueError, where, ": ", what,
+                 " row_stride ", m->row_stride, " is smaller than its ", m->cols, " columns");
+}
+
+void check_buffer(const void* p, std::int64_t count, const char* what, const char* where) {
+  SIMCLR_ENFORCE(count == 0 || p != nullptr, ValueError, where, ": ", what, " is NULL");
+}
+
+template <class T>
+ConstMatrixView<T> const_view(const simclr_matrix& m) {
+  return ConstMatrixView<T>(static_cast<const T*>(m.data), m.rows, m.cols, m.row_stride);
+}
+
+// The engine takes its rows as an owning matrix.
+template <class T>
+RowMatrix<T> copy_rows(const simclr_matrix& m) {
+  RowMatrix<T> u(m.rows, m.cols);
+  const ConstMatrixView<T> v = const_view<T>(m);
+  for (std::int64_t i = 0; i < m.rows; ++i) std::copy(v.row(i), v.row(i) + m.cols, u.row(i).data());
+  return u;
+}
+
+std::optional<SampleWeight> to_sample_weight(const simclr_weight* w, const char* where) {
+  if (w == nullptr) return std::nullopt;
+  SIMCLR_ENFORCE(w->ndim >= 0 && w->ndim <= 2, ValueError, where, ": weight has ndim ", w->ndim,
+                 "; sample_weight takes 0, 1 or 2 dimensions");
+  std::vector<std::int64_t> shape(w->shape, w->shape + w->ndim);
+  std::int64_t count = 1;
+  for (const auto s : shape) {
+    SIMCLR_ENFORCE(s >= 0, ValueError, where, ": weight has a negative dimension ", s);
+    count *= s;
+  }
+  SIMCLR_ENFORCE(count == 0 || w->values != nullptr, ValueError, where,
+                 ": weight values are NULL with ", count, " elements");
+  return SampleWeight(std::move(shape), count == 0
+                                            ? std::vector<double>{}
+                                            : std::vector<double>(w->values, w->values + count));
+}
+
+// The options a step reads: no communicator (the caller's framework communicates).
+struct StepOptions {
+  EngineOptions engine;
+  std::int64_t global_batch = kNoGlobalBatch;
+};
+
+StepOptions to_step_options(const simclr_call_options* o, const char* where) {
+  StepOptions out;
+  if (o == nullptr) return out;
+  SIMCLR_ENFORCE(o->comm == nullptr, ValueError, where,
+                 ": options->comm must be NULL; the step calls never communicate (gather between "
+                 "them, or use simclr_forward with the communicator)");
+  SIMCLR_ENFORCE(o->global_batch_size >= SIMCLR_GLOBAL_BATCH_NONE, ValueError, where,
+                 ": global_batch_size is ", o->global_batch_size,
+                 "; pass a count >= 0, SIMCLR_GLOBAL_BATCH_INFER or SIMCLR_GLOBAL_BATCH_NONE");
+  SIMCLR_ENFORCE(o->threads >= 0, ValueError, where, ": threads is ", o->threads,
+                 "; pass 0 (the process default) or a count");
+  out.global_batch = o->global_batch_size;
+  out.engine.threads = o->threads;
+  out.engine.symmetric = o->symmetric != 0;
+  if (o->memory_budget_bytes != 0) out.engine.memory_budget_bytes = o->memory_budget_bytes;
+  return out;
+}
+
+Reduction resolved(const SimCLRLoss& loss) {
+  return loss.reduction() == Reduction::kAuto ? Reduction::kSumOverBatchSize : loss.reduction();
+}
+
+// The distribution rule of the collective calls: with several ranks, sum_over_batch_size needs a
+// global batch size.
+void check_distribution_rule(const SimCLRLoss& loss, bool several_ranks, std::int64_t global_batch,
+                             const char* where) {
+  SIMCLR_ENFORCE(!several_ranks || resolved(loss) != Reduction::kSumOverBatchSize ||
+                     global_batch != kNoGlobalBatch,
+                 ValueError, where, ": reduction '", to_string(loss.reduction()),
+                 "' over several ranks needs a global batch size (a count, or infer) to divide by; "
+                 "or use reduction 'sum' or 'none'");
+}
+
+// The layout of this rank's anchors in u_global, checked.
+RowLayout step_layout(const simclr_matrix& u_global, std::int64_t anchor_begin, std::int64_t pairs,
+                      const char* where) {
+  SIMCLR_ENFORCE(pairs >= 0, ValueError, where, ": pairs is ", pairs);
+  SIMCLR_ENFORCE(u_global.rows % 2 == 0, ValueError, where, ": u_global has ", u_global.rows,
+                 " rows; it stacks two views per pair, so an even count");
+  SIMCLR_ENFORCE(anchor_begin >= 0 && anchor_begin + 2 * pairs <= u_global.rows, ValueError, where,
+                 ": this rank's anchors [", anchor_begin, ", ", anchor_begin + 2 * pairs,
+                 ") are outside u_global's ", u_global.rows, " rows");
+  return RowLayout{u_global.rows, anchor_begin, pairs};
+}
+
+template <class T>
+void step_normalize(const simclr_matrix& za, const simclr_matrix& zb, const simclr_matrix& u,
+                    void* squared_norms) {
+  const ConstMatrixView<T> a = const_view<T>(za), b = const_view<T>(zb);
+  check_finite(a, "za");
+  check_finite(b, "zb");
+  T* out = static_cast<T*>(u.data);
+  T* norms = static_cast<T*>(squared_norms);
+  l2_normalize_rows(a, out, u.row_stride, norms);
+  l2_normalize_rows(b, out + za.rows * u.row_stride, u.row_stride, norms + za.rows);
+}
+
+template <class T>
+void step_forward(const SimCLRLoss& loss, const simclr_matrix& u_global, const RowLayout& layout,
+                  const std::vector<double>& weight, const StepOptions& options, void* row_lse,
+                  void* per_example, void* values) {
+  const RowMatrix<T> u = copy_rows<T>(u_global);
+  const EngineForward<T> f =
+      engine_forward(u, layout, static_cast<T>(1.0 / loss.temperature()), options.engine);
+  const ReducedLoss<T> r = reduce_examples(
+      f.row_lse.data(), f.row_positive.data(), layout.pairs, weight, resolved(loss),
+      reduction_denominator(options.global_batch, layout.pairs, layout.total_rows / 2));
+  std::copy(f.row_lse.begin(), f.row_lse.end(), static_cast<T*>(row_lse));
+  if (per_example != nullptr)
+    std::copy(r.per_example.begin(), r.per_example.end(), static_cast<T*>(per_example));
+  std::copy(r.values.begin(), r.values.end(), static_cast<T*>(values));
+}
+
+template <class T>
+void step_backward(const SimCLRLoss& loss, const simclr_matrix& u_global, const RowLayout& layout,
+                   const void* squared_norms, const void* lse_all, const void* alpha_all,
+                   const StepOptions& options, const simclr_matrix& grad_a,
+                   const simclr_matrix& grad_b) {
+  const RowMatrix<T> u = copy_rows<T>(u_global);
+  const EngineForward<T> nothing_kept;  // no logits block: the engine recomputes the logits
+  EngineBackwardArgs<T> args;
+  args.u = &u;
+  args.layout = layout;
+  args.inv_temperature = static_cast<T>(1.0 / loss.temperature());
+  args.lse_all = static_cast<const T*>(lse_all);
+  args.alpha_all = static_cast<const T*>(alpha_all);
+  args.saved = &nothing_kept;
+  args.options = options.engine;
+  RowMatrix<T> grad_u;
+  engine_backward(args, grad_u);
+  const std::int64_t n = layout.pairs, d = u.cols();
+  const T* anchors = u.data() + layout.anchor_begin * d;
+  const T* norms = static_cast<const T*>(squared_norms);
+  l2_normalize_backward(anchors, d, norms, grad_u.data(), d, n, d, static_cast<T*>(grad_a.data),
+                        grad_a.row_stride);
+  l2_normalize_backward(anchors + n * d, d, norms + n, grad_u.data() + n * d, d, n, d,
+                        static_cast<T*>(grad_b.data), grad_b.row_stride);
+}
+
+}  // namespace
+}  // namespace simclr::detail
+
+using simclr::ValueError;
+using simclr::detail::c_api_guard;
+
+extern "C" {
+
+simclr_status simclr_step_normalize(const simclr_matrix* za, const simclr_matrix* zb,
+                                    const simclr_matrix* u_local, void* squared_norms) {
+  return c_api_guard([&] {
+    namespace d = simclr::detail;
+    const char* where = "simclr_step_normalize";
+    SIMCLR_ENFORCE(za != nullptr, ValueError, where, ": za is NULL");
+    d::check_matrix(za, "za", where, za->dtype, -1, -1);
+    d::check_matrix(zb, "zb", where, za->dtype, -1, -1);
+    SIMCLR_ENFORCE(za->rows == zb->rows && za->cols == zb->cols, ValueError,
+                   "za and zb must have the same shape: [", za->rows, ", ", za->cols, "] vs. [",
+                   zb->rows, ", ", zb->cols, "]");
+    d::check_matrix(u_local, "u_local", where, za->dtype, 2 * za->rows, za->cols);
+    d::check_buffer(squared_norms, za->rows, "squared_norms", where);
+    if (za->dtype == SIMCLR_FLOAT32)
+      d::step_normalize<float>(*za, *zb, *u_local, squared_norms);
+    else
+      d::step_normalize<double>(*za, *zb, *u_local, squared_norms);
+  });
+}
+
+simclr_status simclr_step_forward(simclr_loss_t loss, const simclr_matrix* u_global,
+                                  int64_t anchor_begin, int64_t pairs, const simclr_weight* weight,
+                                  const simclr_call_options* options, void* row_lse,
+                                  void* per_example, void* values) {
+  return c_api_guard([&] {
+    namespace d = simclr::detail;
+    const char* where = "simclr_step_forward";
+    SIMCLR_ENFORCE(loss != nullptr, ValueError, where, ": loss is NULL");
+    SIMCLR_ENFORCE(u_global != nullptr, ValueError, where, ": u_global is NULL");
+    d::check_matrix(u_global, "u_global", where, u_global->dtype, -1, -1);
+    const simclr::detail::RowLayout layout = d::step_layout(*u_global, anchor_begin, pairs, where);
+    const d::StepOptions o = d::to_step_options(options, where);
+    d::check_distribution_rule(loss->loss, !layout.whole(), o.global_batch, where);
+    const auto sw = d::to_sample_weight(weight, where);
+    const std::vector<double> w = d::broadcast_weight(sw ? &*sw : nullptr, pairs);
+    d::check_buffer(row_lse, pairs, "row_lse", where);
+    SIMCLR_ENFORCE(values != nullptr, ValueError, where, ": values is NULL");
+    if (u_global->dtype == SIMCLR_FLOAT32)
+      d::step_forward<float>(loss->loss, *u_global, layout, w, o, row_lse, per_example, values);
+    else
+      d::step_forward<double>(loss->loss, *u_global, layout, w, o, row_lse, per_example, values);
+  });
+}
+
+simclr_status simclr_step_alpha(simclr_loss_t loss, simclr_dtype dtype, int64_t pairs,
+                                int64_t global_pairs, const simclr_weight* weight,
+                                const simclr_call_options* options, const void* upstream,
+                                int64_t upstream_count, void* alpha) {
+  return c_api_guard([&] {
+    namespace d = simclr::detail;
+    const char* where = "simclr_step_alpha";
+    SIMCLR_ENFORCE(loss != nullptr, ValueError, where, ": loss is NULL");
+    if (!d::is_host_dtype(dtype))
+      d::c_api_fail(SIMCLR_TYPE_ERROR, d::str_cat(where, ": dtype ", d::c_enum_value(dtype),
+                                                  " is not SIMCLR_FLOAT32 or SIMCLR_FLOAT64"));
+    SIMCLR_ENFORCE(pairs >= 0 && global_pairs >= pairs, ValueError, where, ": pairs ", pairs,
+                   " and global_pairs ", global_pairs, " must satisfy 0 <= pairs <= global_pairs");
+    const d::StepOptions o = d::to_step_options(options, where);
+    d::check_distribution_rule(loss->loss, global_pairs != pairs, o.global_batch, where);
+    const simclr::Reduction reduction = d::resolved(loss->loss);
+    const bool per_example = upstream_count != 1;
+    SIMCLR_ENFORCE(!per_example || reduction == simclr::Reduction::kNone, ValueError,
+                   "a per-example upstream gradient needs reduction 'none'; reduction '",
+                   simclr::to_string(reduction), "' takes a scalar");
+    SIMCLR_ENFORCE(!per_example || upstream_count == pairs, ValueError, "upstream gradient has ",
+                   upstream_count, " elements but the loss has ", pairs);
+    d::check_buffer(upstream, upstream_count, "upstream", where);
+    d::check_buffer(alpha, pairs, "alpha", where);
+    const auto sw = d::to_sample_weight(weight, where);
+    const std::vector<double> w = d::broadcast_weight(sw ? &*sw : nullptr, pairs);
+    const std::int64_t denom = d::reduction_denominator(o.global_batch, pairs, global_pairs);
+    if (dtype == SIMCLR_FLOAT32)
+      d::pair_alpha(static_cast<const float*>(upstream), per_example, pairs, w, reduction, denom,
+                    static_cast<float*>(alpha));
+    else
+      d::pair_alpha(static_cast<const double*>(upstream), per_example, pairs, w, reduction, denom,
+                    static_cast<double*>(alpha));
+  });
+}
+
+simclr_status simclr_step_backward(simclr_loss_t loss, const simclr_matrix* u_global,
+                                   int64_t anchor_begin, int64_t pairs, const void* squared_norms,
+                                   const void* lse_all, const void* alpha_all,
+                                   const simclr_call_options* options, const simclr_matrix* grad_a,
+                                   const simclr_matrix* grad_b) {
+  return c_api_guard([&] {
+    namespace d = simclr::detail;
+    const char* where = "simclr_step_backward";
+    SIMCLR_ENFORCE(loss != nullptr, ValueError, where, ": loss is NULL");
+    SIMCLR_ENFORCE(u_global != nullptr, ValueError, where, ": u_global is NULL");
+    d::check_matrix(u_global, "u_global", where, u_global->dtype, -1, -1);
+    const simclr::detail::RowLayout layout = d::step_layout(*u_global, anchor_begin, pairs, where);
+    const d::StepOptions o = d::to_step_options(options, where);
+    d::check_buffer(squared_norms, pairs, "squared_norms", where);
+    d::check_buffer(lse_all, u_global->rows, "lse_all", where);
+    d::check_buffer(alpha_all, u_global->rows, "alpha_all", where);
+    d::check_matrix(grad_a, "grad_a", where, u_global->dtype, pairs, u_global->cols);
+    d::check_matrix(grad_b, "grad_b", where, u_global->dtype, pairs, u_global->cols);
+    if (u_global->dtype == SIMCLR_FLOAT32)
+      d::step_backward<float>(loss->loss, *u_global, layout, squared_norms, lse_all, alpha_all, o,
+                              *grad_a, *grad_b);
+    else
+      d::step_backward<double>(loss->loss, *u_global, layout, squared_norms, lse_all, alpha_all, o,
+                               *grad_a, *grad_b);
+  });
+}
+
+}  // extern "C"

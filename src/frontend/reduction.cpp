@@ -1,0 +1,136 @@
+// The input checks, sample_weight broadcasting and the reduction
+// (include/simclr/detail/reduction.hpp; docs/semantics.md, docs/math.md section 4.1).
+
+#include "simclr/detail/reduction.hpp"
+
+#include <cmath>
+
+#include "simclr/detail/agreement.hpp"
+#include "simclr/detail/check.hpp"
+
+namespace simclr::detail {
+
+template <class T>
+void check_finite(ConstMatrixView<T> z, const char* view) {
+  for (std::int64_t i = 0; i < z.rows; ++i) {
+    const T* row = z.row(i);
+    // A vectorised test of the whole row first; the element loop only runs to name the culprit.
+    if (Eigen::Map<const Eigen::Array<T, 1, Eigen::Dynamic>>(row, z.cols).allFinite()) continue;
+    for (std::int64_t j = 0; j < z.cols; ++j) {
+      if (!std::isfinite(row[j])) {
+        throw ValueError(str_cat(view, " has ", std::isnan(row[j]) ? "NaN" : "Inf", " at row ", i,
+                                 ", column ", j));
+      }
+    }
+  }
+}
+
+template <class T>
+void check_view(ConstMatrixView<T> z, const char* view) {
+  SIMCLR_ENFORCE(z.rows >= 0 && z.cols >= 0, ValueError, view, " has a negative dimension: [",
+                 z.rows, ", ", z.cols, "]");
+  SIMCLR_ENFORCE(z.rows == 0 || z.data != nullptr, ValueError, view, " is null with ", z.rows,
+                 " rows");
+  SIMCLR_ENFORCE(z.rows <= 1 || z.row_stride >= z.cols, ValueError, view, " row stride ",
+                 z.row_stride, " is smaller than its ", z.cols, " columns");
+}
+
+std::vector<double> broadcast_weight(const SampleWeight* sw, std::int64_t n) {
+  if (sw == nullptr) return std::vector<double>(static_cast<std::size_t>(n), 1.0);
+  std::vector<std::int64_t> shape = sw->shape;
+  std::int64_t count = 1;
+  for (const auto s : shape) {
+    SIMCLR_ENFORCE(s >= 0, ValueError, "sample_weight has a negative dimension ", s);
+    count *= s;
+  }
+  SIMCLR_ENFORCE(count == static_cast<std::int64_t>(sw->values.size()), ValueError,
+                 "sample_weight shape holds ", count, " values but ", sw->values.size(),
+                 " were given");
+  SIMCLR_ENFORCE(shape.size() <= 2, ValueError, "sample_weight of rank ", shape.size(),
+                 " is not supported for a [", n,
+                 "] loss (Keras would broadcast it to an outer product); pass [N] or [N, 1]");
+  for (std::size_t i = 0; i < sw->values.size(); ++i) {
+    SIMCLR_ENFORCE(std::isfinite(sw->values[i]), ValueError, "sample_weight has ",
+                   std::isnan(sw->values[i]) ? "NaN" : "Inf", " at index ", i);
+  }
+  if (shape.size() == 2) {
+    SIMCLR_ENFORCE(shape[1] == 1, ValueError,
+                   "Can not squeeze dim[1], expected a dimension of 1, got ", shape[1],
+                   " (sample_weight [", shape[0], ", ", shape[1], "] for a [", n, "] loss)");
+    shape.pop_back();
+  }
+  if (shape.empty() || shape[0] == 1) {
+    return std::vector<double>(static_cast<std::size_t>(n), sw->values.at(0));
+  }
+  SIMCLR_ENFORCE(shape[0] == n, ValueError, "Incompatible shapes: [", n, "] vs. [", shape[0], "]");
+  return sw->values;
+}
+
+std::int64_t reduction_denominator(std::int64_t global_batch, std::int64_t pairs,
+                                   std::int64_t global_pairs) {
+  return global_batch == kNoGlobalBatch      ? pairs
+         : global_batch == kInferGlobalBatch ? global_pairs
+                                             : global_batch;
+}
+
+template <class T>
+ReducedLoss<T> reduce_examples(const T* row_lse, const T* row_positive, std::int64_t pairs,
+                               const std::vector<double>& weight, Reduction reduction,
+                               std::int64_t denominator) {
+  const std::int64_t n = pairs;
+  ReducedLoss<T> out;
+  out.per_example.resize(static_cast<std::size_t>(n));
+  std::vector<T> weighted(static_cast<std::size_t>(n));
+  double weighted_sum = 0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    const T l = (row_lse[i] - row_positive[i]) + (row_lse[n + i] - row_positive[n + i]);
+    out.per_example[i] = l;
+    // The weight is rounded to T first, as the C++ front end keeps it.
+    weighted[i] = static_cast<T>(l * static_cast<T>(weight[i]));
+    weighted_sum += static_cast<double>(weighted[i]);
+  }
+  if (reduction == Reduction::kSumOverBatchSize) {
+    out.values = {
+        denominator == 0 ? T(0) : static_cast<T>(weighted_sum / static_cast<double>(denominator))};
+    out.objective = static_cast<double>(out.values[0]);
+  } else if (reduction == Reduction::kSum) {
+    out.values = {static_cast<T>(weighted_sum)};
+    out.objective = static_cast<double>(out.values[0]);
+  } else {
+    out.values = std::move(weighted);
+    out.objective = static_cast<double>(static_cast<T>(weighted_sum));
+  }
+  return out;
+}
+
+template <class T>
+void pair_alpha(const T* upstream, bool per_example, std::int64_t pairs,
+                const std::vector<double>& weight, Reduction reduction, std::int64_t denominator,
+                T* alpha) {
+  const std::int64_t n = pairs;
+  for (std::int64_t i = 0; i < (per_example ? n : std::int64_t{1}); ++i) {
+    SIMCLR_ENFORCE(std::isfinite(upstream[i]), ValueError, "upstream gradient has ",
+                   std::isnan(upstream[i]) ? "NaN" : "Inf", " at index ", i);
+  }
+  const T denom = static_cast<T>(denominator);
+  for (std::int64_t i = 0; i < n; ++i) {
+    const T g = per_example ? upstream[i] : upstream[0];
+    T a = g * static_cast<T>(weight[static_cast<std::size_t>(i)]);
+    if (reduction == Reduction::kSumOverBatchSize) a = denom == 0 ? T(0) : a / denom;
+    alpha[i] = alpha[n + i] = a;
+  }
+}
+
+#define SIMCLR_INSTANTIATE(T)                                                                      \
+  template void check_finite<T>(ConstMatrixView<T>, const char*);                                  \
+  template void check_view<T>(ConstMatrixView<T>, const char*);                                    \
+  template ReducedLoss<T> reduce_examples<T>(const T*, const T*, std::int64_t,                     \
+                                             const std::vector<double>&, Reduction, std::int64_t); \
+  template void pair_alpha<T>(const T*, bool, std::int64_t, const std::vector<double>&, Reduction, \
+                              std::int64_t, T*);
+
+SIMCLR_INSTANTIATE(float)
+SIMCLR_INSTANTIATE(double)
+#undef SIMCLR_INSTANTIATE
+
+}  // namespace simclr::detail
