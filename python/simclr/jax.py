@@ -1,0 +1,358 @@
+"""simclr.jax: TensorFlow Similarity's SimCLRLoss for JAX, through XLA FFI custom calls on the CPU.
+
+    import jax, simclr.jax as sj
+    loss = sj.simclr_loss(za, zb, temperature=0.1)           # under jax.jit, jax.grad, ...
+
+The forward and backward are XLA FFI custom calls into the library (simclr._jax_ffi), tied together
+by a jax.custom_vjp. XLA never holds the [2G, 2G] logits: the library streams them in tiles, so what
+XLA keeps for the backward is the normalised rows ([2G, d]) and two scalars per row.
+
+Inside jax.shard_map (or jax.pmap) pass axis_name: every device then contrasts its rows with the
+rows of all devices on that axis (global negatives). The rows are gathered with jax.lax.all_gather,
+and in the backward each row's log-sum-exp and weight too: XLA's collectives, part of the compiled
+program. The loss a device returns is its share J_r of the global objective (sum over devices), and
+the gradient it returns for its own rows is dJ/dz_r of that global objective: combine the devices'
+parameter gradients with jax.lax.psum (gradient_reduction="sum", the default), or with
+jax.lax.pmean after gradient_reduction="mean", which scales the returned gradients by the number of
+devices so that the mean is that sum.
+"""
+
+import functools
+import json
+
+import numpy as np
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec
+
+from . import _core
+
+try:
+    from . import _jax_ffi
+except ImportError as e:  # the package was built without jax's FFI headers
+    _jax_ffi = None
+    _IMPORT_ERROR = e
+
+__all__ = ["simclr_loss", "SimCLRLoss"]
+
+_REDUCTIONS = {"auto": 0, "none": 1, "sum": 2, "sum_over_batch_size": 3}
+_GLOBAL_BATCH_NONE = -2
+_GLOBAL_BATCH_INFER = -1
+_registered = False
+
+
+def _register():
+    global _registered
+    if _registered:
+        return
+    if _jax_ffi is None:
+        raise RuntimeError(
+            "simclr.jax needs the extension simclr._jax_ffi, which is built only when jax is "
+            "installed for the Python that builds the package; reinstall simclr after "
+            "`pip install \"jax[cpu]\"` (pip install --no-build-isolation .) (" + str(_IMPORT_ERROR) + ")")
+    for name, capsule in _jax_ffi.handlers().items():
+        jax.ffi.register_ffi_target(name, capsule, platform="cpu")
+    _registered = True
+
+
+# ---- static configuration and trace-time validation ----
+
+@functools.lru_cache(maxsize=None)
+def _checked_loss_config(temperature, reduction):
+    # The library's own checks (temperature > 0 and finite, a Keras reduction key), at trace time.
+    cfg = json.loads(_core.Loss(temperature, reduction, None).get_config_json())
+    return cfg["temperature"], cfg["reduction"]
+
+
+class _Static:
+    """The hashable, static part of a call (a nondiff argument of the custom_vjp)."""
+
+    __slots__ = ("temperature", "reduction", "global_batch", "axis_name", "gradient_scale_mean",
+                 "has_weight", "threads")
+
+    def __init__(self, temperature, reduction, global_batch, axis_name, gradient_scale_mean,
+                 has_weight, threads):
+        self.temperature = temperature
+        self.reduction = reduction
+        self.global_batch = global_batch
+        self.axis_name = axis_name
+        self.gradient_scale_mean = gradient_scale_mean
+        self.has_weight = has_weight
+        self.threads = threads
+
+    def _key(self):
+        return tuple(getattr(self, k) for k in self.__slots__)
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def __eq__(self, other):
+        return isinstance(other, _Static) and self._key() == other._key()
+
+    def attrs(self):
+        return dict(temperature=np.float64(self.temperature),
+                    reduction=np.int64(_REDUCTIONS[self.reduction]),
+                    global_batch=np.int64(self.global_batch),
+                    has_weight=np.int64(self.has_weight))
+
+
+def _global_batch_code(g):
+    if g is None:
+        return _GLOBAL_BATCH_NONE
+    if isinstance(g, str):
+        if g == "infer":
+            return _GLOBAL_BATCH_INFER
+        raise ValueError('global_batch_size must be None, an integer >= 0 or "infer", got ' + repr(g))
+    if isinstance(g, bool) or not isinstance(g, (int, np.integer)):
+        raise TypeError('global_batch_size must be None, an integer >= 0 or "infer" (a Python '
+                        'value, static under jit), got ' + type(g).__name__)
+    if g < 0:
+        raise ValueError('global_batch_size must be >= 0 or "infer", got ' + str(g))
+    return int(g)
+
+
+def _check_weight_shape(shape, n):
+    # Keras sample_weight shapes for a [n] loss (the library checks them again at run time).
+    if len(shape) > 2:
+        raise ValueError("sample_weight of rank {} is not supported for a [{}] loss (Keras would "
+                         "broadcast it to an outer product); pass [N] or [N, 1]".format(len(shape), n))
+    if len(shape) == 2 and shape[1] != 1:
+        raise ValueError("Can not squeeze dim[1], expected a dimension of 1, got {} (sample_weight "
+                         "{} for a [{}] loss)".format(shape[1], list(shape), n))
+    if len(shape) >= 1 and shape[0] not in (1, n):
+        raise ValueError("Incompatible shapes: [{}] vs. [{}] (sample_weight {})".format(
+            n, shape[0], list(shape)))
+
+
+def _compute_dtype(dtype, what):
+    dtype = jnp.dtype(dtype)
+    if dtype in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)):
+        return dtype
+    if dtype in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        return jnp.dtype(jnp.float32)  # computed in float32, returned in the input dtype
+    raise TypeError("{} has dtype {}; simclr.jax takes float32, float64 (jax_enable_x64), "
+                    "bfloat16 or float16".format(what, dtype))
+
+
+# ---- the FFI calls ----
+
+def _like(shape, dtype, ref):
+    """A result type of `shape` and `dtype` varying over the same mesh axes as `ref`."""
+    aval = jax.typeof(ref)
+    mat = getattr(aval, "mat", None)
+    if mat is None or not mat.varying:
+        return jax.ShapeDtypeStruct(shape, dtype)
+    # Inside shard_map: the result varies over the mesh axes its operands vary over.
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=aval.sharding.update(spec=PartitionSpec()),
+                                manual_axis_type=mat)
+
+
+def _same_vma(*xs):
+    # Inside shard_map every operand of one custom call must vary over the same mesh axes.
+    try:
+        axes = [frozenset(jax.typeof(x).mat.varying) for x in xs]
+    except AttributeError:
+        return xs
+    union = frozenset().union(*axes)
+    if not union:
+        return xs
+    return tuple(x if a == union else jax.lax.pcast(x, tuple(union - a), to="varying")
+                 for x, a in zip(xs, axes))
+
+
+def _normalize(za, zb):
+    n, d = za.shape
+    return jax.ffi.ffi_call("simclr_normalize",
+                            (_like((2 * n, d), za.dtype, za), _like((2 * n,), za.dtype, za)))(
+                                *_same_vma(za, zb))
+
+
+def _forward_call(s, u_global, offset, weight, n):
+    u_global, offset, weight = _same_vma(u_global, offset, weight)
+    nv = n if s.reduction == "none" else 1
+    t = u_global.dtype
+    return jax.ffi.ffi_call(
+        "simclr_forward",
+        (_like((2 * n,), t, u_global), _like((n,), t, u_global), _like((nv,), t, u_global)))(
+            u_global, offset, weight, threads=np.int64(s.threads), **s.attrs())
+
+
+def _alpha_call(s, upstream, weight, n, global_pairs):
+    upstream, weight = _same_vma(upstream, weight)
+    return jax.ffi.ffi_call("simclr_alpha", _like((2 * n,), upstream.dtype, upstream))(
+        upstream, weight, global_pairs=np.int64(global_pairs), **s.attrs())
+
+
+def _backward_call(s, u_global, offset, squared_norms, lse_all, alpha_all, n):
+    args = _same_vma(u_global, offset, squared_norms, lse_all, alpha_all)
+    d = u_global.shape[1]
+    t = u_global.dtype
+    return jax.ffi.ffi_call(
+        "simclr_backward", (_like((n, d), t, args[0]), _like((n, d), t, args[0])))(
+            *args, temperature=np.float64(s.temperature),
+            reduction=np.int64(_REDUCTIONS[s.reduction]), threads=np.int64(s.threads))
+
+
+def _gather_rows(s, u_local):
+    """u_global [2G, d] and this device's first anchor row (an int32 scalar)."""
+    if s.axis_name is None:
+        return u_local, jnp.zeros((), jnp.int32)
+    u_global = jax.lax.all_gather(u_local, s.axis_name, tiled=True)
+    offset = jax.lax.axis_index(s.axis_name).astype(jnp.int32) * np.int32(u_local.shape[0])
+    return u_global, offset
+
+
+def _forward(s, za, zb, weight):
+    n = za.shape[0]
+    u_local, squared_norms = _normalize(za, zb)
+    u_global, offset = _gather_rows(s, u_local)
+    row_lse, _, values = _forward_call(s, u_global, offset, weight, n)
+    return values, (u_global, offset, squared_norms, row_lse, weight)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _loss(s, za, zb, weight):
+    return _forward(s, za, zb, weight)[0]
+
+
+def _loss_fwd(s, za, zb, weight):
+    return _forward(s, za, zb, weight)
+
+
+def _loss_bwd(s, res, g):
+    u_global, offset, squared_norms, row_lse, weight = res
+    n = squared_norms.shape[0] // 2
+    global_pairs = u_global.shape[0] // 2
+    if s.gradient_scale_mean and s.axis_name is not None:
+        # The caller averages the devices' gradients (pmean): undo its 1/P.
+        g = g * jax.lax.axis_size(s.axis_name)
+    alpha = _alpha_call(s, g.astype(u_global.dtype), weight, n, global_pairs)
+    if s.axis_name is None:
+        lse_all, alpha_all = row_lse, alpha
+    else:
+        # One gather of both per-row scalars: [P, 2, 2n] -> two [2G] vectors in U's row order.
+        both = jax.lax.all_gather(jnp.stack(_same_vma(row_lse, alpha)), s.axis_name)
+        lse_all = both[:, 0, :].reshape(-1)
+        alpha_all = both[:, 1, :].reshape(-1)
+    grad_a, grad_b = _backward_call(s, u_global, offset, squared_norms, lse_all, alpha_all, n)
+    # sample_weight is treated as a constant (as Keras does): no gradient flows into it.
+    return grad_a, grad_b, jnp.zeros_like(weight)
+
+
+_loss.defvjp(_loss_fwd, _loss_bwd)
+
+
+def simclr_loss(za, zb, *, temperature=0.05, reduction="auto", sample_weight=None, axis_name=None,
+                global_batch_size=None, gradient_reduction="sum", threads=0):
+    """TensorFlow Similarity's SimCLRLoss of the pairs (za[i], zb[i]), differentiable in za and zb.
+
+    za, zb: [n, d] float32, float64 (jax_enable_x64), bfloat16 or float16 (computed in float32 and
+    returned in the input dtype). reduction: "auto" (= "sum_over_batch_size"), "none" (returns [n]),
+    "sum" or "sum_over_batch_size". sample_weight: None, a scalar, [n], [n, 1], [1] or [1, 1]
+    (treated as a constant: no gradient flows into it).
+
+    axis_name: inside shard_map or pmap, the mesh axis whose devices share their rows as negatives
+    (every device holds n pairs; G = n * devices). The returned loss is then this device's share of
+    the global objective, and "auto" / "sum_over_batch_size" need global_batch_size (an int, or
+    "infer": G) to divide by. gradient_reduction: "sum" when the devices' parameter gradients are
+    combined with jax.lax.psum, "mean" when with jax.lax.pmean (the returned gradients are then
+    scaled by the number of devices). threads: CPU threads of the custom calls (0: the default).
+    """
+    temperature, reduction = _checked_loss_config(float(temperature), str(reduction))
+    global_batch = _global_batch_code(global_batch_size)
+    if gradient_reduction not in ("sum", "mean"):
+        raise ValueError('gradient_reduction must be "sum" (psum the gradients) or "mean" (pmean '
+                         'them), got ' + repr(gradient_reduction))
+    if not isinstance(threads, (int, np.integer)) or isinstance(threads, bool) or threads < 0:
+        raise ValueError("threads must be an integer >= 0 (0: the default), got " + repr(threads))
+    if axis_name is not None and reduction in ("auto", "sum_over_batch_size") \
+            and global_batch == _GLOBAL_BATCH_NONE:
+        raise ValueError(
+            "Please use 'sum' or 'none' for the loss reduction when the loss is computed across "
+            "devices (axis_name={!r}), or pass global_batch_size (an int, or \"infer\": the rows of "
+            "all devices) so that reduction '{}' can divide by it".format(axis_name, reduction))
+    za = jnp.asarray(za)
+    zb = jnp.asarray(zb)
+    if za.ndim != 2 or zb.ndim != 2:
+        raise ValueError("za and zb must be [n, d] matrices, got shapes {} and {}".format(
+            za.shape, zb.shape))
+    if za.shape != zb.shape:
+        raise ValueError("za and zb must have the same shape: {} vs. {}".format(za.shape, zb.shape))
+    if za.dtype != zb.dtype:
+        raise TypeError("za is {} but zb is {}; both views take the same dtype".format(
+            za.dtype, zb.dtype))
+    out_dtype = za.dtype
+    t = _compute_dtype(za.dtype, "za")
+    n = za.shape[0]
+    if sample_weight is None:
+        weight = jnp.ones((), t)
+    else:
+        weight = jnp.asarray(sample_weight)
+        if not jnp.issubdtype(weight.dtype, jnp.number):
+            raise TypeError("sample_weight must be numeric, got " + str(weight.dtype))
+        _check_weight_shape(weight.shape, n)
+        weight = weight.astype(t)
+    _register()
+    s = _Static(temperature, reduction, global_batch, axis_name, gradient_reduction == "mean",
+                sample_weight is not None, int(threads))
+    values = _loss(s, za.astype(t), zb.astype(t), jax.lax.stop_gradient(weight))
+    if reduction != "none":
+        values = values.reshape(())
+    return values.astype(out_dtype)
+
+
+class SimCLRLoss:
+    """TensorFlow Similarity's SimCLRLoss as a callable for JAX: loss(za, zb, sample_weight=None).
+
+    SimCLRLoss(temperature=0.05, reduction="auto", name=None, axis_name=None,
+    global_batch_size=None, gradient_reduction="sum"); get_config() / from_config() take and give
+    TF Similarity's dict {'reduction': ..., 'name': ..., 'temperature': ...} (the JAX-only settings
+    are arguments of the constructor and of from_config, not part of that dict).
+    """
+
+    def __init__(self, temperature=0.05, reduction="auto", name=None, *, axis_name=None,
+                 global_batch_size=None, gradient_reduction="sum"):
+        if name is not None and not isinstance(name, str):
+            raise TypeError("name must be a string or None, got " + type(name).__name__)
+        self._loss = _core.Loss(float(temperature), str(reduction), name)
+        self.axis_name = axis_name
+        self.global_batch_size = global_batch_size
+        self.gradient_reduction = gradient_reduction
+
+    @classmethod
+    def from_config(cls, config, **kwargs):
+        """From get_config()'s dict or the Keras wrapper; kwargs: axis_name, global_batch_size,
+        gradient_reduction."""
+        out = cls(**kwargs)
+        out._loss = _core.Loss.from_config(json.dumps(
+            config, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+        return out
+
+    def get_config(self):
+        """TF Similarity's dict: {'reduction': ..., 'name': ..., 'temperature': ...}."""
+        return json.loads(self._loss.get_config_json())
+
+    @property
+    def temperature(self):
+        return self.get_config()["temperature"]
+
+    @property
+    def reduction(self):
+        return self.get_config()["reduction"]
+
+    @property
+    def name(self):
+        return self.get_config()["name"]
+
+    def __repr__(self):
+        c = self.get_config()
+        return "simclr.jax.SimCLRLoss(temperature={!r}, reduction={!r}, name={!r})".format(
+            c["temperature"], c["reduction"], c["name"])
+
+    def __call__(self, za, zb, sample_weight=None):
+        c = self.get_config()
+        return simclr_loss(za, zb, temperature=c["temperature"], reduction=c["reduction"],
+                           sample_weight=sample_weight, axis_name=self.axis_name,
+                           global_batch_size=self.global_batch_size,
+                           gradient_reduction=self.gradient_reduction)

@@ -1,0 +1,229 @@
+// simclr._jax_ffi: XLA FFI handlers (CPU) over the C API's step calls (include/simclr/c_api.h,
+// "step calls for frameworks whose collectives are graph ops"), exposed to Python as capsules that
+// simclr.jax registers with jax.ffi.register_ffi_target. Between the steps, XLA itself gathers the
+// rows and the per-row scalars (jax.lax.all_gather inside shard_map), so no handler communicates.
+// Built only when jax's FFI headers are found at configure time (python/CMakeLists.txt).
+
+#include <nanobind/nanobind.h>
+
+#include <cstdint>
+#include <string>
+
+#include "simclr/c_api.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace nb = nanobind;
+namespace ffi = xla::ffi;
+
+namespace {
+
+// Errors a handler returns: the C API's message, prefixed with the step that failed.
+ffi::Error step_error(const char* step) {
+  return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                    std::string("simclr.jax ") + step + ": " + simclr_last_error());
+}
+
+// A loss handle for one call (cheap: a configuration), released at scope exit.
+class LossHandle {
+ public:
+  LossHandle(double temperature, std::int64_t reduction) {
+    status_ =
+        simclr_loss_create(temperature, static_cast<simclr_reduction>(reduction), nullptr, &loss_);
+  }
+  ~LossHandle() { simclr_loss_destroy(loss_); }
+  LossHandle(const LossHandle&) = delete;
+  LossHandle& operator=(const LossHandle&) = delete;
+  bool ok() const { return status_ == SIMCLR_OK; }
+  simclr_loss_t get() const { return loss_; }
+
+ private:
+  simclr_loss_t loss_ = nullptr;
+  simclr_status status_ = SIMCLR_OK;
+};
+
+// The float dtype of a buffer, or 0 for anything else (Python sends only float32 and float64).
+simclr_dtype dtype_of(ffi::DataType t) {
+  if (t == ffi::DataType::F32) return SIMCLR_FLOAT32;
+  if (t == ffi::DataType::F64) return SIMCLR_FLOAT64;
+  return static_cast<simclr_dtype>(0);
+}
+
+std::int64_t dim(const ffi::AnyBuffer& b, std::size_t k) {
+  const auto dims = b.dimensions();
+  return k < dims.size() ? static_cast<std::int64_t>(dims[k]) : 1;
+}
+
+// A [rows, cols] dense row-major view of a buffer (XLA's default layout for these calls).
+simclr_matrix matrix(void* data, std::int64_t rows, std::int64_t cols, simclr_dtype dtype) {
+  simclr_matrix m;
+  m.data = data;
+  m.rows = rows;
+  m.cols = cols;
+  m.row_stride = cols;
+  m.dtype = dtype;
+  m.device = -1;
+  return m;
+}
+
+// The Keras sample_weight a buffer holds (any float dtype), converted to float64 values.
+struct Weight {
+  std::vector<double> values;
+  simclr_weight view{};
+  Weight(const ffi::AnyBuffer& w) {
+    const auto dims = w.dimensions();
+    const std::size_t count = w.element_count();
+    values.resize(count);
+    if (w.element_type() == ffi::DataType::F64) {
+      const double* p = static_cast<const double*>(w.untyped_data());
+      values.assign(p, p + count);
+    } else {
+      const float* p = static_cast<const float*>(w.untyped_data());
+      for (std::size_t i = 0; i < count; ++i) values[i] = static_cast<double>(p[i]);
+    }
+    view.values = values.data();
+    view.ndim = static_cast<std::int32_t>(dims.size());
+    for (std::size_t k = 0; k < dims.size() && k < 2; ++k)
+      view.shape[k] = static_cast<std::int64_t>(dims[k]);
+  }
+};
+
+simclr_call_options options(std::int64_t global_batch, std::int64_t threads) {
+  simclr_call_options o;
+  simclr_call_options_init(&o);
+  o.global_batch_size = global_batch;
+  o.threads = static_cast<std::int32_t>(threads);
+  return o;
+}
+
+std::int64_t scalar_index(const ffi::AnyBuffer& b) {
+  if (b.element_type() == ffi::DataType::S64)
+    return *static_cast<const std::int64_t*>(b.untyped_data());
+  return *static_cast<const std::int32_t*>(b.untyped_data());
+}
+
+// za, zb [n, d] -> u_local [2n, d], squared_norms [2n].
+ffi::Error normalize_impl(ffi::AnyBuffer za, ffi::AnyBuffer zb, ffi::Result<ffi::AnyBuffer> u,
+                          ffi::Result<ffi::AnyBuffer> squared_norms) {
+  const simclr_dtype t = dtype_of(za.element_type());
+  simclr_matrix a = matrix(za.untyped_data(), dim(za, 0), dim(za, 1), t);
+  simclr_matrix b = matrix(zb.untyped_data(), dim(zb, 0), dim(zb, 1), dtype_of(zb.element_type()));
+  simclr_matrix out = matrix(u->untyped_data(), dim(*u, 0), dim(*u, 1), t);
+  if (simclr_step_normalize(&a, &b, &out, squared_norms->untyped_data()) != SIMCLR_OK)
+    return step_error("forward");
+  return ffi::Error::Success();
+}
+
+// u_global [2G, d], anchor_begin (int scalar), weight -> row_lse [2n], per_example [n], values.
+ffi::Error forward_impl(ffi::AnyBuffer u_global, ffi::AnyBuffer anchor_begin, ffi::AnyBuffer weight,
+                        ffi::Result<ffi::AnyBuffer> row_lse,
+                        ffi::Result<ffi::AnyBuffer> per_example, ffi::Result<ffi::AnyBuffer> values,
+                        double temperature, std::int64_t reduction, std::int64_t global_batch,
+                        std::int64_t has_weight, std::int64_t threads) {
+  LossHandle loss(temperature, reduction);
+  if (!loss.ok()) return step_error("forward");
+  const simclr_dtype t = dtype_of(u_global.element_type());
+  simclr_matrix u = matrix(u_global.untyped_data(), dim(u_global, 0), dim(u_global, 1), t);
+  const Weight w(weight);
+  const simclr_call_options o = options(global_batch, threads);
+  if (simclr_step_forward(loss.get(), &u, scalar_index(anchor_begin), dim(*per_example, 0),
+                          has_weight != 0 ? &w.view : nullptr, &o, row_lse->untyped_data(),
+                          per_example->untyped_data(), values->untyped_data()) != SIMCLR_OK)
+    return step_error("forward");
+  return ffi::Error::Success();
+}
+
+// upstream [1] or [n], weight -> alpha [2n].
+ffi::Error alpha_impl(ffi::AnyBuffer upstream, ffi::AnyBuffer weight,
+                      ffi::Result<ffi::AnyBuffer> alpha, double temperature, std::int64_t reduction,
+                      std::int64_t global_batch, std::int64_t has_weight,
+                      std::int64_t global_pairs) {
+  LossHandle loss(temperature, reduction);
+  if (!loss.ok()) return step_error("backward");
+  const Weight w(weight);
+  const simclr_call_options o = options(global_batch, 0);
+  if (simclr_step_alpha(
+          loss.get(), dtype_of(upstream.element_type()), dim(*alpha, 0) / 2, global_pairs,
+          has_weight != 0 ? &w.view : nullptr, &o, upstream.untyped_data(),
+          static_cast<std::int64_t>(upstream.element_count()), alpha->untyped_data()) != SIMCLR_OK)
+    return step_error("backward");
+  return ffi::Error::Success();
+}
+
+// u_global, anchor_begin, squared_norms [2n], lse_all [2G], alpha_all [2G] -> grad_a, grad_b.
+ffi::Error backward_impl(ffi::AnyBuffer u_global, ffi::AnyBuffer anchor_begin,
+                         ffi::AnyBuffer squared_norms, ffi::AnyBuffer lse_all,
+                         ffi::AnyBuffer alpha_all, ffi::Result<ffi::AnyBuffer> grad_a,
+                         ffi::Result<ffi::AnyBuffer> grad_b, double temperature,
+                         std::int64_t reduction, std::int64_t threads) {
+  LossHandle loss(temperature, reduction);
+  if (!loss.ok()) return step_error("backward");
+  const simclr_dtype t = dtype_of(u_global.element_type());
+  simclr_matrix u = matrix(u_global.untyped_data(), dim(u_global, 0), dim(u_global, 1), t);
+  simclr_matrix ga = matrix(grad_a->untyped_data(), dim(*grad_a, 0), dim(*grad_a, 1), t);
+  simclr_matrix gb = matrix(grad_b->untyped_data(), dim(*grad_b, 0), dim(*grad_b, 1), t);
+  const simclr_call_options o = options(SIMCLR_GLOBAL_BATCH_NONE, threads);
+  if (simclr_step_backward(loss.get(), &u, scalar_index(anchor_begin), ga.rows,
+                           squared_norms.untyped_data(), lse_all.untyped_data(),
+                           alpha_all.untyped_data(), &o, &ga, &gb) != SIMCLR_OK)
+    return step_error("backward");
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrNormalize, normalize_impl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrForward, forward_impl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<double>("temperature")
+                                  .Attr<std::int64_t>("reduction")
+                                  .Attr<std::int64_t>("global_batch")
+                                  .Attr<std::int64_t>("has_weight")
+                                  .Attr<std::int64_t>("threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAlpha, alpha_impl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<double>("temperature")
+                                  .Attr<std::int64_t>("reduction")
+                                  .Attr<std::int64_t>("global_batch")
+                                  .Attr<std::int64_t>("has_weight")
+                                  .Attr<std::int64_t>("global_pairs"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrBackward, backward_impl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<double>("temperature")
+                                  .Attr<std::int64_t>("reduction")
+                                  .Attr<std::int64_t>("threads"));
+
+NB_MODULE(_jax_ffi, m) {
+  m.doc() = "XLA FFI handlers (CPU) of simclr.jax; use simclr.jax, which registers them.";
+  m.def("handlers", [] {
+    nb::dict d;
+    d["simclr_normalize"] = nb::capsule(reinterpret_cast<void*>(SimclrNormalize));
+    d["simclr_forward"] = nb::capsule(reinterpret_cast<void*>(SimclrForward));
+    d["simclr_alpha"] = nb::capsule(reinterpret_cast<void*>(SimclrAlpha));
+    d["simclr_backward"] = nb::capsule(reinterpret_cast<void*>(SimclrBackward));
+    return d;
+  });
+}
