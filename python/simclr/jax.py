@@ -137,27 +137,40 @@ def _compute_dtype(dtype, what):
 
 # ---- the FFI calls ----
 
+def _varying_axes(x):
+    """The mesh axes x varies over inside shard_map (empty outside, or where JAX does not track it)."""
+    aval = jax.typeof(x)
+    mat = getattr(aval, "mat", None)  # jax >= 0.9: ManualAxisType
+    if mat is not None:
+        return frozenset(mat.varying)
+    return frozenset(getattr(aval, "vma", frozenset()))  # jax 0.7, 0.8
+
+
 def _like(shape, dtype, ref):
     """A result type of `shape` and `dtype` varying over the same mesh axes as `ref`."""
-    aval = jax.typeof(ref)
-    mat = getattr(aval, "mat", None)
-    if mat is None or not mat.varying:
+    if not _varying_axes(ref):
         return jax.ShapeDtypeStruct(shape, dtype)
-    # Inside shard_map: the result varies over the mesh axes its operands vary over.
-    return jax.ShapeDtypeStruct(shape, dtype, sharding=aval.sharding.update(spec=PartitionSpec()),
-                                manual_axis_type=mat)
+    aval = jax.typeof(ref)
+    if getattr(aval, "mat", None) is not None:
+        return jax.ShapeDtypeStruct(shape, dtype,
+                                    sharding=aval.sharding.update(spec=PartitionSpec()),
+                                    manual_axis_type=aval.mat)
+    return jax.ShapeDtypeStruct(shape, dtype, vma=aval.vma)
+
+
+def _to_varying(x, axes):
+    if hasattr(jax.lax, "pcast"):
+        return jax.lax.pcast(x, axes, to="varying")
+    return jax.lax.pvary(x, axes)
 
 
 def _same_vma(*xs):
     # Inside shard_map every operand of one custom call must vary over the same mesh axes.
-    try:
-        axes = [frozenset(jax.typeof(x).mat.varying) for x in xs]
-    except AttributeError:
-        return xs
+    axes = [_varying_axes(x) for x in xs]
     union = frozenset().union(*axes)
     if not union:
         return xs
-    return tuple(x if a == union else jax.lax.pcast(x, tuple(union - a), to="varying")
+    return tuple(x if a == union else _to_varying(x, tuple(sorted(union - a)))
                  for x, a in zip(xs, axes))
 
 

@@ -30,6 +30,13 @@ if len(jax.devices("cpu")) < 4:
                 allow_module_level=True)
 
 
+def _varying(x):
+    # The replicated parameters as a per-device value (jax.lax.pcast from jax 0.9, pvary before).
+    if hasattr(jax.lax, "pcast"):
+        return jax.lax.pcast(x, "d", to="varying")
+    return jax.lax.pvary(x, "d")
+
+
 def _mesh(k):
     return Mesh(np.array(jax.devices("cpu")[:k]), ("d",))
 
@@ -112,7 +119,7 @@ def test_training_step_parameter_gradients(gradient_reduction):
     def per_device(wm, a, b):
         value, grad = jax.value_and_grad(
             lambda wm_: loss_fn(wm_, a, b, axis_name="d", global_batch_size=n,
-                                gradient_reduction=gradient_reduction))(jax.lax.pcast(wm, "d", to="varying"))
+                                gradient_reduction=gradient_reduction))(_varying(wm))
         return jax.lax.psum(value, "d"), combine(grad, "d")
 
     step = jax.jit(jax.shard_map(per_device, mesh=_mesh(k), in_specs=(P(), P("d"), P("d")),
