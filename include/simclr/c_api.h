@@ -238,10 +238,10 @@ simclr_status simclr_device_backward(simclr_loss_t loss, simclr_forward_t saved,
  *             simclr_step_backward(u_global, anchor_begin, n, squared_norms, lse_all, alpha_all)
  *             -> grad_a, grad_b [n, d]
  * A single process is the group of one rank: u_global = u_local, anchor_begin 0. The options give
- * threads, the memory budget and global_batch_size (comm must be NULL): sum_over_batch_size
- * divides by n for SIMCLR_GLOBAL_BATCH_NONE, by G for SIMCLR_GLOBAL_BATCH_INFER, else by the count;
- * with more than one rank (u_global has more rows than 2n) it needs a global batch size, as the
- * collective calls do. */
+ * threads, symmetric and global_batch_size (comm must be NULL; no logits block is kept, as nothing
+ * outlives a call): sum_over_batch_size divides by n for SIMCLR_GLOBAL_BATCH_NONE, by G for
+ * SIMCLR_GLOBAL_BATCH_INFER, else by the count; with more than one rank (u_global has more rows than
+ * 2n) it needs a global batch size, as the collective calls do. */
 
 /* u_local [2n, d] (written) = [l2_normalize(za); l2_normalize(zb)]; squared_norms [2n] (written)
  * the squared row norms before normalisation. za, zb: [n, d]. SIMCLR_VALUE_ERROR for a shape

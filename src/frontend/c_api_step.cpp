@@ -152,8 +152,11 @@ void step_forward(const SimCLRLoss& loss, const simclr_matrix& u_global, const R
                   const std::vector<double>& weight, const StepOptions& options, void* row_lse,
                   void* per_example, void* values) {
   const RowMatrix<T> u = copy_rows<T>(u_global);
+  // Nothing outlives the call, so a kept logits block would never be read: always stream.
+  EngineOptions engine = options.engine;
+  engine.memory_budget_bytes = 0;
   const EngineForward<T> f =
-      engine_forward(u, layout, static_cast<T>(1.0 / loss.temperature()), options.engine);
+      engine_forward(u, layout, static_cast<T>(1.0 / loss.temperature()), engine);
   const ReducedLoss<T> r = reduce_examples(
       f.row_lse.data(), f.row_positive.data(), layout.pairs, weight, resolved(loss),
       reduction_denominator(options.global_batch, layout.pairs, layout.total_rows / 2));

@@ -150,3 +150,24 @@ def test_distribution_rule_raises_at_trace_time():
     f = jax.shard_map(per_device, mesh=_mesh(2), in_specs=(P("d"), P("d")), out_specs=P("d"))
     with pytest.raises(ValueError, match="global_batch_size"):
         jax.jit(f).trace(za, zb)
+
+
+def test_replicated_parameters_get_the_summed_gradient_without_psum():
+    """With check_vma (the default), jax.grad of replicated parameters inside shard_map already
+    sums the devices' contributions (the transpose of JAX's implicit pvary is a psum)."""
+    k, n = 4, 8
+    rng = np.random.default_rng(12)
+    xa, xb = rng.normal(size=(2, n, 5))
+    weights = rng.normal(size=(5, 3))
+
+    def loss_fn(wm, a, b, **kw):
+        return sj.simclr_loss(a @ wm, b @ wm, temperature=0.3, **kw)
+
+    want = jax.grad(loss_fn)(weights, xa, xb)
+
+    def per_device(wm, a, b):
+        return jax.grad(lambda wm_: loss_fn(wm_, a, b, axis_name="d", global_batch_size=n))(wm)
+
+    grad = jax.jit(jax.shard_map(per_device, mesh=_mesh(k), in_specs=(P(), P("d"), P("d")),
+                                 out_specs=P()))(weights, xa, xb)
+    np.testing.assert_allclose(grad, want, rtol=1e-11, atol=1e-14)

@@ -1,0 +1,144 @@
+// The step calls (c_api.h, "step calls for frameworks whose collectives are graph ops") against the
+// collective-free simclr_forward / simclr_backward on the whole batch: P simulated ranks run
+// normalize, forward, alpha and backward, the test doing the gathers between them, and must give
+// the whole batch's loss (summed over ranks) and gradients. Also their errors.
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "simclr/c_api.h"
+
+namespace {
+
+int failures = 0;
+
+#define CHECK(cond)                                                                 \
+  do {                                                                              \
+    if (!(cond)) {                                                                  \
+      std::fprintf(stderr, "%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond); \
+      ++failures;                                                                   \
+    }                                                                               \
+  } while (0)
+#define CHECK_OK(call)                                                          \
+  do {                                                                          \
+    if ((call) != SIMCLR_OK) {                                                  \
+      std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #call, \
+                   simclr_last_error());                                        \
+      ++failures;                                                               \
+    }                                                                           \
+  } while (0)
+
+simclr_matrix view(double* p, int64_t rows, int64_t cols) {
+  return simclr_matrix{p, rows, cols, cols, SIMCLR_FLOAT64, -1};
+}
+
+bool close(double a, double b) { return std::fabs(a - b) <= 1e-12 * std::fmax(1.0, std::fabs(b)); }
+
+// One reduction, P ranks of n pairs each, d columns, per-example weights.
+void check_against_whole_batch(simclr_reduction reduction, int ranks, int64_t n, int64_t d) {
+  const int64_t G = ranks * n;
+  std::mt19937 gen(7 + ranks);
+  std::normal_distribution<double> normal;
+  std::vector<double> za(G * d), zb(G * d), w(G);
+  for (auto& x : za) x = normal(gen);
+  for (auto& x : zb) x = normal(gen);
+  for (int64_t i = 0; i < G; ++i) w[i] = 0.5 + 0.1 * static_cast<double>(i % 7);
+
+  simclr_loss_t loss = nullptr;
+  CHECK_OK(simclr_loss_create(0.2, reduction, nullptr, &loss));
+  const bool per_example = reduction == SIMCLR_REDUCTION_NONE;
+
+  // The whole batch in one local call.
+  simclr_matrix a = view(za.data(), G, d), b = view(zb.data(), G, d);
+  simclr_weight wt{w.data(), 1, 0, {G, 0}};
+  std::vector<double> want_values(per_example ? G : 1);
+  simclr_forward_t saved = nullptr;
+  CHECK_OK(
+      simclr_forward(loss, &a, &b, &wt, nullptr, want_values.data(), nullptr, nullptr, &saved));
+  std::vector<double> want_ga(G * d), want_gb(G * d);
+  simclr_matrix ga = view(want_ga.data(), G, d), gb = view(want_gb.data(), G, d);
+  const double one = 1.0;
+  std::vector<double> ones(G, 1.0);
+  CHECK_OK(simclr_backward(loss, saved, per_example ? ones.data() : &one, per_example ? G : 1, &ga,
+                           &gb));
+  simclr_forward_destroy(saved);
+
+  // The steps, rank by rank, with the gathers done here.
+  simclr_call_options o;
+  simclr_call_options_init(&o);
+  if (ranks > 1) o.global_batch_size = SIMCLR_GLOBAL_BATCH_INFER;
+  std::vector<double> u_global(2 * G * d), norms(2 * G), lse(2 * G), alpha(2 * G);
+  for (int r = 0; r < ranks; ++r) {
+    simclr_matrix ar = view(za.data() + r * n * d, n, d), br = view(zb.data() + r * n * d, n, d);
+    simclr_matrix ur = view(u_global.data() + 2 * r * n * d, 2 * n, d);
+    CHECK_OK(simclr_step_normalize(&ar, &br, &ur, norms.data() + 2 * r * n));
+  }
+  simclr_matrix u = view(u_global.data(), 2 * G, d);
+  double total = 0;
+  for (int r = 0; r < ranks; ++r) {
+    std::vector<double> values(per_example ? n : 1), per(n);
+    simclr_weight wr{w.data() + r * n, 1, 0, {n, 0}};
+    CHECK_OK(simclr_step_forward(loss, &u, 2 * r * n, n, &wr, &o, lse.data() + 2 * r * n,
+                                 per.data(), values.data()));
+    for (std::size_t i = 0; i < values.size(); ++i) {
+      total += values[i];
+      if (per_example) CHECK(close(values[i], want_values[r * n + i]));
+    }
+    CHECK_OK(simclr_step_alpha(loss, SIMCLR_FLOAT64, n, G, &wr, &o,
+                               per_example ? ones.data() : &one, per_example ? n : 1,
+                               alpha.data() + 2 * r * n));
+  }
+  double want_total = 0;
+  for (double v : want_values) want_total += v;
+  CHECK(close(total, want_total));
+  for (int r = 0; r < ranks; ++r) {
+    std::vector<double> got_a(n * d), got_b(n * d);
+    simclr_matrix gar = view(got_a.data(), n, d), gbr = view(got_b.data(), n, d);
+    CHECK_OK(simclr_step_backward(loss, &u, 2 * r * n, n, norms.data() + 2 * r * n, lse.data(),
+                                  alpha.data(), &o, &gar, &gbr));
+    for (int64_t k = 0; k < n * d; ++k) {
+      CHECK(close(got_a[k], want_ga[r * n * d + k]));
+      CHECK(close(got_b[k], want_gb[r * n * d + k]));
+    }
+  }
+  simclr_loss_destroy(loss);
+}
+
+void check_errors() {
+  simclr_loss_t loss = nullptr;
+  CHECK_OK(simclr_loss_create(0.1, SIMCLR_REDUCTION_AUTO, nullptr, &loss));
+  std::vector<double> za(6, 1.0), zb(6, 1.0), u(12), norms(4), lse(2), values(1);
+  zb[3] = NAN;
+  simclr_matrix a = view(za.data(), 2, 3), b = view(zb.data(), 2, 3), um = view(u.data(), 4, 3);
+  CHECK(simclr_step_normalize(&a, &b, &um, norms.data()) == SIMCLR_VALUE_ERROR);
+  CHECK(std::string(simclr_last_error()).find("zb has NaN at row 1, column 0") !=
+        std::string::npos);
+  // sum_over_batch_size over several ranks without a global batch size: the distribution rule.
+  std::vector<double> big(8 * 3, 0.5);
+  simclr_matrix ug = view(big.data(), 8, 3);
+  CHECK(simclr_step_forward(loss, &ug, 0, 2, nullptr, nullptr, lse.data(), nullptr,
+                            values.data()) == SIMCLR_VALUE_ERROR);
+  CHECK(std::string(simclr_last_error()).find("global batch size") != std::string::npos);
+  // Anchors outside u_global.
+  CHECK(simclr_step_forward(loss, &ug, 6, 2, nullptr, nullptr, lse.data(), nullptr,
+                            values.data()) == SIMCLR_VALUE_ERROR);
+  simclr_loss_destroy(loss);
+}
+
+}  // namespace
+
+int main() {
+  for (simclr_reduction r : {SIMCLR_REDUCTION_AUTO, SIMCLR_REDUCTION_SUM, SIMCLR_REDUCTION_NONE})
+    for (int ranks : {1, 2, 3}) check_against_whole_batch(r, ranks, 5, 7);
+  check_errors();
+  if (failures != 0) {
+    std::fprintf(stderr, "%d checks failed\n", failures);
+    return 1;
+  }
+  std::printf("c_api step calls: all checks passed\n");
+  return 0;
+}
