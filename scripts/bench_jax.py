@@ -5,8 +5,8 @@ Both are jax.jit(jax.value_and_grad(loss)) of the pair (za, zb) at G pairs of di
 reduction sum_over_batch_size, temperature 0.05. The peer is the TF Similarity formulation: rows
 normalised as tf.math.l2_normalize, logits [a b^T | a a^T] / T and [b a^T | b b^T] / T with the self
 entries at -1e9, softmax cross-entropy against the positive, both directions summed. Prints each
-one's median step time over --repeat steps after one warm-up, the speedup, and the temporary memory
-XLA plans for each compiled step (memory_analysis).
+one's median step time over --repeat steps after one warm-up (the two interleaved), the speedup, and
+the temporary memory XLA plans for each compiled step (memory_analysis).
 
     build/venv/bin/python scripts/bench_jax.py --pairs 8192 --dim 128 --repeat 5
 """
@@ -67,20 +67,27 @@ def main():
     print("jax {}, {} cpu(s) visible, {} {}, G={}, d={}, float32, median of {}".format(
         jax.__version__, os.cpu_count(), platform.machine(), platform.processor() or "",
         args.pairs, args.dim, args.repeat))
-    results = {}
+    steps, times, outputs = {}, {}, {}
     for name, fn in candidates.items():
         step = jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))
         mem = step.lower(za, zb).compile().memory_analysis()
-        jax.block_until_ready(step(za, zb))  # compile and warm up
-        times = []
-        for _ in range(args.repeat):
+        outputs[name] = jax.block_until_ready(step(za, zb))  # compile and warm up
+        steps[name], times[name] = step, []
+        print("{:28s} XLA temporary memory of the compiled step: {:.1f} MiB".format(
+            name, mem.temp_size_in_bytes / 2**20))
+    # Interleaved, so that load from elsewhere on a shared machine falls on both alike.
+    for _ in range(args.repeat):
+        for name, step in steps.items():
             t0 = time.perf_counter()
-            value, grads = jax.block_until_ready(step(za, zb))
-            times.append(time.perf_counter() - t0)
-        results[name] = (statistics.median(times), float(value), grads)
-        print("{:28s} median {:.3f} s (min {:.3f}, max {:.3f}); loss {:.6f}; XLA temp {:.1f} MiB".format(
-            name, statistics.median(times), min(times), max(times), float(value),
-            mem.temp_size_in_bytes / 2**20))
+            jax.block_until_ready(step(za, zb))
+            times[name].append(time.perf_counter() - t0)
+    results = {}
+    for name in candidates:
+        ts = times[name]
+        value, grads = outputs[name]
+        results[name] = (statistics.median(ts), float(value), grads)
+        print("{:28s} median {:.3f} s (min {:.3f}, max {:.3f}); loss {:.6f}".format(
+            name, statistics.median(ts), min(ts), max(ts), float(value)))
     (ts, vs, gs), (tp, vp, gp) = results.values()
     rel = max(float(jnp.max(jnp.abs(x - y)) / jnp.max(jnp.abs(y))) for x, y in zip(gs, gp))
     print("speedup {:.2f}x; loss difference {:.2e}; max relative gradient difference {:.2e}".format(
