@@ -109,7 +109,8 @@ typedef struct simclr_comm* simclr_comm_t;
  *   all_gather_v: rank r sends recv_bytes[r] bytes (send_bytes on this rank); recv gets them back to
  *                 back in rank order. recv_bytes has `size` entries, the same on every rank.
  *   barrier:      returns when every rank has entered it (may be NULL: then a 1-byte all_gather).
- *   release:      called once by simclr_comm_destroy with user (may be NULL). */
+ *   release:      called once by simclr_comm_destroy with user (may be NULL); not called when
+ *                 simclr_comm_create_callbacks fails, so the caller still owns user then. */
 typedef struct simclr_comm_callbacks {
   void* user;
   int32_t rank;
@@ -166,8 +167,9 @@ typedef struct simclr_forward_info {
 } simclr_forward_info;
 
 /* What a forward keeps for its backward (opaque). Holds a reference to the call's communicator,
- * which must outlive it. */
-typedef struct simclr_forward* simclr_forward_t;
+ * which must outlive it. (The struct tag differs from the function simclr_forward so that the header
+ * also compiles as C++.) */
+typedef struct simclr_forward_state* simclr_forward_t;
 
 /* Forward on host memory. za, zb: [n, d] float32 or float64 (the same dtype, device -1); weight may
  * be NULL. Writes values ([n] weighted per-example loss for reduction none, otherwise [1], the

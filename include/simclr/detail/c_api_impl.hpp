@@ -1,0 +1,94 @@
+#pragma once
+// What the C API's translation units share (src/frontend/c_api.cpp, distributed/c_api_mpi.cpp,
+// cuda/c_api_cuda.cpp): the definitions of the opaque handles and the exception-to-status guard.
+// Not public API, not installed.
+
+#include <cstdint>
+#include <memory>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "simclr/c_api.h"
+#include "simclr/communicator.hpp"
+#include "simclr/errors.hpp"
+#include "simclr/loss.hpp"
+
+struct simclr_loss {
+  simclr::SimCLRLoss loss;
+};
+
+struct simclr_comm {
+  std::unique_ptr<simclr::Communicator> comm;
+};
+
+// A forward's saved state. The host and device forwards derive from it; the handle is deleted
+// through this base.
+struct simclr_forward_state {
+  virtual ~simclr_forward_state() = default;
+  simclr_dtype dtype = SIMCLR_FLOAT32;
+  std::int32_t device = -1;
+  std::vector<std::int64_t> rank_rows;
+};
+
+namespace simclr::detail {
+
+// What the C API reports as SIMCLR_UNSUPPORTED: the build or the call lacks a dtype or a device.
+class UnsupportedError : public Error {
+ public:
+  explicit UnsupportedError(const std::string& what) : Error(what) {}
+};
+
+// The thread's last error message (simclr_last_error()).
+std::string& c_api_last_error();
+
+// Runs f (returning void) and maps every exception to a status, storing its message.
+template <class F>
+simclr_status c_api_guard(F&& f) noexcept {
+  try {
+    f();
+    return SIMCLR_OK;
+  } catch (const ValueError& e) {
+    c_api_last_error() = e.what();
+    return SIMCLR_VALUE_ERROR;
+  } catch (const TypeError& e) {
+    c_api_last_error() = e.what();
+    return SIMCLR_TYPE_ERROR;
+  } catch (const CommError& e) {
+    c_api_last_error() = e.what();
+    return SIMCLR_COMM_ERROR;
+  } catch (const DeviceError& e) {
+    c_api_last_error() = e.what();
+    return SIMCLR_DEVICE_ERROR;
+  } catch (const UnsupportedError& e) {
+    c_api_last_error() = e.what();
+    return SIMCLR_UNSUPPORTED;
+  } catch (const std::bad_alloc&) {
+    c_api_last_error() = "out of host memory (std::bad_alloc)";
+    return SIMCLR_INTERNAL_ERROR;
+  } catch (const std::exception& e) {
+    c_api_last_error() = e.what();
+    return SIMCLR_INTERNAL_ERROR;
+  } catch (...) {
+    c_api_last_error() = "unknown exception";
+    return SIMCLR_INTERNAL_ERROR;
+  }
+}
+
+// The status a C-level argument check raises, thrown as the matching exception.
+[[noreturn]] inline void c_api_fail(simclr_status status, const std::string& what) {
+  switch (status) {
+    case SIMCLR_TYPE_ERROR:
+      throw TypeError(what);
+    case SIMCLR_UNSUPPORTED:
+      throw UnsupportedError(what);
+    default:
+      throw ValueError(what);
+  }
+}
+
+// The C reduction as the C++ one; ValueError for a value outside the enum.
+Reduction c_api_reduction(simclr_reduction reduction, const char* where);
+simclr_reduction c_api_reduction(Reduction reduction);
+
+}  // namespace simclr::detail

@@ -1,0 +1,125 @@
+"""simclr.SimCLRLoss: TensorFlow Similarity's SimCLRLoss on numpy arrays."""
+
+import json
+import operator
+
+import numpy as np
+
+from . import _core
+from .comm import _Resolver
+
+
+def _embeddings(x):
+    # numpy arrays and DLPack producers go to the extension as they are (no copy); anything else
+    # (lists, array-likes) through numpy.
+    if isinstance(x, np.ndarray) or hasattr(x, "__dlpack__"):
+        return x
+    return np.asarray(x)
+
+
+def _sample_weight(w):
+    if w is None:
+        return None
+    return np.ascontiguousarray(w, dtype=np.float64)
+
+
+def _global_batch_size(g):
+    """None -> -2 (none), "infer" -> -1, an integer >= 0 as is (the extension's encoding)."""
+    if g is None:
+        return -2
+    if isinstance(g, str):
+        if g == "infer":
+            return -1
+        raise ValueError('global_batch_size must be None, an integer >= 0 or "infer", got ' + repr(g))
+    if isinstance(g, bool):
+        raise TypeError("global_batch_size must be None, an integer >= 0 or \"infer\", got a bool")
+    try:
+        g = operator.index(g)
+    except TypeError:
+        raise TypeError('global_batch_size must be None, an integer >= 0 or "infer", got '
+                        + type(g).__name__) from None
+    if g < 0:
+        raise ValueError('global_batch_size must be >= 0 or "infer", got ' + str(g))
+    return g
+
+
+def _config_default(o):
+    # numpy scalars in a config dict (np.float64(0.1)) are written as plain numbers.
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError("config value of type " + type(o).__name__ + " is not JSON serializable")
+
+
+class SimCLRLoss:
+    """TensorFlow Similarity's SimCLRLoss (NT-Xent, both directions summed) on numpy arrays.
+
+    SimCLRLoss(temperature=0.05, reduction="auto", name=None); reduction is one of "auto" (=
+    "sum_over_batch_size"), "none", "sum", "sum_over_batch_size", as in Keras.
+
+    loss(za, zb, sample_weight=None, comm=None, global_batch_size=None) returns the loss: a 0-d array,
+    or [n] for reduction "none", of the input dtype. za, zb: [n, d] float32 or float64 (the same),
+    read in place when each row is contiguous, otherwise copied once. sample_weight: Keras shapes
+    (a scalar, [n], [n, 1], [1], [1, 1]). comm: an mpi4py communicator or a simclr.comm communicator;
+    the call is then collective and contrasts the rows with the global batch of all ranks, and
+    "auto" / "sum_over_batch_size" need global_batch_size (an integer, or "infer": the total rows).
+    """
+
+    def __init__(self, temperature=0.05, reduction="auto", name=None):
+        if name is not None and not isinstance(name, str):
+            raise TypeError("name must be a string or None, got " + type(name).__name__)
+        self._loss = _core.Loss(float(temperature), str(reduction), name)
+        self._comms = _Resolver()
+
+    @classmethod
+    def from_config(cls, config):
+        """From get_config()'s dict, or the Keras wrapper {"class_name": ..., "config": {...}}."""
+        out = cls.__new__(cls)
+        out._loss = _core.Loss.from_config(json.dumps(config, default=_config_default))
+        out._comms = _Resolver()
+        return out
+
+    def get_config(self):
+        """TF Similarity's dict: {'reduction': ..., 'name': ..., 'temperature': ...}, in that order."""
+        return json.loads(self._loss.get_config_json())
+
+    @property
+    def temperature(self):
+        return self.get_config()["temperature"]
+
+    @property
+    def reduction(self):
+        return self.get_config()["reduction"]
+
+    @property
+    def name(self):
+        return self.get_config()["name"]
+
+    def __repr__(self):
+        c = self.get_config()
+        return "SimCLRLoss(temperature={!r}, reduction={!r}, name={!r})".format(
+            c["temperature"], c["reduction"], c["name"])
+
+    def __reduce__(self):
+        return (type(self).from_config, (self.get_config(),))
+
+    def forward(self, za, zb, sample_weight=None, comm=None, global_batch_size=None):
+        """The extension's Forward (values, per_example, objective, ...; .backward(upstream))."""
+        return self._loss.forward(_embeddings(za), _embeddings(zb), _sample_weight(sample_weight),
+                                  self._comms(comm), _global_batch_size(global_batch_size))
+
+    @staticmethod
+    def _value(forward):
+        return forward.values if forward.reduction == "none" else forward.values.reshape(())
+
+    def __call__(self, za, zb, sample_weight=None, comm=None, global_batch_size=None):
+        return self._value(self.forward(za, zb, sample_weight, comm, global_batch_size))
+
+    def value_and_gradient(self, za, zb, sample_weight=None, comm=None, global_batch_size=None):
+        """(loss, dJ/dza, dJ/dzb), J the sum of the returned loss (for "none", of its n values).
+
+        With comm, J is the sum over ranks of each rank's loss, and each rank gets the gradient for
+        its own rows (TensorFlow's convention: replica gradients are summed, not averaged).
+        """
+        forward = self.forward(za, zb, sample_weight, comm, global_batch_size)
+        grad_a, grad_b = forward.backward(1.0)
+        return self._value(forward), grad_a, grad_b
