@@ -74,8 +74,12 @@ class _TorchComm:
                        if str(backend) == "nccl" else torch.device("cpu"))
         self.local_error = None  # (kind, message) set before a call whose input failed here
         self.remote_error = None  # the first rank's error, as every rank decoded it
-        self.comm = _core.Comm.from_callbacks(self.rank, self.size, "torch.distributed",
-                                              self._all_gather, self._all_gather_v, self._barrier)
+
+    def core_comm(self):
+        # The communicator holds these callbacks; this object must not hold the communicator back (a
+        # cycle through the extension that the garbage collector cannot see).
+        return _core.Comm.from_callbacks(self.rank, self.size, "torch.distributed", self._all_gather,
+                                         self._all_gather_v, self._barrier)
 
     def _status(self):
         out = np.zeros(_STATUS_BYTES, dtype=np.uint8)
@@ -160,13 +164,14 @@ def _compute_dtype(dtype):
 
 
 def _host_view(z, dtype):
-    """A numpy view of z in dtype: zero copy for a float32/float64 CPU tensor with unit column stride."""
+    """z in dtype, handed to the core through DLPack: zero copy for a float32/float64 CPU tensor with
+    unit column stride (any row stride); other layouts are copied once here."""
     z = z.detach()
     if z.dtype != dtype:
         z = z.to(dtype)
-    if z.dim() == 2 and z.shape[1] > 1 and z.stride(1) != 1:
+    if z.shape[1] > 1 and z.stride(1) != 1:
         z = z.contiguous()
-    return z.numpy()
+    return z
 
 
 def _weight_array(sample_weight):
@@ -219,7 +224,7 @@ class _SimCLRFunction(torch.autograd.Function):
             comm.local_error = error
         else:
             a, b = _host_view(za, dtype), _host_view(zb, dtype)
-        core_comm = None if comm is None else comm.comm
+        core_comm = None if comm is None else comm.core_comm()
         try:
             fwd = core_loss.forward(a, b, weight=weight, comm=core_comm, global_batch_size=global_batch,
                                     threads=threads)
@@ -232,7 +237,6 @@ class _SimCLRFunction(torch.autograd.Function):
                 comm.local_error = None
                 comm.remote_error = None
         ctx.fwd = fwd
-        ctx.comm = comm
         ctx.in_dtypes = (za.dtype, zb.dtype)
         ctx.dtype = dtype
         ctx.shape = (a.shape[0], a.shape[1])
@@ -256,7 +260,7 @@ class _SimCLRFunction(torch.autograd.Function):
             upstream = float(grad_output) * ctx.gradient_scale
         grad_a = torch.empty((n, d), dtype=ctx.dtype)
         grad_b = torch.empty((n, d), dtype=ctx.dtype)
-        fwd.backward(upstream, grad_a.numpy(), grad_b.numpy())
+        fwd.backward(upstream, grad_a, grad_b)  # written in place through DLPack
         if ctx.in_dtypes[0] != ctx.dtype:
             grad_a = grad_a.to(ctx.in_dtypes[0])
         if ctx.in_dtypes[1] != ctx.dtype:
@@ -264,17 +268,8 @@ class _SimCLRFunction(torch.autograd.Function):
         return grad_a, grad_b, None, None, None, None, None, None
 
 
-_loss_cache = {}
-
-
 def _core_loss(temperature, reduction, name=None):
-    key = (float(temperature), reduction, name)
-    loss = _loss_cache.get(key)
-    if loss is None:
-        loss = _core.Loss(float(temperature), reduction, name)
-        if len(_loss_cache) < 64:
-            _loss_cache[key] = loss
-    return loss
+    return _core.Loss(float(temperature), reduction, name)
 
 
 def _call(core_loss, za, zb, sample_weight, process_group, global_batch_size, gradient_reduction):

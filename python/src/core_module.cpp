@@ -275,8 +275,13 @@ nb::object byte_view(const void* data, size_t bytes, bool writable) {
   static unsigned char empty[1] = {0};
   const size_t shape[1] = {bytes};
   void* p = (bytes == 0 || data == nullptr) ? empty : const_cast<void*>(data);
-  if (writable) return nb::cast(nb::ndarray<nb::numpy, uint8_t>(p, 1, shape, nb::handle()));
-  return nb::cast(nb::ndarray<nb::numpy, const uint8_t>(p, 1, shape, nb::handle()));
+  // rv_policy::reference: a view of the buffer (the default policy copies an ndarray that has no
+  // owner, and writes into recv would then be lost).
+  if (writable)
+    return nb::cast(nb::ndarray<nb::numpy, uint8_t>(p, 1, shape, nb::handle()),
+                    nb::rv_policy::reference);
+  return nb::cast(nb::ndarray<nb::numpy, const uint8_t>(p, 1, shape, nb::handle()),
+                  nb::rv_policy::reference);
 }
 
 int cb_all_gather(void* user, const void* send, size_t bytes, void* recv, char* error,
