@@ -116,13 +116,22 @@ void copy_strided(const char* src, int64_t src_s0, int64_t src_s1, char* dst, in
                   src + (i * src_s0 + j * src_s1) * static_cast<int64_t>(item), item);
 }
 
+// An argument the binding itself rejects. Raised only after the call was offered to the library, so
+// that in a collective call the other ranks fail too instead of waiting (see forward()).
+struct ArgError {
+  PyObject* type = nullptr;
+  std::string message;
+  explicit operator bool() const { return type != nullptr; }
+};
+
 // A [rows, cols] array argument as a simclr_matrix: the caller's memory when its rows are dense
-// (any row stride >= cols), otherwise a dense copy made once (kept alive by `keep`).
+// (any row stride >= cols), otherwise a dense copy made once (kept alive by `keep`). Arrays the
+// library reports on itself (device memory, float16, bfloat16) are passed to it as they are.
 struct MatrixArg {
   simclr_matrix view{};
   nb::object keep;  // the array, or its copy
   nb::ndarray<nb::ro> array;
-  bool copied = false;
+  ArgError error;
 };
 
 bool rows_dense(int64_t rows, int64_t cols, int64_t s0, int64_t s1) {
@@ -131,31 +140,44 @@ bool rows_dense(int64_t rows, int64_t cols, int64_t s0, int64_t s1) {
 
 MatrixArg matrix_arg(nb::handle obj, const char* what) {
   MatrixArg out;
-  if (!nb::try_cast(obj, out.array, false))
-    raise(PyExc_TypeError, std::string(what) + " must be a 2-D array [n, d] (a numpy array or an "
-                               "object with __dlpack__ such as a torch tensor), got " +
-                               qualified_type_name(obj.type()));
+  if (!nb::try_cast(obj, out.array, false)) {
+    out.error = {PyExc_TypeError, std::string(what) +
+                                      " must be a 2-D array [n, d] (a numpy array or an object "
+                                      "with __dlpack__ such as a torch tensor), got " +
+                                      qualified_type_name(obj.type())};
+    return out;
+  }
   const auto& a = out.array;
-  if (a.device_type() != nb::device::cpu::value)
-    raise(PyExc_ValueError, std::string(what) + " is not in host memory (DLPack device type " +
-                                std::to_string(a.device_type()) +
-                                "); this call takes CPU arrays");
   if (a.ndim() != 2) {
     std::string shape = "(";
     for (size_t i = 0; i < a.ndim(); ++i) shape += (i ? ", " : "") + std::to_string(a.shape(i));
     shape += a.ndim() == 1 ? ",)" : ")";
-    raise(PyExc_ValueError, std::string(what) + " must be 2-D [n, d], got shape " + shape);
+    out.error = {PyExc_ValueError, std::string(what) + " must be 2-D [n, d], got shape " + shape};
+    return out;
   }
-  const auto dtype = simclr_dtype_of(a.dtype());
-  if (!dtype)
-    raise(PyExc_TypeError, std::string(what) + " has dtype " + describe_dtype(a.dtype()) +
-                               "; the loss takes float32 or float64 (cast it first)");
   const int64_t rows = static_cast<int64_t>(a.shape(0)), cols = static_cast<int64_t>(a.shape(1));
   out.view.rows = rows;
   out.view.cols = cols;
-  out.view.dtype = *dtype;
-  out.view.device = -1;
-  if (rows_dense(rows, cols, a.stride(0), a.stride(1))) {
+  out.view.row_stride = cols;
+  out.view.device = a.device_type() == nb::device::cpu::value ? -1 : a.device_id();
+  const auto dtype = simclr_dtype_of(a.dtype());
+  const auto code = static_cast<nb::dlpack::dtype_code>(a.dtype().code);
+  if (code == nb::dlpack::dtype_code::Float && a.dtype().bits == 16) {
+    out.view.dtype = SIMCLR_FLOAT16;
+  } else if (code == nb::dlpack::dtype_code::Bfloat && a.dtype().bits == 16) {
+    out.view.dtype = SIMCLR_BFLOAT16;
+  } else if (!dtype) {
+    out.error = {PyExc_TypeError, std::string(what) + " has dtype " + describe_dtype(a.dtype()) +
+                                      "; the loss takes float32 or float64 (cast it first)"};
+    return out;
+  } else {
+    out.view.dtype = *dtype;
+  }
+  if (!dtype || out.view.device != -1) {
+    // Only for the library's message (it reads nothing from such a view).
+    out.view.data = const_cast<void*>(static_cast<const void*>(a.data()));
+    out.keep = nb::borrow(obj);
+  } else if (rows_dense(rows, cols, a.stride(0), a.stride(1))) {
     out.view.data = const_cast<void*>(static_cast<const void*>(a.data()));
     out.view.row_stride = rows <= 1 ? cols : a.stride(0);
     out.keep = nb::borrow(obj);
@@ -165,8 +187,6 @@ MatrixArg matrix_arg(nb::handle obj, const char* what) {
     copy_strided(static_cast<const char*>(a.data()), a.stride(0), a.stride(1),
                  static_cast<char*>(dense), cols, 1, rows, cols, dtype_size(*dtype));
     out.view.data = dense;
-    out.view.row_stride = cols;
-    out.copied = true;
   }
   return out;
 }
@@ -424,34 +444,59 @@ struct Forward {
   Comm* comm_ptr() const { return comm.is_valid() && !comm.is_none() ? nb::cast<Comm*>(comm) : nullptr; }
 };
 
-// Keras sample_weight as the C API's view (float64, ndim 0-2, C order).
+// Keras sample_weight as the C API's view (float64, ndim 0-2, C order). A weight of higher rank is
+// passed on with its rank for the library to reject.
 struct WeightArg {
   simclr_weight view{};
   nb::ndarray<nb::ro, double, nb::c_contig, nb::device::cpu> array;
+  bool given = false;
+  ArgError error;
 };
 
-bool weight_arg(nb::handle obj, WeightArg& out) {
-  if (obj.is_none()) return false;
-  if (!nb::try_cast(obj, out.array, true))
-    raise(PyExc_TypeError, "weight must be None or a float64 array of ndim 0, 1 or 2, got " +
-                               qualified_type_name(obj.type()));
+WeightArg weight_arg(nb::handle obj) {
+  WeightArg out;
+  if (obj.is_none()) return out;
+  out.given = true;
+  if (!nb::try_cast(obj, out.array, true)) {
+    out.error = {PyExc_TypeError, "sample_weight must be None or a float64 host array of ndim 0, "
+                                  "1 or 2, got " + qualified_type_name(obj.type())};
+    return out;
+  }
   const auto& a = out.array;
-  if (a.ndim() > 2)
-    raise(PyExc_ValueError, "sample_weight of rank " + std::to_string(a.ndim()) +
-                                " is not supported: give a scalar, [N], [N, 1], [1] or [1, 1]");
   out.view.values = a.data();
   out.view.ndim = static_cast<int32_t>(a.ndim());
-  for (size_t i = 0; i < a.ndim(); ++i) out.view.shape[i] = static_cast<int64_t>(a.shape(i));
-  return true;
+  for (size_t i = 0; i < a.ndim() && i < 2; ++i) out.view.shape[i] = static_cast<int64_t>(a.shape(i));
+  return out;
+}
+
+// Offers a call the binding has rejected to the library, as a call the library rejects with an
+// exception of the same type, so that every other rank of `comm` fails in the same agreement step
+// (naming this rank) instead of waiting in it. Returns when the library has failed.
+void fail_collectively(const Loss& loss, Comm& comm, PyObject* type) {
+  simclr_call_options options;
+  simclr_call_options_init(&options);
+  options.comm = comm.handle;
+  simclr_matrix za{}, zb{};
+  za.device = zb.device = -1;
+  za.dtype = SIMCLR_FLOAT32;
+  zb.dtype = type == PyExc_TypeError ? SIMCLR_FLOAT64 : SIMCLR_FLOAT32;  // TypeError: dtypes differ
+  double value = 0;
+  nb::gil_scoped_release release;
+  (void)simclr_forward(loss.handle, &za, type == PyExc_TypeError ? &zb : nullptr, nullptr, &options,
+                       &value, nullptr, nullptr, nullptr);
 }
 
 Forward* forward(nb::object loss_obj, nb::handle za, nb::handle zb, nb::handle weight,
                  nb::object comm_obj, int64_t global_batch_size, int32_t threads) {
   Loss& loss = nb::cast<Loss&>(loss_obj);
-  MatrixArg a = matrix_arg(za, "za"), b = matrix_arg(zb, "zb");
-  WeightArg w;
-  const bool has_weight = weight_arg(weight, w);
   Comm* comm = comm_obj.is_none() ? nullptr : nb::cast<Comm*>(comm_obj);
+  MatrixArg a = matrix_arg(za, "za"), b = matrix_arg(zb, "zb");
+  WeightArg w = weight_arg(weight);
+  for (const ArgError* e : {&a.error, &b.error, &w.error}) {
+    if (!*e) continue;
+    if (comm) fail_collectively(loss, *comm, e->type);
+    raise(e->type, e->message);
+  }
 
   simclr_call_options options;
   simclr_call_options_init(&options);
@@ -477,7 +522,7 @@ Forward* forward(nb::object loss_obj, nb::handle za, nb::handle zb, nb::handle w
   simclr_status status;
   {
     nb::gil_scoped_release release;
-    status = simclr_forward(loss.handle, &a.view, &b.view, has_weight ? &w.view : nullptr,
+    status = simclr_forward(loss.handle, &a.view, &b.view, w.given ? &w.view : nullptr,
                             &options, values, per_example, &fwd->info, &fwd->handle);
   }
   check(status, comm ? comm->take_raised() : nb::object());
@@ -542,12 +587,15 @@ std::vector<char> upstream_arg(nb::handle obj, simclr_dtype dtype, int64_t* coun
 }
 
 // A gradient output: the caller's writable [n, d] array of the forward's dtype (written in place,
-// through a dense temporary when its rows are not dense), or a new numpy array.
+// through a dense temporary when its rows are not dense), or a new numpy array. A rejected array is
+// replaced by a temporary so the (collective) backward still runs on this rank; the error is raised
+// after it.
 struct GradArg {
   simclr_matrix view{};
   nb::object result;
   nb::ndarray<nb::device::cpu> target;  // set when the result is the caller's strided array
   nb::object scratch;
+  ArgError error;
 };
 
 GradArg grad_arg(nb::handle obj, const char* what, simclr_dtype dtype, int64_t rows, int64_t cols) {
@@ -563,16 +611,22 @@ GradArg grad_arg(nb::handle obj, const char* what, simclr_dtype dtype, int64_t r
     return g;
   }
   nb::ndarray<nb::device::cpu> a;
-  if (!nb::try_cast(obj, a, false))
-    raise(PyExc_TypeError, std::string(what) + " must be a writable host array [n, d] (numpy or "
-                               "DLPack), got " + qualified_type_name(obj.type()));
-  if (a.ndim() != 2 || static_cast<int64_t>(a.shape(0)) != rows ||
-      static_cast<int64_t>(a.shape(1)) != cols)
-    raise(PyExc_ValueError, std::string(what) + " must have shape [" + std::to_string(rows) +
-                                ", " + std::to_string(cols) + "] like the forward's input");
-  if (a.dtype() != dlpack_of(dtype))
-    raise(PyExc_TypeError, std::string(what) + " has dtype " + describe_dtype(a.dtype()) +
-                               ", the forward's input has " + dtype_name(dtype));
+  if (!nb::try_cast(obj, a, false)) {
+    g.error = {PyExc_TypeError, std::string(what) + " must be a writable host array [n, d] "
+                                    "(numpy, or DLPack such as a CPU torch tensor), got " +
+                                    qualified_type_name(obj.type())};
+  } else if (a.ndim() != 2 || static_cast<int64_t>(a.shape(0)) != rows ||
+             static_cast<int64_t>(a.shape(1)) != cols) {
+    g.error = {PyExc_ValueError, std::string(what) + " must have the forward's shape [" +
+                                     std::to_string(rows) + ", " + std::to_string(cols) + "]"};
+  } else if (a.dtype() != dlpack_of(dtype)) {
+    g.error = {PyExc_TypeError, std::string(what) + " has dtype " + describe_dtype(a.dtype()) +
+                                    " but the forward's input was " + dtype_name(dtype)};
+  }
+  if (g.error) {
+    g.scratch = new_array(dtype, shape, &g.view.data);
+    return g;
+  }
   g.result = nb::borrow(obj);
   if (rows_dense(rows, cols, a.stride(0), a.stride(1))) {
     g.view.data = a.data();
@@ -605,6 +659,8 @@ std::tuple<nb::object, nb::object> backward(Forward& fwd, nb::handle upstream, n
     status = simclr_backward(loss.handle, fwd.handle, up.data(), count, &ga.view, &gb.view);
   }
   check(status, comm ? comm->take_raised() : nb::object());
+  for (const ArgError* e : {&ga.error, &gb.error})
+    if (*e) raise(e->type, e->message);
   grad_finish(ga);
   grad_finish(gb);
   return {ga.result, gb.result};
