@@ -89,6 +89,7 @@ add_library(simclr_cuda
   cuda/kernels.cu
   cuda/device_engine.cpp
   cuda/device_loss.cpp
+  cuda/c_api_cuda.cpp
   distributed/single_device_communicator.cpp)
 add_library(simclr::cuda ALIAS simclr_cuda)
 target_include_directories(simclr_cuda PRIVATE ${PROJECT_SOURCE_DIR}/cuda)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds, and runs every test (core, command, MPI at 1-4 ranks, package).
+# Installs what is missing, builds, and runs every test (core, command, MPI at 1-4 ranks, package,
+# the Python package: scripts/python_test.sh).
 # Usage: scripts/test.sh [--sanitize] [ctest args...]
 #   BUILD_DIR (default build) picks the build folder; JOBS the parallelism (default: nproc).
 set -euo pipefail
@@ -19,10 +20,21 @@ cmake --build "$build" -j "$jobs"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 (cd "$build" && ctest --output-on-failure --no-tests=error -j "$jobs" "$@") | tee "$log"
+# The Python package (pip install . into build/venv, pytest, the mpirun runs); its counts join the total.
+pylog=$(mktemp)
+trap 'rm -f "$log" "$pylog"' EXIT
+scripts/python_test.sh | tee "$pylog"
 if [ "$sanitize" = 1 ] && [ -x scripts/sanitize.sh ]; then
   scripts/sanitize.sh
 fi
 # The suite's count, last, in the plain form CI summaries read (a failure above already exited non-zero).
 total=$(sed -n 's/.*tests failed out of \([0-9]*\).*/\1/p' "$log" | tail -n 1)
 skipped=$(grep -c '(Skipped)$' "$log" || true)
-echo "tests: $(( ${total:-0} - skipped )) passed, 0 failed, ${skipped} skipped"
+py_summary=$(grep '^python tests: ' "$pylog" | tail -n 1)
+py_passed=$(echo "$py_summary" | sed -n 's/.* \([0-9]*\) passed.*/\1/p')
+py_skipped=$(echo "$py_summary" | sed -n 's/.* \([0-9]*\) skipped.*/\1/p')
+if [ -z "$py_passed" ] || [ "$py_passed" -eq 0 ]; then
+  echo "the Python tests reported no passed tests" >&2
+  exit 1
+fi
+echo "tests: $(( ${total:-0} - skipped + py_passed )) passed, 0 failed, $(( skipped + ${py_skipped:-0} )) skipped"

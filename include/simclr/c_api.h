@@ -202,7 +202,11 @@ void simclr_forward_destroy(simclr_forward_t saved);
 /* The same on CUDA device memory, enqueued on cuda_stream (a cudaStream_t; NULL is the legacy
  * default stream). za, zb: float32, float16 or bfloat16 on the current device. values and
  * per_example are device buffers of the input dtype. Only local calls (options->comm NULL) for now:
- * a communicator fails with SIMCLR_UNSUPPORTED. Defined by simclr::cuda (SIMCLR_HAS_CUDA). */
+ * a communicator fails with SIMCLR_UNSUPPORTED. The outputs are copied with cudaMemcpyAsync on
+ * cuda_stream (ready in stream order); info->objective is read back to the host, which synchronises
+ * the stream (pass info NULL to avoid that). The device loss of a simclr_loss_t is made on first use
+ * and serves one host thread at a time (calls on the same loss are serialised). Defined by
+ * simclr::cuda (SIMCLR_HAS_CUDA). */
 simclr_status simclr_device_forward(simclr_loss_t loss, const simclr_matrix* za,
                                     const simclr_matrix* zb, const simclr_call_options* options,
                                     void* cuda_stream, void* values, void* per_example,

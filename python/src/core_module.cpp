@@ -1,7 +1,8 @@
-// simclr._core: the Python binding of the C API (include/simclr/c_api.h), and nothing else: no C++ API,
-// no math. Arrays cross without copies through nanobind's ndarray (numpy buffers and DLPack, such as
-// CPU torch tensors); the GIL is released while the library computes or communicates, and taken back
-// inside the communicator callbacks that call Python collectives (torch.distributed, mpi4py).
+// simclr._core: the Python binding of the C API (include/simclr/c_api.h), and nothing else: no C++
+// API, no math. Arrays cross without copies through nanobind's ndarray (numpy buffers and DLPack,
+// such as CPU torch tensors); the GIL is released while the library computes or communicates, and
+// taken back inside the communicator callbacks that call Python collectives (torch.distributed,
+// mpi4py).
 
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
@@ -61,7 +62,8 @@ void check(simclr_status status, nb::object cause = nb::object()) {
 
 std::string qualified_type_name(nb::handle type) {
   std::string module;
-  if (nb::hasattr(type, "__module__")) module = nb::cast<std::string>(nb::str(type.attr("__module__")));
+  if (nb::hasattr(type, "__module__"))
+    module = nb::cast<std::string>(nb::str(type.attr("__module__")));
   std::string name = nb::cast<std::string>(nb::str(type.attr("__qualname__")));
   return module.empty() || module == "builtins" ? name : module + "." + name;
 }
@@ -85,12 +87,26 @@ std::optional<simclr_dtype> simclr_dtype_of(nb::dlpack::dtype dtype) {
 std::string describe_dtype(nb::dlpack::dtype dtype) {
   const char* kind = "?";
   switch (static_cast<nb::dlpack::dtype_code>(dtype.code)) {
-    case nb::dlpack::dtype_code::Int: kind = "int"; break;
-    case nb::dlpack::dtype_code::UInt: kind = "uint"; break;
-    case nb::dlpack::dtype_code::Float: kind = "float"; break;
-    case nb::dlpack::dtype_code::Bfloat: kind = "bfloat"; break;
-    case nb::dlpack::dtype_code::Complex: kind = "complex"; break;
-    case nb::dlpack::dtype_code::Bool: kind = "bool"; break;
+    case nb::dlpack::dtype_code::Int:
+      kind = "int";
+      break;
+    case nb::dlpack::dtype_code::UInt:
+      kind = "uint";
+      break;
+    case nb::dlpack::dtype_code::Float:
+      kind = "float";
+      break;
+    case nb::dlpack::dtype_code::Bfloat:
+      kind = "bfloat";
+      break;
+    case nb::dlpack::dtype_code::Complex:
+      kind = "complex";
+      break;
+    case nb::dlpack::dtype_code::Bool:
+      kind = "bool";
+      break;
+    default:
+      break;
   }
   return std::string(kind) + std::to_string(dtype.bits);
 }
@@ -103,8 +119,8 @@ nb::object new_array(simclr_dtype dtype, std::vector<size_t> shape, void** data)
   if (!p) throw std::bad_alloc();
   nb::capsule owner(p, [](void* q) noexcept { std::free(q); });
   *data = p;
-  return nb::cast(nb::ndarray<nb::numpy>(p, shape.size(), shape.data(), owner, nullptr,
-                                         dlpack_of(dtype)));
+  return nb::cast(
+      nb::ndarray<nb::numpy>(p, shape.size(), shape.data(), owner, nullptr, dlpack_of(dtype)));
 }
 
 // Copies a strided [rows, cols] matrix (strides in elements, any sign) into a dense one, or back.
@@ -217,11 +233,21 @@ std::string json_string(const std::string& s) {
   std::string out = "\"";
   for (unsigned char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (c < 0x20) {
           char buf[8];
@@ -251,10 +277,14 @@ simclr_reduction parse_reduction(const std::string& key) {
 
 const char* reduction_name(simclr_reduction r) {
   switch (r) {
-    case SIMCLR_REDUCTION_NONE: return "none";
-    case SIMCLR_REDUCTION_SUM: return "sum";
-    case SIMCLR_REDUCTION_SUM_OVER_BATCH_SIZE: return "sum_over_batch_size";
-    default: return "auto";
+    case SIMCLR_REDUCTION_NONE:
+      return "none";
+    case SIMCLR_REDUCTION_SUM:
+      return "sum";
+    case SIMCLR_REDUCTION_SUM_OVER_BATCH_SIZE:
+      return "sum_over_batch_size";
+    default:
+      return "auto";
   }
 }
 
@@ -295,8 +325,7 @@ nb::object byte_view(const void* data, size_t bytes, bool writable) {
   static unsigned char empty[1] = {0};
   const size_t shape[1] = {bytes};
   void* p = (bytes == 0 || data == nullptr) ? empty : const_cast<void*>(data);
-  // rv_policy::reference: a view of the buffer (the default policy copies an ndarray that has no
-  // owner, and writes into recv would then be lost).
+  // rv_policy::reference: a view without an owner (the default would copy it).
   if (writable)
     return nb::cast(nb::ndarray<nb::numpy, uint8_t>(p, 1, shape, nb::handle()),
                     nb::rv_policy::reference);
@@ -428,8 +457,8 @@ Comm* comm_single() {
 
 struct Forward {
   simclr_forward_t handle = nullptr;
-  nb::object loss, comm;          // kept alive: the backward uses both
-  nb::object za_keep, zb_keep;    // the inputs (or their dense copies) the saved state may read
+  nb::object loss, comm;        // kept alive: the backward uses both
+  nb::object za_keep, zb_keep;  // the inputs (or their dense copies) the saved state may read
   simclr_dtype dtype = SIMCLR_FLOAT32;
   int64_t cols = 0;
   simclr_forward_info info{};
@@ -441,7 +470,9 @@ struct Forward {
   Forward& operator=(const Forward&) = delete;
   ~Forward() { simclr_forward_destroy(handle); }
 
-  Comm* comm_ptr() const { return comm.is_valid() && !comm.is_none() ? nb::cast<Comm*>(comm) : nullptr; }
+  Comm* comm_ptr() const {
+    return comm.is_valid() && !comm.is_none() ? nb::cast<Comm*>(comm) : nullptr;
+  }
 };
 
 // Keras sample_weight as the C API's view (float64, ndim 0-2, C order). A weight of higher rank is
@@ -458,14 +489,17 @@ WeightArg weight_arg(nb::handle obj) {
   if (obj.is_none()) return out;
   out.given = true;
   if (!nb::try_cast(obj, out.array, true)) {
-    out.error = {PyExc_TypeError, "sample_weight must be None or a float64 host array of ndim 0, "
-                                  "1 or 2, got " + qualified_type_name(obj.type())};
+    out.error = {PyExc_TypeError,
+                 "sample_weight must be None or a float64 host array of ndim 0, "
+                 "1 or 2, got " +
+                     qualified_type_name(obj.type())};
     return out;
   }
   const auto& a = out.array;
   out.view.values = a.data();
   out.view.ndim = static_cast<int32_t>(a.ndim());
-  for (size_t i = 0; i < a.ndim() && i < 2; ++i) out.view.shape[i] = static_cast<int64_t>(a.shape(i));
+  for (size_t i = 0; i < a.ndim() && i < 2; ++i)
+    out.view.shape[i] = static_cast<int64_t>(a.shape(i));
   return out;
 }
 
@@ -522,8 +556,8 @@ Forward* forward(nb::object loss_obj, nb::handle za, nb::handle zb, nb::handle w
   simclr_status status;
   {
     nb::gil_scoped_release release;
-    status = simclr_forward(loss.handle, &a.view, &b.view, w.given ? &w.view : nullptr,
-                            &options, values, per_example, &fwd->info, &fwd->handle);
+    status = simclr_forward(loss.handle, &a.view, &b.view, w.given ? &w.view : nullptr, &options,
+                            values, per_example, &fwd->info, &fwd->handle);
   }
   check(status, comm ? comm->take_raised() : nb::object());
 
@@ -554,8 +588,8 @@ std::vector<char> upstream_arg(nb::handle obj, simclr_dtype dtype, int64_t* coun
                                   std::to_string(array.ndim()));
     const auto dt = simclr_dtype_of(array.dtype());
     if (!dt)
-      raise(PyExc_TypeError, "upstream has dtype " + describe_dtype(array.dtype()) +
-                                 "; give float32 or float64");
+      raise(PyExc_TypeError,
+            "upstream has dtype " + describe_dtype(array.dtype()) + "; give float32 or float64");
     const int64_t len = array.ndim() == 0 ? 1 : static_cast<int64_t>(array.shape(0));
     const int64_t stride = array.ndim() == 0 ? 0 : array.stride(0);
     for (int64_t i = 0; i < len; ++i) {
@@ -612,7 +646,8 @@ GradArg grad_arg(nb::handle obj, const char* what, simclr_dtype dtype, int64_t r
   }
   nb::ndarray<nb::device::cpu> a;
   if (!nb::try_cast(obj, a, false)) {
-    g.error = {PyExc_TypeError, std::string(what) + " must be a writable host array [n, d] "
+    g.error = {PyExc_TypeError, std::string(what) +
+                                    " must be a writable host array [n, d] "
                                     "(numpy, or DLPack such as a CPU torch tensor), got " +
                                     qualified_type_name(obj.type())};
   } else if (a.ndim() != 2 || static_cast<int64_t>(a.shape(0)) != rows ||
@@ -675,14 +710,15 @@ NB_MODULE(_core, m) {
       "simclr.CommError",
       "A collective failed or timed out (MPI, or a communicator callback that raised).",
       PyExc_RuntimeError, nullptr);
-  device_error_type = PyErr_NewExceptionWithDoc(
-      "simclr.DeviceError", "A CUDA, cuBLAS or device memory failure.", PyExc_RuntimeError,
-      nullptr);
+  device_error_type =
+      PyErr_NewExceptionWithDoc("simclr.DeviceError", "A CUDA, cuBLAS or device memory failure.",
+                                PyExc_RuntimeError, nullptr);
   m.attr("CommError") = nb::handle(comm_error_type);
   m.attr("DeviceError") = nb::handle(device_error_type);
 
-  m.def("version", [] { return std::string(simclr_version()); },
-        "The library's version (the CMake project version).");
+  m.def(
+      "version", [] { return std::string(simclr_version()); },
+      "The library's version (the CMake project version).");
   m.def(
       "has_mpi",
       [] {
@@ -713,7 +749,8 @@ NB_MODULE(_core, m) {
             return new Loss(handle);
           },
           "json_text"_a, nb::rv_policy::take_ownership,
-          "From get_config() JSON text, or the Keras wrapper {\"class_name\": ..., \"config\": ...}.")
+          "From get_config() JSON text, or the Keras wrapper {\"class_name\": ..., \"config\": "
+          "...}.")
       .def("get_config_json", &Loss::config_json,
            "get_config() as JSON text, keys in TF Similarity's order.")
       .def("forward", &forward, "za"_a, "zb"_a, "weight"_a = nb::none(), "comm"_a = nb::none(),
@@ -725,7 +762,7 @@ NB_MODULE(_core, m) {
   nb::class_<Comm>(m, "Comm", nb::is_weak_referenceable(),
                    "A communicator (the C API's handle): callbacks, MPI or one rank.")
       .def_static("from_callbacks", &comm_from_callbacks, "rank"_a, "size"_a, "backend"_a,
-                  "all_gather"_a, "all_gather_v"_a, "barrier"_a = nb::none(),
+                  "all_gather"_a.none(), "all_gather_v"_a.none(), "barrier"_a = nb::none(),
                   nb::rv_policy::take_ownership,
                   "all_gather(send: uint8[bytes], recv: uint8[size*bytes]) fills recv; "
                   "all_gather_v(send: uint8[send_bytes], recv: uint8[sum], recv_bytes: list[int]); "

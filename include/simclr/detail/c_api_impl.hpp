@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <string>
 #include <vector>
@@ -15,7 +16,13 @@
 #include "simclr/loss.hpp"
 
 struct simclr_loss {
+  explicit simclr_loss(simclr::SimCLRLoss l) : loss(std::move(l)) {}
   simclr::SimCLRLoss loss;
+  // The device loss of the simclr_device_* calls (a simclr::cuda::DeviceSimCLRLoss, which keeps
+  // cuBLAS handles), made on first use; type-erased so the core needs no CUDA. Its calls hold
+  // device_mutex: one host thread at a time may use a device loss.
+  std::shared_ptr<void> device_loss;
+  std::mutex device_mutex;
 };
 
 struct simclr_comm {

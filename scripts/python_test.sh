@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The Python package's tests: installs what is missing (Debian packages), makes the virtual environment
+# build/venv (with the system's numpy, torch, mpi4py), installs the package into it with
+# `pip install .` (its CMake build folder build/python/<tag> is kept, so a second install only
+# recompiles what changed), runs pytest on tests/python, then tests/python/test_mpi4py.py under mpirun
+# at 1-4 ranks. The last line is "python tests: P passed, F failed, S skipped".
+# Usage: scripts/python_test.sh   (VENV=dir picks the environment; SIMCLR_PIP_ISOLATED=1 builds in
+# pip's isolated build environment, as a plain `pip install .` does, instead of the venv's build tools)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh python3-venv python3-pip python3-dev python3-numpy python3-torch python3-mpi4py \
+  python3-sklearn python3-pytest
+venv=${VENV:-build/venv}
+# Debian's python3 (its torch, numpy and mpi4py live in its dist-packages), not a python3 on PATH.
+if [ ! -x "$venv/bin/python" ]; then
+  /usr/bin/python3 -m venv --system-site-packages "$venv"
+fi
+py="$venv/bin/python"
+start=$(date +%s)
+if command -v ccache >/dev/null; then
+  export CMAKE_CXX_COMPILER_LAUNCHER=ccache CCACHE_BASEDIR=${CCACHE_BASEDIR:-$PWD}
+fi
+# nanobind's sources are compiled into the extension: building with the venv's copy (not a fresh
+# temporary one per install) keeps their objects valid across installs.
+pip_flags=(--no-build-isolation)
+if [ "${SIMCLR_PIP_ISOLATED:-0}" = 1 ]; then
+  pip_flags=()
+else
+  "$py" -m pip install -q "scikit-build-core>=0.10" "nanobind>=2.0"
+fi
+t0=$(date +%s)
+"$py" -m pip install -q "${pip_flags[@]}" .
+t1=$(date +%s)
+echo "pip install ${pip_flags[*]} . : $((t1 - t0)) s"
+"$py" -c 'import simclr, simclr._core as c; print("simclr", simclr.__version__, "mpi" if c.has_mpi() else "no mpi")'
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+# -p no:cacheprovider: nothing is written into the source tree. Exit code 5 (no tests) is a failure.
+rc=0
+"$py" -m pytest -q -rs -p no:cacheprovider tests/python | tee "$log" || rc=$?
+summary=$(tail -n 1 "$log")
+count() { echo "$summary" | grep -o "[0-9]* $1" | grep -o "[0-9]*" || echo 0; }
+passed=$(count passed) skipped=$(count skipped) failed=$(( $(count failed) + $(count error) ))
+if [ "$rc" -ne 0 ] || [ "$passed" -eq 0 ]; then
+  echo "pytest failed (exit $rc)"
+  exit 1
+fi
+if command -v mpirun >/dev/null && "$py" -c "import mpi4py" 2>/dev/null; then
+  tests/python/run_mpi.sh "$py" | tee "$log"
+  summary=$(tail -n 1 "$log")
+  passed=$((passed + $(count passed))) skipped=$((skipped + $(count skipped)))
+  failed=$((failed + $(count failed)))
+else
+  echo "mpirun or mpi4py missing: the mpirun runs of tests/python/test_mpi4py.py are skipped"
+fi
+echo "python step: $(( $(date +%s) - start )) s"
+echo "python tests: $passed passed, $failed failed, $skipped skipped"
