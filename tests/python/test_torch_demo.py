@@ -30,12 +30,13 @@ def test_demo_short_on_two_ranks(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     for key in ("world_size", "steps", "initial_loss", "final_loss", "knn_accuracy", "raw_knn_accuracy",
-                "knn_accuracy_centered", "raw_knn_accuracy_centered", "chance", "seconds"):
+                "knn_accuracy_centered", "raw_knn_accuracy_centered", "knn_accuracy_untrained", "chance", "seconds"):
         assert key in result, key
     assert result["world_size"] == ranks
     assert result["steps"] == 12 * 5  # 1257 training digits in global batches of 256
     assert result["final_loss"] < result["initial_loss"] - 1.0
     assert result["knn_accuracy"] > result["raw_knn_accuracy"]
+    assert result["knn_accuracy"] > result["knn_accuracy_untrained"]
     assert result["knn_accuracy_centered"] > 0.9
     with open(tmp_path / "summary.json") as f:
         assert json.load(f) == result
