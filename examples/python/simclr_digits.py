@@ -170,7 +170,8 @@ def main():
             knn_init = knn_accuracy(model(x_train)[0], y_train, model(shifted_test)[0], y_test)
 
     tty = sys.stdout.isatty()
-    os.makedirs(args.out, exist_ok=True) if rank == 0 else None
+    if rank == 0:
+        os.makedirs(args.out, exist_ok=True)
     steps_per_epoch = (n_train + args.batch - 1) // args.batch
     total_steps = steps_per_epoch * args.epochs
     if rank == 0:

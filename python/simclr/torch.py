@@ -12,7 +12,6 @@ order. docs/python.md describes the gradient convention (``gradient_reduction``)
 """
 
 import json
-import math
 import struct
 
 import numpy as np
