@@ -20,21 +20,17 @@ struct DeviceForward final : simclr_forward_state {
   cuda::DeviceLossOutput output;
 };
 
-cuda::DeviceDType device_dtype(simclr_dtype dtype, const char* what, const char* where) {
-  switch (dtype) {
-    case SIMCLR_FLOAT32:
-      return cuda::DeviceDType::kFloat32;
-    case SIMCLR_FLOAT16:
-      return cuda::DeviceDType::kFloat16;
-    case SIMCLR_BFLOAT16:
-      return cuda::DeviceDType::kBFloat16;
-    case SIMCLR_FLOAT64:
-      c_api_fail(SIMCLR_UNSUPPORTED, str_cat(where, ": ", what,
-                                             " is float64, which only the host calls take; device "
-                                             "calls take float32, float16 or bfloat16"));
-  }
-  c_api_fail(SIMCLR_TYPE_ERROR, str_cat(where, ": ", what, " has dtype ", static_cast<int>(dtype),
-                                        ", not a simclr_dtype"));
+cuda::DeviceDType device_dtype(const simclr_dtype& dtype, const char* what, const char* where) {
+  const std::int64_t raw = c_enum_value(dtype);
+  if (raw == SIMCLR_FLOAT32) return cuda::DeviceDType::kFloat32;
+  if (raw == SIMCLR_FLOAT16) return cuda::DeviceDType::kFloat16;
+  if (raw == SIMCLR_BFLOAT16) return cuda::DeviceDType::kBFloat16;
+  if (raw == SIMCLR_FLOAT64)
+    c_api_fail(SIMCLR_UNSUPPORTED, str_cat(where, ": ", what,
+                                           " is float64, which only the host calls take; device "
+                                           "calls take float32, float16 or bfloat16"));
+  c_api_fail(SIMCLR_TYPE_ERROR,
+             str_cat(where, ": ", what, " has dtype ", raw, ", not a simclr_dtype"));
 }
 
 // A device matrix argument: not NULL, on the current device, a device dtype.

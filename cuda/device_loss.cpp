@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <numeric>
 #include <utility>
 
@@ -16,6 +17,7 @@
 #include "simclr/detail/cuda_check.hpp"
 #include "simclr/detail/agreement.hpp"
 #include "simclr/engine.hpp"
+#include "simclr/loss.hpp"
 
 namespace simclr::cuda {
 
@@ -263,10 +265,18 @@ using detail::AgreementRecord;
 
 DeviceSimCLRLoss::DeviceSimCLRLoss(double temperature, Reduction reduction,
                                    std::optional<std::string> name)
-    : config_(temperature, reduction, std::move(name)), blas_(std::make_unique<BlasHandles>()) {}
+    : DeviceSimCLRLoss(LossConfig{temperature, reduction, std::move(name)}) {}
 
-DeviceSimCLRLoss::DeviceSimCLRLoss(const LossConfig& config)
-    : config_(config), blas_(std::make_unique<BlasHandles>()) {}
+DeviceSimCLRLoss::DeviceSimCLRLoss(const LossConfig& config) : config_(config) {
+  validate_config(config_);
+  blas_ = std::make_unique<BlasHandles>();
+}
+
+nlohmann::ordered_json DeviceSimCLRLoss::get_config() const {
+  return SimCLRLoss(config_).get_config();
+}
+
+std::string DeviceSimCLRLoss::get_config_string() const { return get_config().dump(); }
 
 DeviceSimCLRLoss::~DeviceSimCLRLoss() = default;
 DeviceSimCLRLoss::DeviceSimCLRLoss(DeviceSimCLRLoss&&) noexcept = default;
@@ -277,7 +287,7 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
                                            const DeviceSampleWeight* sample_weight,
                                            const DeviceCallOptions& options) const {
   DeviceCommunicator* comm = options.communicator;
-  const LossConfig& cfg = config_.config();
+  const LossConfig& cfg = config_;
   const Reduction reduction =
       cfg.reduction == Reduction::kAuto ? Reduction::kSumOverBatchSize : cfg.reduction;
   const std::int64_t gbs = !options.global_batch_size ? simclr::detail::kNoGlobalBatch

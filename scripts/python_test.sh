@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The Python package's tests: installs what is missing (Debian packages), makes the virtual environment
 # build/venv (with the system's numpy, torch, mpi4py), installs the package into it with
-# `pip install .` (its CMake build folder build/python/<tag> is kept, so a second install only
-# recompiles what changed), runs pytest on tests/python (its test_torch_mpi.py launches simclr.torch's
-# mpirun checks, the same as tests/python/run_mpi_torch.sh), then tests/python/test_mpi4py.py under
-# mpirun at 1-4 ranks. The last line is "python tests: P passed, F failed, S skipped".
+# `pip install --no-build-isolation .` (the CMake build folder build/python/<tag> is kept, so a second
+# install recompiles only what changed), runs pytest on tests/python (its test_torch_mpi.py launches
+# simclr.torch's mpirun checks, as tests/python/run_mpi_torch.sh does), then tests/python/test_mpi4py.py
+# under mpirun at 1-4 ranks. The last line is "python tests: P passed, F failed, S skipped".
 # Usage: scripts/python_test.sh   (VENV=dir picks the environment; SIMCLR_PIP_ISOLATED=1 builds in
 # pip's isolated build environment, as a plain `pip install .` does, instead of the venv's build tools)
 set -euo pipefail

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <nlohmann/json.hpp>
 #include <numeric>
 #include <sstream>
 
@@ -202,7 +203,7 @@ int run(Runtime& rt, const std::vector<std::string>& argv) {
   if (args.subcommand == "config") {
     std::optional<SimCLRLoss> loss;
     rt.agreed([&] { loss = make_loss(args); });
-    if (rt.rank() == 0) std::cout << loss->get_config().dump() << std::endl;
+    if (rt.rank() == 0) std::cout << loss->get_config_string() << std::endl;
     return 0;
   }
   if (args.subcommand == "bench") return run_bench(rt, args);

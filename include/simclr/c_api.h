@@ -185,7 +185,9 @@ simclr_status simclr_forward(simclr_loss_t loss, const simclr_matrix* za, const 
 /* Backward of a forward on host memory: writes dJ/dza and dJ/dzb ([n, d], the input dtype) into
  * grad_a and grad_b. upstream: upstream_count values of the input dtype; 1 is a scalar gradient of
  * the reduced loss (for none, applied to every example), n a per-example gradient (reduction none
- * only). Collective when the forward was. May be called more than once. */
+ * only). Collective when the forward was: the output buffers are checked after the collective, so a
+ * bad buffer on one rank fails there alone, while upstream and upstream_count must be valid on every
+ * rank (a per-example count of the wrong length fails on every rank). May be called more than once. */
 simclr_status simclr_backward(simclr_loss_t loss, simclr_forward_t saved, const void* upstream,
                               int64_t upstream_count, const simclr_matrix* grad_a,
                               const simclr_matrix* grad_b);

@@ -4,7 +4,7 @@
 
 #include <cstdint>
 #include <memory>
-#include <nlohmann/json.hpp>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -12,6 +12,7 @@
 #include "simclr/communicator.hpp"
 #include "simclr/engine.hpp"
 #include "simclr/errors.hpp"
+#include "simclr/options.hpp"
 #include "simclr/types.hpp"
 
 namespace simclr {
@@ -32,21 +33,6 @@ struct SampleWeight {
     const auto n = static_cast<std::int64_t>(w.size());
     return SampleWeight({n}, std::move(w));
   }
-};
-
-// The global batch size of tf.nn.compute_average_loss: a count >= 0, or "infer" (the total number
-// of rows over all ranks, found by the agreement step; exact with uneven batches).
-class GlobalBatchSize {
- public:
-  // Throws ValueError for a negative count.
-  static GlobalBatchSize of(std::int64_t rows);
-  static GlobalBatchSize infer() { return GlobalBatchSize(-1); }
-  bool is_infer() const { return rows_ < 0; }
-  std::int64_t rows() const { return rows_; }  // -1 when infer
-
- private:
-  explicit GlobalBatchSize(std::int64_t rows) : rows_(rows) {}
-  std::int64_t rows_;
 };
 
 // Options of one call.
@@ -93,14 +79,6 @@ struct Gradients {
   double flops = 0;
 };
 
-// Constructor arguments and get_config() content.
-struct LossConfig {
-  double temperature = 0.05;
-  Reduction reduction = Reduction::kAuto;
-  // TensorFlow Similarity 0.17 passes no name to Keras, so its default is None (docs/semantics.md).
-  std::optional<std::string> name = std::nullopt;
-};
-
 // TensorFlow Similarity's SimCLRLoss (NT-Xent, both directions summed) with Keras reductions.
 class SimCLRLoss {
  public:
@@ -114,8 +92,12 @@ class SimCLRLoss {
   const std::optional<std::string>& name() const { return config_.name; }
   const LossConfig& config() const { return config_; }
 
-  // {"reduction": ..., "name": ..., "temperature": ...} in that key order.
+  // {"reduction": ..., "name": ..., "temperature": ...} in that key order. The JSON types are only
+  // declared here (<nlohmann/json_fwd.hpp>): a caller that uses the value includes
+  // <nlohmann/json.hpp>; get_config_string() needs neither.
   nlohmann::ordered_json get_config() const;
+  // get_config() as compact JSON text.
+  std::string get_config_string() const;
   // Construction from get_config() keys, or the Keras wrapper {"class_name": ..., "config": {...}}.
   // Unknown key: TypeError "...unexpected keyword argument 'k'"; wrong JSON type: TypeError; bad
   // reduction: ValueError "Invalid Reduction Key: ..."; bad temperature: ValueError.

@@ -1,9 +1,12 @@
 #pragma once
-// Views of caller-owned memory, dtypes and the reduction keys shared by every layer.
+// Views of caller-owned memory and the dtypes shared by every layer (and, through options.hpp, the
+// reduction keys).
 
 #include <Eigen/Core>
 #include <cstdint>
 #include <string>
+
+#include "simclr/options.hpp"
 
 namespace simclr {
 
@@ -76,14 +79,5 @@ struct MatrixView {
 // Row-major dense matrix, the type the library returns gradients in.
 template <class T>
 using RowMatrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-
-// Keras reduction keys. kAuto resolves to kSumOverBatchSize.
-enum class Reduction : std::int32_t { kAuto = 0, kNone = 1, kSum = 2, kSumOverBatchSize = 3 };
-
-// "auto", "none", "sum", "sum_over_batch_size".
-std::string to_string(Reduction reduction);
-
-// Parses a reduction key (case-sensitive). Throws ValueError "Invalid Reduction Key: <key>. ...".
-Reduction parse_reduction(const std::string& key);
 
 }  // namespace simclr

@@ -22,18 +22,13 @@ std::string& c_api_last_error() {
   return message;
 }
 
-Reduction c_api_reduction(simclr_reduction reduction, const char* where) {
-  switch (reduction) {
-    case SIMCLR_REDUCTION_AUTO:
-      return Reduction::kAuto;
-    case SIMCLR_REDUCTION_NONE:
-      return Reduction::kNone;
-    case SIMCLR_REDUCTION_SUM:
-      return Reduction::kSum;
-    case SIMCLR_REDUCTION_SUM_OVER_BATCH_SIZE:
-      return Reduction::kSumOverBatchSize;
-  }
-  throw ValueError(str_cat(where, ": reduction ", static_cast<int>(reduction),
+Reduction c_api_reduction(const simclr_reduction& reduction, const char* where) {
+  const std::int64_t raw = c_enum_value(reduction);
+  if (raw == SIMCLR_REDUCTION_AUTO) return Reduction::kAuto;
+  if (raw == SIMCLR_REDUCTION_NONE) return Reduction::kNone;
+  if (raw == SIMCLR_REDUCTION_SUM) return Reduction::kSum;
+  if (raw == SIMCLR_REDUCTION_SUM_OVER_BATCH_SIZE) return Reduction::kSumOverBatchSize;
+  throw ValueError(str_cat(where, ": reduction ", raw,
                            " is not a simclr_reduction (SIMCLR_REDUCTION_AUTO, _NONE, _SUM or "
                            "_SUM_OVER_BATCH_SIZE)"));
 }
@@ -117,17 +112,12 @@ struct HostForward final : simclr_forward_state {
   LossOutput<T> output;
 };
 
-const char* dtype_name(simclr_dtype dtype) {
-  switch (dtype) {
-    case SIMCLR_FLOAT32:
-      return "float32";
-    case SIMCLR_FLOAT64:
-      return "float64";
-    case SIMCLR_FLOAT16:
-      return "float16";
-    case SIMCLR_BFLOAT16:
-      return "bfloat16";
-  }
+const char* dtype_name(const simclr_dtype& dtype) {
+  const std::int64_t raw = c_enum_value(dtype);
+  if (raw == SIMCLR_FLOAT32) return "float32";
+  if (raw == SIMCLR_FLOAT64) return "float64";
+  if (raw == SIMCLR_FLOAT16) return "float16";
+  if (raw == SIMCLR_BFLOAT16) return "bfloat16";
   return "an unknown dtype";
 }
 
@@ -139,13 +129,14 @@ void check_host_matrix(const simclr_matrix* m, const char* what, const char* whe
                str_cat(where, ": ", what, " is on CUDA device ", m->device,
                        " but this call takes host memory (device -1); use the simclr_device_* "
                        "calls for device memory"));
-  if (m->dtype == SIMCLR_FLOAT16 || m->dtype == SIMCLR_BFLOAT16)
+  const std::int64_t dtype = c_enum_value(m->dtype);
+  if (dtype == SIMCLR_FLOAT16 || dtype == SIMCLR_BFLOAT16)
     c_api_fail(SIMCLR_UNSUPPORTED, str_cat(where, ": ", what, " is ", dtype_name(m->dtype),
                                            ", which only the device calls take; host calls "
                                            "take float32 or float64"));
-  if (m->dtype != SIMCLR_FLOAT32 && m->dtype != SIMCLR_FLOAT64)
+  if (dtype != SIMCLR_FLOAT32 && dtype != SIMCLR_FLOAT64)
     c_api_fail(SIMCLR_TYPE_ERROR,
-               str_cat(where, ": ", what, " has dtype ", static_cast<int>(m->dtype),
+               str_cat(where, ": ", what, " has dtype ", dtype,
                        ", not a simclr_dtype (SIMCLR_FLOAT32 or SIMCLR_FLOAT64)"));
 }
 
@@ -279,7 +270,7 @@ simclr_status simclr_loss_create(double temperature, simclr_reduction reduction,
     const simclr::Reduction r = simclr::detail::c_api_reduction(reduction, "simclr_loss_create");
     std::optional<std::string> n;
     if (name != nullptr) n = std::string(name);
-    *out = new simclr_loss{simclr::SimCLRLoss(temperature, r, std::move(n))};
+    *out = new simclr_loss(simclr::SimCLRLoss(temperature, r, std::move(n)));
   });
 }
 
@@ -287,7 +278,7 @@ simclr_status simclr_loss_from_config(const char* json, simclr_loss_t* out) {
   return c_api_guard([&] {
     SIMCLR_ENFORCE(out != nullptr, simclr::ValueError, "simclr_loss_from_config: out is NULL");
     SIMCLR_ENFORCE(json != nullptr, simclr::ValueError, "simclr_loss_from_config: json is NULL");
-    *out = new simclr_loss{simclr::SimCLRLoss::from_config_string(json)};
+    *out = new simclr_loss(simclr::SimCLRLoss::from_config_string(json));
   });
 }
 
@@ -295,7 +286,7 @@ simclr_status simclr_loss_get_config(simclr_loss_t loss, char* buffer, size_t ca
                                      size_t* length) {
   return c_api_guard([&] {
     SIMCLR_ENFORCE(loss != nullptr, simclr::ValueError, "simclr_loss_get_config: loss is NULL");
-    const std::string text = loss->loss.get_config().dump();
+    const std::string text = loss->loss.get_config_string();
     if (length != nullptr) *length = text.size();
     SIMCLR_ENFORCE(buffer != nullptr || capacity == 0, simclr::ValueError,
                    "simclr_loss_get_config: buffer is NULL with capacity ", capacity);
@@ -385,8 +376,9 @@ simclr_status simclr_forward(simclr_loss_t loss, const simclr_matrix* za, const 
       if (comm == nullptr) throw;
       detail::AgreementRecord mine = detail::forward_record(
           za != nullptr ? za->rows : 0, za != nullptr ? za->cols : 0,
-          za != nullptr ? static_cast<std::int32_t>(za->dtype) : 0, Reduction::kAuto,
-          loss != nullptr ? loss->loss.temperature() : 0.0, detail::kNoGlobalBatch);
+          za != nullptr ? static_cast<std::int32_t>(detail::c_enum_value(za->dtype)) : 0,
+          Reduction::kAuto, loss != nullptr ? loss->loss.temperature() : 0.0,
+          detail::kNoGlobalBatch);
       detail::set_error(mine,
                         dynamic_cast<const TypeError*>(&e) != nullptr ? detail::kTypeErrorKind
                                                                       : detail::kValueErrorKind,

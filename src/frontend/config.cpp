@@ -1,6 +1,7 @@
 // Keras-style configuration: reduction keys, get_config / from_config (docs/semantics.md).
 
 #include <cmath>
+#include <nlohmann/json.hpp>
 
 #include "simclr/detail/check.hpp"
 #include "simclr/loss.hpp"
@@ -104,12 +105,13 @@ LossConfig parse_config(const nlohmann::json& in) {
 SimCLRLoss::SimCLRLoss(double temperature, Reduction reduction, std::optional<std::string> name)
     : SimCLRLoss(LossConfig{temperature, reduction, std::move(name)}) {}
 
-SimCLRLoss::SimCLRLoss(const LossConfig& config) : config_(config) {
-  check_temperature(config_.temperature);
-  SIMCLR_ENFORCE(
-      static_cast<int>(config_.reduction) >= 0 && static_cast<int>(config_.reduction) <= 3,
-      ValueError, "Invalid Reduction Key: ", static_cast<int>(config_.reduction), ".");
+void validate_config(const LossConfig& config) {
+  check_temperature(config.temperature);
+  SIMCLR_ENFORCE(static_cast<int>(config.reduction) >= 0 && static_cast<int>(config.reduction) <= 3,
+                 ValueError, "Invalid Reduction Key: ", static_cast<int>(config.reduction), ".");
 }
+
+SimCLRLoss::SimCLRLoss(const LossConfig& config) : config_(config) { validate_config(config_); }
 
 nlohmann::ordered_json SimCLRLoss::get_config() const {
   nlohmann::ordered_json cfg;
@@ -122,6 +124,8 @@ nlohmann::ordered_json SimCLRLoss::get_config() const {
   cfg["temperature"] = config_.temperature;
   return cfg;
 }
+
+std::string SimCLRLoss::get_config_string() const { return get_config().dump(); }
 
 SimCLRLoss SimCLRLoss::from_config(const nlohmann::json& config) {
   return SimCLRLoss(parse_config(config));

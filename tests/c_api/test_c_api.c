@@ -289,6 +289,10 @@ static void test_errors(void) {
   CHECK_FAILS(simclr_forward(loss, &a, &b, NULL, NULL, values, NULL, NULL, NULL), SIMCLR_TYPE_ERROR,
               "float32");
   b = host64(zb, 3, 2);
+  b.dtype = (simclr_dtype)9;
+  CHECK_FAILS(simclr_forward(loss, &a, &b, NULL, NULL, values, NULL, NULL, NULL), SIMCLR_TYPE_ERROR,
+              "dtype 9");
+  b.dtype = SIMCLR_FLOAT64;
   b.device = 0;
   CHECK_FAILS(simclr_forward(loss, &a, &b, NULL, NULL, values, NULL, NULL, NULL),
               SIMCLR_UNSUPPORTED, "device");

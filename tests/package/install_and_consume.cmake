@@ -1,7 +1,8 @@
 # cmake -P script behind the test package.install_and_consume (see CMakeLists.txt for the -D inputs).
 #   1. cmake --install the build into WORK_DIR/prefix, and check the layout;
 #   2. configure + build tests/package/consumer against that prefix only (find_package(simclr));
-#   3. run it on RANKS MPI ranks: the distributed loss must equal the local one;
+#   3. run it on RANKS MPI ranks: the distributed loss must equal the local one; run the C program
+#      of the C API;
 #   4. when pkg-config is present, build the same source from simclr-mpi.pc alone and run it again.
 cmake_minimum_required(VERSION 3.25)
 
@@ -32,7 +33,7 @@ file(MAKE_DIRECTORY ${WORK_DIR})
 # 1. install
 run_step("cmake --install" out
   ${CMAKE_COMMAND} --install ${SIMCLR_BUILD_DIR} --prefix ${prefix} --config ${SIMCLR_CONFIG})
-foreach(file include/simclr/loss.hpp include/simclr/communicator.hpp include/simclr/mpi/mpi_communicator.hpp include/simclr/build_config.hpp)
+foreach(file include/simclr/loss.hpp include/simclr/options.hpp include/simclr/c_api.h include/simclr/communicator.hpp include/simclr/mpi/mpi_communicator.hpp include/simclr/build_config.hpp)
   if(NOT EXISTS ${prefix}/${file})
     message(FATAL_ERROR "installed tree lacks ${file}")
   endif()
@@ -82,6 +83,15 @@ run_step("consumer on ${RANKS} ranks (find_package)" out ${launch} ${consumer})
 message(STATUS "${out}")
 if(NOT out MATCHES "ok: simclr loss over ${RANKS} ranks")
   message(FATAL_ERROR "unexpected consumer output:\n${out}")
+endif()
+file(GLOB_RECURSE consumer_c ${WORK_DIR}/consumer-build/simclr_consumer_c ${WORK_DIR}/consumer-build/simclr_consumer_c.exe)
+if(NOT consumer_c)
+  message(FATAL_ERROR "no simclr_consumer_c binary under ${WORK_DIR}/consumer-build")
+endif()
+list(GET consumer_c 0 consumer_c)
+run_step("C consumer of the C API" out ${consumer_c})
+if(NOT out MATCHES "ok: simclr C API")
+  message(FATAL_ERROR "unexpected C consumer output:\n${out}")
 endif()
 
 # 4. pkg-config

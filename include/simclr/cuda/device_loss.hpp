@@ -18,14 +18,14 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <nlohmann/json.hpp>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "simclr/cuda/device_communicator.hpp"
 #include "simclr/cuda/device_types.hpp"
-#include "simclr/loss.hpp"
+#include "simclr/options.hpp"
 
 namespace simclr::cuda {
 
@@ -98,8 +98,11 @@ class DeviceSimCLRLoss {
   DeviceSimCLRLoss(DeviceSimCLRLoss&&) noexcept;
   DeviceSimCLRLoss& operator=(DeviceSimCLRLoss&&) noexcept;
 
-  const LossConfig& config() const { return config_.config(); }
-  nlohmann::ordered_json get_config() const { return config_.get_config(); }
+  const LossConfig& config() const { return config_; }
+  // As SimCLRLoss::get_config() (a caller that uses the value includes <nlohmann/json.hpp>).
+  nlohmann::ordered_json get_config() const;
+  // get_config() as compact JSON text.
+  std::string get_config_string() const;
 
   // Forward. za, zb: [n, d] device matrices of one dtype (n may be 0), caller-owned, on the current
   // device. sample_weight: size 1 or n, or null. Work is enqueued on `stream`. Collective when
@@ -127,7 +130,7 @@ class DeviceSimCLRLoss {
                      const FloatVectorView* per_example, DeviceMutableMatrixView grad_a,
                      DeviceMutableMatrixView grad_b, cudaStream_t stream) const;
 
-  SimCLRLoss config_;  // configuration and its validation, shared with the CPU front end
+  LossConfig config_;  // validated by validate_config, as SimCLRLoss's
   std::unique_ptr<BlasHandles> blas_;
 };
 

@@ -4,10 +4,12 @@
 // Not public API, not installed.
 
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <new>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "simclr/c_api.h"
@@ -94,8 +96,18 @@ simclr_status c_api_guard(F&& f) noexcept {
   }
 }
 
+// The integer a C caller stored in an enum argument or field. Read through memcpy: C lets a caller
+// store any int there, and loading a value outside the enumerators as the C++ enum type is
+// undefined.
+template <class E>
+std::int64_t c_enum_value(const E& e) {
+  std::underlying_type_t<E> raw;
+  std::memcpy(&raw, &e, sizeof(raw));
+  return static_cast<std::int64_t>(raw);
+}
+
 // The C reduction as the C++ one; ValueError for a value outside the enum.
-Reduction c_api_reduction(simclr_reduction reduction, const char* where);
+Reduction c_api_reduction(const simclr_reduction& reduction, const char* where);
 simclr_reduction c_api_reduction(Reduction reduction);
 
 }  // namespace simclr::detail

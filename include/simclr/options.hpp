@@ -1,0 +1,48 @@
+#pragma once
+// The loss's configuration shared by the CPU and device front ends: the Keras reduction keys, the
+// global batch size of tf.nn.compute_average_loss, and the constructor arguments. Light on purpose
+// (no Eigen, no JSON), so the device header and the C API's users do not pay for them.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace simclr {
+
+// Keras reduction keys. kAuto resolves to kSumOverBatchSize.
+enum class Reduction : std::int32_t { kAuto = 0, kNone = 1, kSum = 2, kSumOverBatchSize = 3 };
+
+// "auto", "none", "sum", "sum_over_batch_size".
+std::string to_string(Reduction reduction);
+
+// Parses a reduction key (case-sensitive). Throws ValueError "Invalid Reduction Key: <key>. ...".
+Reduction parse_reduction(const std::string& key);
+
+// The global batch size of tf.nn.compute_average_loss: a count >= 0, or "infer" (the total number
+// of rows over all ranks, found by the agreement step; exact with uneven batches).
+class GlobalBatchSize {
+ public:
+  // Throws ValueError for a negative count.
+  static GlobalBatchSize of(std::int64_t rows);
+  static GlobalBatchSize infer() { return GlobalBatchSize(-1); }
+  bool is_infer() const { return rows_ < 0; }
+  std::int64_t rows() const { return rows_; }  // -1 when infer
+
+ private:
+  explicit GlobalBatchSize(std::int64_t rows) : rows_(rows) {}
+  std::int64_t rows_;
+};
+
+// Constructor arguments and get_config() content.
+struct LossConfig {
+  double temperature = 0.05;
+  Reduction reduction = Reduction::kAuto;
+  // TensorFlow Similarity 0.17 passes no name to Keras, so its default is None (docs/semantics.md).
+  std::optional<std::string> name = std::nullopt;
+};
+
+// Throws ValueError for a temperature <= 0, NaN or Inf, or a reduction outside the enum: the checks
+// of the losses' constructors.
+void validate_config(const LossConfig& config);
+
+}  // namespace simclr
