@@ -376,7 +376,7 @@ __global__ void l2_normalize_backward_kernel(const T* xhat, const float* squared
   const float* g = grad + row * cols;
   T* dst = out + row * out_stride;
   const float nrm2 = squared_norms[row];
-  if (nrm2 > kNormEps) {
+  if (nrm2 >= kNormEps) {  // as the CPU path: TensorFlow's maximum gradient ties to the norm
     float dot = 0.f;
     for (std::int64_t c = lane; c < cols; c += kWarp) dot = fmaf(to_float(h[c]), g[c], dot);
     dot = warp_sum(dot);

@@ -128,7 +128,7 @@ struct MTileParams {
 void launch_m_tile(const MTileParams& p, cudaStream_t stream);
 
 // Backward of launch_l2_normalize (docs/math.md section 4.5): out = (g - xhat (xhat . g)) / sqrt(nrm2) when
-// nrm2 > 1e-12, else g / sqrt(1e-12). xhat: dtype, stride cols; g: float32, stride cols; out:
+// nrm2 >= 1e-12, else g / sqrt(1e-12). xhat: dtype, stride cols; g: float32, stride cols; out:
 // dtype.
 void launch_l2_normalize_backward(const void* xhat, const float* squared_norms, const float* grad,
                                   std::int64_t rows, std::int64_t cols, DeviceDType dtype,

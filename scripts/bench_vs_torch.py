@@ -1,16 +1,23 @@
 #!/usr/bin/env python3
-"""simclr-loss bench beside a PyTorch implementation of the same step, same machine, same run.
+"""simclr-loss bench beside a PyTorch implementation of the same step, and simclr's own PyTorch front
+end (simclr.torch), same machine, same run.
 
 The peer is TensorFlow Similarity's SimCLRLoss formulation written in PyTorch with autograd (what a
 Python user of lightly / pytorch-metric-learning style losses runs): L2-normalise both views, logits
 [h1 h2^T | h1 h1^T] / T with the self entry pushed to -1e9, softmax cross-entropy in both directions,
-summed, then loss.backward(). Each measurement runs in a fresh process, so peak RSS is that step's.
+summed, then loss.backward(). The front end is `simclr.torch.simclr_loss(za, zb, reduction="sum")`
+then loss.backward() on torch tensors (the library's closed-form backward behind autograd), timed the
+same way as the peer. Each measurement runs in a fresh process, so peak RSS is that step's.
 
     scripts/bench_vs_torch.py [--batch 8192] [--dim 128] [--threads 2] [--repeat 3]
                               [--sweep 1024,2048,4096,8192] [--out DIR] [--install]
+                              [--simclr-python PY]
 
 --install apt-installs python3-torch (Debian's PyTorch 1.13) when it is missing. The PyTorch side runs
-under /usr/bin/python3 (where Debian installs torch) unless --python says otherwise.
+under /usr/bin/python3 (where Debian installs torch) unless --python says otherwise. simclr.torch
+runs under --simclr-python (default: .venv/bin/python of the repository when it exists, made by
+`python3 -m venv --system-site-packages .venv && .venv/bin/pip install .`, else --python); it is
+skipped with a note when that interpreter cannot import simclr.torch.
 """
 import argparse
 import json
@@ -56,6 +63,31 @@ print(json.dumps({"seconds_median": times[len(times) // 2], "seconds_min": times
 '''
 
 
+FRONTEND = r'''
+import json, resource, sys, time
+import torch
+import simclr.torch as st
+G, d, threads, repeat = (int(x) for x in sys.argv[1:5])
+torch.set_num_threads(threads)
+torch.manual_seed(1)
+za = torch.randn(G, d, requires_grad=True)
+zb = torch.randn(G, d, requires_grad=True)
+def step():
+    loss = st.simclr_loss(za, zb, temperature=0.05, reduction="sum")
+    za.grad = None; zb.grad = None
+    loss.backward()
+    return float(loss)
+step()
+times = []
+for _ in range(repeat):
+    t0 = time.perf_counter(); step(); times.append(time.perf_counter() - t0)
+times.sort()
+print(json.dumps({"seconds_median": times[len(times) // 2], "seconds_min": times[0],
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+                  "torch": torch.__version__, "threads": torch.get_num_threads()}))
+'''
+
+
 def run_json(cmd, env=None):
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -83,12 +115,21 @@ def main():
     ap.add_argument("--ranks", type=int, default=0, help="also run simclr-loss under mpirun -np RANKS, 1 thread each")
     ap.add_argument("--bin", default=os.path.join(ROOT, "build", "bin", "simclr-loss"))
     ap.add_argument("--python", default="/usr/bin/python3")
+    venv_python = os.path.join(ROOT, ".venv", "bin", "python")
+    ap.add_argument("--simclr-python", default=venv_python if os.access(venv_python, os.X_OK) else "",
+                    help="interpreter that imports simclr.torch (default: .venv/bin/python, else --python)")
     ap.add_argument("--out", default="")
     ap.add_argument("--install", action="store_true")
     args = ap.parse_args()
     ensure_torch(args.python, args.install)
     if not os.access(args.bin, os.X_OK):
         sys.exit(f"error: {args.bin} not found; build first (scripts/test.sh or cmake --build build)")
+    frontend_python = args.simclr_python or args.python
+    has_frontend = subprocess.run([frontend_python, "-c", "import simclr.torch"],
+                                  capture_output=True).returncode == 0
+    if not has_frontend:
+        print(f"note: {frontend_python} cannot import simclr.torch; simclr.torch is not timed "
+              f"(python3 -m venv --system-site-packages .venv && .venv/bin/pip install .)", file=sys.stderr)
     batches = [int(g) for g in args.sweep.split(",")] if args.sweep else [args.batch]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     rows = []
@@ -103,6 +144,13 @@ def main():
                "rss_ratio": ours["peak_rss_mib"] / peer["peak_rss_mib"],
                "simclr_gflops": ours["gflops"], "gemm_gflops": ours.get("gemm_gflops"),
                "fraction_of_gemm": ours.get("fraction_of_gemm"), "torch": peer["torch"]}
+        if has_frontend:
+            front = run_json([frontend_python, "-c", FRONTEND, str(g), str(args.dim), str(args.threads),
+                              str(args.repeat)], env=env)
+            row["simclr_torch_seconds"] = front["seconds_median"]
+            row["simclr_torch_peak_rss_mib"] = front["peak_rss_mib"]
+            row["simclr_torch_over_simclr"] = front["seconds_median"] / ours["seconds_median"]
+            row["simclr_torch_speedup"] = peer["seconds_median"] / front["seconds_median"]
         if args.ranks:
             mpirun = shutil.which("mpirun")
             if mpirun:
@@ -123,6 +171,15 @@ def main():
         print(f"| {r['batch']} | {r['dim']} | {r['threads']} | {r['simclr_seconds']:.3f} | {r['torch_seconds']:.3f} | "
               f"{r['speedup']:.1f}x | {r['simclr_peak_rss_mib']:.0f} | {r['torch_peak_rss_mib']:.0f} | "
               f"{100 * r['rss_ratio']:.1f}% |")
+    if has_frontend:
+        print()
+        print("| G | d | threads | simclr.torch s | simclr s | simclr.torch / simclr | torch s | speedup | "
+              "simclr.torch RSS MiB |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['batch']} | {r['dim']} | {r['threads']} | {r['simclr_torch_seconds']:.3f} | "
+                  f"{r['simclr_seconds']:.3f} | {r['simclr_torch_over_simclr']:.3f} | {r['torch_seconds']:.3f} | "
+                  f"{r['simclr_torch_speedup']:.1f}x | {r['simclr_torch_peak_rss_mib']:.0f} |")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         csv = os.path.join(args.out, "bench_vs_torch.csv")

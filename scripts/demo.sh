@@ -3,12 +3,19 @@
 # 2 MPI ranks (1 process when no MPI launcher is installed), and say where the outputs went.
 #
 #   scripts/demo.sh [OUT_DIR]          default OUT_DIR: out/demo
+#   scripts/demo.sh --pytorch [OUT_DIR] the PyTorch demo instead: SimCLR on scikit-learn's 8x8 digits
+#                                      with DistributedDataParallel and simclr.torch on 2 ranks
+#                                      (examples/python/simclr_digits.py); default OUT_DIR: out/digits
 #
 # Environment: SIMCLR_DEMO_NO_INSTALL=1 skips the package step; SIMCLR_BUILD_DIR (default build/);
 # SIMCLR_DEMO_RANKS (default 2). Extra training flags: SIMCLR_DEMO_ARGS="--epochs 40 --seed 3".
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [[ "${1:-}" == "--pytorch" ]]; then
+  shift
+  exec "$root/scripts/demo_pytorch.sh" "$@"
+fi
 build="${SIMCLR_BUILD_DIR:-$root/build}"
 out="${1:-$root/out/demo}"
 ranks="${SIMCLR_DEMO_RANKS:-2}"

@@ -173,7 +173,7 @@ def ref_loss_and_grad(za, zb, T, alpha):
 
     def chain(g, xh, n2):
         out = np.empty_like(g)
-        big = n2 > 1e-12
+        big = n2 >= 1e-12  # tf.maximum's gradient goes to the first argument at a tie
         s = np.sum(xh * g, axis=1)
         out[big] = (g[big] - xh[big] * s[big, None]) / np.sqrt(n2[big])[:, None]
         out[~big] = g[~big] / math.sqrt(1e-12)

@@ -2,15 +2,17 @@
 # The Python package's tests: installs what is missing (Debian packages), makes the virtual environment
 # build/venv (with the system's numpy, torch, mpi4py), installs the package into it with
 # `pip install --no-build-isolation .` (the CMake build folder build/python/<tag> is kept, so a second
-# install recompiles only what changed), runs pytest on tests/python, then tests/python/test_jax_shard.py
-# in a process of its own (4 host devices), then tests/python/test_mpi4py.py under mpirun at 1-4 ranks.
-# The last line is "python tests: P passed, F failed, S skipped".
+# install recompiles only what changed), runs pytest on tests/python (its test_torch_mpi.py launches
+# simclr.torch's mpirun checks, as tests/python/run_mpi_torch.sh does), then
+# tests/python/test_jax_shard.py in a process of its own (4 host devices), then
+# tests/python/test_mpi4py.py under mpirun at 1-4 ranks. The last line is "python tests: P passed, F
+# failed, S skipped".
 # Usage: scripts/python_test.sh   (VENV=dir picks the environment; SIMCLR_PIP_ISOLATED=1 builds in
 # pip's isolated build environment, as a plain `pip install .` does, instead of the venv's build tools)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh python3-venv python3-pip python3-dev python3-numpy python3-torch python3-mpi4py \
-  python3-sklearn python3-pytest
+  python3-sklearn python3-pytest python3-matplotlib
 venv=${VENV:-build/venv}
 # Debian's python3 (its torch, numpy and mpi4py live in its dist-packages), not a python3 on PATH.
 if [ ! -x "$venv/bin/python" ]; then

@@ -4,9 +4,12 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <functional>
+#include <limits>
 
 #include "reference.hpp"
+#include "simclr/engine.hpp"
 #include "simclr/loss.hpp"
 
 namespace simclr {
@@ -154,3 +157,33 @@ TEST(Gradient, StridedViewsReadOnlyTheirColumns) {
 
 }  // namespace
 }  // namespace simclr
+
+// The normalisation backward at the clamp itself (docs/math.md section 4.5). A row [1e-6, 0, 0] has
+// a squared norm of exactly 1e-12 in float32 and in float64. TensorFlow's gradient of
+// maximum(|x|^2, 1e-12) goes to |x|^2 at a tie, so the gradient is the projected one,
+// (g - x_hat (x_hat . g)) / sqrt(1e-12) with x_hat = [1, 0, 0]: for g = [1, 2, 3] that is
+// [0, 2e6, 3e6], where the constant branch would give [1e6, 2e6, 3e6]. Just below the clamp the
+// constant branch applies.
+template <class T>
+void check_clamp_tie() {
+  const T tie = T(1e-6);
+  ASSERT_EQ(tie * tie, T(1e-12));  // the premise: this row sits exactly on the clamp
+  const T below = std::nextafter(tie, T(0));
+  const T x[6] = {tie, 0, 0, below, 0, 0};
+  T xhat[6], nrm2[2], out[6];
+  simclr::detail::l2_normalize_rows(simclr::ConstMatrixView<T>(x, 2, 3), xhat, 3, nrm2);
+  const T g[6] = {1, 2, 3, 1, 2, 3};
+  simclr::detail::l2_normalize_backward(xhat, 3, nrm2, g, 3, 2, 3, out, 3);
+  const T tol = T(1e6) * std::numeric_limits<T>::epsilon() * 8;
+  EXPECT_NEAR(out[0], T(0), tol);
+  EXPECT_NEAR(out[1], T(2e6), tol);
+  EXPECT_NEAR(out[2], T(3e6), tol);
+  EXPECT_NEAR(out[3], T(1e6), tol);  // below the clamp: g / sqrt(1e-12)
+  EXPECT_NEAR(out[4], T(2e6), tol);
+  EXPECT_NEAR(out[5], T(3e6), tol);
+}
+
+TEST(Gradient, NormalisationAtTheClampFollowsTensorFlowsTieRule) {
+  check_clamp_tie<double>();
+  check_clamp_tie<float>();
+}

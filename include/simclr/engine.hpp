@@ -104,7 +104,7 @@ template <class T>
 void l2_normalize_rows(ConstMatrixView<T> x, T* out, std::int64_t out_stride, T* squared_norms);
 
 // Backward of l2_normalize_rows (docs/math.md section 4.5): dx = (g - xhat (xhat . g)) / sqrt(nrm2) when
-// nrm2 > 1e-12, else g / sqrt(1e-12).
+// nrm2 >= 1e-12 (TensorFlow's maximum gradient at a tie), else g / sqrt(1e-12).
 template <class T>
 void l2_normalize_backward(const T* xhat, std::int64_t xhat_stride, const T* squared_norms,
                            const T* grad_xhat, std::int64_t grad_stride, std::int64_t rows,

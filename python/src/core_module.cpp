@@ -705,6 +705,10 @@ std::tuple<nb::object, nb::object> backward(Forward& fwd, nb::handle upstream, n
 
 NB_MODULE(_core, m) {
   m.doc() = "The SimCLR loss library's C API for Python (used by the simclr package).";
+  // Objects still referenced at interpreter exit (a module-level loss, a torch autograd graph that
+  // holds a Forward and is torn down after this module) are not leaks; without this nanobind prints
+  // a "leaked instances" report on every such exit.
+  nb::set_leak_warnings(false);
 
   comm_error_type = PyErr_NewExceptionWithDoc(
       "simclr.CommError",

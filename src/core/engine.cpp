@@ -302,7 +302,9 @@ void l2_normalize_backward(const T* xhat, std::int64_t xhat_stride, const T* squ
     Eigen::Map<const Row> h(xhat + i * xhat_stride, cols), g(grad_xhat + i * grad_stride, cols);
     Eigen::Map<Row> dst(out + i * out_stride, cols);
     const T nrm2 = squared_norms[i];
-    if (nrm2 > T(1e-12)) {
+    // >=, not >: TensorFlow's gradient of maximum(a, b) goes to a when a >= b, so at the clamp
+    // itself the gradient still flows through the norm (docs/math.md section 4.5).
+    if (nrm2 >= T(1e-12)) {
       dst = (g - h * h.dot(g)) / std::sqrt(nrm2);
     } else {
       dst = g / std::sqrt(T(1e-12));
