@@ -108,6 +108,10 @@ CallCounts call_counts();
 void reset_call_counts();
 void count_host_sync();
 void count_blas_handle_created();
+// NCCL emulation hooks (tests/emulation/nccl.cpp): make ncclCommGetAsyncError of `comm` (an
+// ncclComm_t) report `result` (an ncclResult_t), and count the ncclCommAbort calls so far.
+void nccl_set_async_error(void* comm, int result);
+int nccl_aborts();
 // Reports a failure on stderr and as the thread's last CUDA error; returns `code`.
 cudaError_t fail(cudaError_t code, const std::string& why);
 
