@@ -312,7 +312,7 @@ void test_async(int device) {
                                            nullptr, nullptr, nullptr),
                SIMCLR_VALUE_ERROR);
   CHECK(std::strstr(simclr_last_error(), "zb has NaN at row 2, column 3") != nullptr);
-  fcall.workspace_size = fbytes - 1;
+  fcall.workspace_size = fbytes / 2;  // the query is an upper bound: outputs may live elsewhere
   CHECK_STATUS(simclr_device_forward_async(loss, &a, &b, nullptr, &fcall, stream, dv, nullptr,
                                            nullptr, nullptr, nullptr),
                SIMCLR_VALUE_ERROR);

@@ -243,7 +243,9 @@ ncclUniqueId shared_id() {
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   ncclUniqueId id;
   std::memset(&id, 0, sizeof(id));
-  if (rank == 0) EXPECT_EQ(ncclGetUniqueId(&id), ncclSuccess);
+  if (rank == 0) {
+    EXPECT_EQ(ncclGetUniqueId(&id), ncclSuccess);
+  }
   MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, MPI_COMM_WORLD);
   return id;
 }
