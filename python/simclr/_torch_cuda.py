@@ -1,7 +1,7 @@
 """The PyTorch CUDA route of simclr.torch: CUDA tensors go to the library's device engine.
 
 Not imported by ``simclr`` itself, and safe to import without torch, without CUDA and without the
-``simclr._device`` extension (built only with ``SIMCLR_WITH_CUDA=ON``; docs/python.md): what is
+``simclr._device`` extension (built only with ``SIMCLR_WITH_CUDA=ON``; docs/gpu.md): what is
 missing is reported when a call is made. ``simclr.torch`` dispatches CUDA tensors here::
 
     if za.is_cuda: return _torch_cuda.simclr_loss_cuda(za, zb, temperature, reduction, ...)
@@ -36,7 +36,7 @@ def _device_module():
         raise RuntimeError(
             "simclr was built without the GPU path (simclr._device is missing); rebuild with "
             "`pip install . -Ccmake.define.SIMCLR_WITH_CUDA=ON` on a machine with the CUDA "
-            "toolkit (docs/python.md)"
+            "toolkit (docs/gpu.md)"
         ) from exc
 
 

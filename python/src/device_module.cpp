@@ -2,7 +2,7 @@
 // device calls") for python/simclr/_torch_cuda.py. Arguments are raw device addresses and a
 // cudaStream_t as integers (a framework's tensor.data_ptr() and stream handle), so this module
 // needs neither PyTorch nor CUDA headers beyond the C API. Built only with the GPU path
-// (SIMCLR_WITH_CUDA=ON and target simclr::cuda; docs/python.md).
+// (SIMCLR_WITH_CUDA=ON and target simclr::cuda; docs/gpu.md, "The PyTorch CUDA route").
 
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
