@@ -10,7 +10,9 @@
 #include <nanobind/stl/tuple.h>
 
 #include <cstdint>
+#include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <tuple>
 
@@ -41,6 +43,9 @@ simclr_dtype dtype_of(int code) { return static_cast<simclr_dtype>(code); }
 // A device forward's saved state; destroyed with the Python object.
 struct Saved {
   simclr_forward_t state = nullptr;
+  Saved() = default;
+  Saved(const Saved&) = delete;
+  Saved& operator=(const Saved&) = delete;
   ~Saved() { simclr_forward_destroy(state); }
 };
 
@@ -50,6 +55,8 @@ struct DeviceLoss {
     check(
         simclr_loss_create(temperature, static_cast<simclr_reduction>(reduction), nullptr, &loss));
   }
+  DeviceLoss(const DeviceLoss&) = delete;
+  DeviceLoss& operator=(const DeviceLoss&) = delete;
   ~DeviceLoss() { simclr_loss_destroy(loss); }
 };
 
@@ -105,7 +112,8 @@ NB_MODULE(_device, m) {
              std::int64_t dim, std::int64_t stride_a, std::int64_t stride_b, int dtype, int device,
              std::uintptr_t stream, std::uintptr_t workspace, std::size_t workspace_size,
              std::uintptr_t values, std::uintptr_t per_example, std::uintptr_t objective,
-             std::int64_t global_batch_size, std::size_t tile_bytes, bool symmetric, bool async) {
+             std::int64_t global_batch_size, std::size_t tile_bytes, bool symmetric,
+             bool async) -> Saved* {
             const simclr_matrix a{ptr(za), rows, dim, stride_a, dtype_of(dtype), device};
             const simclr_matrix b{ptr(zb), rows, dim, stride_b, dtype_of(dtype), device};
             const simclr_call_options o = call_options(global_batch_size, tile_bytes, symmetric);
