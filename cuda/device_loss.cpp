@@ -370,11 +370,9 @@ DeviceSimCLRLoss::DeviceSimCLRLoss(const LossConfig& config) : config_(config) {
   validate_config(config_);
 }
 
-nlohmann::ordered_json DeviceSimCLRLoss::get_config() const {
-  return SimCLRLoss(config_).get_config();
+std::string DeviceSimCLRLoss::get_config_string() const {
+  return SimCLRLoss(config_).get_config().dump();
 }
-
-std::string DeviceSimCLRLoss::get_config_string() const { return get_config().dump(); }
 
 DeviceSimCLRLoss::~DeviceSimCLRLoss() = default;
 DeviceSimCLRLoss::DeviceSimCLRLoss(DeviceSimCLRLoss&&) noexcept = default;
@@ -497,7 +495,11 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
       validate_shapes();
       if (checked) {
         finite_checks();
-        early_status = DeviceArray(kStatusSlots * sizeof(unsigned long long), stream);
+        // The status array opens the workspace (take_forward_arrays), so this is the same memory.
+        const std::size_t status_bytes = kStatusSlots * sizeof(unsigned long long);
+        early_status = options.workspace.data != nullptr && options.workspace.bytes >= status_bytes
+                           ? DeviceArray::borrow(options.workspace.data, status_bytes)
+                           : DeviceArray(status_bytes, stream);
         SIMCLR_CHECK_CUDA(cudaMemsetAsync(early_status.data(), 0xFF, early_status.bytes(), stream));
         detail::launch_finite_checks(checks, early_status.as<unsigned long long>(), stream);
         detail::report_finite_checks(checks, early_status.as<unsigned long long>(), stream);

@@ -24,7 +24,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -178,9 +177,8 @@ class DeviceSimCLRLoss {
   DeviceSimCLRLoss& operator=(DeviceSimCLRLoss&&) noexcept;
 
   const LossConfig& config() const { return config_; }
-  // As SimCLRLoss::get_config() (a caller that uses the value includes <nlohmann/json.hpp>).
-  nlohmann::ordered_json get_config() const;
-  // get_config() as compact JSON text.
+  // SimCLRLoss::get_config() as compact JSON text (keys in TF Similarity's order). The header
+  // needs no JSON library.
   std::string get_config_string() const;
 
   // Forward. za, zb: [n, d] device matrices of one dtype (n may be 0), caller-owned, on the current
