@@ -99,15 +99,21 @@ target_compile_features(simclr_cuda PUBLIC cxx_std_17 cuda_std_17)
 set_target_properties(simclr_cuda PROPERTIES POSITION_INDEPENDENT_CODE ON EXPORT_NAME cuda
                                              CUDA_SEPARABLE_COMPILATION OFF)
 
-# ---- layer 2 on the GPU: NCCL, bootstrapped over MPI ----
-if(SIMCLR_MPI_FOUND AND SIMCLR_NCCL_FOUND)
+# ---- layer 2 on the GPU: NCCL (bootstrapped over MPI when there is MPI; otherwise from an
+# ncclUniqueId or an existing ncclComm_t, docs/gpu.md "NCCL without MPI") ----
+if(SIMCLR_NCCL_FOUND)
   add_library(simclr_nccl distributed/nccl_communicator.cpp)
   add_library(simclr::nccl ALIAS simclr_nccl)
-  target_link_libraries(simclr_nccl PUBLIC simclr_cuda simclr_mpi simclr_nccl_lib
+  target_link_libraries(simclr_nccl PUBLIC simclr_cuda simclr_nccl_lib
                                     PRIVATE $<BUILD_INTERFACE:simclr_flags>)
+  if(SIMCLR_MPI_FOUND)
+    target_link_libraries(simclr_nccl PUBLIC simclr_mpi)
+    target_compile_definitions(simclr_nccl PUBLIC SIMCLR_NCCL_HAS_MPI=1)
+  else()
+    target_compile_definitions(simclr_nccl PUBLIC SIMCLR_NCCL_HAS_MPI=0)
+    message(STATUS "simclr: simclr_nccl without MPI (no MPI_Comm constructor)")
+  endif()
   set_target_properties(simclr_nccl PROPERTIES POSITION_INDEPENDENT_CODE ON EXPORT_NAME nccl)
-elseif(SIMCLR_NCCL_FOUND)
-  message(STATUS "simclr: simclr_nccl not built: it needs MPI to bootstrap (SIMCLR_WITH_MPI)")
 endif()
 
 # ---- layer 3: the GPU benchmark ----

@@ -160,7 +160,62 @@ TilePlan plan_tiles(std::int64_t anchors, std::int64_t total, DeviceDType dtype,
   return plan;
 }
 
-double engine_forward(const DeviceTileProblem& p, const RowStats& stats) {
+Arena::Arena(const DeviceWorkspace& workspace, cudaStream_t stream, const char* call)
+    : base_(static_cast<char*>(workspace.data)),
+      capacity_(workspace.bytes),
+      stream_(stream),
+      call_(call) {
+  SIMCLR_ENFORCE(reinterpret_cast<std::uintptr_t>(base_) % kAlign == 0, ValueError, call,
+                 ": the workspace must be ", kAlign, "-byte aligned (got ",
+                 static_cast<const void*>(base_), ")");
+}
+
+Arena Arena::counting() {
+  Arena a;
+  a.counting_ = true;
+  return a;
+}
+
+DeviceArray Arena::take(std::size_t bytes) {
+  const std::size_t rounded = (bytes + kAlign - 1) / kAlign * kAlign;
+  if (counting_) {
+    used_ += rounded;
+    return DeviceArray();
+  }
+  if (base_ == nullptr) return DeviceArray(bytes, stream_);
+  SIMCLR_ENFORCE(used_ + bytes <= capacity_, ValueError, call_, ": the workspace of ", capacity_,
+                 " bytes is too small (", used_ + bytes,
+                 " bytes so far); size it with forward_workspace_bytes / "
+                 "backward_workspace_bytes for the same problem and options");
+  DeviceArray out = DeviceArray::borrow(bytes == 0 ? nullptr : base_ + used_, bytes);
+  used_ += rounded;
+  return out;
+}
+
+EngineScratch engine_forward_scratch(const DeviceTileProblem& p, Arena& arena) {
+  EngineScratch s;
+  const std::int64_t anchors = 2 * p.layout.pairs;
+  if (anchors == 0 || p.total == 0) return s;
+  const TilePlan& plan = p.plan;
+  s.logits = arena.take(static_cast<std::size_t>(plan.rows * plan.ld) * sizeof(float));
+  const std::int64_t b = std::min(plan.rows, plan.cols);
+  if (use_symmetry(p.symmetric, p.layout, p.total))
+    s.partial = arena.take(static_cast<std::size_t>(column_chunks(b) * b) * 2 * sizeof(float));
+  return s;
+}
+
+EngineScratch engine_backward_scratch(const DeviceTileProblem& p, Arena& arena) {
+  EngineScratch s;
+  const std::int64_t anchors = 2 * p.layout.pairs;
+  if (anchors == 0 || p.d == 0) return s;
+  const TilePlan& plan = p.plan;
+  s.logits = arena.take(static_cast<std::size_t>(plan.rows * plan.ld) * sizeof(float));
+  s.m = arena.take(static_cast<std::size_t>(plan.rows * plan.ld) * element_size(p.dtype));
+  return s;
+}
+
+double engine_forward(const DeviceTileProblem& p, const RowStats& stats,
+                      const EngineScratch& scratch) {
   const std::int64_t d = p.d, total = p.total;
   const AnchorLayout layout = p.layout;
   const TilePlan& plan = p.plan;
@@ -172,15 +227,11 @@ double engine_forward(const DeviceTileProblem& p, const RowStats& stats) {
   launch_fill(stats.run_sum, anchors, 0.f, stream);
   launch_fill(stats.positive, anchors, 0.f, stream);
   if (anchors == 0 || total == 0) return 0;
-  DeviceArray workspace(static_cast<std::size_t>(plan.rows * plan.ld) * sizeof(float), stream);
-  float* s = workspace.as<float>();
-  // With the symmetry (docs/math.md section 3), the row pass of tile (I, J) serves the anchors of I and,
-  // off the diagonal, the column pass serves those of J, whose tile (J, I) is not computed.
+  float* s = scratch.logits.as<float>();
+  // With the symmetry (docs/math.md section 3), the row pass of tile (I, J) serves the anchors of I
+  // and, off the diagonal, the column pass serves those of J, whose tile (J, I) is not computed.
   const bool symmetric_scheme = use_symmetry(symmetric, layout, total);
-  const std::int64_t b = std::min(plan.rows, plan.cols);
-  DeviceArray partial(
-      symmetric_scheme ? static_cast<std::size_t>(column_chunks(b) * b) * 2 * sizeof(float) : 0,
-      stream);
+  const DeviceArray& partial = scratch.partial;
   double flops = 0;
   for_each_tile(
       symmetric_scheme, anchors, total, plan,
@@ -198,7 +249,7 @@ double engine_forward(const DeviceTileProblem& p, const RowStats& stats) {
 }
 
 double engine_backward(const DeviceTileProblem& p, const float* lse_all, const float* alpha_all,
-                       const float* params, float* grad) {
+                       const float* params, float* grad, const EngineScratch& scratch) {
   const DeviceDType dtype = p.dtype;
   const std::int64_t d = p.d, total = p.total;
   const AnchorLayout layout = p.layout;
@@ -207,16 +258,13 @@ double engine_backward(const DeviceTileProblem& p, const float* lse_all, const f
   const std::int64_t anchors = 2 * layout.pairs;
   SIMCLR_CHECK_LE(layout.anchor_begin + anchors, total);
   if (anchors == 0 || d == 0) return 0;
-  const std::size_t s_bytes = static_cast<std::size_t>(plan.rows * plan.ld) * sizeof(float);
-  DeviceArray workspace(
-      s_bytes + static_cast<std::size_t>(plan.rows * plan.ld) * element_size(dtype), stream);
-  float* s = workspace.as<float>();
-  void* m = static_cast<char*>(workspace.data()) + s_bytes;
+  float* s = scratch.logits.as<float>();
+  void* m = scratch.m.data();
   // Every product accumulates (beta = 1) into a zeroed grad.
   SIMCLR_CHECK_CUDA(
       cudaMemsetAsync(grad, 0, static_cast<std::size_t>(anchors * d) * sizeof(float), stream));
-  // With the symmetry, M is symmetric too (docs/math.md section 4.2: M_kc = M_ck, as p is an involution):
-  // an off-diagonal tile (I, J) gives grad[I] += M_IJ U_J and grad[J] += M_IJ^T U_I.
+  // With the symmetry, M is symmetric too (docs/math.md section 4.2: M_kc = M_ck, as p is an
+  // involution): an off-diagonal tile (I, J) gives grad[I] += M_IJ U_J and grad[J] += M_IJ^T U_I.
   double flops = 0;
   for_each_tile(
       use_symmetry(p.symmetric, layout, total), anchors, total, plan,

@@ -6,6 +6,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
 #include <cstdint>
 
 #include "kernels.cuh"
@@ -42,13 +43,47 @@ struct DeviceTileProblem {
   cudaStream_t stream = nullptr;
 };
 
+// Where a call's arrays come from (docs/gpu.md, "Workspace"): carved in order out of the caller's
+// workspace (256-byte aligned, never freed by the library), or stream-ordered allocations. A
+// counting arena hands out empty arrays and only adds up the bytes, for the workspace queries, so
+// the queries and the calls take the same arrays in the same order.
+class Arena {
+ public:
+  static constexpr std::size_t kAlign = 256;
+  Arena(const DeviceWorkspace& workspace, cudaStream_t stream, const char* call);
+  static Arena counting();
+  DeviceArray take(std::size_t bytes);
+  std::size_t used() const { return used_; }
+  bool carving() const { return base_ != nullptr; }
+
+ private:
+  Arena() = default;
+  char* base_ = nullptr;
+  std::size_t capacity_ = 0;
+  std::size_t used_ = 0;
+  bool counting_ = false;
+  cudaStream_t stream_ = nullptr;
+  const char* call_ = "";
+};
+
+// The tile scratch of one call: the float32 logits tile, the M tile (backward), the column partials
+// (symmetric forward).
+struct EngineScratch {
+  DeviceArray logits;
+  DeviceArray m;
+  DeviceArray partial;
+};
+EngineScratch engine_forward_scratch(const DeviceTileProblem& p, Arena& arena);
+EngineScratch engine_backward_scratch(const DeviceTileProblem& p, Arena& arena);
+
 // Forward: the row statistics ([2n] float32 each) are initialised and filled. Returns the flops.
-double engine_forward(const DeviceTileProblem& p, const RowStats& stats);
+double engine_forward(const DeviceTileProblem& p, const RowStats& stats,
+                      const EngineScratch& scratch);
 
 // Backward: grad ([2n, d] float32) = dJ/du for this rank's anchors given every row's LSE and alpha
 // in U order and the device params of launch_backward_params. Returns the flops.
 double engine_backward(const DeviceTileProblem& p, const float* lse_all, const float* alpha_all,
-                       const float* params, float* grad);
+                       const float* params, float* grad, const EngineScratch& scratch);
 
 // cuBLAS's data type for a device dtype.
 cudaDataType_t blas_type(DeviceDType dtype);

@@ -1,5 +1,6 @@
 // The device front end (docs/gpu.md): validation, the agreement step, normalisation, the gather,
-// the tiled engine, the Keras reduction; and the backward. Mirrors src/frontend/loss.cpp step by step.
+// the tiled engine, the Keras reduction; and the backward. Mirrors src/frontend/loss.cpp step by
+// step.
 
 #include "simclr/cuda/device_loss.hpp"
 
@@ -14,8 +15,8 @@
 #include "blas.hpp"
 #include "device_engine.hpp"
 #include "kernels.cuh"
-#include "simclr/detail/cuda_check.hpp"
 #include "simclr/detail/agreement.hpp"
+#include "simclr/detail/cuda_check.hpp"
 #include "simclr/engine.hpp"
 #include "simclr/loss.hpp"
 
@@ -65,10 +66,19 @@ DeviceArray::DeviceArray(std::size_t bytes, cudaStream_t stream) : bytes_(bytes)
 
 DeviceArray::~DeviceArray() { release(); }
 
+DeviceArray DeviceArray::borrow(void* data, std::size_t bytes) {
+  DeviceArray out;
+  out.data_ = data;
+  out.bytes_ = bytes;
+  out.owned_ = false;
+  return out;
+}
+
 DeviceArray::DeviceArray(DeviceArray&& other) noexcept
     : data_(std::exchange(other.data_, nullptr)),
       bytes_(std::exchange(other.bytes_, 0)),
-      stream_(other.stream_) {}
+      stream_(other.stream_),
+      owned_(std::exchange(other.owned_, true)) {}
 
 DeviceArray& DeviceArray::operator=(DeviceArray&& other) noexcept {
   if (this != &other) {
@@ -76,14 +86,17 @@ DeviceArray& DeviceArray::operator=(DeviceArray&& other) noexcept {
     data_ = std::exchange(other.data_, nullptr);
     bytes_ = std::exchange(other.bytes_, 0);
     stream_ = other.stream_;
+    owned_ = std::exchange(other.owned_, true);
   }
   return *this;
 }
 
 void DeviceArray::release() noexcept {
-  if (data_ != nullptr) (void)cudaFreeAsync(data_, stream_);  // never throw from a destructor
+  // never throw from a destructor
+  if (data_ != nullptr && owned_) (void)cudaFreeAsync(data_, stream_);
   data_ = nullptr;
   bytes_ = 0;
+  owned_ = true;
 }
 
 std::vector<float> copy_to_host_f32(const DeviceArray& array, std::size_t count,
@@ -98,35 +111,46 @@ std::vector<float> copy_to_host_f32(const DeviceArray& array, std::size_t count,
   return out;
 }
 
-// ---- cuBLAS handles, one per device ----
+std::vector<unsigned long long> copy_status_to_host(const DeviceLossOutput& output,
+                                                    cudaStream_t stream) {
+  std::vector<unsigned long long> out(kStatusSlots, kStatusClean);
+  if (output.status.bytes() < out.size() * sizeof(unsigned long long)) return out;
+  SIMCLR_CHECK_CUDA(cudaMemcpyAsync(out.data(), output.status.data(),
+                                    out.size() * sizeof(unsigned long long), cudaMemcpyDeviceToHost,
+                                    stream));
+  SIMCLR_CHECK_CUDA(cudaStreamSynchronize(stream));
+  return out;
+}
 
-struct BlasHandles {
-  std::mutex mutex;
-  std::vector<std::pair<int, cublasHandle_t>> handles;
+// ---- cuBLAS handles: the caller's, or one per device for the life of the process ----
 
-  cublasHandle_t get(cudaStream_t stream) {
+namespace {
+
+// Never destroyed: cublasDestroy synchronises the device, and at exit the runtime may be gone.
+cublasHandle_t blas_handle(cublasContext* caller, cudaStream_t stream) {
+  cublasHandle_t handle = caller;
+  if (handle == nullptr) {
+    static std::mutex mutex;
+    static auto* handles = new std::vector<std::pair<int, cublasHandle_t>>;
     int device = 0;
     SIMCLR_CHECK_CUDA(cudaGetDevice(&device));
     std::lock_guard<std::mutex> lock(mutex);
-    auto it = std::find_if(handles.begin(), handles.end(),
+    auto it = std::find_if(handles->begin(), handles->end(),
                            [&](const auto& h) { return h.first == device; });
-    cublasHandle_t handle = nullptr;
-    if (it == handles.end()) {
+    if (it == handles->end()) {
       SIMCLR_CHECK_CUBLAS(cublasCreate(&handle));
-      handles.emplace_back(device, handle);
+      handles->emplace_back(device, handle);
       // Plain float32 products: no TF32, so the float32 path matches the CPU to ~1e-6.
       SIMCLR_CHECK_CUBLAS(cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH));
     } else {
       handle = it->second;
     }
-    SIMCLR_CHECK_CUBLAS(cublasSetStream(handle, stream));
-    return handle;
   }
+  SIMCLR_CHECK_CUBLAS(cublasSetStream(handle, stream));
+  return handle;
+}
 
-  ~BlasHandles() {
-    for (auto& [device, handle] : handles) (void)cublasDestroy(handle);
-  }
-};
+}  // namespace
 
 namespace detail {
 
@@ -197,21 +221,27 @@ struct FiniteCheck {
   bool matrix;       // message "at row r, column c" (else "at index i")
 };
 
-void check_finite_on_device(const std::vector<FiniteCheck>& checks, cudaStream_t stream) {
-  if (checks.empty()) return;
-  DeviceArray first(checks.size() * sizeof(unsigned long long), stream);
-  SIMCLR_CHECK_CUDA(cudaMemsetAsync(first.data(), 0xFF, first.bytes(), stream));
+// Enqueues the finiteness checks: slot[k] of `status` gets the first bad flat index of checks[k]
+// (or kStatusClean). No synchronisation.
+void launch_finite_checks(const std::vector<FiniteCheck>& checks, unsigned long long* status,
+                          cudaStream_t stream) {
   for (std::size_t k = 0; k < checks.size(); ++k) {
     const auto& c = checks[k];
-    launch_find_nonfinite(c.data, c.dtype, c.rows, c.cols, c.stride,
-                          first.as<unsigned long long>() + k, stream);
+    launch_find_nonfinite(c.data, c.dtype, c.rows, c.cols, c.stride, status + k, stream);
   }
+}
+
+// The checked mode: the verdicts reach the host (one synchronisation), and the first bad input
+// throws ValueError naming the element.
+void report_finite_checks(const std::vector<FiniteCheck>& checks, const unsigned long long* status,
+                          cudaStream_t stream) {
+  if (checks.empty()) return;
   std::vector<unsigned long long> host(checks.size());
-  SIMCLR_CHECK_CUDA(
-      cudaMemcpyAsync(host.data(), first.data(), first.bytes(), cudaMemcpyDeviceToHost, stream));
+  SIMCLR_CHECK_CUDA(cudaMemcpyAsync(host.data(), status, host.size() * sizeof(unsigned long long),
+                                    cudaMemcpyDeviceToHost, stream));
   SIMCLR_CHECK_CUDA(cudaStreamSynchronize(stream));
   for (std::size_t k = 0; k < checks.size(); ++k) {
-    if (host[k] == ~0ull) continue;
+    if (host[k] == kStatusClean) continue;
     const auto& c = checks[k];
     const auto idx = static_cast<std::int64_t>(host[k]);
     const std::int64_t row = idx / c.cols, col = idx - row * c.cols;
@@ -257,13 +287,74 @@ void order_after(cudaStream_t later, cudaStream_t earlier) {
   SIMCLR_CHECK_CUDA(waited);
 }
 
-// A float32 host vector copied to a fresh device array (pageable source: safe to free on return).
-DeviceArray upload(const float* data, std::int64_t count, cudaStream_t stream) {
-  DeviceArray out(static_cast<std::size_t>(count) * sizeof(float), stream);
+// A float32 host vector copied into `out` (pageable source: safe to free on return).
+void upload(const float* data, std::int64_t count, const DeviceArray& out, cudaStream_t stream) {
   if (count > 0)
-    SIMCLR_CHECK_CUDA(
-        cudaMemcpyAsync(out.data(), data, out.bytes(), cudaMemcpyHostToDevice, stream));
-  return out;
+    SIMCLR_CHECK_CUDA(cudaMemcpyAsync(out.data(), data, static_cast<std::size_t>(count) * 4,
+                                      cudaMemcpyHostToDevice, stream));
+}
+
+std::size_t z(std::int64_t count, std::size_t bytes) {
+  return static_cast<std::size_t>(count) * bytes;
+}
+
+// Every array of a forward, in the order both the call and forward_workspace_bytes take them.
+struct ForwardArrays {
+  DeviceArray status, u, squared_norms, row_lse, weight, staged_weight, local, stats;
+  DeviceArray values, per_example, objective;
+};
+
+ForwardArrays take_forward_arrays(Arena& arena, std::int64_t n, std::int64_t total, std::int64_t d,
+                                  std::size_t elem, std::int64_t value_count, bool distributed,
+                                  bool host_weight, const DeviceOutputBuffers& outputs) {
+  ForwardArrays a;
+  a.status = arena.take(kStatusSlots * sizeof(unsigned long long));
+  a.u = arena.take(z(2 * total * d, elem));
+  a.squared_norms = arena.take(z(2 * n, sizeof(float)));
+  a.row_lse = arena.take(z(2 * n, sizeof(float)));
+  a.weight = arena.take(z(n, sizeof(float)));
+  if (host_weight) a.staged_weight = arena.take(z(n, sizeof(float)));
+  if (distributed) a.local = arena.take(z(2 * n * d, elem));
+  a.stats = arena.take(z(6 * n, sizeof(float)));
+  a.values = outputs.values != nullptr ? DeviceArray::borrow(outputs.values, z(value_count, elem))
+                                       : arena.take(z(value_count, elem));
+  a.per_example = outputs.per_example != nullptr
+                      ? DeviceArray::borrow(outputs.per_example, z(n, elem))
+                      : arena.take(z(n, elem));
+  a.objective = outputs.objective != nullptr ? DeviceArray::borrow(outputs.objective, sizeof(float))
+                                             : arena.take(sizeof(float));
+  return a;
+}
+
+// Every array of a backward (beyond the engine's scratch), in order.
+struct BackwardArrays {
+  DeviceArray staged_upstream, alpha, lse_gathered, alpha_gathered, params, grad_u;
+};
+
+BackwardArrays take_backward_arrays(Arena& arena, std::int64_t n, std::int64_t total_rows,
+                                    std::int64_t d, bool distributed, bool host_upstream) {
+  BackwardArrays a;
+  if (host_upstream) a.staged_upstream = arena.take(z(n, sizeof(float)));
+  a.alpha = arena.take(z(2 * n, sizeof(float)));
+  if (distributed) {
+    a.lse_gathered = arena.take(z(total_rows, sizeof(float)));
+    a.alpha_gathered = arena.take(z(total_rows, sizeof(float)));
+  }
+  a.params = arena.take(3 * sizeof(float));
+  a.grad_u = arena.take(z(2 * n * d, sizeof(float)));
+  return a;
+}
+
+DeviceTileProblem tile_problem(std::int64_t n, std::int64_t total_rows, std::int64_t anchor_begin,
+                               std::int64_t d, DeviceDType dtype, const DeviceOptions& options) {
+  DeviceTileProblem problem;
+  problem.dtype = dtype;
+  problem.d = d;
+  problem.total = total_rows;
+  problem.layout = AnchorLayout{anchor_begin, n};
+  problem.plan = plan_tiles(2 * n, total_rows, dtype, options);
+  problem.symmetric = options.symmetric;
+  return problem;
 }
 
 }  // namespace
@@ -277,18 +368,54 @@ DeviceSimCLRLoss::DeviceSimCLRLoss(double temperature, Reduction reduction,
 
 DeviceSimCLRLoss::DeviceSimCLRLoss(const LossConfig& config) : config_(config) {
   validate_config(config_);
-  blas_ = std::make_unique<BlasHandles>();
 }
 
-nlohmann::ordered_json DeviceSimCLRLoss::get_config() const {
-  return SimCLRLoss(config_).get_config();
+std::string DeviceSimCLRLoss::get_config_string() const {
+  return SimCLRLoss(config_).get_config().dump();
 }
-
-std::string DeviceSimCLRLoss::get_config_string() const { return get_config().dump(); }
 
 DeviceSimCLRLoss::~DeviceSimCLRLoss() = default;
 DeviceSimCLRLoss::DeviceSimCLRLoss(DeviceSimCLRLoss&&) noexcept = default;
 DeviceSimCLRLoss& DeviceSimCLRLoss::operator=(DeviceSimCLRLoss&&) noexcept = default;
+
+namespace {
+
+void check_problem(const DeviceProblem& p, const char* where) {
+  SIMCLR_ENFORCE(p.rows >= 0 && p.dim >= 0 && p.global_rows >= p.rows, ValueError, where, ": rows ",
+                 p.rows, ", global_rows ", p.global_rows, ", dim ", p.dim,
+                 "; need rows >= 0, dim >= 0 and global_rows >= rows");
+  SIMCLR_ENFORCE(element_size(p.dtype) != 0, TypeError, where, ": unsupported dtype ",
+                 to_string(p.dtype));
+}
+
+}  // namespace
+
+std::size_t forward_workspace_bytes(const DeviceProblem& problem,
+                                    const DeviceCallOptions& options) {
+  check_problem(problem, "forward_workspace_bytes");
+  const std::int64_t n = problem.rows;
+  const std::int64_t total = problem.distributed ? problem.global_rows : n;
+  detail::Arena arena = detail::Arena::counting();
+  // Upper bounds where the call knows more: a host weight staged, values of reduction none.
+  detail::take_forward_arrays(arena, n, total, problem.dim, element_size(problem.dtype), n,
+                              problem.distributed, true, options.outputs);
+  // The anchors' offset does not change the scratch: the general scheme when distributed.
+  const auto tiles = detail::tile_problem(n, 2 * total, problem.distributed ? 2 * total - 2 * n : 0,
+                                          problem.dim, problem.dtype, options.device);
+  detail::engine_forward_scratch(tiles, arena);
+  return arena.used();
+}
+
+std::size_t backward_workspace_bytes(const DeviceProblem& problem, const DeviceOptions& device) {
+  check_problem(problem, "backward_workspace_bytes");
+  const std::int64_t n = problem.rows;
+  const std::int64_t total = problem.distributed ? problem.global_rows : n;
+  detail::Arena arena = detail::Arena::counting();
+  detail::take_backward_arrays(arena, n, 2 * total, problem.dim, problem.distributed, true);
+  const auto tiles = detail::tile_problem(n, 2 * total, 0, problem.dim, problem.dtype, device);
+  detail::engine_backward_scratch(tiles, arena);
+  return arena.used();
+}
 
 DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView zb,
                                            cudaStream_t stream,
@@ -296,14 +423,18 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
                                            const DeviceCallOptions& options) const {
   DeviceCommunicator* comm = options.communicator;
   const LossConfig& cfg = config_;
+  const bool checked = options.check == DeviceCheckMode::kChecked;
   const Reduction reduction =
       cfg.reduction == Reduction::kAuto ? Reduction::kSumOverBatchSize : cfg.reduction;
   const std::int64_t gbs = !options.global_batch_size ? simclr::detail::kNoGlobalBatch
                            : options.global_batch_size->is_infer()
                                ? simclr::detail::kInferGlobalBatch
                                : options.global_batch_size->rows();
+  const std::int64_t n = za.rows, d = za.cols;
+  const bool host_weight = sample_weight != nullptr && sample_weight->space == MemorySpace::kHost;
 
-  auto validate = [&] {
+  // Shapes, dtypes and (local calls) the workspace size: host-side only.
+  auto validate_shapes = [&] {
     detail::check_view(za, "za");
     detail::check_view(zb, "zb");
     SIMCLR_ENFORCE(za.rows == zb.rows && za.cols == zb.cols, ValueError,
@@ -313,24 +444,67 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
                    "za and zb must have the same dtype: ", to_string(za.dtype), " vs. ",
                    to_string(zb.dtype));
     detail::check_weight_shape(sample_weight, za.rows);
-    std::vector<detail::FiniteCheck> checks{
-        {za.data, za.dtype, za.rows, za.cols, za.row_stride, "za has", true},
-        {zb.data, zb.dtype, zb.rows, zb.cols, zb.row_stride, "zb has", true}};
+  };
+  auto check_workspace = [&](std::int64_t total) {
+    if (options.workspace.data == nullptr) return;
+    DeviceProblem problem{n, total, d, za.dtype, comm != nullptr};
+    const std::size_t need = forward_workspace_bytes(problem, options);
+    SIMCLR_ENFORCE(options.workspace.bytes >= need, ValueError, "forward: the workspace has ",
+                   options.workspace.bytes, " bytes but this call needs ", need,
+                   " (forward_workspace_bytes with rows ", n, ", global_rows ", total, ", dim ", d,
+                   ", ", to_string(za.dtype), ")");
+  };
+  std::vector<detail::FiniteCheck> checks;
+  auto finite_checks = [&] {
+    checks = {{za.data, za.dtype, za.rows, za.cols, za.row_stride, "za has", true},
+              {zb.data, zb.dtype, zb.rows, zb.cols, zb.row_stride, "zb has", true}};
     if (sample_weight != nullptr && sample_weight->space == MemorySpace::kDevice)
       checks.push_back({sample_weight->data, DeviceDType::kFloat32, sample_weight->size, 1, 1,
                         "sample_weight has", false});
-    detail::check_finite_on_device(checks, stream);
   };
 
-  const std::int64_t n = za.rows, d = za.cols;
+  // The status array comes first out of the workspace (or is allocated), so the finiteness check
+  // can write it before the agreement step needs its verdict.
+  std::optional<detail::Arena> arena;
+  detail::ForwardArrays arrays;
+  auto start = [&](std::int64_t total) {
+    arena.emplace(options.workspace, stream, "forward");
+    arrays = detail::take_forward_arrays(*arena, n, total, d, element_size(za.dtype),
+                                         reduction == Reduction::kNone ? n : 1, comm != nullptr,
+                                         host_weight, options.outputs);
+    SIMCLR_CHECK_CUDA(cudaMemsetAsync(arrays.status.data(), 0xFF, arrays.status.bytes(), stream));
+    finite_checks();
+    detail::launch_finite_checks(checks, arrays.status.as<unsigned long long>(), stream);
+  };
+
   std::vector<std::int64_t> rank_rows{n};
   std::int64_t offset = 0, total = n;
   if (comm == nullptr) {
-    validate();
+    validate_shapes();
+    check_workspace(n);
+    start(n);
+    if (checked)
+      detail::report_finite_checks(checks, arrays.status.as<unsigned long long>(), stream);
   } else {
+    // In the checked mode the finiteness verdict travels with the agreement record, so bad input on
+    // one rank raises on all. The arrays are taken once the global rows are known.
     AgreementRecord mine = simclr::detail::forward_record(n, d, static_cast<std::int32_t>(za.dtype),
                                                           reduction, cfg.temperature, gbs);
-    simclr::detail::capture(mine, validate);
+    DeviceArray early_status;
+    simclr::detail::capture(mine, [&] {
+      validate_shapes();
+      if (checked) {
+        finite_checks();
+        // The status array opens the workspace (take_forward_arrays), so this is the same memory.
+        const std::size_t status_bytes = kStatusSlots * sizeof(unsigned long long);
+        early_status = options.workspace.data != nullptr && options.workspace.bytes >= status_bytes
+                           ? DeviceArray::borrow(options.workspace.data, status_bytes)
+                           : DeviceArray(status_bytes, stream);
+        SIMCLR_CHECK_CUDA(cudaMemsetAsync(early_status.data(), 0xFF, early_status.bytes(), stream));
+        detail::launch_finite_checks(checks, early_status.as<unsigned long long>(), stream);
+        detail::report_finite_checks(checks, early_status.as<unsigned long long>(), stream);
+      }
+    });
     const auto all = simclr::detail::gather_records(comm->host(), mine);
     const int size = comm->size(), rank = comm->rank();
     SIMCLR_ENFORCE_EQ(static_cast<int>(all.size()), size, CommError,
@@ -343,6 +517,9 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
       rank_rows[static_cast<std::size_t>(r)] = all[static_cast<std::size_t>(r)].rows;
     offset = std::accumulate(rank_rows.begin(), rank_rows.begin() + rank, std::int64_t{0});
     total = std::accumulate(rank_rows.begin(), rank_rows.end(), std::int64_t{0});
+    // A workspace sized for other global rows fails on this rank only (documented: size it with G).
+    check_workspace(total);
+    start(total);
   }
 
   const DeviceDType dtype = za.dtype;
@@ -357,71 +534,59 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
   saved->options = options.device;
   saved->inv_temperature = static_cast<float>(1.0 / cfg.temperature);
   saved->reduction = reduction;
-  const auto z = [](std::int64_t count, std::size_t bytes) {
-    return static_cast<std::size_t>(count) * bytes;
-  };
-  saved->u = DeviceArray(z(2 * total * d, elem), stream);
-  saved->squared_norms = DeviceArray(z(2 * n, sizeof(float)), stream);
-  saved->row_lse = DeviceArray(z(2 * n, sizeof(float)), stream);
-  saved->weight = DeviceArray(z(n, sizeof(float)), stream);
+  saved->u = std::move(arrays.u);
+  saved->squared_norms = std::move(arrays.squared_norms);
+  saved->row_lse = std::move(arrays.row_lse);
+  saved->weight = std::move(arrays.weight);
 
   // Weights [n] on the device, after Keras's broadcasting.
   {
-    DeviceArray staged;
     const float* src = nullptr;
     std::int64_t src_size = 0;
     if (sample_weight != nullptr) {
       src_size = sample_weight->size;
-      if (sample_weight->space == MemorySpace::kHost) {
-        staged = detail::upload(sample_weight->data, sample_weight->size, stream);
-        src = staged.as<float>();
+      if (host_weight) {
+        detail::upload(sample_weight->data, sample_weight->size, arrays.staged_weight, stream);
+        src = arrays.staged_weight.as<float>();
       } else {
         src = sample_weight->data;
       }
     }
     detail::launch_broadcast_weight(n == 0 ? nullptr : src, src_size, n, saved->weight.as<float>(),
                                     stream);
+    arrays.staged_weight = DeviceArray();
   }
 
   // Normalise own rows ([a; b], 2n x d), then gather every rank's into U (docs/math.md section 3).
   {
-    DeviceArray local;
-    void* dst = saved->u.data();
-    if (comm != nullptr) {
-      local = DeviceArray(z(2 * n * d, elem), stream);
-      dst = local.data();
-    }
+    void* dst = comm != nullptr ? arrays.local.data() : saved->u.data();
     float* norms = saved->squared_norms.as<float>();
     detail::launch_l2_normalize(za.data, dtype, n, d, za.row_stride, dst, norms, stream);
     detail::launch_l2_normalize(zb.data, dtype, n, d, zb.row_stride,
-                                static_cast<char*>(dst) + z(n * d, elem), norms + n, stream);
+                                static_cast<char*>(dst) + detail::z(n * d, elem), norms + n,
+                                stream);
     if (comm != nullptr) {
       std::vector<std::size_t> bytes(rank_rows.size());
-      for (std::size_t r = 0; r < rank_rows.size(); ++r) bytes[r] = z(2 * rank_rows[r] * d, elem);
+      for (std::size_t r = 0; r < rank_rows.size(); ++r)
+        bytes[r] = detail::z(2 * rank_rows[r] * d, elem);
       comm->set_stream(stream);
-      comm->all_gather_v(local.data(), local.bytes(), saved->u.data(), bytes);
+      comm->all_gather_v(arrays.local.data(), detail::z(2 * n * d, elem), saved->u.data(), bytes);
+      arrays.local = DeviceArray();  // stream-ordered free when allocated
     }
   }
 
   // The tiled forward: per-row LSE and positives.
-  const detail::AnchorLayout layout{saved->layout.anchor_begin, n};
-  const detail::TilePlan plan = detail::plan_tiles(2 * n, 2 * total, dtype, options.device);
-  DeviceArray stats(z(6 * n, sizeof(float)), stream);
-  float* run_max = stats.as<float>();
+  detail::DeviceTileProblem problem =
+      detail::tile_problem(n, 2 * total, saved->layout.anchor_begin, d, dtype, options.device);
+  problem.u = saved->u.data();
+  problem.inv_temperature = saved->inv_temperature;
+  problem.stream = stream;
+  float* run_max = arrays.stats.as<float>();
   double flops = 0;
   if (n > 0) {
-    detail::DeviceTileProblem problem;
-    problem.blas = blas_->get(stream);
-    problem.dtype = dtype;
-    problem.u = saved->u.data();
-    problem.d = d;
-    problem.total = 2 * total;
-    problem.layout = layout;
-    problem.inv_temperature = saved->inv_temperature;
-    problem.plan = plan;
-    problem.symmetric = options.device.symmetric;
-    problem.stream = stream;
-    flops = detail::engine_forward(problem, {run_max, run_max + 2 * n, run_max + 4 * n});
+    const detail::EngineScratch scratch = detail::engine_forward_scratch(problem, *arena);
+    problem.blas = blas_handle(options.blas_handle, stream);
+    flops = detail::engine_forward(problem, {run_max, run_max + 2 * n, run_max + 4 * n}, scratch);
   }
 
   DeviceLossOutput out;
@@ -431,9 +596,10 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
   out.row_offset = offset;
   out.global_rows = total;
   out.flops = flops;
-  out.values = DeviceArray(z(reduction == Reduction::kNone ? n : 1, elem), stream);
-  out.per_example = DeviceArray(z(n, elem), stream);
-  out.objective = DeviceArray(sizeof(float), stream);
+  out.values = std::move(arrays.values);
+  out.per_example = std::move(arrays.per_example);
+  out.objective = std::move(arrays.objective);
+  out.status = std::move(arrays.status);
   std::int64_t denom = 1;
   if (reduction == Reduction::kSumOverBatchSize)
     denom = gbs == simclr::detail::kNoGlobalBatch      ? n
@@ -460,35 +626,46 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
 
 void DeviceSimCLRLoss::backward(const DeviceLossOutput& output, float upstream,
                                 DeviceMutableMatrixView grad_a, DeviceMutableMatrixView grad_b,
-                                cudaStream_t stream) const {
-  backward_impl(output, upstream, nullptr, grad_a, grad_b, stream);
+                                cudaStream_t stream, const DeviceBackwardOptions& options) const {
+  backward_impl(output, upstream, nullptr, grad_a, grad_b, stream, options);
 }
 
 void DeviceSimCLRLoss::backward(const DeviceLossOutput& output, FloatVectorView upstream,
                                 DeviceMutableMatrixView grad_a, DeviceMutableMatrixView grad_b,
-                                cudaStream_t stream) const {
+                                cudaStream_t stream, const DeviceBackwardOptions& options) const {
   SIMCLR_ENFORCE(output.saved != nullptr, ValueError,
                  "backward needs the DeviceLossOutput of a forward call of this loss");
   SIMCLR_ENFORCE(output.reduction == Reduction::kNone, ValueError,
                  "a per-example upstream gradient needs reduction 'none'; reduction '",
                  to_string(output.reduction), "' takes a scalar");
-  backward_impl(output, 0.f, &upstream, grad_a, grad_b, stream);
+  backward_impl(output, 0.f, &upstream, grad_a, grad_b, stream, options);
 }
 
 void DeviceSimCLRLoss::backward_impl(const DeviceLossOutput& output, float scalar,
                                      const FloatVectorView* per_example,
                                      DeviceMutableMatrixView grad_a, DeviceMutableMatrixView grad_b,
-                                     cudaStream_t stream) const {
+                                     cudaStream_t stream,
+                                     const DeviceBackwardOptions& options) const {
   SIMCLR_ENFORCE(output.saved != nullptr, ValueError,
                  "backward needs the DeviceLossOutput of a forward call of this loss");
   const detail::DeviceSaved& s = *output.saved;
   const std::int64_t n = s.layout.pairs, d = s.dim, total_rows = s.layout.total_rows;
   const std::size_t elem = element_size(s.dtype);
   DeviceCommunicator* comm = s.communicator;
+  const bool host_upstream = per_example != nullptr && per_example->space == MemorySpace::kHost;
+  const bool device_upstream = per_example != nullptr && !host_upstream;
 
   auto validate = [&] {
     detail::check_grad_view(grad_a, "grad_a", n, d, s.dtype);
     detail::check_grad_view(grad_b, "grad_b", n, d, s.dtype);
+    if (options.workspace.data != nullptr) {
+      const DeviceProblem problem{n, total_rows / 2, d, s.dtype, comm != nullptr};
+      const std::size_t need = backward_workspace_bytes(problem, s.options);
+      SIMCLR_ENFORCE(options.workspace.bytes >= need, ValueError, "backward: the workspace has ",
+                     options.workspace.bytes, " bytes but this call needs ", need,
+                     " (backward_workspace_bytes with rows ", n, ", global_rows ", total_rows / 2,
+                     ", dim ", d, ", ", to_string(s.dtype), ")");
+    }
     if (per_example == nullptr) {
       SIMCLR_ENFORCE(std::isfinite(scalar), ValueError, "upstream gradient has ",
                      std::isnan(scalar) ? "NaN" : "Inf", " at index 0");
@@ -497,14 +674,20 @@ void DeviceSimCLRLoss::backward_impl(const DeviceLossOutput& output, float scala
     SIMCLR_ENFORCE(per_example->size == n, ValueError, "upstream gradient has ", per_example->size,
                    " elements but the loss has ", n);
     SIMCLR_ENFORCE(n == 0 || per_example->data != nullptr, ValueError, "upstream gradient is null");
-    if (per_example->space == MemorySpace::kHost) {
+    if (host_upstream) {
       for (std::int64_t i = 0; i < n; ++i)
         SIMCLR_ENFORCE(std::isfinite(per_example->data[i]), ValueError, "upstream gradient has ",
                        std::isnan(per_example->data[i]) ? "NaN" : "Inf", " at index ", i);
-    } else {
-      detail::check_finite_on_device(
-          {{per_example->data, DeviceDType::kFloat32, n, 1, 1, "upstream gradient has", false}},
-          stream);
+    } else if (output.status.bytes() >= kStatusSlots * sizeof(unsigned long long)) {
+      // Slot kStatusUpstream of the forward's status array; in the checked mode its verdict is
+      // read back here.
+      const std::vector<detail::FiniteCheck> checks{
+          {per_example->data, DeviceDType::kFloat32, n, 1, 1, "upstream gradient has", false}};
+      auto* slot = output.status.as<unsigned long long>() + kStatusUpstream;
+      SIMCLR_CHECK_CUDA(cudaMemsetAsync(slot, 0xFF, sizeof(unsigned long long), stream));
+      detail::launch_finite_checks(checks, slot, stream);
+      if (options.check == DeviceCheckMode::kChecked)
+        detail::report_finite_checks(checks, slot, stream);
     }
   };
   if (comm == nullptr) {
@@ -514,71 +697,66 @@ void DeviceSimCLRLoss::backward_impl(const DeviceLossOutput& output, float scala
     simclr::detail::capture(mine, validate);
     simclr::detail::gather_records(comm->host(), mine);
   }
+  (void)device_upstream;
+
+  detail::Arena arena(options.workspace, stream, "backward");
+  detail::BackwardArrays arrays =
+      detail::take_backward_arrays(arena, n, total_rows, d, comm != nullptr, host_upstream);
 
   // alpha_i (docs/math.md section 4.1), shared by both anchors of pair i.
-  DeviceArray alpha(static_cast<std::size_t>(2 * n) * sizeof(float), stream);
   {
-    DeviceArray staged;
     const float* upstream = nullptr;
     if (per_example != nullptr) {
-      if (per_example->space == MemorySpace::kHost) {
-        staged = detail::upload(per_example->data, n, stream);
-        upstream = staged.as<float>();
+      if (host_upstream) {
+        detail::upload(per_example->data, n, arrays.staged_upstream, stream);
+        upstream = arrays.staged_upstream.as<float>();
       } else {
         upstream = per_example->data;
       }
     }
     detail::launch_pair_weight(upstream, scalar, s.weight.as<float>(), n,
                                s.reduction == Reduction::kSumOverBatchSize, s.denominator,
-                               alpha.as<float>(), stream);
+                               arrays.alpha.as<float>(), stream);
   }
 
   // Every row's LSE and alpha in U order: two small gathers when distributed.
-  DeviceArray lse_gathered, alpha_gathered;
   const float* lse_all = s.row_lse.as<float>();
-  const float* alpha_all = alpha.as<float>();
+  const float* alpha_all = arrays.alpha.as<float>();
   if (comm != nullptr) {
     std::vector<std::size_t> bytes(s.rank_rows.size());
     for (std::size_t r = 0; r < bytes.size(); ++r)
       bytes[r] = static_cast<std::size_t>(2 * s.rank_rows[r]) * sizeof(float);
-    lse_gathered = DeviceArray(static_cast<std::size_t>(total_rows) * sizeof(float), stream);
-    alpha_gathered = DeviceArray(static_cast<std::size_t>(total_rows) * sizeof(float), stream);
     comm->set_stream(stream);
-    comm->all_gather_v(s.row_lse.data(), s.row_lse.bytes(), lse_gathered.data(), bytes);
-    comm->all_gather_v(alpha.data(), alpha.bytes(), alpha_gathered.data(), bytes);
-    lse_all = lse_gathered.as<float>();
-    alpha_all = alpha_gathered.as<float>();
+    const std::size_t mine = static_cast<std::size_t>(2 * n) * sizeof(float);
+    comm->all_gather_v(s.row_lse.data(), mine, arrays.lse_gathered.data(), bytes);
+    comm->all_gather_v(arrays.alpha.data(), mine, arrays.alpha_gathered.data(), bytes);
+    lse_all = arrays.lse_gathered.as<float>();
+    alpha_all = arrays.alpha_gathered.as<float>();
   }
   if (n == 0) {
     detail::order_after(s.stream, stream);
     return;
   }
 
-  DeviceArray params(3 * sizeof(float), stream);
   detail::launch_backward_params(alpha_all, total_rows, s.inv_temperature, s.dtype,
-                                 params.as<float>(), stream);
-  DeviceArray grad_u(static_cast<std::size_t>(2 * n * d) * sizeof(float), stream);
-  const detail::AnchorLayout layout{s.layout.anchor_begin, n};
-  const detail::TilePlan plan = detail::plan_tiles(2 * n, total_rows, s.dtype, s.options);
-  detail::DeviceTileProblem problem;
-  problem.blas = blas_->get(stream);
-  problem.dtype = s.dtype;
+                                 arrays.params.as<float>(), stream);
+  detail::DeviceTileProblem problem =
+      detail::tile_problem(n, total_rows, s.layout.anchor_begin, d, s.dtype, s.options);
   problem.u = s.u.data();
-  problem.d = d;
-  problem.total = total_rows;
-  problem.layout = layout;
   problem.inv_temperature = s.inv_temperature;
-  problem.plan = plan;
-  problem.symmetric = s.options.symmetric;
   problem.stream = stream;
-  detail::engine_backward(problem, lse_all, alpha_all, params.as<float>(), grad_u.as<float>());
+  const detail::EngineScratch scratch = detail::engine_backward_scratch(problem, arena);
+  problem.blas = blas_handle(options.blas_handle, stream);
+  detail::engine_backward(problem, lse_all, alpha_all, arrays.params.as<float>(),
+                          arrays.grad_u.as<float>(), scratch);
   const char* anchors = static_cast<const char*>(s.u.data()) +
                         static_cast<std::size_t>(s.layout.anchor_begin * d) * elem;
   const float* norms = s.squared_norms.as<float>();
-  detail::launch_l2_normalize_backward(anchors, norms, grad_u.as<float>(), n, d, s.dtype,
-                                       grad_a.data, grad_a.row_stride, stream);
+  float* grad_u = arrays.grad_u.as<float>();
+  detail::launch_l2_normalize_backward(anchors, norms, grad_u, n, d, s.dtype, grad_a.data,
+                                       grad_a.row_stride, stream);
   detail::launch_l2_normalize_backward(anchors + static_cast<std::size_t>(n * d) * elem, norms + n,
-                                       grad_u.as<float>() + n * d, n, d, s.dtype, grad_b.data,
+                                       grad_u + n * d, n, d, s.dtype, grad_b.data,
                                        grad_b.row_stride, stream);
   detail::order_after(s.stream, stream);
 }

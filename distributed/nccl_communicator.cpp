@@ -1,5 +1,6 @@
 #include "simclr/nccl/nccl_communicator.hpp"
 
+#include <algorithm>
 #include <cstring>
 
 #include "simclr/detail/check.hpp"
@@ -22,12 +23,87 @@
   } while (0)
 
 namespace simclr {
+namespace {
 
+// The agreement step's host collectives without MPI: NCCL on a small device buffer, read back.
+class NcclHostCommunicator final : public Communicator {
+ public:
+  explicit NcclHostCommunicator(NcclCommunicator& nccl) : nccl_(nccl) {}
+  ~NcclHostCommunicator() override {
+    if (buffer_ != nullptr) (void)cudaFree(buffer_);
+  }
+  int rank() const override { return nccl_.rank(); }
+  int size() const override { return nccl_.size(); }
+  std::string backend() const override { return "nccl-host"; }
+
+  void all_gather(const void* send, std::size_t bytes, void* recv) override {
+    if (bytes == 0) return;
+    const auto size = static_cast<std::size_t>(nccl_.size());
+    char* dev = reserve(bytes * (size + 1));
+    cudaStream_t stream = nccl_.stream();
+    SIMCLR_CHECK_CUDA(cudaMemcpyAsync(dev, send, bytes, cudaMemcpyHostToDevice, stream));
+    nccl_.all_gather(dev, bytes, dev + bytes);
+    SIMCLR_CHECK_CUDA(
+        cudaMemcpyAsync(recv, dev + bytes, bytes * size, cudaMemcpyDeviceToHost, stream));
+    SIMCLR_CHECK_CUDA(cudaStreamSynchronize(stream));
+  }
+
+  // Every rank's slice padded to the largest, then packed on the host.
+  void all_gather_v(const void* send, std::size_t send_bytes, void* recv,
+                    const std::vector<std::size_t>& recv_bytes) override {
+    SIMCLR_ENFORCE(recv_bytes.size() == static_cast<std::size_t>(nccl_.size()), CommError,
+                   "nccl host: all_gather_v needs one count per rank: ", recv_bytes.size(), " vs ",
+                   nccl_.size());
+    std::size_t widest = 0;
+    for (std::size_t b : recv_bytes) widest = std::max(widest, b);
+    if (widest == 0) return;
+    std::vector<char> mine(widest, 0), all(widest * recv_bytes.size());
+    if (send_bytes > 0) std::memcpy(mine.data(), send, std::min(send_bytes, widest));
+    all_gather(mine.data(), widest, all.data());
+    std::size_t at = 0;
+    for (std::size_t r = 0; r < recv_bytes.size(); ++r) {
+      if (recv_bytes[r] > 0)
+        std::memcpy(static_cast<char*>(recv) + at, all.data() + r * widest, recv_bytes[r]);
+      at += recv_bytes[r];
+    }
+  }
+
+  void barrier() override {
+    const char byte = 0;
+    std::vector<char> all(static_cast<std::size_t>(nccl_.size()));
+    all_gather(&byte, 1, all.data());
+  }
+
+ private:
+  char* reserve(std::size_t bytes) {
+    if (bytes > capacity_) {
+      if (buffer_ != nullptr) SIMCLR_CHECK_CUDA(cudaFree(buffer_));
+      buffer_ = nullptr;
+      capacity_ = 0;
+      const std::size_t want = std::max<std::size_t>(bytes, 4096);
+      SIMCLR_CHECK_CUDA(cudaMalloc(&buffer_, want));
+      capacity_ = want;
+    }
+    return static_cast<char*>(buffer_);
+  }
+
+  NcclCommunicator& nccl_;
+  void* buffer_ = nullptr;
+  std::size_t capacity_ = 0;
+};
+
+}  // namespace
+
+#if defined(SIMCLR_NCCL_HAS_MPI) && SIMCLR_NCCL_HAS_MPI
 NcclCommunicator::NcclCommunicator(MPI_Comm comm, cudaStream_t stream,
                                    MpiCommunicatorOptions options)
-    : mpi_(std::make_unique<MpiCommunicator>(comm, options)), stream_(stream) {
-  rank_ = mpi_->rank();
-  size_ = mpi_->size();
+    : stream_(stream) {
+  auto mpi = std::make_unique<MpiCommunicator>(comm, options);
+  MpiCommunicator& host = *mpi;
+  mpi_ = mpi.get();
+  host_ = std::move(mpi);
+  rank_ = host.rank();
+  size_ = host.size();
   SIMCLR_CHECK_CUDA(cudaGetDevice(&device_));
   // The id travels over the host communicator; every rank learns whether rank 0 could make one, so
   // a failure there raises on every rank instead of leaving the others waiting in ncclCommInitRank.
@@ -45,19 +121,53 @@ NcclCommunicator::NcclCommunicator(MPI_Comm comm, cudaStream_t stream,
     }
   }
   std::vector<IdRecord> all(static_cast<std::size_t>(size_));
-  mpi_->all_gather(&record, sizeof(record), all.data());
+  host.all_gather(&record, sizeof(record), all.data());
   SIMCLR_ENFORCE(all[0].status == 0, CommError,
                  "ncclGetUniqueId failed on rank 0: ", all[0].message, " (rank ", rank_, ")");
   SIMCLR_CHECK_NCCL(ncclCommInitRank(&nccl_, size_, all[0].id, rank_), nullptr, rank_);
 }
 
+const MpiCommunicatorOptions& NcclCommunicator::options() const {
+  static const MpiCommunicatorOptions defaults;
+  return mpi_ != nullptr ? static_cast<const MpiCommunicator*>(mpi_)->options() : defaults;
+}
+#endif
+
+NcclCommunicator::NcclCommunicator(const ncclUniqueId& id, int rank, int size, cudaStream_t stream)
+    : stream_(stream), rank_(rank), size_(size) {
+  SIMCLR_ENFORCE(size >= 1 && rank >= 0 && rank < size, ValueError, "NcclCommunicator: rank ", rank,
+                 " of size ", size, "; need 0 <= rank < size");
+  SIMCLR_CHECK_CUDA(cudaGetDevice(&device_));
+  SIMCLR_CHECK_NCCL(ncclCommInitRank(&nccl_, size_, id, rank_), nullptr, rank_);
+  host_ = std::make_unique<NcclHostCommunicator>(*this);
+}
+
+NcclCommunicator::NcclCommunicator(ncclComm_t comm, cudaStream_t stream)
+    : nccl_(comm), stream_(stream), owned_(false) {
+  SIMCLR_ENFORCE(comm != nullptr, ValueError, "NcclCommunicator: the ncclComm_t is null");
+  SIMCLR_CHECK_NCCL(ncclCommUserRank(comm, &rank_), comm, rank_);
+  SIMCLR_CHECK_NCCL(ncclCommCount(comm, &size_), comm, rank_);
+  SIMCLR_CHECK_NCCL(ncclCommCuDevice(comm, &device_), comm, rank_);
+  host_ = std::make_unique<NcclHostCommunicator>(*this);
+}
+
 NcclCommunicator::~NcclCommunicator() {
-  if (nccl_ != nullptr) (void)ncclCommDestroy(nccl_);  // never throw from a destructor
+  host_.reset();  // its device buffer first
+  if (nccl_ == nullptr || !owned_) return;
+  // never throw from a destructor; after an asynchronous error ncclCommDestroy could hang
+  ncclResult_t async = ncclSuccess;
+  if (!failed_ && ncclCommGetAsyncError(nccl_, &async) != ncclSuccess) failed_ = true;
+  if (failed_ || (async != ncclSuccess && async != ncclInProgress)) {
+    (void)ncclCommAbort(nccl_);
+  } else {
+    (void)ncclCommDestroy(nccl_);
+  }
 }
 
 void NcclCommunicator::check_async(const char* collective) const {
   ncclResult_t async = ncclSuccess;
   SIMCLR_CHECK_NCCL(ncclCommGetAsyncError(nccl_, &async), nccl_, rank_);
+  if (async != ncclSuccess && async != ncclInProgress) failed_ = true;
   SIMCLR_ENFORCE(async == ncclSuccess || async == ncclInProgress, CommError, "nccl: ", collective,
                  " on rank ", rank_,
                  ": communicator has an asynchronous error: ", ncclGetErrorString(async));
@@ -103,7 +213,7 @@ void NcclCommunicator::all_gather_v(const void* send, std::size_t send_bytes, vo
 void NcclCommunicator::barrier() {
   check_async("barrier");
   SIMCLR_CHECK_CUDA(cudaStreamSynchronize(stream_));
-  mpi_->barrier();
+  host_->barrier();
 }
 
 }  // namespace simclr

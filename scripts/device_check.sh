@@ -2,9 +2,15 @@
 # scripts/device_check.sh [OUTDIR]
 #
 # The GPU path's check on a machine with an NVIDIA GPU (docs/gpu.md): configures a fresh build, builds
-# only the GPU targets, runs the GPU tests, the benchmark (G=65536, d=256, bfloat16, plus a small
-# float32 parity run against the CPU path), and writes logs and one JSON summary to OUTDIR (default
-# ./device-check-out), then prints the summary. Needs the CUDA toolkit, NCCL, a C++ compiler and
+# only the GPU targets, then, in this order: (1) a subset of the device tests with
+# CUDA_LAUNCH_BLOCKING=1 under compute-sanitizer --tool memcheck; (2) the C++ device tests against
+# the CPU path (ctest -L gpu); (3) the PyTorch CUDA route against the CPU path
+# (scripts/device_torch_check.py parity; needs torch and nanobind); (4) the benchmark: bfloat16,
+# G=65536, d=256, as a fraction of the cuBLAS rate measured in the same run, with and without the
+# symmetry, then the peak device memory at G=262144 and G=1048576 with the workspace the API
+# reports; (5) the CUDA route side by side with the PyTorch peer formulation (autograd, bfloat16
+# autocast) up to the largest G the peer holds. OUTDIR (default ./device-check-out) gets
+# summary.json and logs.tar.gz (every log), and the summary is printed. Needs the CUDA toolkit, NCCL, a C++ compiler and
 # cmake; Eigen3, nlohmann_json (required by the core), GoogleTest and MPI are found, installed with
 # apt-get when that works, vendored (GoogleTest from /usr/src/googletest), or skipped (MPI, tests).
 # Extra prefixes to search: SIMCLR_DEPS_PREFIX (a ;-list, passed as CMAKE_PREFIX_PATH).
@@ -51,6 +57,7 @@ JOBS="${SIMCLR_DEVICE_CHECK_JOBS:-16}"
 BENCH_BATCH="${SIMCLR_BENCH_BATCH:-65536}"
 BENCH_DIM="${SIMCLR_BENCH_DIM:-256}"
 START=$(date +%s)
+export NCCL_SOCKET_IFNAME=lo  # one machine: NCCL's bootstrap stays on the loopback interface
 DEADLINE=$((START + ${SIMCLR_DEVICE_CHECK_SECONDS:-450}))  # 7.5 minutes for everything
 SUMMARY="$OUT/summary.json"
 : > "$OUT/device_check.log"
@@ -75,7 +82,12 @@ write_summary() {
 }
 finish() {  # finish STATUS EXIT_CODE
   STATUS="$1"
-  write_summary
+  write_summary > /dev/null
+  # Every log in one tarball beside summary.json (the files that come back are few).
+  (cd "$OUT" && find . -maxdepth 1 -type f ! -name summary.json ! -name logs.tar.gz -printf '%P\n' |
+    tar -czf logs.tar.gz -T - 2> /dev/null && find . -maxdepth 1 -type f ! -name summary.json \
+    ! -name logs.tar.gz -delete)
+  cat "$SUMMARY"
   exit "$2"
 }
 
@@ -230,7 +242,7 @@ if ! timeout 180 cmake "${GEN[@]+"${GEN[@]}"}" -S "$ROOT" -B "$BUILD" -DCMAKE_BU
 fi
 FIELDS[configure]='"ok"'
 targets=(simclr-gpu-bench)
-[ "$BUILD_TESTS" = ON ] && targets+=(simclr_gpu_tests)
+[ "$BUILD_TESTS" = ON ] && targets+=(simclr_gpu_tests simclr_c_api_device_test)
 [ "$BUILD_TESTS" = ON ] && grep -q 'simclr_nccl_tests' "$BUILD/tests/gpu/CTestTestfile.cmake" 2> /dev/null &&
   targets+=(simclr_nccl_tests)
 log "building ${targets[*]} with -j$JOBS"
@@ -243,8 +255,23 @@ fi
 FIELDS[build]='"ok"'
 FIELDS[build_warnings]=$(grep -c -i 'warning' "$OUT/build.log" || true)
 
-# ---- 4. GPU tests ----
+# ---- 4. GPU tests: (1) memcheck on a subset with blocking launches, (2) all of them ----
 FAILED=0
+SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2> /dev/null || true)
+if [ "$BUILD_TESTS" = ON ] && [ -n "$SANITIZER" ]; then
+  log "compute-sanitizer memcheck on a subset ($(left)s left)"
+  if CUDA_LAUNCH_BLOCKING=1 timeout 90 "$SANITIZER" --tool memcheck --error-exitcode 9 \
+       "$BUILD/bin/simclr_gpu_tests" --gtest_filter='*SmallTiles*:*Strides*:*EmptyBatch*:*Float16*' \
+       > "$OUT/memcheck.log" 2>&1; then
+    FIELDS[memcheck]='"ok"'
+  else
+    FIELDS[memcheck]='"failed"'
+    FAILED=1
+    note "compute-sanitizer memcheck failed: $(grep -m1 -E 'ERROR|Invalid|FAILED' "$OUT/memcheck.log" | head -c 300)"
+  fi
+elif [ "$BUILD_TESTS" = ON ]; then
+  note "compute-sanitizer not found: memcheck skipped"
+fi
 if [ "$BUILD_TESTS" = ON ]; then
   log "running the GPU tests ($(left)s left)"
   timeout $(( $(left) > 200 ? 200 : $(left) )) ctest --test-dir "$BUILD" -L gpu --output-on-failure \
@@ -264,7 +291,46 @@ if [ "$BUILD_TESTS" = ON ]; then
   [ $FAILED -eq 1 ] && note "a GPU test failed: see ctest.log"
 fi
 
-# ---- 5. benchmark: a small float32 parity run, the target run, and a tile sweep ----
+NO_RUNTIME_DEVICE=0
+PY_READY=0
+# ---- 5. the PyTorch CUDA route: build simclr._core and simclr._device into the same tree ----
+pycheck() {  # pycheck NAME TIMEOUT: scripts/device_torch_check.py NAME, its JSON line as a field
+  local name=$1 limit=$2 rc=0
+  if [ "$(left)" -lt 20 ]; then note "torch $name skipped: out of time"; return; fi
+  [ "$limit" -gt "$(left)" ] && limit=$(left)
+  log "torch $name"
+  PYTHONPATH="$PYSTAGE" timeout "$limit" python3 "$ROOT/scripts/device_torch_check.py" "$name" \
+    > "$OUT/torch_$name.json" 2> "$OUT/torch_$name.log" || rc=$?
+  if [ -s "$OUT/torch_$name.json" ]; then FIELDS["torch_$name"]=$(tail -1 "$OUT/torch_$name.json"); fi
+  if [ $rc -ne 0 ]; then
+    FAILED=1
+    note "torch $name failed (exit $rc): $(tail -c 300 "$OUT/torch_$name.log")"
+  fi
+}
+PYSTAGE="$BUILD/pystage"
+if [ "$NO_RUNTIME_DEVICE" = 0 ] && python3 -c 'import torch, nanobind; assert torch.cuda.is_available()' \
+     > "$OUT/torch_probe.log" 2>&1; then
+  log "building simclr._core and simclr._device ($(left)s left)"
+  if timeout 120 cmake -S "$ROOT" -B "$BUILD" -DSIMCLR_BUILD_PYTHON=ON \
+       -DPython_EXECUTABLE="$(command -v python3)" >> "$OUT/configure.log" 2>&1 &&
+     timeout $(( $(left) > 150 ? 120 : $(left) / 2 )) cmake --build "$BUILD" -j "$JOBS" \
+       --target _core _device > "$OUT/build_python.log" 2>&1; then
+    rm -rf "$PYSTAGE" && mkdir -p "$PYSTAGE/simclr"
+    cp "$ROOT"/python/simclr/*.py "$PYSTAGE/simclr/"
+    find "$BUILD/python" -maxdepth 1 -name '_core*.so' -o -maxdepth 1 -name '_device*.so' |
+      xargs -r cp -t "$PYSTAGE/simclr/"
+    PY_READY=1
+  else
+    FAILED=1
+    note "the Python extension did not build: $(grep -m1 -E 'rror' "$OUT/build_python.log" "$OUT/configure.log" | head -c 300)"
+  fi
+else
+  note "torch with CUDA or nanobind not importable: the torch route is not checked ($(tail -c 200 "$OUT/torch_probe.log"))"
+fi
+
+[ "$PY_READY" = 1 ] && pycheck parity 90
+
+# ---- 6. benchmark: a small float32 parity run, the target run, and a tile sweep ----
 BENCH="$BUILD/bin/simclr-gpu-bench"
 bench() {  # bench NAME TIMEOUT ARGS...
   local name=$1 limit=$2
@@ -289,21 +355,14 @@ bench() {  # bench NAME TIMEOUT ARGS...
     note "bench $name failed (exit $rc): $(tail -c 300 "$OUT/bench_$name.log")"
   fi
 }
-NO_RUNTIME_DEVICE=0
 bench f32_parity 90 --batch 2048 --dim 128 --dtype float32 --repeat 3 --check
 bench bf16 150 --batch "$BENCH_BATCH" --dim "$BENCH_DIM" --dtype bfloat16 --repeat 5
 # The same without using the symmetry of S and M: what it buys on this GPU.
 bench bf16_no_symmetry 60 --batch "$BENCH_BATCH" --dim "$BENCH_DIM" --dtype bfloat16 --repeat 3 \
   --no-symmetry
-# Tile sweep. With the symmetry the tiles are square (min of the two sizes): 16384 (1.5 GB of
-# workspace, fewer launches), 4096, and 2048 (16 MB of float32 logits: L2-resident). Then a
-# distributed rank's shape, the general path with wide tiles.
-for t in 16384 4096 2048; do
-  bench "bf16_tiles_$t" 60 --batch "$BENCH_BATCH" --dim "$BENCH_DIM" --dtype bfloat16 --repeat 3 \
-    --tile-rows "$t" --tile-cols "$t"
-done
-bench bf16_no_symmetry_tiles_4096x16384 60 --batch "$BENCH_BATCH" --dim "$BENCH_DIM" --dtype bfloat16 \
-  --repeat 3 --no-symmetry --tile-rows 4096 --tile-cols 16384
+# One tile size beside the default (the square 2048 tiles whose float32 logits stay in L2), if time.
+[ "$(left)" -gt 240 ] && bench bf16_tiles_2048 45 --batch "$BENCH_BATCH" --dim "$BENCH_DIM" \
+  --dtype bfloat16 --repeat 3 --tile-rows 2048 --tile-cols 2048
 if [ -n "${FIELDS[bench_bf16]:-}" ]; then
   frac=$(sed -n 's/.*"fraction_of_cublas":\([0-9.eE+-]*\).*/\1/p' <<< "${FIELDS[bench_bf16]}")
   FIELDS[fraction_of_cublas]=${frac:-null}
@@ -320,6 +379,12 @@ if [ -n "${FIELDS[bench_f32_parity]:-}" ]; then
     FAILED=1
     note "float32 parity above 1e-5: loss $lerr, gradient $gerr"
   fi
+fi
+
+# ---- 7. memory at large G with the API's workspace; the peer formulation side by side ----
+if [ "$PY_READY" = 1 ]; then
+  pycheck memory 100
+  pycheck peer 150
 fi
 
 [ $FAILED -eq 0 ] && finish "ok" 0

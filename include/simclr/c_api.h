@@ -219,6 +219,52 @@ simclr_status simclr_device_backward(simclr_loss_t loss, simclr_forward_t saved,
                                      const simclr_matrix* grad_a, const simclr_matrix* grad_b,
                                      void* cuda_stream);
 
+/* ---- asynchronous device calls with a caller workspace (simclr::cuda) ----
+ * For frameworks (PyTorch, XLA): nothing synchronises the host, nothing is allocated when a
+ * workspace is given, and the state the backward needs lives in the forward's workspace, which the
+ * caller keeps (unmodified) until the backward has run in stream order. docs/gpu.md. */
+
+#define SIMCLR_DEVICE_STATUS_SLOTS 4
+
+typedef struct simclr_device_call {
+  int32_t async;         /* 1: no host synchronisation; NaN/Inf recorded in the status array */
+  void* workspace;       /* device memory, 256-byte aligned; NULL: the library allocates */
+  size_t workspace_size; /* bytes at workspace (>= what simclr_device_workspace_size says) */
+  void* cublas_handle;   /* a cublasHandle_t of the caller, or NULL (one cached per device) */
+} simclr_device_call;
+
+/* async 0, no workspace, no handle. */
+void simclr_device_call_init(simclr_device_call* call);
+
+/* Bytes of workspace a forward and a backward need for rows n of this rank, global_rows G (n when
+ * local), dim d and dtype, with options' tiles and symmetry (options may be NULL). */
+simclr_status simclr_device_workspace_size(int64_t rows, int64_t global_rows, int64_t dim,
+                                           simclr_dtype dtype, const simclr_call_options* options,
+                                           size_t* forward_bytes, size_t* backward_bytes);
+
+/* Forward as simclr_device_forward, but writing straight into the caller's device buffers values
+ * ([n] for none, else [1]; input dtype), per_example ([n], input dtype; may be NULL) and objective
+ * ([1] float32; may be NULL), all on cuda_stream; info->objective is NaN (read objective instead).
+ * With call->async, bad input is recorded in the status array: SIMCLR_DEVICE_STATUS_SLOTS uint64 at
+ * the start of the workspace (or, without one, simclr_device_status), each the flat index of the
+ * first NaN/Inf of za, zb, the weight and a backward's upstream, or UINT64_MAX. */
+simclr_status simclr_device_forward_async(simclr_loss_t loss, const simclr_matrix* za,
+                                          const simclr_matrix* zb,
+                                          const simclr_call_options* options,
+                                          const simclr_device_call* call, void* cuda_stream,
+                                          void* values, void* per_example, void* objective,
+                                          simclr_forward_info* info, simclr_forward_t* saved);
+/* Backward into grad_a, grad_b on cuda_stream with the scalar upstream, or (reduction none only)
+ * with upstream_per_example: [n] float32 in device memory (NULL: the scalar). call->workspace (if
+ * any) is scratch of simclr_device_workspace_size's backward_bytes. */
+simclr_status simclr_device_backward_async(simclr_loss_t loss, simclr_forward_t saved,
+                                           float upstream, const float* upstream_per_example,
+                                           const simclr_matrix* grad_a,
+                                           const simclr_matrix* grad_b,
+                                           const simclr_device_call* call, void* cuda_stream);
+/* The device address of a device forward's status array (NULL for a host forward). */
+void* simclr_device_status(simclr_forward_t saved);
+
 /* ---- step calls for frameworks whose collectives are graph ops ---- */
 
 /* For front ends whose framework gathers the rows and the per-row scalars itself, as graph

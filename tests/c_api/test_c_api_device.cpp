@@ -223,6 +223,110 @@ void test_errors(int device) {
   simclr_loss_destroy(loss);
 }
 
+// The asynchronous calls with a caller workspace against the host call; the status array at the
+// start of the workspace reports a NaN without a synchronisation inside the call.
+void test_async(int device) {
+  std::vector<float> za = inputs(kN * kD, 7), zb = inputs(kN * kD, 8);
+  simclr_loss_t loss = nullptr;
+  CHECK_STATUS(simclr_loss_create(0.3, SIMCLR_REDUCTION_SUM, nullptr, &loss), SIMCLR_OK);
+  std::vector<float> hv(1), hga(kN * kD), hgb(kN * kD);
+  simclr_matrix ha{za.data(), kN, kD, kD, SIMCLR_FLOAT32, -1};
+  simclr_matrix hb{zb.data(), kN, kD, kD, SIMCLR_FLOAT32, -1};
+  simclr_matrix hgam{hga.data(), kN, kD, kD, SIMCLR_FLOAT32, -1};
+  simclr_matrix hgbm{hgb.data(), kN, kD, kD, SIMCLR_FLOAT32, -1};
+  simclr_forward_t hs = nullptr;
+  const float one = 1.0f;
+  CHECK_STATUS(simclr_forward(loss, &ha, &hb, nullptr, nullptr, hv.data(), nullptr, nullptr, &hs),
+               SIMCLR_OK);
+  CHECK_STATUS(simclr_backward(loss, hs, &one, 1, &hgam, &hgbm), SIMCLR_OK);
+
+  std::size_t fbytes = 0, bbytes = 0;
+  CHECK_STATUS(simclr_device_workspace_size(kN, kN, kD, SIMCLR_FLOAT32, nullptr, &fbytes, &bbytes),
+               SIMCLR_OK);
+  CHECK(fbytes >= 2 * kN * kD * sizeof(float) && bbytes >= 2 * kN * kD * sizeof(float));
+  CHECK_STATUS(simclr_device_workspace_size(kN, kN, kD, SIMCLR_FLOAT64, nullptr, &fbytes, &bbytes),
+               SIMCLR_UNSUPPORTED);
+  CHECK_STATUS(simclr_device_workspace_size(kN, kN, kD, SIMCLR_FLOAT32, nullptr, &fbytes, &bbytes),
+               SIMCLR_OK);
+  void* fws = nullptr;
+  void* bws = nullptr;
+  cuda_ok(cudaMalloc(&fws, fbytes), "cudaMalloc");
+  cuda_ok(cudaMalloc(&bws, bbytes), "cudaMalloc");
+  float* da = to_device(za);
+  float* db = to_device(zb);
+  float* dv = to_device(std::vector<float>(1, -1.0f));
+  float* dobj = to_device(std::vector<float>(1, -1.0f));
+  float* dga = to_device(std::vector<float>(kN * kD, 0.0f));
+  float* dgb = to_device(std::vector<float>(kN * kD, 0.0f));
+  cudaStream_t stream = nullptr;
+  cuda_ok(cudaStreamCreate(&stream), "cudaStreamCreate");
+  simclr_matrix a{da, kN, kD, kD, SIMCLR_FLOAT32, device};
+  simclr_matrix b{db, kN, kD, kD, SIMCLR_FLOAT32, device};
+  simclr_matrix ga{dga, kN, kD, kD, SIMCLR_FLOAT32, device};
+  simclr_matrix gb{dgb, kN, kD, kD, SIMCLR_FLOAT32, device};
+  simclr_device_call fcall, bcall;
+  simclr_device_call_init(&fcall);
+  simclr_device_call_init(&bcall);
+  fcall.async = bcall.async = 1;
+  fcall.workspace = fws;
+  fcall.workspace_size = fbytes;
+  bcall.workspace = bws;
+  bcall.workspace_size = bbytes;
+  simclr_forward_t ds = nullptr;
+  simclr_forward_info info;
+  CHECK_STATUS(simclr_device_forward_async(loss, &a, &b, nullptr, &fcall, stream, dv, nullptr, dobj,
+                                           &info, &ds),
+               SIMCLR_OK);
+  CHECK(std::isnan(info.objective) && info.rows == kN);
+  CHECK(simclr_device_status(ds) == fws);  // the status array opens the workspace
+  CHECK(simclr_device_status(hs) == nullptr);
+  CHECK_STATUS(simclr_device_backward_async(loss, ds, 1.0f, nullptr, &ga, &gb, &bcall, stream),
+               SIMCLR_OK);
+  cuda_ok(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  CHECK_NEAR(to_host(dv, 1)[0], hv[0], 1e-5 * (1 + std::fabs(hv[0])));
+  CHECK_NEAR(to_host(dobj, 1)[0], hv[0], 1e-5 * (1 + std::fabs(hv[0])));
+  const std::vector<float> gav = to_host(dga, kN * kD), gbv = to_host(dgb, kN * kD);
+  for (std::size_t k = 0; k < gav.size(); ++k) {
+    CHECK_NEAR(gav[k], hga[k], 1e-5);
+    CHECK_NEAR(gbv[k], hgb[k], 1e-5);
+  }
+  std::vector<std::uint64_t> status =
+      to_host(static_cast<const std::uint64_t*>(fws), SIMCLR_DEVICE_STATUS_SLOTS);
+  for (std::uint64_t v : status) CHECK(v == UINT64_MAX);
+  simclr_forward_destroy(ds);
+
+  // A NaN in zb at row 2, column 3: no error from the call, the index in slot 1.
+  std::vector<float> bad = zb;
+  bad[2 * kD + 3] = std::nanf("");
+  float* dbad = to_device(bad);
+  simclr_matrix nb{dbad, kN, kD, kD, SIMCLR_FLOAT32, device};
+  CHECK_STATUS(simclr_device_forward_async(loss, &a, &nb, nullptr, &fcall, stream, dv, nullptr,
+                                           nullptr, nullptr, nullptr),
+               SIMCLR_OK);
+  cuda_ok(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  status = to_host(static_cast<const std::uint64_t*>(fws), SIMCLR_DEVICE_STATUS_SLOTS);
+  CHECK(status[0] == UINT64_MAX && status[1] == static_cast<std::uint64_t>(2 * kD + 3));
+  // The checked mode raises instead; a workspace too small is refused.
+  fcall.async = 0;
+  CHECK_STATUS(simclr_device_forward_async(loss, &a, &nb, nullptr, &fcall, stream, dv, nullptr,
+                                           nullptr, nullptr, nullptr),
+               SIMCLR_VALUE_ERROR);
+  CHECK(std::strstr(simclr_last_error(), "zb has NaN at row 2, column 3") != nullptr);
+  fcall.workspace_size = fbytes / 2;  // the query is an upper bound: outputs may live elsewhere
+  CHECK_STATUS(simclr_device_forward_async(loss, &a, &b, nullptr, &fcall, stream, dv, nullptr,
+                                           nullptr, nullptr, nullptr),
+               SIMCLR_VALUE_ERROR);
+
+  simclr_forward_destroy(hs);
+  cuda_ok(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  cuda_ok(cudaStreamDestroy(stream), "cudaStreamDestroy");
+  for (void* q : {fws, bws, static_cast<void*>(da), static_cast<void*>(db), static_cast<void*>(dv),
+                  static_cast<void*>(dobj), static_cast<void*>(dga), static_cast<void*>(dgb),
+                  static_cast<void*>(dbad)})
+    cuda_ok(cudaFree(q), "cudaFree");
+  simclr_loss_destroy(loss);
+}
+
 }  // namespace
 
 int main() {
@@ -237,6 +341,7 @@ int main() {
   test_float32(SIMCLR_REDUCTION_SUM_OVER_BATCH_SIZE, device);
   test_float16(device);
   test_errors(device);
+  test_async(device);
   if (failures != 0) {
     std::fprintf(stderr, "%d check(s) failed\n", failures);
     return 1;

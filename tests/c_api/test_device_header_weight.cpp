@@ -1,5 +1,6 @@
-// The device header stays light: no Eigen, no JSON definitions, no CPU loss header. Compiled with
-// the emulated GPU target; the check is at compile time.
+// The device header needs only the CUDA runtime and the standard library: no Eigen, no JSON (not
+// even its forward declarations), no cuBLAS. Compiled with the emulated GPU
+// target; the check is at compile time.
 
 #include "simclr/cuda/device_loss.hpp"
 
@@ -8,6 +9,12 @@
 #endif
 #ifdef INCLUDE_NLOHMANN_JSON_HPP_
 #error "simclr/cuda/device_loss.hpp must not include <nlohmann/json.hpp>"
+#endif
+#ifdef INCLUDE_NLOHMANN_JSON_FWD_HPP_
+#error "simclr/cuda/device_loss.hpp must not include <nlohmann/json_fwd.hpp>"
+#endif
+#if defined(CUBLAS_V2_H_) || defined(CUBLAS_API_H_)
+#error "simclr/cuda/device_loss.hpp must not include cuBLAS"
 #endif
 
 #include <cstdio>

@@ -76,11 +76,13 @@ extern "C" {
 cublasStatus_t cublasCreate_v2(cublasHandle_t* handle) {
   if (handle == nullptr) return CUBLAS_STATUS_INVALID_VALUE;
   *handle = reinterpret_cast<cublasHandle_t>(new Handle);
+  simclr::cuda::emu::count_blas_handle_created();
   return CUBLAS_STATUS_SUCCESS;
 }
 
 cublasStatus_t cublasDestroy_v2(cublasHandle_t handle) {
   if (!is_handle(handle)) return CUBLAS_STATUS_NOT_INITIALIZED;
+  simclr::cuda::emu::count_host_sync();  // cublasDestroy synchronises the device
   delete reinterpret_cast<Handle*>(handle);
   return CUBLAS_STATUS_SUCCESS;
 }

@@ -94,6 +94,24 @@ std::string describe(const void* p, std::size_t bytes);
 // Test hook: the next `count` device allocations (cudaMalloc, cudaMallocAsync) made by the calling
 // thread fail with cudaErrorMemoryAllocation, as an exhausted GPU would. 0 disarms.
 void fail_next_allocations(int count);
+// What the runtime was asked to do since the last reset_call_counts(), for tests of the
+// asynchronous contract (docs/gpu.md): calls that block the host until the device is done
+// (cudaDeviceSynchronize, cudaStreamSynchronize, cudaEventSynchronize, the synchronous cudaMemcpy,
+// cublasDestroy), device allocations (cudaMalloc, cudaMallocAsync) and cuBLAS handles created.
+// Counted over every thread.
+struct CallCounts {
+  long host_syncs = 0;
+  long allocations = 0;
+  long blas_handles_created = 0;
+};
+CallCounts call_counts();
+void reset_call_counts();
+void count_host_sync();
+void count_blas_handle_created();
+// NCCL emulation hooks (tests/emulation/nccl.cpp): make ncclCommGetAsyncError of `comm` (an
+// ncclComm_t) report `result` (an ncclResult_t), and count the ncclCommAbort calls so far.
+void nccl_set_async_error(void* comm, int result);
+int nccl_aborts();
 // Reports a failure on stderr and as the thread's last CUDA error; returns `code`.
 cudaError_t fail(cudaError_t code, const std::string& why);
 

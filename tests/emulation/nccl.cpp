@@ -4,8 +4,10 @@
 // communicator's own logic (bootstrapping, the grouped broadcasts of all_gather_v, ranks of 0
 // bytes, buffer bounds); NCCL's transport and its asynchrony are not emulated.
 //
-// ncclCommInitRank splits MPI_COMM_WORLD by the unique id, so every process of the job has to
-// create its NCCL communicators in the same order, as the tests do. Collectives check that their
+// ncclCommAbort, ncclCommCount, ncclCommUserRank and ncclCommCuDevice are emulated, and a test can
+// give a communicator an asynchronous error (emulation.hpp: nccl_set_async_error) and count the
+// aborts. ncclCommInitRank splits MPI_COMM_WORLD by the unique id, so every process of the job has
+// to create its NCCL communicators in the same order, as the tests do. Collectives check that their
 // buffers lie inside one device allocation and that the stream is live. Broadcasts between
 // ncclGroupStart and ncclGroupEnd are queued and run in order at ncclGroupEnd, which every rank
 // reaches with the same sequence (NCCL requires it).
@@ -25,8 +27,22 @@ struct ncclComm {
   MPI_Comm mpi = MPI_COMM_NULL;
   int rank = 0;
   int size = 1;
+  int device = 0;
+  ncclResult_t async_error = ncclSuccess;  // nccl_set_async_error
   std::string last_error;
 };
+
+namespace simclr::cuda::emu {
+
+std::atomic<int> nccl_abort_count{0};
+
+void nccl_set_async_error(void* comm, int result) {
+  static_cast<ncclComm*>(comm)->async_error = static_cast<ncclResult_t>(result);
+}
+
+int nccl_aborts() { return nccl_abort_count.load(); }
+
+}  // namespace simclr::cuda::emu
 
 namespace {
 
@@ -111,6 +127,7 @@ ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId id, int
   }
   MPI_Comm_rank(c->mpi, &c->rank);
   MPI_Comm_size(c->mpi, &c->size);
+  cudaGetDevice(&c->device);
   if (c->rank != rank || c->size != nranks) {
     MPI_Comm_free(&c->mpi);
     delete c;
@@ -127,6 +144,33 @@ ncclResult_t ncclCommDestroy(ncclComm_t comm) {
   return ncclSuccess;
 }
 
+// As NCCL's: frees the communicator without waiting for outstanding work (there is none here).
+ncclResult_t ncclCommAbort(ncclComm_t comm) {
+  if (comm == nullptr) return ncclInvalidArgument;
+  ++simclr::cuda::emu::nccl_abort_count;
+  MPI_Comm_free(&comm->mpi);
+  delete comm;
+  return ncclSuccess;
+}
+
+ncclResult_t ncclCommCount(const ncclComm_t comm, int* count) {
+  if (comm == nullptr || count == nullptr) return ncclInvalidArgument;
+  *count = comm->size;
+  return ncclSuccess;
+}
+
+ncclResult_t ncclCommUserRank(const ncclComm_t comm, int* rank) {
+  if (comm == nullptr || rank == nullptr) return ncclInvalidArgument;
+  *rank = comm->rank;
+  return ncclSuccess;
+}
+
+ncclResult_t ncclCommCuDevice(const ncclComm_t comm, int* device) {
+  if (comm == nullptr || device == nullptr) return ncclInvalidArgument;
+  *device = comm->device;
+  return ncclSuccess;
+}
+
 const char* ncclGetErrorString(ncclResult_t result) {
   switch (result) {
     case ncclSuccess:
@@ -137,6 +181,8 @@ const char* ncclGetErrorString(ncclResult_t result) {
       return "invalid argument (emulation)";
     case ncclInvalidUsage:
       return "invalid usage (emulation)";
+    case ncclRemoteError:
+      return "remote process exited or there was a network error (emulation)";
     default:
       return "unknown result code (emulation)";
   }
@@ -148,7 +194,7 @@ const char* ncclGetLastError(ncclComm_t comm) {
 
 ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* async_error) {
   if (comm == nullptr || async_error == nullptr) return ncclInvalidArgument;
-  *async_error = ncclSuccess;
+  *async_error = comm->async_error;
   return ncclSuccess;
 }
 

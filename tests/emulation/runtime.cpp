@@ -14,6 +14,7 @@
 #include <ucontext.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -67,6 +68,27 @@ Memory& memory() {
 
 }  // namespace
 
+namespace {
+std::atomic<long> host_syncs{0}, allocations{0}, blas_handles{0};
+}  // namespace
+
+CallCounts call_counts() {
+  CallCounts c;
+  c.host_syncs = host_syncs.load();
+  c.allocations = allocations.load();
+  c.blas_handles_created = blas_handles.load();
+  return c;
+}
+
+void reset_call_counts() {
+  host_syncs = 0;
+  allocations = 0;
+  blas_handles = 0;
+}
+
+void count_host_sync() { ++host_syncs; }
+void count_blas_handle_created() { ++blas_handles; }
+
 void fail_next_allocations(int count) { allocations_to_fail = count > 0 ? count : 0; }
 
 cudaError_t fail(cudaError_t code, const std::string& why) {
@@ -112,6 +134,7 @@ bool valid_stream(cudaStream_t s) {
 namespace {
 
 cudaError_t allocate(void** out, std::size_t bytes) {
+  ++allocations;
   if (out == nullptr) return fail(cudaErrorInvalidValue, "allocation with a null result pointer");
   *out = nullptr;
   if (bytes == 0) return cudaSuccess;
@@ -556,7 +579,10 @@ cudaError_t cudaRuntimeGetVersion(int* version) {
   return cudaSuccess;
 }
 
-cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize() {
+  simclr::cuda::emu::count_host_sync();
+  return cudaSuccess;
+}
 
 cudaError_t cudaMalloc(void** ptr, size_t bytes) { return simclr::cuda::emu::allocate(ptr, bytes); }
 
@@ -602,6 +628,7 @@ cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t, cudaMemPoolAttr attr, void* v
 }
 
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind kind) {
+  simclr::cuda::emu::count_host_sync();
   if (check_copy(dst, src, count, kind, "cudaMemcpy") != cudaSuccess) return cudaErrorInvalidValue;
   if (count > 0) std::memmove(dst, src, count);
   return cudaSuccess;
@@ -639,6 +666,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
 }
 
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  simclr::cuda::emu::count_host_sync();
   return check_stream(stream, "cudaStreamSynchronize");
 }
 
@@ -671,6 +699,7 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
 }
 
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  simclr::cuda::emu::count_host_sync();
   return check_event(event, "cudaEventSynchronize");
 }
 

@@ -235,6 +235,109 @@ TEST_F(NcclTest, AnAllocationFailureOnOneRankRaisesTheSameDeviceErrorOnEveryRank
 }
 #endif
 
+// ---- NCCL without MPI: from an ncclUniqueId, or a borrowed ncclComm_t ----
+
+// The id is shared here over MPI, standing in for a framework's store (e.g. torch.distributed's).
+ncclUniqueId shared_id() {
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  ncclUniqueId id;
+  std::memset(&id, 0, sizeof(id));
+  if (rank == 0) {
+    EXPECT_EQ(ncclGetUniqueId(&id), ncclSuccess);
+  }
+  MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, MPI_COMM_WORLD);
+  return id;
+}
+
+TEST(NcclWithoutMpi, FromAUniqueIdTheLossMatchesTheWholeBatchWithHostCollectivesOverNccl) {
+  int rank = 0, size = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  cudaStream_t stream = nullptr;
+  SIMCLR_CHECK_CUDA(cudaStreamCreate(&stream));
+  {
+    NcclCommunicator comm(shared_id(), rank, size, stream);
+    EXPECT_EQ(comm.rank(), rank);
+    EXPECT_EQ(comm.size(), size);
+    EXPECT_TRUE(comm.owns_comm());
+    // The agreement step runs through NCCL, not MPI.
+    EXPECT_EQ(comm.host().backend(), "nccl-host");
+    std::vector<std::size_t> bytes(static_cast<std::size_t>(size));
+    for (int r = 0; r < size; ++r) bytes[static_cast<std::size_t>(r)] = static_cast<std::size_t>(r);
+    std::vector<char> mine(static_cast<std::size_t>(rank), static_cast<char>('a' + rank));
+    std::vector<char> all(static_cast<std::size_t>(size * (size - 1) / 2));
+    comm.host().all_gather_v(mine.data(), mine.size(), all.data(), bytes);
+    std::size_t at = 0;
+    for (int r = 0; r < size; ++r)
+      for (int k = 0; k < r; ++k) EXPECT_EQ(all[at++], static_cast<char>('a' + r));
+    for (Reduction r : {Reduction::kSumOverBatchSize, Reduction::kNone})
+      check_distributed(comm, stream, r, size > 1);
+    comm.barrier();
+  }
+  SIMCLR_CHECK_CUDA(cudaStreamDestroy(stream));
+}
+
+TEST(NcclWithoutMpi, ABorrowedCommIsUsedButNeverDestroyed) {
+  int rank = 0, size = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  cudaStream_t stream = nullptr;
+  SIMCLR_CHECK_CUDA(cudaStreamCreate(&stream));
+  ncclComm_t raw = nullptr;
+  ASSERT_EQ(ncclCommInitRank(&raw, size, shared_id(), rank), ncclSuccess);
+#ifdef SIMCLR_CUDA_EMULATION
+  const int aborts = cuda::emu::nccl_aborts();
+#endif
+  {
+    NcclCommunicator comm(raw, stream);
+    EXPECT_FALSE(comm.owns_comm());
+    EXPECT_EQ(comm.rank(), rank);
+    EXPECT_EQ(comm.size(), size);
+    check_distributed(comm, stream, Reduction::kSum, false);
+  }
+  // Still alive: NCCL answers for it, and the caller destroys it.
+  int count = 0;
+  EXPECT_EQ(ncclCommCount(raw, &count), ncclSuccess);
+  EXPECT_EQ(count, size);
+#ifdef SIMCLR_CUDA_EMULATION
+  EXPECT_EQ(cuda::emu::nccl_aborts(), aborts);
+#endif
+  EXPECT_EQ(ncclCommDestroy(raw), ncclSuccess);
+  SIMCLR_CHECK_CUDA(cudaStreamDestroy(stream));
+}
+
+#ifdef SIMCLR_CUDA_EMULATION
+// The emulation can give a communicator an asynchronous error on demand (emulation.hpp).
+TEST(NcclWithoutMpi, AnAsynchronousErrorFailsTheNextCollectiveAndTheDestructorAborts) {
+  int rank = 0, size = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  const int aborts = cuda::emu::nccl_aborts();
+  {
+    NcclCommunicator comm(shared_id(), rank, size);
+    cuda::emu::nccl_set_async_error(comm.nccl_comm(), ncclRemoteError);
+    try {
+      comm.all_gather(nullptr, 0, nullptr);
+      ADD_FAILURE() << "expected CommError";
+    } catch (const CommError& e) {
+      EXPECT_NE(std::string(e.what()).find("asynchronous error"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_EQ(cuda::emu::nccl_aborts(), aborts + 1);
+  {
+    // Without a failed collective the destructor still looks: an error raised after the last call.
+    NcclCommunicator comm(shared_id(), rank, size);
+    cuda::emu::nccl_set_async_error(comm.nccl_comm(), ncclRemoteError);
+  }
+  EXPECT_EQ(cuda::emu::nccl_aborts(), aborts + 2);
+  {
+    NcclCommunicator comm(shared_id(), rank, size);  // healthy: destroyed, not aborted
+  }
+  EXPECT_EQ(cuda::emu::nccl_aborts(), aborts + 2);
+}
+#endif
+
 }  // namespace
 }  // namespace simclr::gputest
 

@@ -9,16 +9,21 @@
 // never held: the forward streams column tiles with an online log-sum-exp, the backward recomputes
 // each tile and applies M (docs/math.md section 4.2) to U tile by tile.
 //
-// Host synchronisation: only where a result must reach the host before the step can go on: the
-// finiteness check of the inputs (its verdict decides the exception, and the agreement step needs
-// it) and, for a device-resident per-example upstream gradient, the same check in the backward.
+// Host synchronisation: in the checked mode (the default), only where a result must reach the host
+// before the step can go on: the finiteness check of the inputs (its verdict decides the exception,
+// and the agreement step needs it) and, for a device-resident per-example upstream gradient, the
+// same check in the backward. In the asynchronous mode (DeviceCheckMode::kAsync), none: the verdict
+// stays in a device status array the caller reads when it chooses.
+//
+// Memory: with a caller workspace (DeviceWorkspace, sized by forward_workspace_bytes /
+// backward_workspace_bytes) no call allocates; without one, arrays are stream-ordered allocations
+// (cudaMallocAsync) on the call's stream.
 
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -26,6 +31,8 @@
 #include "simclr/cuda/device_communicator.hpp"
 #include "simclr/cuda/device_types.hpp"
 #include "simclr/options.hpp"
+
+struct cublasContext;  // cublasHandle_t is cublasContext*; this header does not need cuBLAS's
 
 namespace simclr::cuda {
 
@@ -47,6 +54,46 @@ struct DeviceOptions {
   bool symmetric = true;
 };
 
+// How a call checks its inputs (za, zb, a device sample weight, a device per-example upstream) for
+// NaN and Inf.
+enum class DeviceCheckMode {
+  // The verdict reaches the host before the call returns (one stream synchronisation): bad input
+  // throws ValueError naming the first bad element ("za has NaN at row 3, column 5"), on every rank
+  // of a distributed call. The default of the C++ API.
+  kChecked,
+  // No host synchronisation at all: the first bad element of each input is recorded on the device
+  // in the status array (DeviceLossOutput::status, kStatusSlots uint64 values), and the call goes
+  // on; its results are then NaN. What framework routes use (they cannot stall the stream).
+  kAsync,
+};
+
+// The status array: slot k holds the flat index (row * cols + column) of the first NaN or Inf of
+// input k, or kStatusClean. Written by the forward (za, zb, weight) and by a backward with a device
+// per-example upstream (slot 3), in stream order; in the checked mode too.
+inline constexpr int kStatusSlots = 4;
+inline constexpr int kStatusZa = 0, kStatusZb = 1, kStatusWeight = 2, kStatusUpstream = 3;
+inline constexpr unsigned long long kStatusClean = ~0ull;
+
+// Caller-provided device memory (e.g. from PyTorch's caching allocator or XLA's scratch allocator).
+// When data is set, the call allocates nothing: every array comes out of it, and a workspace
+// smaller than the *_workspace_bytes query throws ValueError before any work is enqueued. data must
+// be 256-byte aligned. The forward's workspace holds the state saved for the backward (U, the
+// per-row LSE, norms, weights, the status array): the caller keeps it alive and unmodified until
+// the backward has run, in stream order. The backward's workspace is scratch, free once it has run.
+struct DeviceWorkspace {
+  void* data = nullptr;
+  std::size_t bytes = 0;
+};
+
+// Caller buffers for the forward's outputs (device memory, each optional; a null one comes out of
+// the workspace, or is allocated): values [n] (reduction none) or [1], per_example [n], both in the
+// input dtype; objective [1] float32.
+struct DeviceOutputBuffers {
+  void* values = nullptr;
+  void* per_example = nullptr;
+  float* objective = nullptr;
+};
+
 // Options of one call.
 struct DeviceCallOptions {
   // When set, the call is distributed (collective over every rank) and contrasts every anchor with
@@ -57,7 +104,38 @@ struct DeviceCallOptions {
   // communicator.
   std::optional<GlobalBatchSize> global_batch_size;
   DeviceOptions device;
+  DeviceCheckMode check = DeviceCheckMode::kChecked;
+  DeviceWorkspace workspace;
+  DeviceOutputBuffers outputs;
+  // The caller's cuBLAS handle (its stream is set to the call's; the library never destroys it).
+  // Null: one handle per device, cached for the life of the process, is used.
+  cublasContext* blas_handle = nullptr;
 };
+
+// Options of a backward call.
+struct DeviceBackwardOptions {
+  DeviceCheckMode check = DeviceCheckMode::kChecked;  // for a device per-example upstream
+  DeviceWorkspace workspace;
+  cublasContext* blas_handle = nullptr;
+};
+
+// What a call needs, for the workspace queries. global_rows is G, the rows of every rank together
+// (rows when local); distributed as the call will be (a communicator doubles U's staging).
+struct DeviceProblem {
+  std::int64_t rows = 0;
+  std::int64_t global_rows = 0;
+  std::int64_t dim = 0;
+  DeviceDType dtype = DeviceDType::kFloat32;
+  bool distributed = false;
+};
+
+// Bytes of DeviceCallOptions::workspace a forward of `problem` needs with these options (tiles as
+// options.device, outputs not in caller buffers counted). Includes the saved state.
+std::size_t forward_workspace_bytes(const DeviceProblem& problem,
+                                    const DeviceCallOptions& options = {});
+// Bytes of DeviceBackwardOptions::workspace a backward of `problem` needs (tiles as `device`).
+std::size_t backward_workspace_bytes(const DeviceProblem& problem,
+                                     const DeviceOptions& device = {});
 
 namespace detail {
 struct DeviceSaved;
@@ -79,15 +157,15 @@ struct DeviceLossOutput {
   std::int64_t row_offset = 0;
   std::int64_t global_rows = 0;
   double flops = 0;  // forward flops performed
+  // [kStatusSlots] uint64 on the device: the finiteness verdicts (kStatusZa...). Ready in stream
+  // order; read it (copy_status_to_host) after the stream has passed the call.
+  DeviceArray status;
 
   std::shared_ptr<const detail::DeviceSaved> saved;  // opaque, for backward()
 };
 
-// cuBLAS handles, one per device, made on first use (opaque).
-struct BlasHandles;
-
-// TensorFlow Similarity's SimCLRLoss on device memory. One object may be used by one host thread at
-// a time (it keeps cuBLAS handles).
+// TensorFlow Similarity's SimCLRLoss on device memory. Holds only its configuration; cuBLAS handles
+// come from the caller or a per-device cache shared by every loss.
 class DeviceSimCLRLoss {
  public:
   // Throws ValueError for temperature <= 0, NaN or Inf (as SimCLRLoss).
@@ -99,9 +177,8 @@ class DeviceSimCLRLoss {
   DeviceSimCLRLoss& operator=(DeviceSimCLRLoss&&) noexcept;
 
   const LossConfig& config() const { return config_; }
-  // As SimCLRLoss::get_config() (a caller that uses the value includes <nlohmann/json.hpp>).
-  nlohmann::ordered_json get_config() const;
-  // get_config() as compact JSON text.
+  // SimCLRLoss::get_config() as compact JSON text (keys in TF Similarity's order). The header
+  // needs no JSON library.
   std::string get_config_string() const;
 
   // Forward. za, zb: [n, d] device matrices of one dtype (n may be 0), caller-owned, on the current
@@ -118,25 +195,29 @@ class DeviceSimCLRLoss {
   // this backward, so dropping the output frees nothing the backward still reads). Collective when
   // the forward was.
   void backward(const DeviceLossOutput& output, float upstream, DeviceMutableMatrixView grad_a,
-                DeviceMutableMatrixView grad_b, cudaStream_t stream) const;
+                DeviceMutableMatrixView grad_b, cudaStream_t stream,
+                const DeviceBackwardOptions& options = {}) const;
   // Backward with a per-example upstream gradient [n] (reduction none only), host or device
   // float32.
   void backward(const DeviceLossOutput& output, FloatVectorView upstream,
-                DeviceMutableMatrixView grad_a, DeviceMutableMatrixView grad_b,
-                cudaStream_t stream) const;
+                DeviceMutableMatrixView grad_a, DeviceMutableMatrixView grad_b, cudaStream_t stream,
+                const DeviceBackwardOptions& options = {}) const;
 
  private:
   void backward_impl(const DeviceLossOutput& output, float scalar,
                      const FloatVectorView* per_example, DeviceMutableMatrixView grad_a,
-                     DeviceMutableMatrixView grad_b, cudaStream_t stream) const;
+                     DeviceMutableMatrixView grad_b, cudaStream_t stream,
+                     const DeviceBackwardOptions& options) const;
 
   LossConfig config_;  // validated by validate_config, as SimCLRLoss's
-  std::unique_ptr<BlasHandles> blas_;
 };
 
 // Copies `count` float32 values of a device array to the host; synchronises `stream`. A helper for
 // tests and tools.
 std::vector<float> copy_to_host_f32(const DeviceArray& array, std::size_t count,
                                     cudaStream_t stream);
+// Copies the status array of a forward to the host; synchronises `stream`.
+std::vector<unsigned long long> copy_status_to_host(const DeviceLossOutput& output,
+                                                    cudaStream_t stream);
 
 }  // namespace simclr::cuda

@@ -71,13 +71,17 @@ struct FloatVectorView {
 class DeviceArray {
  public:
   DeviceArray() = default;
-  // Throws DeviceError naming the call, the size and the device when the allocation fails. 0 bytes allocates nothing (data() is null).
+  // Throws DeviceError naming the call, the size and the device when the allocation fails. 0 bytes
+  // allocates nothing (data() is null).
   DeviceArray(std::size_t bytes, cudaStream_t stream);
   ~DeviceArray();
   DeviceArray(DeviceArray&& other) noexcept;
   DeviceArray& operator=(DeviceArray&& other) noexcept;
   DeviceArray(const DeviceArray&) = delete;
   DeviceArray& operator=(const DeviceArray&) = delete;
+  // A view of caller memory (a workspace, an output buffer): never freed by the library.
+  static DeviceArray borrow(void* data, std::size_t bytes);
+  bool owned() const { return owned_; }
 
   void* data() const { return data_; }
   std::size_t bytes() const { return bytes_; }
@@ -92,6 +96,7 @@ class DeviceArray {
   void* data_ = nullptr;
   std::size_t bytes_ = 0;
   cudaStream_t stream_ = nullptr;
+  bool owned_ = true;
 };
 
 }  // namespace simclr::cuda

@@ -1,0 +1,201 @@
+"""The PyTorch CUDA route on a GPU, for scripts/device_check.sh (docs/gpu.md).
+
+    python3 scripts/device_torch_check.py parity     # the CUDA route against the CPU path
+    python3 scripts/device_torch_check.py memory     # peak memory at large G with the API's workspace
+    python3 scripts/device_torch_check.py peer       # against the PyTorch peer formulation
+
+Each prints one JSON line. Needs torch with CUDA and simclr built with SIMCLR_WITH_CUDA=ON on
+PYTHONPATH (simclr._core, simclr._device).
+"""
+
+import json
+import sys
+import time
+
+
+def emit(record):
+    print(json.dumps(record), flush=True)
+
+
+def inputs(g, d, dtype, device, seed=0):
+    import torch
+
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    za = torch.randn(g, d, generator=gen).to(device=device, dtype=dtype)
+    zb = torch.randn(g, d, generator=gen).to(device=device, dtype=dtype)
+    return za, zb
+
+
+def parity():
+    """The CUDA route in float32/bfloat16 against the library's CPU path in float64."""
+    import numpy as np
+    import torch
+
+    import simclr
+    from simclr import _torch_cuda
+
+    out = {"check": "parity", "cases": []}
+    ok = True
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 5e-2)):
+        for reduction in ("sum_over_batch_size", "none"):
+            za, zb = inputs(1000, 64, dtype, "cuda", seed=3)
+            za.requires_grad_(True)
+            zb.requires_grad_(True)
+            value = _torch_cuda.simclr_loss_cuda(za, zb, temperature=0.1, reduction=reduction)
+            value.sum().backward()
+            torch.cuda.synchronize()
+            status = _torch_cuda.last_status().cpu().tolist()
+            ha = za.detach().float().cpu().numpy().astype(np.float64)
+            hb = zb.detach().float().cpu().numpy().astype(np.float64)
+            ref = simclr.SimCLRLoss(temperature=0.1, reduction=reduction)
+            rv, rga, rgb = ref.value_and_gradient(ha, hb)
+            rv = np.asarray(rv, dtype=np.float64).reshape(-1)
+            v = value.detach().float().cpu().numpy().reshape(-1)
+            if reduction == "none":
+                rv_scale = np.abs(rv).max()
+            else:
+                rv_scale = abs(rv[0])
+            loss_err = float(np.abs(v - rv).max() / max(rv_scale, 1e-30))
+            g = np.concatenate([za.grad.float().cpu().numpy(), zb.grad.float().cpu().numpy()])
+            rg = np.concatenate([np.asarray(rga), np.asarray(rgb)])
+            grad_err = float(np.abs(g - rg).max() / max(np.abs(rg).max(), 1e-30))
+            clean = all(s == -1 for s in status)
+            passed = loss_err <= tol and grad_err <= tol and clean
+            ok = ok and passed
+            out["cases"].append(
+                {"dtype": str(dtype), "reduction": reduction, "loss_rel_err": loss_err,
+                 "grad_rel_err": grad_err, "status_clean": clean, "passed": passed}
+            )
+    # A NaN is recorded in the status array, not raised.
+    za, zb = inputs(64, 16, torch.float32, "cuda", seed=4)
+    za[5, 7] = float("nan")
+    _torch_cuda.simclr_loss_cuda(za, zb)
+    torch.cuda.synchronize()
+    status = _torch_cuda.last_status().cpu().tolist()
+    out["nan_status"] = status
+    ok = ok and status[0] == 5 * 16 + 7
+    out["passed"] = ok
+    emit(out)
+    return 0 if ok else 1
+
+
+def memory():
+    """Peak device memory of one forward+backward at large G, workspace from torch's allocator."""
+    import torch
+
+    from simclr import _device, _torch_cuda
+
+    out = {"check": "memory", "dim": 256, "dtype": "bfloat16", "runs": []}
+    for g in (262144, 1048576):
+        fwd, bwd = _device.workspace_size(g, g, 256, _device.BFLOAT16, 0, True)
+        entry = {"G": g, "forward_workspace_bytes": fwd, "backward_workspace_bytes": bwd}
+        try:
+            za, zb = inputs(g, 256, torch.bfloat16, "cuda")
+            za.requires_grad_(True)
+            zb.requires_grad_(True)
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            _torch_cuda.simclr_loss_cuda(za, zb, temperature=0.1).backward()
+            torch.cuda.synchronize()
+            entry["seconds"] = time.perf_counter() - t0
+            entry["peak_bytes_above_inputs"] = torch.cuda.max_memory_allocated() - base
+            entry["logits_bytes_fp32"] = (2 * g) ** 2 * 4
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            entry["error"] = f"{type(exc).__name__}: {exc}"[:300]
+        out["runs"].append(entry)
+        del entry
+        torch.cuda.empty_cache()
+    emit(out)
+    return 0
+
+
+def peer_loss(za, zb, temperature):
+    """NT-Xent as a PyTorch user writes it: the [2G, 2G] logits, cross-entropy, autograd."""
+    import torch
+    import torch.nn.functional as F
+
+    z = F.normalize(torch.cat([za, zb]), dim=1)
+    s = z @ z.t() / temperature
+    n = za.shape[0]
+    s = s.float().masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(s, target, reduction="sum") / n
+
+
+def timed(fn, repeat=3):
+    import torch
+
+    times = []
+    for _ in range(repeat):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def peer():
+    """simclr's CUDA route against the peer (bf16 autocast), same G and d, up to the peer's OOM."""
+    import torch
+
+    from simclr import _torch_cuda
+
+    d = 256
+    out = {"check": "peer", "dim": d, "runs": [], "peer_oom_at": None}
+    g = 4096
+    while g <= 65536:
+        entry = {"G": g}
+        za, zb = inputs(g, d, torch.float32, "cuda")
+        za.requires_grad_(True)
+        zb.requires_grad_(True)
+
+        def run_peer():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                peer_loss(za, zb, 0.1).backward()
+
+        za16 = za.detach().to(torch.bfloat16).requires_grad_(True)
+        zb16 = zb.detach().to(torch.bfloat16).requires_grad_(True)
+
+        def run_simclr():
+            _torch_cuda.simclr_loss_cuda(za16, zb16, temperature=0.1).backward()
+
+        try:
+            torch.cuda.reset_peak_memory_stats()
+            entry["simclr_seconds"] = timed(run_simclr)
+            entry["simclr_peak_bytes"] = torch.cuda.max_memory_allocated()
+        except Exception as exc:  # noqa: BLE001
+            entry["simclr_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        try:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            entry["peer_seconds"] = timed(run_peer)
+            entry["peer_peak_bytes"] = torch.cuda.max_memory_allocated()
+        except torch.cuda.OutOfMemoryError:
+            out["peer_oom_at"] = g
+            entry["peer_error"] = "out of memory"
+        if "peer_seconds" in entry and "simclr_seconds" in entry:
+            entry["speed_ratio_peer_over_simclr"] = entry["peer_seconds"] / entry["simclr_seconds"]
+            entry["memory_ratio_peer_over_simclr"] = (
+                entry["peer_peak_bytes"] / max(entry["simclr_peak_bytes"], 1)
+            )
+        out["runs"].append(entry)
+        za = zb = za16 = zb16 = None
+        torch.cuda.empty_cache()
+        if out["peer_oom_at"] is not None:
+            break
+        g *= 2
+    emit(out)
+    return 0
+
+
+if __name__ == "__main__":
+    what = sys.argv[1] if len(sys.argv) > 1 else "parity"
+    fn = {"parity": parity, "memory": memory, "peer": peer}.get(what)
+    if fn is None:
+        print(f"usage: {sys.argv[0]} parity|memory|peer", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(fn())
