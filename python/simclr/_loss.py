@@ -50,7 +50,35 @@ def _config_default(o):
     raise TypeError("config value of type " + type(o).__name__ + " is not JSON serializable")
 
 
-class SimCLRLoss:
+class _ConfigMixin:
+    """TF Similarity's config of a loss object that keeps its _core.Loss in self._loss; shared by the
+    front ends' SimCLRLoss classes. _repr_name names the class in repr()."""
+
+    _repr_name = "SimCLRLoss"
+
+    def get_config(self):
+        """TF Similarity's dict: {'reduction': ..., 'name': ..., 'temperature': ...}, in that order."""
+        return json.loads(self._loss.get_config_json())
+
+    @property
+    def temperature(self):
+        return self.get_config()["temperature"]
+
+    @property
+    def reduction(self):
+        return self.get_config()["reduction"]
+
+    @property
+    def name(self):
+        return self.get_config()["name"]
+
+    def __repr__(self):
+        c = self.get_config()
+        return "{}(temperature={!r}, reduction={!r}, name={!r})".format(
+            self._repr_name, c["temperature"], c["reduction"], c["name"])
+
+
+class SimCLRLoss(_ConfigMixin):
     """TensorFlow Similarity's SimCLRLoss (NT-Xent, both directions summed) on numpy arrays.
 
     SimCLRLoss(temperature=0.05, reduction="auto", name=None); reduction is one of "auto" (=
@@ -77,27 +105,6 @@ class SimCLRLoss:
         out._loss = _core.Loss.from_config(json.dumps(config, default=_config_default))
         out._comms = _Resolver()
         return out
-
-    def get_config(self):
-        """TF Similarity's dict: {'reduction': ..., 'name': ..., 'temperature': ...}, in that order."""
-        return json.loads(self._loss.get_config_json())
-
-    @property
-    def temperature(self):
-        return self.get_config()["temperature"]
-
-    @property
-    def reduction(self):
-        return self.get_config()["reduction"]
-
-    @property
-    def name(self):
-        return self.get_config()["name"]
-
-    def __repr__(self):
-        c = self.get_config()
-        return "SimCLRLoss(temperature={!r}, reduction={!r}, name={!r})".format(
-            c["temperature"], c["reduction"], c["name"])
 
     def __reduce__(self):
         return (type(self).from_config, (self.get_config(),))

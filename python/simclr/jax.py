@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from . import _core
+from ._loss import _ConfigMixin, _config_default
 
 try:
     from . import _jax_ffi
@@ -315,7 +316,7 @@ def simclr_loss(za, zb, *, temperature=0.05, reduction="auto", sample_weight=Non
     return values.astype(out_dtype)
 
 
-class SimCLRLoss:
+class SimCLRLoss(_ConfigMixin):
     """TensorFlow Similarity's SimCLRLoss as a callable for JAX: loss(za, zb, sample_weight=None).
 
     SimCLRLoss(temperature=0.05, reduction="auto", name=None, axis_name=None,
@@ -323,6 +324,8 @@ class SimCLRLoss:
     TF Similarity's dict {'reduction': ..., 'name': ..., 'temperature': ...} (the JAX-only settings
     are arguments of the constructor and of from_config, not part of that dict).
     """
+
+    _repr_name = "simclr.jax.SimCLRLoss"
 
     def __init__(self, temperature=0.05, reduction="auto", name=None, *, axis_name=None,
                  global_batch_size=None, gradient_reduction="sum"):
@@ -338,30 +341,8 @@ class SimCLRLoss:
         """From get_config()'s dict or the Keras wrapper; kwargs: axis_name, global_batch_size,
         gradient_reduction."""
         out = cls(**kwargs)
-        out._loss = _core.Loss.from_config(json.dumps(
-            config, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+        out._loss = _core.Loss.from_config(json.dumps(config, default=_config_default))
         return out
-
-    def get_config(self):
-        """TF Similarity's dict: {'reduction': ..., 'name': ..., 'temperature': ...}."""
-        return json.loads(self._loss.get_config_json())
-
-    @property
-    def temperature(self):
-        return self.get_config()["temperature"]
-
-    @property
-    def reduction(self):
-        return self.get_config()["reduction"]
-
-    @property
-    def name(self):
-        return self.get_config()["name"]
-
-    def __repr__(self):
-        c = self.get_config()
-        return "simclr.jax.SimCLRLoss(temperature={!r}, reduction={!r}, name={!r})".format(
-            c["temperature"], c["reduction"], c["name"])
 
     def __call__(self, za, zb, sample_weight=None):
         c = self.get_config()
