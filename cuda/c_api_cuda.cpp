@@ -1,25 +1,175 @@
 // The simclr_device_* calls of the C API (include/simclr/c_api.h), in target simclr::cuda, over
 // simclr::cuda::DeviceSimCLRLoss. Outputs are copied from the library's stream-ordered arrays into
 // the caller's device buffers with cudaMemcpyAsync on the call's stream, so nothing synchronises
-// the host but what the device loss itself does (and info->objective, which is read back).
+// the host but what the device loss itself does (and info->objective, which is read back). Also the
+// device communicator over the caller's callbacks (simclr_comm_create_device_callbacks).
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
 
 #include "simclr/c_api.h"
+#include "simclr/cuda/device_communicator.hpp"
 #include "simclr/cuda/device_loss.hpp"
+#include "simclr/detail/agreement.hpp"
 #include "simclr/detail/c_api_impl.hpp"
 #include "simclr/detail/check.hpp"
+#include "simclr/detail/cuda_check.hpp"
 
 namespace simclr::detail {
 namespace {
 
 struct DeviceForward final : simclr_forward_state {
   cuda::DeviceLossOutput output;
+  cuda::DeviceCommunicator* comm = nullptr;  // the forward's, for the backward's agreement
 };
+
+constexpr std::size_t kCallbackErrorCapacity = 1024;
+
+// Turns a callback's return code into CommError "<backend>: <collective> failed on rank r of p".
+void check_callback(int rc, char* error, const std::string& backend, const char* collective,
+                    int rank, int size) {
+  if (rc == 0) return;
+  error[kCallbackErrorCapacity - 1] = '\0';  // a callback that filled the buffer without a NUL
+  throw CommError(str_cat(backend, ": ", collective, " failed on rank ", rank, " of ", size,
+                          " (callback returned ", rc,
+                          "): ", error[0] != '\0' ? error : "no message given"));
+}
+
+// The host side of a callback device communicator: the agreement's small records through the
+// caller's host_all_gather. all_gather_v pads every part to the largest (the counts are known on
+// every rank), as the records are small.
+class CallbackHostCommunicator final : public Communicator {
+ public:
+  CallbackHostCommunicator(const simclr_device_comm_callbacks& callbacks, std::string backend)
+      : callbacks_(callbacks), backend_(std::move(backend)) {}
+  int rank() const override { return callbacks_.rank; }
+  int size() const override { return callbacks_.size; }
+  std::string backend() const override { return backend_ + " (host)"; }
+  void all_gather(const void* send, std::size_t bytes, void* recv) override {
+    char error[kCallbackErrorCapacity] = {0};
+    check_callback(
+        callbacks_.host_all_gather(callbacks_.user, send, bytes, recv, error, sizeof(error)), error,
+        backend(), "host_all_gather", callbacks_.rank, callbacks_.size);
+  }
+  void all_gather_v(const void* send, std::size_t send_bytes, void* recv,
+                    const std::vector<std::size_t>& recv_bytes) override {
+    SIMCLR_ENFORCE(recv_bytes.size() == static_cast<std::size_t>(callbacks_.size), CommError,
+                   backend(), ": all_gather_v got ", recv_bytes.size(), " counts for ",
+                   callbacks_.size, " ranks");
+    SIMCLR_ENFORCE(send_bytes == recv_bytes[static_cast<std::size_t>(callbacks_.rank)], CommError,
+                   backend(), ": all_gather_v sends ", send_bytes, " bytes but the counts say ",
+                   recv_bytes[static_cast<std::size_t>(callbacks_.rank)]);
+    const std::size_t width = *std::max_element(recv_bytes.begin(), recv_bytes.end());
+    std::vector<unsigned char> mine(width, 0), all(width * recv_bytes.size());
+    if (send_bytes > 0) std::memcpy(mine.data(), send, send_bytes);
+    all_gather(mine.data(), width, all.data());
+    auto* out = static_cast<unsigned char*>(recv);
+    for (std::size_t r = 0; r < recv_bytes.size(); ++r) {
+      if (recv_bytes[r] > 0) std::memcpy(out, all.data() + r * width, recv_bytes[r]);
+      out += recv_bytes[r];
+    }
+  }
+  void barrier() override {
+    const unsigned char one = 1;
+    std::vector<unsigned char> all(static_cast<std::size_t>(callbacks_.size));
+    all_gather(&one, 1, all.data());
+  }
+
+ private:
+  simclr_device_comm_callbacks callbacks_;
+  std::string backend_;
+};
+
+// A DeviceCommunicator whose collectives are the caller's C functions (a framework's collectives
+// on device memory, e.g. torch.distributed over NCCL).
+class CallbackDeviceCommunicator final : public cuda::DeviceCommunicator {
+ public:
+  CallbackDeviceCommunicator(const simclr_device_comm_callbacks& callbacks, std::string backend)
+      : callbacks_(callbacks), backend_(std::move(backend)), host_(callbacks, backend_) {}
+  ~CallbackDeviceCommunicator() override {
+    if (callbacks_.release != nullptr) callbacks_.release(callbacks_.user);
+  }
+  CallbackDeviceCommunicator(const CallbackDeviceCommunicator&) = delete;
+  CallbackDeviceCommunicator& operator=(const CallbackDeviceCommunicator&) = delete;
+
+  int rank() const override { return callbacks_.rank; }
+  int size() const override { return callbacks_.size; }
+  std::string backend() const override { return backend_; }
+  void all_gather(const void* send, std::size_t bytes, void* recv) override {
+    all_gather_v(send, bytes, recv,
+                 std::vector<std::size_t>(static_cast<std::size_t>(size()), bytes));
+  }
+  void all_gather_v(const void* send, std::size_t send_bytes, void* recv,
+                    const std::vector<std::size_t>& recv_bytes) override {
+    SIMCLR_ENFORCE(recv_bytes.size() == static_cast<std::size_t>(callbacks_.size), CommError,
+                   backend_, ": all_gather_v got ", recv_bytes.size(), " counts for ",
+                   callbacks_.size, " ranks");
+    char error[kCallbackErrorCapacity] = {0};
+    check_callback(callbacks_.all_gather_v(callbacks_.user, send, send_bytes, recv,
+                                           recv_bytes.data(), stream_, error, sizeof(error)),
+                   error, backend_, "all_gather_v", callbacks_.rank, callbacks_.size);
+  }
+  void barrier() override {
+    if (callbacks_.barrier == nullptr) {
+      SIMCLR_CHECK_CUDA(cudaStreamSynchronize(stream_));
+      host_.barrier();
+      return;
+    }
+    char error[kCallbackErrorCapacity] = {0};
+    check_callback(callbacks_.barrier(callbacks_.user, stream_, error, sizeof(error)), error,
+                   backend_, "barrier", callbacks_.rank, callbacks_.size);
+  }
+  void set_stream(cudaStream_t stream) override { stream_ = stream; }
+  cudaStream_t stream() const override { return stream_; }
+  Communicator& host() override { return host_; }
+
+ private:
+  simclr_device_comm_callbacks callbacks_;
+  std::string backend_;
+  CallbackHostCommunicator host_;
+  cudaStream_t stream_ = nullptr;
+};
+
+// options->comm as the device communicator it must be (NULL: a local call).
+cuda::DeviceCommunicator* device_communicator(const simclr_call_options& o, const char* where) {
+  if (o.comm == nullptr) return nullptr;
+  auto* comm = dynamic_cast<cuda::DeviceCommunicator*>(o.comm->comm.get());
+  if (!o.comm->device || comm == nullptr)
+    c_api_fail(
+        SIMCLR_UNSUPPORTED,
+        str_cat(where, ": options->comm is a host communicator (backend '", o.comm->comm->backend(),
+                "'), whose collectives take host buffers; device calls take a device "
+                "communicator (simclr_comm_create_device_callbacks), or NULL for a local "
+                "call"));
+  return comm;
+}
+
+// Runs a call's C-level argument checks. Without a communicator an error propagates; with one it is
+// carried by the agreement step the other ranks are entering (the forward's or the backward's), so
+// every rank fails with the same status and message instead of the others waiting in a collective.
+template <class F>
+void check_collectively(cuda::DeviceCommunicator* comm, AgreementRecord mine, F&& checks) {
+  try {
+    checks();
+  } catch (const CommError&) {
+    throw;
+  } catch (const Error& e) {
+    if (comm == nullptr) throw;
+    set_error(mine,
+              dynamic_cast<const TypeError*>(&e) != nullptr ? kTypeErrorKind : kValueErrorKind,
+              e.what());
+    gather_records(comm->host(), mine);  // raises the error on every rank
+    throw;                               // not reached: the record carries an error
+  }
+}
 
 cuda::DeviceDType device_dtype(const simclr_dtype& dtype, const char* what, const char* where) {
   const std::int64_t raw = c_enum_value(dtype);
@@ -68,16 +218,13 @@ cuda::DeviceSimCLRLoss& device_loss(simclr_loss& loss) {
   return *static_cast<cuda::DeviceSimCLRLoss*>(loss.device_loss.get());
 }
 
-// The device options of a simclr_call_options (no communicator yet).
+// The device options of a simclr_call_options (options may be NULL: the defaults).
 cuda::DeviceCallOptions device_call_options(const simclr_call_options* options, const char* where) {
   simclr_call_options defaults;
   simclr_call_options_init(&defaults);
   const simclr_call_options& o = options != nullptr ? *options : defaults;
-  if (o.comm != nullptr)
-    c_api_fail(SIMCLR_UNSUPPORTED, str_cat(where,
-                                           ": a communicator is not supported by the device C API "
-                                           "yet; pass options->comm = NULL for a local call"));
   cuda::DeviceCallOptions call;
+  call.communicator = device_communicator(o, where);
   if (o.global_batch_size == SIMCLR_GLOBAL_BATCH_INFER) {
     call.global_batch_size = GlobalBatchSize::infer();
   } else if (o.global_batch_size != SIMCLR_GLOBAL_BATCH_NONE) {
@@ -108,6 +255,73 @@ void fill_info(simclr_forward_info* info, const cuda::DeviceLossOutput& out, std
   info->flops = out.flops;
 }
 
+// The body of both device forwards: the C-level checks (collective with a communicator), then the
+// device loss. outputs: the caller's buffers of the asynchronous forward (NULL: the library's
+// arrays, copied out by simclr_device_forward).
+std::unique_ptr<DeviceForward> device_forward(
+    simclr_loss_t loss, const simclr_matrix* za, const simclr_matrix* zb,
+    const simclr_call_options* options, const simclr_device_call* device_call, cudaStream_t stream,
+    void* values, const cuda::DeviceOutputBuffers* outputs, const char* where) {
+  simclr_call_options defaults;
+  simclr_call_options_init(&defaults);
+  cuda::DeviceCommunicator* comm =
+      device_communicator(options != nullptr ? *options : defaults, where);
+  cuda::DeviceCallOptions call;
+  cuda::DeviceDType dtype = cuda::DeviceDType::kFloat32;
+  AgreementRecord mine = forward_record(
+      za != nullptr ? za->rows : 0, za != nullptr ? za->cols : 0,
+      za != nullptr ? static_cast<std::int32_t>(c_enum_value(za->dtype)) : 0, Reduction::kAuto,
+      loss != nullptr ? loss->loss.temperature() : 0.0, kNoGlobalBatch);
+  check_collectively(comm, mine, [&] {
+    SIMCLR_ENFORCE(loss != nullptr, ValueError, where, ": loss is NULL");
+    dtype = check_device_matrix(za, "za", where);
+    const cuda::DeviceDType tb = check_device_matrix(zb, "zb", where);
+    SIMCLR_ENFORCE(dtype == tb, TypeError, where, ": za is ", cuda::to_string(dtype), " but zb is ",
+                   cuda::to_string(tb), "; both views take the same dtype");
+    SIMCLR_ENFORCE(values != nullptr, ValueError, where, ": values is NULL");
+    call = device_call_options(options, where);
+  });
+  apply_device_call(device_call, call.check, call.workspace, call.blas_handle);
+  if (outputs != nullptr) call.outputs = *outputs;
+  const cuda::DeviceMatrixView a(za->data, za->rows, za->cols, dtype, za->row_stride);
+  const cuda::DeviceMatrixView b(zb->data, zb->rows, zb->cols, dtype, zb->row_stride);
+  std::optional<cuda::DeviceSampleWeight> weight;
+  if (device_call != nullptr && device_call->weight != nullptr)
+    weight = cuda::DeviceSampleWeight{device_call->weight, device_call->weight_size,
+                                      cuda::MemorySpace::kDevice};
+  auto keep = std::make_unique<DeviceForward>();
+  {
+    std::lock_guard<std::mutex> lock(loss->device_mutex);
+    keep->output = device_loss(*loss).forward(a, b, stream, weight ? &*weight : nullptr, call);
+  }
+  keep->comm = comm;
+  keep->dtype = za->dtype;
+  keep->device = za->device;
+  keep->rank_rows = keep->output.rank_rows;
+  return keep;
+}
+
+// The checks of both device backwards (collective when the forward was); returns the forward.
+const DeviceForward& device_backward_checks(simclr_loss_t loss, simclr_forward_t saved,
+                                            const simclr_matrix* grad_a,
+                                            const simclr_matrix* grad_b, const char* where) {
+  SIMCLR_ENFORCE(saved != nullptr, ValueError, where,
+                 ": saved is NULL; pass the simclr_forward_t of a device forward");
+  const auto* forward = dynamic_cast<const DeviceForward*>(saved);
+  if (forward == nullptr)
+    c_api_fail(SIMCLR_UNSUPPORTED,
+               str_cat(where, ": saved comes from a host forward; use simclr_backward"));
+  check_collectively(forward->comm, empty_record(), [&] {
+    SIMCLR_ENFORCE(loss != nullptr, ValueError, where, ": loss is NULL");
+    const cuda::DeviceDType ta = check_device_matrix(grad_a, "grad_a", where);
+    const cuda::DeviceDType tb = check_device_matrix(grad_b, "grad_b", where);
+    SIMCLR_ENFORCE(ta == forward->output.dtype && tb == forward->output.dtype, TypeError, where,
+                   ": grad_a is ", cuda::to_string(ta), " and grad_b ", cuda::to_string(tb),
+                   " but the forward was ", cuda::to_string(forward->output.dtype));
+  });
+  return *forward;
+}
+
 }  // namespace
 }  // namespace simclr::detail
 
@@ -119,62 +333,19 @@ simclr_status simclr_device_forward(simclr_loss_t loss, const simclr_matrix* za,
                                     simclr_forward_info* info, simclr_forward_t* saved) {
   return simclr::detail::c_api_guard([&] {
     using namespace simclr;
-    using detail::str_cat;
-    const char* where = "simclr_device_forward";
-    SIMCLR_ENFORCE(loss != nullptr, ValueError, where, ": loss is NULL");
-    const cuda::DeviceDType ta = detail::check_device_matrix(za, "za", where);
-    const cuda::DeviceDType tb = detail::check_device_matrix(zb, "zb", where);
-    SIMCLR_ENFORCE(ta == tb, TypeError, where, ": za is ", cuda::to_string(ta), " but zb is ",
-                   cuda::to_string(tb), "; both views take the same dtype");
-    SIMCLR_ENFORCE(values != nullptr, ValueError, where, ": values is NULL");
-    simclr_call_options defaults;
-    simclr_call_options_init(&defaults);
-    const simclr_call_options& o = options != nullptr ? *options : defaults;
-    if (o.comm != nullptr)
-      detail::c_api_fail(SIMCLR_UNSUPPORTED,
-                         str_cat(where,
-                                 ": a communicator is not supported by the device C API "
-                                 "yet; pass options->comm = NULL for a local call"));
-    cuda::DeviceCallOptions call;
-    if (o.global_batch_size == SIMCLR_GLOBAL_BATCH_INFER) {
-      call.global_batch_size = GlobalBatchSize::infer();
-    } else if (o.global_batch_size != SIMCLR_GLOBAL_BATCH_NONE) {
-      SIMCLR_ENFORCE(o.global_batch_size >= 0, ValueError, where, ": global_batch_size is ",
-                     o.global_batch_size,
-                     "; pass a count >= 0, SIMCLR_GLOBAL_BATCH_INFER or SIMCLR_GLOBAL_BATCH_NONE");
-      call.global_batch_size = GlobalBatchSize::of(o.global_batch_size);
-    }
-    call.device.symmetric = o.symmetric != 0;
-    if (o.workspace_bytes != 0) call.device.workspace_bytes = o.workspace_bytes;
-
     const auto stream = static_cast<cudaStream_t>(cuda_stream);
-    const cuda::DeviceMatrixView a(za->data, za->rows, za->cols, ta, za->row_stride);
-    const cuda::DeviceMatrixView b(zb->data, zb->rows, zb->cols, tb, zb->row_stride);
-    std::unique_ptr<detail::DeviceForward> keep = std::make_unique<detail::DeviceForward>();
-    {
-      std::lock_guard<std::mutex> lock(loss->device_mutex);
-      keep->output = detail::device_loss(*loss).forward(a, b, stream, nullptr, call);
-    }
+    std::unique_ptr<detail::DeviceForward> keep = detail::device_forward(
+        loss, za, zb, options, nullptr, stream, values, nullptr, "simclr_device_forward");
     const cuda::DeviceLossOutput& out = keep->output;
     detail::copy_async(values, out.values, stream, "values");
     if (per_example != nullptr)
       detail::copy_async(per_example, out.per_example, stream, "per_example");
     if (info != nullptr) {
-      info->reduction = detail::c_api_reduction(out.reduction);
-      info->ranks = static_cast<std::int32_t>(out.rank_rows.size());
-      info->rows = za->rows;
-      info->row_offset = out.row_offset;
-      info->global_rows = out.global_rows;
+      detail::fill_info(info, out, za->rows);
       info->objective =
           out.objective.bytes() == 0 ? 0.0 : cuda::copy_to_host_f32(out.objective, 1, stream)[0];
-      info->flops = out.flops;
     }
-    if (saved != nullptr) {
-      keep->dtype = za->dtype;
-      keep->device = za->device;
-      keep->rank_rows = out.rank_rows;
-      *saved = keep.release();
-    }
+    if (saved != nullptr) *saved = keep.release();
   });
 }
 
@@ -183,26 +354,15 @@ simclr_status simclr_device_backward(simclr_loss_t loss, simclr_forward_t saved,
                                      void* cuda_stream) {
   return simclr::detail::c_api_guard([&] {
     using namespace simclr;
-    const char* where = "simclr_device_backward";
-    SIMCLR_ENFORCE(loss != nullptr, ValueError, where, ": loss is NULL");
-    SIMCLR_ENFORCE(saved != nullptr, ValueError, where,
-                   ": saved is NULL; pass the simclr_forward_t of a device forward");
-    const auto* forward = dynamic_cast<const detail::DeviceForward*>(saved);
-    if (forward == nullptr)
-      detail::c_api_fail(SIMCLR_UNSUPPORTED,
-                         "simclr_device_backward: saved comes from a host forward; use "
-                         "simclr_backward");
-    const cuda::DeviceDType ta = detail::check_device_matrix(grad_a, "grad_a", where);
-    const cuda::DeviceDType tb = detail::check_device_matrix(grad_b, "grad_b", where);
-    SIMCLR_ENFORCE(ta == forward->output.dtype && tb == forward->output.dtype, TypeError, where,
-                   ": grad_a is ", cuda::to_string(ta), " and grad_b ", cuda::to_string(tb),
-                   " but the forward was ", cuda::to_string(forward->output.dtype));
-    const cuda::DeviceMutableMatrixView ga(grad_a->data, grad_a->rows, grad_a->cols, ta,
+    const detail::DeviceForward& forward =
+        detail::device_backward_checks(loss, saved, grad_a, grad_b, "simclr_device_backward");
+    const cuda::DeviceDType t = forward.output.dtype;
+    const cuda::DeviceMutableMatrixView ga(grad_a->data, grad_a->rows, grad_a->cols, t,
                                            grad_a->row_stride);
-    const cuda::DeviceMutableMatrixView gb(grad_b->data, grad_b->rows, grad_b->cols, tb,
+    const cuda::DeviceMutableMatrixView gb(grad_b->data, grad_b->rows, grad_b->cols, t,
                                            grad_b->row_stride);
     std::lock_guard<std::mutex> lock(loss->device_mutex);
-    detail::device_loss(*loss).backward(forward->output, upstream, ga, gb,
+    detail::device_loss(*loss).backward(forward.output, upstream, ga, gb,
                                         static_cast<cudaStream_t>(cuda_stream));
   });
 }
@@ -213,6 +373,8 @@ void simclr_device_call_init(simclr_device_call* call) {
   call->workspace = nullptr;
   call->workspace_size = 0;
   call->cublas_handle = nullptr;
+  call->weight = nullptr;
+  call->weight_size = 0;
 }
 
 simclr_status simclr_device_workspace_size(int64_t rows, int64_t global_rows, int64_t dim,
@@ -223,7 +385,8 @@ simclr_status simclr_device_workspace_size(int64_t rows, int64_t global_rows, in
     const char* where = "simclr_device_workspace_size";
     const cuda::DeviceCallOptions call = detail::device_call_options(options, where);
     const cuda::DeviceProblem problem{rows, global_rows, dim,
-                                      detail::device_dtype(dtype, "dtype", where), false};
+                                      detail::device_dtype(dtype, "dtype", where),
+                                      call.communicator != nullptr};
     if (forward_bytes != nullptr) *forward_bytes = cuda::forward_workspace_bytes(problem, call);
     if (backward_bytes != nullptr)
       *backward_bytes = cuda::backward_workspace_bytes(problem, call.device);
@@ -238,34 +401,15 @@ simclr_status simclr_device_forward_async(simclr_loss_t loss, const simclr_matri
                                           simclr_forward_info* info, simclr_forward_t* saved) {
   return simclr::detail::c_api_guard([&] {
     using namespace simclr;
-    const char* where = "simclr_device_forward_async";
-    SIMCLR_ENFORCE(loss != nullptr, ValueError, where, ": loss is NULL");
-    const cuda::DeviceDType ta = detail::check_device_matrix(za, "za", where);
-    const cuda::DeviceDType tb = detail::check_device_matrix(zb, "zb", where);
-    SIMCLR_ENFORCE(ta == tb, TypeError, where, ": za is ", cuda::to_string(ta), " but zb is ",
-                   cuda::to_string(tb), "; both views take the same dtype");
-    SIMCLR_ENFORCE(values != nullptr, ValueError, where, ": values is NULL");
-    cuda::DeviceCallOptions call = detail::device_call_options(options, where);
-    detail::apply_device_call(device_call, call.check, call.workspace, call.blas_handle);
-    call.outputs = {values, per_example, static_cast<float*>(objective)};
-    const auto stream = static_cast<cudaStream_t>(cuda_stream);
-    const cuda::DeviceMatrixView a(za->data, za->rows, za->cols, ta, za->row_stride);
-    const cuda::DeviceMatrixView b(zb->data, zb->rows, zb->cols, tb, zb->row_stride);
-    std::unique_ptr<detail::DeviceForward> keep = std::make_unique<detail::DeviceForward>();
-    {
-      std::lock_guard<std::mutex> lock(loss->device_mutex);
-      keep->output = detail::device_loss(*loss).forward(a, b, stream, nullptr, call);
-    }
+    const cuda::DeviceOutputBuffers outputs{values, per_example, static_cast<float*>(objective)};
+    std::unique_ptr<detail::DeviceForward> keep = detail::device_forward(
+        loss, za, zb, options, device_call, static_cast<cudaStream_t>(cuda_stream), values,
+        &outputs, "simclr_device_forward_async");
     if (info != nullptr) {
       detail::fill_info(info, keep->output, za->rows);
       info->objective = std::nan("");
     }
-    if (saved != nullptr) {
-      keep->dtype = za->dtype;
-      keep->device = za->device;
-      keep->rank_rows = keep->output.rank_rows;
-      *saved = keep.release();
-    }
+    if (saved != nullptr) *saved = keep.release();
   });
 }
 
@@ -276,35 +420,23 @@ simclr_status simclr_device_backward_async(simclr_loss_t loss, simclr_forward_t 
                                            void* cuda_stream) {
   return simclr::detail::c_api_guard([&] {
     using namespace simclr;
-    const char* where = "simclr_device_backward_async";
-    SIMCLR_ENFORCE(loss != nullptr, ValueError, where, ": loss is NULL");
-    SIMCLR_ENFORCE(saved != nullptr, ValueError, where,
-                   ": saved is NULL; pass the simclr_forward_t of a device forward");
-    const auto* forward = dynamic_cast<const detail::DeviceForward*>(saved);
-    if (forward == nullptr)
-      detail::c_api_fail(SIMCLR_UNSUPPORTED,
-                         "simclr_device_backward_async: saved comes from a host forward; use "
-                         "simclr_backward");
-    const cuda::DeviceDType ta = detail::check_device_matrix(grad_a, "grad_a", where);
-    const cuda::DeviceDType tb = detail::check_device_matrix(grad_b, "grad_b", where);
-    SIMCLR_ENFORCE(ta == forward->output.dtype && tb == forward->output.dtype, TypeError, where,
-                   ": grad_a is ", cuda::to_string(ta), " and grad_b ", cuda::to_string(tb),
-                   " but the forward was ", cuda::to_string(forward->output.dtype));
+    const detail::DeviceForward& forward =
+        detail::device_backward_checks(loss, saved, grad_a, grad_b, "simclr_device_backward_async");
+    const cuda::DeviceDType t = forward.output.dtype;
     cuda::DeviceBackwardOptions back;
     detail::apply_device_call(device_call, back.check, back.workspace, back.blas_handle);
-    const cuda::DeviceMutableMatrixView ga(grad_a->data, grad_a->rows, grad_a->cols, ta,
+    const cuda::DeviceMutableMatrixView ga(grad_a->data, grad_a->rows, grad_a->cols, t,
                                            grad_a->row_stride);
-    const cuda::DeviceMutableMatrixView gb(grad_b->data, grad_b->rows, grad_b->cols, tb,
+    const cuda::DeviceMutableMatrixView gb(grad_b->data, grad_b->rows, grad_b->cols, t,
                                            grad_b->row_stride);
+    const auto stream = static_cast<cudaStream_t>(cuda_stream);
     std::lock_guard<std::mutex> lock(loss->device_mutex);
     if (upstream_per_example != nullptr) {
       const cuda::FloatVectorView per_example{upstream_per_example, grad_a->rows,
                                               cuda::MemorySpace::kDevice};
-      detail::device_loss(*loss).backward(forward->output, per_example, ga, gb,
-                                          static_cast<cudaStream_t>(cuda_stream), back);
+      detail::device_loss(*loss).backward(forward.output, per_example, ga, gb, stream, back);
     } else {
-      detail::device_loss(*loss).backward(forward->output, upstream, ga, gb,
-                                          static_cast<cudaStream_t>(cuda_stream), back);
+      detail::device_loss(*loss).backward(forward.output, upstream, ga, gb, stream, back);
     }
   });
 }
@@ -312,6 +444,27 @@ simclr_status simclr_device_backward_async(simclr_loss_t loss, simclr_forward_t 
 void* simclr_device_status(simclr_forward_t saved) {
   const auto* forward = dynamic_cast<const simclr::detail::DeviceForward*>(saved);
   return forward != nullptr ? forward->output.status.data() : nullptr;
+}
+
+simclr_status simclr_comm_create_device_callbacks(const simclr_device_comm_callbacks* callbacks,
+                                                  const char* backend, simclr_comm_t* out) {
+  return simclr::detail::c_api_guard([&] {
+    using namespace simclr;
+    const char* where = "simclr_comm_create_device_callbacks";
+    SIMCLR_ENFORCE(out != nullptr, ValueError, where, ": out is NULL");
+    SIMCLR_ENFORCE(callbacks != nullptr, ValueError, where, ": callbacks is NULL");
+    SIMCLR_ENFORCE(callbacks->all_gather_v != nullptr && callbacks->host_all_gather != nullptr,
+                   ValueError, where, ": all_gather_v and host_all_gather must be set");
+    SIMCLR_ENFORCE(callbacks->size >= 1, ValueError, where, ": size is ", callbacks->size,
+                   "; a communicator has at least 1 rank");
+    SIMCLR_ENFORCE(callbacks->rank >= 0 && callbacks->rank < callbacks->size, ValueError, where,
+                   ": rank ", callbacks->rank, " is outside [0, ", callbacks->size, ")");
+    auto comm = std::make_unique<simclr_comm>();
+    comm->comm = std::make_unique<detail::CallbackDeviceCommunicator>(
+        *callbacks, backend != nullptr ? backend : "device callbacks");
+    comm->device = true;
+    *out = comm.release();
+  });
 }
 
 }  // extern "C"

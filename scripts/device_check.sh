@@ -4,8 +4,9 @@
 # The GPU path's check on a machine with an NVIDIA GPU (docs/gpu.md): configures a fresh build, builds
 # only the GPU targets, then, in this order: (1) a subset of the device tests with
 # CUDA_LAUNCH_BLOCKING=1 under compute-sanitizer --tool memcheck; (2) the C++ device tests against
-# the CPU path (ctest -L gpu); (3) the PyTorch CUDA route against the CPU path
-# (scripts/device_torch_check.py parity; needs torch and nanobind); (4) the benchmark: bfloat16,
+# the CPU path (ctest -L gpu); (3) the PyTorch CUDA route against the CPU path, local and over a
+# one-rank NCCL process group (scripts/device_torch_check.py parity, distributed; needs torch and
+# nanobind); (4) the benchmark: bfloat16,
 # G=65536, d=256, as a fraction of the cuBLAS rate measured in the same run, with and without the
 # symmetry, then the peak device memory at G=262144 and G=1048576 with the workspace the API
 # reports; (5) the CUDA route side by side with the PyTorch peer formulation (autograd, bfloat16
@@ -329,6 +330,9 @@ else
 fi
 
 [ "$PY_READY" = 1 ] && pycheck parity 90
+# The distributed route (process_group) on a one-rank NCCL group: NCCL takes one rank per GPU, so
+# more ranks need more GPUs.
+[ "$PY_READY" = 1 ] && pycheck distributed 120
 
 # ---- 6. benchmark: a small float32 parity run, the target run, and a tile sweep ----
 BENCH="$BUILD/bin/simclr-gpu-bench"

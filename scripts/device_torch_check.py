@@ -1,6 +1,7 @@
 """The PyTorch CUDA route on a GPU, for scripts/device_check.sh (docs/gpu.md).
 
     python3 scripts/device_torch_check.py parity     # the CUDA route against the CPU path
+    python3 scripts/device_torch_check.py distributed  # process_group on a 1-rank NCCL group
     python3 scripts/device_torch_check.py memory     # peak memory at large G with the API's workspace
     python3 scripts/device_torch_check.py peer       # against the PyTorch peer formulation
 
@@ -74,6 +75,101 @@ def parity():
     status = _torch_cuda.last_status().cpu().tolist()
     out["nan_status"] = status
     ok = ok and status[0] == 5 * 16 + 7
+    out["passed"] = ok
+    emit(out)
+    return 0 if ok else 1
+
+
+def distributed():
+    """The distributed CUDA route (process_group) on one GPU: a process group of one rank, with
+    NCCL for the rows, against the local CUDA call and the CPU route. NCCL refuses two ranks on one
+    GPU (a duplicate GPU error), so the uneven splits and the cross-rank errors of more ranks are
+    left to a machine with several GPUs; on one GPU this checks the route end to end (the NCCL
+    all-gathers on torch's current stream, the agreement records, the workspace sized for the
+    global batch, the gradient convention, the sample weight). Two groups: "cpu:gloo,cuda:nccl"
+    (records on the CPU; the call must then make no synchronising torch call, checked with
+    torch.cuda.set_sync_debug_mode) and NCCL alone (records read back with .cpu())."""
+    import os
+    import tempfile
+
+    import torch
+    import torch.distributed as dist
+
+    import simclr.torch as st
+    from simclr import _torch_cuda
+
+    os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
+    out = {"check": "distributed", "groups": []}
+    ok = True
+    store_dir = tempfile.mkdtemp(prefix="simclr-store-")
+    store = dist.FileStore(os.path.join(store_dir, "store"), 1)
+    dist.init_process_group("nccl", store=store, rank=0, world_size=1)
+    groups = [("nccl", dist.group.WORLD)]
+    try:
+        groups.insert(0, ("cpu:gloo,cuda:nccl", dist.new_group([0], backend="cpu:gloo,cuda:nccl")))
+    except Exception as exc:  # noqa: BLE001 - an older torch: reported, the NCCL group still runs
+        out["mixed_group_error"] = f"{type(exc).__name__}: {exc}"[:200]
+    weight = torch.linspace(0.5, 1.5, 300, device="cuda")
+    for name, group in groups:
+        entry = {"backend": name, "cases": []}
+        for reduction, w in (("sum_over_batch_size", None), ("none", weight), ("sum", weight)):
+            za, zb = inputs(300, 32, torch.float32, "cuda", seed=5)
+            results = {}
+            for route in ("distributed", "local", "cpu"):
+                a = (za.cpu() if route == "cpu" else za).clone().requires_grad_(True)
+                b = (zb.cpu() if route == "cpu" else zb).clone().requires_grad_(True)
+                sw = None if w is None else (w.cpu() if route == "cpu" else w)
+                kwargs = {"temperature": 0.1, "reduction": reduction, "sample_weight": sw}
+                if route == "distributed":
+                    torch.cuda.synchronize()
+                    mode = torch.cuda.get_sync_debug_mode()
+                    if name != "nccl":
+                        torch.cuda.set_sync_debug_mode("error")
+                    try:
+                        v = st.simclr_loss(a, b, process_group=group, global_batch_size="infer",
+                                           gradient_reduction="sum", **kwargs)
+                        v.sum().backward()
+                        sync_free = True
+                    except RuntimeError as exc:
+                        if "synchroniz" not in str(exc):
+                            raise
+                        sync_free = False
+                        torch.cuda.set_sync_debug_mode(mode)
+                        v = st.simclr_loss(a, b, process_group=group, global_batch_size="infer",
+                                           gradient_reduction="sum", **kwargs)
+                        v.sum().backward()
+                    finally:
+                        torch.cuda.set_sync_debug_mode(mode)
+                    entry["sync_free"] = entry.get("sync_free", True) and sync_free
+                else:
+                    v = st.simclr_loss(a, b, **kwargs)
+                    v.sum().backward()
+                torch.cuda.synchronize()
+                results[route] = (v.detach().double().cpu(), a.grad.double().cpu(),
+                                  b.grad.double().cpu())
+            errs = {}
+            for other in ("local", "cpu"):
+                errs[other] = max(
+                    float(((x - y).abs().max() / y.abs().max().clamp_min(1e-30)).item())
+                    for x, y in zip(results["distributed"], results[other]))
+            passed = all(e <= 1e-5 for e in errs.values())
+            ok = ok and passed
+            entry["cases"].append({"reduction": reduction, "weighted": w is not None,
+                                   "rel_err_vs_local": errs["local"],
+                                   "rel_err_vs_cpu": errs["cpu"], "passed": passed})
+        if name != "nccl" and not entry.get("sync_free", False):
+            ok = False
+        out["groups"].append(entry)
+    # "mean" (the default) is "sum" times the group size: 1 here, so the same gradients.
+    za, zb = inputs(64, 16, torch.float32, "cuda", seed=6)
+    a = za.clone().requires_grad_(True)
+    st.simclr_loss(a, zb, process_group=groups[0][1], global_batch_size="infer").backward()
+    b = za.clone().requires_grad_(True)
+    _torch_cuda.simclr_loss_cuda(b, zb, reduction="auto", global_batch_size=None).backward()
+    torch.cuda.synchronize()
+    out["mean_vs_local_grad_err"] = float((a.grad - b.grad).abs().max().item())
+    ok = ok and out["mean_vs_local_grad_err"] <= 1e-5 * float(b.grad.abs().max().item()) + 1e-12
+    dist.destroy_process_group()
     out["passed"] = ok
     emit(out)
     return 0 if ok else 1
@@ -194,8 +290,8 @@ def peer():
 
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "parity"
-    fn = {"parity": parity, "memory": memory, "peer": peer}.get(what)
+    fn = {"parity": parity, "distributed": distributed, "memory": memory, "peer": peer}.get(what)
     if fn is None:
-        print(f"usage: {sys.argv[0]} parity|memory|peer", file=sys.stderr)
+        print(f"usage: {sys.argv[0]} parity|distributed|memory|peer", file=sys.stderr)
         sys.exit(2)
     sys.exit(fn())

@@ -199,14 +199,59 @@ int32_t simclr_forward_rank_rows(simclr_forward_t saved, int64_t* rows, int32_t 
 /* NULL is allowed. */
 void simclr_forward_destroy(simclr_forward_t saved);
 
+/* ---- device communicators (simclr::cuda) ---- */
+
+/* A communicator for the device calls whose collectives are the caller's functions, for front ends
+ * whose framework owns the collectives on device memory (torch.distributed over NCCL). Every rank
+ * calls them in the same order. Return values and error as simclr_comm_callbacks.
+ *   all_gather_v:    DEVICE buffers. Rank r sends recv_bytes[r] bytes (send_bytes on this rank);
+ *                    recv gets them back to back in rank order. recv_bytes has `size` entries, the
+ *                    same on every rank (entries may be 0). The transfer must be ordered on
+ *                    cuda_stream (a cudaStream_t, the stream of the library's call): it may read send
+ *                    only after the work enqueued on cuda_stream before the call, and work the
+ *                    library enqueues on cuda_stream after it returns must see recv filled. It need
+ *                    not wait for the transfer on the host (NCCL's ncclAllGather on cuda_stream, or
+ *                    a framework collective that makes cuda_stream wait for it).
+ *   host_all_gather: HOST buffers, for the small agreement records (512 bytes a rank) every
+ *                    distributed call starts with: every rank sends `bytes` bytes; recv gets
+ *                    size * bytes, rank r's at r * bytes, filled when the function returns.
+ *   barrier:         returns when every rank has entered it and cuda_stream's work is done (may be
+ *                    NULL: then cudaStreamSynchronize and a 1-byte host_all_gather).
+ *   release:         called once by simclr_comm_destroy with user (may be NULL); not called when
+ *                    simclr_comm_create_device_callbacks fails. */
+typedef struct simclr_device_comm_callbacks {
+  void* user;
+  int32_t rank;
+  int32_t size;
+  int (*all_gather_v)(void* user, const void* send, size_t send_bytes, void* recv,
+                      const size_t* recv_bytes, void* cuda_stream, char* error,
+                      size_t error_capacity);
+  int (*host_all_gather)(void* user, const void* send, size_t bytes, void* recv, char* error,
+                         size_t error_capacity);
+  int (*barrier)(void* user, void* cuda_stream, char* error, size_t error_capacity);
+  void (*release)(void* user);
+} simclr_device_comm_callbacks;
+
+/* A communicator the device calls take (options->comm); host calls refuse it (SIMCLR_UNSUPPORTED),
+ * as device calls refuse host communicators. backend names it in messages; may be NULL. Defined by
+ * simclr::cuda. */
+simclr_status simclr_comm_create_device_callbacks(const simclr_device_comm_callbacks* callbacks,
+                                                  const char* backend, simclr_comm_t* out);
+/* 1 when comm moves device buffers (a device communicator), 0 when host buffers, -1 for NULL. */
+int32_t simclr_comm_is_device(simclr_comm_t comm);
+
 /* ---- device calls (simclr::cuda) ---- */
 
 /* The same on CUDA device memory, enqueued on cuda_stream (a cudaStream_t; NULL is the legacy
  * default stream). za, zb: float32, float16 or bfloat16 on the current device. values and
- * per_example are device buffers of the input dtype. Only local calls (options->comm NULL) for now:
- * a communicator fails with SIMCLR_UNSUPPORTED. The outputs are copied with cudaMemcpyAsync on
- * cuda_stream (ready in stream order); info->objective is read back to the host, which synchronises
- * the stream (pass info NULL to avoid that). The device loss of a simclr_loss_t is made on first use
+ * per_example are device buffers of the input dtype. options->comm: NULL for a local call, or a
+ * device communicator (simclr_comm_create_device_callbacks): then the call is collective over its
+ * ranks (rows may differ between ranks and may be 0), and bad input on any rank, the C-level
+ * argument checks included, fails with the same status and message on every rank; a host
+ * communicator fails with SIMCLR_UNSUPPORTED (a NULL saved or a host communicator fails on its rank
+ * alone). No sample weight here (simclr_device_forward_async takes one). The outputs are copied
+ * with cudaMemcpyAsync on cuda_stream (ready in stream order); info->objective is read back to the
+ * host, which synchronises the stream (pass info NULL to avoid that). The device loss of a simclr_loss_t is made on first use
  * and serves one host thread at a time (calls on the same loss are serialised). Defined by
  * simclr::cuda (SIMCLR_HAS_CUDA). */
 simclr_status simclr_device_forward(simclr_loss_t loss, const simclr_matrix* za,
@@ -214,7 +259,8 @@ simclr_status simclr_device_forward(simclr_loss_t loss, const simclr_matrix* za,
                                     void* cuda_stream, void* values, void* per_example,
                                     simclr_forward_info* info, simclr_forward_t* saved);
 /* Backward of a device forward with a scalar upstream gradient, into device buffers grad_a, grad_b
- * (the input dtype), enqueued on cuda_stream. */
+ * (the input dtype), enqueued on cuda_stream. Collective when the forward was (its communicator
+ * must still exist): an error in grad_a or grad_b on one rank fails on every rank. */
 simclr_status simclr_device_backward(simclr_loss_t loss, simclr_forward_t saved, float upstream,
                                      const simclr_matrix* grad_a, const simclr_matrix* grad_b,
                                      void* cuda_stream);
@@ -231,9 +277,14 @@ typedef struct simclr_device_call {
   void* workspace;       /* device memory, 256-byte aligned; NULL: the library allocates */
   size_t workspace_size; /* bytes at workspace (>= what simclr_device_workspace_size says) */
   void* cublas_handle;   /* a cublasHandle_t of the caller, or NULL (one cached per device) */
+  /* Forward only: Keras sample_weight, weight_size float32 values in device memory, 1 (every
+   * example alike: Keras shapes [], [1], [1, 1]) or n ([N], [N, 1]); NULL: no weight. Checked for
+   * NaN/Inf as za is (status slot 2). The backward uses the forward's. */
+  const float* weight;
+  int64_t weight_size;
 } simclr_device_call;
 
-/* async 0, no workspace, no handle. */
+/* async 0, no workspace, no handle, no weight. */
 void simclr_device_call_init(simclr_device_call* call);
 
 /* Bytes of workspace a forward and a backward need for rows n of this rank, global_rows G (n when

@@ -15,18 +15,29 @@ What it does (docs/gpu.md, "The PyTorch CUDA route"):
   in the size the library reports, so the library allocates nothing; the forward's workspace holds
   the state the backward needs and is kept by autograd;
 - float32, bfloat16 and float16 inputs; logits, log-sum-exp and gradient sums are float32 inside;
-- local calls only for now: a distributed CUDA call needs the device communicator in the C API
-  (docs/gpu.md, "Not done yet"), and raises NotImplementedError.
+- ``sample_weight``: Keras's shapes ([], [1], [1, 1], [n], [n, 1]), float32 on the device;
+- ``process_group``: the call is collective over the group's ranks, as on the CPU route. The big
+  gathers (the normalised rows, then the per-row log-sum-exp and weights) are NCCL all-gathers of
+  the group on ``torch.cuda.current_stream()`` (torch orders them after the stream and makes the
+  stream wait for them, without a host synchronisation); the small agreement records go through
+  the group's CPU backend when it has one (``backend="cpu:gloo,cuda:nccl"``, or torch's default
+  ``backend=None``), otherwise through a CUDA all-gather read back with ``.cpu()`` (a host
+  synchronisation per record). The rows of every rank are gathered first (one small host
+  all-gather) to size the workspace for the global batch; an input error found in Python on one
+  rank is carried by that gather, so every rank raises it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import struct
 
 __all__ = ["available", "simclr_loss_cuda", "last_status", "workspace_bytes"]
 
 _REDUCTIONS = {"auto": 0, "none": 1, "sum": 2, "sum_over_batch_size": 3}
 _last_status = None  # the status tensor of the latest forward (a view of its workspace)
+_RECORD_BYTES = 512  # one rank's record of the first gather of a distributed call
 
 
 def _device_module():
@@ -87,29 +98,168 @@ def last_status():
     return _last_status
 
 
+# ---- collectives of a process group on device addresses ----
+
+
+class _DeviceBytes:
+    """``nbytes`` bytes of device memory at ``address``, for torch.as_tensor (zero copy). Version 2
+    of the interface carries no stream: the memory is ready in the order of the stream the
+    library's call passes, on which the gathers are enqueued."""
+
+    def __init__(self, address, nbytes):
+        self.__cuda_array_interface__ = {
+            "shape": (nbytes,), "typestr": "|u1", "data": (address, False), "version": 2,
+        }
+
+
+def _bytes_tensor(address, nbytes, device):
+    import torch
+
+    if nbytes == 0:
+        return torch.empty(0, dtype=torch.uint8, device=device)
+    return torch.as_tensor(_DeviceBytes(address, nbytes), device=device)
+
+
+def _all_gather_into(out, tensor, group, size):
+    """out [size * k] = every rank's tensor [k], in rank order (one collective)."""
+    import torch.distributed as dist
+
+    gather = getattr(dist, "all_gather_into_tensor", None) or getattr(dist, "_all_gather_base", None)
+    if gather is not None and out.is_cuda:
+        gather(out, tensor, group=group)
+    else:  # CPU tensors (gloo before torch 2 has no fused all-gather), or an old torch
+        dist.all_gather(list(out.chunk(size)), tensor, group=group)
+
+
+def _has_cpu_backend(group):
+    """Whether the group moves CPU tensors (gloo or MPI, alone or next to NCCL)."""
+    import torch.distributed as dist
+
+    try:
+        config = str(dist.get_backend_config(group))  # "cpu:gloo,cuda:nccl" (torch >= 2.1)
+    except (AttributeError, RuntimeError, ValueError):
+        config = str(dist.get_backend(group))
+    return "gloo" in config or "mpi" in config
+
+
+class _TorchDeviceComm:
+    """torch.distributed collectives of ``group`` behind a ``simclr._device.DeviceComm``."""
+
+    def __init__(self, group, device):
+        import torch
+        import torch.distributed as dist
+
+        if not dist.is_available() or not dist.is_initialized():
+            raise RuntimeError(
+                "simclr.torch: process_group was given but torch.distributed is not initialised; "
+                "call torch.distributed.init_process_group(...) first, or pass process_group=None "
+                "for a local call")
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.size = dist.get_world_size(group)
+        if self.rank < 0:
+            raise ValueError("simclr.torch: this process is not a member of process_group")
+        self.device = device
+        self.host_device = torch.device("cpu") if _has_cpu_backend(group) else device
+
+    def device_comm(self):
+        # The C communicator holds these bound methods; this object holds nothing back (no cycle).
+        return _device_module().DeviceComm(self.rank, self.size, "torch.distributed",
+                                           self.all_gather_v, self.host_all_gather)
+
+    def _on(self, stream):
+        """The library's stream as torch's current stream (it is already, when called from here)."""
+        import torch
+
+        if stream == torch.cuda.current_stream(self.device).cuda_stream:
+            return contextlib.nullcontext()
+        return torch.cuda.stream(torch.cuda.ExternalStream(stream, device=self.device))
+
+    def all_gather_v(self, send, send_bytes, recv, recv_bytes, stream):
+        import torch
+
+        counts = [int(c) for c in recv_bytes]
+        width = max(counts)
+        if width == 0:
+            return
+        with self._on(stream):
+            out = _bytes_tensor(recv, sum(counts), self.device)
+            mine = _bytes_tensor(send, send_bytes, self.device)
+            if all(c == width for c in counts):
+                _all_gather_into(out, mine, self.group, self.size)
+                return
+            # Uneven rows: NCCL's all-gather takes equal parts; pad to the largest, then compact.
+            staged = torch.zeros(width, dtype=torch.uint8, device=self.device)
+            staged[:send_bytes].copy_(mine)
+            padded = torch.empty(self.size * width, dtype=torch.uint8, device=self.device)
+            _all_gather_into(padded, staged, self.group, self.size)
+            offset = 0
+            for r, c in enumerate(counts):
+                out[offset:offset + c].copy_(padded[r * width:r * width + c])
+                offset += c
+
+    def host_all_gather(self, send):
+        import torch
+
+        mine = torch.frombuffer(bytearray(send), dtype=torch.uint8) if send else \
+            torch.empty(0, dtype=torch.uint8)
+        return b"".join(_host_gather(mine, self.group, self.size, self.host_device))
+
+    def agree(self, rows, error):
+        """The first collective of a call: every rank's rows, or the first rank's input error
+        raised on every rank (error: (exception type, message) found here, or None)."""
+        record = bytearray(_RECORD_BYTES)
+        struct.pack_into("<qB", record, 0, int(rows), 0)
+        if error is not None:
+            text = f"{error[0].__name__}\n{error[1]}".encode("utf-8")[:_RECORD_BYTES - 13]
+            struct.pack_into("<qBI", record, 0, 0, 1, len(text))
+            record[13:13 + len(text)] = text
+        all_rows = []
+        for r, part in enumerate(self.host_all_gather(bytes(record))[i:i + _RECORD_BYTES]
+                                 for i in range(0, self.size * _RECORD_BYTES, _RECORD_BYTES)):
+            n, flag = struct.unpack_from("<qB", part, 0)
+            if flag:
+                (length,) = struct.unpack_from("<I", part, 9)
+                kind, _, message = part[13:13 + length].decode("utf-8", "replace").partition("\n")
+                exc = {"TypeError": TypeError, "ValueError": ValueError}.get(kind, RuntimeError)
+                raise exc(message if "(rank " in message else f"{message} (rank {r})")
+            all_rows.append(n)
+        return all_rows
+
+
+def _host_gather(tensor, group, size, device):
+    """Every rank's CPU uint8 tensor (same length), as bytes, in rank order. On a CUDA-only group
+    the parts travel on the device and come back with .cpu(), which waits for the stream."""
+    import torch
+    import torch.distributed as dist
+
+    t = tensor.to(device)
+    parts = [torch.empty_like(t) for _ in range(size)]
+    dist.all_gather(parts, t, group=group)
+    return [p.cpu().numpy().tobytes() for p in parts]
+
+
+# ---- the autograd function ----
+
+
 def _make_function():
     import torch
 
     class _SimCLRCuda(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, za, zb, temperature, reduction, global_batch_size, symmetric, tile_bytes):
+        def forward(ctx, za, zb, weight, temperature, reduction, global_batch_size, symmetric,
+                    tile_bytes, comm, global_rows, gradient_scale):
             global _last_status
             dev = _device_module()
-            if za.shape != zb.shape:
-                raise ValueError(
-                    f"za and zb must have the same shape: {tuple(za.shape)} vs. {tuple(zb.shape)}"
-                )
-            if za.dtype != zb.dtype:
-                raise TypeError(f"za and zb must have the same dtype: {za.dtype} vs. {zb.dtype}")
-            if za.device != zb.device:
-                raise ValueError(f"za is on {za.device} but zb on {zb.device}")
             code = _dtype_code(dev, za)
             za, stride_a = _row_major(za)
             zb, stride_b = _row_major(zb)
             n, d = za.shape
             device = za.device
             stream = torch.cuda.current_stream(device)
-            fwd_bytes, _ = dev.workspace_size(n, n, d, code, tile_bytes, symmetric)
+            dcomm = None if comm is None else comm.device_comm()
+            total = n if comm is None else global_rows
+            fwd_bytes, _ = dev.workspace_size(n, total, d, code, tile_bytes, symmetric, dcomm)
             # The caching allocator's blocks are 512-byte aligned; the library needs 256.
             workspace = torch.empty(max(fwd_bytes, 1), dtype=torch.uint8, device=device)
             red = _REDUCTIONS[reduction]
@@ -122,12 +272,16 @@ def _make_function():
                 za.data_ptr(), zb.data_ptr(), n, d, stride_a, stride_b, code, device.index,
                 stream.cuda_stream, workspace.data_ptr(), workspace.numel(), values.data_ptr(),
                 per_example.data_ptr(), objective.data_ptr(), gbs, tile_bytes, symmetric, True,
+                dcomm, 0 if weight is None else weight.data_ptr(),
+                0 if weight is None else weight.numel(),
             )
             _last_status = workspace[: 8 * dev.STATUS_SLOTS].view(torch.int64)
-            # Autograd keeps the workspace (the saved state) and the C++ objects for the backward.
-            ctx.loss, ctx.saved, ctx.workspace = loss, saved, workspace
-            ctx.shape, ctx.code, ctx.reduction = (n, d), code, red
+            # Autograd keeps the workspace (the saved state), the C++ objects and the
+            # communicator (a distributed backward gathers again) for the backward.
+            ctx.loss, ctx.saved, ctx.workspace, ctx.dcomm = loss, saved, workspace, dcomm
+            ctx.shape, ctx.code, ctx.reduction, ctx.total = (n, d), code, red, total
             ctx.tile_bytes, ctx.symmetric = tile_bytes, symmetric
+            ctx.gradient_scale = gradient_scale
             ctx.mark_non_differentiable(per_example)
             return values, per_example
 
@@ -137,31 +291,37 @@ def _make_function():
             n, d = ctx.shape
             device = ctx.workspace.device
             stream = torch.cuda.current_stream(device)
-            _, bwd_bytes = dev.workspace_size(n, n, d, ctx.code, ctx.tile_bytes, ctx.symmetric)
-            scratch = torch.empty(max(bwd_bytes, 1), dtype=torch.uint8, device=device)
+            nones = (None,) * 9
             if grad_values is None:
-                return None, None, None, None, None, None, None
+                return (None, None) + nones
+            _, bwd_bytes = dev.workspace_size(n, ctx.total, d, ctx.code, ctx.tile_bytes,
+                                              ctx.symmetric, ctx.dcomm)
+            scratch = torch.empty(max(bwd_bytes, 1), dtype=torch.uint8, device=device)
             grad_a = torch.empty((n, d), dtype=_torch_dtype(ctx.code, dev), device=device)
             grad_b = torch.empty_like(grad_a)
             if ctx.reduction == 1:
                 # Per-example upstream, float32 on the device: no host read.
                 up = grad_values.to(torch.float32).contiguous()
+                if ctx.gradient_scale != 1.0:
+                    up = up * ctx.gradient_scale
                 ctx.loss.backward(
                     ctx.saved, 0.0, up.data_ptr(), grad_a.data_ptr(), grad_b.data_ptr(), n, d,
                     ctx.code, device.index, stream.cuda_stream, scratch.data_ptr(),
                     scratch.numel(), True,
                 )
             else:
-                # The loss is linear in a scalar upstream g: the gradient for g = 1, scaled on the
-                # device (reading g on the host would synchronise).
+                # The loss is linear in a scalar upstream g: the gradient for g = 1 (times the
+                # gradient convention's scale, a host number), scaled by g on the device (reading
+                # g on the host would synchronise).
                 ctx.loss.backward(
-                    ctx.saved, 1.0, 0, grad_a.data_ptr(), grad_b.data_ptr(), n, d, ctx.code,
-                    device.index, stream.cuda_stream, scratch.data_ptr(), scratch.numel(), True,
+                    ctx.saved, float(ctx.gradient_scale), 0, grad_a.data_ptr(), grad_b.data_ptr(),
+                    n, d, ctx.code, device.index, stream.cuda_stream, scratch.data_ptr(),
+                    scratch.numel(), True,
                 )
                 g = grad_values.reshape(()).to(grad_a.dtype)
                 grad_a = grad_a * g
                 grad_b = grad_b * g
-            return grad_a, grad_b, None, None, None, None, None
+            return (grad_a, grad_b) + nones
 
     return _SimCLRCuda
 
@@ -177,6 +337,44 @@ def _torch_dtype(code, dev):
 _function = None
 
 
+def _input_error(za, zb):
+    """The first problem of the embeddings this route cannot take: (exception type, message)."""
+    import torch
+
+    for name, z in (("za", za), ("zb", zb)):
+        if not isinstance(z, torch.Tensor):
+            return TypeError, f"simclr.torch: {name} must be a torch.Tensor, got {type(z).__name__}"
+        if not z.is_cuda:
+            return ValueError, (f"simclr.torch: {name} is on {z.device}; the CUDA route takes CUDA "
+                                "tensors (za and zb on one device)")
+        if z.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            return TypeError, (f"simclr.torch: {name} has dtype {z.dtype}; the CUDA route takes "
+                               "float32, bfloat16 or float16")
+        if z.dim() != 2:
+            return ValueError, f"simclr.torch: {name} must be 2-D [n, d], got shape {tuple(z.shape)}"
+    if za.shape != zb.shape:
+        return ValueError, (f"simclr.torch: za and zb must have the same shape: {tuple(za.shape)} "
+                            f"vs. {tuple(zb.shape)}")
+    if za.dtype != zb.dtype:
+        return TypeError, f"simclr.torch: za and zb must have the same dtype: {za.dtype} vs. {zb.dtype}"
+    if za.device != zb.device:
+        return ValueError, f"simclr.torch: za is on {za.device} but zb on {zb.device}"
+    return None
+
+
+def _device_weight(sample_weight, rows, device):
+    """Keras's sample_weight as a float32 device vector of 1 or rows values."""
+    import torch
+
+    w = torch.as_tensor(sample_weight, dtype=torch.float32, device=device)
+    ok = (w.dim() == 0 or (w.dim() == 1 and w.shape[0] in (1, rows))
+          or (w.dim() == 2 and w.shape[1] == 1 and w.shape[0] in (1, rows)))
+    if not ok:
+        raise ValueError(f"simclr.torch: sample_weight: Incompatible shapes: [{rows}] vs. "
+                         f"{list(w.shape)} (Keras takes [], [1], [1, 1], [n] or [n, 1])")
+    return w.detach().reshape(-1).contiguous()
+
+
 def simclr_loss_cuda(
     za,
     zb,
@@ -187,29 +385,51 @@ def simclr_loss_cuda(
     symmetric=True,
     tile_bytes=0,
     return_per_example=False,
+    sample_weight=None,
+    gradient_reduction="mean",
 ):
     """SimCLR loss of CUDA tensors za, zb ([n, d], one dtype, one device), differentiable.
 
     Returns the loss as simclr.torch does (a scalar, or [n] for reduction 'none'), plus the
-    unweighted per-example loss when ``return_per_example``. A distributed call (a process group of
-    more than one rank) is not available on this route yet."""
+    unweighted per-example loss when ``return_per_example``. ``process_group``: a torch.distributed
+    group (NCCL for the rows); the call is then collective, rows may differ between ranks (and may
+    be 0), and ``gradient_reduction`` is simclr.torch's ("mean": the gradients times the group
+    size, for DDP's averaging; "sum": TensorFlow's). global_batch_size: None, an int, or -1 /
+    "infer" (the sum of the ranks' rows)."""
     global _function
     import torch
 
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {sorted(_REDUCTIONS)}; got {reduction!r}")
+    if gradient_reduction not in ("sum", "mean"):
+        raise ValueError(f"simclr.torch: gradient_reduction must be \"sum\" or \"mean\", got "
+                         f"{gradient_reduction!r}")
+    if isinstance(global_batch_size, str):
+        if global_batch_size != "infer":
+            raise ValueError(f"simclr.torch: global_batch_size must be None, an int >= 0 or "
+                             f"\"infer\", got {global_batch_size!r}")
+        global_batch_size = -1
+    error = _input_error(za, zb)
+    weight = None
+    if error is None and sample_weight is not None:
+        try:
+            weight = _device_weight(sample_weight, za.shape[0], za.device)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            error = (type(exc) if isinstance(exc, (TypeError, ValueError)) else ValueError, str(exc))
+    comm, global_rows, scale = None, 0, 1.0
     if process_group is not None:
-        raise NotImplementedError(
-            "simclr: the distributed CUDA route needs the device communicator in the C API, which "
-            "is not there yet; move the embeddings to the CPU route or call per rank without a "
-            "process group (docs/gpu.md)"
-        )
-    if not (za.is_cuda and zb.is_cuda):
-        raise ValueError("the CUDA route takes CUDA tensors; CPU tensors go to simclr.torch's CPU route")
+        device = za.device if error is None else torch.device("cuda", torch.cuda.current_device())
+        comm = _TorchDeviceComm(process_group, device)
+        # Every rank's rows (the workspace's size), or an error found here raised on every rank.
+        global_rows = sum(comm.agree(za.shape[0] if error is None else 0, error))
+        scale = float(comm.size) if gradient_reduction == "mean" else 1.0
+    elif error is not None:
+        raise error[0](error[1])
     if _function is None:
         _function = _make_function()
     with torch.cuda.device(za.device):
         values, per_example = _function.apply(
-            za, zb, temperature, reduction, global_batch_size, symmetric, tile_bytes
+            za, zb, weight, temperature, reduction, global_batch_size, symmetric, tile_bytes,
+            comm, global_rows, scale,
         )
     return (values, per_example) if return_per_example else values

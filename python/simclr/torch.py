@@ -275,16 +275,18 @@ def _call(core_loss, za, zb, sample_weight, process_group, global_batch_size, gr
     if gradient_reduction not in _GRADIENT_REDUCTIONS:
         raise ValueError(f"simclr.torch: gradient_reduction must be \"sum\" or \"mean\", got "
                          f"{gradient_reduction!r}")
-    if (isinstance(za, torch.Tensor) and za.is_cuda and process_group is None
-            and sample_weight is None):
-        # The CUDA route (docs/gpu.md): local calls on CUDA tensors go to the device engine when this
-        # build has it; otherwise the checks below raise the clear "no CUDA front end" error.
+    if isinstance(za, torch.Tensor) and za.is_cuda:
+        # The CUDA route (docs/gpu.md): CUDA tensors go to the device engine when this build has it,
+        # local or over process_group (NCCL for the rows); otherwise the checks below raise the
+        # clear "no CUDA front end" error.
         from . import _torch_cuda
         if _torch_cuda.available():
             cfg = json.loads(core_loss.get_config_json())
-            return _torch_cuda.simclr_loss_cuda(za, zb, temperature=cfg["temperature"],
-                                                reduction=cfg["reduction"],
-                                                global_batch_size=global_batch_size)
+            gbs = _global_batch_arg(global_batch_size)
+            return _torch_cuda.simclr_loss_cuda(
+                za, zb, temperature=cfg["temperature"], reduction=cfg["reduction"],
+                global_batch_size=None if gbs == -2 else gbs, process_group=process_group,
+                sample_weight=sample_weight, gradient_reduction=gradient_reduction)
     comm = _comm_of(process_group)
     scale = float(comm.size) if (comm is not None and gradient_reduction == "mean") else 1.0
     return _SimCLRFunction.apply(za, zb, core_loss, sample_weight, comm,

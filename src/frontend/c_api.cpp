@@ -328,6 +328,10 @@ int32_t simclr_comm_rank(simclr_comm_t comm) { return comm != nullptr ? comm->co
 
 int32_t simclr_comm_size(simclr_comm_t comm) { return comm != nullptr ? comm->comm->size() : -1; }
 
+int32_t simclr_comm_is_device(simclr_comm_t comm) {
+  return comm == nullptr ? -1 : (comm->device ? 1 : 0);
+}
+
 void simclr_comm_destroy(simclr_comm_t comm) { delete comm; }
 
 void simclr_call_options_init(simclr_call_options* options) {
@@ -349,6 +353,12 @@ simclr_status simclr_forward(simclr_loss_t loss, const simclr_matrix* za, const 
     simclr_call_options defaults;
     simclr_call_options_init(&defaults);
     const simclr_call_options& o = options != nullptr ? *options : defaults;
+    if (o.comm != nullptr && o.comm->device)
+      c_api_fail(SIMCLR_UNSUPPORTED,
+                 str_cat("simclr_forward: options->comm is a device communicator (backend '",
+                         o.comm->comm->backend(),
+                         "'), whose collectives take device buffers; host calls take a host "
+                         "communicator (simclr_comm_create_callbacks, _mpi or _single)"));
     Communicator* comm = o.comm != nullptr ? o.comm->comm.get() : nullptr;
 
     // The C-level checks. With a communicator an error here is carried by the agreement step, as

@@ -38,3 +38,9 @@ def test_every_split_errors_and_reference(ranks, tmp_path):
 def test_ddp_matches_one_process(ranks, dtype, tmp_path):
     out = mpirun(ranks, "torch_ddp_worker.py", tmp_path, dtype)
     assert f"torch_ddp_worker: OK, {ranks} ranks" in out
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_cuda_route_collectives_on_cpu(ranks, tmp_path):
+    out = mpirun(ranks, "torch_cuda_glue_worker.py", tmp_path)
+    assert f"torch_cuda_glue_worker: OK, {ranks} ranks" in out

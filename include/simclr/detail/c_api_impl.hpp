@@ -29,6 +29,9 @@ struct simclr_loss {
 
 struct simclr_comm {
   std::unique_ptr<simclr::Communicator> comm;
+  // A simclr::cuda::DeviceCommunicator, whose collectives take device buffers: only the device
+  // calls take it (the core cannot tell by dynamic_cast without the CUDA headers).
+  bool device = false;
 };
 
 // A forward's saved state. The host and device forwards derive from it; the handle is deleted
