@@ -75,6 +75,7 @@ double square_gemm_gflops(std::int64_t size, int threads) {
 
 struct BenchResult {
   double median = 0, min = 0, flops = 0, rss = 0;
+  double rank_flops_max = 0, rank_flops_min = 0;  // the balance of the work between ranks
 };
 
 // What one measurement runs: the global batch, the sizes and the engine's settings.
@@ -88,6 +89,7 @@ struct BenchCase {
   std::int64_t tile_rows = 0;  // 0: the engine's defaults
   std::int64_t tile_cols = 0;
   bool symmetric = true;
+  Schedule schedule = Schedule::kAuto;
   std::uint64_t seed = 1;
 };
 
@@ -108,6 +110,7 @@ BenchResult bench_one(Runtime& rt, const BenchCase& c) {
   options.engine.tile_rows = c.tile_rows;
   options.engine.tile_cols = c.tile_cols;
   options.engine.symmetric = c.symmetric;
+  options.engine.schedule = c.schedule;
   std::vector<double> times;
   double flops = 0;
   for (int r = 0; r < c.warmup + c.repeat; ++r) {
@@ -128,8 +131,11 @@ BenchResult bench_one(Runtime& rt, const BenchCase& c) {
     all.assign(mine, mine + 2);
   }
   BenchResult res;
+  res.rank_flops_min = all[0];
   for (int r = 0; r < world; ++r) {
     res.flops += all[2 * static_cast<std::size_t>(r)];
+    res.rank_flops_max = std::max(res.rank_flops_max, all[2 * static_cast<std::size_t>(r)]);
+    res.rank_flops_min = std::min(res.rank_flops_min, all[2 * static_cast<std::size_t>(r)]);
     res.rss = std::max(res.rss, all[2 * static_cast<std::size_t>(r) + 1]);
   }
   std::sort(times.begin(), times.end());
@@ -160,6 +166,7 @@ int bench_typed(Runtime& rt, const ParsedArgs& args, const std::string& dtype) {
   c.tile_rows = parse_int(args.get("tile-rows").value_or("0"), "tile-rows", 0);
   c.tile_cols = parse_int(args.get("tile-cols").value_or("0"), "tile-cols", 0);
   c.symmetric = !args.has("no-symmetry");
+  c.schedule = parse_schedule(args.get("schedule").value_or("auto"));
   c.seed = static_cast<std::uint64_t>(parse_int(args.get("seed").value_or("1"), "seed", 0));
   std::vector<std::int64_t> batches;
   if (args.has("sweep")) {
@@ -205,10 +212,19 @@ int bench_typed(Runtime& rt, const ParsedArgs& args, const std::string& dtype) {
     j["warmup"] = c.warmup;
     j["repeat"] = c.repeat;
     j["symmetric"] = c.symmetric;
+    j["schedule"] = to_string(c.schedule);
     j["cpu_level"] = detail::to_string(detail::cpu_level());
     j["seconds_median"] = r.median;
     j["seconds_min"] = r.min;
     j["flops"] = r.flops;
+    // In units of one product of the whole [2G, 2G] logit matrix with U (2 (2G)^2 d flops): a
+    // single process with the symmetric path does 2 per step, and so does the balanced schedule at
+    // any number of ranks.
+    const double equivalent =
+        2.0 * static_cast<double>(2 * g) * static_cast<double>(2 * g) * static_cast<double>(dim);
+    j["gemm_equivalents"] = r.flops / equivalent;
+    j["rank_flops_max"] = r.rank_flops_max;
+    j["rank_flops_min"] = r.rank_flops_min;
     j["gflops"] = gflops;
     j["peak_rss_mib"] = r.rss;
     if (gemm > 0) {
@@ -224,7 +240,7 @@ int bench_typed(Runtime& rt, const ParsedArgs& args, const std::string& dtype) {
 
 FlagSpec bench_flags() {
   return {{"batch", "dim", "dtype", "threads", "warmup", "repeat", "memory-budget", "tile-rows",
-           "tile-cols", "seed", "device"},
+           "tile-cols", "seed", "device", "schedule"},
           {"sweep", "no-gemm", "no-symmetry"}};
 }
 

@@ -256,4 +256,29 @@ ncclResult_t ncclGroupEnd() {
   return ncclSuccess;
 }
 
+// The float sums of NcclCommunicator::reduce_scatter_v: MPI_Reduce_scatter_block over the same
+// bytes (outside groups only, as the communicator calls it).
+ncclResult_t ncclReduceScatter(const void* send, void* recv, size_t count, ncclDataType_t type,
+                               ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream) {
+  if (comm == nullptr) return ncclInvalidArgument;
+  if (!simclr::cuda::emu::valid_stream(stream))
+    return invalid(comm, "ncclReduceScatter on a dead stream");
+  if (op != ncclSum || (type != ncclFloat32 && type != ncclFloat64))
+    return invalid(comm, "ncclReduceScatter: only float32/float64 sums are emulated");
+  if (group_depth > 0) return invalid(comm, "ncclReduceScatter inside a group is not emulated");
+  const std::size_t bytes = count * type_bytes(type);
+  if (ncclResult_t rc = check_buffer(comm, send, bytes * static_cast<std::size_t>(comm->size),
+                                     "ncclReduceScatter send");
+      rc != ncclSuccess)
+    return rc;
+  if (ncclResult_t rc = check_buffer(comm, recv, bytes, "ncclReduceScatter recv");
+      rc != ncclSuccess)
+    return rc;
+  if (MPI_Reduce_scatter_block(send, recv, static_cast<int>(count),
+                               type == ncclFloat32 ? MPI_FLOAT : MPI_DOUBLE, MPI_SUM,
+                               comm->mpi) != MPI_SUCCESS)
+    return ncclSystemError;
+  return ncclSuccess;
+}
+
 }  // extern "C"

@@ -64,6 +64,9 @@ class NcclCommunicator final : public cuda::DeviceCommunicator {
                     const std::vector<std::size_t>& recv_bytes) override;
   // Collective: waits for stream(), then for every rank (on host()).
   void barrier() override;
+  // ncclReduceScatter over segments padded to the largest count (device buffers, stream-ordered).
+  void reduce_scatter_v(const void* send, void* recv, const std::vector<std::size_t>& counts,
+                        SumType dtype) override;
 
   void set_stream(cudaStream_t stream) override { stream_ = stream; }
   cudaStream_t stream() const override { return stream_; }
