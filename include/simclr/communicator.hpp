@@ -53,6 +53,9 @@ class Communicator {
   // reduce-scatter); the MPI and NCCL backends override it with their own reduce-scatter.
   virtual void reduce_scatter_v(const void* send, void* recv,
                                 const std::vector<std::size_t>& counts, SumType dtype);
+  // Whether reduce_scatter_v is the backend's own (true) or the all_gather_v default above, which
+  // moves size() times the bytes; the balanced schedule's cost model reads it.
+  virtual bool has_reduce_scatter() const { return false; }
 };
 
 namespace detail {
@@ -122,6 +125,7 @@ class SingleProcessCommunicator final : public Communicator {
     const std::size_t elem = dtype == SumType::kFloat64 ? sizeof(double) : sizeof(float);
     if (counts[0] > 0) std::memmove(recv, send, counts[0] * elem);
   }
+  bool has_reduce_scatter() const override { return true; }
 };
 
 }  // namespace simclr

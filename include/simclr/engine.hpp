@@ -112,9 +112,11 @@ template <class T>
 bool has_fixed_shift(T inv_temperature);
 
 // Resolves kAuto from the cost model: `rank_pairs` is n of every rank (agreed), d the dimension,
-// elem the bytes of T. Identical on every rank. Never kAuto.
+// elem the bytes of T; `native_reduce_scatter` false when the communicator's reduce-scatter is the
+// all_gather_v default (size() times the bytes). Identical on every rank. Never kAuto.
 Schedule resolve_schedule(Schedule requested, const std::vector<std::int64_t>& rank_pairs,
-                          std::int64_t dim, std::size_t elem, bool fixed_shift);
+                          std::int64_t dim, std::size_t elem, bool fixed_shift,
+                          bool native_reduce_scatter = true);
 
 // The off-diagonal blocks `rank` computes under the balanced schedule, 4 U row indices each
 // (rows [r0, r1) against rows [c0, c1)): rank r takes the pairs (r, r + k mod P) for

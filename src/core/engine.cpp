@@ -224,7 +224,8 @@ bool has_fixed_shift(T inv_temperature) {
 }
 
 Schedule resolve_schedule(Schedule requested, const std::vector<std::int64_t>& rank_pairs,
-                          std::int64_t dim, std::size_t elem, bool shift) {
+                          std::int64_t dim, std::size_t elem, bool shift,
+                          bool native_reduce_scatter) {
   SIMCLR_ENFORCE(requested == Schedule::kAuto || requested == Schedule::kOwnRows ||
                      requested == Schedule::kBalanced,
                  ValueError, "EngineOptions::schedule has the invalid value ",
@@ -238,8 +239,9 @@ Schedule resolve_schedule(Schedule requested, const std::vector<std::int64_t>& r
   // Per rank: own_rows does (3P - 1) / P^2 of E = 8 G^2 d flops, balanced 2 / P; balanced moves
   // (P - 1) / P of 2 G d elements more and makes one more collective in each direction.
   const double saved = (p - 1) / (p * p) * 8 * g * g * d / kRankFlops;
+  const double volume = native_reduce_scatter ? 1.0 : p;  // the all_gather_v default moves P times
   const double extra =
-      (p - 1) / p * 2 * g * d * static_cast<double>(elem) / kLinkBytes + 2 * kLatency;
+      volume * (p - 1) / p * 2 * g * d * static_cast<double>(elem) / kLinkBytes + 2 * kLatency;
   return saved > extra ? Schedule::kBalanced : Schedule::kOwnRows;
 }
 

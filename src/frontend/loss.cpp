@@ -131,7 +131,8 @@ LossOutput<T> SimCLRLoss::forward(ConstMatrixView<T> za, ConstMatrixView<T> zb,
 
   if (comm != nullptr)
     saved->schedule = detail::resolve_schedule(options.engine.schedule, rank_rows, d, sizeof(T),
-                                               detail::has_fixed_shift(saved->inv_temperature));
+                                               detail::has_fixed_shift(saved->inv_temperature),
+                                               comm->has_reduce_scatter());
   if (saved->schedule == Schedule::kBalanced) {
     // This rank's blocks give partial row sums of every row; the reduce-scatter brings each rank
     // the full sums of its own rows (docs/performance.md).

@@ -43,6 +43,7 @@ class MpiCommunicator final : public Communicator {
   // MPI_Reduce_scatter (MPI_Ireduce_scatter with a timeout) with MPI_SUM.
   void reduce_scatter_v(const void* send, void* recv, const std::vector<std::size_t>& counts,
                         SumType dtype) override;
+  bool has_reduce_scatter() const override { return true; }
 
   // The duplicated communicator (for callers that want to issue their own traffic beside it).
   MPI_Comm comm() const { return comm_; }

@@ -67,6 +67,7 @@ class NcclCommunicator final : public cuda::DeviceCommunicator {
   // ncclReduceScatter over segments padded to the largest count (device buffers, stream-ordered).
   void reduce_scatter_v(const void* send, void* recv, const std::vector<std::size_t>& counts,
                         SumType dtype) override;
+  bool has_reduce_scatter() const override { return true; }
 
   void set_stream(cudaStream_t stream) override { stream_ = stream; }
   cudaStream_t stream() const override { return stream_; }
