@@ -523,10 +523,12 @@ double pair_backward(const PairArgs<T>& args) {
       const auto uc = u.middleRows(t.c0, t.cols);
       m.noalias() = inv_t * (ur * uc.transpose());
       if (args.beta_all != nullptr) {
-        Eigen::Map<const Array<T>> beta_r(args.beta_all + t.q0, t.rows),
-            beta_c(args.beta_all + t.c0, t.cols);
-        m.array() = (m.array() - shift).exp() *
-                    (beta_c.transpose().replicate(t.rows, 1) + beta_r.replicate(1, t.cols));
+        // Row by row, as m_tile does: a replicated [rows, cols] operand keeps Eigen from
+        // vectorising the exp (it fell back to scalar expf, 15% of a balanced step at G = 8192).
+        Eigen::Map<const Array<T>> beta_c(args.beta_all + t.c0, t.cols);
+        for (std::int64_t i = 0; i < t.rows; ++i)
+          m.row(i).array() =
+              (m.row(i).array() - shift).exp() * (beta_c.transpose() + args.beta_all[t.q0 + i]);
       } else {
         Eigen::Map<const Array<T>> lse_r(args.lse_all + t.q0, t.rows),
             alpha_r(args.alpha_all + t.q0, t.rows), lse_c(args.lse_all + t.c0, t.cols),
