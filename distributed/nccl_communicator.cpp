@@ -216,9 +216,10 @@ void NcclCommunicator::barrier() {
   host_->barrier();
 }
 
-// NCCL has no reduce-scatter of uneven segments: each segment is copied into a slot of the largest
-// count (zero padding), one ncclReduceScatter sums the slots, and this rank's slot is copied out.
-// The staging lives in stream-ordered allocations freed on the same stream.
+// NCCL has no reduce-scatter of uneven segments. One ncclReduce per rank with a segment, rooted at
+// that rank, in one group: a reduce-scatter of uneven counts that needs no padded copy and
+// allocates nothing (so a device call with a caller workspace stays allocation-free). NCCL runs the
+// group's reductions as one launch.
 void NcclCommunicator::reduce_scatter_v(const void* send, void* recv,
                                         const std::vector<std::size_t>& counts, SumType dtype) {
   check_async("reduce_scatter_v");
@@ -226,39 +227,20 @@ void NcclCommunicator::reduce_scatter_v(const void* send, void* recv,
                  "nccl: reduce_scatter_v needs one count per rank: ", counts.size(), " vs ", size_);
   const std::size_t elem = dtype == SumType::kFloat64 ? sizeof(double) : sizeof(float);
   const ncclDataType_t type = dtype == SumType::kFloat64 ? ncclFloat64 : ncclFloat32;
-  std::size_t slot = 0;
-  for (const std::size_t c : counts) slot = std::max(slot, c);
-  if (slot == 0) return;
-  const auto ranks = static_cast<std::size_t>(size_);
-  void* padded = nullptr;
-  void* summed = nullptr;
-  SIMCLR_CHECK_CUDA(cudaMallocAsync(&padded, ranks * slot * elem, stream_));
-  const auto release = [&] {
-    if (summed != nullptr) (void)cudaFreeAsync(summed, stream_);
-    (void)cudaFreeAsync(padded, stream_);
-  };
-  try {
-    SIMCLR_CHECK_CUDA(cudaMallocAsync(&summed, slot * elem, stream_));
-    SIMCLR_CHECK_CUDA(cudaMemsetAsync(padded, 0, ranks * slot * elem, stream_));
-    std::size_t at = 0;
-    for (std::size_t r = 0; r < ranks; ++r) {
-      if (counts[r] > 0)
-        SIMCLR_CHECK_CUDA(cudaMemcpyAsync(static_cast<char*>(padded) + r * slot * elem,
-                                          static_cast<const char*>(send) + at * elem,
-                                          counts[r] * elem, cudaMemcpyDeviceToDevice, stream_));
-      at += counts[r];
-    }
-    SIMCLR_CHECK_NCCL(ncclReduceScatter(padded, summed, slot, type, ncclSum, nccl_, stream_), nccl_,
-                      rank_);
-    const std::size_t mine = counts[static_cast<std::size_t>(rank_)];
-    if (mine > 0)
-      SIMCLR_CHECK_CUDA(
-          cudaMemcpyAsync(recv, summed, mine * elem, cudaMemcpyDeviceToDevice, stream_));
-  } catch (...) {
-    release();
-    throw;
+  SIMCLR_CHECK_NCCL(ncclGroupStart(), nccl_, rank_);
+  std::size_t at = 0;
+  ncclResult_t rc = ncclSuccess;
+  for (int r = 0; r < size_ && rc == ncclSuccess; ++r) {
+    const std::size_t count = counts[static_cast<std::size_t>(r)];
+    if (count > 0)
+      rc = ncclReduce(static_cast<const char*>(send) + at * elem, r == rank_ ? recv : nullptr,
+                      count, type, ncclSum, r, nccl_, stream_);
+    at += count;
   }
-  release();
+  // The group is closed even after a failed enqueue, so NCCL's group state stays consistent.
+  const ncclResult_t end = ncclGroupEnd();
+  SIMCLR_CHECK_NCCL(rc, nccl_, rank_);
+  SIMCLR_CHECK_NCCL(end, nccl_, rank_);
 }
 
 }  // namespace simclr

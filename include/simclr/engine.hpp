@@ -12,26 +12,6 @@
 
 namespace simclr {
 
-// Which rank computes which blocks of the [2G, 2G] logit matrix in a distributed call
-// (docs/performance.md, "Schedules"). The result is the same to rounding; the cost is not.
-enum class Schedule : std::int32_t {
-  // balanced when the cost model says it wins (several ranks, a fixed shift, G large enough for the
-  // saved products to pay for the backward's reduce-scatter), otherwise own_rows.
-  kAuto = 0,
-  // Each rank computes its whole [2n, 2G] row block (the symmetry only of its own diagonal block);
-  // the backward exchanges 2 scalars per row.
-  kOwnRows = 1,
-  // Each pair of rank blocks is computed once, on one rank, spread evenly: every rank does 2/P of
-  // the single-process work (to within one block); the forward adds a reduce-scatter of 2G
-  // scalars, the backward a reduce-scatter of [2G, d]. Needs the fixed shift of the exponentials
-  // (2 / temperature < 80 in float32, < 700 in float64); otherwise own_rows is used.
-  kBalanced = 2,
-};
-// "auto" / "own_rows" / "balanced".
-const char* to_string(Schedule schedule);
-// The inverse of to_string; ValueError naming the choices otherwise.
-Schedule parse_schedule(const std::string& text);
-
 // How the engine may spend memory and threads. The defaults suit most callers.
 struct EngineOptions {
   // Bytes the engine may use for a kept logits block. When this rank's [2n, 2G] block of logits
@@ -110,6 +90,9 @@ double engine_backward(const EngineBackwardArgs<T>& args, RowMatrix<T>& grad_anc
 // are then plain sums).
 template <class T>
 bool has_fixed_shift(T inv_temperature);
+// The shift itself (just above the largest logit, 1 / temperature), NaN where it does not apply.
+template <class T>
+T fixed_shift_of(T inv_temperature);
 
 // Resolves kAuto from the cost model: `rank_pairs` is n of every rank (agreed), d the dimension,
 // elem the bytes of T; `native_reduce_scatter` false when the communicator's reduce-scatter is the
@@ -167,8 +150,8 @@ void set_cpu_level(CpuLevel level);
 template <class T>
 void l2_normalize_rows(ConstMatrixView<T> x, T* out, std::int64_t out_stride, T* squared_norms);
 
-// Backward of l2_normalize_rows (docs/math.md section 4.5): dx = (g - xhat (xhat . g)) / sqrt(nrm2) when
-// nrm2 >= 1e-12 (TensorFlow's maximum gradient at a tie), else g / sqrt(1e-12).
+// Backward of l2_normalize_rows (docs/math.md section 4.5): dx = (g - xhat (xhat . g)) / sqrt(nrm2)
+// when nrm2 >= 1e-12 (TensorFlow's maximum gradient at a tie), else g / sqrt(1e-12).
 template <class T>
 void l2_normalize_backward(const T* xhat, std::int64_t xhat_stride, const T* squared_norms,
                            const T* grad_xhat, std::int64_t grad_stride, std::int64_t rows,

@@ -223,6 +223,11 @@ bool has_fixed_shift(T inv_temperature) {
   return !std::isnan(fixed_shift(inv_temperature));
 }
 
+template <class T>
+T fixed_shift_of(T inv_temperature) {
+  return fixed_shift(inv_temperature);
+}
+
 Schedule resolve_schedule(Schedule requested, const std::vector<std::int64_t>& rank_pairs,
                           std::int64_t dim, std::size_t elem, bool shift,
                           bool native_reduce_scatter) {
@@ -470,6 +475,7 @@ void l2_normalize_backward(const T* xhat, std::int64_t xhat_stride, const T* squ
   template void l2_normalize_backward<T>(const T*, std::int64_t, const T*, const T*, std::int64_t, \
                                          std::int64_t, std::int64_t, T*, std::int64_t);            \
   template bool has_fixed_shift<T>(T);                                                             \
+  template T fixed_shift_of<T>(T);                                                                 \
   template EngineForward<T> engine_forward_balanced<T>(                                            \
       const RowMatrix<T>&, const RowLayout&, T, const EngineOptions&,                              \
       const std::vector<std::int64_t>&, std::vector<T>&);                                          \
