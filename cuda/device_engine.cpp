@@ -289,4 +289,81 @@ double engine_backward(const DeviceTileProblem& p, const float* lse_all, const f
   return flops;
 }
 
+EngineScratch engine_pairs_scratch(const DeviceTileProblem& p, Arena& arena) {
+  EngineScratch s;
+  if (p.layout.pairs == 0 || p.total == 0) return s;
+  const TilePlan& plan = p.plan;
+  s.logits = arena.take(static_cast<std::size_t>(plan.rows * plan.ld) * sizeof(float));
+  s.m = arena.take(static_cast<std::size_t>(plan.rows * plan.ld) * element_size(p.dtype));
+  s.partial = arena.take(static_cast<std::size_t>(column_chunks(plan.rows) * plan.cols) * 2 *
+                         sizeof(float));
+  return s;
+}
+
+namespace {
+
+// Calls tile(r0, rows, c0, cols) for each tile of each block, in block order.
+template <class Tile>
+void for_each_pair_tile(const TilePlan& plan, const std::vector<std::int64_t>& blocks,
+                        Tile&& tile) {
+  for (std::size_t k = 0; k + 3 < blocks.size(); k += 4) {
+    const std::int64_t r1 = blocks[k + 1], c1 = blocks[k + 3];
+    for (std::int64_t r0 = blocks[k]; r0 < r1; r0 += plan.rows)
+      for (std::int64_t c0 = blocks[k + 2]; c0 < c1; c0 += plan.cols)
+        tile(r0, std::min(plan.rows, r1 - r0), c0, std::min(plan.cols, c1 - c0));
+  }
+}
+
+// The tile as the launchers see it: its rows are "anchors" r0.. of a layout whose partners lie
+// beyond U (pairs = total), so neither a self nor a positive entry is ever matched.
+LogitsTile pair_tile(const float* s, std::int64_t lds, std::int64_t r0, std::int64_t rows,
+                     std::int64_t c0, std::int64_t cols, std::int64_t total) {
+  return LogitsTile{s, lds, rows, cols, r0, c0, AnchorLayout{0, total}};
+}
+
+}  // namespace
+
+double engine_forward_pairs(const DeviceTileProblem& p, const std::vector<std::int64_t>& blocks,
+                            const RowStats& stats, const EngineScratch& scratch) {
+  float* s = scratch.logits.as<float>();
+  double flops = 0;
+  for_each_pair_tile(
+      p.plan, blocks, [&](std::int64_t r0, std::int64_t rows, std::int64_t c0, std::int64_t cols) {
+        logits_gemm(p, r0, rows, c0, cols, s, p.plan.ld);
+        const LogitsTile tile = pair_tile(s, p.plan.ld, r0, rows, c0, cols, p.total);
+        launch_lse_tile(tile, stats, p.stream);
+        launch_lse_tile_columns(s, p.plan.ld, rows, cols, scratch.partial.as<float>(), p.stream);
+        launch_lse_merge_columns(tile, scratch.partial.as<float>(), stats, p.stream);
+        flops += 2.0 * static_cast<double>(rows * cols) * static_cast<double>(p.d);
+      });
+  return flops;
+}
+
+double engine_backward_pairs(const DeviceTileProblem& p, const std::vector<std::int64_t>& blocks,
+                             const float* lse_all, const float* alpha_all, const float* params,
+                             float* grad, const EngineScratch& scratch) {
+  if (p.d == 0) return 0;
+  float* s = scratch.logits.as<float>();
+  void* m = scratch.m.data();
+  double flops = 0;
+  for_each_pair_tile(p.plan, blocks,
+                     [&](std::int64_t r0, std::int64_t rows, std::int64_t c0, std::int64_t cols) {
+                       logits_gemm(p, r0, rows, c0, cols, s, p.plan.ld);
+                       MTileParams mp;
+                       mp.tile = pair_tile(s, p.plan.ld, r0, rows, c0, cols, p.total);
+                       mp.lse_all = lse_all;
+                       mp.alpha_all = alpha_all;
+                       mp.params = params;
+                       mp.dtype = p.dtype;
+                       mp.m = m;
+                       mp.ldm = p.plan.ld;
+                       launch_m_tile(mp, p.stream);
+                       const MTile tile{m, p.plan.ld, rows, cols};
+                       gradient_gemm(p, tile, r0, c0, false, params, grad);
+                       gradient_gemm(p, tile, c0, r0, true, params, grad);
+                       flops += 6.0 * static_cast<double>(rows * cols) * static_cast<double>(p.d);
+                     });
+  return flops;
+}
+
 }  // namespace simclr::cuda::detail

@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "kernels.cuh"
 #include "simclr/cuda/device_loss.hpp"
@@ -84,6 +85,26 @@ double engine_forward(const DeviceTileProblem& p, const RowStats& stats,
 // in U order and the device params of launch_backward_params. Returns the flops.
 double engine_backward(const DeviceTileProblem& p, const float* lse_all, const float* alpha_all,
                        const float* params, float* grad, const EngineScratch& scratch);
+
+// ---- the balanced schedule's off-diagonal blocks (docs/performance.md, "Schedules") ----
+// `blocks` holds 4 U row indices per block, rows [r0, r1) against rows [c0, c1) of p.u (all 2G
+// rows; p.total = 2G), blocks of two different ranks, so no tile holds a self or positive entry.
+// Each block is walked in tiles of p.plan, in a fixed order (deterministic results).
+
+// The scratch of both walks: a logits tile, an M tile (dtype) and the column partials. Large enough
+// for this rank's own diagonal block walked with the symmetric scheme too.
+EngineScratch engine_pairs_scratch(const DeviceTileProblem& p, Arena& arena);
+
+// Forward: each tile's rows and columns merge their (max, sum) of exp into stats (U order, [2G]
+// each; stats.positive is never written). Returns the flops.
+double engine_forward_pairs(const DeviceTileProblem& p, const std::vector<std::int64_t>& blocks,
+                            const RowStats& stats, const EngineScratch& scratch);
+
+// Backward: grad ([2G, d] float32, U order, accumulated into) += the M tile's products with U on
+// both sides of each tile: rows r get M U_c, rows c get M^T U_r. Returns the flops.
+double engine_backward_pairs(const DeviceTileProblem& p, const std::vector<std::int64_t>& blocks,
+                             const float* lse_all, const float* alpha_all, const float* params,
+                             float* grad, const EngineScratch& scratch);
 
 // cuBLAS's data type for a device dtype.
 cudaDataType_t blas_type(DeviceDType dtype);

@@ -170,6 +170,9 @@ struct DeviceSaved {
   cudaStream_t stream = nullptr;  // the forward's: the arrays above are freed in its order
   DeviceOptions options;
   float inv_temperature = 1;
+  std::vector<std::int64_t>
+      blocks;  // balanced schedule: this rank's off-diagonal blocks; else empty
+  bool balanced = false;
 };
 
 namespace {
@@ -326,6 +329,19 @@ ForwardArrays take_forward_arrays(Arena& arena, std::int64_t n, std::int64_t tot
   return a;
 }
 
+// The balanced forward's arrays beyond the own_rows ones: every row's (max, sum, unused positive)
+// [3 * 2G] and the shifted sums [2G].
+struct BalancedForwardArrays {
+  DeviceArray stats, sums;
+};
+
+BalancedForwardArrays take_balanced_forward_arrays(Arena& arena, std::int64_t total) {
+  BalancedForwardArrays a;
+  a.stats = arena.take(z(6 * total, sizeof(float)));
+  a.sums = arena.take(z(2 * total, sizeof(float)));
+  return a;
+}
+
 // Every array of a backward (beyond the engine's scratch), in order.
 struct BackwardArrays {
   DeviceArray staged_upstream, alpha, lse_gathered, alpha_gathered, params, grad_u;
@@ -402,7 +418,13 @@ std::size_t forward_workspace_bytes(const DeviceProblem& problem,
   // The anchors' offset does not change the scratch: the general scheme when distributed.
   const auto tiles = detail::tile_problem(n, 2 * total, problem.distributed ? 2 * total - 2 * n : 0,
                                           problem.dim, problem.dtype, options.device);
-  detail::engine_forward_scratch(tiles, arena);
+  if (problem.distributed && options.device.schedule == Schedule::kBalanced) {
+    // Counted whether or not the call ends up balanced (it may fall back to own_rows).
+    detail::take_balanced_forward_arrays(arena, total);
+    detail::engine_pairs_scratch(tiles, arena);
+  } else {
+    detail::engine_forward_scratch(tiles, arena);
+  }
   return arena.used();
 }
 
@@ -413,7 +435,12 @@ std::size_t backward_workspace_bytes(const DeviceProblem& problem, const DeviceO
   detail::Arena arena = detail::Arena::counting();
   detail::take_backward_arrays(arena, n, 2 * total, problem.dim, problem.distributed, true);
   const auto tiles = detail::tile_problem(n, 2 * total, 0, problem.dim, problem.dtype, device);
-  detail::engine_backward_scratch(tiles, arena);
+  if (problem.distributed && device.schedule == Schedule::kBalanced) {
+    arena.take(detail::z(2 * total * problem.dim, sizeof(float)));  // the [2G, d] gradient
+    detail::engine_pairs_scratch(tiles, arena);
+  } else {
+    detail::engine_backward_scratch(tiles, arena);
+  }
   return arena.used();
 }
 
@@ -490,6 +517,8 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
     // one rank raises on all. The arrays are taken once the global rows are known.
     AgreementRecord mine = simclr::detail::forward_record(n, d, static_cast<std::int32_t>(za.dtype),
                                                           reduction, cfg.temperature, gbs);
+    // The schedule decides which collectives follow, so every rank must ask for the same one.
+    mine.reserved = static_cast<std::int32_t>(options.device.schedule);
     DeviceArray early_status;
     simclr::detail::capture(mine, [&] {
       validate_shapes();
@@ -512,6 +541,13 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
     simclr::detail::check_forward_records(
         all, [](std::int32_t t) { return to_string(static_cast<DeviceDType>(t)); }, cfg.reduction,
         "DeviceCallOptions");
+    for (int r = 1; r < size; ++r) {
+      const std::int32_t first = all[0].reserved, other = all[static_cast<std::size_t>(r)].reserved;
+      SIMCLR_ENFORCE(first == other, ValueError,
+                     "DeviceOptions schedule differs between ranks: rank 0 asks for '",
+                     to_string(static_cast<Schedule>(first)), "', rank ", r, " for '",
+                     to_string(static_cast<Schedule>(other)), "'; pass the same on every rank");
+    }
     rank_rows.resize(static_cast<std::size_t>(size));
     for (int r = 0; r < size; ++r)
       rank_rows[static_cast<std::size_t>(r)] = all[static_cast<std::size_t>(r)].rows;
@@ -583,7 +619,51 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
   problem.stream = stream;
   float* run_max = arrays.stats.as<float>();
   double flops = 0;
-  if (n > 0) {
+  // The balanced schedule (docs/performance.md, "Schedules"): device auto keeps own_rows.
+  if (comm != nullptr && comm->has_reduce_scatter()) {
+    const Schedule asked =
+        options.device.schedule == Schedule::kAuto ? Schedule::kOwnRows : options.device.schedule;
+    saved->balanced =
+        simclr::detail::resolve_schedule(asked, rank_rows, d, sizeof(float),
+                                         simclr::detail::has_fixed_shift(saved->inv_temperature)) ==
+        Schedule::kBalanced;
+  }
+  if (saved->balanced) {
+    // This rank's diagonal block with the symmetric scheme, its off-diagonal blocks into every
+    // row's (max, sum), both turned into sums at the fixed shift, and a reduce-scatter that brings
+    // each rank the full sums of its own rows: LSE = shift + log(sum).
+    saved->blocks = simclr::detail::balanced_blocks(rank_rows, comm->rank());
+    const std::int64_t rows_all = 2 * total;
+    detail::BalancedForwardArrays extra = detail::take_balanced_forward_arrays(*arena, total);
+    const detail::EngineScratch scratch = detail::engine_pairs_scratch(problem, *arena);
+    problem.blas = blas_handle(options.blas_handle, stream);
+    float* g_max = extra.stats.as<float>();
+    const detail::RowStats global{g_max, g_max + rows_all, g_max + 2 * rows_all};
+    detail::launch_fill(global.run_max, rows_all, -std::numeric_limits<float>::infinity(), stream);
+    detail::launch_fill(global.run_sum, rows_all, 0.f, stream);
+    if (n > 0) {
+      detail::DeviceTileProblem own = detail::tile_problem(n, 2 * n, 0, d, dtype, options.device);
+      own.u = static_cast<const char*>(saved->u.data()) +
+              detail::z(saved->layout.anchor_begin * d, elem);
+      own.inv_temperature = saved->inv_temperature;
+      own.stream = stream;
+      own.blas = problem.blas;
+      flops = detail::engine_forward(own, {run_max, run_max + 2 * n, run_max + 4 * n}, scratch);
+    }
+    flops += detail::engine_forward_pairs(problem, saved->blocks, global, scratch);
+    const float shift = simclr::detail::fixed_shift_of(saved->inv_temperature);
+    float* sums = extra.sums.as<float>();
+    detail::launch_shifted_sums(global.run_max, global.run_sum, rows_all, shift, false, sums,
+                                stream);
+    detail::launch_shifted_sums(run_max, run_max + 2 * n, 2 * n, shift, true,
+                                sums + saved->layout.anchor_begin, stream);
+    std::vector<std::size_t> counts(rank_rows.size());
+    for (std::size_t r = 0; r < rank_rows.size(); ++r)
+      counts[r] = static_cast<std::size_t>(2 * rank_rows[r]);
+    comm->set_stream(stream);
+    comm->reduce_scatter_v(sums, run_max + 2 * n, counts, SumType::kFloat32);
+    detail::launch_fill(run_max, 2 * n, shift, stream);
+  } else if (n > 0) {
     const detail::EngineScratch scratch = detail::engine_forward_scratch(problem, *arena);
     problem.blas = blas_handle(options.blas_handle, stream);
     flops = detail::engine_forward(problem, {run_max, run_max + 2 * n, run_max + 4 * n}, scratch);
@@ -733,7 +813,8 @@ void DeviceSimCLRLoss::backward_impl(const DeviceLossOutput& output, float scala
     lse_all = arrays.lse_gathered.as<float>();
     alpha_all = arrays.alpha_gathered.as<float>();
   }
-  if (n == 0) {
+  // A rank without rows still joins the balanced schedule's reduce-scatter.
+  if (n == 0 && !s.balanced) {
     detail::order_after(s.stream, stream);
     return;
   }
@@ -745,10 +826,35 @@ void DeviceSimCLRLoss::backward_impl(const DeviceLossOutput& output, float scala
   problem.u = s.u.data();
   problem.inv_temperature = s.inv_temperature;
   problem.stream = stream;
-  const detail::EngineScratch scratch = detail::engine_backward_scratch(problem, arena);
-  problem.blas = blas_handle(options.blas_handle, stream);
-  detail::engine_backward(problem, lse_all, alpha_all, arrays.params.as<float>(),
-                          arrays.grad_u.as<float>(), scratch);
+  if (s.balanced) {
+    // This rank's diagonal block into its own rows of a [2G, d] gradient, its off-diagonal blocks
+    // into both sides, and a reduce-scatter that brings each rank the sums of its own rows.
+    DeviceArray grad_all = arena.take(detail::z(total_rows * d, sizeof(float)));
+    const detail::EngineScratch scratch = detail::engine_pairs_scratch(problem, arena);
+    problem.blas = blas_handle(options.blas_handle, stream);
+    float* g = grad_all.as<float>();
+    SIMCLR_CHECK_CUDA(cudaMemsetAsync(g, 0, grad_all.bytes(), stream));
+    const std::int64_t begin = s.layout.anchor_begin;
+    detail::DeviceTileProblem own = detail::tile_problem(n, 2 * n, 0, d, s.dtype, s.options);
+    own.u = static_cast<const char*>(s.u.data()) + detail::z(begin * d, elem);
+    own.inv_temperature = s.inv_temperature;
+    own.stream = stream;
+    own.blas = problem.blas;
+    detail::engine_backward(own, lse_all + begin, alpha_all + begin, arrays.params.as<float>(),
+                            g + begin * d, scratch);
+    detail::engine_backward_pairs(problem, s.blocks, lse_all, alpha_all, arrays.params.as<float>(),
+                                  g, scratch);
+    std::vector<std::size_t> counts(s.rank_rows.size());
+    for (std::size_t r = 0; r < counts.size(); ++r)
+      counts[r] = static_cast<std::size_t>(2 * s.rank_rows[r] * d);
+    comm->set_stream(stream);
+    comm->reduce_scatter_v(g, arrays.grad_u.data(), counts, SumType::kFloat32);
+  } else {
+    const detail::EngineScratch scratch = detail::engine_backward_scratch(problem, arena);
+    problem.blas = blas_handle(options.blas_handle, stream);
+    detail::engine_backward(problem, lse_all, alpha_all, arrays.params.as<float>(),
+                            arrays.grad_u.as<float>(), scratch);
+  }
   const char* anchors = static_cast<const char*>(s.u.data()) +
                         static_cast<std::size_t>(s.layout.anchor_begin * d) * elem;
   const float* norms = s.squared_norms.as<float>();

@@ -270,6 +270,16 @@ __global__ void fill_kernel(float* p, std::int64_t count, float value) {
     p[i] = value;
 }
 
+__global__ void shifted_sums_kernel(const float* run_max, const float* run_sum, std::int64_t count,
+                                    float shift, bool accumulate, float* sums) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < count;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const float m = run_max[i];
+    const float v = m == -INFINITY ? 0.f : run_sum[i] * exp2f((m - shift) * kLog2e);
+    sums[i] = accumulate ? sums[i] + v : v;
+  }
+}
+
 __global__ void broadcast_weight_kernel(const float* src, std::int64_t src_size, std::int64_t n,
                                         float* weight) {
   for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
@@ -457,6 +467,15 @@ void launch_fill(float* p, std::int64_t count, float value, cudaStream_t stream)
   const auto blocks = static_cast<unsigned>(blocks_for(count, 256, 1024));
   SIMCLR_LAUNCH(fill_kernel, blocks, 256, stream)(p, count, value);
   SIMCLR_CHECK_LAUNCH("fill_kernel");
+}
+
+void launch_shifted_sums(const float* run_max, const float* run_sum, std::int64_t count,
+                         float shift, bool accumulate, float* sums, cudaStream_t stream) {
+  if (count == 0) return;
+  const auto blocks = static_cast<unsigned>(blocks_for(count, 256, 1024));
+  SIMCLR_LAUNCH(shifted_sums_kernel, blocks, 256, stream)
+  (run_max, run_sum, count, shift, accumulate, sums);
+  SIMCLR_CHECK_LAUNCH("shifted_sums_kernel");
 }
 
 void launch_broadcast_weight(const float* src, std::int64_t src_size, std::int64_t pairs,

@@ -78,6 +78,12 @@ void launch_lse_tile_columns(const float* s, std::int64_t lds, std::int64_t rows
 void launch_lse_merge_columns(const LogitsTile& tile, const float* partial, const RowStats& stats,
                               cudaStream_t stream);
 
+// The balanced schedule's statistics at the fixed shift (docs/performance.md, "Schedules"): sums[k]
+// = run_sum[k] exp(run_max[k] - shift), or sums[k] += that with `accumulate`, for k < count (0
+// where run_max is -inf). Unlike (max, sum) pairs, these add across ranks in a reduce-scatter.
+void launch_shifted_sums(const float* run_max, const float* run_sum, std::int64_t count,
+                         float shift, bool accumulate, float* sums, cudaStream_t stream);
+
 // One block: row_lse[q] = run_max + log(run_sum) for 2n anchors; per_example[i] = l_i (dtype);
 // values = l_i * w_i (none, [n]) or the reduction ([1], dtype); objective[0] = J_r (float32).
 // denominator <= 0 makes sum_over_batch_size 0 (Keras's divide_no_nan).
@@ -113,9 +119,10 @@ void launch_pair_weight(const float* upstream, float upstream_scalar, const floa
 void launch_backward_params(const float* alpha_all, std::int64_t total, float inv_temperature,
                             DeviceDType dtype, float* params, cudaStream_t stream);
 
-// M tile (docs/math.md section 4.2) from a float32 logits tile, scaled by params[0], stored in dtype with
-// leading dimension ldm (the arguments in one struct, as flash-attention's kernels take theirs):
-// M_kc = a_k exp(s - LSE_k) + a_c exp(s - LSE_c) - (a_k + a_c)[c == p(k)], 0 on the self entry.
+// M tile (docs/math.md section 4.2) from a float32 logits tile, scaled by params[0], stored in
+// dtype with leading dimension ldm (the arguments in one struct, as flash-attention's kernels take
+// theirs): M_kc = a_k exp(s - LSE_k) + a_c exp(s - LSE_c) - (a_k + a_c)[c == p(k)], 0 on the self
+// entry.
 struct MTileParams {
   LogitsTile tile;
   const float* lse_all = nullptr;    // [2G] every row's LSE, U order
@@ -127,9 +134,9 @@ struct MTileParams {
 };
 void launch_m_tile(const MTileParams& p, cudaStream_t stream);
 
-// Backward of launch_l2_normalize (docs/math.md section 4.5): out = (g - xhat (xhat . g)) / sqrt(nrm2) when
-// nrm2 >= 1e-12, else g / sqrt(1e-12). xhat: dtype, stride cols; g: float32, stride cols; out:
-// dtype.
+// Backward of launch_l2_normalize (docs/math.md section 4.5): out = (g - xhat (xhat . g)) /
+// sqrt(nrm2) when nrm2 >= 1e-12, else g / sqrt(1e-12). xhat: dtype, stride cols; g: float32, stride
+// cols; out: dtype.
 void launch_l2_normalize_backward(const void* xhat, const float* squared_norms, const float* grad,
                                   std::int64_t rows, std::int64_t cols, DeviceDType dtype,
                                   void* out, std::int64_t out_stride, cudaStream_t stream);

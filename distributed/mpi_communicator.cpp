@@ -203,4 +203,37 @@ void MpiCommunicator::barrier() {
   wait(&request, "barrier", nullptr);
 }
 
+void MpiCommunicator::reduce_scatter_v(const void* send, void* recv,
+                                       const std::vector<std::size_t>& counts, SumType dtype) {
+  check_usable("reduce_scatter_v");
+  SIMCLR_ENFORCE(counts.size() == static_cast<std::size_t>(size_), CommError,
+                 "mpi: reduce_scatter_v needs one count per rank: ", counts.size(), " vs ", size_);
+  const MPI_Datatype type = dtype == SumType::kFloat64 ? MPI_DOUBLE : MPI_FLOAT;
+  const std::size_t elem = dtype == SumType::kFloat64 ? sizeof(double) : sizeof(float);
+  std::vector<int> ints(counts.size());
+  std::size_t total = 0;
+  for (std::size_t r = 0; r < counts.size(); ++r) {
+    SIMCLR_ENFORCE(counts[r] <= static_cast<std::size_t>(INT_MAX), CommError,
+                   "mpi: reduce_scatter_v of ", counts[r], " elements exceeds MPI's int counts");
+    ints[r] = static_cast<int>(counts[r]);
+    total += counts[r];
+  }
+  const std::size_t mine = counts[static_cast<std::size_t>(rank_)];
+  if (options_.timeout.count() <= 0) {
+    SIMCLR_CHECK_MPI(MPI_Reduce_scatter(send, recv, ints.data(), type, MPI_SUM, comm_), rank_);
+    return;
+  }
+  auto staging = std::make_shared<Staging>();
+  staging->send.assign(static_cast<const unsigned char*>(send),
+                       static_cast<const unsigned char*>(send) + total * elem);
+  staging->recv.resize(std::max<std::size_t>(mine * elem, 1));
+  staging->counts = std::move(ints);
+  MPI_Request request;
+  SIMCLR_CHECK_MPI(MPI_Ireduce_scatter(staging->send.data(), staging->recv.data(),
+                                       staging->counts.data(), type, MPI_SUM, comm_, &request),
+                   rank_);
+  wait(&request, "reduce_scatter_v", staging);
+  std::copy_n(staging->recv.begin(), mine * elem, static_cast<unsigned char*>(recv));
+}
+
 }  // namespace simclr

@@ -216,4 +216,31 @@ void NcclCommunicator::barrier() {
   host_->barrier();
 }
 
+// NCCL has no reduce-scatter of uneven segments. One ncclReduce per rank with a segment, rooted at
+// that rank, in one group: a reduce-scatter of uneven counts that needs no padded copy and
+// allocates nothing (so a device call with a caller workspace stays allocation-free). NCCL runs the
+// group's reductions as one launch.
+void NcclCommunicator::reduce_scatter_v(const void* send, void* recv,
+                                        const std::vector<std::size_t>& counts, SumType dtype) {
+  check_async("reduce_scatter_v");
+  SIMCLR_ENFORCE(counts.size() == static_cast<std::size_t>(size_), CommError,
+                 "nccl: reduce_scatter_v needs one count per rank: ", counts.size(), " vs ", size_);
+  const std::size_t elem = dtype == SumType::kFloat64 ? sizeof(double) : sizeof(float);
+  const ncclDataType_t type = dtype == SumType::kFloat64 ? ncclFloat64 : ncclFloat32;
+  SIMCLR_CHECK_NCCL(ncclGroupStart(), nccl_, rank_);
+  std::size_t at = 0;
+  ncclResult_t rc = ncclSuccess;
+  for (int r = 0; r < size_ && rc == ncclSuccess; ++r) {
+    const std::size_t count = counts[static_cast<std::size_t>(r)];
+    if (count > 0)
+      rc = ncclReduce(static_cast<const char*>(send) + at * elem, r == rank_ ? recv : nullptr,
+                      count, type, ncclSum, r, nccl_, stream_);
+    at += count;
+  }
+  // The group is closed even after a failed enqueue, so NCCL's group state stays consistent.
+  const ncclResult_t end = ncclGroupEnd();
+  SIMCLR_CHECK_NCCL(rc, nccl_, rank_);
+  SIMCLR_CHECK_NCCL(end, nccl_, rank_);
+}
+
 }  // namespace simclr

@@ -1,5 +1,4 @@
 #include "simclr/cuda/device_communicator.hpp"
-
 #include "simclr/detail/cuda_check.hpp"
 
 namespace simclr::cuda {
@@ -19,5 +18,22 @@ void SingleDeviceCommunicator::all_gather_v(const void* send, std::size_t send_b
 }
 
 void SingleDeviceCommunicator::barrier() { SIMCLR_CHECK_CUDA(cudaStreamSynchronize(stream_)); }
+
+void SingleDeviceCommunicator::reduce_scatter_v(const void* send, void* recv,
+                                                const std::vector<std::size_t>& counts,
+                                                SumType dtype) {
+  SIMCLR_ENFORCE(counts.size() == 1, CommError,
+                 "single-device: reduce_scatter_v needs one count: ", counts.size(), " vs 1");
+  const std::size_t bytes =
+      counts[0] * (dtype == SumType::kFloat64 ? sizeof(double) : sizeof(float));
+  all_gather(send, bytes, recv);
+}
+
+void DeviceCommunicator::reduce_scatter_v(const void*, void*, const std::vector<std::size_t>&,
+                                          SumType) {
+  throw CommError(backend() +
+                  ": reduce_scatter_v on device buffers is not implemented by this communicator; "
+                  "use the own_rows schedule");
+}
 
 }  // namespace simclr::cuda

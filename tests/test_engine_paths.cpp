@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "reference.hpp"
 #include "simclr/loss.hpp"
 
@@ -202,6 +204,76 @@ TEST(EnginePaths, FixedShiftAndRunningMaxAgree) {
     // float: logits up to 100 carry ~1e-5 absolute rounding.
     EXPECT_NEAR(lf[i], ref[i], 1e-4 * std::max(1.0, ref[i]));
   }
+}
+
+// The balanced schedule's blocks cover every off-diagonal pair of rank blocks exactly once (as
+// (i, j) or as (j, i)), never a diagonal block, and with an even split give every rank the same
+// number of logits to within one rank block; at every P from 1 to 9 and for uneven and empty ranks.
+TEST(BalancedSchedule, BlocksCoverEveryPairOnceAndEvenly) {
+  for (int p = 1; p <= 9; ++p) {
+    std::vector<std::vector<std::int64_t>> splits = {std::vector<std::int64_t>(p, 3)};
+    std::vector<std::int64_t> uneven(p);
+    for (int r = 0; r < p; ++r) uneven[r] = (r * 5) % 4;  // includes empty ranks
+    splits.push_back(uneven);
+    for (const auto& split : splits) {
+      std::vector<std::int64_t> owner;  // rank of each U row
+      for (int r = 0; r < p; ++r)
+        for (std::int64_t i = 0; i < 2 * split[r]; ++i) owner.push_back(r);
+      const auto rows = static_cast<std::int64_t>(owner.size());
+      std::vector<int> hits(static_cast<std::size_t>(rows * rows), 0);
+      std::vector<double> work(static_cast<std::size_t>(p), 0);
+      for (int r = 0; r < p; ++r) {
+        const std::vector<std::int64_t> blocks = detail::balanced_blocks(split, r);
+        ASSERT_EQ(blocks.size() % 4, 0u);
+        for (std::size_t k = 0; k < blocks.size(); k += 4) {
+          for (std::int64_t i = blocks[k]; i < blocks[k + 1]; ++i) {
+            for (std::int64_t j = blocks[k + 2]; j < blocks[k + 3]; ++j) {
+              ASSERT_NE(owner[i], owner[j]) << "P " << p << ": a diagonal block on rank " << r;
+              ++hits[static_cast<std::size_t>(std::min(i, j) * rows + std::max(i, j))];
+              work[static_cast<std::size_t>(r)] += 1;
+            }
+          }
+        }
+      }
+      for (std::int64_t i = 0; i < rows; ++i)
+        for (std::int64_t j = i + 1; j < rows; ++j)
+          EXPECT_EQ(hits[static_cast<std::size_t>(i * rows + j)], owner[i] == owner[j] ? 0 : 1)
+              << "P " << p << " rows " << i << ", " << j;
+      if (split == splits[0]) {
+        const auto [lo, hi] = std::minmax_element(work.begin(), work.end());
+        EXPECT_LE(*hi - *lo, 36.0) << "P " << p;  // one 6 x 6 rank block
+      }
+    }
+  }
+}
+
+TEST(BalancedSchedule, NamesRoundTripAndBadNamesSayWhatIsAllowed) {
+  for (Schedule s : {Schedule::kAuto, Schedule::kOwnRows, Schedule::kBalanced})
+    EXPECT_EQ(parse_schedule(to_string(s)), s);
+  try {
+    parse_schedule("ring");
+    FAIL() << "no exception";
+  } catch (const ValueError& e) {
+    EXPECT_NE(std::string(e.what()).find("auto, own_rows, balanced"), std::string::npos);
+  }
+}
+
+// auto follows the cost model: own_rows for one rank, tiny batches or no fixed shift; balanced for
+// the large batches where the saved products outweigh the reduce-scatters.
+TEST(BalancedSchedule, AutoFollowsTheCostModel) {
+  using detail::resolve_schedule;
+  EXPECT_EQ(resolve_schedule(Schedule::kAuto, {4096}, 128, 4, true), Schedule::kOwnRows);
+  EXPECT_EQ(resolve_schedule(Schedule::kBalanced, {4096}, 128, 4, true), Schedule::kOwnRows);
+  EXPECT_EQ(resolve_schedule(Schedule::kAuto, {4096, 4096}, 128, 4, true), Schedule::kBalanced);
+  EXPECT_EQ(resolve_schedule(Schedule::kAuto, {4096, 4096}, 128, 4, false), Schedule::kOwnRows);
+  EXPECT_EQ(resolve_schedule(Schedule::kBalanced, {4096, 4096}, 128, 4, false), Schedule::kOwnRows);
+  EXPECT_EQ(resolve_schedule(Schedule::kAuto, {5, 6}, 6, 8, true), Schedule::kOwnRows);
+  EXPECT_EQ(resolve_schedule(Schedule::kOwnRows, {4096, 4096}, 128, 4, true), Schedule::kOwnRows);
+  // Through a gather-only communicator the reduce-scatter costs P times more: at 64 ranks of 1024
+  // pairs the saved products no longer pay for it.
+  const std::vector<std::int64_t> many(64, 1024);
+  EXPECT_EQ(resolve_schedule(Schedule::kAuto, many, 128, 4, true, true), Schedule::kBalanced);
+  EXPECT_EQ(resolve_schedule(Schedule::kAuto, many, 128, 4, true, false), Schedule::kOwnRows);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "bench.hpp"
 
 #include <sys/resource.h>
+#include <time.h>
 
 #include <algorithm>
 #include <chrono>
@@ -22,6 +23,14 @@ namespace simclr::tools {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// CPU seconds this process has used, all its threads together: on a shared machine the work a
+// configuration does is steadier than its wall time.
+double process_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
 
 double peak_rss_mib() {
   rusage ru{};
@@ -75,6 +84,8 @@ double square_gemm_gflops(std::int64_t size, int threads) {
 
 struct BenchResult {
   double median = 0, min = 0, flops = 0, rss = 0;
+  double rank_flops_max = 0, rank_flops_min = 0;  // the balance of the work between ranks
+  double cpu_median = 0;  // CPU seconds per step, summed over ranks (median over steps)
 };
 
 // What one measurement runs: the global batch, the sizes and the engine's settings.
@@ -88,6 +99,7 @@ struct BenchCase {
   std::int64_t tile_rows = 0;  // 0: the engine's defaults
   std::int64_t tile_cols = 0;
   bool symmetric = true;
+  Schedule schedule = Schedule::kAuto;
   std::uint64_t seed = 1;
 };
 
@@ -108,29 +120,41 @@ BenchResult bench_one(Runtime& rt, const BenchCase& c) {
   options.engine.tile_rows = c.tile_rows;
   options.engine.tile_cols = c.tile_cols;
   options.engine.symmetric = c.symmetric;
-  std::vector<double> times;
+  options.engine.schedule = c.schedule;
+  std::vector<double> times, cpu;
   double flops = 0;
   for (int r = 0; r < c.warmup + c.repeat; ++r) {
     if (comm) comm->barrier();
     const auto t0 = Clock::now();
+    const double c0 = process_cpu_seconds();
     auto [out, grads] = loss.value_and_gradient<T>(za, zb, nullptr, options);
     if (comm) comm->barrier();
     const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
     flops = out.flops + grads.flops;
-    if (r >= c.warmup) times.push_back(dt);
+    const double dc = process_cpu_seconds() - c0;
+    if (r >= c.warmup) {
+      times.push_back(dt);
+      cpu.push_back(dc);
+    }
   }
   // Totals over ranks: flops add up, memory is the largest rank's.
-  double mine[2] = {flops, peak_rss_mib()};
-  std::vector<double> all(2 * static_cast<std::size_t>(world));
+  std::sort(cpu.begin(), cpu.end());
+  double mine[3] = {flops, peak_rss_mib(), cpu[cpu.size() / 2]};
+  std::vector<double> all(3 * static_cast<std::size_t>(world));
   if (comm) {
     comm->all_gather(mine, sizeof(mine), all.data());
   } else {
-    all.assign(mine, mine + 2);
+    all.assign(mine, mine + 3);
   }
   BenchResult res;
+  res.rank_flops_min = all[0];
   for (int r = 0; r < world; ++r) {
-    res.flops += all[2 * static_cast<std::size_t>(r)];
-    res.rss = std::max(res.rss, all[2 * static_cast<std::size_t>(r) + 1]);
+    const double* rank_values = all.data() + 3 * static_cast<std::size_t>(r);
+    res.flops += rank_values[0];
+    res.rank_flops_max = std::max(res.rank_flops_max, rank_values[0]);
+    res.rank_flops_min = std::min(res.rank_flops_min, rank_values[0]);
+    res.rss = std::max(res.rss, rank_values[1]);
+    res.cpu_median += rank_values[2];
   }
   std::sort(times.begin(), times.end());
   res.median = times[times.size() / 2];
@@ -160,6 +184,7 @@ int bench_typed(Runtime& rt, const ParsedArgs& args, const std::string& dtype) {
   c.tile_rows = parse_int(args.get("tile-rows").value_or("0"), "tile-rows", 0);
   c.tile_cols = parse_int(args.get("tile-cols").value_or("0"), "tile-cols", 0);
   c.symmetric = !args.has("no-symmetry");
+  c.schedule = parse_schedule(args.get("schedule").value_or("auto"));
   c.seed = static_cast<std::uint64_t>(parse_int(args.get("seed").value_or("1"), "seed", 0));
   std::vector<std::int64_t> batches;
   if (args.has("sweep")) {
@@ -205,10 +230,20 @@ int bench_typed(Runtime& rt, const ParsedArgs& args, const std::string& dtype) {
     j["warmup"] = c.warmup;
     j["repeat"] = c.repeat;
     j["symmetric"] = c.symmetric;
+    j["schedule"] = to_string(c.schedule);
     j["cpu_level"] = detail::to_string(detail::cpu_level());
     j["seconds_median"] = r.median;
     j["seconds_min"] = r.min;
+    j["cpu_seconds_median"] = r.cpu_median;
     j["flops"] = r.flops;
+    // In units of one product of the whole [2G, 2G] logit matrix with U (2 (2G)^2 d flops): a
+    // single process with the symmetric path does 2 per step, and so does the balanced schedule at
+    // any number of ranks.
+    const double equivalent =
+        2.0 * static_cast<double>(2 * g) * static_cast<double>(2 * g) * static_cast<double>(dim);
+    j["gemm_equivalents"] = r.flops / equivalent;
+    j["rank_flops_max"] = r.rank_flops_max;
+    j["rank_flops_min"] = r.rank_flops_min;
     j["gflops"] = gflops;
     j["peak_rss_mib"] = r.rss;
     if (gemm > 0) {
@@ -224,7 +259,7 @@ int bench_typed(Runtime& rt, const ParsedArgs& args, const std::string& dtype) {
 
 FlagSpec bench_flags() {
   return {{"batch", "dim", "dtype", "threads", "warmup", "repeat", "memory-budget", "tile-rows",
-           "tile-cols", "seed", "device"},
+           "tile-cols", "seed", "device", "schedule"},
           {"sweep", "no-gemm", "no-symmetry"}};
 }
 

@@ -14,7 +14,8 @@ inline const std::map<std::string, FlagSpec>& command_specs() {
   static const std::map<std::string, FlagSpec> specs = {
       {"compute",
        {{"za", "zb", "temperature", "reduction", "name", "config", "sample-weight", "loss-out",
-         "grad-a-out", "grad-b-out", "split", "global-batch-size", "threads", "memory-budget"},
+         "grad-a-out", "grad-b-out", "split", "global-batch-size", "threads", "memory-budget",
+         "schedule"},
         {}}},
       {"config", {{"temperature", "reduction", "name", "config"}, {}}},
       {"bench", bench_flags()},

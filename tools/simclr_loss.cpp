@@ -12,12 +12,12 @@
 #include <numeric>
 #include <sstream>
 
-#include "simclr/detail/check.hpp"
 #include "bench.hpp"
 #include "cli.hpp"
 #include "commands.hpp"
 #include "npy.hpp"
 #include "runtime.hpp"
+#include "simclr/detail/check.hpp"
 #include "simclr/loss.hpp"
 
 namespace simclr::tools {
@@ -123,6 +123,7 @@ void compute(Runtime& rt, const ParsedArgs& args, const SimCLRLoss& loss, const 
     }
     if (auto t = args.get("threads"))
       options.engine.threads = static_cast<int>(parse_int(*t, "threads", 0));
+    if (auto sc = args.get("schedule")) options.engine.schedule = parse_schedule(*sc);
     if (auto m = args.get("memory-budget"))
       options.engine.memory_budget_bytes =
           static_cast<std::size_t>(parse_int(*m, "memory-budget", 0));

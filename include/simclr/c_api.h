@@ -109,6 +109,9 @@ typedef struct simclr_comm* simclr_comm_t;
  *   all_gather_v: rank r sends recv_bytes[r] bytes (send_bytes on this rank); recv gets them back to
  *                 back in rank order. recv_bytes has `size` entries, the same on every rank.
  *   barrier:      returns when every rank has entered it (may be NULL: then a 1-byte all_gather).
+ * The balanced schedule's reduce-scatters (EngineOptions::schedule) go through all_gather_v: every
+ * rank gathers every rank's whole vector and sums its own segment on the host, size times the bytes
+ * of a real reduce-scatter (there is no reduce_scatter callback); schedule auto counts that cost.
  *   release:      called once by simclr_comm_destroy with user (may be NULL); not called when
  *                 simclr_comm_create_callbacks fails, so the caller still owns user then. */
 typedef struct simclr_comm_callbacks {

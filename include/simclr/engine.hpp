@@ -1,10 +1,11 @@
 #pragma once
-// Core math (docs/math.md sections 3-5): the loss of a set of anchor rows against all rows of the stacked,
-// normalised embeddings U, streamed in tiles, and its closed-form gradient. No communication here:
-// the front end (loss.cpp) gathers U and the per-row scalars and calls these.
+// Core math (docs/math.md sections 3-5): the loss of a set of anchor rows against all rows of the
+// stacked, normalised embeddings U, streamed in tiles, and its closed-form gradient. No
+// communication here: the front end (loss.cpp) gathers U and the per-row scalars and calls these.
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "simclr/types.hpp"
@@ -30,15 +31,17 @@ struct EngineOptions {
   // Compute one triangle of this rank's own [2n, 2n] diagonal block of logits, which is symmetric
   // and holds every positive (a single process: the whole matrix, half the forward products).
   bool symmetric = true;
+  // Distributed calls only; every rank must pass the same value (checked, ValueError on every
+  // rank).
+  Schedule schedule = Schedule::kAuto;
 };
 
 namespace detail {
 
-// Where this rank's anchors sit in U (docs/math.md section 3). U stacks every rank's rows rank by rank,
-// [a_0; b_0; a_1; b_1; ...], so a rank's 2n anchors are the contiguous rows
-// [anchor_begin, anchor_begin + 2n): first its n rows of view a, then its n rows of view b. The
-// positive of local anchor q is local anchor q + n (q < n) or q - n. The loss does not depend on
-// the order of U.
+// Where this rank's anchors sit in U (docs/math.md section 3). U stacks every rank's rows rank by
+// rank, [a_0; b_0; a_1; b_1; ...], so a rank's 2n anchors are the contiguous rows [anchor_begin,
+// anchor_begin + 2n): first its n rows of view a, then its n rows of view b. The positive of local
+// anchor q is local anchor q + n (q < n) or q - n. The loss does not depend on the order of U.
 struct RowLayout {
   std::int64_t total_rows = 0;    // 2G
   std::int64_t anchor_begin = 0;  // 2 * (rows of earlier ranks)
@@ -81,6 +84,50 @@ struct EngineBackwardArgs {
 template <class T>
 double engine_backward(const EngineBackwardArgs<T>& args, RowMatrix<T>& grad_anchors);
 
+// ---- the balanced schedule (docs/performance.md) ----
+
+// Whether the fixed shift applies at this inverse temperature (the balanced forward's statistics
+// are then plain sums).
+template <class T>
+bool has_fixed_shift(T inv_temperature);
+// The shift itself (just above the largest logit, 1 / temperature), NaN where it does not apply.
+template <class T>
+T fixed_shift_of(T inv_temperature);
+
+// Resolves kAuto from the cost model: `rank_pairs` is n of every rank (agreed), d the dimension,
+// elem the bytes of T; `native_reduce_scatter` false when the communicator's reduce-scatter is the
+// all_gather_v default (size() times the bytes). Identical on every rank. Never kAuto.
+Schedule resolve_schedule(Schedule requested, const std::vector<std::int64_t>& rank_pairs,
+                          std::int64_t dim, std::size_t elem, bool fixed_shift,
+                          bool native_reduce_scatter = true);
+
+// The off-diagonal blocks `rank` computes under the balanced schedule, 4 U row indices each
+// (rows [r0, r1) against rows [c0, c1)): rank r takes the pairs (r, r + k mod P) for
+// k = 1..(P-1)/2; for even P the pair at distance P/2 is split, rank r < P/2 taking the first half
+// of its own rows against the partner's, the partner the rest. Every pair is covered exactly once.
+std::vector<std::int64_t> balanced_blocks(const std::vector<std::int64_t>& rank_pairs, int rank);
+
+// Balanced forward: this rank's diagonal block (row_lse / row_positive of its anchors as
+// engine_forward, but over the diagonal block only) and its off-diagonal blocks. `sums` [2G] is set
+// to this rank's contribution to every row's sum of exp(s - shift); summed over ranks
+// (reduce-scatter) it gives the full statistic, which balanced_lse turns into the LSE.
+template <class T>
+EngineForward<T> engine_forward_balanced(const RowMatrix<T>& u, const RowLayout& layout,
+                                         T inv_temperature, const EngineOptions& options,
+                                         const std::vector<std::int64_t>& blocks,
+                                         std::vector<T>& sums);
+
+// LSE_q = shift + log(sum_q) for `count` rows.
+template <class T>
+void balanced_lse(T inv_temperature, const T* sums, std::int64_t count, T* lse);
+
+// Balanced backward: grad_all [2G, d] is set to this rank's contribution to every row's gradient
+// (its diagonal block on its anchors, its off-diagonal blocks on both sides); summed over ranks
+// (reduce-scatter) it gives dJ/du. Returns the flops performed.
+template <class T>
+double engine_backward_balanced(const EngineBackwardArgs<T>& args,
+                                const std::vector<std::int64_t>& blocks, RowMatrix<T>& grad_all);
+
 // The instruction sets the engine's tile loops were compiled for, chosen at run time: the widest
 // this CPU supports, unless the environment variable SIMCLR_CPU_DISPATCH (baseline, avx2, avx512)
 // names one (ValueError at the first engine call when that level is not built or not supported).
@@ -103,8 +150,8 @@ void set_cpu_level(CpuLevel level);
 template <class T>
 void l2_normalize_rows(ConstMatrixView<T> x, T* out, std::int64_t out_stride, T* squared_norms);
 
-// Backward of l2_normalize_rows (docs/math.md section 4.5): dx = (g - xhat (xhat . g)) / sqrt(nrm2) when
-// nrm2 >= 1e-12 (TensorFlow's maximum gradient at a tie), else g / sqrt(1e-12).
+// Backward of l2_normalize_rows (docs/math.md section 4.5): dx = (g - xhat (xhat . g)) / sqrt(nrm2)
+// when nrm2 >= 1e-12 (TensorFlow's maximum gradient at a tie), else g / sqrt(1e-12).
 template <class T>
 void l2_normalize_backward(const T* xhat, std::int64_t xhat_stride, const T* squared_norms,
                            const T* grad_xhat, std::int64_t grad_stride, std::int64_t rows,

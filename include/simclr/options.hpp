@@ -33,6 +33,26 @@ class GlobalBatchSize {
   std::int64_t rows_;
 };
 
+// Which rank computes which blocks of the [2G, 2G] logit matrix in a distributed call
+// (docs/performance.md, "Schedules"). The result is the same to rounding; the cost is not.
+enum class Schedule : std::int32_t {
+  // balanced when the cost model says it wins (several ranks, a fixed shift, G large enough for the
+  // saved products to pay for the backward's reduce-scatter), otherwise own_rows.
+  kAuto = 0,
+  // Each rank computes its whole [2n, 2G] row block (the symmetry only of its own diagonal block);
+  // the backward exchanges 2 scalars per row.
+  kOwnRows = 1,
+  // Each pair of rank blocks is computed once, on one rank, spread evenly: every rank does 2/P of
+  // the single-process work (to within one block); the forward adds a reduce-scatter of 2G
+  // scalars, the backward a reduce-scatter of [2G, d]. Needs the fixed shift of the exponentials
+  // (2 / temperature < 80 in float32, < 700 in float64); otherwise own_rows is used.
+  kBalanced = 2,
+};
+// "auto" / "own_rows" / "balanced".
+const char* to_string(Schedule schedule);
+// The inverse of to_string; ValueError naming the choices otherwise.
+Schedule parse_schedule(const std::string& text);
+
 // Constructor arguments and get_config() content.
 struct LossConfig {
   double temperature = 0.05;

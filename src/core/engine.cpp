@@ -1,5 +1,5 @@
-// Core math of the loss (docs/math.md sections 3-5): checks the options, decides whether to keep the
-// logits, and hands the tile loops (engine_kernels.cpp) to the widest instruction set this CPU
+// Core math of the loss (docs/math.md sections 3-5): checks the options, decides whether to keep
+// the logits, and hands the tile loops (engine_kernels.cpp) to the widest instruction set this CPU
 // runs. The normalisation lives here too; it is not where the time goes.
 
 #include "simclr/engine.hpp"
@@ -192,7 +192,162 @@ double run_backward(const kernels::BackwardArgs<T>& args) {
   return kernels::baseline::backward(args);
 }
 
+template <class T>
+double run_pair(const kernels::PairArgs<T>& args, bool backward) {
+  switch (cpu_level()) {
+    case CpuLevel::kAvx512:
+#ifdef SIMCLR_ENGINE_HAS_AVX512
+      return backward ? kernels::avx512::pair_backward(args) : kernels::avx512::pair_forward(args);
+#endif
+    case CpuLevel::kAvx2:
+#ifdef SIMCLR_ENGINE_HAS_AVX2
+      return backward ? kernels::avx2::pair_backward(args) : kernels::avx2::pair_forward(args);
+#endif
+    case CpuLevel::kBaseline:
+      break;
+  }
+  return backward ? kernels::baseline::pair_backward(args) : kernels::baseline::pair_forward(args);
+}
+
+// The cost model's machine (docs/performance.md): flop rate of one rank, bytes per second of its
+// link, and the latency of one collective. Conservative for the link (10 Gb/s Ethernet) and the
+// rank (one core), so auto leaves own_rows only where balanced cannot win on any usual machine.
+constexpr double kRankFlops = 5e10;
+constexpr double kLinkBytes = 1.25e9;
+constexpr double kLatency = 5e-5;
+
 }  // namespace
+
+template <class T>
+bool has_fixed_shift(T inv_temperature) {
+  return !std::isnan(fixed_shift(inv_temperature));
+}
+
+template <class T>
+T fixed_shift_of(T inv_temperature) {
+  return fixed_shift(inv_temperature);
+}
+
+Schedule resolve_schedule(Schedule requested, const std::vector<std::int64_t>& rank_pairs,
+                          std::int64_t dim, std::size_t elem, bool shift,
+                          bool native_reduce_scatter) {
+  SIMCLR_ENFORCE(requested == Schedule::kAuto || requested == Schedule::kOwnRows ||
+                     requested == Schedule::kBalanced,
+                 ValueError, "EngineOptions::schedule has the invalid value ",
+                 static_cast<int>(requested), "; use auto, own_rows or balanced");
+  const auto p = static_cast<double>(rank_pairs.size());
+  if (!shift || rank_pairs.size() < 2) return Schedule::kOwnRows;
+  if (requested != Schedule::kAuto) return requested;
+  double g = 0;
+  for (const std::int64_t n : rank_pairs) g += static_cast<double>(n);
+  const double d = static_cast<double>(dim);
+  // Per rank: own_rows does (3P - 1) / P^2 of E = 8 G^2 d flops, balanced 2 / P; balanced moves
+  // (P - 1) / P of 2 G d elements more and makes one more collective in each direction.
+  const double saved = (p - 1) / (p * p) * 8 * g * g * d / kRankFlops;
+  const double volume = native_reduce_scatter ? 1.0 : p;  // the all_gather_v default moves P times
+  const double extra =
+      volume * (p - 1) / p * 2 * g * d * static_cast<double>(elem) / kLinkBytes + 2 * kLatency;
+  return saved > extra ? Schedule::kBalanced : Schedule::kOwnRows;
+}
+
+std::vector<std::int64_t> balanced_blocks(const std::vector<std::int64_t>& rank_pairs, int rank) {
+  const auto p = static_cast<int>(rank_pairs.size());
+  std::vector<std::int64_t> begin(rank_pairs.size() + 1, 0);
+  for (int r = 0; r < p; ++r) begin[r + 1] = begin[r] + 2 * rank_pairs[static_cast<std::size_t>(r)];
+  std::vector<std::int64_t> out;
+  auto add = [&](std::int64_t r0, std::int64_t r1, std::int64_t c0, std::int64_t c1) {
+    if (r1 > r0 && c1 > c0) out.insert(out.end(), {r0, r1, c0, c1});
+  };
+  for (int k = 1; 2 * k < p; ++k) {
+    const int s = (rank + k) % p;
+    add(begin[rank], begin[rank + 1], begin[s], begin[s + 1]);
+  }
+  if (p % 2 == 0 && p >= 2) {
+    const int half = p / 2;
+    const int r = rank < half ? rank : rank - half, s = r + half;
+    const std::int64_t split = begin[r] + rank_pairs[static_cast<std::size_t>(r)];
+    if (rank == r) {
+      add(begin[r], split, begin[s], begin[s + 1]);
+    } else {
+      add(begin[s], begin[s + 1], split, begin[r + 1]);
+    }
+  }
+  return out;
+}
+
+template <class T>
+EngineForward<T> engine_forward_balanced(const RowMatrix<T>& u, const RowLayout& layout,
+                                         T inv_temperature, const EngineOptions& options,
+                                         const std::vector<std::int64_t>& blocks,
+                                         std::vector<T>& sums) {
+  SIMCLR_CHECK_EQ(u.rows(), layout.total_rows);
+  SIMCLR_CHECK(has_fixed_shift(inv_temperature));
+  const std::int64_t na = layout.anchors();
+  EngineForward<T> out;
+  out.row_lse.assign(static_cast<std::size_t>(na), T(0));
+  out.row_positive.assign(static_cast<std::size_t>(na), T(0));
+  sums.assign(static_cast<std::size_t>(layout.total_rows), T(0));
+  const kernels::TileProblem<T> problem = tile_problem(u, layout, inv_temperature, options);
+  if (na > 0) {
+    kernels::ForwardArgs<T> args;
+    args.problem = problem;
+    args.problem.own_block_only = true;
+    args.row_lse = out.row_lse.data();
+    args.row_positive = out.row_positive.data();
+    args.row_sum = sums.data() + layout.anchor_begin;
+    out.flops = run_forward(args);
+  }
+  kernels::PairArgs<T> pair;
+  pair.problem = problem;
+  pair.blocks = blocks.data();
+  pair.count = static_cast<std::int64_t>(blocks.size() / 4);
+  pair.sums = sums.data();
+  out.flops += run_pair(pair, false);
+  return out;
+}
+
+template <class T>
+void balanced_lse(T inv_temperature, const T* sums, std::int64_t count, T* lse) {
+  const T shift = fixed_shift(inv_temperature);
+  for (std::int64_t q = 0; q < count; ++q) lse[q] = shift + std::log(sums[q]);
+}
+
+template <class T>
+double engine_backward_balanced(const EngineBackwardArgs<T>& in,
+                                const std::vector<std::int64_t>& blocks, RowMatrix<T>& grad_all) {
+  SIMCLR_CHECK(in.u != nullptr && in.saved != nullptr);
+  const RowLayout& layout = in.layout;
+  SIMCLR_CHECK_EQ(in.u->rows(), layout.total_rows);
+  const std::int64_t na = layout.anchors(), d = in.u->cols();
+  grad_all.setZero(layout.total_rows, d);
+  const std::vector<T> beta =
+      make_beta(layout.total_rows, fixed_shift(in.inv_temperature), in.lse_all, in.alpha_all);
+  const kernels::TileProblem<T> problem =
+      tile_problem(*in.u, layout, in.inv_temperature, in.options);
+  kernels::PairArgs<T> pair;
+  pair.problem = problem;
+  pair.blocks = blocks.data();
+  pair.count = static_cast<std::int64_t>(blocks.size() / 4);
+  pair.lse_all = in.lse_all;
+  pair.alpha_all = in.alpha_all;
+  pair.beta_all = beta.empty() ? nullptr : beta.data();
+  pair.grad = grad_all.data();
+  double flops = run_pair(pair, true);
+  if (na > 0) {
+    RowMatrix<T> own;
+    own.setZero(na, d);
+    kernels::BackwardArgs<T> args;
+    args.problem = problem;
+    args.problem.own_block_only = true;
+    args.lse_all = in.lse_all;
+    args.alpha_all = in.alpha_all;
+    args.beta_all = pair.beta_all;
+    args.grad = own.data();
+    flops += run_backward(args);
+    grad_all.middleRows(layout.anchor_begin, na) += own;
+  }
+  return flops;
+}
 
 const char* to_string(CpuLevel level) {
   switch (level) {
@@ -318,10 +473,40 @@ void l2_normalize_backward(const T* xhat, std::int64_t xhat_stride, const T* squ
   template double engine_backward<T>(const EngineBackwardArgs<T>&, RowMatrix<T>&);                 \
   template void l2_normalize_rows<T>(ConstMatrixView<T>, T*, std::int64_t, T*);                    \
   template void l2_normalize_backward<T>(const T*, std::int64_t, const T*, const T*, std::int64_t, \
-                                         std::int64_t, std::int64_t, T*, std::int64_t);
+                                         std::int64_t, std::int64_t, T*, std::int64_t);            \
+  template bool has_fixed_shift<T>(T);                                                             \
+  template T fixed_shift_of<T>(T);                                                                 \
+  template EngineForward<T> engine_forward_balanced<T>(                                            \
+      const RowMatrix<T>&, const RowLayout&, T, const EngineOptions&,                              \
+      const std::vector<std::int64_t>&, std::vector<T>&);                                          \
+  template void balanced_lse<T>(T, const T*, std::int64_t, T*);                                    \
+  template double engine_backward_balanced<T>(const EngineBackwardArgs<T>&,                        \
+                                              const std::vector<std::int64_t>&, RowMatrix<T>&);
 
 SIMCLR_INSTANTIATE(float)
 SIMCLR_INSTANTIATE(double)
 #undef SIMCLR_INSTANTIATE
 
 }  // namespace simclr::detail
+
+namespace simclr {
+
+const char* to_string(Schedule schedule) {
+  switch (schedule) {
+    case Schedule::kAuto:
+      return "auto";
+    case Schedule::kOwnRows:
+      return "own_rows";
+    case Schedule::kBalanced:
+      return "balanced";
+  }
+  return "unknown";
+}
+
+Schedule parse_schedule(const std::string& text) {
+  for (Schedule s : {Schedule::kAuto, Schedule::kOwnRows, Schedule::kBalanced})
+    if (text == to_string(s)) return s;
+  throw ValueError(detail::str_cat("schedule '", text, "' is not one of auto, own_rows, balanced"));
+}
+
+}  // namespace simclr

@@ -23,6 +23,9 @@ struct TileProblem {
   std::int64_t tile_rows = 1;     // resolved tile sizes (>= 1)
   std::int64_t tile_cols = 1;
   bool symmetric = true;  // compute one triangle of the rank's own diagonal block
+  // Only the rank's own [2n, 2n] diagonal block (the balanced schedule adds the other blocks with
+  // pair_forward / pair_backward).
+  bool own_block_only = false;
 };
 
 template <class T>
@@ -31,6 +34,23 @@ struct ForwardArgs {
   T* logits = nullptr;        // [2n, 2G] row-major to keep, or nullptr to stream tiles
   T* row_lse = nullptr;       // [2n] out
   T* row_positive = nullptr;  // [2n] out
+  // [2n] out when set and the fixed shift applies: sum over the covered columns of exp(s - shift).
+  T* row_sum = nullptr;
+};
+
+// Off-diagonal blocks of the logit matrix for the balanced schedule: block k covers U rows
+// [blocks[4k], blocks[4k+1]) against U rows [blocks[4k+2], blocks[4k+3]), disjoint ranges of
+// different ranks (no self entry, no positive). Each logit feeds its row and its column.
+template <class T>
+struct PairArgs {
+  TileProblem<T> problem;  // u, total_rows, dim, inv_temperature, threads, tile sizes
+  const std::int64_t* blocks = nullptr;
+  std::int64_t count = 0;
+  T* sums = nullptr;             // forward: [2G] += row and column sums of exp(s - shift)
+  const T* lse_all = nullptr;    // backward: [2G]
+  const T* alpha_all = nullptr;  // backward: [2G]
+  const T* beta_all = nullptr;   // backward: [2G] or nullptr (see BackwardArgs)
+  T* grad = nullptr;             // backward: [2G, d] += M_RC U_C on rows R and M_RC^T U_R on C
 };
 
 template <class T>
@@ -47,16 +67,24 @@ struct BackwardArgs {
 
 // One set of entry points per level (namespaces baseline, avx2, avx512); each returns the flops it
 // performed. Defined for float and double.
-#define SIMCLR_DECLARE_ENGINE_KERNELS(level)                            \
-  namespace simclr::detail::kernels::level {                            \
-  template <class T>                                                    \
-  double forward(const ForwardArgs<T>& args);                           \
-  template <class T>                                                    \
-  double backward(const BackwardArgs<T>& args);                         \
-  extern template double forward<float>(const ForwardArgs<float>&);     \
-  extern template double forward<double>(const ForwardArgs<double>&);   \
-  extern template double backward<float>(const BackwardArgs<float>&);   \
-  extern template double backward<double>(const BackwardArgs<double>&); \
+#define SIMCLR_DECLARE_ENGINE_KERNELS(level)                             \
+  namespace simclr::detail::kernels::level {                             \
+  template <class T>                                                     \
+  double forward(const ForwardArgs<T>& args);                            \
+  template <class T>                                                     \
+  double backward(const BackwardArgs<T>& args);                          \
+  template <class T>                                                     \
+  double pair_forward(const PairArgs<T>& args);                          \
+  template <class T>                                                     \
+  double pair_backward(const PairArgs<T>& args);                         \
+  extern template double pair_forward<float>(const PairArgs<float>&);    \
+  extern template double pair_forward<double>(const PairArgs<double>&);  \
+  extern template double pair_backward<float>(const PairArgs<float>&);   \
+  extern template double pair_backward<double>(const PairArgs<double>&); \
+  extern template double forward<float>(const ForwardArgs<float>&);      \
+  extern template double forward<double>(const ForwardArgs<double>&);    \
+  extern template double backward<float>(const BackwardArgs<float>&);    \
+  extern template double backward<double>(const BackwardArgs<double>&);  \
   }
 
 SIMCLR_DECLARE_ENGINE_KERNELS(baseline)

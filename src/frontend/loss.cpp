@@ -28,8 +28,18 @@ struct SavedForward {
   std::vector<std::int64_t> rank_rows;
   EngineOptions options;
   T inv_temperature = 1;
+  Schedule schedule = Schedule::kOwnRows;  // resolved
+  std::vector<std::int64_t> blocks;        // balanced: this rank's off-diagonal blocks
 };
 
+namespace {
+
+template <class T>
+constexpr SumType sum_type() {
+  return sizeof(T) == sizeof(double) ? SumType::kFloat64 : SumType::kFloat32;
+}
+
+}  // namespace
 }  // namespace detail
 
 using detail::AgreementRecord;
@@ -69,12 +79,21 @@ LossOutput<T> SimCLRLoss::forward(ConstMatrixView<T> za, ConstMatrixView<T> zb,
   } else {
     AgreementRecord mine = detail::forward_record(n, d, static_cast<std::int32_t>(dtype_of<T>()),
                                                   reduction, config_.temperature, gbs);
+    // The schedule decides which collectives follow, so every rank must ask for the same one.
+    mine.reserved = static_cast<std::int32_t>(options.engine.schedule);
     detail::capture(mine, validate);
     const int size = comm->size(), rank = comm->rank();
     const std::vector<AgreementRecord> all = detail::gather_records(*comm, mine);
     detail::check_forward_records(
         all, [](std::int32_t t) { return to_string(static_cast<DType>(t)); }, config_.reduction,
         "CallOptions");
+    for (int r = 1; r < size; ++r) {
+      const std::int32_t first = all[0].reserved, other = all[static_cast<std::size_t>(r)].reserved;
+      SIMCLR_ENFORCE(first == other, ValueError,
+                     "CallOptions engine.schedule differs between ranks: rank 0 asks for '",
+                     to_string(static_cast<Schedule>(first)), "', rank ", r, " for '",
+                     to_string(static_cast<Schedule>(other)), "'; pass the same on every rank");
+    }
     rank_rows.resize(static_cast<std::size_t>(size));
     for (int r = 0; r < size; ++r)
       rank_rows[static_cast<std::size_t>(r)] = all[static_cast<std::size_t>(r)].rows;
@@ -110,7 +129,27 @@ LossOutput<T> SimCLRLoss::forward(ConstMatrixView<T> za, ConstMatrixView<T> zb,
                        bytes);
   }
 
-  saved->engine = detail::engine_forward(u, saved->layout, saved->inv_temperature, options.engine);
+  if (comm != nullptr)
+    saved->schedule = detail::resolve_schedule(options.engine.schedule, rank_rows, d, sizeof(T),
+                                               detail::has_fixed_shift(saved->inv_temperature),
+                                               comm->has_reduce_scatter());
+  if (saved->schedule == Schedule::kBalanced) {
+    // This rank's blocks give partial row sums of every row; the reduce-scatter brings each rank
+    // the full sums of its own rows (docs/performance.md).
+    saved->blocks = detail::balanced_blocks(rank_rows, comm->rank());
+    std::vector<T> sums;
+    saved->engine = detail::engine_forward_balanced(u, saved->layout, saved->inv_temperature,
+                                                    options.engine, saved->blocks, sums);
+    std::vector<std::size_t> counts(rank_rows.size());
+    for (std::size_t r = 0; r < rank_rows.size(); ++r)
+      counts[r] = static_cast<std::size_t>(2 * rank_rows[r]);
+    std::vector<T> own(static_cast<std::size_t>(std::max<std::int64_t>(2 * n, 1)));
+    comm->reduce_scatter_v(sums.data(), own.data(), counts, detail::sum_type<T>());
+    detail::balanced_lse(saved->inv_temperature, own.data(), 2 * n, saved->engine.row_lse.data());
+  } else {
+    saved->engine =
+        detail::engine_forward(u, saved->layout, saved->inv_temperature, options.engine);
+  }
 
   LossOutput<T> out;
   out.reduction = reduction;
@@ -239,7 +278,20 @@ Gradients<T> SimCLRLoss::backward_alpha(const LossOutput<T>& output, const T* up
   engine_args.alpha_all = alpha_all;
   engine_args.saved = &s.engine;
   engine_args.options = s.options;
-  out.flops = detail::engine_backward(engine_args, grad_u);
+  if (s.schedule == Schedule::kBalanced) {
+    // Partial gradients of every row; the reduce-scatter brings each rank the sums of its own.
+    RowMatrix<T> grad_all;
+    out.flops = detail::engine_backward_balanced(engine_args, s.blocks, grad_all);
+    std::vector<std::size_t> counts(s.rank_rows.size());
+    for (std::size_t r = 0; r < s.rank_rows.size(); ++r)
+      counts[r] = static_cast<std::size_t>(2 * s.rank_rows[r] * d);
+    std::vector<T> own(static_cast<std::size_t>(std::max<std::int64_t>(2 * n * d, 1)));
+    comm->reduce_scatter_v(grad_all.data(), own.data(), counts, detail::sum_type<T>());
+    grad_u.resize(2 * n, d);
+    std::copy_n(own.data(), 2 * n * d, grad_u.data());
+  } else {
+    out.flops = detail::engine_backward(engine_args, grad_u);
+  }
   out.grad_a.resize(n, d);
   out.grad_b.resize(n, d);
   const T* anchors = s.u.data() + layout.anchor_begin * d;

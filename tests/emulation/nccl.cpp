@@ -46,12 +46,17 @@ int nccl_aborts() { return nccl_abort_count.load(); }
 
 namespace {
 
+// A rooted collective queued inside a group: a broadcast of `bytes` bytes, or (reduce) a float sum
+// of `count` elements of `type` into the root's recv.
 struct Broadcast {
   const void* send;
   void* recv;
   std::size_t bytes;
   int root;
   ncclComm_t comm;
+  bool reduce = false;
+  std::size_t count = 0;
+  ncclDataType_t type = ncclFloat32;
 };
 
 thread_local int group_depth = 0;
@@ -92,6 +97,13 @@ ncclResult_t check_buffer(ncclComm_t comm, const void* p, std::size_t bytes, con
 }
 
 ncclResult_t run(const Broadcast& b) {
+  if (b.reduce) {
+    const MPI_Datatype t = b.type == ncclFloat32 ? MPI_FLOAT : MPI_DOUBLE;
+    if (MPI_Reduce(b.send, b.comm->rank == b.root ? b.recv : nullptr, static_cast<int>(b.count), t,
+                   MPI_SUM, b.root, b.comm->mpi) != MPI_SUCCESS)
+      return ncclSystemError;
+    return ncclSuccess;
+  }
   if (b.comm->rank == b.root && b.send != b.recv) std::memmove(b.recv, b.send, b.bytes);
   if (b.comm->size > 1 &&
       MPI_Bcast(b.recv, static_cast<int>(b.bytes), MPI_BYTE, b.root, b.comm->mpi) != MPI_SUCCESS)
@@ -253,6 +265,57 @@ ncclResult_t ncclGroupEnd() {
   work.swap(queued);
   for (const Broadcast& b : work)
     if (ncclResult_t rc = run(b); rc != ncclSuccess) return rc;
+  return ncclSuccess;
+}
+
+// The float sums of NcclCommunicator::reduce_scatter_v: one ncclReduce per rank inside a group,
+// queued like the broadcasts and run as MPI_Reduce at ncclGroupEnd.
+ncclResult_t ncclReduce(const void* send, void* recv, size_t count, ncclDataType_t type,
+                        ncclRedOp_t op, int root, ncclComm_t comm, cudaStream_t stream) {
+  if (comm == nullptr) return ncclInvalidArgument;
+  if (!simclr::cuda::emu::valid_stream(stream)) return invalid(comm, "ncclReduce on a dead stream");
+  if (root < 0 || root >= comm->size) return invalid(comm, "ncclReduce root out of range");
+  if (op != ncclSum || (type != ncclFloat32 && type != ncclFloat64))
+    return invalid(comm, "ncclReduce: only float32/float64 sums are emulated");
+  const std::size_t bytes = count * type_bytes(type);
+  if (ncclResult_t rc = check_buffer(comm, send, bytes, "ncclReduce send"); rc != ncclSuccess)
+    return rc;
+  if (comm->rank == root)
+    if (ncclResult_t rc = check_buffer(comm, recv, bytes, "ncclReduce recv"); rc != ncclSuccess)
+      return rc;
+  Broadcast b{send, recv, bytes, root, comm};
+  b.reduce = true;
+  b.count = count;
+  b.type = type;
+  if (group_depth > 0) {
+    queued.push_back(b);
+    return ncclSuccess;
+  }
+  return run(b);
+}
+
+// ncclReduceScatter (equal counts): MPI_Reduce_scatter_block over the same
+// bytes (outside groups only, as the communicator calls it).
+ncclResult_t ncclReduceScatter(const void* send, void* recv, size_t count, ncclDataType_t type,
+                               ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream) {
+  if (comm == nullptr) return ncclInvalidArgument;
+  if (!simclr::cuda::emu::valid_stream(stream))
+    return invalid(comm, "ncclReduceScatter on a dead stream");
+  if (op != ncclSum || (type != ncclFloat32 && type != ncclFloat64))
+    return invalid(comm, "ncclReduceScatter: only float32/float64 sums are emulated");
+  if (group_depth > 0) return invalid(comm, "ncclReduceScatter inside a group is not emulated");
+  const std::size_t bytes = count * type_bytes(type);
+  if (ncclResult_t rc = check_buffer(comm, send, bytes * static_cast<std::size_t>(comm->size),
+                                     "ncclReduceScatter send");
+      rc != ncclSuccess)
+    return rc;
+  if (ncclResult_t rc = check_buffer(comm, recv, bytes, "ncclReduceScatter recv");
+      rc != ncclSuccess)
+    return rc;
+  if (MPI_Reduce_scatter_block(send, recv, static_cast<int>(count),
+                               type == ncclFloat32 ? MPI_FLOAT : MPI_DOUBLE, MPI_SUM,
+                               comm->mpi) != MPI_SUCCESS)
+    return ncclSystemError;
   return ncclSuccess;
 }
 

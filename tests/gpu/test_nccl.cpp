@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -90,16 +91,17 @@ std::vector<std::int64_t> split_rows(std::int64_t G, int size, bool empty_rank1)
   return rows;
 }
 
-void check_distributed(NcclCommunicator& comm, cudaStream_t stream, Reduction reduction,
-                       bool empty_rank1) {
+// Returns this rank's forward flops.
+double check_distributed(NcclCommunicator& comm, cudaStream_t stream, Reduction reduction,
+                         bool empty_rank1, Schedule schedule = Schedule::kAuto,
+                         double temperature = 0.1) {
   const std::int64_t G = 41, d = 12;
-  const double temperature = 0.1;
   const int rank = comm.rank();
   const auto rows = split_rows(G, comm.size(), empty_rank1);
   const std::int64_t n = rows[static_cast<std::size_t>(rank)];
   const std::int64_t begin = std::accumulate(rows.begin(), rows.begin() + rank, std::int64_t{0});
-  SCOPED_TRACE(::testing::Message()
-               << "rank " << rank << " rows " << n << " reduction " << to_string(reduction));
+  SCOPED_TRACE(::testing::Message() << "rank " << rank << " rows " << n << " reduction "
+                                    << to_string(reduction) << " schedule " << to_string(schedule));
 
   const auto all_a = rounded(seeded_rows(11, 0, 0, G, d), DeviceDType::kFloat32);
   const auto all_b = rounded(seeded_rows(11, 1, 0, G, d), DeviceDType::kFloat32);
@@ -121,6 +123,7 @@ void check_distributed(NcclCommunicator& comm, cudaStream_t stream, Reduction re
   options.global_batch_size = GlobalBatchSize::infer();
   options.device.tile_rows = 10;
   options.device.tile_cols = 28;
+  options.device.schedule = schedule;
   auto out = loss.forward(za.view(), zb.view(), stream, nullptr, options);
   loss.backward(out, 1.f, ga.mutable_view(), gb.mutable_view(), stream);
   EXPECT_EQ(out.global_rows, G);
@@ -141,6 +144,29 @@ void check_distributed(NcclCommunicator& comm, cudaStream_t stream, Reduction re
     EXPECT_LE(rel_err(download(ga, stream), rga), kFloat32Tol);
     EXPECT_LE(rel_err(download(gb, stream), rgb), kFloat32Tol);
   }
+  return out.flops;
+}
+
+// This rank's rows alone, on one process, with the tiles of check_distributed: the flops of its
+// diagonal block under the symmetric scheme.
+double own_block_flops(NcclCommunicator& comm, cudaStream_t stream, bool empty_rank1) {
+  const std::int64_t G = 41, d = 12;
+  const auto rows = split_rows(G, comm.size(), empty_rank1);
+  const std::int64_t n = rows[static_cast<std::size_t>(comm.rank())];
+  DeviceMatrix za = upload(seeded_rows(5, 0, 0, n, d), n, d, DeviceDType::kFloat32, stream),
+               zb = upload(seeded_rows(5, 1, 0, n, d), n, d, DeviceDType::kFloat32, stream);
+  cuda::DeviceCallOptions options;
+  options.device.tile_rows = 10;
+  options.device.tile_cols = 28;
+  return cuda::DeviceSimCLRLoss(0.1, Reduction::kSum)
+      .forward(za.view(), zb.view(), stream, nullptr, options)
+      .flops;
+}
+
+double sum_over_ranks(double mine) {
+  double total = 0;
+  MPI_Allreduce(&mine, &total, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+  return total;
 }
 
 TEST_F(NcclTest, LossMatchesTheWholeBatchOnTheCpuWithUnevenRanks) {
@@ -150,6 +176,115 @@ TEST_F(NcclTest, LossMatchesTheWholeBatchOnTheCpuWithUnevenRanks) {
 
 TEST_F(NcclTest, LossMatchesTheWholeBatchWithARankOfZeroRows) {
   check_distributed(*comm_, stream_, Reduction::kSumOverBatchSize, true);
+}
+
+TEST_F(NcclTest, TheBalancedScheduleMatchesTheWholeBatchWithUnevenAndEmptyRanks) {
+  for (bool empty : {false, true})
+    for (Reduction r : {Reduction::kSum, Reduction::kSumOverBatchSize, Reduction::kNone})
+      check_distributed(*comm_, stream_, r, empty, Schedule::kBalanced);
+}
+
+// Over all ranks, the balanced forward computes each rank's diagonal block (as that rank alone
+// would, symmetric) and every off-diagonal pair of blocks exactly once: sum_{r<s} 2n_r x 2n_s
+// logits. own_rows computes every rank's whole [2n_r, 2G] row block.
+TEST_F(NcclTest, TheBalancedScheduleComputesEachPairOfRankBlocksOnce) {
+  const std::int64_t G = 41, d = 12;
+  for (bool empty : {false, true}) {
+    const auto rows = split_rows(G, comm_->size(), empty);
+    double pairs = 0, own_rows = 0;
+    for (std::size_t r = 0; r < rows.size(); ++r) {
+      own_rows += 2.0 * static_cast<double>(2 * rows[r] * 2 * G * d);
+      for (std::size_t s = r + 1; s < rows.size(); ++s)
+        pairs += static_cast<double>(2 * rows[r]) * static_cast<double>(2 * rows[s]);
+    }
+    const double diagonal = sum_over_ranks(own_block_flops(*comm_, stream_, empty));
+    const double balanced = sum_over_ranks(
+        check_distributed(*comm_, stream_, Reduction::kSum, empty, Schedule::kBalanced));
+    const double unbalanced = sum_over_ranks(
+        check_distributed(*comm_, stream_, Reduction::kSum, empty, Schedule::kOwnRows));
+    EXPECT_EQ(balanced, diagonal + 2.0 * pairs * static_cast<double>(d)) << "empty " << empty;
+    // A rank holding the whole batch (one rank, or the others empty) is symmetric under either
+    // schedule.
+    const bool whole = std::find(rows.begin(), rows.end(), G) != rows.end();
+    EXPECT_EQ(unbalanced, whole ? diagonal : own_rows) << "empty " << empty;
+  }
+}
+
+// Without the fixed shift (2 / temperature >= 80 in float32) balanced falls back to own_rows, with
+// the same results.
+TEST_F(NcclTest, TheBalancedScheduleFallsBackToOwnRowsWithoutTheFixedShift) {
+  const double fallback =
+      check_distributed(*comm_, stream_, Reduction::kSum, false, Schedule::kBalanced, 0.02);
+  const double own =
+      check_distributed(*comm_, stream_, Reduction::kSum, false, Schedule::kOwnRows, 0.02);
+  EXPECT_EQ(fallback, own);
+}
+
+#ifdef SIMCLR_CUDA_EMULATION
+// With workspaces from the queries, a balanced step allocates nothing and never synchronises the
+// host (the reduce-scatter is grouped ncclReduce calls, no padded staging), and gives own_rows's
+// gradients.
+TEST_F(NcclTest, TheBalancedScheduleWithWorkspacesAllocatesNothingAndMatchesOwnRows) {
+  const std::int64_t G = 41, d = 12;
+  const auto rows = split_rows(G, comm_->size(), false);
+  const std::int64_t n = rows[static_cast<std::size_t>(comm_->rank())];
+  const std::int64_t begin =
+      std::accumulate(rows.begin(), rows.begin() + comm_->rank(), std::int64_t{0});
+  const auto a = seeded_rows(17, 0, begin, n, d), b = seeded_rows(17, 1, begin, n, d);
+  DeviceMatrix za = upload(a, n, d, DeviceDType::kFloat32, stream_),
+               zb = upload(b, n, d, DeviceDType::kFloat32, stream_);
+  std::vector<std::vector<double>> grads;
+  for (Schedule schedule : {Schedule::kOwnRows, Schedule::kBalanced}) {
+    cuda::DeviceCallOptions options;
+    options.communicator = comm_.get();
+    options.check = cuda::DeviceCheckMode::kAsync;
+    options.device.tile_rows = 10;
+    options.device.tile_cols = 28;
+    options.device.schedule = schedule;
+    const cuda::DeviceProblem problem{n, G, d, DeviceDType::kFloat32, true};
+    const std::size_t fbytes = cuda::forward_workspace_bytes(problem, options);
+    const std::size_t bbytes = cuda::backward_workspace_bytes(problem, options.device);
+    DeviceArray fws(fbytes, stream_), bws(bbytes, stream_);
+    options.workspace = {fws.data(), fbytes};
+    cuda::DeviceBackwardOptions back;
+    back.check = cuda::DeviceCheckMode::kAsync;
+    back.workspace = {bws.data(), bbytes};
+    DeviceMatrix ga = zeros(n, d, DeviceDType::kFloat32, stream_),
+                 gb = zeros(n, d, DeviceDType::kFloat32, stream_);
+    cuda::DeviceSimCLRLoss loss(0.1, Reduction::kSum);
+    (void)loss.forward(za.view(), zb.view(), stream_, nullptr, options);  // the cuBLAS handle
+    cuda::emu::reset_call_counts();
+    auto out = loss.forward(za.view(), zb.view(), stream_, nullptr, options);
+    loss.backward(out, 1.f, ga.mutable_view(), gb.mutable_view(), stream_, back);
+    const cuda::emu::CallCounts counts = cuda::emu::call_counts();
+    EXPECT_EQ(counts.allocations, 0) << to_string(schedule);
+    EXPECT_EQ(counts.host_syncs, 0) << to_string(schedule);
+    grads.push_back(download(ga, stream_));
+    const auto gbv = download(gb, stream_);
+    grads.back().insert(grads.back().end(), gbv.begin(), gbv.end());
+  }
+  if (n > 0) {
+    EXPECT_LE(rel_err(grads[1], grads[0]), kFloat32Tol);
+  }
+}
+#endif
+
+TEST_F(NcclTest, ASchedulePassedOnOneRankOnlyIsAValueErrorOnEveryRank) {
+  if (comm_->size() < 2) GTEST_SKIP() << "needs 2 ranks";
+  const std::int64_t n = 3, d = 4;
+  DeviceMatrix za = upload(seeded_rows(2, 0, 0, n, d), n, d, DeviceDType::kFloat32, stream_),
+               zb = upload(seeded_rows(2, 1, 0, n, d), n, d, DeviceDType::kFloat32, stream_);
+  cuda::DeviceCallOptions options;
+  options.communicator = comm_.get();
+  options.device.schedule = comm_->rank() == 1 ? Schedule::kBalanced : Schedule::kOwnRows;
+  try {
+    (void)cuda::DeviceSimCLRLoss(0.1, Reduction::kSum)
+        .forward(za.view(), zb.view(), stream_, nullptr, options);
+    ADD_FAILURE() << "no error";
+  } catch (const ValueError& e) {
+    EXPECT_NE(std::string(e.what()).find("schedule differs between ranks"), std::string::npos)
+        << e.what();
+  }
 }
 
 TEST_F(NcclTest, BadInputOnOneRankRaisesTheSameErrorOnEveryRank) {

@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <algorithm>
+#include <chrono>
 #include <numeric>
 
 #include "../golden.hpp"
@@ -64,7 +66,8 @@ double max_rel(const RowMatrix<T>& got, const RowMatrix<T>& want) {
 }
 
 // Engine configurations: defaults (small problems keep their logits), streamed with the symmetric
-// own block plus the rectangular rest on tiny tiles, and streamed without symmetry.
+// own block plus the rectangular rest on tiny tiles, and streamed without symmetry; each under the
+// own_rows and the balanced schedule (auto picks own_rows at these sizes).
 std::vector<EngineOptions> engine_variants() {
   EngineOptions kept, sym, rect;
   sym.memory_budget_bytes = 0;
@@ -72,7 +75,14 @@ std::vector<EngineOptions> engine_variants() {
   sym.tile_cols = 4;
   rect = sym;
   rect.symmetric = false;
-  return {kept, sym, rect};
+  std::vector<EngineOptions> out;
+  for (Schedule schedule : {Schedule::kAuto, Schedule::kOwnRows, Schedule::kBalanced}) {
+    for (EngineOptions e : {kept, sym, rect}) {
+      e.schedule = schedule;
+      out.push_back(e);
+    }
+  }
+  return out;
 }
 
 template <class T>
@@ -106,8 +116,10 @@ void check_against_single_process(double tol, const EngineOptions& engine) {
         std::vector<double>(w_global.begin() + begin, w_global.begin() + begin + n));
     for (auto reduction :
          {Reduction::kNone, Reduction::kSum, Reduction::kSumOverBatchSize, Reduction::kAuto}) {
-      SCOPED_TRACE(::testing::Message() << "rank " << rank << " split[0]=" << split[0] << " n=" << n
-                                        << " reduction " << to_string(reduction));
+      SCOPED_TRACE(::testing::Message()
+                   << "rank " << rank << " split[0]=" << split[0] << " n=" << n << " reduction "
+                   << to_string(reduction) << " schedule " << to_string(engine.schedule)
+                   << " symmetric " << engine.symmetric << " tile_rows " << engine.tile_rows);
       const SimCLRLoss loss(0.2, reduction);
       CallOptions o;
       o.communicator = &comm;
@@ -336,7 +348,14 @@ class CountingCommunicator final : public Communicator {
     inner_.all_gather_v(s, bytes, r, rb);
   }
   void barrier() override { inner_.barrier(); }
-  std::size_t sent = 0;
+  void reduce_scatter_v(const void* s, void* r, const std::vector<std::size_t>& counts,
+                        SumType t) override {
+    const std::size_t elem = t == SumType::kFloat64 ? sizeof(double) : sizeof(float);
+    reduced += std::accumulate(counts.begin(), counts.end(), std::size_t{0}) * elem;
+    inner_.reduce_scatter_v(s, r, counts, t);
+  }
+  std::size_t sent = 0;     // all_gather and all_gather_v: this rank's contribution
+  std::size_t reduced = 0;  // reduce_scatter_v: the vector this rank contributes to the sum
 
  private:
   Communicator& inner_;
@@ -349,8 +368,10 @@ TEST(DistributedTraffic, BackwardSendsScalarsPerRowNotGradients) {
   RowMatrix<float> a = RowMatrix<float>::Random(n, d), b = RowMatrix<float>::Random(n, d);
   CallOptions o;
   o.communicator = &comm;
+  o.engine.schedule = Schedule::kOwnRows;
   const SimCLRLoss loss(0.1, Reduction::kSum);
   const auto out = loss.forward<float>(a, b, nullptr, o);
+  EXPECT_EQ(comm.reduced, 0u);
   const std::size_t forward_bytes = comm.sent;
   comm.sent = 0;
   loss.backward(out, 1.0f);
@@ -360,6 +381,176 @@ TEST(DistributedTraffic, BackwardSendsScalarsPerRowNotGradients) {
   // Backward: one status record plus LSE and alpha for this rank's 2n rows, independent of d and G.
   EXPECT_EQ(backward_bytes, 512 + static_cast<std::size_t>(4 * n) * sizeof(float));
   EXPECT_LT(backward_bytes, static_cast<std::size_t>(n * d) * sizeof(float));
+  EXPECT_EQ(comm.reduced, 0u);
+}
+
+// The balanced schedule adds a reduce-scatter of 2G row sums to the forward and one of the [2G, d]
+// partial gradients to the backward; the gathers stay as they are.
+TEST(DistributedTraffic, BalancedReduceScattersRowSumsThenGradients) {
+  MpiCommunicator mpi(MPI_COMM_WORLD);
+  CountingCommunicator comm(mpi);
+  const int k = world_size();
+  const std::int64_t n = 8 + world_rank(), d = 64;
+  std::int64_t g = 0;
+  for (int r = 0; r < k; ++r) g += 8 + r;
+  RowMatrix<float> a = RowMatrix<float>::Random(n, d), b = RowMatrix<float>::Random(n, d);
+  CallOptions o;
+  o.communicator = &comm;
+  o.engine.schedule = Schedule::kBalanced;
+  const SimCLRLoss loss(0.1, Reduction::kSum);
+  const auto out = loss.forward<float>(a, b, nullptr, o);
+  EXPECT_EQ(comm.sent, 512 + static_cast<std::size_t>(2 * n * d) * sizeof(float));
+  EXPECT_EQ(comm.reduced, k > 1 ? static_cast<std::size_t>(2 * g) * sizeof(float) : 0u);
+  comm.sent = comm.reduced = 0;
+  loss.backward(out, 1.0f);
+  EXPECT_EQ(comm.sent, 512 + static_cast<std::size_t>(4 * n) * sizeof(float));
+  EXPECT_EQ(comm.reduced, k > 1 ? static_cast<std::size_t>(2 * g * d) * sizeof(float) : 0u);
+}
+
+// ---- the balanced schedule: work, determinism, agreement ----
+
+// With 1-row tiles the balanced ranks together perform exactly the single process's products (each
+// logit once in the forward, once recomputed and twice multiplied in the backward); own_rows does
+// more as soon as there are two ranks.
+TEST(DistributedBalanced, FlopsAddUpToTheSingleProcess) {
+  MpiCommunicator comm(MPI_COMM_WORLD);
+  const int k = world_size(), rank = world_rank();
+  const std::int64_t g = 40, d = 8;
+  const RowMatrix<double> za = global_view<double>(0, g, d), zb = global_view<double>(1, g, d);
+  for (const auto& split : splits(g, k)) {
+    const std::int64_t begin =
+        std::accumulate(split.begin(), split.begin() + rank, std::int64_t{0});
+    const std::int64_t n = split[rank];
+    const ConstMatrixView<double> a(za.data() + begin * d, n, d), b(zb.data() + begin * d, n, d);
+    const SimCLRLoss loss(0.2, Reduction::kSum);
+    CallOptions o;
+    o.engine.memory_budget_bytes = 0;  // own_rows streams too (a kept block is not recomputed)
+    o.engine.tile_rows = 1;
+    o.engine.tile_cols = 5;
+    const auto whole = loss.value_and_gradient<double>(za, zb, nullptr, o);
+    const double single = whole.first.flops + whole.second.flops;
+    o.communicator = &comm;
+    double totals[2] = {0, 0};
+    for (int i = 0; i < 2; ++i) {
+      o.engine.schedule = i == 0 ? Schedule::kBalanced : Schedule::kOwnRows;
+      const auto mine = loss.value_and_gradient<double>(a, b, nullptr, o);
+      double flops = mine.first.flops + mine.second.flops;
+      MPI_Allreduce(MPI_IN_PLACE, &flops, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+      totals[i] = flops;
+    }
+    EXPECT_EQ(totals[0], single) << "split[0]=" << split[0];
+    if (k > 1 && split[0] > 0 && split[0] < g) {
+      EXPECT_GT(totals[1], single);
+    }
+  }
+}
+
+// Every rank's work under the balanced schedule is within one rank block of every other's (even
+// split), for any number of ranks.
+TEST(DistributedBalanced, WorkIsEvenAcrossRanks) {
+  MpiCommunicator comm(MPI_COMM_WORLD);
+  const int k = world_size();
+  const std::int64_t n = 12, d = 8;
+  RowMatrix<double> a = RowMatrix<double>::Random(n, d), b = RowMatrix<double>::Random(n, d);
+  CallOptions o;
+  o.communicator = &comm;
+  o.engine.tile_rows = 1;
+  o.engine.schedule = Schedule::kBalanced;
+  const auto r = SimCLRLoss(0.2, Reduction::kSum).value_and_gradient<double>(a, b, nullptr, o);
+  const double mine = r.first.flops + r.second.flops;
+  std::vector<double> all(static_cast<std::size_t>(k));
+  MPI_Allgather(&mine, 1, MPI_DOUBLE, all.data(), 1, MPI_DOUBLE, MPI_COMM_WORLD);
+  const auto [lo, hi] = std::minmax_element(all.begin(), all.end());
+  // One rank block of 2n x 2n logits costs 4 products in total (forward plus backward).
+  const double block =
+      4.0 * 2.0 * static_cast<double>(2 * n) * static_cast<double>(2 * n) * static_cast<double>(d);
+  EXPECT_LE(*hi - *lo, block);
+}
+
+TEST(DistributedBalanced, DoubleIsBitwiseRepeatable) {
+  MpiCommunicator comm(MPI_COMM_WORLD);
+  const std::int64_t n = 9 + world_rank(), d = 7;
+  RowMatrix<double> a = RowMatrix<double>::Random(n, d), b = RowMatrix<double>::Random(n, d);
+  CallOptions o;
+  o.communicator = &comm;
+  o.engine.threads = 2;
+  o.engine.tile_rows = 2;
+  o.engine.tile_cols = 3;
+  o.engine.schedule = Schedule::kBalanced;
+  const SimCLRLoss loss(0.2, Reduction::kNone);
+  const auto first = loss.value_and_gradient<double>(a, b, nullptr, o);
+  for (int i = 0; i < 3; ++i) {
+    const auto again = loss.value_and_gradient<double>(a, b, nullptr, o);
+    EXPECT_EQ(again.first.values, first.first.values);
+    EXPECT_TRUE(again.second.grad_a == first.second.grad_a);
+    EXPECT_TRUE(again.second.grad_b == first.second.grad_b);
+  }
+}
+
+TEST(DistributedErrors, ScheduleDiffersOnOneRank) {
+  if (world_size() < 2) GTEST_SKIP() << "needs 2 ranks";
+  RowMatrix<double> a = RowMatrix<double>::Random(3, 4), b = RowMatrix<double>::Random(3, 4);
+  expect_everywhere<ValueError>(
+      [&](Communicator& c) {
+        CallOptions o;
+        o.communicator = &c;
+        o.engine.schedule = world_rank() == bad_rank() ? Schedule::kOwnRows : Schedule::kBalanced;
+        SimCLRLoss(0.1, Reduction::kSum).forward<double>(a, b, nullptr, o);
+      },
+      "engine.schedule differs between ranks: rank 0 asks for 'balanced', rank " +
+          std::to_string(bad_rank()) + " for 'own_rows'");
+}
+
+// A communicator that keeps the base class's reduce_scatter_v (all_gather_v and a host sum), as
+// the C API's callback communicator does.
+class GatherOnlyCommunicator final : public Communicator {
+ public:
+  explicit GatherOnlyCommunicator(Communicator& inner) : inner_(inner) {}
+  int rank() const override { return inner_.rank(); }
+  int size() const override { return inner_.size(); }
+  std::string backend() const override { return "gather-only"; }
+  void all_gather(const void* s, std::size_t bytes, void* r) override {
+    inner_.all_gather(s, bytes, r);
+  }
+  void all_gather_v(const void* s, std::size_t bytes, void* r,
+                    const std::vector<std::size_t>& rb) override {
+    inner_.all_gather_v(s, bytes, r, rb);
+  }
+  void barrier() override { inner_.barrier(); }
+
+ private:
+  Communicator& inner_;
+};
+
+template <class T>
+void check_reduce_scatter(Communicator& comm) {
+  const int k = comm.size(), r = comm.rank();
+  std::vector<std::size_t> counts(k);
+  for (int i = 0; i < k; ++i) counts[i] = static_cast<std::size_t>(i % 2 == 0 ? 0 : i + 1);
+  counts[static_cast<std::size_t>(k - 1)] += 2;
+  const std::size_t total = std::accumulate(counts.begin(), counts.end(), std::size_t{0});
+  std::vector<T> send(total);
+  for (std::size_t j = 0; j < total; ++j) send[j] = static_cast<T>(r + 1) * static_cast<T>(j + 1);
+  std::vector<T> recv(counts[static_cast<std::size_t>(r)] + 1, T(-1));
+  comm.reduce_scatter_v(send.data(), recv.data(), counts,
+                        sizeof(T) == 8 ? SumType::kFloat64 : SumType::kFloat32);
+  const std::size_t offset = std::accumulate(counts.begin(), counts.begin() + r, std::size_t{0});
+  const T ranks_sum = static_cast<T>(k * (k + 1) / 2);
+  for (std::size_t j = 0; j < counts[static_cast<std::size_t>(r)]; ++j)
+    EXPECT_EQ(recv[j], ranks_sum * static_cast<T>(offset + j + 1)) << comm.backend() << " " << j;
+  EXPECT_EQ(recv.back(), T(-1)) << "wrote past its segment";
+}
+
+TEST(MpiCommunicator, ReduceScatterVWithEmptyRanks) {
+  MpiCommunicator comm(MPI_COMM_WORLD);
+  check_reduce_scatter<float>(comm);
+  check_reduce_scatter<double>(comm);
+  MpiCommunicator timed(MPI_COMM_WORLD, MpiCommunicatorOptions{std::chrono::milliseconds(60000)});
+  check_reduce_scatter<float>(timed);
+  check_reduce_scatter<double>(timed);
+  GatherOnlyCommunicator fallback(comm);
+  check_reduce_scatter<float>(fallback);
+  check_reduce_scatter<double>(fallback);
 }
 
 TEST(MpiCommunicator, DuplicatesTheCallersCommunicator) {

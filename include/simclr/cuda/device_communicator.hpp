@@ -22,6 +22,11 @@ class DeviceCommunicator : public Communicator {
   virtual cudaStream_t stream() const = 0;
   // Host-memory collectives over the same ranks (small agreement records). Same call order rule.
   virtual Communicator& host() = 0;
+  // On device buffers, enqueued on stream(). Communicator's default adds on the host, which device
+  // memory does not allow, so a device communicator without its own refuses (CommError); the
+  // balanced schedule then falls back to own_rows (has_reduce_scatter() is false).
+  void reduce_scatter_v(const void* send, void* recv, const std::vector<std::size_t>& counts,
+                        SumType dtype) override;
 };
 
 // One rank on one GPU: the distributed code path of the device loss without NCCL or MPI.
@@ -37,6 +42,10 @@ class SingleDeviceCommunicator final : public DeviceCommunicator {
                     const std::vector<std::size_t>& recv_bytes) override;
   // Waits for the stream.
   void barrier() override;
+  // A copy of the one segment on the stream.
+  void reduce_scatter_v(const void* send, void* recv, const std::vector<std::size_t>& counts,
+                        SumType dtype) override;
+  bool has_reduce_scatter() const override { return true; }
   void set_stream(cudaStream_t stream) override { stream_ = stream; }
   cudaStream_t stream() const override { return stream_; }
   Communicator& host() override { return host_; }

@@ -52,6 +52,14 @@ struct DeviceOptions {
   // off-diagonal tile serving its columns' anchors too: 2 GEMM-equivalents per step instead of 3.
   // false: every tile, as a rank of a distributed call does (for comparisons).
   bool symmetric = true;
+  // Which rank computes which blocks in a distributed call, as EngineOptions::schedule
+  // (docs/performance.md, "Schedules"). kBalanced computes each pair of rank blocks once: each rank
+  // does 2/P of the single-process work, and the backward adds a reduce-scatter of [2G, d] float32
+  // (in the forward's communicator; one that lacks a device reduce-scatter keeps own_rows, as does
+  // a temperature without the fixed shift). kAuto is own_rows on the device until the schedules
+  // have been measured on GPUs; choose kBalanced explicitly where compute, not the link, is the
+  // limit.
+  Schedule schedule = Schedule::kAuto;
 };
 
 // How a call checks its inputs (za, zb, a device sample weight, a device per-example upstream) for

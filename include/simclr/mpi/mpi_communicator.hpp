@@ -40,6 +40,10 @@ class MpiCommunicator final : public Communicator {
   void all_gather_v(const void* send, std::size_t send_bytes, void* recv,
                     const std::vector<std::size_t>& recv_bytes) override;
   void barrier() override;
+  // MPI_Reduce_scatter (MPI_Ireduce_scatter with a timeout) with MPI_SUM.
+  void reduce_scatter_v(const void* send, void* recv, const std::vector<std::size_t>& counts,
+                        SumType dtype) override;
+  bool has_reduce_scatter() const override { return true; }
 
   // The duplicated communicator (for callers that want to issue their own traffic beside it).
   MPI_Comm comm() const { return comm_; }

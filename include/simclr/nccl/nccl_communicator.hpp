@@ -64,6 +64,10 @@ class NcclCommunicator final : public cuda::DeviceCommunicator {
                     const std::vector<std::size_t>& recv_bytes) override;
   // Collective: waits for stream(), then for every rank (on host()).
   void barrier() override;
+  // One grouped ncclReduce per rank (device buffers, stream-ordered; no allocation, no padding).
+  void reduce_scatter_v(const void* send, void* recv, const std::vector<std::size_t>& counts,
+                        SumType dtype) override;
+  bool has_reduce_scatter() const override { return true; }
 
   void set_stream(cudaStream_t stream) override { stream_ = stream; }
   cudaStream_t stream() const override { return stream_; }
