@@ -234,6 +234,7 @@ cuda::DeviceCallOptions device_call_options(const simclr_call_options* options, 
     call.global_batch_size = GlobalBatchSize::of(o.global_batch_size);
   }
   call.device.symmetric = o.symmetric != 0;
+  call.device.schedule = c_schedule(o.schedule, where);
   if (o.workspace_bytes != 0) call.device.workspace_bytes = o.workspace_bytes;
   return call;
 }

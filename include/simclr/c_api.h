@@ -153,9 +153,18 @@ typedef struct simclr_call_options {
   int32_t symmetric;         /* 1: use the symmetry of the logits where it applies (default) */
   size_t memory_budget_bytes; /* CPU: bytes for a kept logits block; 0: the default */
   size_t workspace_bytes;     /* device: workspace tile bytes; 0: the default */
+  int32_t schedule;           /* distributed calls: SIMCLR_SCHEDULE_* (docs/performance.md) */
 } simclr_call_options;
 
-/* The defaults: no communicator, no global batch size, default threads, memory and symmetry. */
+/* Which rank computes which blocks of the logits in a distributed call (EngineOptions::schedule,
+ * cuda::DeviceOptions::schedule). AUTO: the cost model on the CPU; own_rows on the device. Every
+ * rank must pass the same. */
+#define SIMCLR_SCHEDULE_AUTO 0
+#define SIMCLR_SCHEDULE_OWN_ROWS 1
+#define SIMCLR_SCHEDULE_BALANCED 2
+
+/* The defaults: no communicator, no global batch size, default threads, memory, symmetry and
+ * schedule (AUTO). */
 void simclr_call_options_init(simclr_call_options* options);
 
 /* What a forward found, beside its outputs. */

@@ -172,6 +172,7 @@ CallOptions to_call_options(const simclr_call_options& o) {
                  "; pass 0 (the process default) or a count");
   options.engine.threads = o.threads;
   options.engine.symmetric = o.symmetric != 0;
+  options.engine.schedule = c_schedule(o.schedule, "simclr_call_options");
   if (o.memory_budget_bytes != 0) options.engine.memory_budget_bytes = o.memory_budget_bytes;
   return options;
 }
@@ -342,6 +343,7 @@ void simclr_call_options_init(simclr_call_options* options) {
   options->symmetric = 1;
   options->memory_budget_bytes = 0;
   options->workspace_bytes = 0;
+  options->schedule = SIMCLR_SCHEDULE_AUTO;
 }
 
 simclr_status simclr_forward(simclr_loss_t loss, const simclr_matrix* za, const simclr_matrix* zb,

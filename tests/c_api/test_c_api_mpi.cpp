@@ -90,7 +90,8 @@ Result run(simclr_loss_t loss, double* za, double* zb, std::int64_t n, const sim
   return r;
 }
 
-void test_matches_single_process(simclr_comm_t comm, simclr_reduction reduction, bool weighted) {
+void test_matches_single_process(simclr_comm_t comm, simclr_reduction reduction, bool weighted,
+                                 int32_t schedule = SIMCLR_SCHEDULE_AUTO) {
   const std::int64_t total = offset_of(size), n = rows_of(rank), off = offset_of(rank);
   std::vector<double> za(static_cast<std::size_t>(total * kD)), zb(za.size()), w(total),
       up(static_cast<std::size_t>(total));
@@ -109,6 +110,7 @@ void test_matches_single_process(simclr_comm_t comm, simclr_reduction reduction,
   simclr_call_options_init(&options);
   options.comm = comm;
   options.global_batch_size = SIMCLR_GLOBAL_BATCH_INFER;
+  options.schedule = schedule;
   simclr_weight mine_w{w.data() + off, 1, 0, {n, 0}};
   std::vector<double> my_up =
       none ? std::vector<double>(up.begin() + off, up.begin() + off + n) : std::vector<double>{1.0};
@@ -174,6 +176,13 @@ void test_bad_input_on_one_rank(simclr_comm_t comm) {
                                     values.data(), nullptr, nullptr, nullptr),
                      SIMCLR_TYPE_ERROR, "float32");
 
+  // A schedule outside the enum on one rank.
+  options.schedule = rank == last ? 7 : SIMCLR_SCHEDULE_AUTO;
+  check_same_failure(
+      simclr_forward(loss, &a, &b, nullptr, &options, values.data(), nullptr, nullptr, nullptr),
+      SIMCLR_VALUE_ERROR, "SIMCLR_SCHEDULE_BALANCED");
+  options.schedule = SIMCLR_SCHEDULE_AUTO;
+
   // A NULL output on the last rank.
   check_same_failure(
       simclr_forward(loss, &a, &b, nullptr, &options, rank == last ? nullptr : values.data(),
@@ -189,9 +198,8 @@ void test_bad_input_on_one_rank(simclr_comm_t comm) {
   simclr_matrix ma = host64(ga.data(), n, kD), mb = host64(gb.data(), n, kD);
   check_same_failure(simclr_backward(loss, saved, up.data(), rank == last ? 3 : 1, &ma, &mb),
                      SIMCLR_VALUE_ERROR, "needs reduction 'none'");
-  check_same_failure(
-      simclr_backward(loss, saved, rank == 0 ? nullptr : up.data(), 1, &ma, &mb),
-      SIMCLR_VALUE_ERROR, "needs reduction 'none'");
+  check_same_failure(simclr_backward(loss, saved, rank == 0 ? nullptr : up.data(), 1, &ma, &mb),
+                     SIMCLR_VALUE_ERROR, "needs reduction 'none'");
   CHECK_OK(simclr_backward(loss, saved, up.data(), 1, &ma, &mb));
   simclr_forward_destroy(saved);
 
@@ -218,6 +226,10 @@ int main(int argc, char** argv) {
   test_matches_single_process(comm, SIMCLR_REDUCTION_SUM, true);
   test_matches_single_process(comm, SIMCLR_REDUCTION_SUM_OVER_BATCH_SIZE, true);
   test_matches_single_process(comm, SIMCLR_REDUCTION_AUTO, false);
+  for (int32_t schedule : {SIMCLR_SCHEDULE_OWN_ROWS, SIMCLR_SCHEDULE_BALANCED}) {
+    test_matches_single_process(comm, SIMCLR_REDUCTION_NONE, false, schedule);
+    test_matches_single_process(comm, SIMCLR_REDUCTION_SUM_OVER_BATCH_SIZE, true, schedule);
+  }
   test_bad_input_on_one_rank(comm);
   simclr_comm_destroy(comm);
 

@@ -14,6 +14,7 @@
 
 #include "simclr/c_api.h"
 #include "simclr/communicator.hpp"
+#include "simclr/detail/check.hpp"
 #include "simclr/errors.hpp"
 #include "simclr/loss.hpp"
 
@@ -112,5 +113,15 @@ std::int64_t c_enum_value(const E& e) {
 // The C reduction as the C++ one; ValueError for a value outside the enum.
 Reduction c_api_reduction(const simclr_reduction& reduction, const char* where);
 simclr_reduction c_api_reduction(Reduction reduction);
+
+// A SIMCLR_SCHEDULE_* value as the Schedule; ValueError naming the choices otherwise.
+inline Schedule c_schedule(std::int32_t schedule, const char* where) {
+  if (schedule == SIMCLR_SCHEDULE_AUTO) return Schedule::kAuto;
+  if (schedule == SIMCLR_SCHEDULE_OWN_ROWS) return Schedule::kOwnRows;
+  if (schedule == SIMCLR_SCHEDULE_BALANCED) return Schedule::kBalanced;
+  c_api_fail(SIMCLR_VALUE_ERROR, str_cat(where, ": schedule is ", schedule,
+                                         "; pass SIMCLR_SCHEDULE_AUTO, SIMCLR_SCHEDULE_OWN_ROWS or "
+                                         "SIMCLR_SCHEDULE_BALANCED"));
+}
 
 }  // namespace simclr::detail
