@@ -126,15 +126,17 @@ std::vector<unsigned long long> copy_status_to_host(const DeviceLossOutput& outp
 
 namespace {
 
-// Never destroyed: cublasDestroy synchronises the device, and at exit the runtime may be gone.
+// One handle per device and host thread, never destroyed (cublasDestroy synchronises the device,
+// and at exit the runtime may be gone). Per thread because cublasSetStream on a handle shared by
+// threads calling on one device at once would race (cuBLAS's own advice: a handle per thread and
+// device); frameworks call from a few long-lived threads (PyTorch: the Python thread and one
+// autograd thread per device), so a few handles in all.
 cublasHandle_t blas_handle(cublasContext* caller, cudaStream_t stream) {
   cublasHandle_t handle = caller;
   if (handle == nullptr) {
-    static std::mutex mutex;
-    static auto* handles = new std::vector<std::pair<int, cublasHandle_t>>;
+    thread_local auto* handles = new std::vector<std::pair<int, cublasHandle_t>>;
     int device = 0;
     SIMCLR_CHECK_CUDA(cudaGetDevice(&device));
-    std::lock_guard<std::mutex> lock(mutex);
     auto it = std::find_if(handles->begin(), handles->end(),
                            [&](const auto& h) { return h.first == device; });
     if (it == handles->end()) {

@@ -288,7 +288,7 @@ typedef struct simclr_device_call {
   int32_t async;         /* 1: no host synchronisation; NaN/Inf recorded in the status array */
   void* workspace;       /* device memory, 256-byte aligned; NULL: the library allocates */
   size_t workspace_size; /* bytes at workspace (>= what simclr_device_workspace_size says) */
-  void* cublas_handle;   /* a cublasHandle_t of the caller, or NULL (one cached per device) */
+  void* cublas_handle;   /* a cublasHandle_t of the caller, or NULL (one cached per device and thread) */
   /* Forward only: Keras sample_weight, weight_size float32 values in device memory, 1 (every
    * example alike: Keras shapes [], [1], [1, 1]) or n ([N], [N, 1]); NULL: no weight. Checked for
    * NaN/Inf as za is (status slot 2). The backward uses the forward's. */

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "emulation.hpp"
@@ -120,7 +121,7 @@ TEST_F(DeviceAsyncTest, AsyncCallWithWorkspaceNeitherSynchronisesNorAllocatesAnd
     back.workspace = {bws.data(), cuda::backward_workspace_bytes(problem, options.device)};
 
     DeviceSimCLRLoss loss(temperature, c.reduction);
-    // The process-wide cuBLAS handle exists after one call; later calls make none.
+    // This thread's cuBLAS handle exists after one call; later calls make none.
     (void)loss.forward(za.view(), zb.view(), stream_, nullptr, {});
     cudaEvent_t done = nullptr;
     SIMCLR_CHECK_CUDA(cudaEventCreate(&done));
@@ -169,6 +170,26 @@ TEST_F(DeviceAsyncTest, AsyncCallWithWorkspaceNeitherSynchronisesNorAllocatesAnd
     EXPECT_LE(rel_err(download(ga, stream_), want_a), grad_tol(c.dtype, temperature));
     EXPECT_LE(rel_err(download(gb, stream_), want_b), grad_tol(c.dtype, temperature));
   }
+}
+
+// Without a caller handle, each host thread gets one cuBLAS handle per device on its first call
+// (cublasSetStream on a handle shared by concurrent threads would race), and none after that.
+TEST_F(DeviceAsyncTest, EachHostThreadCachesItsOwnCublasHandle) {
+  const std::int64_t n = 5, d = 4;
+  DeviceMatrix za = upload(seeded_rows(4, 0, 0, n, d), n, d, DeviceDType::kFloat32, stream_);
+  DeviceMatrix zb = upload(seeded_rows(4, 1, 0, n, d), n, d, DeviceDType::kFloat32, stream_);
+  DeviceSimCLRLoss loss(0.1, Reduction::kSum);
+  auto call = [&] { (void)loss.forward(za.view(), zb.view(), stream_, nullptr, {}); };
+  call();
+  emu::reset_call_counts();
+  call();
+  EXPECT_EQ(emu::call_counts().blas_handles_created, 0);
+  std::thread other([&] {
+    call();
+    call();
+  });
+  other.join();
+  EXPECT_EQ(emu::call_counts().blas_handles_created, 1);
 }
 
 TEST_F(DeviceAsyncTest, AsyncModeRecordsBadInputInTheStatusArrayAndCheckedModeThrows) {

@@ -116,7 +116,7 @@ struct DeviceCallOptions {
   DeviceWorkspace workspace;
   DeviceOutputBuffers outputs;
   // The caller's cuBLAS handle (its stream is set to the call's; the library never destroys it).
-  // Null: one handle per device, cached for the life of the process, is used.
+  // Null: one handle per device and host thread, cached for the life of the process, is used.
   cublasContext* blas_handle = nullptr;
 };
 
@@ -173,7 +173,7 @@ struct DeviceLossOutput {
 };
 
 // TensorFlow Similarity's SimCLRLoss on device memory. Holds only its configuration; cuBLAS handles
-// come from the caller or a per-device cache shared by every loss.
+// come from the caller or a per-device, per-thread cache shared by every loss.
 class DeviceSimCLRLoss {
  public:
   // Throws ValueError for temperature <= 0, NaN or Inf (as SimCLRLoss).
