@@ -230,7 +230,9 @@ void simclr_forward_destroy(simclr_forward_t saved);
  *   barrier:         returns when every rank has entered it and cuda_stream's work is done (may be
  *                    NULL: then cudaStreamSynchronize and a 1-byte host_all_gather).
  *   release:         called once by simclr_comm_destroy with user (may be NULL); not called when
- *                    simclr_comm_create_device_callbacks fails. */
+ *                    simclr_comm_create_device_callbacks fails.
+ * There is no reduce-scatter callback yet, so SIMCLR_SCHEDULE_BALANCED runs as own_rows over such a
+ * communicator (the NCCL communicator of the C++ API has the schedule). */
 typedef struct simclr_device_comm_callbacks {
   void* user;
   int32_t rank;
