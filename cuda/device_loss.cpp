@@ -543,13 +543,7 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
     simclr::detail::check_forward_records(
         all, [](std::int32_t t) { return to_string(static_cast<DeviceDType>(t)); }, cfg.reduction,
         "DeviceCallOptions");
-    for (int r = 1; r < size; ++r) {
-      const std::int32_t first = all[0].reserved, other = all[static_cast<std::size_t>(r)].reserved;
-      SIMCLR_ENFORCE(first == other, ValueError,
-                     "DeviceOptions schedule differs between ranks: rank 0 asks for '",
-                     to_string(static_cast<Schedule>(first)), "', rank ", r, " for '",
-                     to_string(static_cast<Schedule>(other)), "'; pass the same on every rank");
-    }
+    simclr::detail::check_same_schedule(all, "DeviceOptions schedule");
     rank_rows.resize(static_cast<std::size_t>(size));
     for (int r = 0; r < size; ++r)
       rank_rows[static_cast<std::size_t>(r)] = all[static_cast<std::size_t>(r)].rows;

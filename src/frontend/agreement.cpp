@@ -123,4 +123,13 @@ void check_forward_records(const std::vector<AgreementRecord>& all,
   }
 }
 
+void check_same_schedule(const std::vector<AgreementRecord>& all, const char* what) {
+  for (std::size_t r = 1; r < all.size(); ++r) {
+    const std::int32_t first = all[0].reserved, other = all[r].reserved;
+    SIMCLR_ENFORCE(first == other, ValueError, what, " differs between ranks: rank 0 asks for '",
+                   to_string(static_cast<Schedule>(first)), "', rank ", r, " for '",
+                   to_string(static_cast<Schedule>(other)), "'; pass the same on every rank");
+  }
+}
+
 }  // namespace simclr::detail

@@ -87,13 +87,7 @@ LossOutput<T> SimCLRLoss::forward(ConstMatrixView<T> za, ConstMatrixView<T> zb,
     detail::check_forward_records(
         all, [](std::int32_t t) { return to_string(static_cast<DType>(t)); }, config_.reduction,
         "CallOptions");
-    for (int r = 1; r < size; ++r) {
-      const std::int32_t first = all[0].reserved, other = all[static_cast<std::size_t>(r)].reserved;
-      SIMCLR_ENFORCE(first == other, ValueError,
-                     "CallOptions engine.schedule differs between ranks: rank 0 asks for '",
-                     to_string(static_cast<Schedule>(first)), "', rank ", r, " for '",
-                     to_string(static_cast<Schedule>(other)), "'; pass the same on every rank");
-    }
+    detail::check_same_schedule(all, "CallOptions engine.schedule");
     rank_rows.resize(static_cast<std::size_t>(size));
     for (int r = 0; r < size; ++r)
       rank_rows[static_cast<std::size_t>(r)] = all[static_cast<std::size_t>(r)].rows;

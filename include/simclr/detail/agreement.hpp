@@ -2,8 +2,8 @@
 // The agreement step every distributed call starts with (docs/distributed.md): each rank
 // contributes a small fixed-size record (rows, dimension, dtype, configuration, and the error its
 // own validation raised, if any); after one all-gather every rank raises the same exception or
-// none. Shared by the CPU front end (src/frontend/loss.cpp) and the device one (cuda/device_loss.cpp). Not
-// public API.
+// none. Shared by the CPU front end (src/frontend/loss.cpp) and the device one
+// (cuda/device_loss.cpp). Not public API.
 
 #include <cstdint>
 #include <string>
@@ -79,6 +79,11 @@ std::vector<AgreementRecord> gather_records(Communicator& comm, const AgreementR
 void check_forward_records(const std::vector<AgreementRecord>& all,
                            std::string (*dtype_name)(std::int32_t), Reduction configured,
                            const char* options_name);
+
+// The schedule every rank asked for travels in AgreementRecord::reserved (it decides which
+// collectives follow): ValueError naming the first rank that differs from rank 0. `what` names the
+// option ("CallOptions engine.schedule").
+void check_same_schedule(const std::vector<AgreementRecord>& all, const char* what);
 
 std::string global_batch_string(std::int64_t global_batch);
 
