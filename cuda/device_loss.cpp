@@ -10,6 +10,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <numeric>
+#include <thread>
 #include <utility>
 
 #include "blas.hpp"
@@ -130,18 +131,24 @@ namespace {
 // and at exit the runtime may be gone). Per thread because cublasSetStream on a handle shared by
 // threads calling on one device at once would race (cuBLAS's own advice: a handle per thread and
 // device); frameworks call from a few long-lived threads (PyTorch: the Python thread and one
-// autograd thread per device), so a few handles in all.
+// autograd thread per device), so a few handles in all. Kept in one process-wide table, not in
+// thread_local storage, so the handles stay reachable after their thread ends (a new thread that
+// gets a dead thread's id takes its handle over).
 cublasHandle_t blas_handle(cublasContext* caller, cudaStream_t stream) {
   cublasHandle_t handle = caller;
   if (handle == nullptr) {
-    thread_local auto* handles = new std::vector<std::pair<int, cublasHandle_t>>;
+    using Key = std::pair<int, std::thread::id>;
+    static std::mutex mutex;
+    static auto* handles = new std::vector<std::pair<Key, cublasHandle_t>>;
     int device = 0;
     SIMCLR_CHECK_CUDA(cudaGetDevice(&device));
+    const Key key{device, std::this_thread::get_id()};
+    std::lock_guard<std::mutex> lock(mutex);
     auto it = std::find_if(handles->begin(), handles->end(),
-                           [&](const auto& h) { return h.first == device; });
+                           [&](const auto& h) { return h.first == key; });
     if (it == handles->end()) {
       SIMCLR_CHECK_CUBLAS(cublasCreate(&handle));
-      handles->emplace_back(device, handle);
+      handles->emplace_back(key, handle);
       // Plain float32 products: no TF32, so the float32 path matches the CPU to ~1e-6.
       SIMCLR_CHECK_CUBLAS(cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH));
     } else {

@@ -174,6 +174,8 @@ TEST_F(DeviceAsyncTest, AsyncCallWithWorkspaceNeitherSynchronisesNorAllocatesAnd
 
 // Without a caller handle, each host thread gets one cuBLAS handle per device on its first call
 // (cublasSetStream on a handle shared by concurrent threads would race), and none after that.
+// The only test of this binary that starts a thread, so the new thread cannot take over a dead
+// thread's id (and its handle).
 TEST_F(DeviceAsyncTest, EachHostThreadCachesItsOwnCublasHandle) {
   const std::int64_t n = 5, d = 4;
   DeviceMatrix za = upload(seeded_rows(4, 0, 0, n, d), n, d, DeviceDType::kFloat32, stream_);
