@@ -33,11 +33,19 @@ constexpr simclr_dtype dtype_of() {
   return sizeof(T) == 4 ? SIMCLR_FLOAT32 : SIMCLR_FLOAT64;
 }
 
+// A tensor's buffer. An empty tensor (a replica with no rows) may have none, but the C API takes
+// NULL for "not wanted": it then gets a valid address that is never read or written.
+template <typename T>
+T* data(const tf::Tensor& t) {
+  static T empty[1] = {T(0)};
+  return t.NumElements() == 0 ? empty : const_cast<T*>(t.flat<T>().data());
+}
+
 // A [rows, cols] dense row-major view of a tensor's buffer.
 template <typename T>
 simclr_matrix matrix(const tf::Tensor& t, std::int64_t rows, std::int64_t cols) {
   simclr_matrix m;
-  m.data = const_cast<T*>(t.flat<T>().data());
+  m.data = data<T>(t);
   m.rows = rows;
   m.cols = cols;
   m.row_stride = cols;
@@ -129,8 +137,7 @@ class NormalizeOp : public tf::OpKernel {
     const simclr_matrix a = matrix<T>(za, n, d);
     const simclr_matrix b = matrix<T>(zb, zb.dim_size(0), zb.dim_size(1));
     const simclr_matrix out = matrix<T>(*u, 2 * n, d);
-    OP_REQUIRES(ctx,
-                simclr_step_normalize(&a, &b, &out, squared_norms->flat<T>().data()) == SIMCLR_OK,
+    OP_REQUIRES(ctx, simclr_step_normalize(&a, &b, &out, data<T>(*squared_norms)) == SIMCLR_OK,
                 step_error("SimclrNormalize"));
   }
 };
@@ -157,11 +164,10 @@ class ForwardOp : public SimclrKernel {
     OP_REQUIRES_OK(ctx, loss.status("SimclrForward"));
     const simclr_call_options o = call_options(threads_);
     // Reduction none without weights: the values are the per-example losses themselves.
-    OP_REQUIRES(
-        ctx,
-        simclr_step_forward(loss.get(), &u, begin, pairs, nullptr, &o, row_lse->flat<T>().data(),
-                            nullptr, per_example->flat<T>().data()) == SIMCLR_OK,
-        step_error("SimclrForward"));
+    OP_REQUIRES(ctx,
+                simclr_step_forward(loss.get(), &u, begin, pairs, nullptr, &o, data<T>(*row_lse),
+                                    nullptr, data<T>(*per_example)) == SIMCLR_OK,
+                step_error("SimclrForward"));
   }
 };
 
@@ -181,11 +187,10 @@ class AlphaOp : public SimclrKernel {
     const LossHandle loss(ctx->input(1));
     OP_REQUIRES_OK(ctx, loss.status("SimclrAlpha"));
     const simclr_call_options o = call_options(threads_);
-    OP_REQUIRES(
-        ctx,
-        simclr_step_alpha(loss.get(), dtype_of<T>(), n, n, nullptr, &o, upstream.flat<T>().data(),
-                          n, alpha->flat<T>().data()) == SIMCLR_OK,
-        step_error("SimclrAlpha"));
+    OP_REQUIRES(ctx,
+                simclr_step_alpha(loss.get(), dtype_of<T>(), n, n, nullptr, &o, data<T>(upstream),
+                                  n, data<T>(*alpha)) == SIMCLR_OK,
+                step_error("SimclrAlpha"));
   }
 };
 
@@ -219,11 +224,11 @@ class BackwardOp : public SimclrKernel {
     const LossHandle loss(ctx->input(5));
     OP_REQUIRES_OK(ctx, loss.status("SimclrBackward"));
     const simclr_call_options o = call_options(threads_);
-    OP_REQUIRES(ctx,
-                simclr_step_backward(loss.get(), &u, scalar_index(ctx->input(1)), n,
-                                     squared_norms.flat<T>().data(), lse_all.flat<T>().data(),
-                                     alpha_all.flat<T>().data(), &o, &ga, &gb) == SIMCLR_OK,
-                step_error("SimclrBackward"));
+    OP_REQUIRES(
+        ctx,
+        simclr_step_backward(loss.get(), &u, scalar_index(ctx->input(1)), n, data<T>(squared_norms),
+                             data<T>(lse_all), data<T>(alpha_all), &o, &ga, &gb) == SIMCLR_OK,
+        step_error("SimclrBackward"));
   }
 };
 
