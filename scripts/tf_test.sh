@@ -33,7 +33,7 @@ trap 'rm -rf "$wheels" "$log"' EXIT
   --config-settings=cmake.define.SIMCLR_TF_PYTHON="$PWD/$tf_py" .
 "$tf_py" -m pip install -q --no-deps --force-reinstall "$wheels"/simclr-*.whl
 echo "build and install of simclr/_tf_ops.so: $(( $(date +%s) - t0 )) s"
-"$tf_py" -c 'import simclr.keras, tensorflow as tf; print("simclr.keras on tensorflow", tf.__version__)'
+TF_CPP_MIN_LOG_LEVEL=2 "$tf_py" -c 'import simclr.keras, tensorflow as tf; print("simclr.keras on tensorflow", tf.__version__)'
 rc=0
 TF_CPP_MIN_LOG_LEVEL=2 "$tf_py" -m pytest -q -rs -p no:cacheprovider tests/tensorflow | tee "$log" \
   || rc=$?
