@@ -44,12 +44,6 @@ class SimCLRLoss(tf.keras.losses.Loss):
         return {**base_config, **config}
 
 
-def _register():
-    # TF Similarity's name: package "Similarity", class "SimCLRLoss". When TF Similarity itself was
-    # imported first, its class keeps the name and this one is reachable through custom_objects.
-    name = "Similarity>SimCLRLoss"
-    if tf.keras.utils.get_registered_object(name) is None:
-        tf.keras.utils.register_keras_serializable(package="Similarity")(SimCLRLoss)
-
-
-_register()
+# TF Similarity's name (package "Similarity", class "SimCLRLoss"). Keras keeps one class per name: when
+# both libraries are imported, the one imported last holds it.
+tf.keras.utils.register_keras_serializable(package="Similarity")(SimCLRLoss)
