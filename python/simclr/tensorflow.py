@@ -64,8 +64,8 @@ def _distributed_context():
 
 
 def _anchor_begin(ctx, n):
-    """This replica's first row in the gathered U: 2 * the rows of the replicas before it (exact
-    for uneven batches), and the total pairs G."""
+    """This replica's first row in the gathered U: 2 * the pairs of the replicas before it, from
+    the gathered counts (exact for uneven batches, where TF Similarity assumes equal ones)."""
     counts = ctx.all_gather(tf.reshape(n, [1]), axis=0)
     before = tf.range(ctx.num_replicas_in_sync) < ctx.replica_id_in_sync_group
     return 2 * tf.reduce_sum(tf.where(before, counts, tf.zeros_like(counts)))
