@@ -23,7 +23,7 @@ import os
 
 import tensorflow as tf
 
-from . import _core
+from ._loss import _checked_temperature as _check_temperature
 
 __all__ = ["simclr_loss"]
 
@@ -41,18 +41,6 @@ def _load_ops():
                 "then reinstall simclr with `pip install --no-build-isolation .` (docs/python.md)")
         _ops = tf.load_op_library(path)
     return _ops
-
-
-def _check_temperature(temperature):
-    # The library's own check (temperature > 0 and finite) and message: a ValueError.
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        try:
-            temperature = float(temperature)
-        except (TypeError, ValueError):
-            raise TypeError("temperature must be a number, got "
-                            + type(temperature).__name__) from None
-    _core.Loss(float(temperature), "none", None)
-    return float(temperature)
 
 
 def _distributed_context():
