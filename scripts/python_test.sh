@@ -36,6 +36,9 @@ fi
 # reports that it was built without jax, and its tests are skipped.) jax 0.7.1 is the newest that takes
 # numpy 1.x, which Debian's torch and scikit-learn in this environment are built against.
 "$py" -m pip install -q "jax[cpu]==0.7.1" "numpy<2"
+# Keras 3 for tests/python/test_keras3.py (simclr.keras on its JAX backend; Keras 2 is tested in
+# build/venv-tf by scripts/tf_test.sh).
+"$py" -m pip install -q "keras==3.15.1"
 t0=$(date +%s)
 "$py" -m pip install -q "${pip_flags[@]}" .
 t1=$(date +%s)

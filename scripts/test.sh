@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds, and runs every test (core, command, MPI at 1-4 ranks, package,
-# the Python package: scripts/python_test.sh).
+# the Python package: scripts/python_test.sh, its TensorFlow / Keras front end: scripts/tf_test.sh).
 # Usage: scripts/test.sh [--sanitize] [ctest args...]
 #   BUILD_DIR (default build) picks the build folder; JOBS the parallelism (default: nproc).
 set -euo pipefail
@@ -24,6 +24,9 @@ trap 'rm -f "$log"' EXIT
 pylog=$(mktemp)
 trap 'rm -f "$log" "$pylog"' EXIT
 scripts/python_test.sh | tee "$pylog"
+tflog=$(mktemp)
+trap 'rm -f "$log" "$pylog" "$tflog"' EXIT
+scripts/tf_test.sh | tee "$tflog"
 if [ "$sanitize" = 1 ] && [ -x scripts/sanitize.sh ]; then
   scripts/sanitize.sh
 fi
@@ -33,8 +36,12 @@ skipped=$(grep -c '(Skipped)$' "$log" || true)
 py_summary=$(grep '^python tests: ' "$pylog" | tail -n 1)
 py_passed=$(echo "$py_summary" | sed -n 's/.* \([0-9]*\) passed.*/\1/p')
 py_skipped=$(echo "$py_summary" | sed -n 's/.* \([0-9]*\) skipped.*/\1/p')
-if [ -z "$py_passed" ] || [ "$py_passed" -eq 0 ]; then
-  echo "the Python tests reported no passed tests" >&2
+tf_summary=$(grep '^tensorflow tests: ' "$tflog" | tail -n 1)
+tf_passed=$(echo "$tf_summary" | sed -n 's/.* \([0-9]*\) passed.*/\1/p')
+tf_skipped=$(echo "$tf_summary" | sed -n 's/.* \([0-9]*\) skipped.*/\1/p')
+if [ -z "$py_passed" ] || [ "$py_passed" -eq 0 ] || [ -z "$tf_passed" ] || [ "$tf_passed" -eq 0 ]; then
+  echo "the Python or TensorFlow tests reported no passed tests" >&2
   exit 1
 fi
-echo "tests: $(( ${total:-0} - skipped + py_passed )) passed, 0 failed, $(( skipped + ${py_skipped:-0} )) skipped"
+echo "tests: $(( ${total:-0} - skipped + py_passed + tf_passed )) passed, 0 failed," \
+  "$(( skipped + ${py_skipped:-0} + ${tf_skipped:-0} )) skipped"

@@ -43,6 +43,18 @@ def _global_batch_size(g):
     return g
 
 
+def _checked_temperature(temperature):
+    """temperature as a float, after the library's own check (> 0 and finite: its ValueError)."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        try:
+            temperature = float(temperature)
+        except (TypeError, ValueError):
+            raise TypeError("temperature must be a number, got "
+                            + type(temperature).__name__) from None
+    _core.Loss(float(temperature), "none", None)
+    return float(temperature)
+
+
 def _config_default(o):
     # numpy scalars in a config dict (np.float64(0.1)) are written as plain numbers.
     if hasattr(o, "item"):

@@ -1,0 +1,83 @@
+"""simclr.keras: a drop-in replacement for TensorFlow Similarity's SimCLRLoss.
+
+    from simclr.keras import SimCLRLoss      # instead of: from tensorflow_similarity.losses import SimCLRLoss
+    loss = SimCLRLoss(temperature=0.1)       # the same constructor, config and serializable name
+
+A Keras Loss whose call(za, zb) is the library's per-example loss [n]. Everything else is the Keras
+base class's own: sample_weight, the reductions, the distribution rule (with Keras 2, inside
+strategy.run, "auto" and "sum_over_batch_size" raise Keras's ValueError; in model.fit, Keras scales
+the loss by the number of replicas itself).
+
+- Keras 2 (TensorFlow 2.15, tf.keras: TF Similarity's setting): the TensorFlow custom op of
+  simclr.tensorflow, with its closed-form gradient and, under a tf.distribute strategy, global
+  negatives from the replicas' all-gathers. get_config() is TF Similarity's.
+- Keras 3 (the package `keras` 3.x): the loss dispatches on the backend, to simclr.jax (JAX),
+  simclr.torch (PyTorch) or simclr.tensorflow (TensorFlow, when the op library was built against
+  that TensorFlow); one process, no distribution. get_config() is Keras 3's base config
+  ({'name', 'reduction', ...}) plus 'temperature'.
+"""
+
+from ._loss import _checked_temperature
+
+
+def _keras():
+    """(the Keras module, its major version): Keras 3 when the package `keras` 3.x is installed,
+    else TensorFlow's tf.keras (Keras 2)."""
+    try:
+        import keras
+        if int(keras.__version__.split(".")[0]) >= 3:
+            return keras, 3
+    except ImportError:
+        pass
+    import tensorflow as tf
+    return tf.keras, 2
+
+
+keras, KERAS_VERSION = _keras()
+
+__all__ = ["SimCLRLoss"]
+
+
+def _per_example(za, zb, temperature):
+    backend = "tensorflow" if KERAS_VERSION == 2 else keras.backend.backend()
+    if backend == "tensorflow":
+        from .tensorflow import simclr_loss
+        return simclr_loss(za, zb, temperature=temperature)
+    if backend == "jax":
+        from .jax import simclr_loss
+        return simclr_loss(za, zb, temperature=temperature, reduction="none")
+    if backend == "torch":
+        from .torch import simclr_loss
+        return simclr_loss(za, zb, temperature=temperature, reduction="none")
+    raise NotImplementedError("simclr.keras supports the Keras backends tensorflow, jax and torch, "
+                              "not " + repr(backend))
+
+
+class SimCLRLoss(keras.losses.Loss):
+    """TensorFlow Similarity's SimCLRLoss (NT-Xent, both directions summed) on the library.
+
+    SimCLRLoss(temperature=0.05, **kwargs), kwargs those of Keras's Loss (reduction, name).
+    Called as loss(za, zb, sample_weight=None) with za, zb: [n, d] (Keras's y_true and y_pred): row i
+    of za and of zb are a positive pair. With Keras 2, get_config() is TF Similarity's dict
+    {'reduction', 'name', 'temperature'}. Registered as "Similarity>SimCLRLoss", TF Similarity's
+    serializable name, so a model saved with TF Similarity's loss loads with this one. temperature
+    must be > 0 and finite (ValueError; Keras does not check it).
+    """
+
+    def __init__(self, temperature: float = 0.05, **kwargs):
+        super().__init__(**kwargs)
+        _checked_temperature(temperature)
+        self.temperature = temperature
+
+    def call(self, za, zb):
+        return _per_example(za, zb, self.temperature)
+
+    def get_config(self):
+        config = {"temperature": self.temperature}
+        base_config = super().get_config()
+        return {**base_config, **config}
+
+
+# TF Similarity's name (package "Similarity", class "SimCLRLoss"). Keras keeps one class per name: when
+# both libraries are imported, the one imported last holds it.
+keras.saving.register_keras_serializable(package="Similarity")(SimCLRLoss)

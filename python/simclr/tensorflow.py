@@ -1,0 +1,132 @@
+"""simclr.tensorflow: TensorFlow Similarity's SimCLR loss as a TensorFlow custom op (CPU).
+
+    import tensorflow as tf, simclr.tensorflow as st
+    per_example = st.simclr_loss(za, zb, temperature=0.1)   # [n]: both directions summed
+
+The op library simclr/_tf_ops.so is built by `pip install --no-build-isolation .` when TensorFlow is
+installed for the Python that builds the package (docs/python.md, "TensorFlow and Keras"). Its
+gradient is the library's closed form, registered with tf.custom_gradient: TensorFlow never holds the
+[2G, 2G] logits, only the normalised rows ([2G, d]) and two scalars per row.
+
+In a replica context of a tf.distribute strategy with more than one replica (inside strategy.run,
+model.fit, ...), every replica contrasts its rows with the rows of all replicas (global negatives):
+the rows come from the replica context's all_gather, and in the backward each row's log-sum-exp and
+weight from another all_gather. Per-replica batches may differ in size. The loss a replica returns
+is for its own rows, and the gradient it gets for them is that of the sum of all replicas' losses
+(what autodiff through TensorFlow's all-gather gives), so summing the replicas' parameter
+gradients, as tf.distribute does, is exact.
+
+simclr.keras.SimCLRLoss wraps this in a Keras Loss (sample_weight, reductions, distribution rule).
+"""
+
+import os
+
+import tensorflow as tf
+
+from ._loss import _checked_temperature as _check_temperature
+
+__all__ = ["simclr_loss"]
+
+_ops = None
+
+
+def _load_ops():
+    global _ops
+    if _ops is None:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_tf_ops.so")
+        if not os.path.exists(path):
+            raise RuntimeError(
+                "simclr.tensorflow needs simclr/_tf_ops.so, which is built only when TensorFlow is "
+                "installed for the Python that builds the package: `pip install tensorflow-cpu` "
+                "then reinstall simclr with `pip install --no-build-isolation .` (docs/python.md)")
+        _ops = tf.load_op_library(path)
+    return _ops
+
+
+def _distributed_context():
+    """The replica context when the call contrasts across more than one replica, else None."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync <= 1:
+        return None
+    return ctx
+
+
+def _anchor_begin(ctx, n):
+    """This replica's first row in the gathered U: 2 * the pairs of the replicas before it, from
+    the gathered counts (exact for uneven batches, where TF Similarity assumes equal ones)."""
+    counts = ctx.all_gather(tf.reshape(n, [1]), axis=0)
+    before = tf.range(ctx.num_replicas_in_sync) < ctx.replica_id_in_sync_group
+    return 2 * tf.reduce_sum(tf.where(before, counts, tf.zeros_like(counts)))
+
+
+@tf.autograph.experimental.do_not_convert
+def _per_example(za, zb, temperature, threads):
+    ops = _load_ops()
+    temperature_t = tf.constant(temperature, tf.float64)
+    ctx = _distributed_context()
+
+    @tf.custom_gradient
+    def loss(a, b):
+        n = tf.shape(a, out_type=tf.int64)[0]
+        u_local, squared_norms = ops.simclr_normalize(a, b)
+        if ctx is None:
+            u_global, begin = u_local, tf.zeros([], tf.int64)
+        else:
+            u_global = ctx.all_gather(u_local, axis=0)
+            begin = _anchor_begin(ctx, n)
+        row_lse, per_example = ops.simclr_forward(u_global, begin, n, temperature_t,
+                                                  threads=threads)
+
+        def grad(upstream):
+            alpha = ops.simclr_alpha(tf.cast(upstream, u_local.dtype), temperature_t,
+                                     threads=threads)
+            if ctx is None:
+                lse_all, alpha_all = row_lse, alpha
+            else:
+                # One gather of both per-row scalars: [2n, 2] per replica -> [2G, 2] in U's order.
+                both = ctx.all_gather(tf.stack([row_lse, alpha], axis=1), axis=0)
+                lse_all, alpha_all = both[:, 0], both[:, 1]
+            return tuple(ops.simclr_backward(u_global, begin, squared_norms, lse_all, alpha_all,
+                                             temperature_t, threads=threads))
+
+        return per_example, grad
+
+    out = loss(za, zb)
+    out.set_shape(za.shape[:1])
+    return out
+
+
+def simclr_loss(za, zb, temperature=0.05, threads=0):
+    """TF Similarity's per-example SimCLR loss [n] of the pairs (za[i], zb[i]), both directions summed.
+
+    za, zb: [n, d] float32 or float64 (float16 and bfloat16 are computed in float32 and returned in
+    the input dtype). Differentiable in za and zb; eager, inside tf.function, and in a replica
+    context (global negatives across the replicas, see the module's docstring). temperature > 0 and
+    finite, else ValueError; threads: CPU threads of the library (0: its default). Bad values in
+    the inputs (NaN, Inf, mismatched shapes) raise tf.errors.InvalidArgumentError with the library's
+    message.
+    """
+    temperature = _check_temperature(temperature)
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise ValueError("threads must be an integer >= 0 (0: the default), got " + repr(threads))
+    za = tf.convert_to_tensor(za)
+    zb = tf.convert_to_tensor(zb)
+    if za.shape.rank is not None and za.shape.rank != 2 or zb.shape.rank is not None \
+            and zb.shape.rank != 2:
+        raise ValueError("za and zb must be [n, d] matrices, got shapes {} and {}".format(
+            za.shape, zb.shape))
+    if not za.shape.is_compatible_with(zb.shape):
+        raise ValueError("za and zb must have the same shape: {} vs. {}".format(za.shape, zb.shape))
+    if za.dtype != zb.dtype:
+        raise TypeError("za is {} but zb is {}; both views take the same dtype".format(
+            za.dtype.name, zb.dtype.name))
+    dtype = za.dtype
+    if dtype in (tf.float16, tf.bfloat16):
+        compute = tf.float32
+    elif dtype in (tf.float32, tf.float64):
+        compute = dtype
+    else:
+        raise TypeError("za has dtype {}; simclr.tensorflow takes float32, float64, float16 or "
+                        "bfloat16".format(dtype.name))
+    out = _per_example(tf.cast(za, compute), tf.cast(zb, compute), temperature, threads)
+    return tf.cast(out, dtype)

@@ -1,0 +1,317 @@
+// simclr/_tf_ops.so: TensorFlow custom ops (CPU kernels) over the C API's step calls
+// (include/simclr/c_api.h, "step calls for frameworks whose collectives are graph ops"), loaded by
+// simclr.tensorflow with tf.load_op_library. Between the steps, TensorFlow itself gathers the rows
+// and the per-row scalars (tf.distribute's all_gather in a replica context), so no kernel
+// communicates. The ops compute the per-example loss [n] (reduction none, no weights): the Keras
+// Loss base class applies sample_weight, the reduction and the distribution scaling itself. Built
+// only when TensorFlow is found at configure time (python/CMakeLists.txt), with the compile and
+// link flags tf.sysconfig reports; only the C API crosses between TensorFlow's and the library's
+// code.
+
+#include <cstdint>
+#include <string>
+
+#include "simclr/c_api.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+
+namespace {
+
+namespace tf = ::tensorflow;
+using tf::shape_inference::DimensionHandle;
+using tf::shape_inference::InferenceContext;
+using tf::shape_inference::ShapeHandle;
+
+// The C API's message for a failed step, prefixed with the op that failed.
+tf::Status step_error(const char* op) {
+  return tf::errors::InvalidArgument(std::string("simclr ") + op + ": " + simclr_last_error());
+}
+
+template <typename T>
+constexpr simclr_dtype dtype_of() {
+  return sizeof(T) == 4 ? SIMCLR_FLOAT32 : SIMCLR_FLOAT64;
+}
+
+// A tensor's buffer. An empty tensor (a replica with no rows) may have none, but the C API takes
+// NULL for "not wanted": it then gets a valid address that is never read or written.
+template <typename T>
+T* data(const tf::Tensor& t) {
+  static T empty[1] = {T(0)};
+  return t.NumElements() == 0 ? empty : const_cast<T*>(t.flat<T>().data());
+}
+
+// A [rows, cols] dense row-major view of a tensor's buffer.
+template <typename T>
+simclr_matrix matrix(const tf::Tensor& t, std::int64_t rows, std::int64_t cols) {
+  simclr_matrix m;
+  m.data = data<T>(t);
+  m.rows = rows;
+  m.cols = cols;
+  m.row_stride = cols;
+  m.dtype = dtype_of<T>();
+  m.device = -1;
+  return m;
+}
+
+simclr_call_options call_options(int threads) {
+  simclr_call_options o;
+  simclr_call_options_init(&o);
+  o.threads = threads;
+  return o;
+}
+
+// A reduction-none loss of the temperature a call passes (a float64 scalar input, not a float attr,
+// so float64 runs see the exact value), released at scope exit. Cheap: a configuration.
+class LossHandle {
+ public:
+  explicit LossHandle(const tf::Tensor& temperature) : scalar_(temperature.dims() == 0) {
+    if (scalar_)
+      status_ = simclr_loss_create(temperature.scalar<double>()(), SIMCLR_REDUCTION_NONE, nullptr,
+                                   &loss_);
+  }
+  ~LossHandle() { simclr_loss_destroy(loss_); }
+  LossHandle(const LossHandle&) = delete;
+  LossHandle& operator=(const LossHandle&) = delete;
+  tf::Status status(const char* op) const {
+    if (!scalar_)
+      return tf::errors::InvalidArgument("simclr ", op, ": temperature must be a scalar");
+    return status_ == SIMCLR_OK ? tf::Status() : step_error(op);
+  }
+  simclr_loss_t get() const { return loss_; }
+
+ private:
+  bool scalar_;
+  simclr_loss_t loss_ = nullptr;
+  simclr_status status_ = SIMCLR_OK;
+};
+
+// The threads attr every op with a loss takes (CPU threads of the library; 0: its default).
+class SimclrKernel : public tf::OpKernel {
+ public:
+  explicit SimclrKernel(tf::OpKernelConstruction* ctx) : tf::OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("threads", &threads_));
+    OP_REQUIRES(ctx, threads_ >= 0,
+                tf::errors::InvalidArgument("simclr: threads must be >= 0, got ", threads_));
+  }
+
+ protected:
+  int threads_ = 0;
+};
+
+tf::Status require_matrix(const tf::Tensor& t, const char* what) {
+  if (t.dims() != 2)
+    return tf::errors::InvalidArgument("simclr: ", what, " must be a [rows, d] matrix, got shape ",
+                                       t.shape().DebugString());
+  return tf::Status();
+}
+
+tf::Status require_vector(const tf::Tensor& t, std::int64_t size, const char* what) {
+  if (t.dims() != 1 || t.dim_size(0) != size)
+    return tf::errors::InvalidArgument("simclr: ", what, " must have shape [", size, "], got ",
+                                       t.shape().DebugString());
+  return tf::Status();
+}
+
+std::int64_t scalar_index(const tf::Tensor& t) {
+  return t.dtype() == tf::DT_INT64 ? t.scalar<std::int64_t>()()
+                                   : static_cast<std::int64_t>(t.scalar<std::int32_t>()());
+}
+
+// za, zb [n, d] -> u [2n, d] = [l2_normalize(za); l2_normalize(zb)], squared_norms [2n].
+template <typename T>
+class NormalizeOp : public tf::OpKernel {
+ public:
+  explicit NormalizeOp(tf::OpKernelConstruction* ctx) : tf::OpKernel(ctx) {}
+  void Compute(tf::OpKernelContext* ctx) override {
+    const tf::Tensor& za = ctx->input(0);
+    const tf::Tensor& zb = ctx->input(1);
+    OP_REQUIRES_OK(ctx, require_matrix(za, "za"));
+    OP_REQUIRES_OK(ctx, require_matrix(zb, "zb"));
+    const std::int64_t n = za.dim_size(0);
+    const std::int64_t d = za.dim_size(1);
+    tf::Tensor* u = nullptr;
+    tf::Tensor* squared_norms = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, tf::TensorShape({2 * n, d}), &u));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, tf::TensorShape({2 * n}), &squared_norms));
+    const simclr_matrix a = matrix<T>(za, n, d);
+    const simclr_matrix b = matrix<T>(zb, zb.dim_size(0), zb.dim_size(1));
+    const simclr_matrix out = matrix<T>(*u, 2 * n, d);
+    OP_REQUIRES(ctx, simclr_step_normalize(&a, &b, &out, data<T>(*squared_norms)) == SIMCLR_OK,
+                step_error("SimclrNormalize"));
+  }
+};
+
+// u_global [2G, d], anchor_begin, pairs (n) -> row_lse [2n], per_example [n] (both directions
+// summed).
+template <typename T>
+class ForwardOp : public SimclrKernel {
+ public:
+  using SimclrKernel::SimclrKernel;
+  void Compute(tf::OpKernelContext* ctx) override {
+    const tf::Tensor& u_global = ctx->input(0);
+    OP_REQUIRES_OK(ctx, require_matrix(u_global, "u_global"));
+    const std::int64_t begin = scalar_index(ctx->input(1));
+    const std::int64_t pairs = scalar_index(ctx->input(2));
+    OP_REQUIRES(ctx, pairs >= 0,
+                tf::errors::InvalidArgument("simclr: pairs must be >= 0, got ", pairs));
+    tf::Tensor* row_lse = nullptr;
+    tf::Tensor* per_example = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, tf::TensorShape({2 * pairs}), &row_lse));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, tf::TensorShape({pairs}), &per_example));
+    const simclr_matrix u = matrix<T>(u_global, u_global.dim_size(0), u_global.dim_size(1));
+    const LossHandle loss(ctx->input(3));
+    OP_REQUIRES_OK(ctx, loss.status("SimclrForward"));
+    const simclr_call_options o = call_options(threads_);
+    // Reduction none without weights: the values are the per-example losses themselves.
+    OP_REQUIRES(ctx,
+                simclr_step_forward(loss.get(), &u, begin, pairs, nullptr, &o, data<T>(*row_lse),
+                                    nullptr, data<T>(*per_example)) == SIMCLR_OK,
+                step_error("SimclrForward"));
+  }
+};
+
+// upstream [n] (the gradient of the per-example losses) -> alpha [2n], each anchor's weight.
+template <typename T>
+class AlphaOp : public SimclrKernel {
+ public:
+  using SimclrKernel::SimclrKernel;
+  void Compute(tf::OpKernelContext* ctx) override {
+    const tf::Tensor& upstream = ctx->input(0);
+    OP_REQUIRES(ctx, upstream.dims() == 1,
+                tf::errors::InvalidArgument("simclr: the upstream gradient must be [n], got ",
+                                            upstream.shape().DebugString()));
+    const std::int64_t n = upstream.dim_size(0);
+    tf::Tensor* alpha = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, tf::TensorShape({2 * n}), &alpha));
+    const LossHandle loss(ctx->input(1));
+    OP_REQUIRES_OK(ctx, loss.status("SimclrAlpha"));
+    const simclr_call_options o = call_options(threads_);
+    OP_REQUIRES(ctx,
+                simclr_step_alpha(loss.get(), dtype_of<T>(), n, n, nullptr, &o, data<T>(upstream),
+                                  n, data<T>(*alpha)) == SIMCLR_OK,
+                step_error("SimclrAlpha"));
+  }
+};
+
+// u_global, anchor_begin, squared_norms [2n], lse_all [2G], alpha_all [2G] -> grad_a, grad_b [n,
+// d].
+template <typename T>
+class BackwardOp : public SimclrKernel {
+ public:
+  using SimclrKernel::SimclrKernel;
+  void Compute(tf::OpKernelContext* ctx) override {
+    const tf::Tensor& u_global = ctx->input(0);
+    const tf::Tensor& squared_norms = ctx->input(2);
+    const tf::Tensor& lse_all = ctx->input(3);
+    const tf::Tensor& alpha_all = ctx->input(4);
+    OP_REQUIRES_OK(ctx, require_matrix(u_global, "u_global"));
+    const std::int64_t rows = u_global.dim_size(0);
+    const std::int64_t d = u_global.dim_size(1);
+    OP_REQUIRES(ctx, squared_norms.dims() == 1 && squared_norms.dim_size(0) % 2 == 0,
+                tf::errors::InvalidArgument("simclr: squared_norms must be [2n], got ",
+                                            squared_norms.shape().DebugString()));
+    OP_REQUIRES_OK(ctx, require_vector(lse_all, rows, "lse_all"));
+    OP_REQUIRES_OK(ctx, require_vector(alpha_all, rows, "alpha_all"));
+    const std::int64_t n = squared_norms.dim_size(0) / 2;
+    tf::Tensor* grad_a = nullptr;
+    tf::Tensor* grad_b = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, tf::TensorShape({n, d}), &grad_a));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, tf::TensorShape({n, d}), &grad_b));
+    const simclr_matrix u = matrix<T>(u_global, rows, d);
+    const simclr_matrix ga = matrix<T>(*grad_a, n, d);
+    const simclr_matrix gb = matrix<T>(*grad_b, n, d);
+    const LossHandle loss(ctx->input(5));
+    OP_REQUIRES_OK(ctx, loss.status("SimclrBackward"));
+    const simclr_call_options o = call_options(threads_);
+    OP_REQUIRES(
+        ctx,
+        simclr_step_backward(loss.get(), &u, scalar_index(ctx->input(1)), n, data<T>(squared_norms),
+                             data<T>(lse_all), data<T>(alpha_all), &o, &ga, &gb) == SIMCLR_OK,
+        step_error("SimclrBackward"));
+  }
+};
+
+tf::Status vector_of_unknown(InferenceContext* c, int output) {
+  c->set_output(output, c->Vector(InferenceContext::kUnknownDim));
+  return tf::Status();
+}
+
+}  // namespace
+
+REGISTER_OP("SimclrNormalize")
+    .Input("za: T")
+    .Input("zb: T")
+    .Output("u: T")
+    .Output("squared_norms: T")
+    .Attr("T: {float, double}")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle a;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &a));
+      DimensionHandle rows;
+      TF_RETURN_IF_ERROR(c->Multiply(c->Dim(a, 0), 2, &rows));
+      c->set_output(0, c->Matrix(rows, c->Dim(a, 1)));
+      c->set_output(1, c->Vector(rows));
+      return tf::Status();
+    });
+
+REGISTER_OP("SimclrForward")
+    .Input("u_global: T")
+    .Input("anchor_begin: int64")
+    .Input("pairs: int64")
+    .Input("temperature: double")
+    .Output("row_lse: T")
+    .Output("per_example: T")
+    .Attr("T: {float, double}")
+    .Attr("threads: int = 0")
+    .SetShapeFn([](InferenceContext* c) {
+      TF_RETURN_IF_ERROR(vector_of_unknown(c, 0));
+      return vector_of_unknown(c, 1);
+    });
+
+REGISTER_OP("SimclrAlpha")
+    .Input("upstream: T")
+    .Input("temperature: double")
+    .Output("alpha: T")
+    .Attr("T: {float, double}")
+    .Attr("threads: int = 0")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle g;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 1, &g));
+      DimensionHandle rows;
+      TF_RETURN_IF_ERROR(c->Multiply(c->Dim(g, 0), 2, &rows));
+      c->set_output(0, c->Vector(rows));
+      return tf::Status();
+    });
+
+REGISTER_OP("SimclrBackward")
+    .Input("u_global: T")
+    .Input("anchor_begin: int64")
+    .Input("squared_norms: T")
+    .Input("lse_all: T")
+    .Input("alpha_all: T")
+    .Input("temperature: double")
+    .Output("grad_a: T")
+    .Output("grad_b: T")
+    .Attr("T: {float, double}")
+    .Attr("threads: int = 0")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle u;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &u));
+      c->set_output(0, c->Matrix(InferenceContext::kUnknownDim, c->Dim(u, 1)));
+      c->set_output(1, c->Matrix(InferenceContext::kUnknownDim, c->Dim(u, 1)));
+      return tf::Status();
+    });
+
+#define SIMCLR_REGISTER_KERNELS(T)                                                               \
+  REGISTER_KERNEL_BUILDER(Name("SimclrNormalize").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"), \
+                          NormalizeOp<T>);                                                       \
+  REGISTER_KERNEL_BUILDER(Name("SimclrForward").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"),   \
+                          ForwardOp<T>);                                                         \
+  REGISTER_KERNEL_BUILDER(Name("SimclrAlpha").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"),     \
+                          AlphaOp<T>);                                                           \
+  REGISTER_KERNEL_BUILDER(Name("SimclrBackward").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"),  \
+                          BackwardOp<T>);
+
+SIMCLR_REGISTER_KERNELS(float)
+SIMCLR_REGISTER_KERNELS(double)
