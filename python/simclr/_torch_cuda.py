@@ -147,18 +147,11 @@ class _TorchDeviceComm:
 
     def __init__(self, group, device):
         import torch
-        import torch.distributed as dist
 
-        if not dist.is_available() or not dist.is_initialized():
-            raise RuntimeError(
-                "simclr.torch: process_group was given but torch.distributed is not initialised; "
-                "call torch.distributed.init_process_group(...) first, or pass process_group=None "
-                "for a local call")
+        from simclr.torch import _group_rank_size  # not at import: this module needs no torch
+
         self.group = group
-        self.rank = dist.get_rank(group)
-        self.size = dist.get_world_size(group)
-        if self.rank < 0:
-            raise ValueError("simclr.torch: this process is not a member of process_group")
+        self.rank, self.size = _group_rank_size(group)
         self.device = device
         self.host_device = torch.device("cpu") if _has_cpu_backend(group) else device
 

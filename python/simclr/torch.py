@@ -47,6 +47,20 @@ def _raise_as(kind, message):
     raise exc(message)
 
 
+def _group_rank_size(group):
+    """(rank, size) of this process in ``group``, for the CPU and CUDA routes' communicators; a clear
+    error when torch.distributed is not initialised or this process is not a member."""
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError(
+            "simclr.torch: process_group was given but torch.distributed is not initialised; "
+            "call torch.distributed.init_process_group(...) first, or pass process_group=None "
+            "for a local call")
+    rank, size = dist.get_rank(group), dist.get_world_size(group)
+    if rank < 0:
+        raise ValueError("simclr.torch: this process is not a member of process_group")
+    return rank, size
+
+
 class _TorchComm:
     """torch.distributed collectives behind a ``_core.Comm.from_callbacks`` communicator.
 
@@ -57,16 +71,8 @@ class _TorchComm:
     """
 
     def __init__(self, group):
-        if not dist.is_available() or not dist.is_initialized():
-            raise RuntimeError(
-                "simclr.torch: process_group was given but torch.distributed is not initialised; "
-                "call torch.distributed.init_process_group(...) first, or pass process_group=None "
-                "for a local call")
         self.group = group
-        self.rank = dist.get_rank(group)
-        self.size = dist.get_world_size(group)
-        if self.rank < 0:
-            raise ValueError("simclr.torch: this process is not a member of process_group")
+        self.rank, self.size = _group_rank_size(group)
         backend = dist.get_backend(group)
         # NCCL moves only CUDA tensors: stage the bytes through the current device.
         self.device = (torch.device("cuda", torch.cuda.current_device())
