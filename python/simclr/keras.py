@@ -29,7 +29,13 @@ def _keras():
             return keras, 3
     except ImportError:
         pass
-    import tensorflow as tf
+    try:
+        import tensorflow as tf
+    except ImportError as exc:
+        raise ImportError(
+            "simclr.keras needs TensorFlow (Keras 2, e.g. pip install tensorflow-cpu==2.15.1, then "
+            "rebuild simclr with --no-build-isolation for its TensorFlow op) or Keras 3 with the "
+            "JAX or PyTorch backend; docs/python.md, 'TensorFlow and Keras'") from exc
     return tf.keras, 2
 
 
