@@ -1,6 +1,6 @@
-// The device front end (docs/gpu.md): validation, the agreement step, normalisation, the gather,
-// the tiled engine, the Keras reduction; and the backward. Mirrors src/frontend/loss.cpp step by
-// step.
+// The device front end (docs/gpu.md): the shared step (detail/step.hpp: validation, the agreement,
+// the plan), normalisation, the gather, the tiled device engine, the reduction kernels; and the
+// backward. Only the engine differs from src/frontend/loss.cpp.
 
 #include "simclr/cuda/device_loss.hpp"
 
@@ -18,6 +18,7 @@
 #include "kernels.cuh"
 #include "simclr/detail/agreement.hpp"
 #include "simclr/detail/cuda_check.hpp"
+#include "simclr/detail/step.hpp"
 #include "simclr/engine.hpp"
 #include "simclr/loss.hpp"
 
@@ -165,17 +166,14 @@ namespace detail {
 
 // What the forward keeps for the backward.
 struct DeviceSaved {
+  simclr::detail::StepPlan plan;  // what every rank agreed on (layout, rows, denominator, scale)
   DeviceDType dtype = DeviceDType::kFloat32;
   std::int64_t dim = 0;
-  simclr::detail::RowLayout layout;  // where this rank's 2n anchors sit in u
-  DeviceArray u;                     // [2G, d] normalised rows of every rank, input dtype
-  DeviceArray squared_norms;         // [2n] float32
-  DeviceArray row_lse;               // [2n] float32
-  DeviceArray weight;                // [n] float32, after broadcasting
-  float denominator = 1;             // of sum_over_batch_size (0 gives 0)
-  Reduction reduction = Reduction::kSum;
+  DeviceArray u;              // [2G, d] normalised rows of every rank, input dtype
+  DeviceArray squared_norms;  // [2n] float32
+  DeviceArray row_lse;        // [2n] float32
+  DeviceArray weight;         // [n] float32, after broadcasting
   DeviceCommunicator* communicator = nullptr;
-  std::vector<std::int64_t> rank_rows;
   cudaStream_t stream = nullptr;  // the forward's: the arrays above are freed in its order
   DeviceOptions options;
   float inv_temperature = 1;
@@ -453,24 +451,130 @@ std::size_t backward_workspace_bytes(const DeviceProblem& problem, const DeviceO
   return arena.used();
 }
 
+namespace detail {
+namespace {
+
+std::string device_dtype_name(std::int32_t t) { return to_string(static_cast<DeviceDType>(t)); }
+
+std::vector<FiniteCheck> input_checks(const DeviceMatrixView& za, const DeviceMatrixView& zb,
+                                      const DeviceSampleWeight* sample_weight) {
+  std::vector<FiniteCheck> checks = {
+      {za.data, za.dtype, za.rows, za.cols, za.row_stride, "za has", true},
+      {zb.data, zb.dtype, zb.rows, zb.cols, zb.row_stride, "zb has", true}};
+  if (sample_weight != nullptr && sample_weight->space == MemorySpace::kDevice)
+    checks.push_back({sample_weight->data, DeviceDType::kFloat32, sample_weight->size, 1, 1,
+                      "sample_weight has", false});
+  return checks;
+}
+
+// The checked mode of a distributed call: the finiteness verdict is read back before the agreement
+// gather, which carries it to every rank. The status array opens the workspace
+// (take_forward_arrays), so this is the same memory the call's arrays use afterwards.
+DeviceArray check_finite_before_agreement(const std::vector<FiniteCheck>& checks,
+                                          const DeviceWorkspace& workspace, cudaStream_t stream) {
+  const std::size_t status_bytes = kStatusSlots * sizeof(unsigned long long);
+  DeviceArray status = workspace.data != nullptr && workspace.bytes >= status_bytes
+                           ? DeviceArray::borrow(workspace.data, status_bytes)
+                           : DeviceArray(status_bytes, stream);
+  SIMCLR_CHECK_CUDA(cudaMemsetAsync(status.data(), 0xFF, status.bytes(), stream));
+  launch_finite_checks(checks, status.as<unsigned long long>(), stream);
+  report_finite_checks(checks, status.as<unsigned long long>(), stream);
+  return status;
+}
+
+// Weights [n] on the device, after Keras's broadcasting.
+void place_weights(const DeviceSampleWeight* sample_weight, ForwardArrays& arrays,
+                   const DeviceSaved& saved, cudaStream_t stream) {
+  const float* src = nullptr;
+  std::int64_t src_size = 0;
+  if (sample_weight != nullptr) {
+    src_size = sample_weight->size;
+    if (sample_weight->space == MemorySpace::kHost) {
+      upload(sample_weight->data, sample_weight->size, arrays.staged_weight, stream);
+      src = arrays.staged_weight.as<float>();
+    } else {
+      src = sample_weight->data;
+    }
+  }
+  const std::int64_t n = saved.plan.layout.pairs;
+  launch_broadcast_weight(n == 0 ? nullptr : src, src_size, n, saved.weight.as<float>(), stream);
+  arrays.staged_weight = DeviceArray();
+}
+
+// Normalise own rows ([a; b], 2n x d), then gather every rank's into U (docs/math.md section 3).
+void normalise_and_gather(const DeviceMatrixView& za, const DeviceMatrixView& zb,
+                          ForwardArrays& arrays, DeviceSaved& saved, cudaStream_t stream) {
+  const std::int64_t n = saved.plan.layout.pairs, d = saved.dim;
+  const std::size_t elem = element_size(saved.dtype);
+  DeviceCommunicator* comm = saved.communicator;
+  void* dst = comm != nullptr ? arrays.local.data() : saved.u.data();
+  float* norms = saved.squared_norms.as<float>();
+  launch_l2_normalize(za.data, saved.dtype, n, d, za.row_stride, dst, norms, stream);
+  launch_l2_normalize(zb.data, saved.dtype, n, d, zb.row_stride,
+                      static_cast<char*>(dst) + z(n * d, elem), norms + n, stream);
+  if (comm == nullptr) return;
+  comm->set_stream(stream);
+  comm->all_gather_v(arrays.local.data(), z(2 * n * d, elem), saved.u.data(),
+                     saved.plan.rank_counts(d, elem));
+  arrays.local = DeviceArray();  // stream-ordered free when allocated
+}
+
+// The balanced schedule (docs/performance.md, "Schedules"): this rank's diagonal block with the
+// symmetric scheme, its off-diagonal blocks into every row's (max, sum), both turned into sums at
+// the fixed shift, and a reduce-scatter that brings each rank the full sums of its own rows:
+// LSE = shift + log(sum). run_max gets the shift, run_sum the sums.
+double balanced_forward(DeviceSaved& saved, DeviceTileProblem& problem, Arena& arena,
+                        float* run_max, cudaStream_t stream) {
+  const simclr::detail::StepPlan& plan = saved.plan;
+  const std::int64_t n = plan.layout.pairs, d = saved.dim, total = plan.total;
+  const std::size_t elem = element_size(saved.dtype);
+  saved.blocks = simclr::detail::balanced_blocks(plan.rank_rows, plan.rank);
+  const std::int64_t rows_all = 2 * total;
+  BalancedForwardArrays extra = take_balanced_forward_arrays(arena, total);
+  const EngineScratch scratch = engine_pairs_scratch(problem, arena);
+  float* g_max = extra.stats.as<float>();
+  const RowStats global{g_max, g_max + rows_all, g_max + 2 * rows_all};
+  launch_fill(global.run_max, rows_all, -std::numeric_limits<float>::infinity(), stream);
+  launch_fill(global.run_sum, rows_all, 0.f, stream);
+  double flops = 0;
+  if (n > 0) {
+    DeviceTileProblem own = tile_problem(n, 2 * n, 0, d, saved.dtype, saved.options);
+    own.u = static_cast<const char*>(saved.u.data()) + z(plan.layout.anchor_begin * d, elem);
+    own.inv_temperature = saved.inv_temperature;
+    own.stream = stream;
+    own.blas = problem.blas;
+    flops = engine_forward(own, {run_max, run_max + 2 * n, run_max + 4 * n}, scratch);
+  }
+  flops += engine_forward_pairs(problem, saved.blocks, global, scratch);
+  const float shift = simclr::detail::fixed_shift_of(saved.inv_temperature);
+  float* sums = extra.sums.as<float>();
+  launch_shifted_sums(global.run_max, global.run_sum, rows_all, shift, false, sums, stream);
+  launch_shifted_sums(run_max, run_max + 2 * n, 2 * n, shift, true,
+                      sums + plan.layout.anchor_begin, stream);
+  saved.communicator->set_stream(stream);
+  saved.communicator->reduce_scatter_v(sums, run_max + 2 * n, plan.rank_counts(1, 1),
+                                       SumType::kFloat32);
+  launch_fill(run_max, 2 * n, shift, stream);
+  return flops;
+}
+
+}  // namespace
+}  // namespace detail
+
 DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView zb,
                                            cudaStream_t stream,
                                            const DeviceSampleWeight* sample_weight,
                                            const DeviceCallOptions& options) const {
   DeviceCommunicator* comm = options.communicator;
-  const LossConfig& cfg = config_;
   const bool checked = options.check == DeviceCheckMode::kChecked;
-  const Reduction reduction =
-      cfg.reduction == Reduction::kAuto ? Reduction::kSumOverBatchSize : cfg.reduction;
-  const std::int64_t gbs = !options.global_batch_size ? simclr::detail::kNoGlobalBatch
-                           : options.global_batch_size->is_infer()
-                               ? simclr::detail::kInferGlobalBatch
-                               : options.global_batch_size->rows();
   const std::int64_t n = za.rows, d = za.cols;
   const bool host_weight = sample_weight != nullptr && sample_weight->space == MemorySpace::kHost;
+  const std::vector<detail::FiniteCheck> checks = detail::input_checks(za, zb, sample_weight);
 
-  // Shapes, dtypes and (local calls) the workspace size: host-side only.
-  auto validate_shapes = [&] {
+  // Shapes, dtypes, weights (host-side), and in the checked mode of a distributed call the
+  // finiteness verdict, so that bad input on one rank raises on all.
+  DeviceArray early_status;
+  auto validate = [&] {
     detail::check_view(za, "za");
     detail::check_view(zb, "zb");
     SIMCLR_ENFORCE(za.rows == zb.rows && za.cols == zb.cols, ValueError,
@@ -480,223 +584,99 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
                    "za and zb must have the same dtype: ", to_string(za.dtype), " vs. ",
                    to_string(zb.dtype));
     detail::check_weight_shape(sample_weight, za.rows);
+    if (comm != nullptr && checked)
+      early_status = detail::check_finite_before_agreement(checks, options.workspace, stream);
   };
-  auto check_workspace = [&](std::int64_t total) {
-    if (options.workspace.data == nullptr) return;
-    DeviceProblem problem{n, total, d, za.dtype, comm != nullptr};
-    const std::size_t need = forward_workspace_bytes(problem, options);
+  simclr::detail::StepRequest request;
+  request.rows = n;
+  request.cols = d;
+  request.dtype = static_cast<std::int32_t>(za.dtype);
+  request.config = &config_;
+  request.global_batch_size = options.global_batch_size;
+  request.schedule = options.device.schedule;
+  request.gradient_reduction = options.gradient_reduction;
+  request.dtype_name = detail::device_dtype_name;
+  request.options_name = "DeviceCallOptions";
+  auto saved = std::make_shared<detail::DeviceSaved>();
+  saved->plan =
+      simclr::detail::plan_step(comm != nullptr ? &comm->host() : nullptr, request, validate);
+  const simclr::detail::StepPlan& plan = saved->plan;
+  const std::int64_t total = plan.total;
+  if (options.workspace.data != nullptr) {
+    // A workspace sized for other global rows fails on this rank only (documented: size it with G).
+    const std::size_t need =
+        forward_workspace_bytes(DeviceProblem{n, total, d, za.dtype, comm != nullptr}, options);
     SIMCLR_ENFORCE(options.workspace.bytes >= need, ValueError, "forward: the workspace has ",
                    options.workspace.bytes, " bytes but this call needs ", need,
                    " (forward_workspace_bytes with rows ", n, ", global_rows ", total, ", dim ", d,
                    ", ", to_string(za.dtype), ")");
-  };
-  std::vector<detail::FiniteCheck> checks;
-  auto finite_checks = [&] {
-    checks = {{za.data, za.dtype, za.rows, za.cols, za.row_stride, "za has", true},
-              {zb.data, zb.dtype, zb.rows, zb.cols, zb.row_stride, "zb has", true}};
-    if (sample_weight != nullptr && sample_weight->space == MemorySpace::kDevice)
-      checks.push_back({sample_weight->data, DeviceDType::kFloat32, sample_weight->size, 1, 1,
-                        "sample_weight has", false});
-  };
-
-  // The status array comes first out of the workspace (or is allocated), so the finiteness check
-  // can write it before the agreement step needs its verdict.
-  std::optional<detail::Arena> arena;
-  detail::ForwardArrays arrays;
-  auto start = [&](std::int64_t total) {
-    arena.emplace(options.workspace, stream, "forward");
-    arrays = detail::take_forward_arrays(*arena, n, total, d, element_size(za.dtype),
-                                         reduction == Reduction::kNone ? n : 1, comm != nullptr,
-                                         host_weight, options.outputs);
-    SIMCLR_CHECK_CUDA(cudaMemsetAsync(arrays.status.data(), 0xFF, arrays.status.bytes(), stream));
-    finite_checks();
-    detail::launch_finite_checks(checks, arrays.status.as<unsigned long long>(), stream);
-  };
-
-  std::vector<std::int64_t> rank_rows{n};
-  std::int64_t offset = 0, total = n;
-  if (comm == nullptr) {
-    validate_shapes();
-    check_workspace(n);
-    start(n);
-    if (checked)
-      detail::report_finite_checks(checks, arrays.status.as<unsigned long long>(), stream);
-  } else {
-    // In the checked mode the finiteness verdict travels with the agreement record, so bad input on
-    // one rank raises on all. The arrays are taken once the global rows are known.
-    AgreementRecord mine = simclr::detail::forward_record(n, d, static_cast<std::int32_t>(za.dtype),
-                                                          reduction, cfg.temperature, gbs);
-    // The schedule decides which collectives follow, so every rank must ask for the same one.
-    mine.reserved = static_cast<std::int32_t>(options.device.schedule);
-    DeviceArray early_status;
-    simclr::detail::capture(mine, [&] {
-      validate_shapes();
-      if (checked) {
-        finite_checks();
-        // The status array opens the workspace (take_forward_arrays), so this is the same memory.
-        const std::size_t status_bytes = kStatusSlots * sizeof(unsigned long long);
-        early_status = options.workspace.data != nullptr && options.workspace.bytes >= status_bytes
-                           ? DeviceArray::borrow(options.workspace.data, status_bytes)
-                           : DeviceArray(status_bytes, stream);
-        SIMCLR_CHECK_CUDA(cudaMemsetAsync(early_status.data(), 0xFF, early_status.bytes(), stream));
-        detail::launch_finite_checks(checks, early_status.as<unsigned long long>(), stream);
-        detail::report_finite_checks(checks, early_status.as<unsigned long long>(), stream);
-      }
-    });
-    const auto all = simclr::detail::gather_records(comm->host(), mine);
-    const int size = comm->size(), rank = comm->rank();
-    SIMCLR_ENFORCE_EQ(static_cast<int>(all.size()), size, CommError,
-                      "device communicator: ranks of host() vs the device communicator");
-    simclr::detail::check_forward_records(
-        all, [](std::int32_t t) { return to_string(static_cast<DeviceDType>(t)); }, cfg.reduction,
-        "DeviceCallOptions");
-    simclr::detail::check_same_schedule(all, "DeviceOptions schedule");
-    rank_rows.resize(static_cast<std::size_t>(size));
-    for (int r = 0; r < size; ++r)
-      rank_rows[static_cast<std::size_t>(r)] = all[static_cast<std::size_t>(r)].rows;
-    offset = std::accumulate(rank_rows.begin(), rank_rows.begin() + rank, std::int64_t{0});
-    total = std::accumulate(rank_rows.begin(), rank_rows.end(), std::int64_t{0});
-    // A workspace sized for other global rows fails on this rank only (documented: size it with G).
-    check_workspace(total);
-    start(total);
   }
+  detail::Arena arena(options.workspace, stream, "forward");
+  detail::ForwardArrays arrays = detail::take_forward_arrays(
+      arena, n, total, d, element_size(za.dtype), plan.reduction == Reduction::kNone ? n : 1,
+      comm != nullptr, host_weight, options.outputs);
+  SIMCLR_CHECK_CUDA(cudaMemsetAsync(arrays.status.data(), 0xFF, arrays.status.bytes(), stream));
+  detail::launch_finite_checks(checks, arrays.status.as<unsigned long long>(), stream);
+  if (comm == nullptr && checked)
+    detail::report_finite_checks(checks, arrays.status.as<unsigned long long>(), stream);
 
   const DeviceDType dtype = za.dtype;
-  const std::size_t elem = element_size(dtype);
-  auto saved = std::make_shared<detail::DeviceSaved>();
   saved->dtype = dtype;
   saved->dim = d;
-  saved->layout = simclr::detail::RowLayout{2 * total, 2 * offset, n};
   saved->communicator = comm;
-  saved->rank_rows = rank_rows;
   saved->stream = stream;
   saved->options = options.device;
-  saved->inv_temperature = static_cast<float>(1.0 / cfg.temperature);
-  saved->reduction = reduction;
+  saved->inv_temperature = static_cast<float>(1.0 / config_.temperature);
   saved->u = std::move(arrays.u);
   saved->squared_norms = std::move(arrays.squared_norms);
   saved->row_lse = std::move(arrays.row_lse);
   saved->weight = std::move(arrays.weight);
+  detail::place_weights(sample_weight, arrays, *saved, stream);
+  detail::normalise_and_gather(za, zb, arrays, *saved, stream);
 
-  // Weights [n] on the device, after Keras's broadcasting.
-  {
-    const float* src = nullptr;
-    std::int64_t src_size = 0;
-    if (sample_weight != nullptr) {
-      src_size = sample_weight->size;
-      if (host_weight) {
-        detail::upload(sample_weight->data, sample_weight->size, arrays.staged_weight, stream);
-        src = arrays.staged_weight.as<float>();
-      } else {
-        src = sample_weight->data;
-      }
-    }
-    detail::launch_broadcast_weight(n == 0 ? nullptr : src, src_size, n, saved->weight.as<float>(),
-                                    stream);
-    arrays.staged_weight = DeviceArray();
-  }
-
-  // Normalise own rows ([a; b], 2n x d), then gather every rank's into U (docs/math.md section 3).
-  {
-    void* dst = comm != nullptr ? arrays.local.data() : saved->u.data();
-    float* norms = saved->squared_norms.as<float>();
-    detail::launch_l2_normalize(za.data, dtype, n, d, za.row_stride, dst, norms, stream);
-    detail::launch_l2_normalize(zb.data, dtype, n, d, zb.row_stride,
-                                static_cast<char*>(dst) + detail::z(n * d, elem), norms + n,
-                                stream);
-    if (comm != nullptr) {
-      std::vector<std::size_t> bytes(rank_rows.size());
-      for (std::size_t r = 0; r < rank_rows.size(); ++r)
-        bytes[r] = detail::z(2 * rank_rows[r] * d, elem);
-      comm->set_stream(stream);
-      comm->all_gather_v(arrays.local.data(), detail::z(2 * n * d, elem), saved->u.data(), bytes);
-      arrays.local = DeviceArray();  // stream-ordered free when allocated
-    }
-  }
-
-  // The tiled forward: per-row LSE and positives.
+  // The tiled forward: per-row LSE and positives. Device auto keeps own_rows until measured.
   detail::DeviceTileProblem problem =
-      detail::tile_problem(n, 2 * total, saved->layout.anchor_begin, d, dtype, options.device);
+      detail::tile_problem(n, 2 * total, plan.layout.anchor_begin, d, dtype, options.device);
   problem.u = saved->u.data();
   problem.inv_temperature = saved->inv_temperature;
   problem.stream = stream;
   float* run_max = arrays.stats.as<float>();
   double flops = 0;
-  // The balanced schedule (docs/performance.md, "Schedules"): device auto keeps own_rows.
   if (comm != nullptr && comm->has_reduce_scatter()) {
     const Schedule asked =
         options.device.schedule == Schedule::kAuto ? Schedule::kOwnRows : options.device.schedule;
     saved->balanced =
-        simclr::detail::resolve_schedule(asked, rank_rows, d, sizeof(float),
+        simclr::detail::resolve_schedule(asked, plan.rank_rows, d, sizeof(float),
                                          simclr::detail::has_fixed_shift(saved->inv_temperature)) ==
         Schedule::kBalanced;
   }
+  if (saved->balanced || n > 0) problem.blas = blas_handle(options.blas_handle, stream);
   if (saved->balanced) {
-    // This rank's diagonal block with the symmetric scheme, its off-diagonal blocks into every
-    // row's (max, sum), both turned into sums at the fixed shift, and a reduce-scatter that brings
-    // each rank the full sums of its own rows: LSE = shift + log(sum).
-    saved->blocks = simclr::detail::balanced_blocks(rank_rows, comm->rank());
-    const std::int64_t rows_all = 2 * total;
-    detail::BalancedForwardArrays extra = detail::take_balanced_forward_arrays(*arena, total);
-    const detail::EngineScratch scratch = detail::engine_pairs_scratch(problem, *arena);
-    problem.blas = blas_handle(options.blas_handle, stream);
-    float* g_max = extra.stats.as<float>();
-    const detail::RowStats global{g_max, g_max + rows_all, g_max + 2 * rows_all};
-    detail::launch_fill(global.run_max, rows_all, -std::numeric_limits<float>::infinity(), stream);
-    detail::launch_fill(global.run_sum, rows_all, 0.f, stream);
-    if (n > 0) {
-      detail::DeviceTileProblem own = detail::tile_problem(n, 2 * n, 0, d, dtype, options.device);
-      own.u = static_cast<const char*>(saved->u.data()) +
-              detail::z(saved->layout.anchor_begin * d, elem);
-      own.inv_temperature = saved->inv_temperature;
-      own.stream = stream;
-      own.blas = problem.blas;
-      flops = detail::engine_forward(own, {run_max, run_max + 2 * n, run_max + 4 * n}, scratch);
-    }
-    flops += detail::engine_forward_pairs(problem, saved->blocks, global, scratch);
-    const float shift = simclr::detail::fixed_shift_of(saved->inv_temperature);
-    float* sums = extra.sums.as<float>();
-    detail::launch_shifted_sums(global.run_max, global.run_sum, rows_all, shift, false, sums,
-                                stream);
-    detail::launch_shifted_sums(run_max, run_max + 2 * n, 2 * n, shift, true,
-                                sums + saved->layout.anchor_begin, stream);
-    std::vector<std::size_t> counts(rank_rows.size());
-    for (std::size_t r = 0; r < rank_rows.size(); ++r)
-      counts[r] = static_cast<std::size_t>(2 * rank_rows[r]);
-    comm->set_stream(stream);
-    comm->reduce_scatter_v(sums, run_max + 2 * n, counts, SumType::kFloat32);
-    detail::launch_fill(run_max, 2 * n, shift, stream);
+    flops = detail::balanced_forward(*saved, problem, arena, run_max, stream);
   } else if (n > 0) {
-    const detail::EngineScratch scratch = detail::engine_forward_scratch(problem, *arena);
-    problem.blas = blas_handle(options.blas_handle, stream);
+    const detail::EngineScratch scratch = detail::engine_forward_scratch(problem, arena);
     flops = detail::engine_forward(problem, {run_max, run_max + 2 * n, run_max + 4 * n}, scratch);
   }
 
   DeviceLossOutput out;
-  out.reduction = reduction;
+  out.reduction = plan.reduction;
   out.dtype = dtype;
-  out.rank_rows = rank_rows;
-  out.row_offset = offset;
+  out.rank_rows = plan.rank_rows;
+  out.row_offset = plan.offset;
   out.global_rows = total;
   out.flops = flops;
   out.values = std::move(arrays.values);
   out.per_example = std::move(arrays.per_example);
   out.objective = std::move(arrays.objective);
   out.status = std::move(arrays.status);
-  std::int64_t denom = 1;
-  if (reduction == Reduction::kSumOverBatchSize)
-    denom = gbs == simclr::detail::kNoGlobalBatch      ? n
-            : gbs == simclr::detail::kInferGlobalBatch ? total
-                                                       : gbs;
-  saved->denominator = static_cast<float>(denom);
   detail::ForwardFinishParams finish;
   finish.run_max = run_max;
   finish.run_sum = run_max + 2 * n;
   finish.positive = run_max + 4 * n;
   finish.weight = saved->weight.as<float>();
   finish.pairs = n;
-  finish.reduction = static_cast<int>(reduction);
-  finish.denominator = static_cast<double>(denom);
+  finish.reduction = static_cast<int>(plan.reduction);
+  finish.denominator = static_cast<double>(plan.denominator);
   finish.dtype = dtype;
   finish.row_lse = saved->row_lse.as<float>();
   finish.per_example = out.per_example.data();
@@ -732,7 +712,8 @@ void DeviceSimCLRLoss::backward_impl(const DeviceLossOutput& output, float scala
   SIMCLR_ENFORCE(output.saved != nullptr, ValueError,
                  "backward needs the DeviceLossOutput of a forward call of this loss");
   const detail::DeviceSaved& s = *output.saved;
-  const std::int64_t n = s.layout.pairs, d = s.dim, total_rows = s.layout.total_rows;
+  const simclr::detail::StepPlan& plan = s.plan;
+  const std::int64_t n = plan.layout.pairs, d = s.dim, total_rows = plan.layout.total_rows;
   const std::size_t elem = element_size(s.dtype);
   DeviceCommunicator* comm = s.communicator;
   const bool host_upstream = per_example != nullptr && per_example->space == MemorySpace::kHost;
@@ -750,17 +731,14 @@ void DeviceSimCLRLoss::backward_impl(const DeviceLossOutput& output, float scala
                      ", dim ", d, ", ", to_string(s.dtype), ")");
     }
     if (per_example == nullptr) {
-      SIMCLR_ENFORCE(std::isfinite(scalar), ValueError, "upstream gradient has ",
-                     std::isnan(scalar) ? "NaN" : "Inf", " at index 0");
+      simclr::detail::check_upstream(&scalar, 1, false, output.reduction, n);
       return;
     }
-    SIMCLR_ENFORCE(per_example->size == n, ValueError, "upstream gradient has ", per_example->size,
-                   " elements but the loss has ", n);
     SIMCLR_ENFORCE(n == 0 || per_example->data != nullptr, ValueError, "upstream gradient is null");
+    simclr::detail::check_upstream(host_upstream ? per_example->data : nullptr, per_example->size,
+                                   true, output.reduction, n);
     if (host_upstream) {
-      for (std::int64_t i = 0; i < n; ++i)
-        SIMCLR_ENFORCE(std::isfinite(per_example->data[i]), ValueError, "upstream gradient has ",
-                       std::isnan(per_example->data[i]) ? "NaN" : "Inf", " at index ", i);
+      return;
     } else if (output.status.bytes() >= kStatusSlots * sizeof(unsigned long long)) {
       // Slot kStatusUpstream of the forward's status array; in the checked mode its verdict is
       // read back here.
@@ -773,13 +751,7 @@ void DeviceSimCLRLoss::backward_impl(const DeviceLossOutput& output, float scala
         detail::report_finite_checks(checks, slot, stream);
     }
   };
-  if (comm == nullptr) {
-    validate();
-  } else {
-    AgreementRecord mine = simclr::detail::empty_record();
-    simclr::detail::capture(mine, validate);
-    simclr::detail::gather_records(comm->host(), mine);
-  }
+  simclr::detail::agree_backward(comm != nullptr ? &comm->host() : nullptr, validate);
   (void)device_upstream;
 
   detail::Arena arena(options.workspace, stream, "backward");
@@ -798,17 +770,17 @@ void DeviceSimCLRLoss::backward_impl(const DeviceLossOutput& output, float scala
       }
     }
     detail::launch_pair_weight(upstream, scalar, s.weight.as<float>(), n,
-                               s.reduction == Reduction::kSumOverBatchSize, s.denominator,
-                               arrays.alpha.as<float>(), stream);
+                               plan.reduction == Reduction::kSumOverBatchSize,
+                               static_cast<float>(plan.denominator),
+                               static_cast<float>(plan.gradient_scale), arrays.alpha.as<float>(),
+                               stream);
   }
 
   // Every row's LSE and alpha in U order: two small gathers when distributed.
   const float* lse_all = s.row_lse.as<float>();
   const float* alpha_all = arrays.alpha.as<float>();
   if (comm != nullptr) {
-    std::vector<std::size_t> bytes(s.rank_rows.size());
-    for (std::size_t r = 0; r < bytes.size(); ++r)
-      bytes[r] = static_cast<std::size_t>(2 * s.rank_rows[r]) * sizeof(float);
+    const std::vector<std::size_t> bytes = plan.rank_counts(1, sizeof(float));
     comm->set_stream(stream);
     const std::size_t mine = static_cast<std::size_t>(2 * n) * sizeof(float);
     comm->all_gather_v(s.row_lse.data(), mine, arrays.lse_gathered.data(), bytes);
@@ -825,7 +797,7 @@ void DeviceSimCLRLoss::backward_impl(const DeviceLossOutput& output, float scala
   detail::launch_backward_params(alpha_all, total_rows, s.inv_temperature, s.dtype,
                                  arrays.params.as<float>(), stream);
   detail::DeviceTileProblem problem =
-      detail::tile_problem(n, total_rows, s.layout.anchor_begin, d, s.dtype, s.options);
+      detail::tile_problem(n, total_rows, plan.layout.anchor_begin, d, s.dtype, s.options);
   problem.u = s.u.data();
   problem.inv_temperature = s.inv_temperature;
   problem.stream = stream;
@@ -837,7 +809,7 @@ void DeviceSimCLRLoss::backward_impl(const DeviceLossOutput& output, float scala
     problem.blas = blas_handle(options.blas_handle, stream);
     float* g = grad_all.as<float>();
     SIMCLR_CHECK_CUDA(cudaMemsetAsync(g, 0, grad_all.bytes(), stream));
-    const std::int64_t begin = s.layout.anchor_begin;
+    const std::int64_t begin = plan.layout.anchor_begin;
     detail::DeviceTileProblem own = detail::tile_problem(n, 2 * n, 0, d, s.dtype, s.options);
     own.u = static_cast<const char*>(s.u.data()) + detail::z(begin * d, elem);
     own.inv_temperature = s.inv_temperature;
@@ -847,11 +819,8 @@ void DeviceSimCLRLoss::backward_impl(const DeviceLossOutput& output, float scala
                             g + begin * d, scratch);
     detail::engine_backward_pairs(problem, s.blocks, lse_all, alpha_all, arrays.params.as<float>(),
                                   g, scratch);
-    std::vector<std::size_t> counts(s.rank_rows.size());
-    for (std::size_t r = 0; r < counts.size(); ++r)
-      counts[r] = static_cast<std::size_t>(2 * s.rank_rows[r] * d);
     comm->set_stream(stream);
-    comm->reduce_scatter_v(g, arrays.grad_u.data(), counts, SumType::kFloat32);
+    comm->reduce_scatter_v(g, arrays.grad_u.data(), plan.rank_counts(d, 1), SumType::kFloat32);
   } else {
     const detail::EngineScratch scratch = detail::engine_backward_scratch(problem, arena);
     problem.blas = blas_handle(options.blas_handle, stream);
@@ -859,7 +828,7 @@ void DeviceSimCLRLoss::backward_impl(const DeviceLossOutput& output, float scala
                             arrays.grad_u.as<float>(), scratch);
   }
   const char* anchors = static_cast<const char*>(s.u.data()) +
-                        static_cast<std::size_t>(s.layout.anchor_begin * d) * elem;
+                        static_cast<std::size_t>(plan.layout.anchor_begin * d) * elem;
   const float* norms = s.squared_norms.as<float>();
   float* grad_u = arrays.grad_u.as<float>();
   detail::launch_l2_normalize_backward(anchors, norms, grad_u, n, d, s.dtype, grad_a.data,

@@ -289,12 +289,13 @@ __global__ void broadcast_weight_kernel(const float* src, std::int64_t src_size,
 
 __global__ void pair_weight_kernel(const float* upstream, float upstream_scalar,
                                    const float* weight, std::int64_t n, bool divide,
-                                   float denominator, float* alpha) {
+                                   float denominator, float scale, float* alpha) {
   for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     const float g = upstream != nullptr ? upstream[i] : upstream_scalar;
     float a = g * weight[i];
     if (divide) a = denominator == 0.f ? 0.f : a / denominator;
+    a *= scale;
     alpha[i] = a;
     alpha[n + i] = a;
   }
@@ -487,12 +488,12 @@ void launch_broadcast_weight(const float* src, std::int64_t src_size, std::int64
 }
 
 void launch_pair_weight(const float* upstream, float upstream_scalar, const float* weight,
-                        std::int64_t pairs, bool divide, float denominator, float* alpha,
-                        cudaStream_t stream) {
+                        std::int64_t pairs, bool divide, float denominator, float scale,
+                        float* alpha, cudaStream_t stream) {
   if (pairs == 0) return;
   const auto blocks = static_cast<unsigned>(blocks_for(pairs, 256, 1024));
   SIMCLR_LAUNCH(pair_weight_kernel, blocks, 256, stream)
-  (upstream, upstream_scalar, weight, pairs, divide, denominator, alpha);
+  (upstream, upstream_scalar, weight, pairs, divide, denominator, scale, alpha);
   SIMCLR_CHECK_LAUNCH("pair_weight_kernel");
 }
 

@@ -107,11 +107,12 @@ void launch_forward_finish(const ForwardFinishParams& p, cudaStream_t stream);
 void launch_broadcast_weight(const float* src, std::int64_t src_size, std::int64_t pairs,
                              float* weight, cudaStream_t stream);
 
-// alpha[i] = alpha[n + i] = g_i * w_i (/ denominator for sum_over_batch_size; 0 when it is 0), with
-// g_i = upstream[i] when upstream is non-null, else upstream_scalar.
+// alpha[i] = alpha[n + i] = g_i * w_i (/ denominator for sum_over_batch_size; 0 when it is 0)
+// * scale (the gradient scale of detail::StepPlan), with g_i = upstream[i] when upstream is
+// non-null, else upstream_scalar.
 void launch_pair_weight(const float* upstream, float upstream_scalar, const float* weight,
-                        std::int64_t pairs, bool divide, float denominator, float* alpha,
-                        cudaStream_t stream);
+                        std::int64_t pairs, bool divide, float denominator, float scale,
+                        float* alpha, cudaStream_t stream);
 
 // params[0] = scale of the M tile (a power of two: 2^14 / max|alpha| for float16 so M uses its
 // range, else 1); params[1] = inv_temperature / scale (the backward GEMM's alpha); params[2] = 1

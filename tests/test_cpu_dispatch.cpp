@@ -56,7 +56,7 @@ Result<T> run_part(const RowMatrix<T>& u, const EngineOptions& e) {
     lse[static_cast<std::size_t>(layout.anchor_begin + q)] =
         fwd.row_lse[static_cast<std::size_t>(q)];
   detail::EngineBackwardArgs<T> args;
-  args.u = &u;
+  args.u = u;
   args.layout = layout;
   args.inv_temperature = inv_t;
   args.lse_all = lse.data();

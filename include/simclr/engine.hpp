@@ -60,17 +60,18 @@ struct EngineForward {
   double flops = 0;     // multiply-adds * 2 actually performed
 };
 
-// Forward over the anchors of `layout` against all rows of u ([2G, d], unit rows), logits scaled by
+// Forward over the anchors of `layout` against all rows of u ([2G, d], unit rows, contiguous:
+// row_stride == cols; a view of the caller's memory, never copied), logits scaled by
 // inv_temperature.
 template <class T>
-EngineForward<T> engine_forward(const RowMatrix<T>& u, const RowLayout& layout, T inv_temperature,
+EngineForward<T> engine_forward(ConstMatrixView<T> u, const RowLayout& layout, T inv_temperature,
                                 const EngineOptions& options);
 
 // What the backward reads: the forward's inputs and result, and every row's LSE and weight alpha in
 // U order (gathered from every rank).
 template <class T>
 struct EngineBackwardArgs {
-  const RowMatrix<T>* u = nullptr;  // [2G, d] unit rows, as given to engine_forward
+  ConstMatrixView<T> u;  // [2G, d] unit rows, contiguous, as given to engine_forward
   RowLayout layout;
   T inv_temperature = T(1);
   const T* lse_all = nullptr;               // [2G]
@@ -112,7 +113,7 @@ std::vector<std::int64_t> balanced_blocks(const std::vector<std::int64_t>& rank_
 // to this rank's contribution to every row's sum of exp(s - shift); summed over ranks
 // (reduce-scatter) it gives the full statistic, which balanced_lse turns into the LSE.
 template <class T>
-EngineForward<T> engine_forward_balanced(const RowMatrix<T>& u, const RowLayout& layout,
+EngineForward<T> engine_forward_balanced(ConstMatrixView<T> u, const RowLayout& layout,
                                          T inv_temperature, const EngineOptions& options,
                                          const std::vector<std::int64_t>& blocks,
                                          std::vector<T>& sums);

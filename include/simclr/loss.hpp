@@ -43,6 +43,8 @@ struct CallOptions {
   // Denominator of sum_over_batch_size; required for auto / sum_over_batch_size with a
   // communicator.
   std::optional<GlobalBatchSize> global_batch_size;
+  // Distributed calls: the gradient convention (GradientReduction); every rank passes the same.
+  GradientReduction gradient_reduction = GradientReduction::kSum;
   EngineOptions engine;
 };
 

@@ -53,6 +53,17 @@ const char* to_string(Schedule schedule);
 // The inverse of to_string; ValueError naming the choices otherwise.
 Schedule parse_schedule(const std::string& text);
 
+// How a distributed call's gradients are scaled (docs/distributed.md, "Gradient conventions").
+// kSum: each rank gets dJ/dz of J = the SUM over ranks of their objectives, which TensorFlow's
+// strategies then sum over replicas. kMean: that gradient times the number of ranks, for frameworks
+// that AVERAGE the replicas' parameter gradients (DistributedDataParallel, Horovod, jax.lax.pmean):
+// their mean is then the sum. Local calls ignore it. Every rank must pass the same (checked).
+enum class GradientReduction : std::int32_t { kSum = 0, kMean = 1 };
+// "sum" / "mean".
+const char* to_string(GradientReduction reduction);
+// The inverse of to_string; ValueError naming the choices otherwise.
+GradientReduction parse_gradient_reduction(const std::string& text);
+
 // Constructor arguments and get_config() content.
 struct LossConfig {
   double temperature = 0.05;

@@ -72,12 +72,16 @@ std::vector<T> make_beta(std::int64_t rows, T shift, const T* lse_all, const T* 
 }
 
 template <class T>
-kernels::TileProblem<T> tile_problem(const RowMatrix<T>& u, const RowLayout& layout, T inv_t,
+kernels::TileProblem<T> tile_problem(ConstMatrixView<T> u, const RowLayout& layout, T inv_t,
                                      const EngineOptions& options) {
+  // The front ends build u and the layout together: a mismatch is a bug of theirs, not bad input.
+  SIMCLR_CHECK_EQ(u.rows, layout.total_rows);
+  SIMCLR_CHECK(u.rows <= 1 || u.row_stride == u.cols);  // the tile loops read contiguous rows
+  SIMCLR_CHECK(u.rows == 0 || u.cols == 0 || u.data != nullptr);
   kernels::TileProblem<T> p;
-  p.u = u.data();
+  p.u = u.data;
   p.total_rows = layout.total_rows;
-  p.dim = u.cols();
+  p.dim = u.cols;
   p.anchor_begin = layout.anchor_begin;
   p.pairs = layout.pairs;
   p.inv_temperature = inv_t;
@@ -276,11 +280,10 @@ std::vector<std::int64_t> balanced_blocks(const std::vector<std::int64_t>& rank_
 }
 
 template <class T>
-EngineForward<T> engine_forward_balanced(const RowMatrix<T>& u, const RowLayout& layout,
+EngineForward<T> engine_forward_balanced(ConstMatrixView<T> u, const RowLayout& layout,
                                          T inv_temperature, const EngineOptions& options,
                                          const std::vector<std::int64_t>& blocks,
                                          std::vector<T>& sums) {
-  SIMCLR_CHECK_EQ(u.rows(), layout.total_rows);
   SIMCLR_CHECK(has_fixed_shift(inv_temperature));
   const std::int64_t na = layout.anchors();
   EngineForward<T> out;
@@ -315,15 +318,15 @@ void balanced_lse(T inv_temperature, const T* sums, std::int64_t count, T* lse) 
 template <class T>
 double engine_backward_balanced(const EngineBackwardArgs<T>& in,
                                 const std::vector<std::int64_t>& blocks, RowMatrix<T>& grad_all) {
-  SIMCLR_CHECK(in.u != nullptr && in.saved != nullptr);
+  SIMCLR_CHECK(in.saved != nullptr);
   const RowLayout& layout = in.layout;
-  SIMCLR_CHECK_EQ(in.u->rows(), layout.total_rows);
-  const std::int64_t na = layout.anchors(), d = in.u->cols();
+  SIMCLR_CHECK_EQ(in.u.rows, layout.total_rows);
+  const std::int64_t na = layout.anchors(), d = in.u.cols;
   grad_all.setZero(layout.total_rows, d);
   const std::vector<T> beta =
       make_beta(layout.total_rows, fixed_shift(in.inv_temperature), in.lse_all, in.alpha_all);
   const kernels::TileProblem<T> problem =
-      tile_problem(*in.u, layout, in.inv_temperature, in.options);
+      tile_problem(in.u, layout, in.inv_temperature, in.options);
   kernels::PairArgs<T> pair;
   pair.problem = problem;
   pair.blocks = blocks.data();
@@ -384,10 +387,8 @@ void set_cpu_level(CpuLevel level) {
 }
 
 template <class T>
-EngineForward<T> engine_forward(const RowMatrix<T>& u, const RowLayout& layout, T inv_temperature,
+EngineForward<T> engine_forward(ConstMatrixView<T> u, const RowLayout& layout, T inv_temperature,
                                 const EngineOptions& options) {
-  // The front ends build u and the layout together: a mismatch is a bug of theirs, not bad input.
-  SIMCLR_CHECK_EQ(u.rows(), layout.total_rows);
   SIMCLR_CHECK_GE(layout.anchor_begin, 0);
   SIMCLR_CHECK_LE(layout.anchor_begin + layout.anchors(), layout.total_rows);
   const std::int64_t na = layout.anchors();
@@ -414,15 +415,15 @@ EngineForward<T> engine_forward(const RowMatrix<T>& u, const RowLayout& layout, 
 
 template <class T>
 double engine_backward(const EngineBackwardArgs<T>& in, RowMatrix<T>& grad_anchors) {
-  SIMCLR_CHECK(in.u != nullptr && in.saved != nullptr);
+  SIMCLR_CHECK(in.saved != nullptr);
   const RowLayout& layout = in.layout;
-  SIMCLR_CHECK_EQ(in.u->rows(), layout.total_rows);
+  SIMCLR_CHECK_EQ(in.u.rows, layout.total_rows);
   SIMCLR_CHECK_LE(layout.anchor_begin + layout.anchors(), layout.total_rows);
   const std::int64_t na = layout.anchors();
-  grad_anchors.setZero(na, in.u->cols());
+  grad_anchors.setZero(na, in.u.cols);
   if (na == 0) return 0;
   kernels::BackwardArgs<T> args;
-  args.problem = tile_problem(*in.u, layout, in.inv_temperature, in.options);
+  args.problem = tile_problem(in.u, layout, in.inv_temperature, in.options);
   const std::vector<T> beta =
       make_beta(layout.total_rows, fixed_shift(in.inv_temperature), in.lse_all, in.alpha_all);
   args.lse_all = in.lse_all;
@@ -468,7 +469,7 @@ void l2_normalize_backward(const T* xhat, std::int64_t xhat_stride, const T* squ
 }
 
 #define SIMCLR_INSTANTIATE(T)                                                                      \
-  template EngineForward<T> engine_forward<T>(const RowMatrix<T>&, const RowLayout&, T,            \
+  template EngineForward<T> engine_forward<T>(ConstMatrixView<T>, const RowLayout&, T,            \
                                               const EngineOptions&);                               \
   template double engine_backward<T>(const EngineBackwardArgs<T>&, RowMatrix<T>&);                 \
   template void l2_normalize_rows<T>(ConstMatrixView<T>, T*, std::int64_t, T*);                    \
@@ -477,7 +478,7 @@ void l2_normalize_backward(const T* xhat, std::int64_t xhat_stride, const T* squ
   template bool has_fixed_shift<T>(T);                                                             \
   template T fixed_shift_of<T>(T);                                                                 \
   template EngineForward<T> engine_forward_balanced<T>(                                            \
-      const RowMatrix<T>&, const RowLayout&, T, const EngineOptions&,                              \
+      ConstMatrixView<T>, const RowLayout&, T, const EngineOptions&,                              \
       const std::vector<std::int64_t>&, std::vector<T>&);                                          \
   template void balanced_lse<T>(T, const T*, std::int64_t, T*);                                    \
   template double engine_backward_balanced<T>(const EngineBackwardArgs<T>&,                        \

@@ -13,7 +13,8 @@ AgreementRecord empty_record() {
 }
 
 AgreementRecord forward_record(std::int64_t rows, std::int64_t cols, std::int32_t dtype,
-                               Reduction reduction, double temperature, std::int64_t global_batch) {
+                               Reduction reduction, double temperature, std::int64_t global_batch,
+                               Schedule schedule, GradientReduction gradient_reduction) {
   AgreementRecord record = empty_record();
   record.rows = rows;
   record.cols = cols;
@@ -21,6 +22,8 @@ AgreementRecord forward_record(std::int64_t rows, std::int64_t cols, std::int32_
   record.reduction = static_cast<std::int32_t>(reduction);
   record.temperature = temperature;
   record.global_batch = global_batch;
+  record.schedule = static_cast<std::int32_t>(schedule);
+  record.gradient_reduction = static_cast<std::int32_t>(gradient_reduction);
   return record;
 }
 
@@ -107,6 +110,16 @@ void check_forward_records(const std::vector<AgreementRecord>& all,
                    "global batch size differs across ranks: rank 0 has ",
                    global_batch_string(a.global_batch), ", rank ", r, " has ",
                    global_batch_string(b.global_batch));
+    // The schedule decides which collectives follow, so every rank must ask for the same one.
+    SIMCLR_ENFORCE(a.schedule == b.schedule, ValueError, options_name,
+                   " schedule differs between ranks: rank 0 asks for '",
+                   to_string(static_cast<Schedule>(a.schedule)), "', rank ", r, " for '",
+                   to_string(static_cast<Schedule>(b.schedule)), "'; pass the same on every rank");
+    SIMCLR_ENFORCE(a.gradient_reduction == b.gradient_reduction, ValueError,
+                   "gradient_reduction differs between ranks: rank 0 has '",
+                   to_string(static_cast<GradientReduction>(a.gradient_reduction)), "', rank ", r,
+                   " has '", to_string(static_cast<GradientReduction>(b.gradient_reduction)),
+                   "'; pass the same on every rank");
   }
   // The distribution rule (keras-loss-semantics.md): every rank holds the same records, so every
   // rank raises it.
@@ -120,15 +133,6 @@ void check_forward_records(const std::vector<AgreementRecord>& all,
                 options_name,
                 "::global_batch_size, a count or GlobalBatchSize::infer()) so that reduction '",
                 to_string(configured), "' can divide by it"));
-  }
-}
-
-void check_same_schedule(const std::vector<AgreementRecord>& all, const char* what) {
-  for (std::size_t r = 1; r < all.size(); ++r) {
-    const std::int32_t first = all[0].reserved, other = all[r].reserved;
-    SIMCLR_ENFORCE(first == other, ValueError, what, " differs between ranks: rank 0 asks for '",
-                   to_string(static_cast<Schedule>(first)), "', rank ", r, " for '",
-                   to_string(static_cast<Schedule>(other)), "'; pass the same on every rank");
   }
 }
 

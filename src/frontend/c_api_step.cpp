@@ -11,6 +11,7 @@
 #include "simclr/detail/c_api_impl.hpp"
 #include "simclr/detail/check.hpp"
 #include "simclr/detail/reduction.hpp"
+#include "simclr/detail/step.hpp"
 #include "simclr/engine.hpp"
 
 namespace simclr::detail {
@@ -58,13 +59,16 @@ ConstMatrixView<T> const_view(const simclr_matrix& m) {
   return ConstMatrixView<T>(static_cast<const T*>(m.data), m.rows, m.cols, m.row_stride);
 }
 
-// The engine takes its rows as an owning matrix.
+// The engine reads u_global in place when its rows are contiguous (what every framework hands
+// over); a strided one is packed into `packed` once.
 template <class T>
-RowMatrix<T> copy_rows(const simclr_matrix& m) {
-  RowMatrix<T> u(m.rows, m.cols);
+ConstMatrixView<T> engine_rows(const simclr_matrix& m, RowMatrix<T>& packed) {
   const ConstMatrixView<T> v = const_view<T>(m);
-  for (std::int64_t i = 0; i < m.rows; ++i) std::copy(v.row(i), v.row(i) + m.cols, u.row(i).data());
-  return u;
+  if (m.rows <= 1 || m.row_stride == m.cols) return ConstMatrixView<T>(v.data, m.rows, m.cols);
+  packed.resize(m.rows, m.cols);
+  for (std::int64_t i = 0; i < m.rows; ++i)
+    std::copy(v.row(i), v.row(i) + m.cols, packed.row(i).data());
+  return ConstMatrixView<T>(packed);
 }
 
 std::optional<SampleWeight> to_sample_weight(const simclr_weight* w, const char* where) {
@@ -151,7 +155,8 @@ template <class T>
 void step_forward(const SimCLRLoss& loss, const simclr_matrix& u_global, const RowLayout& layout,
                   const std::vector<double>& weight, const StepOptions& options, void* row_lse,
                   void* per_example, void* values) {
-  const RowMatrix<T> u = copy_rows<T>(u_global);
+  RowMatrix<T> packed;
+  const ConstMatrixView<T> u = engine_rows<T>(u_global, packed);
   // Nothing outlives the call, so a kept logits block would never be read: always stream.
   EngineOptions engine = options.engine;
   engine.memory_budget_bytes = 0;
@@ -171,10 +176,11 @@ void step_backward(const SimCLRLoss& loss, const simclr_matrix& u_global, const 
                    const void* squared_norms, const void* lse_all, const void* alpha_all,
                    const StepOptions& options, const simclr_matrix& grad_a,
                    const simclr_matrix& grad_b) {
-  const RowMatrix<T> u = copy_rows<T>(u_global);
+  RowMatrix<T> packed;
+  const ConstMatrixView<T> u = engine_rows<T>(u_global, packed);
   const EngineForward<T> nothing_kept;  // no logits block: the engine recomputes the logits
   EngineBackwardArgs<T> args;
-  args.u = &u;
+  args.u = u;
   args.layout = layout;
   args.inv_temperature = static_cast<T>(1.0 / loss.temperature());
   args.lse_all = static_cast<const T*>(lse_all);
@@ -183,8 +189,8 @@ void step_backward(const SimCLRLoss& loss, const simclr_matrix& u_global, const 
   args.options = options.engine;
   RowMatrix<T> grad_u;
   engine_backward(args, grad_u);
-  const std::int64_t n = layout.pairs, d = u.cols();
-  const T* anchors = u.data() + layout.anchor_begin * d;
+  const std::int64_t n = layout.pairs, d = u.cols;
+  const T* anchors = u.data + layout.anchor_begin * d;
   const T* norms = static_cast<const T*>(squared_norms);
   l2_normalize_backward(anchors, d, norms, grad_u.data(), d, n, d, static_cast<T*>(grad_a.data),
                         grad_a.row_stride);
@@ -261,22 +267,23 @@ simclr_status simclr_step_alpha(simclr_loss_t loss, simclr_dtype dtype, int64_t 
     d::check_distribution_rule(loss->loss, global_pairs != pairs, o.global_batch, where);
     const simclr::Reduction reduction = d::resolved(loss->loss);
     const bool per_example = upstream_count != 1;
-    SIMCLR_ENFORCE(!per_example || reduction == simclr::Reduction::kNone, ValueError,
-                   "a per-example upstream gradient needs reduction 'none'; reduction '",
-                   simclr::to_string(reduction), "' takes a scalar");
-    SIMCLR_ENFORCE(!per_example || upstream_count == pairs, ValueError, "upstream gradient has ",
-                   upstream_count, " elements but the loss has ", pairs);
     d::check_buffer(upstream, upstream_count, "upstream", where);
+    if (dtype == SIMCLR_FLOAT32)
+      d::check_upstream(static_cast<const float*>(upstream), upstream_count, per_example,
+                        reduction, pairs);
+    else
+      d::check_upstream(static_cast<const double*>(upstream), upstream_count, per_example,
+                        reduction, pairs);
     d::check_buffer(alpha, pairs, "alpha", where);
     const auto sw = d::to_sample_weight(weight, where);
     const std::vector<double> w = d::broadcast_weight(sw ? &*sw : nullptr, pairs);
     const std::int64_t denom = d::reduction_denominator(o.global_batch, pairs, global_pairs);
     if (dtype == SIMCLR_FLOAT32)
       d::pair_alpha(static_cast<const float*>(upstream), per_example, pairs, w, reduction, denom,
-                    static_cast<float*>(alpha));
+                    1.0, static_cast<float*>(alpha));
     else
       d::pair_alpha(static_cast<const double*>(upstream), per_example, pairs, w, reduction, denom,
-                    static_cast<double*>(alpha));
+                    1.0, static_cast<double*>(alpha));
   });
 }
 

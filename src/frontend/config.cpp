@@ -41,6 +41,16 @@ Reduction parse_reduction(const std::string& key) {
                    ". Expected keys are \"('auto', 'none', 'sum', 'sum_over_batch_size')\"");
 }
 
+const char* to_string(GradientReduction reduction) {
+  return reduction == GradientReduction::kMean ? "mean" : "sum";
+}
+
+GradientReduction parse_gradient_reduction(const std::string& text) {
+  if (text == "sum") return GradientReduction::kSum;
+  if (text == "mean") return GradientReduction::kMean;
+  throw ValueError("gradient_reduction must be \"sum\" or \"mean\", got '" + text + "'");
+}
+
 GlobalBatchSize GlobalBatchSize::of(std::int64_t rows) {
   SIMCLR_ENFORCE(rows >= 0, ValueError, "global_batch_size must be >= 0 or \"infer\", got ", rows);
   return GlobalBatchSize(rows);

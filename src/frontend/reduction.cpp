@@ -35,34 +35,38 @@ void check_view(ConstMatrixView<T> z, const char* view) {
                  z.row_stride, " is smaller than its ", z.cols, " columns");
 }
 
-std::vector<double> broadcast_weight(const SampleWeight* sw, std::int64_t n) {
-  if (sw == nullptr) return std::vector<double>(static_cast<std::size_t>(n), 1.0);
-  std::vector<std::int64_t> shape = sw->shape;
+void check_weight_shape(const std::vector<std::int64_t>& shape, std::int64_t size, std::int64_t n) {
   std::int64_t count = 1;
   for (const auto s : shape) {
     SIMCLR_ENFORCE(s >= 0, ValueError, "sample_weight has a negative dimension ", s);
     count *= s;
   }
-  SIMCLR_ENFORCE(count == static_cast<std::int64_t>(sw->values.size()), ValueError,
-                 "sample_weight shape holds ", count, " values but ", sw->values.size(),
-                 " were given");
+  SIMCLR_ENFORCE(count == size, ValueError, "sample_weight shape holds ", count, " values but ",
+                 size, " were given");
   SIMCLR_ENFORCE(shape.size() <= 2, ValueError, "sample_weight of rank ", shape.size(),
                  " is not supported for a [", n,
                  "] loss (Keras would broadcast it to an outer product); pass [N] or [N, 1]");
-  for (std::size_t i = 0; i < sw->values.size(); ++i) {
-    SIMCLR_ENFORCE(std::isfinite(sw->values[i]), ValueError, "sample_weight has ",
-                   std::isnan(sw->values[i]) ? "NaN" : "Inf", " at index ", i);
-  }
   if (shape.size() == 2) {
     SIMCLR_ENFORCE(shape[1] == 1, ValueError,
                    "Can not squeeze dim[1], expected a dimension of 1, got ", shape[1],
                    " (sample_weight [", shape[0], ", ", shape[1], "] for a [", n, "] loss)");
-    shape.pop_back();
   }
-  if (shape.empty() || shape[0] == 1) {
-    return std::vector<double>(static_cast<std::size_t>(n), sw->values.at(0));
+  if (!shape.empty() && shape[0] != 1)
+    SIMCLR_ENFORCE(shape[0] == n, ValueError, "Incompatible shapes: [", n, "] vs. [", shape[0],
+                   "]");
+  // [0] and [0, 1] for a [0] loss hold no value to broadcast; a scalar-like shape holds one.
+}
+
+std::vector<double> broadcast_weight(const SampleWeight* sw, std::int64_t n) {
+  if (sw == nullptr) return std::vector<double>(static_cast<std::size_t>(n), 1.0);
+  // The shape's own rules first (they name the shapes), then the values.
+  check_weight_shape(sw->shape, static_cast<std::int64_t>(sw->values.size()), n);
+  for (std::size_t i = 0; i < sw->values.size(); ++i) {
+    SIMCLR_ENFORCE(std::isfinite(sw->values[i]), ValueError, "sample_weight has ",
+                   std::isnan(sw->values[i]) ? "NaN" : "Inf", " at index ", i);
   }
-  SIMCLR_ENFORCE(shape[0] == n, ValueError, "Incompatible shapes: [", n, "] vs. [", shape[0], "]");
+  if (sw->shape.empty() || sw->shape[0] == 1)
+    return std::vector<double>(static_cast<std::size_t>(n), sw->values[0]);
   return sw->values;
 }
 
@@ -106,18 +110,15 @@ ReducedLoss<T> reduce_examples(const T* row_lse, const T* row_positive, std::int
 template <class T>
 void pair_alpha(const T* upstream, bool per_example, std::int64_t pairs,
                 const std::vector<double>& weight, Reduction reduction, std::int64_t denominator,
-                T* alpha) {
+                double gradient_scale, T* alpha) {
   const std::int64_t n = pairs;
-  for (std::int64_t i = 0; i < (per_example ? n : std::int64_t{1}); ++i) {
-    SIMCLR_ENFORCE(std::isfinite(upstream[i]), ValueError, "upstream gradient has ",
-                   std::isnan(upstream[i]) ? "NaN" : "Inf", " at index ", i);
-  }
   const T denom = static_cast<T>(denominator);
+  const T scale = static_cast<T>(gradient_scale);
   for (std::int64_t i = 0; i < n; ++i) {
     const T g = per_example ? upstream[i] : upstream[0];
     T a = g * static_cast<T>(weight[static_cast<std::size_t>(i)]);
     if (reduction == Reduction::kSumOverBatchSize) a = denom == 0 ? T(0) : a / denom;
-    alpha[i] = alpha[n + i] = a;
+    alpha[i] = alpha[n + i] = a * scale;
   }
 }
 
@@ -127,7 +128,7 @@ void pair_alpha(const T* upstream, bool per_example, std::int64_t pairs,
   template ReducedLoss<T> reduce_examples<T>(const T*, const T*, std::int64_t,                     \
                                              const std::vector<double>&, Reduction, std::int64_t); \
   template void pair_alpha<T>(const T*, bool, std::int64_t, const std::vector<double>&, Reduction, \
-                              std::int64_t, T*);
+                              std::int64_t, double, T*);
 
 SIMCLR_INSTANTIATE(float)
 SIMCLR_INSTANTIATE(double)

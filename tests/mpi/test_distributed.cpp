@@ -497,7 +497,7 @@ TEST(DistributedErrors, ScheduleDiffersOnOneRank) {
         o.engine.schedule = world_rank() == bad_rank() ? Schedule::kOwnRows : Schedule::kBalanced;
         SimCLRLoss(0.1, Reduction::kSum).forward<double>(a, b, nullptr, o);
       },
-      "engine.schedule differs between ranks: rank 0 asks for 'balanced', rank " +
+      "schedule differs between ranks: rank 0 asks for 'balanced', rank " +
           std::to_string(bad_rank()) + " for 'own_rows'");
 }
 

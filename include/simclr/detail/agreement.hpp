@@ -22,9 +22,11 @@ struct AgreementRecord {
   std::int32_t reduction;
   double temperature;
   std::int64_t global_batch;  // kNoGlobalBatch, kInferGlobalBatch, or the count (>= 0)
-  std::int32_t error_kind;    // ErrorKind
-  std::int32_t reserved;
-  char message[464];
+  std::int32_t error_kind;          // ErrorKind
+  std::int32_t schedule;            // Schedule: it decides which collectives follow
+  std::int32_t gradient_reduction;  // GradientReduction
+  std::int32_t padding;             // zero
+  char message[456];
 };
 static_assert(sizeof(AgreementRecord) == 512, "agreement record is 512 bytes");
 
@@ -44,7 +46,9 @@ enum ErrorKind : std::int32_t {
 AgreementRecord empty_record();
 // A forward call's record.
 AgreementRecord forward_record(std::int64_t rows, std::int64_t cols, std::int32_t dtype,
-                               Reduction reduction, double temperature, std::int64_t global_batch);
+                               Reduction reduction, double temperature, std::int64_t global_batch,
+                               Schedule schedule = Schedule::kAuto,
+                               GradientReduction gradient_reduction = GradientReduction::kSum);
 
 void set_error(AgreementRecord& record, ErrorKind kind, const std::string& what);
 
@@ -73,17 +77,13 @@ void raise_first_error(const std::vector<AgreementRecord>& all);
 std::vector<AgreementRecord> gather_records(Communicator& comm, const AgreementRecord& mine);
 
 // After gather_records of forward records: the cross-rank checks (dtype, dimension, reduction,
-// temperature, global batch size option; `dtype_name` names a record's dtype) and the distribution
-// rule
-// (`options_name` names where the caller passes a global batch size). Identical on every rank.
+// temperature, global batch size option, schedule, gradient reduction; `dtype_name` names a record's
+// dtype) and the distribution rule (`options_name` names where the caller passes a global batch
+// size and the schedule: "CallOptions", "DeviceCallOptions", "simclr_call_options"). Identical on
+// every rank.
 void check_forward_records(const std::vector<AgreementRecord>& all,
                            std::string (*dtype_name)(std::int32_t), Reduction configured,
                            const char* options_name);
-
-// The schedule every rank asked for travels in AgreementRecord::reserved (it decides which
-// collectives follow): ValueError naming the first rank that differs from rank 0. `what` names the
-// option ("CallOptions engine.schedule").
-void check_same_schedule(const std::vector<AgreementRecord>& all, const char* what);
 
 std::string global_batch_string(std::int64_t global_batch);
 

@@ -1,8 +1,9 @@
 #pragma once
 // The input checks, the Keras sample_weight rules and the reduction of per-example losses
-// (docs/semantics.md, docs/math.md section 4.1), shared by the C++ front end
-// (src/frontend/loss.cpp) and the C API's step calls (src/frontend/c_api_step.cpp). Not public API,
-// not installed.
+// (docs/semantics.md, docs/math.md section 4.1): the one place these rules live, used by the C++
+// front end (src/frontend/loss.cpp), the C API's step calls (src/frontend/c_api_step.cpp) and the
+// device front end (cuda/device_loss.cpp, for the shapes; its kernels apply the same weights). Not
+// public API, not installed.
 
 #include <cstdint>
 #include <vector>
@@ -41,12 +42,16 @@ ReducedLoss<T> reduce_examples(const T* row_lse, const T* row_positive, std::int
                                const std::vector<double>& weight, Reduction reduction,
                                std::int64_t denominator);
 
+// The sample_weight shape rules alone (rank, squeeze, broadcast), for callers whose values live
+// elsewhere (device memory): ValueError as broadcast_weight. `size` is the number of values.
+void check_weight_shape(const std::vector<std::int64_t>& shape, std::int64_t size, std::int64_t n);
+
 // alpha_i, the weight the reduction gives pair i's two cross entropies (docs/math.md section 4.1),
-// written to alpha[i] and alpha[n + i]. upstream: one value (a scalar gradient) or n (per example;
-// the caller has checked the reduction is none). ValueError for NaN/Inf upstream.
+// times gradient_scale (StepPlan::gradient_scale), written to alpha[i] and alpha[n + i]. upstream:
+// one value (a scalar gradient) or n (per example); the caller has checked it (check_upstream).
 template <class T>
 void pair_alpha(const T* upstream, bool per_example, std::int64_t pairs,
                 const std::vector<double>& weight, Reduction reduction, std::int64_t denominator,
-                T* alpha);
+                double gradient_scale, T* alpha);
 
 }  // namespace simclr::detail
