@@ -152,25 +152,6 @@ cuda::DeviceCommunicator* device_communicator(const simclr_call_options& o, cons
   return comm;
 }
 
-// Runs a call's C-level argument checks. Without a communicator an error propagates; with one it is
-// carried by the agreement step the other ranks are entering (the forward's or the backward's), so
-// every rank fails with the same status and message instead of the others waiting in a collective.
-template <class F>
-void check_collectively(cuda::DeviceCommunicator* comm, AgreementRecord mine, F&& checks) {
-  try {
-    checks();
-  } catch (const CommError&) {
-    throw;
-  } catch (const Error& e) {
-    if (comm == nullptr) throw;
-    set_error(mine,
-              dynamic_cast<const TypeError*>(&e) != nullptr ? kTypeErrorKind : kValueErrorKind,
-              e.what());
-    gather_records(comm->host(), mine);  // raises the error on every rank
-    throw;                               // not reached: the record carries an error
-  }
-}
-
 cuda::DeviceDType device_dtype(const simclr_dtype& dtype, const char* what, const char* where) {
   const std::int64_t raw = c_enum_value(dtype);
   if (raw == SIMCLR_FLOAT32) return cuda::DeviceDType::kFloat32;
@@ -225,14 +206,8 @@ cuda::DeviceCallOptions device_call_options(const simclr_call_options* options, 
   const simclr_call_options& o = options != nullptr ? *options : defaults;
   cuda::DeviceCallOptions call;
   call.communicator = device_communicator(o, where);
-  if (o.global_batch_size == SIMCLR_GLOBAL_BATCH_INFER) {
-    call.global_batch_size = GlobalBatchSize::infer();
-  } else if (o.global_batch_size != SIMCLR_GLOBAL_BATCH_NONE) {
-    SIMCLR_ENFORCE(o.global_batch_size >= 0, ValueError, where, ": global_batch_size is ",
-                   o.global_batch_size,
-                   "; pass a count >= 0, SIMCLR_GLOBAL_BATCH_INFER or SIMCLR_GLOBAL_BATCH_NONE");
-    call.global_batch_size = GlobalBatchSize::of(o.global_batch_size);
-  }
+  call.global_batch_size = c_global_batch(o.global_batch_size, where);
+  call.gradient_reduction = c_gradient_reduction(o.gradient_reduction, where);
   call.device.symmetric = o.symmetric != 0;
   call.device.schedule = c_schedule(o.schedule, where);
   if (o.workspace_bytes != 0) call.device.workspace_bytes = o.workspace_bytes;
@@ -269,11 +244,7 @@ std::unique_ptr<DeviceForward> device_forward(
       device_communicator(options != nullptr ? *options : defaults, where);
   cuda::DeviceCallOptions call;
   cuda::DeviceDType dtype = cuda::DeviceDType::kFloat32;
-  AgreementRecord mine = forward_record(
-      za != nullptr ? za->rows : 0, za != nullptr ? za->cols : 0,
-      za != nullptr ? static_cast<std::int32_t>(c_enum_value(za->dtype)) : 0, Reduction::kAuto,
-      loss != nullptr ? loss->loss.temperature() : 0.0, kNoGlobalBatch);
-  check_collectively(comm, mine, [&] {
+  check_collectively(comm != nullptr ? &comm->host() : nullptr, options, [&] {
     SIMCLR_ENFORCE(loss != nullptr, ValueError, where, ": loss is NULL");
     dtype = check_device_matrix(za, "za", where);
     const cuda::DeviceDType tb = check_device_matrix(zb, "zb", where);
@@ -312,7 +283,7 @@ const DeviceForward& device_backward_checks(simclr_loss_t loss, simclr_forward_t
   if (forward == nullptr)
     c_api_fail(SIMCLR_UNSUPPORTED,
                str_cat(where, ": saved comes from a host forward; use simclr_backward"));
-  check_collectively(forward->comm, empty_record(), [&] {
+  check_collectively(forward->comm != nullptr ? &forward->comm->host() : nullptr, nullptr, [&] {
     SIMCLR_ENFORCE(loss != nullptr, ValueError, where, ": loss is NULL");
     const cuda::DeviceDType ta = check_device_matrix(grad_a, "grad_a", where);
     const cuda::DeviceDType tb = check_device_matrix(grad_b, "grad_b", where);

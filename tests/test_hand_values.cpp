@@ -106,6 +106,21 @@ TEST(HandValues, SumOverBatchSizeDividesByCountNotWeights) {
   EXPECT_NEAR(got, (lref[0] + lref[2]) / 4, 1e-12);
 }
 
+// d = 0: every row normalises to zero, so every logit is 0 and each direction's CE is ln(2N - 1),
+// TensorFlow Similarity's value (N = 3: 2 ln 5 = 3.2189). Frameworks hand [n, 0] over with a null
+// pointer; that is not an error.
+TEST(HandValues, ZeroDimensionIsAllZeroRows) {
+  const ConstMatrixView<double> empty(nullptr, 3, 0);
+  const auto out = SimCLRLoss(0.1, Reduction::kNone).forward<double>(empty, empty);
+  ASSERT_EQ(out.values.size(), 3u);
+  for (double v : out.values) EXPECT_NEAR(v, 2 * std::log(5.0), 1e-12);
+  const SimCLRLoss sum(0.1, Reduction::kSum);
+  const auto [o, g] = sum.value_and_gradient<double>(empty, empty);
+  EXPECT_NEAR(o.objective, 6 * std::log(5.0), 1e-12);
+  EXPECT_EQ(g.grad_a.rows(), 3);
+  EXPECT_EQ(g.grad_a.cols(), 0);
+}
+
 TEST(HandValues, EmptyBatch) {
   const ConstMatrixView<double> empty(nullptr, 0, 4);
   for (auto r : {Reduction::kSum, Reduction::kSumOverBatchSize}) {

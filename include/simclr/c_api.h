@@ -154,7 +154,23 @@ typedef struct simclr_call_options {
   size_t memory_budget_bytes; /* CPU: bytes for a kept logits block; 0: the default */
   size_t workspace_bytes;     /* device: workspace tile bytes; 0: the default */
   int32_t schedule;           /* distributed calls: SIMCLR_SCHEDULE_* (docs/performance.md) */
+  int32_t gradient_reduction; /* distributed calls: SIMCLR_GRADIENT_SUM (default) or _MEAN */
+  /* A front end that rejects this rank's inputs itself (not a tensor, an integer dtype, a tensor
+   * kind it cannot hand over) still makes the call, with input_error set to the status it would
+   * raise (SIMCLR_VALUE_ERROR, SIMCLR_TYPE_ERROR or SIMCLR_UNSUPPORTED) and input_error_message to
+   * its message; za, zb, weight and the outputs may then be NULL. A local call fails with that
+   * status and message at once; a collective call carries it through the agreement step, so every
+   * rank fails with it (the message naming this rank) and none is left waiting. SIMCLR_OK (0): none. */
+  simclr_status input_error;
+  const char* input_error_message;
 } simclr_call_options;
+
+/* The gradient convention of a distributed call (docs/distributed.md): SUM gives each rank dJ/dz of
+ * J = the sum over ranks of their losses (TensorFlow's strategies sum replica gradients); MEAN gives
+ * that times the number of ranks, for frameworks that average replica gradients (DDP, Horovod,
+ * jax.lax.pmean), whose mean is then the sum. Every rank must pass the same (checked). */
+#define SIMCLR_GRADIENT_SUM 0
+#define SIMCLR_GRADIENT_MEAN 1
 
 /* Which rank computes which blocks of the logits in a distributed call (EngineOptions::schedule,
  * cuda::DeviceOptions::schedule). AUTO: the cost model on the CPU; own_rows on the device. Every
@@ -164,7 +180,7 @@ typedef struct simclr_call_options {
 #define SIMCLR_SCHEDULE_BALANCED 2
 
 /* The defaults: no communicator, no global batch size, default threads, memory, symmetry and
- * schedule (AUTO). */
+ * schedule (AUTO), gradient SUM, no input error. */
 void simclr_call_options_init(simclr_call_options* options);
 
 /* What a forward found, beside its outputs. */
@@ -353,6 +369,28 @@ void* simclr_device_status(simclr_forward_t saved);
  * outlives a call): sum_over_batch_size divides by n for SIMCLR_GLOBAL_BATCH_NONE, by G for
  * SIMCLR_GLOBAL_BATCH_INFER, else by the count; with more than one rank (u_global has more rows than
  * 2n) it needs a global batch size, as the collective calls do. */
+
+/* The agreement of a distributed step: before the first gather of a step a rank may stall in (XLA's
+ * all-gather has no error path), every rank writes its record with simclr_step_record, the
+ * framework all-gathers the records ([ranks, SIMCLR_RECORD_BYTES] bytes, rank order), and
+ * simclr_step_agree fails on every rank with the same status and message, or on none. This is the
+ * agreement step of simclr_forward, cut at its gather. */
+#define SIMCLR_RECORD_BYTES 512
+
+/* This rank's record (SIMCLR_RECORD_BYTES bytes written to record): rows, dimension, dtype, the
+ * loss's configuration, options' global batch size, schedule and gradient reduction, and the first
+ * error of this rank's inputs: options->input_error, the checks of simclr_forward on za, zb and
+ * weight (shapes, dtype, NaN/Inf, the sample_weight rules). An input error does not fail this call
+ * (it is in the record, for simclr_step_agree to raise everywhere); only a NULL loss or record does. */
+simclr_status simclr_step_record(simclr_loss_t loss, const simclr_matrix* za, const simclr_matrix* zb,
+                                 const simclr_weight* weight, const simclr_call_options* options,
+                                 void* record);
+/* Every rank's records (ranks * SIMCLR_RECORD_BYTES bytes): fails with the first failing rank's
+ * status and message (naming the rank), or with a cross-rank mismatch (dtype, dimension,
+ * configuration, options) or the distribution rule, identically on every rank. On success writes
+ * every rank's rows to rank_rows[0..ranks) (may be NULL). */
+simclr_status simclr_step_agree(simclr_loss_t loss, const void* records, int32_t ranks,
+                                int64_t* rank_rows);
 
 /* u_local [2n, d] (written) = [l2_normalize(za); l2_normalize(zb)]; squared_norms [2n] (written)
  * the squared row norms before normalisation. za, zb: [n, d]. SIMCLR_VALUE_ERROR for a shape

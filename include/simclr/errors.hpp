@@ -40,4 +40,12 @@ class DeviceError : public Error {
   explicit DeviceError(const std::string& what) : Error(what) {}
 };
 
+// What this build or this call lacks: a dtype only the other path takes, device memory on a host
+// call, a framework tensor kind the library cannot read. The C API's SIMCLR_UNSUPPORTED; Python:
+// NotImplementedError.
+class UnsupportedError : public Error {
+ public:
+  explicit UnsupportedError(const std::string& what) : Error(what) {}
+};
+
 }  // namespace simclr

@@ -45,6 +45,8 @@ void set_current_error(AgreementRecord& record) {
     set_error(record, kValueErrorKind, e.what());
   } catch (const DeviceError& e) {
     set_error(record, kDeviceErrorKind, e.what());
+  } catch (const UnsupportedError& e) {
+    set_error(record, kUnsupportedErrorKind, e.what());
   } catch (const Error& e) {
     set_error(record, kOtherErrorKind, e.what());
   } catch (const std::bad_alloc& e) {
@@ -61,17 +63,30 @@ void raise_first_error(const std::vector<AgreementRecord>& all) {
     if (all[r].error_kind == kNoError) continue;
     // strnlen: a record from another rank is trusted to be ours, but never read past its end.
     const std::string message(all[r].message, strnlen(all[r].message, sizeof(all[r].message)));
-    const std::string what = str_cat(message, " (rank ", r, ")");
-    switch (all[r].error_kind) {
-      case kValueErrorKind:
-        throw ValueError(what);
-      case kTypeErrorKind:
-        throw TypeError(what);
-      case kDeviceErrorKind:
-        throw DeviceError(what);
-      default:
-        throw Error(what);
-    }
+    throw_error_kind(all[r].error_kind, str_cat(message, " (rank ", r, ")"));
+  }
+}
+
+ErrorKind error_kind_of(const Error& e) {
+  if (dynamic_cast<const TypeError*>(&e) != nullptr) return kTypeErrorKind;
+  if (dynamic_cast<const ValueError*>(&e) != nullptr) return kValueErrorKind;
+  if (dynamic_cast<const DeviceError*>(&e) != nullptr) return kDeviceErrorKind;
+  if (dynamic_cast<const UnsupportedError*>(&e) != nullptr) return kUnsupportedErrorKind;
+  return kOtherErrorKind;
+}
+
+void throw_error_kind(std::int32_t kind, const std::string& what) {
+  switch (kind) {
+    case kTypeErrorKind:
+      throw TypeError(what);
+    case kDeviceErrorKind:
+      throw DeviceError(what);
+    case kUnsupportedErrorKind:
+      throw UnsupportedError(what);
+    case kOtherErrorKind:
+      throw Error(what);
+    default:
+      throw ValueError(what);
   }
 }
 

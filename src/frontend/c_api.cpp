@@ -47,6 +47,43 @@ simclr_reduction c_api_reduction(Reduction reduction) {
   return SIMCLR_REDUCTION_AUTO;
 }
 
+std::optional<GlobalBatchSize> c_global_batch(std::int64_t global_batch_size, const char* where) {
+  if (global_batch_size == SIMCLR_GLOBAL_BATCH_NONE) return std::nullopt;
+  if (global_batch_size == SIMCLR_GLOBAL_BATCH_INFER) return GlobalBatchSize::infer();
+  SIMCLR_ENFORCE(global_batch_size >= 0, ValueError, where, ": global_batch_size is ",
+                 global_batch_size,
+                 "; pass a count >= 0, SIMCLR_GLOBAL_BATCH_INFER or SIMCLR_GLOBAL_BATCH_NONE");
+  return GlobalBatchSize::of(global_batch_size);
+}
+
+GradientReduction c_gradient_reduction(std::int32_t gradient_reduction, const char* where) {
+  if (gradient_reduction == SIMCLR_GRADIENT_SUM) return GradientReduction::kSum;
+  if (gradient_reduction == SIMCLR_GRADIENT_MEAN) return GradientReduction::kMean;
+  c_api_fail(SIMCLR_VALUE_ERROR, str_cat(where, ": gradient_reduction is ", gradient_reduction,
+                                         "; pass SIMCLR_GRADIENT_SUM or SIMCLR_GRADIENT_MEAN"));
+}
+
+void check_collectively(Communicator* comm, const simclr_call_options* options,
+                        const std::function<void()>& checks) {
+  try {
+    if (options != nullptr && options->input_error != SIMCLR_OK) {
+      const char* message = options->input_error_message;
+      c_api_fail(options->input_error,
+                 message != nullptr && message[0] != '\0' ? message : "the front end rejected "
+                                                                     "this rank's input");
+    }
+    checks();
+  } catch (const CommError&) {
+    throw;
+  } catch (const Error& e) {
+    if (comm == nullptr) throw;
+    AgreementRecord mine = empty_record();
+    set_error(mine, error_kind_of(e), e.what());
+    gather_records(*comm, mine);  // raises the error on every rank
+    throw;                        // not reached: the record carries an error
+  }
+}
+
 namespace {
 
 // A Communicator whose collectives are the caller's C functions.
@@ -160,14 +197,8 @@ SampleWeight to_weight(const simclr_weight& w) {
 CallOptions to_call_options(const simclr_call_options& o) {
   CallOptions options;
   options.communicator = o.comm != nullptr ? o.comm->comm.get() : nullptr;
-  if (o.global_batch_size == SIMCLR_GLOBAL_BATCH_INFER) {
-    options.global_batch_size = GlobalBatchSize::infer();
-  } else if (o.global_batch_size != SIMCLR_GLOBAL_BATCH_NONE) {
-    SIMCLR_ENFORCE(o.global_batch_size >= 0, ValueError,
-                   "simclr_call_options: global_batch_size is ", o.global_batch_size,
-                   "; pass a count >= 0, SIMCLR_GLOBAL_BATCH_INFER or SIMCLR_GLOBAL_BATCH_NONE");
-    options.global_batch_size = GlobalBatchSize::of(o.global_batch_size);
-  }
+  options.global_batch_size = c_global_batch(o.global_batch_size, "simclr_call_options");
+  options.gradient_reduction = c_gradient_reduction(o.gradient_reduction, "simclr_call_options");
   SIMCLR_ENFORCE(o.threads >= 0, ValueError, "simclr_call_options: threads is ", o.threads,
                  "; pass 0 (the process default) or a count");
   options.engine.threads = o.threads;
@@ -235,7 +266,7 @@ void host_backward(const SimCLRLoss& loss, const HostForward<T>& saved, const vo
     SIMCLR_ENFORCE(m->rows == src.rows() && m->cols == src.cols(), ValueError,
                    "simclr_backward: ", what, " is [", m->rows, ", ", m->cols,
                    "] but the gradient is [", src.rows(), ", ", src.cols(), "]");
-    SIMCLR_ENFORCE(m->rows == 0 || m->data != nullptr, ValueError, "simclr_backward: ", what,
+    SIMCLR_ENFORCE(m->rows == 0 || m->cols == 0 || m->data != nullptr, ValueError, "simclr_backward: ", what,
                    " data is NULL");
     SIMCLR_ENFORCE(m->rows <= 1 || m->row_stride >= m->cols, ValueError, "simclr_backward: ", what,
                    " row_stride ", m->row_stride, " is smaller than its ", m->cols, " columns");
@@ -344,6 +375,9 @@ void simclr_call_options_init(simclr_call_options* options) {
   options->memory_budget_bytes = 0;
   options->workspace_bytes = 0;
   options->schedule = SIMCLR_SCHEDULE_AUTO;
+  options->gradient_reduction = SIMCLR_GRADIENT_SUM;
+  options->input_error = SIMCLR_OK;
+  options->input_error_message = nullptr;
 }
 
 simclr_status simclr_forward(simclr_loss_t loss, const simclr_matrix* za, const simclr_matrix* zb,
@@ -363,12 +397,10 @@ simclr_status simclr_forward(simclr_loss_t loss, const simclr_matrix* za, const 
                          "communicator (simclr_comm_create_callbacks, _mpi or _single)"));
     Communicator* comm = o.comm != nullptr ? o.comm->comm.get() : nullptr;
 
-    // The C-level checks. With a communicator an error here is carried by the agreement step, as
-    // the C++ forward does with its own checks, so every rank fails with the same status and
-    // message instead of the others waiting in a collective.
+    // The C-level checks (and the front end's own rejection), collective with a communicator.
     CallOptions call;
     std::optional<SampleWeight> w;
-    try {
+    detail::check_collectively(comm, options, [&] {
       SIMCLR_ENFORCE(loss != nullptr, ValueError, "simclr_forward: loss is NULL");
       detail::check_host_matrix(za, "za", "simclr_forward");
       detail::check_host_matrix(zb, "zb", "simclr_forward");
@@ -378,22 +410,7 @@ simclr_status simclr_forward(simclr_loss_t loss, const simclr_matrix* za, const 
       SIMCLR_ENFORCE(values != nullptr, ValueError, "simclr_forward: values is NULL");
       if (weight != nullptr) w = detail::to_weight(*weight);
       call = detail::to_call_options(o);
-    } catch (const CommError&) {
-      throw;
-    } catch (const Error& e) {
-      if (comm == nullptr) throw;
-      detail::AgreementRecord mine = detail::forward_record(
-          za != nullptr ? za->rows : 0, za != nullptr ? za->cols : 0,
-          za != nullptr ? static_cast<std::int32_t>(detail::c_enum_value(za->dtype)) : 0,
-          Reduction::kAuto, loss != nullptr ? loss->loss.temperature() : 0.0,
-          detail::kNoGlobalBatch);
-      detail::set_error(mine,
-                        dynamic_cast<const TypeError*>(&e) != nullptr ? detail::kTypeErrorKind
-                                                                      : detail::kValueErrorKind,
-                        e.what());
-      detail::gather_records(*comm, mine);  // raises the error on every rank
-      throw;                                // not reached: the record carries an error
-    }
+    });
     const SampleWeight* wp = w ? &*w : nullptr;
     if (za->dtype == SIMCLR_FLOAT32)
       detail::host_forward<float>(loss->loss, *za, *zb, wp, call, values, per_example, info, saved);

@@ -4,6 +4,7 @@
 // (detail/reduction.hpp), for callers that gather between the steps themselves.
 
 #include <algorithm>
+#include <cstring>
 #include <optional>
 
 #include "simclr/c_api.h"
@@ -44,8 +45,8 @@ void check_matrix(const simclr_matrix* m, const char* what, const char* where, s
   SIMCLR_ENFORCE((rows < 0 || m->rows == rows) && (cols < 0 || m->cols == cols), ValueError, where,
                  ": ", what, " is [", m->rows, ", ", m->cols, "] but must be [",
                  rows < 0 ? m->rows : rows, ", ", cols < 0 ? m->cols : cols, "]");
-  SIMCLR_ENFORCE(m->rows == 0 || m->data != nullptr, ValueError, where, ": ", what,
-                 " data is NULL with ", m->rows, " rows");
+  SIMCLR_ENFORCE(m->rows == 0 || m->cols == 0 || m->data != nullptr, ValueError, where, ": ",
+                 what, " data is NULL with ", m->rows, " rows");
   SIMCLR_ENFORCE(m->rows <= 1 || m->row_stride >= m->cols, ValueError, where, ": ", what,
                  " row_stride ", m->row_stride, " is smaller than its ", m->cols, " columns");
 }
@@ -100,12 +101,9 @@ StepOptions to_step_options(const simclr_call_options* o, const char* where) {
   SIMCLR_ENFORCE(o->comm == nullptr, ValueError, where,
                  ": options->comm must be NULL; the step calls never communicate (gather between "
                  "them, or use simclr_forward with the communicator)");
-  SIMCLR_ENFORCE(o->global_batch_size >= SIMCLR_GLOBAL_BATCH_NONE, ValueError, where,
-                 ": global_batch_size is ", o->global_batch_size,
-                 "; pass a count >= 0, SIMCLR_GLOBAL_BATCH_INFER or SIMCLR_GLOBAL_BATCH_NONE");
   SIMCLR_ENFORCE(o->threads >= 0, ValueError, where, ": threads is ", o->threads,
                  "; pass 0 (the process default) or a count");
-  out.global_batch = o->global_batch_size;
+  out.global_batch = encode_global_batch(c_global_batch(o->global_batch_size, where));
   out.engine.threads = o->threads;
   out.engine.symmetric = o->symmetric != 0;
   if (o->memory_budget_bytes != 0) out.engine.memory_budget_bytes = o->memory_budget_bytes;
@@ -311,6 +309,75 @@ simclr_status simclr_step_backward(simclr_loss_t loss, const simclr_matrix* u_gl
     else
       d::step_backward<double>(loss->loss, *u_global, layout, squared_norms, lse_all, alpha_all, o,
                                *grad_a, *grad_b);
+  });
+}
+
+simclr_status simclr_step_record(simclr_loss_t loss, const simclr_matrix* za, const simclr_matrix* zb,
+                                 const simclr_weight* weight, const simclr_call_options* options,
+                                 void* record) {
+  return c_api_guard([&] {
+    namespace d = simclr::detail;
+    const char* where = "simclr_step_record";
+    SIMCLR_ENFORCE(loss != nullptr, ValueError, where, ": loss is NULL");
+    SIMCLR_ENFORCE(record != nullptr, ValueError, where, ": record is NULL");
+    simclr_call_options defaults;
+    simclr_call_options_init(&defaults);
+    const simclr_call_options& o = options != nullptr ? *options : defaults;
+    const bool shaped = o.input_error == SIMCLR_OK && za != nullptr;
+    const simclr::LossConfig& config = loss->loss.config();
+    d::AgreementRecord mine = d::forward_record(
+        shaped ? za->rows : 0, shaped ? za->cols : 0,
+        shaped ? static_cast<std::int32_t>(d::c_enum_value(za->dtype)) : 0,
+        config.reduction == simclr::Reduction::kAuto ? simclr::Reduction::kSumOverBatchSize
+                                                     : config.reduction,
+        config.temperature, d::kNoGlobalBatch);
+    d::capture(mine, [&] {
+      d::check_collectively(nullptr, &o, [&] {
+        SIMCLR_ENFORCE(za != nullptr, ValueError, where, ": za is NULL");
+        d::check_matrix(za, "za", where, za->dtype, -1, -1);
+        d::check_matrix(zb, "zb", where, za->dtype, -1, -1);
+        SIMCLR_ENFORCE(za->rows == zb->rows && za->cols == zb->cols, ValueError,
+                       "za and zb must have the same shape: [", za->rows, ", ", za->cols,
+                       "] vs. [", zb->rows, ", ", zb->cols, "]");
+        if (za->dtype == SIMCLR_FLOAT32) {
+          d::check_finite(d::const_view<float>(*za), "za");
+          d::check_finite(d::const_view<float>(*zb), "zb");
+        } else {
+          d::check_finite(d::const_view<double>(*za), "za");
+          d::check_finite(d::const_view<double>(*zb), "zb");
+        }
+        const auto sw = d::to_sample_weight(weight, where);
+        (void)d::broadcast_weight(sw ? &*sw : nullptr, za->rows);
+        mine.global_batch = d::encode_global_batch(d::c_global_batch(o.global_batch_size, where));
+        mine.schedule = static_cast<std::int32_t>(d::c_schedule(o.schedule, where));
+        mine.gradient_reduction =
+            static_cast<std::int32_t>(d::c_gradient_reduction(o.gradient_reduction, where));
+      });
+    });
+    std::memcpy(record, &mine, sizeof(mine));
+  });
+}
+
+simclr_status simclr_step_agree(simclr_loss_t loss, const void* records, int32_t ranks,
+                                int64_t* rank_rows) {
+  return c_api_guard([&] {
+    namespace d = simclr::detail;
+    const char* where = "simclr_step_agree";
+    SIMCLR_ENFORCE(loss != nullptr, ValueError, where, ": loss is NULL");
+    SIMCLR_ENFORCE(ranks >= 1, ValueError, where, ": ranks is ", ranks, "; at least 1");
+    SIMCLR_ENFORCE(records != nullptr, ValueError, where, ": records is NULL");
+    std::vector<d::AgreementRecord> all(static_cast<std::size_t>(ranks));
+    std::memcpy(all.data(), records, all.size() * sizeof(d::AgreementRecord));
+    d::raise_first_error(all);
+    d::check_forward_records(
+        all,
+        [](std::int32_t t) {
+          return std::string(t == SIMCLR_FLOAT32 ? "float32" : t == SIMCLR_FLOAT64 ? "float64"
+                                                                                   : "unknown");
+        },
+        loss->loss.reduction(), "simclr_call_options");
+    if (rank_rows != nullptr)
+      for (std::size_t r = 0; r < all.size(); ++r) rank_rows[r] = all[r].rows;
   });
 }
 

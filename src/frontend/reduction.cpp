@@ -29,8 +29,10 @@ template <class T>
 void check_view(ConstMatrixView<T> z, const char* view) {
   SIMCLR_ENFORCE(z.rows >= 0 && z.cols >= 0, ValueError, view, " has a negative dimension: [",
                  z.rows, ", ", z.cols, "]");
-  SIMCLR_ENFORCE(z.rows == 0 || z.data != nullptr, ValueError, view, " is null with ", z.rows,
-                 " rows");
+  // [n, 0] holds no element, and frameworks hand it over with a null pointer: TF Similarity's value
+  // for it is that of all-zero rows, 2 ln(2G - 1).
+  SIMCLR_ENFORCE(z.rows == 0 || z.cols == 0 || z.data != nullptr, ValueError, view,
+                 " is null with ", z.rows, " rows");
   SIMCLR_ENFORCE(z.rows <= 1 || z.row_stride >= z.cols, ValueError, view, " row stride ",
                  z.row_stride, " is smaller than its ", z.cols, " columns");
 }

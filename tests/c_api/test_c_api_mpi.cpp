@@ -183,6 +183,41 @@ void test_bad_input_on_one_rank(simclr_comm_t comm) {
       SIMCLR_VALUE_ERROR, "SIMCLR_SCHEDULE_BALANCED");
   options.schedule = SIMCLR_SCHEDULE_AUTO;
 
+  // The front end rejected its own input on the last rank (a binding's "not a tensor"): that rank
+  // calls with input_error and NULL views, and every rank fails with its status and message.
+  if (rank == last) {
+    options.input_error = SIMCLR_TYPE_ERROR;
+    options.input_error_message = "simclr.torch: za must be a torch.Tensor, got list";
+  }
+  check_same_failure(simclr_forward(loss, rank == last ? nullptr : &a, rank == last ? nullptr : &b,
+                                    nullptr, &options, rank == last ? nullptr : values.data(),
+                                    nullptr, nullptr, nullptr),
+                     SIMCLR_TYPE_ERROR,
+                     (std::string("must be a torch.Tensor, got list (rank ") +
+                      std::to_string(last) + ")")
+                         .c_str());
+  options.input_error = SIMCLR_UNSUPPORTED;
+  options.input_error_message = "simclr.torch: za is a sparse tensor";
+  if (rank != last) options.input_error = SIMCLR_OK;
+  check_same_failure(
+      simclr_forward(loss, &a, &b, nullptr, &options, values.data(), nullptr, nullptr, nullptr),
+      SIMCLR_UNSUPPORTED, "sparse tensor");
+  options.input_error = SIMCLR_OK;
+  options.input_error_message = nullptr;
+
+  // gradient_reduction differs on one rank (a value outside the enum fails alike).
+  if (size > 1) {
+    options.gradient_reduction = rank == last ? SIMCLR_GRADIENT_MEAN : SIMCLR_GRADIENT_SUM;
+    check_same_failure(
+        simclr_forward(loss, &a, &b, nullptr, &options, values.data(), nullptr, nullptr, nullptr),
+        SIMCLR_VALUE_ERROR, "gradient_reduction differs between ranks");
+  }
+  options.gradient_reduction = rank == last ? 9 : SIMCLR_GRADIENT_SUM;
+  check_same_failure(
+      simclr_forward(loss, &a, &b, nullptr, &options, values.data(), nullptr, nullptr, nullptr),
+      SIMCLR_VALUE_ERROR, "SIMCLR_GRADIENT_MEAN");
+  options.gradient_reduction = SIMCLR_GRADIENT_SUM;
+
   // A NULL output on the last rank.
   check_same_failure(
       simclr_forward(loss, &a, &b, nullptr, &options, rank == last ? nullptr : values.data(),

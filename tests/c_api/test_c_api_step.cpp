@@ -129,9 +129,57 @@ void check_errors() {
   simclr_loss_destroy(loss);
 }
 
+// The agreement of a distributed step: 3 simulated ranks write records, the test "gathers" them,
+// and simclr_step_agree gives every rank the same verdict.
+void check_agreement() {
+  simclr_loss_t loss = nullptr;
+  CHECK_OK(simclr_loss_create(0.1, SIMCLR_REDUCTION_SUM, nullptr, &loss));
+  std::vector<double> za(6, 1.0), zb(6, 0.5), bad(6, 1.0);
+  bad[4] = NAN;
+  std::vector<unsigned char> records(3 * SIMCLR_RECORD_BYTES);
+  auto record = [&](int r, double* a_data, const simclr_call_options* o) {
+    simclr_matrix a = view(a_data, 2, 3), b = view(zb.data(), 2, 3);
+    CHECK_OK(simclr_step_record(loss, &a, &b, nullptr, o,
+                                records.data() + static_cast<std::size_t>(r) * SIMCLR_RECORD_BYTES));
+  };
+  // Good everywhere: rows come back.
+  for (int r = 0; r < 3; ++r) record(r, za.data(), nullptr);
+  int64_t rows[3] = {-1, -1, -1};
+  CHECK_OK(simclr_step_agree(loss, records.data(), 3, rows));
+  CHECK(rows[0] == 2 && rows[1] == 2 && rows[2] == 2);
+  // NaN on rank 1 only: the record call succeeds there; the agreement fails for everyone alike.
+  record(1, bad.data(), nullptr);
+  CHECK(simclr_step_agree(loss, records.data(), 3, nullptr) == SIMCLR_VALUE_ERROR);
+  CHECK(std::string(simclr_last_error()) == "za has NaN at row 1, column 1 (rank 1)");
+  // A front end's own rejection on rank 2 (rank 1 fixed): its status and message.
+  record(1, za.data(), nullptr);
+  simclr_call_options o;
+  simclr_call_options_init(&o);
+  o.input_error = SIMCLR_TYPE_ERROR;
+  o.input_error_message = "za must be a jax.Array, got list";
+  record(2, nullptr, &o);
+  CHECK(simclr_step_agree(loss, records.data(), 3, nullptr) == SIMCLR_TYPE_ERROR);
+  CHECK(std::string(simclr_last_error()) == "za must be a jax.Array, got list (rank 2)");
+  // Options that differ: gradient_reduction on rank 2.
+  simclr_call_options_init(&o);
+  o.gradient_reduction = SIMCLR_GRADIENT_MEAN;
+  record(2, za.data(), &o);
+  CHECK(simclr_step_agree(loss, records.data(), 3, nullptr) == SIMCLR_VALUE_ERROR);
+  CHECK(std::string(simclr_last_error()).find("gradient_reduction differs between ranks") !=
+        std::string::npos);
+  simclr_loss_destroy(loss);
+  // The distribution rule, even at one rank (a distributed context).
+  CHECK_OK(simclr_loss_create(0.1, SIMCLR_REDUCTION_AUTO, nullptr, &loss));
+  record(0, za.data(), nullptr);
+  CHECK(simclr_step_agree(loss, records.data(), 1, nullptr) == SIMCLR_VALUE_ERROR);
+  CHECK(std::string(simclr_last_error()).find("global batch size") != std::string::npos);
+  simclr_loss_destroy(loss);
+}
+
 }  // namespace
 
 int main() {
+  check_agreement();
   for (simclr_reduction r : {SIMCLR_REDUCTION_AUTO, SIMCLR_REDUCTION_SUM, SIMCLR_REDUCTION_NONE})
     for (int ranks : {1, 2, 3}) check_against_whole_batch(r, ranks, 5, 7);
   check_errors();

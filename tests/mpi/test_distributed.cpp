@@ -315,6 +315,37 @@ TEST(DistributedErrors, MismatchedConfig) {
       "temperature differs across ranks");
 }
 
+TEST(DistributedErrors, GradientReductionDiffersOnOneRank) {
+  if (world_size() == 1) GTEST_SKIP() << "needs 2 ranks";
+  RowMatrix<double> a = RowMatrix<double>::Random(3, 4), b = RowMatrix<double>::Random(3, 4);
+  expect_everywhere<ValueError>(
+      [&](Communicator& c) {
+        CallOptions o;
+        o.communicator = &c;
+        o.gradient_reduction =
+            world_rank() == bad_rank() ? GradientReduction::kMean : GradientReduction::kSum;
+        SimCLRLoss(0.1, Reduction::kSum).forward<double>(a, b, nullptr, o);
+      },
+      "gradient_reduction differs between ranks: rank 0 has 'sum', rank " +
+          std::to_string(bad_rank()) + " has 'mean'");
+}
+
+// kMean is the kSum gradient times the number of ranks; the loss itself is unchanged.
+TEST(Distributed, GradientReductionMeanScalesByTheRanks) {
+  MpiCommunicator comm(MPI_COMM_WORLD);
+  const RowMatrix<double> a = global_view<double>(0, 3, 5), b = global_view<double>(1, 3, 5);
+  const SimCLRLoss loss(0.2, Reduction::kSum);
+  CallOptions sum, mean;
+  sum.communicator = mean.communicator = &comm;
+  mean.gradient_reduction = GradientReduction::kMean;
+  const auto [out_s, g_s] = loss.value_and_gradient<double>(a, b, nullptr, sum);
+  const auto [out_m, g_m] = loss.value_and_gradient<double>(a, b, nullptr, mean);
+  EXPECT_EQ(out_s.objective, out_m.objective);
+  const double p = world_size();
+  EXPECT_LE(max_rel<double>(g_m.grad_a, p * g_s.grad_a), 1e-15);
+  EXPECT_LE(max_rel<double>(g_m.grad_b, p * g_s.grad_b), 1e-15);
+}
+
 TEST(DistributedErrors, BadUpstreamOnOneRankInBackward) {
   RowMatrix<double> a = RowMatrix<double>::Random(3, 4), b = RowMatrix<double>::Random(3, 4);
   MpiCommunicator comm(MPI_COMM_WORLD);

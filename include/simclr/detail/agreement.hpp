@@ -40,7 +40,14 @@ enum ErrorKind : std::int32_t {
   kTypeErrorKind = 2,    // TypeError
   kDeviceErrorKind = 3,  // DeviceError (a CUDA or cuBLAS call, device memory)
   kOtherErrorKind = 4,   // simclr::Error: a failed internal check, std::bad_alloc, anything else
+  kUnsupportedErrorKind = 5,  // UnsupportedError (what this build or call lacks)
 };
+
+// The kind of an exception, for a record: TypeError, ValueError, DeviceError, UnsupportedError.
+ErrorKind error_kind_of(const Error& e);
+
+// Throws the exception a kind names with `what` (ValueError for kNoError, which callers avoid).
+[[noreturn]] void throw_error_kind(std::int32_t kind, const std::string& what);
 
 // A zeroed record (no uninitialised padding goes over the wire).
 AgreementRecord empty_record();

@@ -5,7 +5,9 @@
 
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <mutex>
 #include <new>
 #include <string>
@@ -46,11 +48,7 @@ struct simclr_forward_state {
 
 namespace simclr::detail {
 
-// What the C API reports as SIMCLR_UNSUPPORTED: the build or the call lacks a dtype or a device.
-class UnsupportedError : public Error {
- public:
-  explicit UnsupportedError(const std::string& what) : Error(what) {}
-};
+using simclr::UnsupportedError;
 
 // The thread's last error message (simclr_last_error()).
 std::string& c_api_last_error();
@@ -123,5 +121,21 @@ inline Schedule c_schedule(std::int32_t schedule, const char* where) {
                                          "; pass SIMCLR_SCHEDULE_AUTO, SIMCLR_SCHEDULE_OWN_ROWS or "
                                          "SIMCLR_SCHEDULE_BALANCED"));
 }
+
+// A simclr_call_options global_batch_size as the option (NONE: no value); ValueError naming `where`
+// for anything below NONE.
+std::optional<GlobalBatchSize> c_global_batch(std::int64_t global_batch_size, const char* where);
+
+// A SIMCLR_GRADIENT_* value; ValueError naming the choices otherwise.
+GradientReduction c_gradient_reduction(std::int32_t gradient_reduction, const char* where);
+
+// Runs a call's C-level argument checks, after the front end's own rejection of its inputs
+// (options->input_error) if any. Without a communicator an error propagates as it is; with one it
+// is carried by the agreement gather the other ranks are entering (the forward's or the
+// backward's), so every rank fails with the same status and message instead of the others waiting
+// in a collective (a record that carries an error needs no other field). Collective when comm is set
+// and a check fails.
+void check_collectively(Communicator* comm, const simclr_call_options* options,
+                        const std::function<void()>& checks);
 
 }  // namespace simclr::detail
