@@ -1,7 +1,9 @@
 // The simclr-loss command's contract: its JSON line, output files, and `error: ` + exit 2 on bad
 // input with no partial output. Also under mpirun (2 ranks) when MPI was built.
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -64,6 +66,8 @@ class Cli : public ::testing::Test {
     tools::write_npy<float>(p("bf.npy"), bf, {3, 2});
   }
   void TearDown() override { fs::remove_all(dir_); }
+
+ public:
   std::string p(const std::string& name) const { return (dir_ / name).string(); }
   void write_file(const std::string& name, const std::string& bytes) const {
     std::ofstream(p(name), std::ios::binary) << bytes;
@@ -234,6 +238,118 @@ TEST_F(Cli, FileErrorsExit2WithNoOutput) {
   expect_usage_error("compute --za " + p("a.npy") + " --zb " + p("b.npy") + " --loss-out " +
                          p("loss_out.npy") + " --grad-a-out " + p("no/such/dir/ga.npy"),
                      "cannot open for writing");
+}
+
+// ---- hostile input files: each is rejected by its kind or its header, exit 2, the path named ----
+
+// Runs `compute` with `path` as --za (a valid --zb) under a time limit: a reader that blocks on a
+// FIFO or streams /dev/zero shows as status 124 instead of hanging the test. The message must name
+// the file as "--za 'path'" and say `needle`.
+void expect_bad_za(const Cli& t, const std::string& path, const std::string& needle) {
+  const Result r =
+      run("compute --za " + path + " --zb " + t.p("b.npy") + " --loss-out " + t.p("loss_out.npy"),
+          "timeout 20 ");
+  EXPECT_EQ(r.status, 2) << path << "\n" << r.err;
+  EXPECT_EQ(r.err.rfind("error: --za '" + path + "': ", 0), 0u) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_NE(r.err.find(needle), std::string::npos) << r.err;
+  EXPECT_TRUE(r.out.empty()) << r.out;
+  EXPECT_FALSE(fs::exists(t.p("loss_out.npy")));
+}
+
+// A version 1.0 .npy image with this header and data (as tests/reliability/test_parsers.cpp).
+std::string npy_image(const std::string& descr, const std::string& shape, const std::string& data) {
+  std::string dict = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': " + shape + ", }";
+  dict.append((64 - (10 + dict.size() + 1) % 64) % 64, ' ');
+  dict.push_back('\n');
+  std::string out("\x93NUMPY\x01\x00", 8);
+  out += static_cast<char>(dict.size() & 0xff);
+  out += static_cast<char>(dict.size() >> 8);
+  return out + dict + data;
+}
+
+// Was exit 5 with libstdc++'s "basic_filebuf::underflow error reading the file: Is a directory".
+TEST_F(Cli, DirectoryInputExits2NamingIt) {
+  expect_bad_za(*this, p(""), "is a directory, not a .npy file");  // p("") ends in '/'
+
+  fs::create_directories(p("d.npy"));
+  expect_bad_za(*this, p("d.npy"), "is a directory, not a .npy file");
+}
+
+TEST_F(Cli, MissingInputExits2NamingIt) {
+  expect_bad_za(*this, p("missing.npy"), "cannot open file: No such file or directory");
+  expect_bad_za(*this, p("no/such/dir/a.npy"), "cannot open file: No such file or directory");
+}
+
+// Was read without end (3 GB in 40 s).
+TEST_F(Cli, DevZeroIsRejectedUnread) {
+  expect_bad_za(*this, "/dev/zero", "is a character device, not a .npy file");
+}
+
+// A FIFO with no writer: opening it blocked forever. With a writer that wrote a valid .npy and
+// keeps it open: the old reader waited for the end of the stream forever. Rejected before open().
+TEST_F(Cli, FifoInputIsRejectedWithoutBlocking) {
+  ASSERT_EQ(::mkfifo(p("f.npy").c_str(), 0600), 0);
+  expect_bad_za(*this, p("f.npy"), "is a FIFO (named pipe), not a .npy file");
+  // O_RDWR opens a FIFO on Linux without waiting for the other end; it is the writer here.
+  const int fd = ::open(p("f.npy").c_str(), O_RDWR | O_NONBLOCK);
+  ASSERT_GE(fd, 0);
+  const std::string bytes = npy_image("<f8", "(3, 2)", std::string(48, '\0'));
+  ASSERT_EQ(::write(fd, bytes.data(), bytes.size()), static_cast<ssize_t>(bytes.size()));
+  expect_bad_za(*this, p("f.npy"), "is a FIFO (named pipe), not a .npy file");
+  ::close(fd);
+}
+
+TEST_F(Cli, TruncatedDataSaysBothByteCounts) {
+  write_file("trunc.npy", npy_image("<f8", "(3, 2)", std::string(40, '\0')));
+  expect_bad_za(
+      *this, p("trunc.npy"),
+      "file is truncated: the header says 6 elements (48 bytes of data), 40 bytes present");
+  // A shape far beyond the file: refused from the file's size, nothing allocated for it.
+  write_file("huge.npy", npy_image("<f8", "(9999999999, 99)", ""));
+  expect_bad_za(*this, p("huge.npy"), "(7919999999208 bytes of data), 0 bytes present");
+}
+
+TEST_F(Cli, HeaderLengthOverTheLimitIsRejectedUnread) {
+  // Version 2.0: a 4-byte header length, here 4 GiB - 1, then a few bytes.
+  write_file("long.npy", std::string("\x93NUMPY\x02\x00\xff\xff\xff\xff", 12) + "{'descr': '<f8'");
+  expect_bad_za(*this, p("long.npy"), "npy header length 4294967295 bytes is over the 65536-byte");
+  // Just over the limit, with the bytes present.
+  std::string at_limit("\x93NUMPY\x03\x00\x01\x00\x01\x00", 12);
+  at_limit.append(65537, ' ');
+  write_file("over.npy", at_limit);
+  expect_bad_za(*this, p("over.npy"), "npy header length 65537 bytes is over the 65536-byte");
+}
+
+TEST_F(Cli, HeaderGarbageIsRejectedNamingThePath) {
+  write_file("garbage.npy",
+             std::string("\x93NUMPY\x01\x00\x10\x00", 10) + "\x01\xfe garbage !!!!!");
+  expect_bad_za(*this, p("garbage.npy"), "npy header has no 'descr' key");
+  write_file("empty.npy", "");
+  expect_bad_za(*this, p("empty.npy"), "not a .npy file (bad magic): the file is empty");
+  write_file("magic.npy", "\x93NUMPY\x01");
+  expect_bad_za(*this, p("magic.npy"), "truncated .npy header: 7 bytes");
+}
+
+// --sample-weight goes through the same reader; --config through the same file checks.
+TEST_F(Cli, SampleWeightAndConfigAreReadTheSameWay) {
+  const std::string ab = " --za " + p("a.npy") + " --zb " + p("b.npy");
+  const Result w = run("compute" + ab + " --sample-weight /dev/zero", "timeout 20 ");
+  EXPECT_EQ(w.status, 2) << w.err;
+  EXPECT_NE(w.err.find("--sample-weight '/dev/zero': is a character device"), std::string::npos)
+      << w.err;
+  const Result c = run("compute" + ab + " --config /dev/zero", "timeout 20 ");
+  EXPECT_EQ(c.status, 2) << c.err;
+  EXPECT_NE(c.err.find("--config '/dev/zero': is a character device, not a config file"),
+            std::string::npos)
+      << c.err;
+  const Result d = run("config --config " + p(""), "timeout 20 ");
+  EXPECT_EQ(d.status, 2) << d.err;
+  EXPECT_NE(d.err.find("--config '" + p("") + "': is a directory"), std::string::npos) << d.err;
+  write_file("big.json", std::string((1 << 20) + 1, ' '));
+  const Result b = run("config --config " + p("big.json"), "timeout 20 ");
+  EXPECT_EQ(b.status, 2) << b.err;
+  EXPECT_NE(b.err.find("is larger than 1048576 bytes"), std::string::npos) << b.err;
 }
 
 // ---- under mpirun ----

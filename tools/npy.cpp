@@ -6,6 +6,7 @@
 #include <limits>
 #include <sstream>
 
+#include "input_file.hpp"
 #include "simclr/detail/check.hpp"
 
 namespace simclr::tools {
@@ -64,46 +65,70 @@ std::vector<std::int64_t> parse_shape(const std::string& tuple, const std::strin
   return shape;
 }
 
-}  // namespace
+// The longest header read. numpy's own reader refuses headers over 10000 bytes unless told
+// otherwise (numpy.load's max_header_size); the headers read here (a dtype, a flag and at most 32
+// counts) take well under 1 KiB. A larger length field is a corrupt or hostile file, rejected
+// before anything is allocated or read for it.
+constexpr std::size_t kMaxHeaderBytes = 64 * 1024;
 
-std::int64_t NpyArray::size() const {
-  std::int64_t n = 1;
-  for (auto s : shape) n *= s;
-  return n;
-}
+struct Preamble {
+  std::size_t header_len = 0;  // bytes of the header dict
+  std::size_t start = 0;       // where it starts: 10 (version 1) or 12 (versions 2 and 3)
+};
 
-std::vector<double> NpyArray::to_double() const {
-  std::vector<double> out(static_cast<std::size_t>(size()));
-  for (std::size_t i = 0; i < out.size(); ++i) {
-    out[i] = dtype == DType::kFloat32 ? static_cast<double>(data<float>()[i]) : data<double>()[i];
-  }
-  return out;
-}
-
-NpyArray parse_npy(const unsigned char* data, std::size_t size, const std::string& what) {
+// The magic string, format version and header length at the start of a file of `size` bytes (at
+// most the first 12 are looked at).
+Preamble parse_preamble(const unsigned char* data, std::size_t size, const std::string& what) {
   static const unsigned char kMagic[] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
-  if (size < 10 || std::memcmp(data, kMagic, 6) != 0) fail(what, "not a .npy file (bad magic)");
-  const int major = data[6];
-  std::size_t header_len = 0, start = 0;
-  if (major == 1) {
-    header_len = static_cast<std::size_t>(data[8]) | (static_cast<std::size_t>(data[9]) << 8);
-    start = 10;
-  } else if (major == 2 || major == 3) {
-    if (size < 12) fail(what, "truncated .npy header");
-    header_len = static_cast<std::size_t>(data[8]) | (static_cast<std::size_t>(data[9]) << 8) |
-                 (static_cast<std::size_t>(data[10]) << 16) |
-                 (static_cast<std::size_t>(data[11]) << 24);
-    start = 12;
-  } else {
-    fail(what, "unsupported .npy format version " + std::to_string(major));
+  if (size == 0) fail(what, "not a .npy file (bad magic): the file is empty");
+  if (size < 6 || std::memcmp(data, kMagic, 6) != 0) fail(what, "not a .npy file (bad magic)");
+  if (size < 10) {
+    fail(what, "truncated .npy header: " + std::to_string(size) +
+                   " bytes, less than the 10-byte preamble");
   }
-  if (header_len > size - start) fail(what, "truncated .npy header");
-  const std::string header(reinterpret_cast<const char*>(data + start), header_len);
+  const int major = data[6];
+  Preamble pre;
+  if (major == 1) {
+    pre.header_len = static_cast<std::size_t>(data[8]) | (static_cast<std::size_t>(data[9]) << 8);
+    pre.start = 10;
+  } else if (major == 2 || major == 3) {
+    if (size < 12) fail(what, "truncated .npy header: the version 2 and 3 preamble is 12 bytes");
+    pre.header_len = static_cast<std::size_t>(data[8]) | (static_cast<std::size_t>(data[9]) << 8) |
+                     (static_cast<std::size_t>(data[10]) << 16) |
+                     (static_cast<std::size_t>(data[11]) << 24);
+    pre.start = 12;
+  } else {
+    fail(what, "unsupported .npy format version " + std::to_string(major) +
+                   " (versions 1.0 to 3.0 are read)");
+  }
+  if (pre.header_len > kMaxHeaderBytes) {
+    fail(what, "npy header length " + std::to_string(pre.header_len) + " bytes is over the " +
+                   std::to_string(kMaxHeaderBytes) +
+                   "-byte limit (numpy's own reader stops at 10000): the file is corrupt");
+  }
+  return pre;
+}
+
+[[noreturn]] void fail_header_size(const std::string& what, const Preamble& pre,
+                                   std::size_t present) {
+  fail(what, "truncated .npy header: the preamble announces " + std::to_string(pre.header_len) +
+                 " bytes of header, " + std::to_string(present) + " present");
+}
+
+// The header dict, parsed: dtype and shape (no data), and the data's exact size.
+struct Header {
+  NpyArray array;
+  std::int64_t count = 0;        // elements
+  std::uint64_t data_bytes = 0;  // count * element size, checked to fit in int64
+};
+
+Header parse_header(const std::string& header, const std::string& what) {
   const std::string descr = dict_value(header, "descr", what);
   const std::string fortran = dict_value(header, "fortran_order", what);
   const std::string shape_text = dict_value(header, "shape", what);
 
-  NpyArray out;
+  Header h;
+  NpyArray& out = h.array;
   if (descr == "<f4") {
     out.dtype = DType::kFloat32;
   } else if (descr == "<f8") {
@@ -132,27 +157,75 @@ NpyArray parse_npy(const unsigned char* data, std::size_t size, const std::strin
     if (s != 0) nonzero *= s;
     count *= s;
   }
-  const std::size_t available = size - start - header_len;
-  const auto nbytes = static_cast<std::size_t>(count) * elem;
-  if (nbytes > available) {
-    fail(what, "truncated .npy data: the header says " + std::to_string(count) +
-                   " elements but the file holds " + std::to_string(available / elem));
+  h.count = count;
+  h.data_bytes = static_cast<std::uint64_t>(count) * elem;
+  return h;
+}
+
+// The data is not the size the header announces: fewer bytes (truncated) or more.
+[[noreturn]] void fail_data_size(const std::string& what, const Header& h, std::uint64_t present) {
+  if (h.data_bytes > present) {
+    fail(what, "file is truncated: the header says " + std::to_string(h.count) + " elements (" +
+                   std::to_string(h.data_bytes) + " bytes of data), " + std::to_string(present) +
+                   " bytes present");
   }
-  if (nbytes != available) {
-    fail(what, "npy data size " + std::to_string(available) + " bytes does not match its shape (" +
-                   std::to_string(nbytes) + " bytes)");
+  fail(what, "npy data size " + std::to_string(present) + " bytes does not match its shape (" +
+                 std::to_string(h.data_bytes) + " bytes)");
+}
+
+}  // namespace
+
+std::int64_t NpyArray::size() const {
+  std::int64_t n = 1;
+  for (auto s : shape) n *= s;
+  return n;
+}
+
+std::vector<double> NpyArray::to_double() const {
+  std::vector<double> out(static_cast<std::size_t>(size()));
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    out[i] = dtype == DType::kFloat32 ? static_cast<double>(data<float>()[i]) : data<double>()[i];
   }
-  out.bytes.assign(data + start + header_len, data + start + header_len + nbytes);
   return out;
 }
 
-NpyArray read_npy(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path, "cannot open file");
-  std::vector<unsigned char> buf((std::istreambuf_iterator<char>(in)),
-                                 std::istreambuf_iterator<char>());
-  if (in.bad()) fail(path, "read error");
-  return parse_npy(buf.data(), buf.size(), path);
+NpyArray parse_npy(const unsigned char* data, std::size_t size, const std::string& what) {
+  const Preamble pre = parse_preamble(data, size, what);
+  if (pre.header_len > size - pre.start) fail_header_size(what, pre, size - pre.start);
+  const Header h = parse_header(
+      std::string(reinterpret_cast<const char*>(data + pre.start), pre.header_len), what);
+  const std::size_t available = size - pre.start - pre.header_len;
+  if (h.data_bytes != available) fail_data_size(what, h, available);
+  NpyArray out = h.array;
+  out.bytes.assign(data + pre.start + pre.header_len, data + size);
+  return out;
+}
+
+// Reads only what the header announces: the preamble (10 or 12 bytes), a header of at most
+// kMaxHeaderBytes, then exactly the data bytes its shape and dtype make, after checking the file's
+// size holds them (so a false shape allocates nothing). InputFile rejects anything not a regular
+// file before opening it.
+NpyArray read_npy(const std::string& path, const std::string& flag) {
+  InputFile in(path, describe_input(path, flag), "a .npy file");
+  const std::string& what = in.what();
+  unsigned char pre_bytes[12] = {};
+  std::size_t got = in.read_up_to(pre_bytes, 10);
+  if (got == 10 && (pre_bytes[6] == 2 || pre_bytes[6] == 3))
+    got += in.read_up_to(pre_bytes + 10, 2);
+  const Preamble pre = parse_preamble(pre_bytes, got, what);
+  std::string header(pre.header_len, '\0');
+  const std::size_t header_got =
+      in.read_up_to(reinterpret_cast<unsigned char*>(header.data()), header.size());
+  if (header_got < pre.header_len) fail_header_size(what, pre, header_got);
+  const Header h = parse_header(header, what);
+  const std::uint64_t offset = pre.start + pre.header_len;
+  const std::uint64_t present = in.size() > offset ? in.size() - offset : 0;
+  if (h.data_bytes != present) fail_data_size(what, h, present);
+  NpyArray out = h.array;
+  out.bytes.resize(static_cast<std::size_t>(h.data_bytes));
+  const std::size_t data_got = in.read_up_to(out.bytes.data(), out.bytes.size());
+  if (data_got < out.bytes.size()) fail_data_size(what, h, data_got);  // shrank since opened
+  return out;
 }
 
 template <class T>

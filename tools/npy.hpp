@@ -27,8 +27,10 @@ struct NpyArray {
 
 // Parses an in-memory .npy image. `what` names it in error messages.
 NpyArray parse_npy(const unsigned char* data, std::size_t size, const std::string& what);
-// Reads a .npy file.
-NpyArray read_npy(const std::string& path);
+// Reads a .npy file: a regular file only (input_file.hpp), its header at most 64 KiB, and exactly
+// the data bytes the header announces. Messages name it as "--flag 'path'" ("'path'" without a
+// flag).
+NpyArray read_npy(const std::string& path, const std::string& flag = "");
 
 // Writes a .npy file atomically (a temporary beside it, then rename): never a partial file.
 template <class T>

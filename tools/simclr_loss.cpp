@@ -6,15 +6,14 @@
 // Any bad input: every rank exits 2, rank 0 prints one `error: ...` line on stderr.
 
 #include <cstdio>
-#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <numeric>
-#include <sstream>
 
 #include "bench.hpp"
 #include "cli.hpp"
 #include "commands.hpp"
+#include "input_file.hpp"
 #include "npy.hpp"
 #include "runtime.hpp"
 #include "simclr/detail/check.hpp"
@@ -23,13 +22,8 @@
 namespace simclr::tools {
 namespace {
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  SIMCLR_ENFORCE(in.good(), ValueError, path, ": cannot open file");
-  std::ostringstream os;
-  os << in.rdbuf();
-  return os.str();
-}
+// A config JSON is a few hundred bytes; 1 MiB is far beyond any real one.
+constexpr std::size_t kMaxConfigBytes = 1 << 20;
 
 // The loss from --config or from the individual flags (not both).
 SimCLRLoss make_loss(const ParsedArgs& args) {
@@ -39,10 +33,12 @@ SimCLRLoss make_loss(const ParsedArgs& args) {
                      " cannot be combined with --config (put it in the config file)");
     }
     const std::string path = *args.get("config");
+    const std::string text =
+        read_small_file(path, describe_input(path, "config"), "a config file", kMaxConfigBytes);
     try {
-      return SimCLRLoss::from_config_string(read_text(path));
+      return SimCLRLoss::from_config_string(text);
     } catch (const Error& e) {
-      throw ValueError(path + ": " + e.what());
+      throw ValueError(describe_input(path, "config") + ": " + e.what());
     }
   }
   LossConfig cfg;
@@ -215,11 +211,11 @@ int run(Runtime& rt, const std::vector<std::string>& argv) {
     SIMCLR_ENFORCE(args.has("za") && args.has("zb"), ValueError,
                    "compute needs --za A.npy and --zb B.npy");
     loss = make_loss(args);
-    za = read_npy(*args.get("za"));
-    zb = read_npy(*args.get("zb"));
-    SIMCLR_ENFORCE(za->shape.size() == 2, ValueError, *args.get("za"),
+    za = read_npy(*args.get("za"), "za");
+    zb = read_npy(*args.get("zb"), "zb");
+    SIMCLR_ENFORCE(za->shape.size() == 2, ValueError, describe_input(*args.get("za"), "za"),
                    ": expected a 2-D array [N, d], got ", za->shape.size(), "-D");
-    SIMCLR_ENFORCE(zb->shape.size() == 2, ValueError, *args.get("zb"),
+    SIMCLR_ENFORCE(zb->shape.size() == 2, ValueError, describe_input(*args.get("zb"), "zb"),
                    ": expected a 2-D array [N, d], got ", zb->shape.size(), "-D");
     SIMCLR_ENFORCE(za->shape == zb->shape, ValueError, "za and zb must have the same shape: [",
                    za->shape[0], ", ", za->shape[1], "] vs. [", zb->shape[0], ", ", zb->shape[1],
@@ -227,7 +223,7 @@ int run(Runtime& rt, const std::vector<std::string>& argv) {
     SIMCLR_ENFORCE(za->dtype == zb->dtype, ValueError,
                    "za and zb must have the same dtype: ", to_string(za->dtype), " vs. ",
                    to_string(zb->dtype));
-    if (auto p = args.get("sample-weight")) w = read_npy(*p);
+    if (auto p = args.get("sample-weight")) w = read_npy(*p, "sample-weight");
   });
   if (za->dtype == DType::kFloat32) {
     compute<float>(rt, args, *loss, *za, *zb, w);
