@@ -12,6 +12,7 @@
 #include "simclr/build_config.hpp"
 #include "simclr/detail/agreement.hpp"
 #include "simclr/detail/c_api_impl.hpp"
+#include "simclr/detail/reduction.hpp"
 #include "simclr/detail/check.hpp"
 #include "simclr/loss.hpp"
 
@@ -177,9 +178,9 @@ void check_host_matrix(const simclr_matrix* m, const char* what, const char* whe
                        ", not a simclr_dtype (SIMCLR_FLOAT32 or SIMCLR_FLOAT64)"));
 }
 
-SampleWeight to_weight(const simclr_weight& w) {
-  SIMCLR_ENFORCE(w.ndim >= 0 && w.ndim <= 2, ValueError, "simclr_forward: weight has ndim ", w.ndim,
-                 "; sample_weight takes 0, 1 or 2 dimensions");
+SampleWeight to_weight(const simclr_weight& w, std::int64_t rows) {
+  SIMCLR_ENFORCE(w.ndim >= 0, ValueError, "simclr_forward: weight has ndim ", w.ndim);
+  check_weight_rank(static_cast<std::size_t>(w.ndim), rows);
   std::vector<std::int64_t> shape(w.shape, w.shape + w.ndim);
   std::int64_t count = 1;
   for (std::int32_t k = 0; k < w.ndim; ++k) {
@@ -408,7 +409,7 @@ simclr_status simclr_forward(simclr_loss_t loss, const simclr_matrix* za, const 
                      detail::dtype_name(za->dtype), " but zb is ", detail::dtype_name(zb->dtype),
                      "; both views take the same dtype");
       SIMCLR_ENFORCE(values != nullptr, ValueError, "simclr_forward: values is NULL");
-      if (weight != nullptr) w = detail::to_weight(*weight);
+      if (weight != nullptr) w = detail::to_weight(*weight, za->rows);
       call = detail::to_call_options(o);
     });
     const SampleWeight* wp = w ? &*w : nullptr;

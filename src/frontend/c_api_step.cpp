@@ -72,10 +72,11 @@ ConstMatrixView<T> engine_rows(const simclr_matrix& m, RowMatrix<T>& packed) {
   return ConstMatrixView<T>(packed);
 }
 
-std::optional<SampleWeight> to_sample_weight(const simclr_weight* w, const char* where) {
+std::optional<SampleWeight> to_sample_weight(const simclr_weight* w, std::int64_t rows,
+                                             const char* where) {
   if (w == nullptr) return std::nullopt;
-  SIMCLR_ENFORCE(w->ndim >= 0 && w->ndim <= 2, ValueError, where, ": weight has ndim ", w->ndim,
-                 "; sample_weight takes 0, 1 or 2 dimensions");
+  SIMCLR_ENFORCE(w->ndim >= 0, ValueError, where, ": weight has ndim ", w->ndim);
+  check_weight_rank(static_cast<std::size_t>(w->ndim), rows);
   std::vector<std::int64_t> shape(w->shape, w->shape + w->ndim);
   std::int64_t count = 1;
   for (const auto s : shape) {
@@ -237,7 +238,7 @@ simclr_status simclr_step_forward(simclr_loss_t loss, const simclr_matrix* u_glo
     const simclr::detail::RowLayout layout = d::step_layout(*u_global, anchor_begin, pairs, where);
     const d::StepOptions o = d::to_step_options(options, where);
     d::check_distribution_rule(loss->loss, !layout.whole(), o.global_batch, where);
-    const auto sw = d::to_sample_weight(weight, where);
+    const auto sw = d::to_sample_weight(weight, pairs, where);
     const std::vector<double> w = d::broadcast_weight(sw ? &*sw : nullptr, pairs);
     d::check_buffer(row_lse, pairs, "row_lse", where);
     SIMCLR_ENFORCE(values != nullptr, ValueError, where, ": values is NULL");
@@ -273,7 +274,7 @@ simclr_status simclr_step_alpha(simclr_loss_t loss, simclr_dtype dtype, int64_t 
       d::check_upstream(static_cast<const double*>(upstream), upstream_count, per_example,
                         reduction, pairs);
     d::check_buffer(alpha, pairs, "alpha", where);
-    const auto sw = d::to_sample_weight(weight, where);
+    const auto sw = d::to_sample_weight(weight, pairs, where);
     const std::vector<double> w = d::broadcast_weight(sw ? &*sw : nullptr, pairs);
     const std::int64_t denom = d::reduction_denominator(o.global_batch, pairs, global_pairs);
     if (dtype == SIMCLR_FLOAT32)
@@ -346,7 +347,7 @@ simclr_status simclr_step_record(simclr_loss_t loss, const simclr_matrix* za, co
           d::check_finite(d::const_view<double>(*za), "za");
           d::check_finite(d::const_view<double>(*zb), "zb");
         }
-        const auto sw = d::to_sample_weight(weight, where);
+        const auto sw = d::to_sample_weight(weight, za->rows, where);
         (void)d::broadcast_weight(sw ? &*sw : nullptr, za->rows);
         mine.global_batch = d::encode_global_batch(d::c_global_batch(o.global_batch_size, where));
         mine.schedule = static_cast<std::int32_t>(d::c_schedule(o.schedule, where));

@@ -37,6 +37,12 @@ void check_view(ConstMatrixView<T> z, const char* view) {
                  z.row_stride, " is smaller than its ", z.cols, " columns");
 }
 
+void check_weight_rank(std::size_t rank, std::int64_t n) {
+  SIMCLR_ENFORCE(rank <= 2, ValueError, "sample_weight of rank ", rank,
+                 " is not supported for a [", n,
+                 "] loss (Keras would broadcast it to an outer product); pass [N] or [N, 1]");
+}
+
 void check_weight_shape(const std::vector<std::int64_t>& shape, std::int64_t size, std::int64_t n) {
   std::int64_t count = 1;
   for (const auto s : shape) {
@@ -45,9 +51,7 @@ void check_weight_shape(const std::vector<std::int64_t>& shape, std::int64_t siz
   }
   SIMCLR_ENFORCE(count == size, ValueError, "sample_weight shape holds ", count, " values but ",
                  size, " were given");
-  SIMCLR_ENFORCE(shape.size() <= 2, ValueError, "sample_weight of rank ", shape.size(),
-                 " is not supported for a [", n,
-                 "] loss (Keras would broadcast it to an outer product); pass [N] or [N, 1]");
+  check_weight_rank(shape.size(), n);
   if (shape.size() == 2) {
     SIMCLR_ENFORCE(shape[1] == 1, ValueError,
                    "Can not squeeze dim[1], expected a dimension of 1, got ", shape[1],

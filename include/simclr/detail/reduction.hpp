@@ -42,6 +42,10 @@ ReducedLoss<T> reduce_examples(const T* row_lse, const T* row_positive, std::int
                                const std::vector<double>& weight, Reduction reduction,
                                std::int64_t denominator);
 
+// ValueError unless a sample_weight of `rank` dimensions is one the library takes for a [n] loss
+// (at most 2; Keras would broadcast a higher rank to an outer product).
+void check_weight_rank(std::size_t rank, std::int64_t n);
+
 // The sample_weight shape rules alone (rank, squeeze, broadcast), for callers whose values live
 // elsewhere (device memory): ValueError as broadcast_weight. `size` is the number of values.
 void check_weight_shape(const std::vector<std::int64_t>& shape, std::int64_t size, std::int64_t n);
