@@ -5,6 +5,7 @@
 
 #include <benchmark/benchmark.h>
 
+#include "simclr/detail/engine.hpp"
 #include "simclr/loss.hpp"
 
 namespace {

@@ -19,7 +19,7 @@
 #include "simclr/detail/agreement.hpp"
 #include "simclr/detail/cuda_check.hpp"
 #include "simclr/detail/step.hpp"
-#include "simclr/engine.hpp"
+#include "simclr/detail/engine.hpp"
 #include "simclr/loss.hpp"
 
 namespace simclr::cuda {

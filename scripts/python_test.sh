@@ -58,6 +58,16 @@ if [ "$rc" -ne 0 ] || [ "$passed" -eq 0 ]; then
   echo "pytest failed (exit $rc)"
   exit 1
 fi
+# The conformance table through every front end installed here (tests/conformance): a process of
+# its own, so its count shows, and Keras 3 on its JAX backend.
+"$py" -m pytest -q -rs -p no:cacheprovider tests/conformance | tee "$log" || rc=$?
+summary=$(tail -n 1 "$log")
+if [ "$rc" -ne 0 ]; then
+  echo "pytest tests/conformance failed (exit $rc)"
+  exit 1
+fi
+echo "conformance (python front ends): $(count passed) passed, $(count skipped) skipped"
+passed=$((passed + $(count passed))) skipped=$((skipped + $(count skipped)))
 # simclr.jax over 4 host devices: XLA makes them only when the flag is set before jax is imported,
 # hence a process of its own.
 XLA_FLAGS="--xla_force_host_platform_device_count=4" \

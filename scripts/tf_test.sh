@@ -44,5 +44,16 @@ if [ "$rc" -ne 0 ] || [ "$passed" -eq 0 ]; then
   echo "pytest tests/tensorflow failed (exit $rc)"
   exit 1
 fi
+# The conformance table in this environment: the TensorFlow op and Keras 2 (the numpy front end and
+# the command again, the others are not installed here and show as skipped).
+TF_CPP_MIN_LOG_LEVEL=2 "$tf_py" -m pytest -q -rs -p no:cacheprovider tests/conformance \
+  -k "tensorflow or keras" | tee "$log" || rc=$?
+summary=$(tail -n 1 "$log")
+if [ "$rc" -ne 0 ] || [ "$(count passed)" -eq 0 ]; then
+  echo "pytest tests/conformance (TensorFlow, Keras 2) failed (exit $rc)"
+  exit 1
+fi
+echo "conformance (tensorflow, keras 2): $(count passed) passed, $(count skipped) skipped"
+passed=$((passed + $(count passed))) skipped=$((skipped + $(count skipped)))
 echo "tensorflow step: $(( $(date +%s) - start )) s"
 echo "tensorflow tests: $passed passed, $failed failed, $skipped skipped"

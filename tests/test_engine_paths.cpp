@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "reference.hpp"
+#include "simclr/detail/engine.hpp"
 #include "simclr/loss.hpp"
 
 namespace simclr {

@@ -9,7 +9,7 @@
 #include <limits>
 
 #include "reference.hpp"
-#include "simclr/engine.hpp"
+#include "simclr/detail/engine.hpp"
 #include "simclr/loss.hpp"
 
 namespace simclr {

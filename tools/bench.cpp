@@ -16,7 +16,7 @@
 #include <omp.h>
 #endif
 
-#include "simclr/engine.hpp"
+#include "simclr/detail/engine.hpp"
 #include "simclr/loss.hpp"
 
 namespace simclr::tools {

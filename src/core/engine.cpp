@@ -2,7 +2,7 @@
 // the logits, and hands the tile loops (engine_kernels.cpp) to the widest instruction set this CPU
 // runs. The normalisation lives here too; it is not where the time goes.
 
-#include "simclr/engine.hpp"
+#include "simclr/detail/engine.hpp"
 
 #include <algorithm>
 #include <atomic>

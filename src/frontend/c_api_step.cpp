@@ -13,7 +13,7 @@
 #include "simclr/detail/check.hpp"
 #include "simclr/detail/reduction.hpp"
 #include "simclr/detail/step.hpp"
-#include "simclr/engine.hpp"
+#include "simclr/detail/engine.hpp"
 
 namespace simclr::detail {
 namespace {

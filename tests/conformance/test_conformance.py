@@ -198,12 +198,21 @@ def _importable(*modules):
         return False
 
 
+def _tf_op_built():
+    # The op library is loaded by TensorFlow (tf.load_op_library), never imported as a module: a
+    # plain import would register its ops behind TensorFlow's back.
+    if not _importable("tensorflow", "simclr"):
+        return False
+    import simclr
+    return (pathlib.Path(simclr.__file__).parent / "_tf_ops.so").exists()
+
+
 def _keras_backend_ok():
     if not _importable("simclr.keras"):
         return False
     import simclr.keras as sk
     if sk.KERAS_VERSION == 2:
-        return _importable("simclr._tf_ops") or _importable("simclr.tensorflow")
+        return _tf_op_built()
     import keras
     return keras.backend.backend() == "jax" and _importable("simclr._jax_ffi")
 
@@ -213,7 +222,7 @@ FRONT_ENDS = {
     "numpy": (run_numpy, lambda: _importable("simclr._core")),
     "torch": (run_torch, lambda: _importable("torch", "simclr.torch")),
     "jax": (run_jax, lambda: _importable("jax", "simclr._jax_ffi")),
-    "tensorflow": (run_tensorflow, lambda: _importable("tensorflow", "simclr._tf_ops")),
+    "tensorflow": (run_tensorflow, _tf_op_built),
     "keras": (run_keras, _keras_backend_ok),
 }
 

@@ -13,7 +13,7 @@
 
 #include "simclr/communicator.hpp"
 #include "simclr/detail/agreement.hpp"
-#include "simclr/engine.hpp"
+#include "simclr/detail/engine.hpp"
 #include "simclr/options.hpp"
 
 namespace simclr::detail {
