@@ -258,9 +258,15 @@ std::unique_ptr<DeviceForward> device_forward(
   const cuda::DeviceMatrixView a(za->data, za->rows, za->cols, dtype, za->row_stride);
   const cuda::DeviceMatrixView b(zb->data, zb->rows, zb->cols, dtype, zb->row_stride);
   std::optional<cuda::DeviceSampleWeight> weight;
-  if (device_call != nullptr && device_call->weight != nullptr)
+  if (device_call != nullptr && device_call->weight != nullptr) {
     weight = cuda::DeviceSampleWeight{device_call->weight, device_call->weight_size,
-                                      cuda::MemorySpace::kDevice};
+                                      cuda::MemorySpace::kDevice, {}};
+    // A rank above 2 is refused by the shape rules; the struct holds two dimensions.
+    const std::int32_t ndim = device_call->weight_ndim;
+    if (ndim >= 0)
+      weight->shape.assign(device_call->weight_shape, device_call->weight_shape + std::min(ndim, 2));
+    if (ndim > 2) weight->shape.resize(static_cast<std::size_t>(ndim), 1);
+  }
   auto keep = std::make_unique<DeviceForward>();
   {
     std::lock_guard<std::mutex> lock(loss->device_mutex);
@@ -347,6 +353,8 @@ void simclr_device_call_init(simclr_device_call* call) {
   call->cublas_handle = nullptr;
   call->weight = nullptr;
   call->weight_size = 0;
+  call->weight_ndim = -1;
+  call->weight_shape[0] = call->weight_shape[1] = 0;
 }
 
 simclr_status simclr_device_workspace_size(int64_t rows, int64_t global_rows, int64_t dim,

@@ -18,6 +18,7 @@
 #include "kernels.cuh"
 #include "simclr/detail/agreement.hpp"
 #include "simclr/detail/cuda_check.hpp"
+#include "simclr/detail/reduction.hpp"
 #include "simclr/detail/step.hpp"
 #include "simclr/detail/engine.hpp"
 #include "simclr/loss.hpp"
@@ -268,10 +269,12 @@ void report_finite_checks(const std::vector<FiniteCheck>& checks, const unsigned
   }
 }
 
-void check_weight_shape(const DeviceSampleWeight* sw, std::int64_t n) {
+void check_weight(const DeviceSampleWeight* sw, std::int64_t n) {
   if (sw == nullptr) return;
-  SIMCLR_ENFORCE(sw->size == 1 || sw->size == n, ValueError, "Incompatible shapes: [", n, "] vs. [",
-                 sw->size, "] (sample_weight on the device path has 1 or n values)");
+  // The shape rules are the host path's (detail/reduction.hpp).
+  simclr::detail::check_weight_shape(sw->shape.empty() ? std::vector<std::int64_t>{sw->size}
+                                                       : sw->shape,
+                                     sw->size, n);
   SIMCLR_ENFORCE(sw->size == 0 || sw->data != nullptr, ValueError, "sample_weight is null with ",
                  sw->size, " values");
   if (sw->space == MemorySpace::kHost) {
@@ -583,7 +586,7 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
     SIMCLR_ENFORCE(za.dtype == zb.dtype, TypeError,
                    "za and zb must have the same dtype: ", to_string(za.dtype), " vs. ",
                    to_string(zb.dtype));
-    detail::check_weight_shape(sample_weight, za.rows);
+    detail::check_weight(sample_weight, za.rows);
     if (comm != nullptr && checked)
       early_status = detail::check_finite_before_agreement(checks, options.workspace, stream);
   };

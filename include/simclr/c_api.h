@@ -307,14 +307,18 @@ typedef struct simclr_device_call {
   void* workspace;       /* device memory, 256-byte aligned; NULL: the library allocates */
   size_t workspace_size; /* bytes at workspace (>= what simclr_device_workspace_size says) */
   void* cublas_handle;   /* a cublasHandle_t of the caller, or NULL (one cached per device and thread) */
-  /* Forward only: Keras sample_weight, weight_size float32 values in device memory, 1 (every
-   * example alike: Keras shapes [], [1], [1, 1]) or n ([N], [N, 1]); NULL: no weight. Checked for
-   * NaN/Inf as za is (status slot 2). The backward uses the forward's. */
+  /* Forward only: Keras sample_weight, weight_size float32 values in device memory, in the Keras
+   * shape weight_shape[0..weight_ndim) ([], [N], [N, 1], [1], [1, 1]; weight_ndim -1: [weight_size]),
+   * checked by the same rules as simclr_weight (Incompatible shapes ..., rank 3 and more refused);
+   * 1 value weighs every example alike, n one each. NULL: no weight. Checked for NaN/Inf as za is
+   * (status slot 2). The backward uses the forward's. */
   const float* weight;
   int64_t weight_size;
+  int32_t weight_ndim;
+  int64_t weight_shape[2];
 } simclr_device_call;
 
-/* async 0, no workspace, no handle, no weight. */
+/* async 0, no workspace, no handle, no weight (weight_ndim -1). */
 void simclr_device_call_init(simclr_device_call* call);
 
 /* Bytes of workspace a forward and a backward need for rows n of this rank, global_rows G (n when

@@ -115,9 +115,9 @@ class DeviceLossTest : public ::testing::Test {
     SIMCLR_CHECK_CUDA(
         cudaMemcpyAsync(w_dev.data(), w.data(), w_dev.bytes(), cudaMemcpyHostToDevice, stream_));
     cuda::DeviceSampleWeight dsw;
-    if (c.weights == Weights::kScalarHost) dsw = {&scalar_w, 1, MemorySpace::kHost};
-    if (c.weights == Weights::kHost) dsw = {w.data(), c.n, MemorySpace::kHost};
-    if (c.weights == Weights::kDevice) dsw = {w_dev.as<float>(), c.n, MemorySpace::kDevice};
+    if (c.weights == Weights::kScalarHost) dsw = {&scalar_w, 1, MemorySpace::kHost, {}};
+    if (c.weights == Weights::kHost) dsw = {w.data(), c.n, MemorySpace::kHost, {}};
+    if (c.weights == Weights::kDevice) dsw = {w_dev.as<float>(), c.n, MemorySpace::kDevice, {}};
     DeviceSimCLRLoss loss(c.temperature, c.reduction);
     cuda::DeviceCallOptions options;
     options.device.tile_rows = c.tile_rows;
@@ -415,10 +415,22 @@ TEST_F(DeviceLossTest, BadInputRaisesTheCpuPathsErrors) {
             }).find("same shape"),
             std::string::npos);
   const float w[3] = {1, 2, 3};
-  const cuda::DeviceSampleWeight sw{w, 3, MemorySpace::kHost};
+  const cuda::DeviceSampleWeight sw{w, 3, MemorySpace::kHost, {}};
   EXPECT_NE(message_of<ValueError>([&] {
               loss.forward(zb.view(), zb.view(), stream_, &sw);
             }).find("Incompatible shapes: [8] vs. [3]"),
+            std::string::npos);
+  // The Keras shape rules are the host path's, one set (detail/reduction.hpp).
+  std::vector<float> w16(16, 1.f);
+  const cuda::DeviceSampleWeight columns{w16.data(), 16, MemorySpace::kHost, {8, 2}};
+  EXPECT_NE(message_of<ValueError>([&] {
+              loss.forward(zb.view(), zb.view(), stream_, &columns);
+            }).find("Can not squeeze dim[1], expected a dimension of 1, got 2"),
+            std::string::npos);
+  const cuda::DeviceSampleWeight rank3{w16.data(), 8, MemorySpace::kHost, {8, 1, 1}};
+  EXPECT_NE(message_of<ValueError>([&] {
+              loss.forward(zb.view(), zb.view(), stream_, &rank3);
+            }).find("sample_weight of rank 3 is not supported"),
             std::string::npos);
   auto out = loss.forward(zb.view(), zb.view(), stream_);
   DeviceMatrix g_small = zeros(n, d - 1, DeviceDType::kFloat32, stream_),
@@ -678,7 +690,7 @@ void check_thread_ranks(const std::vector<std::int64_t>& rows, DeviceDType dtype
           options.global_batch_size = GlobalBatchSize::infer();
           options.device.tile_rows = tile_rows;
           options.device.tile_cols = tile_cols;
-          const cuda::DeviceSampleWeight dsw{w.data() + begin, n, MemorySpace::kHost};
+          const cuda::DeviceSampleWeight dsw{w.data() + begin, n, MemorySpace::kHost, {}};
           DeviceSimCLRLoss loss(temperature, reduction);
           auto out = loss.forward(za.view(), zb.view(), stream, &dsw, options);
           loss.backward(out, 1.f, ga.mutable_view(), gb.mutable_view(), stream);

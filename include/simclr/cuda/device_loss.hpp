@@ -36,9 +36,16 @@ struct cublasContext;  // cublasHandle_t is cublasContext*; this header does not
 
 namespace simclr::cuda {
 
-// Keras sample_weight on the device path, float32 in host or device memory: size 1 weighs every
-// example alike (Keras shapes [], [1], [1, 1]); size n is one weight per example ([N], [N, 1]).
-using DeviceSampleWeight = FloatVectorView;
+// Keras sample_weight on the device path: `size` float32 values in host or device memory, in the
+// Keras shape the caller had ([], [N], [N, 1], [1], [1, 1]; empty `shape` means [size]). The shape
+// rules are the library's one set (SampleWeight's, docs/semantics.md): size 1 weighs every example
+// alike, size n is one weight per example.
+struct DeviceSampleWeight {
+  const float* data = nullptr;
+  std::int64_t size = 0;
+  MemorySpace space = MemorySpace::kHost;
+  std::vector<std::int64_t> shape;
+};
 
 // Tiling of the logits. 0 picks the default: 8192 x 8192 tiles, shrunk until a tile's workspace
 // (float32 logits plus the M tile in the input dtype) fits workspace_bytes. Tests force small tiles
