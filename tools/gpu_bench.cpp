@@ -182,6 +182,96 @@ std::vector<double> to_host(const void* data, std::size_t count, DeviceDType dty
   return out;
 }
 
+// The floor: the same GEMMs as the loss (2 logits products and 1 product with U per tile) in plain
+// cuBLAS, input dtype in and out, float32 compute, no element-wise work. Seconds per step.
+std::vector<double> cublas_floor_seconds(const Flags& f, const simclr::cuda::detail::TilePlan& plan,
+                                         const DeviceArray& za, const DeviceArray& zb,
+                                         DeviceDType dtype, cudaStream_t stream) {
+  const std::size_t elem = simclr::cuda::element_size(dtype);
+  const std::int64_t d = f.dim, rows_total = 2 * f.batch;
+  DeviceArray c_tile(static_cast<std::size_t>(plan.rows * plan.ld) * elem, stream);
+  DeviceArray m_tile(static_cast<std::size_t>(plan.rows * plan.ld) * elem, stream);
+  DeviceArray u_ref(static_cast<std::size_t>(rows_total * d) * elem, stream);
+  DeviceArray g_ref(static_cast<std::size_t>(plan.rows * d) * elem, stream);
+  SIMCLR_CHECK_CUDA(cudaMemsetAsync(m_tile.data(), 0, m_tile.bytes(), stream));
+  SIMCLR_CHECK_CUDA(
+      cudaMemcpyAsync(u_ref.data(), za.data(), za.bytes(), cudaMemcpyDeviceToDevice, stream));
+  SIMCLR_CHECK_CUDA(cudaMemcpyAsync(static_cast<char*>(u_ref.data()) + za.bytes(), zb.data(),
+                                    zb.bytes(), cudaMemcpyDeviceToDevice, stream));
+  cublasHandle_t blas;
+  SIMCLR_CHECK_CUBLAS(cublasCreate(&blas));
+  SIMCLR_CHECK_CUBLAS(cublasSetStream(blas, stream));
+  const cudaDataType_t type = simclr::cuda::detail::blas_type(dtype);
+  const float one = 1.f, zero_f = 0.f;
+  const auto* u = static_cast<const char*>(u_ref.data());
+  auto reference_step = [&] {
+    for (std::int64_t q0 = 0; q0 < rows_total; q0 += plan.rows) {
+      const int rows = static_cast<int>(std::min(plan.rows, rows_total - q0));
+      for (std::int64_t c0 = 0; c0 < rows_total; c0 += plan.cols) {
+        const int cols = static_cast<int>(std::min(plan.cols, rows_total - c0));
+        for (int pass = 0; pass < 2; ++pass)
+          SIMCLR_CHECK_CUBLAS(
+              cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, cols, rows, static_cast<int>(d), &one,
+                           u + c0 * d * elem, type, static_cast<int>(d), u + q0 * d * elem, type,
+                           static_cast<int>(d), &zero_f, c_tile.data(), type,
+                           static_cast<int>(plan.ld), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        SIMCLR_CHECK_CUBLAS(
+            cublasGemmEx(blas, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(d), rows, cols, &one,
+                         u + c0 * d * elem, type, static_cast<int>(d), m_tile.data(), type,
+                         static_cast<int>(plan.ld), c0 == 0 ? &zero_f : &one, g_ref.data(), type,
+                         static_cast<int>(d), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      }
+    }
+  };
+  cudaEvent_t e0, e1;
+  SIMCLR_CHECK_CUDA(cudaEventCreate(&e0));
+  SIMCLR_CHECK_CUDA(cudaEventCreate(&e1));
+  std::vector<double> ref;
+  for (int r = 0; r < f.warmup + f.repeat; ++r) {
+    SIMCLR_CHECK_CUDA(cudaEventRecord(e0, stream));
+    reference_step();
+    SIMCLR_CHECK_CUDA(cudaEventRecord(e1, stream));
+    SIMCLR_CHECK_CUDA(cudaEventSynchronize(e1));
+    float ms = 0;
+    SIMCLR_CHECK_CUDA(cudaEventElapsedTime(&ms, e0, e1));
+    if (r >= f.warmup) ref.push_back(ms * 1e-3);
+  }
+  SIMCLR_CHECK_CUBLAS(cublasDestroy(blas));
+  for (cudaEvent_t e : {e0, e1}) SIMCLR_CHECK_CUDA(cudaEventDestroy(e));
+  SIMCLR_CHECK_CUDA(cudaStreamSynchronize(stream));  // the arrays are freed in stream order
+  return ref;
+}
+
+// The CPU path in double on the same (rounded) inputs, against the last step's loss and gradients:
+// the JSON fields check_loss_rel_err and check_grad_rel_err (errors relative to the largest
+// magnitude).
+std::string check_against_cpu(const Flags& f, const HostRows& ha, const HostRows& hb,
+                              const simclr::cuda::DeviceLossOutput& last, const DeviceArray& ga,
+                              const DeviceArray& gb, DeviceDType dtype, cudaStream_t stream) {
+  const std::int64_t G = f.batch, d = f.dim;
+  using Mat = simclr::RowMatrix<double>;
+  Mat a = Eigen::Map<const Mat>(ha.values.data(), G, d),
+      b = Eigen::Map<const Mat>(hb.values.data(), G, d);
+  simclr::SimCLRLoss cpu(f.temperature, simclr::Reduction::kSumOverBatchSize);
+  auto [out, grads] = cpu.value_and_gradient<double>(a, b);
+  const double loss_dev = to_host(last.values.data(), 1, dtype, stream)[0];
+  // The gradient buffers hold the last backward's.
+  const auto gad = to_host(ga.data(), static_cast<std::size_t>(G * d), dtype, stream);
+  const auto gbd = to_host(gb.data(), static_cast<std::size_t>(G * d), dtype, stream);
+  double err = 0, scale = 0;
+  for (std::int64_t i = 0; i < G * d; ++i) {
+    err = std::max({err, std::abs(gad[i] - grads.grad_a.data()[i]),
+                    std::abs(gbd[i] - grads.grad_b.data()[i])});
+    scale = std::max({scale, std::abs(grads.grad_a.data()[i]), std::abs(grads.grad_b.data()[i])});
+  }
+  std::ostringstream json;
+  json.precision(6);
+  json << ",\"check_loss_rel_err\":"
+       << std::abs(loss_dev - out.values[0]) / std::abs(out.values[0])
+       << ",\"check_grad_rel_err\":" << (scale > 0 ? err / scale : err);
+  return json.str();
+}
+
 int run(const Flags& f) {
   int count = 0;
   const cudaError_t rc = cudaGetDeviceCount(&count);
@@ -205,7 +295,6 @@ int run(const Flags& f) {
   SIMCLR_CHECK_CUDA(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
 
   const DeviceDType dtype = dtype_of(f.dtype);
-  const std::size_t elem = simclr::cuda::element_size(dtype);
   const std::int64_t G = f.batch, d = f.dim;
   cudaStream_t stream;
   SIMCLR_CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -254,56 +343,10 @@ int run(const Flags& f) {
   std::uint64_t peak = 0;
   SIMCLR_CHECK_CUDA(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &peak));
 
-  // The floor: the same GEMMs as the loss (2 logits products and 1 product with U per tile) in
-  // plain cuBLAS, input dtype in and out, float32 compute, no element-wise work.
   const std::int64_t rows_total = 2 * G;
   const simclr::cuda::detail::TilePlan plan =
       simclr::cuda::detail::plan_tiles(rows_total, rows_total, dtype, options.device);
-  DeviceArray c_tile(static_cast<std::size_t>(plan.rows * plan.ld) * elem, stream);
-  DeviceArray m_tile(static_cast<std::size_t>(plan.rows * plan.ld) * elem, stream);
-  DeviceArray u_ref(static_cast<std::size_t>(rows_total * d) * elem, stream);
-  DeviceArray g_ref(static_cast<std::size_t>(plan.rows * d) * elem, stream);
-  SIMCLR_CHECK_CUDA(cudaMemsetAsync(m_tile.data(), 0, m_tile.bytes(), stream));
-  SIMCLR_CHECK_CUDA(
-      cudaMemcpyAsync(u_ref.data(), za.data(), za.bytes(), cudaMemcpyDeviceToDevice, stream));
-  SIMCLR_CHECK_CUDA(cudaMemcpyAsync(static_cast<char*>(u_ref.data()) + za.bytes(), zb.data(),
-                                    zb.bytes(), cudaMemcpyDeviceToDevice, stream));
-  cublasHandle_t blas;
-  SIMCLR_CHECK_CUBLAS(cublasCreate(&blas));
-  SIMCLR_CHECK_CUBLAS(cublasSetStream(blas, stream));
-  const cudaDataType_t type = simclr::cuda::detail::blas_type(dtype);
-  const float one = 1.f, zero_f = 0.f;
-  const auto* u = static_cast<const char*>(u_ref.data());
-  auto reference_step = [&] {
-    for (std::int64_t q0 = 0; q0 < rows_total; q0 += plan.rows) {
-      const int rows = static_cast<int>(std::min(plan.rows, rows_total - q0));
-      for (std::int64_t c0 = 0; c0 < rows_total; c0 += plan.cols) {
-        const int cols = static_cast<int>(std::min(plan.cols, rows_total - c0));
-        for (int pass = 0; pass < 2; ++pass)
-          SIMCLR_CHECK_CUBLAS(
-              cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, cols, rows, static_cast<int>(d), &one,
-                           u + c0 * d * elem, type, static_cast<int>(d), u + q0 * d * elem, type,
-                           static_cast<int>(d), &zero_f, c_tile.data(), type,
-                           static_cast<int>(plan.ld), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-        SIMCLR_CHECK_CUBLAS(
-            cublasGemmEx(blas, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(d), rows, cols, &one,
-                         u + c0 * d * elem, type, static_cast<int>(d), m_tile.data(), type,
-                         static_cast<int>(plan.ld), c0 == 0 ? &zero_f : &one, g_ref.data(), type,
-                         static_cast<int>(d), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-      }
-    }
-  };
-  std::vector<double> ref;
-  for (int r = 0; r < f.warmup + f.repeat; ++r) {
-    SIMCLR_CHECK_CUDA(cudaEventRecord(e0, stream));
-    reference_step();
-    SIMCLR_CHECK_CUDA(cudaEventRecord(e2, stream));
-    SIMCLR_CHECK_CUDA(cudaEventSynchronize(e2));
-    float ms = 0;
-    SIMCLR_CHECK_CUDA(cudaEventElapsedTime(&ms, e0, e2));
-    if (r >= f.warmup) ref.push_back(ms * 1e-3);
-  }
-  SIMCLR_CHECK_CUBLAS(cublasDestroy(blas));
+  const std::vector<double> ref = cublas_floor_seconds(f, plan, za, zb, dtype, stream);
 
   // 3 GEMM-equivalents (docs/math.md section 5.4): the forward's logits, the backward's recomputed
   // logits and its product with U, for the loss and the floor alike: the work of the plain scheme.
@@ -331,28 +374,7 @@ int run(const Flags& f) {
        << prop.name << "\",\"driver\":\"" << version_string(driver) << "\",\"runtime\":\""
        << version_string(runtime) << "\"";
 
-  if (f.check) {
-    // The CPU path in double on the same (rounded) inputs; errors relative to the largest
-    // magnitude.
-    using Mat = simclr::RowMatrix<double>;
-    Mat a = Eigen::Map<const Mat>(ha.values.data(), G, d),
-        b = Eigen::Map<const Mat>(hb.values.data(), G, d);
-    simclr::SimCLRLoss cpu(f.temperature, simclr::Reduction::kSumOverBatchSize);
-    auto [out, grads] = cpu.value_and_gradient<double>(a, b);
-    const double loss_dev = to_host(last.values.data(), 1, dtype, stream)[0];
-    // Gradient of the last step: recompute it from `last` (the buffers hold the last backward's).
-    const auto gad = to_host(ga.data(), static_cast<std::size_t>(G * d), dtype, stream);
-    const auto gbd = to_host(gb.data(), static_cast<std::size_t>(G * d), dtype, stream);
-    double err = 0, scale = 0;
-    for (std::int64_t i = 0; i < G * d; ++i) {
-      err = std::max({err, std::abs(gad[i] - grads.grad_a.data()[i]),
-                      std::abs(gbd[i] - grads.grad_b.data()[i])});
-      scale = std::max({scale, std::abs(grads.grad_a.data()[i]), std::abs(grads.grad_b.data()[i])});
-    }
-    json << ",\"check_loss_rel_err\":"
-         << std::abs(loss_dev - out.values[0]) / std::abs(out.values[0])
-         << ",\"check_grad_rel_err\":" << (scale > 0 ? err / scale : err);
-  }
+  if (f.check) json << check_against_cpu(f, ha, hb, last, ga, gb, dtype, stream);
   json << "}";
   std::cout << json.str() << std::endl;
   SIMCLR_CHECK_CUDA(cudaStreamSynchronize(stream));
@@ -361,10 +383,6 @@ int run(const Flags& f) {
   zb = DeviceArray();
   ga = DeviceArray();
   gb = DeviceArray();
-  c_tile = DeviceArray();
-  m_tile = DeviceArray();
-  u_ref = DeviceArray();
-  g_ref = DeviceArray();
   SIMCLR_CHECK_CUDA(cudaStreamSynchronize(stream));
   for (cudaEvent_t e : {e0, e1, e2}) SIMCLR_CHECK_CUDA(cudaEventDestroy(e));
   SIMCLR_CHECK_CUDA(cudaStreamDestroy(stream));
