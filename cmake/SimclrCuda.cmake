@@ -86,13 +86,13 @@ target_compile_options(simclr_cuda_flags INTERFACE
 
 # ---- layer 1 on the GPU: kernels, the tiled engine, the device loss ----
 add_library(simclr_cuda
-  cuda/kernels.cu
-  cuda/device_engine.cpp
-  cuda/device_loss.cpp
-  cuda/c_api_cuda.cpp
+  cuda/engine/kernels.cu
+  cuda/engine/device_engine.cpp
+  cuda/frontend/device_loss.cpp
+  src/c_api/c_api_cuda.cpp
   distributed/single_device_communicator.cpp)
 add_library(simclr::cuda ALIAS simclr_cuda)
-target_include_directories(simclr_cuda PRIVATE ${PROJECT_SOURCE_DIR}/cuda)
+target_include_directories(simclr_cuda PRIVATE ${PROJECT_SOURCE_DIR}/cuda/engine)
 target_link_libraries(simclr_cuda PUBLIC simclr CUDA::cudart CUDA::cublas
                                   PRIVATE $<BUILD_INTERFACE:simclr_flags> $<BUILD_INTERFACE:simclr_cuda_flags>)
 target_compile_features(simclr_cuda PUBLIC cxx_std_17 cuda_std_17)
@@ -118,8 +118,8 @@ endif()
 
 # ---- layer 3: the GPU benchmark ----
 if(SIMCLR_BUILD_TOOLS)
-  add_executable(simclr-gpu-bench tools/gpu_bench.cpp)
-  target_include_directories(simclr-gpu-bench PRIVATE ${PROJECT_SOURCE_DIR}/cuda)
+  add_executable(simclr-gpu-bench benchmarks/gpu_bench.cpp)
+  target_include_directories(simclr-gpu-bench PRIVATE ${PROJECT_SOURCE_DIR}/cuda/engine)
   target_link_libraries(simclr-gpu-bench PRIVATE simclr_cuda simclr_flags)
   set_target_properties(simclr-gpu-bench PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/bin)
 endif()

@@ -5,7 +5,7 @@
 # only the GPU targets, then, in this order: (1) a subset of the device tests with
 # CUDA_LAUNCH_BLOCKING=1 under compute-sanitizer --tool memcheck; (2) the C++ device tests against
 # the CPU path (ctest -L gpu); (3) the PyTorch CUDA route against the CPU path, local and over a
-# one-rank NCCL process group (scripts/device_torch_check.py parity, distributed; needs torch and
+# one-rank NCCL process group (tests/device/device_torch_check.py parity, distributed; needs torch and
 # nanobind); (4) the benchmark: bfloat16,
 # G=65536, d=256, as a fraction of the cuBLAS rate measured in the same run, with and without the
 # symmetry, then the peak device memory at G=262144 and G=1048576 with the workspace the API
@@ -295,12 +295,12 @@ fi
 NO_RUNTIME_DEVICE=0
 PY_READY=0
 # ---- 5. the PyTorch CUDA route: build simclr._core and simclr._device into the same tree ----
-pycheck() {  # pycheck NAME TIMEOUT: scripts/device_torch_check.py NAME, its JSON line as a field
+pycheck() {  # pycheck NAME TIMEOUT: tests/device/device_torch_check.py NAME, its JSON line as a field
   local name=$1 limit=$2 rc=0
   if [ "$(left)" -lt 20 ]; then note "torch $name skipped: out of time"; return; fi
   [ "$limit" -gt "$(left)" ] && limit=$(left)
   log "torch $name"
-  PYTHONPATH="$PYSTAGE" timeout "$limit" python3 "$ROOT/scripts/device_torch_check.py" "$name" \
+  PYTHONPATH="$PYSTAGE" timeout "$limit" python3 "$ROOT/tests/device/device_torch_check.py" "$name" \
     > "$OUT/torch_$name.json" 2> "$OUT/torch_$name.log" || rc=$?
   if [ -s "$OUT/torch_$name.json" ]; then FIELDS["torch_$name"]=$(tail -1 "$OUT/torch_$name.json"); fi
   if [ $rc -ne 0 ]; then

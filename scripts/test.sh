@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds, and runs every test (core, command, MPI at 1-4 ranks, package,
-# the Python package: scripts/python_test.sh, its TensorFlow / Keras front end: scripts/tf_test.sh).
+# the Python package: tests/scripts/python_test.sh, its TensorFlow / Keras front end: tests/scripts/tf_test.sh).
 # Usage: scripts/test.sh [--sanitize] [ctest args...]
 #   BUILD_DIR (default build) picks the build folder; JOBS the parallelism (default: nproc).
 set -euo pipefail
@@ -23,12 +23,12 @@ trap 'rm -f "$log"' EXIT
 # The Python package (pip install . into build/venv, pytest, the mpirun runs); its counts join the total.
 pylog=$(mktemp)
 trap 'rm -f "$log" "$pylog"' EXIT
-scripts/python_test.sh | tee "$pylog"
+tests/scripts/python_test.sh | tee "$pylog"
 tflog=$(mktemp)
 trap 'rm -f "$log" "$pylog" "$tflog"' EXIT
-scripts/tf_test.sh | tee "$tflog"
-if [ "$sanitize" = 1 ] && [ -x scripts/sanitize.sh ]; then
-  scripts/sanitize.sh
+tests/scripts/tf_test.sh | tee "$tflog"
+if [ "$sanitize" = 1 ] && [ -x tests/scripts/sanitize.sh ]; then
+  tests/scripts/sanitize.sh
 fi
 # The suite's count, last, in the plain form CI summaries read (a failure above already exited non-zero).
 total=$(sed -n 's/.*tests failed out of \([0-9]*\).*/\1/p' "$log" | tail -n 1)

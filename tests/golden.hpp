@@ -1,5 +1,5 @@
 #pragma once
-// Reading the golden files made by scripts/make_golden.py from the real TensorFlow Similarity.
+// Reading the golden files made by tests/data/make_golden.py from the real TensorFlow Similarity.
 
 #include <fstream>
 #include <nlohmann/json.hpp>

@@ -1,4 +1,4 @@
-// The library against the real TensorFlow Similarity (tests/data, made by scripts/make_golden.py).
+// The library against the real TensorFlow Similarity (tests/data, made by tests/data/make_golden.py).
 //
 // Tolerances: float64 cases agree to rounding (1e-12 relative; observed below 1e-13). float32: TF and
 // the library both round every logit (|s| <= 1/T) and sum up to 2N terms in float32 in different orders,

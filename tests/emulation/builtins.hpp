@@ -1,6 +1,6 @@
 #pragma once
 // The device built-ins kernels.cu uses, on the host (emulation.hpp), and the launch seam
-// (SIMCLR_LAUNCH). The emulated build compiles cuda/kernels.cu with the host compiler and forces
+// (SIMCLR_LAUNCH). The emulated build compiles cuda/engine/kernels.cu with the host compiler and forces
 // this header in first (-include), so the product source never names the emulation. The CUDA
 // headers come first, so that their own definitions (__shared__) are the ones replaced here.
 

@@ -1,6 +1,6 @@
 #pragma once
 // CPU emulation of the CUDA kernels' execution model, for testing the GPU path on machines without
-// a GPU (docs/gpu.md, "Emulation"). The emulated build compiles cuda/kernels.cu with the host
+// a GPU (docs/gpu.md, "Emulation"). The emulated build compiles cuda/engine/kernels.cu with the host
 // compiler, with builtins.hpp (which includes this header) forced in first; runtime.cpp implements
 // it together with the CUDA runtime and cuBLAS calls the GPU path makes.
 //

@@ -2,7 +2,7 @@
 # Runs simclr.torch's multi-process checks directly under mpirun, without pytest: torch_mpi_worker.py at
 # each rank count (default 1 2 3 4: every split, errors on one rank, the autograd reference) and
 # torch_ddp_worker.py at 2 and 3 ranks in float32 and float64 (DDP against one process). pytest runs
-# the same through tests/python/test_torch_mpi.py (part of scripts/python_test.sh); this is for a
+# the same through tests/python/test_torch_mpi.py (part of tests/scripts/python_test.sh); this is for a
 # quick run by hand. Last line: "mpi torch: P passed, F failed".
 # Usage: tests/python/run_mpi_torch.sh [PYTHON]   (RANKS="2 4" to choose the worker's counts)
 set -uo pipefail

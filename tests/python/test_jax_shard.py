@@ -2,7 +2,7 @@
 the single-device call and the numpy front end on the same data, in value and gradient.
 
 Needs 4 host devices, which XLA makes only when XLA_FLAGS has
---xla_force_host_platform_device_count=4 before jax is imported: scripts/python_test.sh runs this
+--xla_force_host_platform_device_count=4 before jax is imported: tests/scripts/python_test.sh runs this
 file in its own pytest process; run alone, it sets the flag itself."""
 
 import os

@@ -2,7 +2,7 @@
 //   die      after one good step the last rank exits without MPI_Finalize (_exit) while the others
 //            wait in a timed collective (tests/reliability/rank_death.sh)
 //   steps    every rank runs timed forward+backward steps until a collective fails; the multi-host
-//            run (scripts/multihost.sh) cuts one host's link meanwhile
+//            run (tests/scripts/multihost.sh) cuts one host's link meanwhile
 // Every rank that sees a CommError prints "SURVIVOR rank r: <message>" and leaves with _exit(0):
 // with a peer gone MPI_Finalize could block, so a real job would exit (or be restarted) the same
 // way. Usage: simclr_fault_inject die|steps [timeout_ms=2000] [max_steps=100000]

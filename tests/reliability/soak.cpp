@@ -1,7 +1,7 @@
 // simclr_soak: thousands of distributed steps under mpirun, each with a random global batch,
 // dimension, uneven split (ranks with 0 rows included), reduction and dtype, checked against the
 // single-process call on the whole batch; and the resident memory, which must not grow after
-// warm-up. Run by scripts/soak.sh (not a default test). Prints one summary line on rank 0; exit 1
+// warm-up. Run by tests/scripts/soak.sh (not a default test). Prints one summary line on rank 0; exit 1
 // on failure. Usage: simclr_soak [seconds=40] [seed=1]
 
 #include <mpi.h>

@@ -1,4 +1,4 @@
-"""Shared by the TensorFlow tests (scripts/tf_test.sh runs them in build/venv-tf): four logical CPU
+"""Shared by the TensorFlow tests (tests/scripts/tf_test.sh runs them in build/venv-tf): four logical CPU
 devices for tf.distribute.MirroredStrategy, made before TensorFlow initialises its devices, and the
 golden fixtures of tests/python/conftest.py (the TensorFlow Similarity goldens of tests/data)."""
 

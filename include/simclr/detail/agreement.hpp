@@ -3,7 +3,7 @@
 // contributes a small fixed-size record (rows, dimension, dtype, configuration, and the error its
 // own validation raised, if any); after one all-gather every rank raises the same exception or
 // none. Shared by the CPU front end (src/frontend/loss.cpp) and the device one
-// (cuda/device_loss.cpp). Not public API.
+// (cuda/frontend/device_loss.cpp). Not public API.
 
 #include <cstdint>
 #include <string>

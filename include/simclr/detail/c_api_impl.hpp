@@ -1,6 +1,6 @@
 #pragma once
-// What the C API's translation units share (src/frontend/c_api.cpp, distributed/c_api_mpi.cpp,
-// cuda/c_api_cuda.cpp): the definitions of the opaque handles and the exception-to-status guard.
+// What the C API's translation units share (src/c_api/c_api.cpp, src/c_api/c_api_mpi.cpp,
+// src/c_api/c_api_cuda.cpp): the definitions of the opaque handles and the exception-to-status guard.
 // Not public API, not installed.
 
 #include <cstdint>

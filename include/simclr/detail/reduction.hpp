@@ -1,8 +1,8 @@
 #pragma once
 // The input checks, the Keras sample_weight rules and the reduction of per-example losses
 // (docs/semantics.md, docs/math.md section 4.1): the one place these rules live, used by the C++
-// front end (src/frontend/loss.cpp), the C API's step calls (src/frontend/c_api_step.cpp) and the
-// device front end (cuda/device_loss.cpp, for the shapes; its kernels apply the same weights). Not
+// front end (src/frontend/loss.cpp), the C API's step calls (src/c_api/c_api_step.cpp) and the
+// device front end (cuda/frontend/device_loss.cpp, for the shapes; its kernels apply the same weights). Not
 // public API, not installed.
 
 #include <cstdint>

@@ -1,6 +1,6 @@
 #pragma once
 // The setup every loss step shares, whichever engine it drives (the CPU engine in
-// src/frontend/loss.cpp, the device engine in cuda/device_loss.cpp; the C API and every binding
+// src/frontend/loss.cpp, the device engine in cuda/frontend/device_loss.cpp; the C API and every binding
 // reach one of the two): local validation, the agreement between ranks, every rank's rows, this
 // rank's layout in U, the resolved reduction and its denominator, the gradient scale. Not public
 // API, not installed.

@@ -1,9 +1,9 @@
 """The PyTorch CUDA route on a GPU, for scripts/device_check.sh (docs/gpu.md).
 
-    python3 scripts/device_torch_check.py parity     # the CUDA route against the CPU path
-    python3 scripts/device_torch_check.py distributed  # process_group on a 1-rank NCCL group
-    python3 scripts/device_torch_check.py memory     # peak memory at large G with the API's workspace
-    python3 scripts/device_torch_check.py peer       # against the PyTorch peer formulation
+    python3 tests/device/device_torch_check.py parity     # the CUDA route against the CPU path
+    python3 tests/device/device_torch_check.py distributed  # process_group on a 1-rank NCCL group
+    python3 tests/device/device_torch_check.py memory     # peak memory at large G with the API's workspace
+    python3 tests/device/device_torch_check.py peer       # against the PyTorch peer formulation
 
 Each prints one JSON line. Needs torch with CUDA and simclr built with SIMCLR_WITH_CUDA=ON on
 PYTHONPATH (simclr._core, simclr._device).

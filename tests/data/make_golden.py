@@ -17,9 +17,9 @@ TensorFlow 2.15.1 (still Keras 2) plus the modules it really imports):
 
 Then:
 
-    python3 scripts/make_golden.py [OUT_DIR]            # default OUT_DIR: tests/data
-    python3 scripts/make_golden.py OUT_DIR --only single
-    python3 scripts/make_golden.py OUT_DIR --only distributed
+    python3 tests/data/make_golden.py [OUT_DIR]            # default OUT_DIR: tests/data
+    python3 tests/data/make_golden.py OUT_DIR --only single
+    python3 tests/data/make_golden.py OUT_DIR --only distributed
 
 It writes OUT_DIR/golden_single.json and OUT_DIR/golden_distributed.json and prints
 sanity checks (TF vs an independent float64 numpy implementation of the formulas of

@@ -3,10 +3,10 @@
 # with leak detection, starting from the committed seeds in fuzz/corpus/<target>/. Any crash, leak,
 # sanitizer report or timeout fails the script; the input that caused it is left in
 # $build/artifacts/ (add it to fuzz/corpus/<target>/ and a case to tests/reliability/ once fixed).
-# Usage: scripts/fuzz.sh [seconds per target, default 20]
+# Usage: tests/scripts/fuzz.sh [seconds per target, default 20]
 #   FUZZ_BUILD_DIR (default build-fuzz), JOBS (default 2), FUZZ_TARGETS (default "npy config cli").
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 seconds=${1:-${FUZZ_SECONDS:-20}}
 build=${FUZZ_BUILD_DIR:-build-fuzz}
 jobs=${JOBS:-2}

@@ -7,10 +7,10 @@
 # tests/python/test_jax_shard.py in a process of its own (4 host devices), then
 # tests/python/test_mpi4py.py under mpirun at 1-4 ranks. The last line is "python tests: P passed, F
 # failed, S skipped".
-# Usage: scripts/python_test.sh   (VENV=dir picks the environment; SIMCLR_PIP_ISOLATED=1 builds in
+# Usage: tests/scripts/python_test.sh   (VENV=dir picks the environment; SIMCLR_PIP_ISOLATED=1 builds in
 # pip's isolated build environment, as a plain `pip install .` does, instead of the venv's build tools)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 scripts/deps.sh python3-venv python3-pip python3-dev python3-numpy python3-torch python3-mpi4py \
   python3-sklearn python3-pytest python3-matplotlib
 venv=${VENV:-build/venv}
@@ -37,7 +37,7 @@ fi
 # numpy 1.x, which Debian's torch and scikit-learn in this environment are built against.
 "$py" -m pip install -q "jax[cpu]==0.7.1" "numpy<2"
 # Keras 3 for tests/python/test_keras3.py (simclr.keras on its JAX backend; Keras 2 is tested in
-# build/venv-tf by scripts/tf_test.sh).
+# build/venv-tf by tests/scripts/tf_test.sh).
 "$py" -m pip install -q "keras==3.15.1"
 t0=$(date +%s)
 "$py" -m pip install -q "${pip_flags[@]}" .

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates the measurements of docs/performance.md on this machine (about 5 minutes on 2 cores):
 # the PyTorch comparison with its plot, the simclr-loss sweep, the MPI runs, and the kernel benchmarks.
-# Usage: scripts/perf_report.sh [OUTDIR]   (default docs/perf)
+# Usage: benchmarks/perf_report.sh [OUTDIR]   (default docs/perf)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-docs/perf}
@@ -17,7 +17,7 @@ mpirun=(mpirun --oversubscribe --bind-to none)
   free -g | head -2
   echo "# date: $(date -u +%Y-%m-%dT%H:%MZ)"
 } > "$out/machine.txt"
-python3 scripts/bench_vs_torch.py --install --sweep 1024,2048,4096,8192 --repeat 3 --ranks 2 --out "$out" \
+python3 benchmarks/bench_vs_torch.py --install --sweep 1024,2048,4096,8192 --repeat 3 --ranks 2 --out "$out" \
   | tee "$out/bench_vs_torch.txt"
 build/bin/simclr-loss bench --sweep --batch 1024,2048,4096,8192,16384 --repeat 3 | tee "$out/sweep_single.md"
 OMP_NUM_THREADS=1 "${mpirun[@]}" -np 2 build/bin/simclr-loss bench --sweep --batch 4096,8192,16384,32768 \

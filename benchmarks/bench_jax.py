@@ -8,7 +8,7 @@ entries at -1e9, softmax cross-entropy against the positive, both directions sum
 one's median step time over --repeat steps after one warm-up (the two interleaved), the speedup, and
 the temporary memory XLA plans for each compiled step (memory_analysis).
 
-    build/venv/bin/python scripts/bench_jax.py --pairs 8192 --dim 128 --repeat 5
+    build/venv/bin/python benchmarks/bench_jax.py --pairs 8192 --dim 128 --repeat 5
 """
 
 import argparse

@@ -9,7 +9,7 @@ memory (ru_maxrss) of a training process per global batch size under the same ad
 Not part of the tests: it needs tensorflow-similarity 0.17.1, installed as tests/data/README.md says,
 in an environment where simclr was built with TensorFlow (docs/python.md, "TensorFlow and Keras").
 
-    python3 scripts/keras_side_by_side.py [--out docs/keras_side_by_side.md] [--cap-gib 8]
+    python3 benchmarks/keras_side_by_side.py [--out docs/keras_side_by_side.md] [--cap-gib 8]
 
 Each run is a subprocess of its own (a fresh TensorFlow with its 2 logical CPUs, its own memory).
 """
@@ -200,7 +200,7 @@ def main():
         "`\"simclr\"`, a Dense(128, relu) backbone and a Dense({}) projector on {} input features, "
         "SGD 0.05, temperature 0.1) under `MirroredStrategy` over 2 logical CPUs; each run is a "
         "process of its own. The two runs differ in one line:".format(
-            "scripts/keras_side_by_side.py " + " ".join(sys.argv[1:]), time.time() - started,
+            "benchmarks/keras_side_by_side.py " + " ".join(sys.argv[1:]), time.time() - started,
             tf.__version__, tfsim.__version__, platform.python_version(), platform.node() and
             "the test machine", os.cpu_count(), args.dim, args.features))
     say()

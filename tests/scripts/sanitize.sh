@@ -8,12 +8,12 @@
 #               OMP_NUM_THREADS=2 (the engine's OpenMP paths). libomp reports its synchronisation to
 #               TSan through libarcher (OMP_TOOL_LIBRARIES), so OpenMP barriers and reductions are
 #               understood; MPI is not built here (Open MPI is not instrumented).
-#   scripts/fuzz.sh  the libFuzzer targets, FUZZ_SECONDS (default 20) each.
+#   tests/scripts/fuzz.sh  the libFuzzer targets, FUZZ_SECONDS (default 20) each.
 # Not run under sanitizers: the install-and-consume package test, the GPU tests on a GPU, the
 # multi-host test.
-# Usage: scripts/sanitize.sh [asan] [tsan] [fuzz]   (default: all three); JOBS (default 2).
+# Usage: tests/scripts/sanitize.sh [asan] [tsan] [fuzz]   (default: all three); JOBS (default 2).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 root=$PWD
 scripts/deps.sh clang-14 libclang-rt-14-dev libomp-14-dev
 jobs=${JOBS:-2}
@@ -56,7 +56,7 @@ if [[ " $steps " == *" tsan "* ]]; then
 fi
 
 if [[ " $steps " == *" fuzz "* ]]; then
-  JOBS=$jobs scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
+  JOBS=$jobs tests/scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
   phase fuzz
 fi
 echo "sanitize: all passed in $((SECONDS - t0)) s"

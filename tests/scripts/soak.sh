@@ -2,9 +2,9 @@
 # Soak: thousands of distributed steps with random uneven splits on 2, 3 and 4 ranks, every step checked
 # against the single-process result, and the resident memory after warm-up (tests/reliability/soak.cpp).
 # Bounded: SECONDS_TOTAL (default 120) split over the three rank counts. Not part of the default suite.
-# Usage: scripts/soak.sh [total seconds]   BUILD_DIR (default build-rel), JOBS (default 2), SEED (1).
+# Usage: tests/scripts/soak.sh [total seconds]   BUILD_DIR (default build-rel), JOBS (default 2), SEED (1).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 total=${1:-${SECONDS_TOTAL:-120}}
 build=${BUILD_DIR:-build-rel}
 jobs=${JOBS:-2}

@@ -2,7 +2,7 @@
 # The portable build (x86-64-v2 + run-time dispatch, the default) against a -march=native build of
 # the same source, on this machine: `simclr-loss bench` of each, alternating, ROUNDS rounds, then the
 # median of each build's per-run medians. Usage:
-#   scripts/bench_portable.sh [G=8192] [ROUNDS=5]
+#   benchmarks/bench_portable.sh [G=8192] [ROUNDS=5]
 # Builds build-portable/ and build-native/ (simclr-loss only) unless they exist already; set
 # PORTABLE_BUILD / NATIVE_BUILD to use other build folders.
 set -euo pipefail

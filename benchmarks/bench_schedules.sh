@@ -3,7 +3,7 @@
 # alternated round by round so that a change of the machine's load hits every configuration alike.
 # Prints each run's JSON line and, at the end, the median over rounds of each configuration's
 # median step time and CPU time (all ranks and threads) and their ratios to the single process.
-#   scripts/bench_schedules.sh [--batch G] [--dim d] [--ranks P] [--threads T] [--rounds R]
+#   benchmarks/bench_schedules.sh [--batch G] [--dim d] [--ranks P] [--threads T] [--rounds R]
 #                              [--repeat r] [--bin path/to/simclr-loss]
 set -euo pipefail
 batch=8192 dim=128 ranks=2 threads=2 rounds=5 repeat=3 bin=build/bin/simclr-loss

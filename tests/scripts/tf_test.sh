@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # The TensorFlow / Keras front end's tests (simclr.tensorflow, simclr.keras), after
-# scripts/python_test.sh has built the package into build/venv. TensorFlow 2.15.1 (the last with Keras 2,
+# tests/scripts/python_test.sh has built the package into build/venv. TensorFlow 2.15.1 (the last with Keras 2,
 # TF Similarity's setting) needs numpy 1.x and ml_dtypes 0.3, which jax in build/venv does not take, so it
 # lives in a virtual environment of its own, build/venv-tf. The package is built by build/venv's tools
 # in its CMake build folder (only simclr/_tf_ops.so compiles, against build/venv-tf's TensorFlow), as a
 # wheel that is installed into build/venv-tf; pytest then runs tests/tensorflow there. The last line
 # is "tensorflow tests: P passed, F failed, S skipped".
-# Usage: scripts/tf_test.sh   (VENV=dir the environment python_test.sh made; TF_VENV=dir this one's)
+# Usage: tests/scripts/tf_test.sh   (VENV=dir the environment python_test.sh made; TF_VENV=dir this one's)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 venv=${VENV:-build/venv}
 tf_venv=${TF_VENV:-build/venv-tf}
 start=$(date +%s)
 if [ ! -x "$venv/bin/python" ]; then
-  echo "scripts/tf_test.sh needs $venv from scripts/python_test.sh (run that first)" >&2
+  echo "tests/scripts/tf_test.sh needs $venv from tests/scripts/python_test.sh (run that first)" >&2
   exit 1
 fi
 if [ ! -x "$tf_venv/bin/python" ]; then

@@ -9,7 +9,7 @@ summed, then loss.backward(). The front end is `simclr.torch.simclr_loss(za, zb,
 then loss.backward() on torch tensors (the library's closed-form backward behind autograd), timed the
 same way as the peer. Each measurement runs in a fresh process, so peak RSS is that step's.
 
-    scripts/bench_vs_torch.py [--batch 8192] [--dim 128] [--threads 2] [--repeat 3]
+    benchmarks/bench_vs_torch.py [--batch 8192] [--dim 128] [--threads 2] [--repeat 3]
                               [--sweep 1024,2048,4096,8192] [--out DIR] [--install]
                               [--simclr-python PY]
 

@@ -8,9 +8,9 @@
 #      from outside); the ranks report a clear CommError within the timeout.
 # Needs root / CAP_NET_ADMIN; otherwise exits 77 (CTest SKIP_RETURN_CODE) with one line. The
 # namespaces are always removed (trap). Every mpirun is bounded by `timeout`.
-# Usage: scripts/multihost.sh [BUILD_DIR]   (default build; it must hold the MPI test binaries)
+# Usage: tests/scripts/multihost.sh [BUILD_DIR]   (default build; it must hold the MPI test binaries)
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 build=$(cd "${1:-build}" && pwd)
 bin=$build/bin
 pfx=simclr$$
