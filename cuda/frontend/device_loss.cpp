@@ -203,12 +203,7 @@ bool element_is_nan(const unsigned char* bits, DeviceDType dtype) {
 void check_view(const DeviceMatrixView& z, const char* view) {
   SIMCLR_ENFORCE(element_size(z.dtype) != 0, TypeError, view, " has an unsupported dtype (",
                  to_string(z.dtype), "); the device loss takes float32, bfloat16 or float16");
-  SIMCLR_ENFORCE(z.rows >= 0 && z.cols >= 0, ValueError, view, " has a negative dimension: [",
-                 z.rows, ", ", z.cols, "]");
-  SIMCLR_ENFORCE(z.rows == 0 || z.cols == 0 || z.data != nullptr, ValueError, view,
-                 " is null with ", z.rows, " rows");
-  SIMCLR_ENFORCE(z.rows <= 1 || z.row_stride >= z.cols, ValueError, view, " row stride ",
-                 z.row_stride, " is smaller than its ", z.cols, " columns");
+  simclr::detail::check_view_shape(view, z.rows, z.cols, z.row_stride, z.data == nullptr);
 }
 
 void check_grad_view(const DeviceMutableMatrixView& g, const char* what, std::int64_t n,
@@ -580,9 +575,7 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
   auto validate = [&] {
     detail::check_view(za, "za");
     detail::check_view(zb, "zb");
-    SIMCLR_ENFORCE(za.rows == zb.rows && za.cols == zb.cols, ValueError,
-                   "za and zb must have the same shape: [", za.rows, ", ", za.cols, "] vs. [",
-                   zb.rows, ", ", zb.cols, "]");
+    simclr::detail::check_same_shape(za.rows, za.cols, zb.rows, zb.cols);
     SIMCLR_ENFORCE(za.dtype == zb.dtype, TypeError,
                    "za and zb must have the same dtype: ", to_string(za.dtype), " vs. ",
                    to_string(zb.dtype));
@@ -590,16 +583,10 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
     if (comm != nullptr && checked)
       early_status = detail::check_finite_before_agreement(checks, options.workspace, stream);
   };
-  simclr::detail::StepRequest request;
-  request.rows = n;
-  request.cols = d;
-  request.dtype = static_cast<std::int32_t>(za.dtype);
-  request.config = &config_;
-  request.global_batch_size = options.global_batch_size;
-  request.schedule = options.device.schedule;
-  request.gradient_reduction = options.gradient_reduction;
-  request.dtype_name = detail::device_dtype_name;
-  request.options_name = "DeviceCallOptions";
+  const simclr::detail::StepRequest request{
+      n, d, static_cast<std::int32_t>(za.dtype), &config_, options.global_batch_size,
+      options.device.schedule, options.gradient_reduction, detail::device_dtype_name,
+      "DeviceCallOptions"};
   auto saved = std::make_shared<detail::DeviceSaved>();
   saved->plan =
       simclr::detail::plan_step(comm != nullptr ? &comm->host() : nullptr, request, validate);

@@ -138,6 +138,21 @@ RowLayout step_layout(const simclr_matrix& u_global, std::int64_t anchor_begin, 
   return RowLayout{u_global.rows, anchor_begin, pairs};
 }
 
+// What the step calls on u_global check first: the loss, u_global, this rank's anchors, the options.
+struct StepCall {
+  RowLayout layout;
+  StepOptions options;
+};
+
+StepCall step_call(simclr_loss_t loss, const simclr_matrix* u_global, std::int64_t anchor_begin,
+                   std::int64_t pairs, const simclr_call_options* options, const char* where) {
+  SIMCLR_ENFORCE(loss != nullptr, ValueError, where, ": loss is NULL");
+  SIMCLR_ENFORCE(u_global != nullptr, ValueError, where, ": u_global is NULL");
+  check_matrix(u_global, "u_global", where, u_global->dtype, -1, -1);
+  return StepCall{step_layout(*u_global, anchor_begin, pairs, where),
+                  to_step_options(options, where)};
+}
+
 template <class T>
 void step_normalize(const simclr_matrix& za, const simclr_matrix& zb, const simclr_matrix& u,
                     void* squared_norms) {
@@ -213,9 +228,7 @@ simclr_status simclr_step_normalize(const simclr_matrix* za, const simclr_matrix
     SIMCLR_ENFORCE(za != nullptr, ValueError, where, ": za is NULL");
     d::check_matrix(za, "za", where, za->dtype, -1, -1);
     d::check_matrix(zb, "zb", where, za->dtype, -1, -1);
-    SIMCLR_ENFORCE(za->rows == zb->rows && za->cols == zb->cols, ValueError,
-                   "za and zb must have the same shape: [", za->rows, ", ", za->cols, "] vs. [",
-                   zb->rows, ", ", zb->cols, "]");
+    d::check_same_shape(za->rows, za->cols, zb->rows, zb->cols);
     d::check_matrix(u_local, "u_local", where, za->dtype, 2 * za->rows, za->cols);
     d::check_buffer(squared_norms, za->rows, "squared_norms", where);
     if (za->dtype == SIMCLR_FLOAT32)
@@ -232,11 +245,7 @@ simclr_status simclr_step_forward(simclr_loss_t loss, const simclr_matrix* u_glo
   return c_api_guard([&] {
     namespace d = simclr::detail;
     const char* where = "simclr_step_forward";
-    SIMCLR_ENFORCE(loss != nullptr, ValueError, where, ": loss is NULL");
-    SIMCLR_ENFORCE(u_global != nullptr, ValueError, where, ": u_global is NULL");
-    d::check_matrix(u_global, "u_global", where, u_global->dtype, -1, -1);
-    const simclr::detail::RowLayout layout = d::step_layout(*u_global, anchor_begin, pairs, where);
-    const d::StepOptions o = d::to_step_options(options, where);
+    const auto [layout, o] = d::step_call(loss, u_global, anchor_begin, pairs, options, where);
     d::check_distribution_rule(loss->loss, !layout.whole(), o.global_batch, where);
     const auto sw = d::to_sample_weight(weight, pairs, where);
     const std::vector<double> w = d::broadcast_weight(sw ? &*sw : nullptr, pairs);
@@ -294,11 +303,7 @@ simclr_status simclr_step_backward(simclr_loss_t loss, const simclr_matrix* u_gl
   return c_api_guard([&] {
     namespace d = simclr::detail;
     const char* where = "simclr_step_backward";
-    SIMCLR_ENFORCE(loss != nullptr, ValueError, where, ": loss is NULL");
-    SIMCLR_ENFORCE(u_global != nullptr, ValueError, where, ": u_global is NULL");
-    d::check_matrix(u_global, "u_global", where, u_global->dtype, -1, -1);
-    const simclr::detail::RowLayout layout = d::step_layout(*u_global, anchor_begin, pairs, where);
-    const d::StepOptions o = d::to_step_options(options, where);
+    const auto [layout, o] = d::step_call(loss, u_global, anchor_begin, pairs, options, where);
     d::check_buffer(squared_norms, pairs, "squared_norms", where);
     d::check_buffer(lse_all, u_global->rows, "lse_all", where);
     d::check_buffer(alpha_all, u_global->rows, "alpha_all", where);
@@ -337,9 +342,7 @@ simclr_status simclr_step_record(simclr_loss_t loss, const simclr_matrix* za, co
         SIMCLR_ENFORCE(za != nullptr, ValueError, where, ": za is NULL");
         d::check_matrix(za, "za", where, za->dtype, -1, -1);
         d::check_matrix(zb, "zb", where, za->dtype, -1, -1);
-        SIMCLR_ENFORCE(za->rows == zb->rows && za->cols == zb->cols, ValueError,
-                       "za and zb must have the same shape: [", za->rows, ", ", za->cols,
-                       "] vs. [", zb->rows, ", ", zb->cols, "]");
+        d::check_same_shape(za->rows, za->cols, zb->rows, zb->cols);
         if (za->dtype == SIMCLR_FLOAT32) {
           d::check_finite(d::const_view<float>(*za), "za");
           d::check_finite(d::const_view<float>(*zb), "zb");

@@ -79,23 +79,15 @@ LossOutput<T> SimCLRLoss::forward(ConstMatrixView<T> za, ConstMatrixView<T> zb,
   auto validate = [&] {
     detail::check_view(za, "za");
     detail::check_view(zb, "zb");
-    SIMCLR_ENFORCE(za.rows == zb.rows && za.cols == zb.cols, ValueError,
-                   "za and zb must have the same shape: [", za.rows, ", ", za.cols, "] vs. [",
-                   zb.rows, ", ", zb.cols, "]");
+    detail::check_same_shape(za.rows, za.cols, zb.rows, zb.cols);
     detail::check_finite(za, "za");
     detail::check_finite(zb, "zb");
     saved->weight = detail::broadcast_weight(sample_weight, za.rows);
   };
-  detail::StepRequest request;
-  request.rows = za.rows;
-  request.cols = za.cols;
-  request.dtype = static_cast<std::int32_t>(dtype_of<T>());
-  request.config = &config_;
-  request.global_batch_size = options.global_batch_size;
-  request.schedule = options.engine.schedule;
-  request.gradient_reduction = options.gradient_reduction;
-  request.dtype_name = detail::host_dtype_name;
-  request.options_name = "CallOptions";
+  const detail::StepRequest request{
+      za.rows, za.cols, static_cast<std::int32_t>(dtype_of<T>()), &config_,
+      options.global_batch_size, options.engine.schedule, options.gradient_reduction,
+      detail::host_dtype_name, "CallOptions"};
   saved->plan = detail::plan_step(comm, request, validate);
   const StepPlan& plan = saved->plan;
   const std::int64_t n = za.rows, d = za.cols;

@@ -25,16 +25,28 @@ void check_finite(ConstMatrixView<T> z, const char* view) {
   }
 }
 
-template <class T>
-void check_view(ConstMatrixView<T> z, const char* view) {
-  SIMCLR_ENFORCE(z.rows >= 0 && z.cols >= 0, ValueError, view, " has a negative dimension: [",
-                 z.rows, ", ", z.cols, "]");
+void check_view_shape(const char* view, std::int64_t rows, std::int64_t cols,
+                      std::int64_t row_stride, bool null_data) {
+  SIMCLR_ENFORCE(rows >= 0 && cols >= 0, ValueError, view, " has a negative dimension: [", rows,
+                 ", ", cols, "]");
   // [n, 0] holds no element, and frameworks hand it over with a null pointer: TF Similarity's value
   // for it is that of all-zero rows, 2 ln(2G - 1).
-  SIMCLR_ENFORCE(z.rows == 0 || z.cols == 0 || z.data != nullptr, ValueError, view,
-                 " is null with ", z.rows, " rows");
-  SIMCLR_ENFORCE(z.rows <= 1 || z.row_stride >= z.cols, ValueError, view, " row stride ",
-                 z.row_stride, " is smaller than its ", z.cols, " columns");
+  SIMCLR_ENFORCE(rows == 0 || cols == 0 || !null_data, ValueError, view, " is null with ", rows,
+                 " rows");
+  SIMCLR_ENFORCE(rows <= 1 || row_stride >= cols, ValueError, view, " row stride ", row_stride,
+                 " is smaller than its ", cols, " columns");
+}
+
+template <class T>
+void check_view(ConstMatrixView<T> z, const char* view) {
+  check_view_shape(view, z.rows, z.cols, z.row_stride, z.data == nullptr);
+}
+
+void check_same_shape(std::int64_t rows_a, std::int64_t cols_a, std::int64_t rows_b,
+                      std::int64_t cols_b) {
+  SIMCLR_ENFORCE(rows_a == rows_b && cols_a == cols_b, ValueError,
+                 "za and zb must have the same shape: [", rows_a, ", ", cols_a, "] vs. [", rows_b,
+                 ", ", cols_b, "]");
 }
 
 void check_weight_rank(std::size_t rank, std::int64_t n) {

@@ -16,6 +16,7 @@
 
 #include "simclr/c_api.h"
 #include "simclr/communicator.hpp"
+#include "simclr/detail/agreement.hpp"
 #include "simclr/detail/check.hpp"
 #include "simclr/errors.hpp"
 #include "simclr/loss.hpp"
@@ -86,16 +87,14 @@ simclr_status c_api_guard(F&& f) noexcept {
   }
 }
 
-// The status a C-level argument check raises, thrown as the matching exception.
+// The status a C-level argument check raises, thrown as the matching exception (the agreement
+// record's kinds: one mapping from kinds to exceptions).
 [[noreturn]] inline void c_api_fail(simclr_status status, const std::string& what) {
-  switch (status) {
-    case SIMCLR_TYPE_ERROR:
-      throw TypeError(what);
-    case SIMCLR_UNSUPPORTED:
-      throw UnsupportedError(what);
-    default:
-      throw ValueError(what);
-  }
+  throw_error_kind(status == SIMCLR_TYPE_ERROR     ? kTypeErrorKind
+                   : status == SIMCLR_UNSUPPORTED  ? kUnsupportedErrorKind
+                   : status == SIMCLR_DEVICE_ERROR ? kDeviceErrorKind
+                                                   : kValueErrorKind,
+                   what);
 }
 
 // The integer a C caller stored in an enum argument or field. Read through memcpy: C lets a caller

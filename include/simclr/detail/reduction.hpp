@@ -17,9 +17,16 @@ namespace simclr::detail {
 template <class T>
 void check_finite(ConstMatrixView<T> z, const char* view);
 
-// ValueError for a negative dimension, null data with rows, or a row stride below the columns.
+// ValueError for a negative dimension, null data with elements, or a row stride below the columns:
+// the checks of any [rows, cols] view, host or device, named `view`.
+void check_view_shape(const char* view, std::int64_t rows, std::int64_t cols,
+                      std::int64_t row_stride, bool null_data);
 template <class T>
 void check_view(ConstMatrixView<T> z, const char* view);
+
+// ValueError unless the two views have the same shape ("za and zb must have the same shape: ...").
+void check_same_shape(std::int64_t rows_a, std::int64_t cols_a, std::int64_t rows_b,
+                      std::int64_t cols_b);
 
 // Keras sample_weight for a [n] loss: the rank fix-up, then broadcasting to [n] (all ones for
 // nullptr). ValueError for shapes Keras rejects and for NaN/Inf weights.
