@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs tests/python/test_mpi4py.py under mpirun at each rank count (default 1 2 3 4), every rank a
+# Runs tests/python/test_mpi4py.py and the distributed conformance cases
+# (tests/conformance/test_conformance_mpi4py.py) under mpirun at each rank count (default 1 2 3 4), every rank a
 # pytest process writing its own log. Prints rank 0's summary per count (every rank's log on a
 # failure) and, last, "mpi pytest: P passed, F failed, S skipped" summed over the counts (rank 0's).
 # Usage: tests/python/run_mpi.sh [PYTHON]   (RANKS="2 4" to choose the counts)
@@ -22,6 +23,7 @@ for n in $ranks; do
   rc=0
   timeout 900 mpirun -np "$n" "${extra[@]}" sh -c \
     'exec "$0" -m pytest -q -p no:cacheprovider tests/python/test_mpi4py.py \
+       tests/conformance/test_conformance_mpi4py.py \
        > "$1/rank${OMPI_COMM_WORLD_RANK:-${PMI_RANK:-0}}.log" 2>&1' "$python" "$logs/np$n" || rc=$?
   summary=$(tail -n 1 "$logs/np$n/rank0.log" 2>/dev/null || true)
   echo "mpirun -np $n: ${summary:-no output}"
