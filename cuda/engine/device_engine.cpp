@@ -214,6 +214,28 @@ EngineScratch engine_backward_scratch(const DeviceTileProblem& p, Arena& arena) 
   return s;
 }
 
+namespace {
+
+// Every launch below writes at most one tile of the plan into the scratch: a scratch taken for
+// another plan is a bug of the caller, caught here on every run (GPU or emulation) rather than as
+// a silent overrun of the workspace. `partial_floats`: what the column partials need.
+void check_scratch(const DeviceTileProblem& p, const EngineScratch& s, bool needs_m,
+                   std::int64_t partial_floats) {
+  const auto tile = static_cast<std::size_t>(p.plan.rows * p.plan.ld);
+  SIMCLR_CHECK_GE(s.logits.bytes(), tile * sizeof(float));
+  if (needs_m) SIMCLR_CHECK_GE(s.m.bytes(), tile * element_size(p.dtype));
+  SIMCLR_CHECK_GE(s.partial.bytes(), static_cast<std::size_t>(partial_floats) * sizeof(float));
+}
+
+// Whether the blocks (4 U row indices each) hold any tile.
+bool any_tile(const std::vector<std::int64_t>& blocks) {
+  for (std::size_t k = 0; k + 3 < blocks.size(); k += 4)
+    if (blocks[k + 1] > blocks[k] && blocks[k + 3] > blocks[k + 2]) return true;
+  return false;
+}
+
+}  // namespace
+
 double engine_forward(const DeviceTileProblem& p, const RowStats& stats,
                       const EngineScratch& scratch) {
   const std::int64_t d = p.d, total = p.total;
@@ -231,6 +253,8 @@ double engine_forward(const DeviceTileProblem& p, const RowStats& stats,
   // With the symmetry (docs/math.md section 3), the row pass of tile (I, J) serves the anchors of I
   // and, off the diagonal, the column pass serves those of J, whose tile (J, I) is not computed.
   const bool symmetric_scheme = use_symmetry(symmetric, layout, total);
+  const std::int64_t b = std::min(plan.rows, plan.cols);
+  check_scratch(p, scratch, false, symmetric_scheme ? column_chunks(b) * b * 2 : 0);
   const DeviceArray& partial = scratch.partial;
   double flops = 0;
   for_each_tile(
@@ -258,6 +282,7 @@ double engine_backward(const DeviceTileProblem& p, const float* lse_all, const f
   const std::int64_t anchors = 2 * layout.pairs;
   SIMCLR_CHECK_LE(layout.anchor_begin + anchors, total);
   if (anchors == 0 || d == 0) return 0;
+  check_scratch(p, scratch, true, 0);
   float* s = scratch.logits.as<float>();
   void* m = scratch.m.data();
   // Every product accumulates (beta = 1) into a zeroed grad.
@@ -325,6 +350,8 @@ LogitsTile pair_tile(const float* s, std::int64_t lds, std::int64_t r0, std::int
 
 double engine_forward_pairs(const DeviceTileProblem& p, const std::vector<std::int64_t>& blocks,
                             const RowStats& stats, const EngineScratch& scratch) {
+  if (!any_tile(blocks)) return 0;
+  check_scratch(p, scratch, false, column_chunks(p.plan.rows) * p.plan.cols * 2);
   float* s = scratch.logits.as<float>();
   double flops = 0;
   for_each_pair_tile(
@@ -342,7 +369,8 @@ double engine_forward_pairs(const DeviceTileProblem& p, const std::vector<std::i
 double engine_backward_pairs(const DeviceTileProblem& p, const std::vector<std::int64_t>& blocks,
                              const float* lse_all, const float* alpha_all, const float* params,
                              float* grad, const EngineScratch& scratch) {
-  if (p.d == 0) return 0;
+  if (p.d == 0 || !any_tile(blocks)) return 0;
+  check_scratch(p, scratch, true, 0);
   float* s = scratch.logits.as<float>();
   void* m = scratch.m.data();
   double flops = 0;

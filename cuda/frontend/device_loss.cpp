@@ -378,6 +378,21 @@ DeviceTileProblem tile_problem(std::int64_t n, std::int64_t total_rows, std::int
   return problem;
 }
 
+// The balanced schedule's own diagonal block [2n, 2n] of a rank whose row block is `pairs`: it is
+// walked with the row block's tiles (clamped to 2n), because it shares the row block's scratch,
+// which was sized for that plan (a plan of its own could be larger under a workspace budget).
+DeviceTileProblem own_block_problem(const DeviceTileProblem& pairs, std::int64_t n,
+                                    std::int64_t anchor_begin) {
+  DeviceTileProblem own = pairs;
+  own.total = 2 * n;
+  own.layout = AnchorLayout{0, n};
+  own.plan.rows = std::min(pairs.plan.rows, std::max<std::int64_t>(2 * n, 1));
+  own.plan.cols = std::min(pairs.plan.cols, std::max<std::int64_t>(2 * n, 1));
+  own.plan.ld = std::min(pairs.plan.ld, (own.plan.cols + 7) / 8 * 8);
+  own.u = static_cast<const char*>(pairs.u) + z(anchor_begin * pairs.d, element_size(pairs.dtype));
+  return own;
+}
+
 }  // namespace
 }  // namespace detail
 
@@ -524,8 +539,7 @@ void normalise_and_gather(const DeviceMatrixView& za, const DeviceMatrixView& zb
 double balanced_forward(DeviceSaved& saved, DeviceTileProblem& problem, Arena& arena,
                         float* run_max, cudaStream_t stream) {
   const simclr::detail::StepPlan& plan = saved.plan;
-  const std::int64_t n = plan.layout.pairs, d = saved.dim, total = plan.total;
-  const std::size_t elem = element_size(saved.dtype);
+  const std::int64_t n = plan.layout.pairs, total = plan.total;
   saved.blocks = simclr::detail::balanced_blocks(plan.rank_rows, plan.rank);
   const std::int64_t rows_all = 2 * total;
   BalancedForwardArrays extra = take_balanced_forward_arrays(arena, total);
@@ -536,11 +550,7 @@ double balanced_forward(DeviceSaved& saved, DeviceTileProblem& problem, Arena& a
   launch_fill(global.run_sum, rows_all, 0.f, stream);
   double flops = 0;
   if (n > 0) {
-    DeviceTileProblem own = tile_problem(n, 2 * n, 0, d, saved.dtype, saved.options);
-    own.u = static_cast<const char*>(saved.u.data()) + z(plan.layout.anchor_begin * d, elem);
-    own.inv_temperature = saved.inv_temperature;
-    own.stream = stream;
-    own.blas = problem.blas;
+    const DeviceTileProblem own = own_block_problem(problem, n, plan.layout.anchor_begin);
     flops = engine_forward(own, {run_max, run_max + 2 * n, run_max + 4 * n}, scratch);
   }
   flops += engine_forward_pairs(problem, saved.blocks, global, scratch);
@@ -800,11 +810,7 @@ void DeviceSimCLRLoss::backward_impl(const DeviceLossOutput& output, float scala
     float* g = grad_all.as<float>();
     SIMCLR_CHECK_CUDA(cudaMemsetAsync(g, 0, grad_all.bytes(), stream));
     const std::int64_t begin = plan.layout.anchor_begin;
-    detail::DeviceTileProblem own = detail::tile_problem(n, 2 * n, 0, d, s.dtype, s.options);
-    own.u = static_cast<const char*>(s.u.data()) + detail::z(begin * d, elem);
-    own.inv_temperature = s.inv_temperature;
-    own.stream = stream;
-    own.blas = problem.blas;
+    const detail::DeviceTileProblem own = detail::own_block_problem(problem, n, begin);
     detail::engine_backward(own, lse_all + begin, alpha_all + begin, arrays.params.as<float>(),
                             g + begin * d, scratch);
     detail::engine_backward_pairs(problem, s.blocks, lse_all, alpha_all, arrays.params.as<float>(),

@@ -269,6 +269,44 @@ TEST_F(NcclTest, TheBalancedScheduleWithWorkspacesAllocatesNothingAndMatchesOwnR
 }
 #endif
 
+// The balanced schedule with the default tiles under a workspace budget: each rank's diagonal block
+// [2n, 2n] is walked with the plan of its [2n, 2G] row block, whose scratch it shares. With 350 and
+// 650 rows and a 4 MB budget the row block's tiles shrink to 700 x 500 while a plan of the diagonal
+// block alone would keep 700 x 700, more than the scratch holds (the engine checks every scratch
+// against its plan).
+TEST_F(NcclTest, TheBalancedScheduleUnderAWorkspaceBudgetStaysInsideItsScratch) {
+  if (comm_->size() != 2) GTEST_SKIP() << "needs 2 ranks";
+  const std::int64_t d = 8, G = 1000;
+  const std::vector<std::int64_t> rows{350, 650};
+  const int rank = comm_->rank();
+  const std::int64_t n = rows[static_cast<std::size_t>(rank)], begin = rank == 0 ? 0 : rows[0];
+  const auto all_a = rounded(seeded_rows(23, 0, 0, G, d), DeviceDType::kFloat32);
+  const auto all_b = rounded(seeded_rows(23, 1, 0, G, d), DeviceDType::kFloat32);
+  RowMatrix<double> ma = Eigen::Map<const RowMatrix<double>>(all_a.data(), G, d);
+  RowMatrix<double> mb = Eigen::Map<const RowMatrix<double>>(all_b.data(), G, d);
+  auto [ref, grads] = SimCLRLoss(0.1, Reduction::kSum).value_and_gradient<double>(ma, mb);
+  const std::vector<double> a(all_a.begin() + begin * d, all_a.begin() + (begin + n) * d);
+  const std::vector<double> b(all_b.begin() + begin * d, all_b.begin() + (begin + n) * d);
+  DeviceMatrix za = upload(a, n, d, DeviceDType::kFloat32, stream_),
+               zb = upload(b, n, d, DeviceDType::kFloat32, stream_);
+  DeviceMatrix ga = zeros(n, d, DeviceDType::kFloat32, stream_),
+               gb = zeros(n, d, DeviceDType::kFloat32, stream_);
+  cuda::DeviceSimCLRLoss loss(0.1, Reduction::kSum);
+  cuda::DeviceCallOptions options;
+  options.communicator = comm_.get();
+  options.device.schedule = Schedule::kBalanced;
+  options.device.workspace_bytes = 4000000;
+  auto out = loss.forward(za.view(), zb.view(), stream_, nullptr, options);
+  loss.backward(out, 1.f, ga.mutable_view(), gb.mutable_view(), stream_);
+  const std::vector<double> rga(grads.grad_a.data() + begin * d,
+                                grads.grad_a.data() + (begin + n) * d);
+  EXPECT_LE(rel_err(download(ga, stream_), rga), kFloat32Tol);
+  const float mine = copy_to_host_f32(out.objective, 1, stream_)[0];
+  float total = 0;
+  MPI_Allreduce(&mine, &total, 1, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+  EXPECT_NEAR(total, ref.objective, kFloat32Tol * std::abs(ref.objective));
+}
+
 TEST_F(NcclTest, ASchedulePassedOnOneRankOnlyIsAValueErrorOnEveryRank) {
   if (comm_->size() < 2) GTEST_SKIP() << "needs 2 ranks";
   const std::int64_t n = 3, d = 4;
