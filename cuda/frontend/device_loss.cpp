@@ -136,6 +136,30 @@ namespace {
 // autograd thread per device), so a few handles in all. Kept in one process-wide table, not in
 // thread_local storage, so the handles stay reachable after their thread ends (a new thread that
 // gets a dead thread's id takes its handle over).
+// A caller's cuBLAS handle is borrowed for one call: the stream and pointer mode the call sets on it
+// are put back when the call returns or throws (the cached handles are the library's own).
+class BorrowedBlasHandle {
+ public:
+  explicit BorrowedBlasHandle(cublasContext* caller) : handle_(caller) {
+    if (handle_ == nullptr) return;
+    SIMCLR_CHECK_CUBLAS(cublasGetStream(handle_, &stream_));
+    SIMCLR_CHECK_CUBLAS(cublasGetPointerMode(handle_, &mode_));
+  }
+  ~BorrowedBlasHandle() {
+    if (handle_ == nullptr) return;
+    // Never throws: a failure here leaves the handle as the call left it.
+    (void)cublasSetStream(handle_, stream_);
+    (void)cublasSetPointerMode(handle_, mode_);
+  }
+  BorrowedBlasHandle(const BorrowedBlasHandle&) = delete;
+  BorrowedBlasHandle& operator=(const BorrowedBlasHandle&) = delete;
+
+ private:
+  cublasHandle_t handle_;
+  cudaStream_t stream_ = nullptr;
+  cublasPointerMode_t mode_ = CUBLAS_POINTER_MODE_HOST;
+};
+
 cublasHandle_t blas_handle(cublasContext* caller, cudaStream_t stream) {
   cublasHandle_t handle = caller;
   if (handle == nullptr) {
@@ -650,6 +674,7 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
                                          simclr::detail::has_fixed_shift(saved->inv_temperature)) ==
         Schedule::kBalanced;
   }
+  const BorrowedBlasHandle borrowed(options.blas_handle);
   if (saved->balanced || n > 0) problem.blas = blas_handle(options.blas_handle, stream);
   if (saved->balanced) {
     flops = detail::balanced_forward(*saved, problem, arena, run_max, stream);
@@ -712,6 +737,7 @@ void DeviceSimCLRLoss::backward_impl(const DeviceLossOutput& output, float scala
   SIMCLR_ENFORCE(output.saved != nullptr, ValueError,
                  "backward needs the DeviceLossOutput of a forward call of this loss");
   const detail::DeviceSaved& s = *output.saved;
+  const BorrowedBlasHandle borrowed(options.blas_handle);
   const simclr::detail::StepPlan& plan = s.plan;
   const std::int64_t n = plan.layout.pairs, d = s.dim, total_rows = plan.layout.total_rows;
   const std::size_t elem = element_size(s.dtype);

@@ -12,6 +12,8 @@
 #include <thread>
 #include <vector>
 
+#include <cublas_v2.h>
+
 #include "emulation.hpp"
 #include "gpu_test_util.hpp"
 #include "simclr/cuda/device_loss.hpp"
@@ -192,6 +194,35 @@ TEST_F(DeviceAsyncTest, EachHostThreadCachesItsOwnCublasHandle) {
   });
   other.join();
   EXPECT_EQ(emu::call_counts().blas_handles_created, 1);
+}
+
+// A caller's cuBLAS handle keeps the stream and pointer mode it had: a forward and a backward on
+// another stream borrow it and put both back.
+TEST_F(DeviceAsyncTest, TheCallersCublasHandleGetsItsStreamAndPointerModeBack) {
+  const std::int64_t n = 6, d = 5;
+  DeviceMatrix za = upload(seeded_rows(6, 0, 0, n, d), n, d, DeviceDType::kFloat32, stream_);
+  DeviceMatrix zb = upload(seeded_rows(6, 1, 0, n, d), n, d, DeviceDType::kFloat32, stream_);
+  DeviceMatrix ga = zeros(n, d, DeviceDType::kFloat32, stream_),
+               gb = zeros(n, d, DeviceDType::kFloat32, stream_);
+  cublasHandle_t mine = nullptr;
+  ASSERT_EQ(cublasCreate(&mine), CUBLAS_STATUS_SUCCESS);
+  ASSERT_EQ(cublasSetStream(mine, other_), CUBLAS_STATUS_SUCCESS);
+  ASSERT_EQ(cublasSetPointerMode(mine, CUBLAS_POINTER_MODE_DEVICE), CUBLAS_STATUS_SUCCESS);
+  DeviceSimCLRLoss loss(0.1, Reduction::kSum);
+  cuda::DeviceCallOptions options;
+  options.blas_handle = mine;
+  auto out = loss.forward(za.view(), zb.view(), stream_, nullptr, options);
+  cuda::DeviceBackwardOptions back;
+  back.blas_handle = mine;
+  loss.backward(out, 1.f, ga.mutable_view(), gb.mutable_view(), stream_, back);
+  cudaStream_t stream = nullptr;
+  cublasPointerMode_t mode = CUBLAS_POINTER_MODE_HOST;
+  EXPECT_EQ(cublasGetStream(mine, &stream), CUBLAS_STATUS_SUCCESS);
+  EXPECT_EQ(cublasGetPointerMode(mine, &mode), CUBLAS_STATUS_SUCCESS);
+  EXPECT_EQ(stream, other_);
+  EXPECT_EQ(mode, CUBLAS_POINTER_MODE_DEVICE);
+  SIMCLR_CHECK_CUDA(cudaStreamSynchronize(stream_));
+  EXPECT_EQ(cublasDestroy(mine), CUBLAS_STATUS_SUCCESS);
 }
 
 TEST_F(DeviceAsyncTest, AsyncModeRecordsBadInputInTheStatusArrayAndCheckedModeThrows) {
