@@ -2,16 +2,19 @@
 
 #include <algorithm>
 #include <cstring>
+#include <thread>
 
 #include "simclr/detail/check.hpp"
 #include "simclr/detail/cuda_check.hpp"
 
 // Wraps an NCCL call: a failure becomes CommError naming the call, NCCL's error string, its last
-// error message when it has one, and the rank.
+// error message when it has one, and the rank. ncclInProgress (a non-blocking communicator, which a
+// caller may lend) is not success yet: the call's state is polled until NCCL has enqueued it.
 #define SIMCLR_CHECK_NCCL(call, comm, rank)                                                     \
   do {                                                                                          \
-    const ncclResult_t simclr_nccl_rc_ = (call);                                                \
-    if (simclr_nccl_rc_ != ncclSuccess && simclr_nccl_rc_ != ncclInProgress) {                  \
+    ncclResult_t simclr_nccl_rc_ = (call);                                                      \
+    if (simclr_nccl_rc_ == ncclInProgress) simclr_nccl_rc_ = ::simclr::wait_in_progress(comm);  \
+    if (simclr_nccl_rc_ != ncclSuccess) {                                                       \
       const char* simclr_nccl_last_ = ncclGetLastError(comm);                                   \
       throw ::simclr::CommError(::simclr::detail::str_cat(                                      \
           #call, " failed: ", ncclGetErrorString(simclr_nccl_rc_),                              \
@@ -23,6 +26,20 @@
   } while (0)
 
 namespace simclr {
+
+// Polls a non-blocking communicator's state until it is no longer ncclInProgress; returns that
+// state (or the poll's own failure). A null communicator (an init that returned early) is success.
+ncclResult_t wait_in_progress(ncclComm_t comm) {
+  if (comm == nullptr) return ncclSuccess;
+  ncclResult_t state = ncclInProgress;
+  while (state == ncclInProgress) {
+    const ncclResult_t rc = ncclCommGetAsyncError(comm, &state);
+    if (rc != ncclSuccess) return rc;
+    if (state == ncclInProgress) std::this_thread::yield();
+  }
+  return state;
+}
+
 namespace {
 
 // The agreement step's host collectives without MPI: NCCL on a small device buffer, read back.
@@ -165,10 +182,10 @@ NcclCommunicator::~NcclCommunicator() {
 }
 
 void NcclCommunicator::check_async(const char* collective) const {
-  ncclResult_t async = ncclSuccess;
-  SIMCLR_CHECK_NCCL(ncclCommGetAsyncError(nccl_, &async), nccl_, rank_);
-  if (async != ncclSuccess && async != ncclInProgress) failed_ = true;
-  SIMCLR_ENFORCE(async == ncclSuccess || async == ncclInProgress, CommError, "nccl: ", collective,
+  // A non-blocking communicator still enqueuing earlier work is waited for, not used half-ready.
+  const ncclResult_t async = wait_in_progress(nccl_);
+  if (async != ncclSuccess) failed_ = true;
+  SIMCLR_ENFORCE(async == ncclSuccess, CommError, "nccl: ", collective,
                  " on rank ", rank_,
                  ": communicator has an asynchronous error: ", ncclGetErrorString(async));
 }

@@ -112,6 +112,11 @@ void count_blas_handle_created();
 // ncclComm_t) report `result` (an ncclResult_t), and count the ncclCommAbort calls so far.
 void nccl_set_async_error(void* comm, int result);
 int nccl_aborts();
+// A non-blocking communicator: `comm`'s next collectives return ncclInProgress, and its
+// ncclCommGetAsyncError reports ncclInProgress for the next `polls` calls, then ncclSuccess.
+// nccl_pending_polls says how many of those polls are still unanswered.
+void nccl_set_in_progress(void* comm, int polls);
+int nccl_pending_polls(void* comm);
 // Reports a failure on stderr and as the thread's last CUDA error; returns `code`.
 cudaError_t fail(cudaError_t code, const std::string& why);
 

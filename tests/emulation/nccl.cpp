@@ -29,6 +29,7 @@ struct ncclComm {
   int size = 1;
   int device = 0;
   ncclResult_t async_error = ncclSuccess;  // nccl_set_async_error
+  int in_progress_polls = 0;               // nccl_set_in_progress: a non-blocking communicator
   std::string last_error;
 };
 
@@ -41,6 +42,12 @@ void nccl_set_async_error(void* comm, int result) {
 }
 
 int nccl_aborts() { return nccl_abort_count.load(); }
+
+void nccl_set_in_progress(void* comm, int polls) {
+  static_cast<ncclComm*>(comm)->in_progress_polls = polls;
+}
+
+int nccl_pending_polls(void* comm) { return static_cast<ncclComm*>(comm)->in_progress_polls; }
 
 }  // namespace simclr::cuda::emu
 
@@ -206,6 +213,11 @@ const char* ncclGetLastError(ncclComm_t comm) {
 
 ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* async_error) {
   if (comm == nullptr || async_error == nullptr) return ncclInvalidArgument;
+  if (comm->in_progress_polls > 0) {
+    --comm->in_progress_polls;
+    *async_error = ncclInProgress;
+    return ncclSuccess;
+  }
   *async_error = comm->async_error;
   return ncclSuccess;
 }
@@ -229,7 +241,8 @@ ncclResult_t ncclAllGather(const void* send, void* recv, size_t count, ncclDataT
   if (comm->size > 1 && MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, recv,
                                       static_cast<int>(bytes), MPI_BYTE, comm->mpi) != MPI_SUCCESS)
     return ncclSystemError;
-  return ncclSuccess;
+  // A non-blocking communicator answers "in progress" until its state is polled to completion.
+  return comm->in_progress_polls > 0 ? ncclInProgress : ncclSuccess;
 }
 
 ncclResult_t ncclBroadcast(const void* send, void* recv, size_t count, ncclDataType_t type,

@@ -481,6 +481,27 @@ TEST(NcclWithoutMpi, ABorrowedCommIsUsedButNeverDestroyed) {
 }
 
 #ifdef SIMCLR_CUDA_EMULATION
+// A borrowed non-blocking communicator answers ncclInProgress: a collective returns only once NCCL
+// reports the work enqueued (its state polled to ncclSuccess), never half-ready.
+TEST(NcclWithoutMpi, ANonBlockingCommIsPolledUntilItsWorkIsEnqueued) {
+  int rank = 0, size = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  cudaStream_t stream = nullptr;
+  SIMCLR_CHECK_CUDA(cudaStreamCreate(&stream));
+  ncclComm_t raw = nullptr;
+  ASSERT_EQ(ncclCommInitRank(&raw, size, shared_id(), rank), ncclSuccess);
+  {
+    NcclCommunicator comm(raw, stream);
+    DeviceArray send(4, stream), recv(4 * static_cast<std::size_t>(size), stream);
+    cuda::emu::nccl_set_in_progress(raw, 3);
+    comm.all_gather(send.data(), 4, recv.data());
+    EXPECT_EQ(cuda::emu::nccl_pending_polls(raw), 0);
+  }
+  EXPECT_EQ(ncclCommDestroy(raw), ncclSuccess);
+  SIMCLR_CHECK_CUDA(cudaStreamDestroy(stream));
+}
+
 // The emulation can give a communicator an asynchronous error on demand (emulation.hpp).
 TEST(NcclWithoutMpi, AnAsynchronousErrorFailsTheNextCollectiveAndTheDestructorAborts) {
   int rank = 0, size = 1;
