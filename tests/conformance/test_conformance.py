@@ -271,14 +271,18 @@ def test_values(name, case):
             assert _rel(got, w, gscale) <= case.tolerance, key
 
 
-# The exception types a front end raises for the table's Python types: TensorFlow reports a bad
-# value found inside an op as tf.errors.InvalidArgumentError (its ValueError), the command as exit
-# status 2 (docs/cli.md).
+# The exception types a front end raises for the table's Python types: a bad value found inside a
+# compiled computation is the framework's runtime error with its invalid-argument code (TensorFlow:
+# tf.errors.InvalidArgumentError; XLA under JAX: JaxRuntimeError "INVALID_ARGUMENT: ..."), their
+# ValueError; the command exits with status 2 (docs/cli.md).
 def _raised_as(name, exc):
     if isinstance(exc, CliError):
         return {2: ("ValueError", "TypeError")}.get(exc.status, ("exit %d" % exc.status,))
     kinds = [type(exc).__name__]
     if name in ("tensorflow", "keras") and type(exc).__name__ == "InvalidArgumentError":
+        kinds.append("ValueError")
+    if type(exc).__name__ in ("JaxRuntimeError", "XlaRuntimeError") \
+            and str(exc).startswith("INVALID_ARGUMENT"):
         kinds.append("ValueError")
     return tuple(kinds)
 
