@@ -210,12 +210,29 @@ def _alpha_call(s, upstream, weight, n, global_pairs):
         upstream, weight, global_pairs=np.int64(global_pairs), **s.attrs())
 
 
-def _backward_call(s, u_global, offset, squared_norms, lse_all, alpha_all, n):
-    args = _same_vma(u_global, offset, squared_norms, lse_all, alpha_all)
+def _alpha_record_call(s, upstream, weight, n, global_pairs):
+    """alpha as _alpha_call, and this device's record of the backward: a bad upstream gradient on
+    one device is carried in it (the call does not fail), for every device to raise it alike."""
+    upstream, weight = _same_vma(upstream, weight)
+    return jax.ffi.ffi_call(
+        "simclr_alpha_record",
+        (_like((2 * n,), upstream.dtype, upstream),
+         _like((_jax_ffi.RECORD_BYTES,), jnp.uint8, upstream)))(
+            upstream, weight, global_pairs=np.int64(global_pairs),
+            gradient_reduction=np.int64(1 if s.gradient_scale_mean else 0), **s.attrs())
+
+
+def _backward_call(s, u_global, offset, squared_norms, lse_all, alpha_all, n, records=None):
+    """grad_a, grad_b; with records (every device's backward record), after their agreement."""
+    args = (u_global, offset, squared_norms, lse_all, alpha_all)
+    if records is not None:
+        args = (records,) + args
+    args = _same_vma(*args)
     d = u_global.shape[1]
     t = u_global.dtype
     return jax.ffi.ffi_call(
-        "simclr_backward", (_like((n, d), t, args[0]), _like((n, d), t, args[0])))(
+        "simclr_backward" if records is None else "simclr_agree_backward",
+        (_like((n, d), t, args[0]), _like((n, d), t, args[0])))(
             *args, temperature=np.float64(s.temperature),
             reduction=np.int64(_REDUCTIONS[s.reduction]), threads=np.int64(s.threads))
 
@@ -256,15 +273,20 @@ def _loss_bwd(s, res, g):
     if s.gradient_scale_mean and s.axis_name is not None:
         # The caller averages the devices' gradients (pmean): undo its 1/P.
         g = g * jax.lax.axis_size(s.axis_name)
-    alpha = _alpha_call(s, g.astype(u_global.dtype), weight, n, global_pairs)
     if s.axis_name is None:
-        lse_all, alpha_all = row_lse, alpha
+        alpha = _alpha_call(s, g.astype(u_global.dtype), weight, n, global_pairs)
+        grad_a, grad_b = _backward_call(s, u_global, offset, squared_norms, row_lse, alpha, n)
     else:
+        # A bad upstream gradient on one device travels in its record, so every device joins the
+        # gathers below and then fails alike in the backward's agreement.
+        alpha, record = _alpha_record_call(s, g.astype(u_global.dtype), weight, n, global_pairs)
+        records = jax.lax.all_gather(record, s.axis_name)
         # One gather of both per-row scalars: [P, 2, 2n] -> two [2G] vectors in U's row order.
         both = jax.lax.all_gather(jnp.stack(_same_vma(row_lse, alpha)), s.axis_name)
         lse_all = both[:, 0, :].reshape(-1)
         alpha_all = both[:, 1, :].reshape(-1)
-    grad_a, grad_b = _backward_call(s, u_global, offset, squared_norms, lse_all, alpha_all, n)
+        grad_a, grad_b = _backward_call(s, u_global, offset, squared_norms, lse_all, alpha_all, n,
+                                        records)
     # sample_weight is treated as a constant (as Keras does): no gradient flows into it.
     return grad_a, grad_b, jnp.zeros_like(weight)
 

@@ -206,6 +206,46 @@ ffi::Error alpha_impl(ffi::AnyBuffer upstream, ffi::AnyBuffer weight,
   return ffi::Error::Success();
 }
 
+// upstream, weight -> alpha [2n] as alpha_impl, and this device's record of the backward (uint8
+// [SIMCLR_RECORD_BYTES]): a failure of the alpha step (NaN or Inf in this device's upstream
+// gradient) is not an error here but the record's input error, so that every device raises it in
+// agree_backward_impl, after the gather of the per-row scalars that every device then joins.
+ffi::Error alpha_record_impl(ffi::AnyBuffer upstream, ffi::AnyBuffer weight,
+                             ffi::Result<ffi::AnyBuffer> alpha, ffi::Result<ffi::AnyBuffer> record,
+                             double temperature, std::int64_t reduction, std::int64_t global_batch,
+                             std::int64_t has_weight, std::int64_t global_pairs,
+                             std::int64_t gradient_reduction) {
+  if (record->element_count() != SIMCLR_RECORD_BYTES)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "simclr.jax backward: the record must have " +
+                          std::to_string(SIMCLR_RECORD_BYTES) + " bytes");
+  LossHandle loss(temperature, reduction);
+  if (!loss.ok()) return step_error("backward");
+  const Weight w(weight);
+  simclr_call_options o = options(global_batch, 0);
+  o.gradient_reduction = static_cast<std::int32_t>(gradient_reduction);
+  const simclr_dtype t = dtype_of(upstream.element_type());
+  const std::int64_t pairs = dim(*alpha, 0) / 2;
+  std::string message;
+  const simclr_status status =
+      simclr_step_alpha(loss.get(), t, pairs, global_pairs, has_weight != 0 ? &w.view : nullptr, &o,
+                        upstream.untyped_data(),
+                        static_cast<std::int64_t>(upstream.element_count()), alpha->untyped_data());
+  if (status != SIMCLR_OK) {
+    message = simclr_last_error();
+    o.input_error = status;
+    o.input_error_message = message.c_str();
+    std::memset(alpha->untyped_data(), 0, alpha->size_bytes());
+  }
+  // The backward's record describes no rows' values (its views have no columns): the rows were
+  // agreed on in the forward; what this one carries is the alpha step's error, if any.
+  const simclr_matrix rows = matrix(nullptr, pairs, 0, t);
+  if (simclr_step_record(loss.get(), &rows, &rows, nullptr, &o, record->untyped_data()) !=
+      SIMCLR_OK)
+    return step_error("backward");
+  return ffi::Error::Success();
+}
+
 // u_global, anchor_begin, squared_norms [2n], lse_all [2G], alpha_all [2G] -> grad_a, grad_b.
 ffi::Error backward_impl(ffi::AnyBuffer u_global, ffi::AnyBuffer anchor_begin,
                          ffi::AnyBuffer squared_norms, ffi::AnyBuffer lse_all,
@@ -224,6 +264,29 @@ ffi::Error backward_impl(ffi::AnyBuffer u_global, ffi::AnyBuffer anchor_begin,
                            alpha_all.untyped_data(), &o, &ga, &gb) != SIMCLR_OK)
     return step_error("backward");
   return ffi::Error::Success();
+}
+
+// records [P, SIMCLR_RECORD_BYTES] (every device's backward record), then as backward_impl: an
+// alpha step that failed on any device fails here on every device alike.
+ffi::Error agree_backward_impl(ffi::AnyBuffer records, ffi::AnyBuffer u_global,
+                               ffi::AnyBuffer anchor_begin, ffi::AnyBuffer squared_norms,
+                               ffi::AnyBuffer lse_all, ffi::AnyBuffer alpha_all,
+                               ffi::Result<ffi::AnyBuffer> grad_a,
+                               ffi::Result<ffi::AnyBuffer> grad_b, double temperature,
+                               std::int64_t reduction, std::int64_t threads) {
+  if (records.dimensions().size() != 2 || dim(records, 1) != SIMCLR_RECORD_BYTES)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "simclr.jax backward: the records must be [devices, " +
+                          std::to_string(SIMCLR_RECORD_BYTES) + "] bytes");
+  {
+    LossHandle loss(temperature, reduction);
+    if (!loss.ok()) return step_error("backward");
+    if (simclr_step_agree(loss.get(), records.untyped_data(),
+                          static_cast<std::int32_t>(dim(records, 0)), nullptr) != SIMCLR_OK)
+      return step_error("backward");
+  }
+  return backward_impl(u_global, anchor_begin, squared_norms, lse_all, alpha_all, grad_a, grad_b,
+                       temperature, reduction, threads);
 }
 
 // The Keras sample_weight rules of the library (the shape against the pairs, as the forward applies
@@ -274,6 +337,33 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAgreeNormalize, agree_normalize_impl,
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<double>("temperature")
                                   .Attr<std::int64_t>("reduction"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAlphaRecord, alpha_record_impl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<double>("temperature")
+                                  .Attr<std::int64_t>("reduction")
+                                  .Attr<std::int64_t>("global_batch")
+                                  .Attr<std::int64_t>("has_weight")
+                                  .Attr<std::int64_t>("global_pairs")
+                                  .Attr<std::int64_t>("gradient_reduction"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAgreeBackward, agree_backward_impl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<double>("temperature")
+                                  .Attr<std::int64_t>("reduction")
+                                  .Attr<std::int64_t>("threads"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrNormalize, normalize_impl,
                               ffi::Ffi::Bind()
@@ -330,6 +420,8 @@ NB_MODULE(_jax_ffi, m) {
     d["simclr_forward"] = nb::capsule(reinterpret_cast<void*>(SimclrForward));
     d["simclr_alpha"] = nb::capsule(reinterpret_cast<void*>(SimclrAlpha));
     d["simclr_backward"] = nb::capsule(reinterpret_cast<void*>(SimclrBackward));
+    d["simclr_alpha_record"] = nb::capsule(reinterpret_cast<void*>(SimclrAlphaRecord));
+    d["simclr_agree_backward"] = nb::capsule(reinterpret_cast<void*>(SimclrAgreeBackward));
     return d;
   });
   m.attr("RECORD_BYTES") = SIMCLR_RECORD_BYTES;

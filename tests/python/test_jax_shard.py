@@ -192,21 +192,25 @@ k, n = 4, 3
 rng = np.random.default_rng(0)
 za, zb = rng.normal(size=(2, k * n, 5))
 w = np.ones(k * n)
-bad = {"za": za, "zb": zb, "weight": w}[case]
-bad[2 * n + 1, ...] = np.nan  # device 2's second row
+scale = np.ones(k * n)  # the loss times scale[0] of each device: its upstream gradient
+if case == "upstream":
+    scale[2 * n] = np.nan  # device 2's
+else:
+    bad = {"za": za, "zb": zb, "weight": w}[case]
+    bad[2 * n + 1, ...] = np.nan  # device 2's second row
 
 def loss(a, b, w, axis):
     return jnp.sum(sj.simclr_loss(a, b, temperature=0.2, reduction="sum", sample_weight=w,
                                   axis_name=axis))
 
 if how == "shard_map":
-    def per_device(a, b, w):
-        value, grad = jax.value_and_grad(loss)(a, b, w, "d")
+    def per_device(a, b, w, c):
+        value, grad = jax.value_and_grad(lambda a: c[0] * loss(a, b, w, "d"))(a)
         return value[None], grad
     mesh = Mesh(np.array(jax.devices("cpu")[:k]), ("d",))
-    f = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P("d"),) * 3,
+    f = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P("d"),) * 4,
                               out_specs=(P("d"), P("d"))))
-    out = f(za, zb, w)
+    out = f(za, zb, w, scale)
 else:  # pmap, forward only
     out = jax.pmap(lambda a, b, w: loss(a, b, w, "i"), axis_name="i")(
         za.reshape(k, n, 5), zb.reshape(k, n, 5), w.reshape(k, n))
@@ -221,10 +225,11 @@ for s in sorted(out[0].addressable_shards, key=lambda s: s.device.id):
 
 
 @pytest.mark.parametrize("case,how,message", [
-    ("za", "shard_map", "za has NaN at row 1, column 0 (rank 2)"),
-    ("zb", "shard_map", "zb has NaN at row 1, column 0 (rank 2)"),
-    ("weight", "shard_map", "sample_weight has NaN at index 1 (rank 2)"),
-    ("za", "pmap", "za has NaN at row 1, column 0 (rank 2)"),
+    ("za", "shard_map", "forward: za has NaN at row 1, column 0 (rank 2)"),
+    ("zb", "shard_map", "forward: zb has NaN at row 1, column 0 (rank 2)"),
+    ("weight", "shard_map", "forward: sample_weight has NaN at index 1 (rank 2)"),
+    ("upstream", "shard_map", "backward: upstream gradient has NaN at index 0 (rank 2)"),
+    ("za", "pmap", "forward: za has NaN at row 1, column 0 (rank 2)"),
 ])
 def test_input_error_on_one_device_fails_on_every_device(case, how, message):
     import subprocess
@@ -245,7 +250,7 @@ def test_input_error_on_one_device_fails_on_every_device(case, how, message):
     for device, line in enumerate(lines):
         assert line.startswith("device {} JaxRuntimeError".format(device)), line
         # The library's message, with the rank that has the NaN, on every device.
-        assert line.endswith("simclr.jax forward: " + message), line
+        assert line.endswith("simclr.jax " + message), line
     assert seconds < 60
 
 
