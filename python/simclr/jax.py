@@ -10,11 +10,13 @@ XLA keeps for the backward is the normalised rows ([2G, d]) and two scalars per 
 Inside jax.shard_map (or jax.pmap) pass axis_name: every device then contrasts its rows with the
 rows of all devices on that axis (global negatives). The rows are gathered with jax.lax.all_gather,
 and in the backward each row's log-sum-exp and weight too: XLA's collectives, part of the compiled
-program. The loss a device returns is its share J_r of the global objective (sum over devices), and
-the gradient it returns for its own rows is dJ/dz_r of that global objective: combine the devices'
-parameter gradients with jax.lax.psum (gradient_reduction="sum", the default), or with
-jax.lax.pmean after gradient_reduction="mean", which scales the returned gradients by the number of
-devices so that the mean is that sum.
+program. Before the rows, the devices all-gather a small record of their inputs and check them all
+(the C API's agreement step), so bad input on one device (a NaN) fails every device alike, naming
+that device, and none is left waiting in an all-gather. The loss a device returns is its share J_r
+of the global objective (sum over devices), and the gradient it returns for its own rows is dJ/dz_r
+of that global objective: combine the devices' parameter gradients with jax.lax.psum
+(gradient_reduction="sum", the default), or with jax.lax.pmean after gradient_reduction="mean",
+which scales the returned gradients by the number of devices so that the mean is that sum.
 """
 
 import functools
@@ -113,19 +115,6 @@ def _global_batch_code(g):
     return int(g)
 
 
-def _check_weight_shape(shape, n):
-    # Keras sample_weight shapes for a [n] loss (the library checks them again at run time).
-    if len(shape) > 2:
-        raise ValueError("sample_weight of rank {} is not supported for a [{}] loss (Keras would "
-                         "broadcast it to an outer product); pass [N] or [N, 1]".format(len(shape), n))
-    if len(shape) == 2 and shape[1] != 1:
-        raise ValueError("Can not squeeze dim[1], expected a dimension of 1, got {} (sample_weight "
-                         "{} for a [{}] loss)".format(shape[1], list(shape), n))
-    if len(shape) >= 1 and shape[0] not in (1, n):
-        raise ValueError("Incompatible shapes: [{}] vs. [{}] (sample_weight {})".format(
-            n, shape[0], list(shape)))
-
-
 def _compute_dtype(dtype, what):
     dtype = jnp.dtype(dtype)
     if dtype in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)):
@@ -182,6 +171,29 @@ def _normalize(za, zb):
                                 *_same_vma(za, zb))
 
 
+def _agreed_normalize(s, za, zb, weight):
+    """_normalize after the agreement of the devices on axis_name, and the weight as agreed.
+
+    Each device's record (its shapes, settings and the first error of its za, zb and weight) is
+    all-gathered, and the normalisation of every device first checks all the records, so an input
+    error on one device fails on every device alike, before the rows' all-gather that the failed
+    device would never join. The weight passes through that step, so that the steps reading it
+    (forward, alpha) cannot run, and fail on one device, before the agreement."""
+    n, d = za.shape
+    za, zb, weight = _same_vma(za, zb, weight)
+    record = jax.ffi.ffi_call("simclr_record", _like((_jax_ffi.RECORD_BYTES,), jnp.uint8, za))(
+        za, zb, weight, gradient_reduction=np.int64(1 if s.gradient_scale_mean else 0),
+        **s.attrs())
+    records = jax.lax.all_gather(record, s.axis_name)  # [devices, RECORD_BYTES], device order
+    records, za, zb, weight = _same_vma(records, za, zb, weight)
+    return jax.ffi.ffi_call(
+        "simclr_agree_normalize",
+        (_like((2 * n, d), za.dtype, za), _like((2 * n,), za.dtype, za),
+         _like(weight.shape, weight.dtype, weight)))(
+            records, za, zb, weight, temperature=np.float64(s.temperature),
+            reduction=np.int64(_REDUCTIONS[s.reduction]))
+
+
 def _forward_call(s, u_global, offset, weight, n):
     u_global, offset, weight = _same_vma(u_global, offset, weight)
     nv = n if s.reduction == "none" else 1
@@ -198,12 +210,29 @@ def _alpha_call(s, upstream, weight, n, global_pairs):
         upstream, weight, global_pairs=np.int64(global_pairs), **s.attrs())
 
 
-def _backward_call(s, u_global, offset, squared_norms, lse_all, alpha_all, n):
-    args = _same_vma(u_global, offset, squared_norms, lse_all, alpha_all)
+def _alpha_record_call(s, upstream, weight, n, global_pairs):
+    """alpha as _alpha_call, and this device's record of the backward: a bad upstream gradient on
+    one device is carried in it (the call does not fail), for every device to raise it alike."""
+    upstream, weight = _same_vma(upstream, weight)
+    return jax.ffi.ffi_call(
+        "simclr_alpha_record",
+        (_like((2 * n,), upstream.dtype, upstream),
+         _like((_jax_ffi.RECORD_BYTES,), jnp.uint8, upstream)))(
+            upstream, weight, global_pairs=np.int64(global_pairs),
+            gradient_reduction=np.int64(1 if s.gradient_scale_mean else 0), **s.attrs())
+
+
+def _backward_call(s, u_global, offset, squared_norms, lse_all, alpha_all, n, records=None):
+    """grad_a, grad_b; with records (every device's backward record), after their agreement."""
+    args = (u_global, offset, squared_norms, lse_all, alpha_all)
+    if records is not None:
+        args = (records,) + args
+    args = _same_vma(*args)
     d = u_global.shape[1]
     t = u_global.dtype
     return jax.ffi.ffi_call(
-        "simclr_backward", (_like((n, d), t, args[0]), _like((n, d), t, args[0])))(
+        "simclr_backward" if records is None else "simclr_agree_backward",
+        (_like((n, d), t, args[0]), _like((n, d), t, args[0])))(
             *args, temperature=np.float64(s.temperature),
             reduction=np.int64(_REDUCTIONS[s.reduction]), threads=np.int64(s.threads))
 
@@ -219,7 +248,10 @@ def _gather_rows(s, u_local):
 
 def _forward(s, za, zb, weight):
     n = za.shape[0]
-    u_local, squared_norms = _normalize(za, zb)
+    if s.axis_name is None:
+        u_local, squared_norms = _normalize(za, zb)
+    else:
+        u_local, squared_norms, weight = _agreed_normalize(s, za, zb, weight)
     u_global, offset = _gather_rows(s, u_local)
     row_lse, _, values = _forward_call(s, u_global, offset, weight, n)
     return values, (u_global, offset, squared_norms, row_lse, weight)
@@ -241,15 +273,20 @@ def _loss_bwd(s, res, g):
     if s.gradient_scale_mean and s.axis_name is not None:
         # The caller averages the devices' gradients (pmean): undo its 1/P.
         g = g * jax.lax.axis_size(s.axis_name)
-    alpha = _alpha_call(s, g.astype(u_global.dtype), weight, n, global_pairs)
     if s.axis_name is None:
-        lse_all, alpha_all = row_lse, alpha
+        alpha = _alpha_call(s, g.astype(u_global.dtype), weight, n, global_pairs)
+        grad_a, grad_b = _backward_call(s, u_global, offset, squared_norms, row_lse, alpha, n)
     else:
+        # A bad upstream gradient on one device travels in its record, so every device joins the
+        # gathers below and then fails alike in the backward's agreement.
+        alpha, record = _alpha_record_call(s, g.astype(u_global.dtype), weight, n, global_pairs)
+        records = jax.lax.all_gather(record, s.axis_name)
         # One gather of both per-row scalars: [P, 2, 2n] -> two [2G] vectors in U's row order.
         both = jax.lax.all_gather(jnp.stack(_same_vma(row_lse, alpha)), s.axis_name)
         lse_all = both[:, 0, :].reshape(-1)
         alpha_all = both[:, 1, :].reshape(-1)
-    grad_a, grad_b = _backward_call(s, u_global, offset, squared_norms, lse_all, alpha_all, n)
+        grad_a, grad_b = _backward_call(s, u_global, offset, squared_norms, lse_all, alpha_all, n,
+                                        records)
     # sample_weight is treated as a constant (as Keras does): no gradient flows into it.
     return grad_a, grad_b, jnp.zeros_like(weight)
 
@@ -299,15 +336,17 @@ def simclr_loss(za, zb, *, temperature=0.05, reduction="auto", sample_weight=Non
     out_dtype = za.dtype
     t = _compute_dtype(za.dtype, "za")
     n = za.shape[0]
+    _register()
     if sample_weight is None:
         weight = jnp.ones((), t)
     else:
         weight = jnp.asarray(sample_weight)
         if not jnp.issubdtype(weight.dtype, jnp.number):
             raise TypeError("sample_weight must be numeric, got " + str(weight.dtype))
-        _check_weight_shape(weight.shape, n)
+        # The library's Keras shape rules, raised now (shapes are static); its values are checked
+        # when the call runs.
+        _jax_ffi.check_sample_weight(list(weight.shape), n)
         weight = weight.astype(t)
-    _register()
     s = _Static(temperature, reduction, global_batch, axis_name, gradient_reduction == "mean",
                 sample_weight is not None, int(threads))
     values = _loss(s, za.astype(t), zb.astype(t), jax.lax.stop_gradient(weight))

@@ -11,10 +11,13 @@ gradient is the library's closed form, registered with tf.custom_gradient: Tenso
 In a replica context of a tf.distribute strategy with more than one replica (inside strategy.run,
 model.fit, ...), every replica contrasts its rows with the rows of all replicas (global negatives):
 the rows come from the replica context's all_gather, and in the backward each row's log-sum-exp and
-weight from another all_gather. Per-replica batches may differ in size. The loss a replica returns
-is for its own rows, and the gradient it gets for them is that of the sum of all replicas' losses
-(what autodiff through TensorFlow's all-gather gives), so summing the replicas' parameter
-gradients, as tf.distribute does, is exact.
+weight from another all_gather. Before the rows, the replicas all_gather a small record of their
+inputs and check them all (the C API's agreement step), so bad input on one replica (a NaN) fails
+every replica alike, naming that replica, and the strategy's collectives are not aborted.
+Per-replica batches may differ in size. The loss a replica returns is for its own rows, and the
+gradient it gets for them is that of the sum of all replicas' losses (what autodiff through
+TensorFlow's all-gather gives), so summing the replicas' parameter gradients, as tf.distribute
+does, is exact.
 
 simclr.keras.SimCLRLoss wraps this in a Keras Loss (sample_weight, reductions, distribution rule).
 """
@@ -51,12 +54,17 @@ def _distributed_context():
     return ctx
 
 
-def _anchor_begin(ctx, n):
+def _gather_records(ctx, record):
+    """Every replica's agreement record, [replicas, words] int64, replica by replica."""
+    return ctx.all_gather(tf.reshape(record, [1, -1]), axis=0)
+
+
+def _anchor_begin(ctx, rank_rows):
     """This replica's first row in the gathered U: 2 * the pairs of the replicas before it, from
-    the gathered counts (exact for uneven batches, where TF Similarity assumes equal ones)."""
-    counts = ctx.all_gather(tf.reshape(n, [1]), axis=0)
+    every replica's rows as the agreement found them (exact for uneven batches, where TF Similarity
+    assumes equal ones)."""
     before = tf.range(ctx.num_replicas_in_sync) < ctx.replica_id_in_sync_group
-    return 2 * tf.reduce_sum(tf.where(before, counts, tf.zeros_like(counts)))
+    return 2 * tf.reduce_sum(tf.where(before, rank_rows, tf.zeros_like(rank_rows)))
 
 
 @tf.autograph.experimental.do_not_convert
@@ -68,26 +76,39 @@ def _per_example(za, zb, temperature, threads):
     @tf.custom_gradient
     def loss(a, b):
         n = tf.shape(a, out_type=tf.int64)[0]
-        u_local, squared_norms = ops.simclr_normalize(a, b)
         if ctx is None:
-            u_global, begin = u_local, tf.zeros([], tf.int64)
+            u_local, squared_norms = ops.simclr_normalize(a, b)
+            u_global, begin, rank_rows = u_local, tf.zeros([], tf.int64), None
         else:
+            # The agreement first: every replica's record of its inputs is gathered and checked by
+            # every replica, so bad input on one replica (a NaN) fails every replica alike, naming
+            # it, before the rows' all_gather that it would never join.
+            records = _gather_records(ctx, ops.simclr_record(a, b, temperature_t))
+            u_local, squared_norms, rank_rows = ops.simclr_agree_normalize(records, a, b,
+                                                                           temperature_t)
             u_global = ctx.all_gather(u_local, axis=0)
-            begin = _anchor_begin(ctx, n)
+            begin = _anchor_begin(ctx, rank_rows)
         row_lse, per_example = ops.simclr_forward(u_global, begin, n, temperature_t,
                                                   threads=threads)
 
         def grad(upstream):
-            alpha = ops.simclr_alpha(tf.cast(upstream, u_local.dtype), temperature_t,
-                                     threads=threads)
+            upstream = tf.cast(upstream, u_local.dtype)
             if ctx is None:
-                lse_all, alpha_all = row_lse, alpha
-            else:
-                # One gather of both per-row scalars: [2n, 2] per replica -> [2G, 2] in U's order.
-                both = ctx.all_gather(tf.stack([row_lse, alpha], axis=1), axis=0)
-                lse_all, alpha_all = both[:, 0], both[:, 1]
-            return tuple(ops.simclr_backward(u_global, begin, squared_norms, lse_all, alpha_all,
-                                             temperature_t, threads=threads))
+                alpha = ops.simclr_alpha(upstream, temperature_t, threads=threads)
+                return tuple(ops.simclr_backward(u_global, begin, squared_norms, row_lse, alpha,
+                                                 temperature_t, threads=threads))
+            # A bad upstream gradient on one replica travels in its record: every replica joins
+            # the gathers, then fails alike in the backward's agreement. (After the forward's
+            # agreement: no gather starts in a step that has already failed.)
+            with tf.control_dependencies([rank_rows]):
+                alpha, record = ops.simclr_alpha_record(upstream, temperature_t, threads=threads)
+            records = _gather_records(ctx, record)
+            # One gather of both per-row scalars: [2n, 2] per replica -> [2G, 2] in U's order.
+            both = ctx.all_gather(tf.stack([row_lse, alpha], axis=1), axis=0)
+            lse_all, alpha_all = both[:, 0], both[:, 1]
+            return tuple(ops.simclr_agree_backward(u_global, begin, squared_norms, lse_all,
+                                                   alpha_all, temperature_t, records,
+                                                   threads=threads))
 
         return per_example, grad
 

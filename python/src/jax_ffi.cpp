@@ -1,19 +1,25 @@
 // simclr._jax_ffi: XLA FFI handlers (CPU) over the C API's step calls (include/simclr/c_api.h,
 // "step calls for frameworks whose collectives are graph ops"), exposed to Python as capsules that
 // simclr.jax registers with jax.ffi.register_ffi_target. Between the steps, XLA itself gathers the
-// rows and the per-row scalars (jax.lax.all_gather inside shard_map), so no handler communicates.
+// agreement records, the rows and the per-row scalars (jax.lax.all_gather inside shard_map), so no
+// handler communicates.
 // Built only when jax's FFI headers are found at configure time (python/CMakeLists.txt).
 
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/vector.h>
 
 #include <cstdint>
+#include <cstring>
+#include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "simclr/c_api.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace nb = nanobind;
 namespace ffi = xla::ffi;
+using namespace nb::literals;
 
 namespace {
 
@@ -101,6 +107,30 @@ std::int64_t scalar_index(const ffi::AnyBuffer& b) {
   return *static_cast<const std::int32_t*>(b.untyped_data());
 }
 
+// za, zb, weight -> this device's agreement record (uint8 [SIMCLR_RECORD_BYTES]): its rows, dim,
+// dtype, configuration and options, and the first error of its inputs. Bad input is not an error
+// here: it travels in the record, so that every device raises it in agree_normalize_impl.
+ffi::Error record_impl(ffi::AnyBuffer za, ffi::AnyBuffer zb, ffi::AnyBuffer weight,
+                       ffi::Result<ffi::AnyBuffer> record, double temperature,
+                       std::int64_t reduction, std::int64_t global_batch, std::int64_t has_weight,
+                       std::int64_t gradient_reduction) {
+  if (record->element_count() != SIMCLR_RECORD_BYTES)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "simclr.jax forward: the record must have " +
+                          std::to_string(SIMCLR_RECORD_BYTES) + " bytes");
+  LossHandle loss(temperature, reduction);
+  if (!loss.ok()) return step_error("forward");
+  simclr_matrix a = matrix(za.untyped_data(), dim(za, 0), dim(za, 1), dtype_of(za.element_type()));
+  simclr_matrix b = matrix(zb.untyped_data(), dim(zb, 0), dim(zb, 1), dtype_of(zb.element_type()));
+  const Weight w(weight);
+  simclr_call_options o = options(global_batch, 0);
+  o.gradient_reduction = static_cast<std::int32_t>(gradient_reduction);
+  if (simclr_step_record(loss.get(), &a, &b, has_weight != 0 ? &w.view : nullptr, &o,
+                         record->untyped_data()) != SIMCLR_OK)
+    return step_error("forward");
+  return ffi::Error::Success();
+}
+
 // za, zb [n, d] -> u_local [2n, d], squared_norms [2n].
 ffi::Error normalize_impl(ffi::AnyBuffer za, ffi::AnyBuffer zb, ffi::Result<ffi::AnyBuffer> u,
                           ffi::Result<ffi::AnyBuffer> squared_norms) {
@@ -111,6 +141,33 @@ ffi::Error normalize_impl(ffi::AnyBuffer za, ffi::AnyBuffer zb, ffi::Result<ffi:
   if (simclr_step_normalize(&a, &b, &out, squared_norms->untyped_data()) != SIMCLR_OK)
     return step_error("forward");
   return ffi::Error::Success();
+}
+
+// records [P, SIMCLR_RECORD_BYTES] (every device's record, device by device), za, zb, weight -> as
+// normalize_impl, and the weight again, after the agreement: an input error of any device, or
+// devices that disagree, fail here on every device alike, before the rows' all-gather that a failed
+// device would never reach. The weight comes out of the agreement so that the steps that read it
+// (forward, alpha) depend on it: XLA runs nothing that can fail on one device alone before it.
+ffi::Error agree_normalize_impl(ffi::AnyBuffer records, ffi::AnyBuffer za, ffi::AnyBuffer zb,
+                                ffi::AnyBuffer weight, ffi::Result<ffi::AnyBuffer> u,
+                                ffi::Result<ffi::AnyBuffer> squared_norms,
+                                ffi::Result<ffi::AnyBuffer> agreed_weight, double temperature,
+                                std::int64_t reduction) {
+  if (records.dimensions().size() != 2 || dim(records, 1) != SIMCLR_RECORD_BYTES)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "simclr.jax forward: the records must be [devices, " +
+                          std::to_string(SIMCLR_RECORD_BYTES) + "] bytes");
+  if (agreed_weight->size_bytes() != weight.size_bytes())
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "simclr.jax forward: the agreed weight must have the weight's shape");
+  LossHandle loss(temperature, reduction);
+  if (!loss.ok()) return step_error("forward");
+  if (simclr_step_agree(loss.get(), records.untyped_data(),
+                        static_cast<std::int32_t>(dim(records, 0)), nullptr) != SIMCLR_OK)
+    return step_error("forward");
+  if (agreed_weight->untyped_data() != weight.untyped_data() && weight.size_bytes() != 0)
+    std::memcpy(agreed_weight->untyped_data(), weight.untyped_data(), weight.size_bytes());
+  return normalize_impl(za, zb, u, squared_norms);
 }
 
 // u_global [2G, d], anchor_begin (int scalar), weight -> row_lse [2n], per_example [n], values.
@@ -149,6 +206,46 @@ ffi::Error alpha_impl(ffi::AnyBuffer upstream, ffi::AnyBuffer weight,
   return ffi::Error::Success();
 }
 
+// upstream, weight -> alpha [2n] as alpha_impl, and this device's record of the backward (uint8
+// [SIMCLR_RECORD_BYTES]): a failure of the alpha step (NaN or Inf in this device's upstream
+// gradient) is not an error here but the record's input error, so that every device raises it in
+// agree_backward_impl, after the gather of the per-row scalars that every device then joins.
+ffi::Error alpha_record_impl(ffi::AnyBuffer upstream, ffi::AnyBuffer weight,
+                             ffi::Result<ffi::AnyBuffer> alpha, ffi::Result<ffi::AnyBuffer> record,
+                             double temperature, std::int64_t reduction, std::int64_t global_batch,
+                             std::int64_t has_weight, std::int64_t global_pairs,
+                             std::int64_t gradient_reduction) {
+  if (record->element_count() != SIMCLR_RECORD_BYTES)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "simclr.jax backward: the record must have " +
+                          std::to_string(SIMCLR_RECORD_BYTES) + " bytes");
+  LossHandle loss(temperature, reduction);
+  if (!loss.ok()) return step_error("backward");
+  const Weight w(weight);
+  simclr_call_options o = options(global_batch, 0);
+  o.gradient_reduction = static_cast<std::int32_t>(gradient_reduction);
+  const simclr_dtype t = dtype_of(upstream.element_type());
+  const std::int64_t pairs = dim(*alpha, 0) / 2;
+  std::string message;
+  const simclr_status status =
+      simclr_step_alpha(loss.get(), t, pairs, global_pairs, has_weight != 0 ? &w.view : nullptr, &o,
+                        upstream.untyped_data(),
+                        static_cast<std::int64_t>(upstream.element_count()), alpha->untyped_data());
+  if (status != SIMCLR_OK) {
+    message = simclr_last_error();
+    o.input_error = status;
+    o.input_error_message = message.c_str();
+    std::memset(alpha->untyped_data(), 0, alpha->size_bytes());
+  }
+  // The backward's record describes no rows' values (its views have no columns): the rows were
+  // agreed on in the forward; what this one carries is the alpha step's error, if any.
+  const simclr_matrix rows = matrix(nullptr, pairs, 0, t);
+  if (simclr_step_record(loss.get(), &rows, &rows, nullptr, &o, record->untyped_data()) !=
+      SIMCLR_OK)
+    return step_error("backward");
+  return ffi::Error::Success();
+}
+
 // u_global, anchor_begin, squared_norms [2n], lse_all [2G], alpha_all [2G] -> grad_a, grad_b.
 ffi::Error backward_impl(ffi::AnyBuffer u_global, ffi::AnyBuffer anchor_begin,
                          ffi::AnyBuffer squared_norms, ffi::AnyBuffer lse_all,
@@ -169,7 +266,104 @@ ffi::Error backward_impl(ffi::AnyBuffer u_global, ffi::AnyBuffer anchor_begin,
   return ffi::Error::Success();
 }
 
+// records [P, SIMCLR_RECORD_BYTES] (every device's backward record), then as backward_impl: an
+// alpha step that failed on any device fails here on every device alike.
+ffi::Error agree_backward_impl(ffi::AnyBuffer records, ffi::AnyBuffer u_global,
+                               ffi::AnyBuffer anchor_begin, ffi::AnyBuffer squared_norms,
+                               ffi::AnyBuffer lse_all, ffi::AnyBuffer alpha_all,
+                               ffi::Result<ffi::AnyBuffer> grad_a,
+                               ffi::Result<ffi::AnyBuffer> grad_b, double temperature,
+                               std::int64_t reduction, std::int64_t threads) {
+  if (records.dimensions().size() != 2 || dim(records, 1) != SIMCLR_RECORD_BYTES)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "simclr.jax backward: the records must be [devices, " +
+                          std::to_string(SIMCLR_RECORD_BYTES) + "] bytes");
+  {
+    LossHandle loss(temperature, reduction);
+    if (!loss.ok()) return step_error("backward");
+    if (simclr_step_agree(loss.get(), records.untyped_data(),
+                          static_cast<std::int32_t>(dim(records, 0)), nullptr) != SIMCLR_OK)
+      return step_error("backward");
+  }
+  return backward_impl(u_global, anchor_begin, squared_norms, lse_all, alpha_all, grad_a, grad_b,
+                       temperature, reduction, threads);
+}
+
+// The Keras sample_weight rules of the library (the shape against the pairs, as the forward applies
+// them), for a weight of `shape` holding ones: what simclr.jax raises at trace time, where shapes
+// are static. simclr_step_alpha is the step that broadcasts the weight over the pairs; O(pairs).
+void check_sample_weight(const std::vector<std::int64_t>& shape, std::int64_t pairs) {
+  std::int64_t count = 1;
+  for (const std::int64_t s : shape) count *= s;
+  const std::vector<double> ones(static_cast<std::size_t>(count < 0 ? 0 : count), 1.0);
+  simclr_weight w{};
+  w.values = ones.data();
+  w.ndim = static_cast<std::int32_t>(shape.size());
+  for (std::size_t k = 0; k < shape.size() && k < 2; ++k) w.shape[k] = shape[k];
+  LossHandle loss(1.0, SIMCLR_REDUCTION_SUM);
+  std::vector<double> alpha(static_cast<std::size_t>(2 * pairs));
+  const double upstream = 1.0;
+  simclr_status status = loss.ok() ? SIMCLR_OK : SIMCLR_INTERNAL_ERROR;
+  if (status == SIMCLR_OK)
+    status = simclr_step_alpha(loss.get(), SIMCLR_FLOAT64, pairs, pairs, &w, nullptr, &upstream, 1,
+                               alpha.data());
+  if (status == SIMCLR_VALUE_ERROR) throw nb::value_error(simclr_last_error());
+  if (status == SIMCLR_TYPE_ERROR) throw nb::type_error(simclr_last_error());
+  if (status != SIMCLR_OK) throw std::runtime_error(simclr_last_error());
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrRecord, record_impl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<double>("temperature")
+                                  .Attr<std::int64_t>("reduction")
+                                  .Attr<std::int64_t>("global_batch")
+                                  .Attr<std::int64_t>("has_weight")
+                                  .Attr<std::int64_t>("gradient_reduction"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAgreeNormalize, agree_normalize_impl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<double>("temperature")
+                                  .Attr<std::int64_t>("reduction"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAlphaRecord, alpha_record_impl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<double>("temperature")
+                                  .Attr<std::int64_t>("reduction")
+                                  .Attr<std::int64_t>("global_batch")
+                                  .Attr<std::int64_t>("has_weight")
+                                  .Attr<std::int64_t>("global_pairs")
+                                  .Attr<std::int64_t>("gradient_reduction"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAgreeBackward, agree_backward_impl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<double>("temperature")
+                                  .Attr<std::int64_t>("reduction")
+                                  .Attr<std::int64_t>("threads"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrNormalize, normalize_impl,
                               ffi::Ffi::Bind()
@@ -220,10 +414,23 @@ NB_MODULE(_jax_ffi, m) {
   m.doc() = "XLA FFI handlers (CPU) of simclr.jax; use simclr.jax, which registers them.";
   m.def("handlers", [] {
     nb::dict d;
+    d["simclr_record"] = nb::capsule(reinterpret_cast<void*>(SimclrRecord));
+    d["simclr_agree_normalize"] = nb::capsule(reinterpret_cast<void*>(SimclrAgreeNormalize));
     d["simclr_normalize"] = nb::capsule(reinterpret_cast<void*>(SimclrNormalize));
     d["simclr_forward"] = nb::capsule(reinterpret_cast<void*>(SimclrForward));
     d["simclr_alpha"] = nb::capsule(reinterpret_cast<void*>(SimclrAlpha));
     d["simclr_backward"] = nb::capsule(reinterpret_cast<void*>(SimclrBackward));
+    d["simclr_alpha_record"] = nb::capsule(reinterpret_cast<void*>(SimclrAlphaRecord));
+    d["simclr_agree_backward"] = nb::capsule(reinterpret_cast<void*>(SimclrAgreeBackward));
     return d;
   });
+  m.attr("RECORD_BYTES") = SIMCLR_RECORD_BYTES;
+  m.def(
+      "check_sample_weight",
+      [](const std::vector<std::int64_t>& shape, std::int64_t pairs) {
+        check_sample_weight(shape, pairs);
+      },
+      "shape"_a, "pairs"_a,
+      "Raises the library's ValueError when a sample_weight of `shape` does not fit `pairs` "
+      "examples (the Keras rules the forward applies), before anything runs.");
 }

@@ -1,12 +1,12 @@
 // simclr/_tf_ops.so: TensorFlow custom ops (CPU kernels) over the C API's step calls
 // (include/simclr/c_api.h, "step calls for frameworks whose collectives are graph ops"), loaded by
-// simclr.tensorflow with tf.load_op_library. Between the steps, TensorFlow itself gathers the rows
-// and the per-row scalars (tf.distribute's all_gather in a replica context), so no kernel
-// communicates. The ops compute the per-example loss [n] (reduction none, no weights): the Keras
-// Loss base class applies sample_weight, the reduction and the distribution scaling itself. Built
-// only when TensorFlow is found at configure time (python/CMakeLists.txt), with the compile and
-// link flags tf.sysconfig reports; only the C API crosses between TensorFlow's and the library's
-// code.
+// simclr.tensorflow with tf.load_op_library. Between the steps, TensorFlow itself gathers the
+// agreement records, the rows and the per-row scalars (tf.distribute's all_gather in a replica
+// context), so no kernel communicates. The ops compute the per-example loss [n] (reduction none, no
+// weights): the Keras Loss base class applies sample_weight, the reduction and the distribution
+// scaling itself. Built only when TensorFlow is found at configure time (python/CMakeLists.txt),
+// with the compile and link flags tf.sysconfig reports; only the C API crosses between TensorFlow's
+// and the library's code.
 
 #include <cstdint>
 #include <string>
@@ -232,6 +232,170 @@ class BackwardOp : public SimclrKernel {
   }
 };
 
+// An agreement record (SIMCLR_RECORD_BYTES bytes) travels as int64 words: tf.distribute's
+// all_gather takes no uint8.
+static_assert(SIMCLR_RECORD_BYTES % 8 == 0, "a record is a whole number of int64 words");
+constexpr std::int64_t kRecordWords = SIMCLR_RECORD_BYTES / 8;
+
+// The records of every replica, [replicas, kRecordWords] int64, replica by replica.
+tf::Status require_records(const tf::Tensor& records) {
+  if (records.dims() != 2 || records.dim_size(1) != kRecordWords || records.dim_size(0) < 1)
+    return tf::errors::InvalidArgument("simclr: records must be [replicas, ", kRecordWords,
+                                       "] int64, got shape ", records.shape().DebugString());
+  return tf::Status();
+}
+
+// A view of `rows` rows and no columns: what a record of a step without rows' values describes.
+simclr_matrix no_columns(std::int64_t rows, simclr_dtype dtype) {
+  simclr_matrix m;
+  m.data = nullptr;
+  m.rows = rows;
+  m.cols = 0;
+  m.row_stride = 0;
+  m.dtype = dtype;
+  m.device = -1;
+  return m;
+}
+
+// Writes this replica's record of za, zb [n, d] into `record` (kRecordWords int64). Bad input is
+// not an error here: it is in the record, for the agreement to raise on every replica.
+template <typename T>
+tf::Status write_record(const tf::Tensor& za, const tf::Tensor& zb, simclr_loss_t loss,
+                        tf::Tensor* record) {
+  simclr_call_options o = call_options(0);
+  std::string message;
+  simclr_matrix a = no_columns(0, dtype_of<T>());
+  simclr_matrix b = a;
+  const tf::Status shapes = za.dims() != 2 ? require_matrix(za, "za") : require_matrix(zb, "zb");
+  if (!shapes.ok()) {
+    message = std::string(shapes.message());
+    o.input_error = SIMCLR_VALUE_ERROR;
+    o.input_error_message = message.c_str();
+  } else {
+    a = matrix<T>(za, za.dim_size(0), za.dim_size(1));
+    b = matrix<T>(zb, zb.dim_size(0), zb.dim_size(1));
+  }
+  if (simclr_step_record(loss, &a, &b, nullptr, &o, record->flat<std::int64_t>().data()) !=
+      SIMCLR_OK)
+    return step_error("SimclrRecord");
+  return tf::Status();
+}
+
+// za, zb [n, d], temperature -> record [kRecordWords] int64: this replica's shapes, dtype,
+// configuration and the first error of its inputs (NaN or Inf in za or zb, mismatched shapes).
+template <typename T>
+class RecordOp : public tf::OpKernel {
+ public:
+  explicit RecordOp(tf::OpKernelConstruction* ctx) : tf::OpKernel(ctx) {}
+  void Compute(tf::OpKernelContext* ctx) override {
+    tf::Tensor* record = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, tf::TensorShape({kRecordWords}), &record));
+    const LossHandle loss(ctx->input(2));
+    OP_REQUIRES_OK(ctx, loss.status("SimclrRecord"));
+    OP_REQUIRES_OK(ctx, write_record<T>(ctx->input(0), ctx->input(1), loss.get(), record));
+  }
+};
+
+// records [P, kRecordWords], za, zb [n, d], temperature -> as NormalizeOp, and rank_rows [P] (every
+// replica's pairs), after the agreement: an input error of any replica fails here on every replica
+// alike, before the rows' all_gather, which a failed replica would never join.
+template <typename T>
+class AgreeNormalizeOp : public tf::OpKernel {
+ public:
+  explicit AgreeNormalizeOp(tf::OpKernelConstruction* ctx) : tf::OpKernel(ctx) {}
+  void Compute(tf::OpKernelContext* ctx) override {
+    const tf::Tensor& records = ctx->input(0);
+    OP_REQUIRES_OK(ctx, require_records(records));
+    const std::int64_t replicas = records.dim_size(0);
+    tf::Tensor* rank_rows = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, tf::TensorShape({replicas}), &rank_rows));
+    {
+      const LossHandle loss(ctx->input(3));
+      OP_REQUIRES_OK(ctx, loss.status("SimclrAgreeNormalize"));
+      OP_REQUIRES(ctx,
+                  simclr_step_agree(loss.get(), records.flat<std::int64_t>().data(),
+                                    static_cast<std::int32_t>(replicas),
+                                    rank_rows->flat<std::int64_t>().data()) == SIMCLR_OK,
+                  step_error("SimclrAgreeNormalize"));
+    }
+    const tf::Tensor& za = ctx->input(1);
+    const tf::Tensor& zb = ctx->input(2);
+    const std::int64_t n = za.dim_size(0);
+    const std::int64_t d = za.dim_size(1);
+    tf::Tensor* u = nullptr;
+    tf::Tensor* squared_norms = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, tf::TensorShape({2 * n, d}), &u));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, tf::TensorShape({2 * n}), &squared_norms));
+    const simclr_matrix a = matrix<T>(za, n, d);
+    const simclr_matrix b = matrix<T>(zb, zb.dim_size(0), zb.dim_size(1));
+    const simclr_matrix out = matrix<T>(*u, 2 * n, d);
+    OP_REQUIRES(ctx, simclr_step_normalize(&a, &b, &out, data<T>(*squared_norms)) == SIMCLR_OK,
+                step_error("SimclrAgreeNormalize"));
+  }
+};
+
+// upstream [n], temperature -> alpha [2n] as AlphaOp, and this replica's record of the backward
+// [kRecordWords]: a failed alpha step (NaN or Inf in the upstream gradient) is not an error here
+// but the record's input error, raised on every replica by SimclrAgreeBackward after the gathers
+// that every replica then joins.
+template <typename T>
+class AlphaRecordOp : public SimclrKernel {
+ public:
+  using SimclrKernel::SimclrKernel;
+  void Compute(tf::OpKernelContext* ctx) override {
+    const tf::Tensor& upstream = ctx->input(0);
+    OP_REQUIRES(ctx, upstream.dims() == 1,
+                tf::errors::InvalidArgument("simclr: the upstream gradient must be [n], got ",
+                                            upstream.shape().DebugString()));
+    const std::int64_t n = upstream.dim_size(0);
+    tf::Tensor* alpha = nullptr;
+    tf::Tensor* record = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, tf::TensorShape({2 * n}), &alpha));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, tf::TensorShape({kRecordWords}), &record));
+    const LossHandle loss(ctx->input(1));
+    OP_REQUIRES_OK(ctx, loss.status("SimclrAlphaRecord"));
+    simclr_call_options o = call_options(threads_);
+    std::string message;
+    const simclr_status status = simclr_step_alpha(loss.get(), dtype_of<T>(), n, n, nullptr, &o,
+                                                   data<T>(upstream), n, data<T>(*alpha));
+    if (status != SIMCLR_OK) {
+      message = simclr_last_error();
+      o.input_error = status;
+      o.input_error_message = message.c_str();
+      alpha->flat<T>().setZero();
+    }
+    // The rows were agreed on in the forward: this record describes no rows' values.
+    const simclr_matrix rows = no_columns(n, dtype_of<T>());
+    o.threads = 0;
+    OP_REQUIRES(ctx,
+                simclr_step_record(loss.get(), &rows, &rows, nullptr, &o,
+                                   record->flat<std::int64_t>().data()) == SIMCLR_OK,
+                step_error("SimclrAlphaRecord"));
+  }
+};
+
+// records [P, kRecordWords] (every replica's backward record), then as BackwardOp: an alpha step
+// that failed on any replica fails here on every replica alike.
+template <typename T>
+class AgreeBackwardOp : public BackwardOp<T> {
+ public:
+  using BackwardOp<T>::BackwardOp;
+  void Compute(tf::OpKernelContext* ctx) override {
+    const tf::Tensor& records = ctx->input(6);
+    OP_REQUIRES_OK(ctx, require_records(records));
+    {
+      const LossHandle loss(ctx->input(5));
+      OP_REQUIRES_OK(ctx, loss.status("SimclrAgreeBackward"));
+      OP_REQUIRES(
+          ctx,
+          simclr_step_agree(loss.get(), records.flat<std::int64_t>().data(),
+                            static_cast<std::int32_t>(records.dim_size(0)), nullptr) == SIMCLR_OK,
+          step_error("SimclrAgreeBackward"));
+    }
+    BackwardOp<T>::Compute(ctx);
+  }
+};
+
 tf::Status vector_of_unknown(InferenceContext* c, int output) {
   c->set_output(output, c->Vector(InferenceContext::kUnknownDim));
   return tf::Status();
@@ -303,15 +467,95 @@ REGISTER_OP("SimclrBackward")
       return tf::Status();
     });
 
-#define SIMCLR_REGISTER_KERNELS(T)                                                               \
-  REGISTER_KERNEL_BUILDER(Name("SimclrNormalize").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"), \
-                          NormalizeOp<T>);                                                       \
-  REGISTER_KERNEL_BUILDER(Name("SimclrForward").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"),   \
-                          ForwardOp<T>);                                                         \
-  REGISTER_KERNEL_BUILDER(Name("SimclrAlpha").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"),     \
-                          AlphaOp<T>);                                                           \
-  REGISTER_KERNEL_BUILDER(Name("SimclrBackward").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"),  \
-                          BackwardOp<T>);
+REGISTER_OP("SimclrRecord")
+    .Input("za: T")
+    .Input("zb: T")
+    .Input("temperature: double")
+    .Output("record: int64")
+    .Attr("T: {float, double}")
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->Vector(kRecordWords));
+      return tf::Status();
+    });
+
+REGISTER_OP("SimclrAgreeNormalize")
+    .Input("records: int64")
+    .Input("za: T")
+    .Input("zb: T")
+    .Input("temperature: double")
+    .Output("u: T")
+    .Output("squared_norms: T")
+    .Output("rank_rows: int64")
+    .Attr("T: {float, double}")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle records;
+      ShapeHandle a;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &records));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &a));
+      DimensionHandle rows;
+      TF_RETURN_IF_ERROR(c->Multiply(c->Dim(a, 0), 2, &rows));
+      c->set_output(0, c->Matrix(rows, c->Dim(a, 1)));
+      c->set_output(1, c->Vector(rows));
+      c->set_output(2, c->Vector(c->Dim(records, 0)));
+      return tf::Status();
+    });
+
+REGISTER_OP("SimclrAlphaRecord")
+    .Input("upstream: T")
+    .Input("temperature: double")
+    .Output("alpha: T")
+    .Output("record: int64")
+    .Attr("T: {float, double}")
+    .Attr("threads: int = 0")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle g;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 1, &g));
+      DimensionHandle rows;
+      TF_RETURN_IF_ERROR(c->Multiply(c->Dim(g, 0), 2, &rows));
+      c->set_output(0, c->Vector(rows));
+      c->set_output(1, c->Vector(kRecordWords));
+      return tf::Status();
+    });
+
+REGISTER_OP("SimclrAgreeBackward")
+    .Input("u_global: T")
+    .Input("anchor_begin: int64")
+    .Input("squared_norms: T")
+    .Input("lse_all: T")
+    .Input("alpha_all: T")
+    .Input("temperature: double")
+    .Input("records: int64")
+    .Output("grad_a: T")
+    .Output("grad_b: T")
+    .Attr("T: {float, double}")
+    .Attr("threads: int = 0")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle u;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &u));
+      c->set_output(0, c->Matrix(InferenceContext::kUnknownDim, c->Dim(u, 1)));
+      c->set_output(1, c->Matrix(InferenceContext::kUnknownDim, c->Dim(u, 1)));
+      return tf::Status();
+    });
+
+#define SIMCLR_REGISTER_KERNELS(T)                                                                 \
+  REGISTER_KERNEL_BUILDER(Name("SimclrNormalize").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"),   \
+                          NormalizeOp<T>);                                                         \
+  REGISTER_KERNEL_BUILDER(Name("SimclrForward").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"),     \
+                          ForwardOp<T>);                                                           \
+  REGISTER_KERNEL_BUILDER(Name("SimclrAlpha").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"),       \
+                          AlphaOp<T>);                                                             \
+  REGISTER_KERNEL_BUILDER(Name("SimclrBackward").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"),    \
+                          BackwardOp<T>);                                                          \
+  REGISTER_KERNEL_BUILDER(Name("SimclrRecord").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"),      \
+                          RecordOp<T>);                                                            \
+  REGISTER_KERNEL_BUILDER(                                                                         \
+      Name("SimclrAgreeNormalize").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"),                  \
+      AgreeNormalizeOp<T>);                                                                        \
+  REGISTER_KERNEL_BUILDER(Name("SimclrAlphaRecord").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"), \
+                          AlphaRecordOp<T>);                                                       \
+  REGISTER_KERNEL_BUILDER(                                                                         \
+      Name("SimclrAgreeBackward").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"),                   \
+      AgreeBackwardOp<T>);
 
 SIMCLR_REGISTER_KERNELS(float)
 SIMCLR_REGISTER_KERNELS(double)

@@ -171,3 +171,101 @@ def test_replicated_parameters_get_the_summed_gradient_without_psum():
     grad = jax.jit(jax.shard_map(per_device, mesh=_mesh(k), in_specs=(P(), P("d"), P("d")),
                                  out_specs=P()))(weights, xa, xb)
     np.testing.assert_allclose(grad, want, rtol=1e-11, atol=1e-14)
+
+
+# ---- an input error on one device: every device raises it, none waits in an all-gather ----
+
+# Run in a child process: before the agreement step, a NaN on one device made the other devices wait
+# in the rows' all-gather until XLA aborted the process (SIGABRT) after its rendezvous timeout.
+_ONE_DEVICE_ERROR = r"""
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+import numpy as np
+import jax
+jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
+import simclr.jax as sj
+
+case, how = sys.argv[1], sys.argv[2]
+k, n = 4, 3
+rng = np.random.default_rng(0)
+za, zb = rng.normal(size=(2, k * n, 5))
+w = np.ones(k * n)
+scale = np.ones(k * n)  # the loss times scale[0] of each device: its upstream gradient
+if case == "upstream":
+    scale[2 * n] = np.nan  # device 2's
+else:
+    bad = {"za": za, "zb": zb, "weight": w}[case]
+    bad[2 * n + 1, ...] = np.nan  # device 2's second row
+
+def loss(a, b, w, axis):
+    return jnp.sum(sj.simclr_loss(a, b, temperature=0.2, reduction="sum", sample_weight=w,
+                                  axis_name=axis))
+
+if how == "shard_map":
+    def per_device(a, b, w, c):
+        value, grad = jax.value_and_grad(lambda a: c[0] * loss(a, b, w, "d"))(a)
+        return value[None], grad
+    mesh = Mesh(np.array(jax.devices("cpu")[:k]), ("d",))
+    f = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P("d"),) * 4,
+                              out_specs=(P("d"), P("d"))))
+    out = f(za, zb, w, scale)
+else:  # pmap, forward only
+    out = jax.pmap(lambda a, b, w: loss(a, b, w, "i"), axis_name="i")(
+        za.reshape(k, n, 5), zb.reshape(k, n, 5), w.reshape(k, n))
+    out = (out,)
+for s in sorted(out[0].addressable_shards, key=lambda s: s.device.id):
+    try:
+        np.asarray(s.data)
+        print("device", s.device.id, "no error")
+    except jax.errors.JaxRuntimeError as e:
+        print("device", s.device.id, "JaxRuntimeError", str(e).splitlines()[0])
+"""
+
+
+@pytest.mark.parametrize("case,how,message", [
+    ("za", "shard_map", "forward: za has NaN at row 1, column 0 (rank 2)"),
+    ("zb", "shard_map", "forward: zb has NaN at row 1, column 0 (rank 2)"),
+    ("weight", "shard_map", "forward: sample_weight has NaN at index 1 (rank 2)"),
+    ("upstream", "shard_map", "backward: upstream gradient has NaN at index 0 (rank 2)"),
+    ("za", "pmap", "forward: za has NaN at row 1, column 0 (rank 2)"),
+])
+def test_input_error_on_one_device_fails_on_every_device(case, how, message):
+    import subprocess
+    import sys
+    import time
+
+    start = time.monotonic()
+    try:
+        run = subprocess.run([sys.executable, "-c", _ONE_DEVICE_ERROR, case, how],
+                             capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a NaN in {} on device 2 ({}) did not fail within 60 s".format(case, how))
+    seconds = time.monotonic() - start
+    assert run.returncode == 0, "the process ended with {} (a stalled all-gather aborts)\n{}".format(
+        run.returncode, run.stderr[-3000:])
+    lines = [l for l in run.stdout.splitlines() if l.startswith("device ")]
+    assert len(lines) == 4, run.stdout + run.stderr[-3000:]
+    for device, line in enumerate(lines):
+        assert line.startswith("device {} JaxRuntimeError".format(device)), line
+        # The library's message, with the rank that has the NaN, on every device.
+        assert line.endswith("simclr.jax " + message), line
+    assert seconds < 60
+
+
+def test_sample_weight_shape_is_the_library_rule_at_trace_time():
+    # Shapes are static and the same on every device, so a bad one fails before anything runs, with
+    # the library's message (that of the numpy front end).
+    za, zb, _ = _data(16, 4, seed=4)
+    w = np.ones(12)  # [3] per device for 4 pairs per device
+    with pytest.raises(ValueError) as numpy_error:
+        simclr.SimCLRLoss(reduction="sum")(za[:4], zb[:4], sample_weight=w[:3])
+
+    def per_device(a, b, w):
+        return sj.simclr_loss(a, b, reduction="sum", sample_weight=w, axis_name="d")[None]
+
+    f = jax.shard_map(per_device, mesh=_mesh(4), in_specs=(P("d"),) * 3, out_specs=P("d"))
+    with pytest.raises(ValueError) as jax_error:
+        jax.jit(f).trace(za, zb, w)
+    assert str(jax_error.value) == str(numpy_error.value) == "Incompatible shapes: [4] vs. [3]"

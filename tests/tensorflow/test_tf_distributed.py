@@ -169,3 +169,92 @@ def test_sum_and_weights_in_replica_context(golden_distributed):
     assert abs(sum(got[0]) - float(np.sum(w * golden))) <= 1e-12 * float(np.sum(w * golden))
     for g, h in zip(tf.nest.flatten(got), tf.nest.flatten(want)):
         np.testing.assert_allclose(g, h, rtol=1e-13, atol=1e-13)
+
+
+# ---- an input error on one replica: every replica raises it, and the strategy still works ----
+
+# Run in a child process: before the agreement step, a NaN on one replica failed its op while the
+# others waited in the rows' all_gather, whose abort left the strategy's collectives cancelled for
+# every later step of the process ("Function was cancelled before it was started").
+_ONE_REPLICA_ERROR = r"""
+import sys
+import numpy as np
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 4)
+import simclr.tensorflow as st
+
+case, mode = sys.argv[1], sys.argv[2]
+strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
+k, n = 4, 3
+rng = np.random.default_rng(0)
+za, zb = rng.normal(size=(2, k * n, 5))
+scale = np.ones(k)  # each replica's loss times its scale: its upstream gradient
+
+
+def split(x, rows):
+    return strategy.experimental_distribute_values_from_function(
+        lambda ctx: tf.constant(x[ctx.replica_id_in_sync_group * rows:
+                                  (ctx.replica_id_in_sync_group + 1) * rows]))
+
+
+def step(a, b, c):
+    with tf.GradientTape() as tape:
+        tape.watch([a, b])
+        loss = c[0] * tf.reduce_sum(st.simclr_loss(a, b, temperature=0.2))
+    return loss, tape.gradient(loss, [a, b])
+
+
+def run(za, zb, scale):
+    args = (split(za, n), split(zb, n), split(scale, 1))
+    if mode == "function":
+        return tf.function(lambda *a: strategy.run(step, args=a))(*args)
+    return strategy.run(step, args=args)
+
+
+bad_a, bad_b, bad_scale = za.copy(), zb.copy(), scale.copy()
+if case == "upstream":
+    bad_scale[2] = np.nan
+else:
+    {"za": bad_a, "zb": bad_b}[case][2 * n + 1] = np.nan  # replica 2's second row
+try:
+    run(bad_a, bad_b, bad_scale)
+    print("no error")
+except tf.errors.OpError as e:
+    print("raised", type(e).__name__)
+    for line in str(e).splitlines():
+        if "simclr" in line:
+            print("message", line.split("}} ", 1)[-1].split(" [Op:")[0])
+# The next step on the same strategy.
+loss = run(za, zb, scale)[0]
+print("next step", sum(float(x) for x in strategy.experimental_local_results(loss)))
+"""
+
+
+@pytest.mark.parametrize("case,mode,message", [
+    ("za", "function", "simclr SimclrAgreeNormalize: za has NaN at row 1, column 0 (rank 2)"),
+    ("zb", "eager", "simclr SimclrAgreeNormalize: zb has NaN at row 1, column 0 (rank 2)"),
+    ("upstream", "function",
+     "simclr SimclrAgreeBackward: upstream gradient has NaN at index 0 (rank 2)"),
+])
+def test_input_error_on_one_replica_fails_on_every_replica(case, mode, message):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    try:
+        run = subprocess.run([sys.executable, "-c", _ONE_REPLICA_ERROR, case, mode],
+                             capture_output=True, text=True, timeout=120, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a NaN in {} on replica 2 ({}) did not fail within 120 s".format(case, mode))
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.splitlines()
+    assert "raised InvalidArgumentError" in lines, run.stdout
+    # Every replica's error (a tf.function reports each replica's) is the agreement's, naming the
+    # replica with the NaN.
+    messages = [l[len("message "):] for l in lines if l.startswith("message ")]
+    assert messages and all(m == message for m in messages), run.stdout
+    # The strategy's collectives were not aborted: the next step runs.
+    assert any(l.startswith("next step ") for l in lines), run.stdout + run.stderr[-3000:]
