@@ -374,6 +374,13 @@ void* simclr_device_status(simclr_forward_t saved);
  * SIMCLR_GLOBAL_BATCH_INFER, else by the count; with more than one rank (u_global has more rows than
  * 2n) it needs a global batch size, as the collective calls do. */
 
+/* The checks of a call's inputs that need only their shapes, for front ends that know the shapes
+ * before the data (JAX and TensorFlow at trace time): za and zb 2-D and alike, and the sample_weight
+ * rules of simclr_weight (weight_ndim -1: no weight; any rank is taken, so a rank-3 weight gets the
+ * library's own refusal). SIMCLR_VALUE_ERROR with the same message a call would give. */
+simclr_status simclr_check_shapes(const int64_t* za_shape, int32_t za_ndim, const int64_t* zb_shape,
+                                  int32_t zb_ndim, const int64_t* weight_shape, int32_t weight_ndim);
+
 /* The agreement of a distributed step: before the first gather of a step a rank may stall in (XLA's
  * all-gather has no error path), every rank writes its record with simclr_step_record, the
  * framework all-gathers the records ([ranks, SIMCLR_RECORD_BYTES] bytes, rank order), and

@@ -325,27 +325,22 @@ def simclr_loss(za, zb, *, temperature=0.05, reduction="auto", sample_weight=Non
             "all devices) so that reduction '{}' can divide by it".format(axis_name, reduction))
     za = jnp.asarray(za)
     zb = jnp.asarray(zb)
-    if za.ndim != 2 or zb.ndim != 2:
-        raise ValueError("za and zb must be [n, d] matrices, got shapes {} and {}".format(
-            za.shape, zb.shape))
-    if za.shape != zb.shape:
-        raise ValueError("za and zb must have the same shape: {} vs. {}".format(za.shape, zb.shape))
+    _register()
+    weight = None if sample_weight is None else jnp.asarray(sample_weight)
+    # The library's shape rules (2-D views alike, Keras's sample_weight shapes), raised now, as
+    # shapes are static; the values are checked when the call runs.
+    _jax_ffi.check_shapes(list(za.shape), list(zb.shape),
+                          None if weight is None else list(weight.shape))
     if za.dtype != zb.dtype:
         raise TypeError("za is {} but zb is {}; both views take the same dtype".format(
             za.dtype, zb.dtype))
     out_dtype = za.dtype
     t = _compute_dtype(za.dtype, "za")
-    n = za.shape[0]
-    _register()
-    if sample_weight is None:
+    if weight is None:
         weight = jnp.ones((), t)
     else:
-        weight = jnp.asarray(sample_weight)
         if not jnp.issubdtype(weight.dtype, jnp.number):
             raise TypeError("sample_weight must be numeric, got " + str(weight.dtype))
-        # The library's Keras shape rules, raised now (shapes are static); its values are checked
-        # when the call runs.
-        _jax_ffi.check_sample_weight(list(weight.shape), n)
         weight = weight.astype(t)
     s = _Static(temperature, reduction, global_batch, axis_name, gradient_reduction == "mean",
                 sample_weight is not None, int(threads))

@@ -6,10 +6,12 @@
 // Built only when jax's FFI headers are found at configure time (python/CMakeLists.txt).
 
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/vector.h>
 
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -289,24 +291,14 @@ ffi::Error agree_backward_impl(ffi::AnyBuffer records, ffi::AnyBuffer u_global,
                        temperature, reduction, threads);
 }
 
-// The Keras sample_weight rules of the library (the shape against the pairs, as the forward applies
-// them), for a weight of `shape` holding ones: what simclr.jax raises at trace time, where shapes
-// are static. simclr_step_alpha is the step that broadcasts the weight over the pairs; O(pairs).
-void check_sample_weight(const std::vector<std::int64_t>& shape, std::int64_t pairs) {
-  std::int64_t count = 1;
-  for (const std::int64_t s : shape) count *= s;
-  const std::vector<double> ones(static_cast<std::size_t>(count < 0 ? 0 : count), 1.0);
-  simclr_weight w{};
-  w.values = ones.data();
-  w.ndim = static_cast<std::int32_t>(shape.size());
-  for (std::size_t k = 0; k < shape.size() && k < 2; ++k) w.shape[k] = shape[k];
-  LossHandle loss(1.0, SIMCLR_REDUCTION_SUM);
-  std::vector<double> alpha(static_cast<std::size_t>(2 * pairs));
-  const double upstream = 1.0;
-  simclr_status status = loss.ok() ? SIMCLR_OK : SIMCLR_INTERNAL_ERROR;
-  if (status == SIMCLR_OK)
-    status = simclr_step_alpha(loss.get(), SIMCLR_FLOAT64, pairs, pairs, &w, nullptr, &upstream, 1,
-                               alpha.data());
+// The library's checks of a call's shapes (2-D views alike, the sample_weight rules): what simclr.jax
+// raises at trace time, where shapes are static, in the library's words.
+void check_shapes(const std::vector<std::int64_t>& za, const std::vector<std::int64_t>& zb,
+                  const std::optional<std::vector<std::int64_t>>& weight) {
+  const simclr_status status = simclr_check_shapes(
+      za.data(), static_cast<std::int32_t>(za.size()), zb.data(),
+      static_cast<std::int32_t>(zb.size()), weight ? weight->data() : nullptr,
+      weight ? static_cast<std::int32_t>(weight->size()) : -1);
   if (status == SIMCLR_VALUE_ERROR) throw nb::value_error(simclr_last_error());
   if (status == SIMCLR_TYPE_ERROR) throw nb::type_error(simclr_last_error());
   if (status != SIMCLR_OK) throw std::runtime_error(simclr_last_error());
@@ -425,12 +417,7 @@ NB_MODULE(_jax_ffi, m) {
     return d;
   });
   m.attr("RECORD_BYTES") = SIMCLR_RECORD_BYTES;
-  m.def(
-      "check_sample_weight",
-      [](const std::vector<std::int64_t>& shape, std::int64_t pairs) {
-        check_sample_weight(shape, pairs);
-      },
-      "shape"_a, "pairs"_a,
-      "Raises the library's ValueError when a sample_weight of `shape` does not fit `pairs` "
-      "examples (the Keras rules the forward applies), before anything runs.");
+  m.def("check_shapes", &check_shapes, "za"_a, "zb"_a, "weight"_a = nb::none(),
+        "Raises the library's ValueError when the shapes of za, zb and the sample_weight (None: "
+        "no weight) do not make a call (simclr_check_shapes), before anything runs.");
 }

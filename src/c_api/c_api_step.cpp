@@ -318,6 +318,27 @@ simclr_status simclr_step_backward(simclr_loss_t loss, const simclr_matrix* u_gl
   });
 }
 
+simclr_status simclr_check_shapes(const int64_t* za_shape, int32_t za_ndim, const int64_t* zb_shape,
+                                  int32_t zb_ndim, const int64_t* weight_shape,
+                                  int32_t weight_ndim) {
+  return c_api_guard([&] {
+    namespace d = simclr::detail;
+    const char* where = "simclr_check_shapes";
+    SIMCLR_ENFORCE(za_ndim >= 0 && zb_ndim >= 0 && weight_ndim >= -1, ValueError, where,
+                   ": a negative ndim");
+    SIMCLR_ENFORCE((za_shape != nullptr || za_ndim == 0) && (zb_shape != nullptr || zb_ndim == 0) &&
+                       (weight_shape != nullptr || weight_ndim <= 0),
+                   ValueError, where, ": a shape is NULL");
+    const std::vector<std::int64_t> a(za_shape, za_shape + za_ndim), b(zb_shape, zb_shape + zb_ndim);
+    if (weight_ndim < 0) {
+      d::check_input_shapes(a, b, nullptr);
+      return;
+    }
+    const std::vector<std::int64_t> w(weight_shape, weight_shape + weight_ndim);
+    d::check_input_shapes(a, b, &w);
+  });
+}
+
 simclr_status simclr_step_record(simclr_loss_t loss, const simclr_matrix* za, const simclr_matrix* zb,
                                  const simclr_weight* weight, const simclr_call_options* options,
                                  void* record) {

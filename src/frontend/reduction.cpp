@@ -49,6 +49,32 @@ void check_same_shape(std::int64_t rows_a, std::int64_t cols_a, std::int64_t row
                  ", ", cols_b, "]");
 }
 
+namespace {
+
+std::string shape_string(const std::vector<std::int64_t>& shape) {
+  std::string out = "[";
+  for (std::size_t k = 0; k < shape.size(); ++k) out += (k ? ", " : "") + std::to_string(shape[k]);
+  return out + "]";
+}
+
+}  // namespace
+
+void check_input_shapes(const std::vector<std::int64_t>& za, const std::vector<std::int64_t>& zb,
+                        const std::vector<std::int64_t>* weight) {
+  for (auto [shape, view] : {std::pair{&za, "za"}, std::pair{&zb, "zb"}}) {
+    SIMCLR_ENFORCE(shape->size() == 2, ValueError, view, " must be a 2-D [n, d] matrix, got shape ",
+                   shape_string(*shape));
+    SIMCLR_ENFORCE((*shape)[0] >= 0 && (*shape)[1] >= 0, ValueError, view,
+                   " has a negative dimension: ", shape_string(*shape));
+  }
+  check_same_shape(za[0], za[1], zb[0], zb[1]);
+  if (weight == nullptr) return;
+  check_weight_rank(weight->size(), za[0]);
+  std::int64_t count = 1;
+  for (const std::int64_t s : *weight) count *= s < 0 ? 0 : s;
+  check_weight_shape(*weight, count, za[0]);
+}
+
 void check_weight_rank(std::size_t rank, std::int64_t n) {
   SIMCLR_ENFORCE(rank <= 2, ValueError, "sample_weight of rank ", rank,
                  " is not supported for a [", n,

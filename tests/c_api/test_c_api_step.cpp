@@ -178,7 +178,24 @@ void check_agreement() {
 
 }  // namespace
 
+// The shape-only checks bindings make at trace time: the same messages a call gives.
+void check_shapes() {
+  const int64_t a[2] = {3, 2}, b[2] = {2, 2}, v[1] = {3}, w2[2] = {3, 2}, w3[3] = {3, 1, 1};
+  CHECK_OK(simclr_check_shapes(a, 2, a, 2, nullptr, -1));
+  CHECK_OK(simclr_check_shapes(a, 2, a, 2, v, 1));
+  CHECK(simclr_check_shapes(a, 2, b, 2, nullptr, -1) == SIMCLR_VALUE_ERROR);
+  CHECK(std::string(simclr_last_error()) == "za and zb must have the same shape: [3, 2] vs. [2, 2]");
+  CHECK(simclr_check_shapes(a, 1, a, 2, nullptr, -1) == SIMCLR_VALUE_ERROR);
+  CHECK(std::string(simclr_last_error()) == "za must be a 2-D [n, d] matrix, got shape [3]");
+  CHECK(simclr_check_shapes(a, 2, a, 2, w2, 2) == SIMCLR_VALUE_ERROR);
+  CHECK(std::string(simclr_last_error()).find("Can not squeeze dim[1]") != std::string::npos);
+  CHECK(simclr_check_shapes(a, 2, a, 2, w3, 3) == SIMCLR_VALUE_ERROR);
+  CHECK(std::string(simclr_last_error()).find("sample_weight of rank 3 is not supported") !=
+        std::string::npos);
+}
+
 int main() {
+  check_shapes();
   check_agreement();
   for (simclr_reduction r : {SIMCLR_REDUCTION_AUTO, SIMCLR_REDUCTION_SUM, SIMCLR_REDUCTION_NONE})
     for (int ranks : {1, 2, 3}) check_against_whole_batch(r, ranks, 5, 7);

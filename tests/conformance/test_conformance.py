@@ -113,7 +113,10 @@ def run_cli(case):
         if case.weight is not None:
             np.save(tmp / "w.npy", case.weight)
             cmd += ["--sample-weight", str(tmp / "w.npy")]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+        # A local call: not one of an MPI job this process may belong to (an mpi4py import in the
+        # same pytest process leaves the launcher's variables in the environment).
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_"))}
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False, env=env)
         if r.returncode != 0:
             raise CliError(r.returncode, r.stderr.strip().removeprefix("error: "))
         return np.load(tmp / "l.npy"), np.load(tmp / "ga.npy"), np.load(tmp / "gb.npy")

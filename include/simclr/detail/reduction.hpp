@@ -53,6 +53,12 @@ ReducedLoss<T> reduce_examples(const T* row_lse, const T* row_positive, std::int
 // (at most 2; Keras would broadcast a higher rank to an outer product).
 void check_weight_rank(std::size_t rank, std::int64_t n);
 
+// The checks of a call's inputs that need only their shapes (2-D views, za against zb, the
+// sample_weight rules; `weight` may be null): what bindings raise before the data exists (trace
+// time), in the library's words. ValueError.
+void check_input_shapes(const std::vector<std::int64_t>& za, const std::vector<std::int64_t>& zb,
+                        const std::vector<std::int64_t>* weight);
+
 // The sample_weight shape rules alone (rank, squeeze, broadcast), for callers whose values live
 // elsewhere (device memory): ValueError as broadcast_weight. `size` is the number of values.
 void check_weight_shape(const std::vector<std::int64_t>& shape, std::int64_t size, std::int64_t n);
