@@ -43,5 +43,11 @@ if [ -z "$py_passed" ] || [ "$py_passed" -eq 0 ] || [ -z "$tf_passed" ] || [ "$t
   echo "the Python or TensorFlow tests reported no passed tests" >&2
   exit 1
 fi
+# The conformance table's share of those counts, per runner (tests/conformance/README.md).
+c_api=$(grep -cE 'Test +#[0-9]+: [a-z_.]*conformance[a-z_.0-9]* .*Passed' "$log" || true)
+conf_line() { grep -h "^conformance ($1" "$2" | tail -n 1 | sed -n 's/.*: \([0-9]*\) passed.*/\1/p'; }
+echo "conformance: C API ${c_api:-0} runs passed (ctest: 1, 2 and 3 ranks), python front ends" \
+  "$(conf_line 'python front ends' "$pylog") passed, tensorflow / keras 2" \
+  "$(conf_line 'tensorflow' "$tflog") passed, mpi4py at 1-4 ranks within the mpi pytest count"
 echo "tests: $(( ${total:-0} - skipped + py_passed + tf_passed )) passed, 0 failed," \
   "$(( skipped + ${py_skipped:-0} + ${tf_skipped:-0} )) skipped"
