@@ -257,10 +257,37 @@ int bench_typed(Runtime& rt, const ParsedArgs& args, const std::string& dtype) {
 
 }  // namespace
 
-FlagSpec bench_flags() {
-  return {{"batch", "dim", "dtype", "threads", "warmup", "repeat", "memory-budget", "tile-rows",
-           "tile-cols", "seed", "device", "schedule"},
-          {"sweep", "no-gemm", "no-symmetry"}};
+CommandSpec bench_spec() {
+  const std::string budget = std::to_string(EngineOptions{}.memory_budget_bytes);
+  return {
+      "timed forward+backward steps of seeded random embeddings (one JSON line)",
+      "bench --batch 4096 --dim 128 --threads 2",
+      {
+          {"batch", "G", "the global batch; with --sweep a list G1,G2,...",
+           "required (with --sweep: 1024,2048,4096,8192,16384)", "--batch 4096"},
+          {"dim", "d", "the embedding dimension", "128", "--dim 256"},
+          {"dtype", "float32|float64", "the embeddings' dtype", "float32", "--dtype float64"},
+          {"threads", "t", "OpenMP threads, 0 for all the process may use", "0", "--threads 2"},
+          {"warmup", "w", "untimed steps first", "1", "--warmup 2"},
+          {"repeat", "r", "timed steps", "3", "--repeat 10"},
+          {"memory-budget", "BYTES", "bytes the engine may keep a block of logits in", budget,
+           "--memory-budget 0"},
+          {"tile-rows", "N", "EngineOptions::tile_rows, 0 for the engine's choice", "0",
+           "--tile-rows 256"},
+          {"tile-cols", "N", "EngineOptions::tile_cols, 0 for the engine's choice", "0",
+           "--tile-cols 512"},
+          {"seed", "s", "the seed of the embeddings", "1", "--seed 7"},
+          {"device", "cpu", "only cpu here; the GPU path has simclr-gpu-bench", "cpu",
+           "--device cpu"},
+          {"schedule", "auto|own_rows|balanced",
+           "under mpirun: which rank computes which blocks of logits", "auto",
+           "--schedule balanced"},
+          {"sweep", "", "a Markdown table over the batches of --batch", "off", "--sweep"},
+          {"no-gemm", "", "skips the reference GEMM (no gemm_gflops, fraction_of_gemm)", "off",
+           "--no-gemm"},
+          {"no-symmetry", "", "EngineOptions::symmetric = false", "off", "--no-symmetry"},
+      },
+  };
 }
 
 int run_bench(Runtime& rt, const ParsedArgs& args) {
