@@ -97,7 +97,7 @@ std::unique_ptr<CLI::App> make_app(const std::string& program, const CommandSpec
   app->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   // Unknown commands and flags are left over, and parse_args names them in its own words.
   app->allow_extras();
-  app->require_subcommand(0, 1);
+  app->require_subcommand(1);  // exactly one
   app->footer("Run '" + program +
               " SUBCOMMAND --help' for the flags of a subcommand, their defaults and examples.\n"
               "Exit status: 0 success, 2 bad input (one line `error: ...` on stderr),\n"
@@ -139,20 +139,17 @@ ParsedArgs parse_args(const std::vector<std::string>& args, const CommandSpecs& 
         last.compare(0, 2, "--") != 0 || find_flag(specs, args[1], last.substr(2)) == nullptr,
         ValueError, last, " needs a value");
     throw ValueError(e.what());
+  } catch (const CLI::RequiredError&) {
+    // The one requirement: a subcommand, which is not among the arguments.
+    throw ValueError("unknown command '" + args[1] + "'; expected one of: " + known);
   } catch (const CLI::Error& e) {
     throw ValueError(e.what());
   }
-  const auto selected = app->get_subcommands();
-  if (selected.empty()) {
-    const auto extra = app->remaining();
-    SIMCLR_ENFORCE(!extra.empty(), ValueError, "missing command; expected one of: ", known, " ('",
-                   program, " --help' lists them)");
-    throw ValueError("unknown command '" + extra.front() + "'; expected one of: " + known);
-  }
-  // The command comes first: `prog --za a compute` is not `prog compute --za a`.
-  SIMCLR_ENFORCE(args[1] == selected.front()->get_name(), ValueError, "unknown command '", args[1],
+  const CLI::App& sub = *app->get_subcommands().front();
+  // The subcommand comes first: `prog --za a compute` is not `prog compute --za a`.
+  SIMCLR_ENFORCE(args[1] == sub.get_name(), ValueError, "unknown command '", args[1],
                  "'; expected one of: ", known);
-  return collect(*app, *selected.front(), specs.at(args[1]));
+  return collect(*app, sub, specs.at(args[1]));
 }
 
 double parse_double(const std::string& text, const std::string& flag) {
