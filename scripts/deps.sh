@@ -3,7 +3,7 @@
 # Usage: scripts/deps.sh [extra-package ...]
 set -euo pipefail
 pkgs=(cmake make g++ pkg-config libeigen3-dev nlohmann-json3-dev libgtest-dev libgmock-dev
-      libopenmpi-dev openmpi-bin libbenchmark-dev "$@")
+      libopenmpi-dev openmpi-bin libbenchmark-dev libcli11-dev "$@")
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

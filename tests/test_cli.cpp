@@ -7,12 +7,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <typeinfo>
 
+#include "commands.hpp"
 #include "npy.hpp"
 #include "runtime.hpp"
 #include "simclr/loss.hpp"
@@ -173,7 +175,8 @@ TEST_F(Cli, GlobalBatchSize) {
 TEST_F(Cli, UsageErrorsExit2WithOneLine) {
   const std::string ab = " --za " + p("a.npy") + " --zb " + p("b.npy");
   const std::string outs = " --loss-out " + p("loss_out.npy") + " --grad-a-out " + p("ga.npy");
-  expect_usage_error("", "missing command");
+  expect_usage_error("", "missing command; expected one of: bench, compute, config");
+  expect_usage_error("", "'simclr-loss --help' lists them");
   expect_usage_error("frobnicate", "unknown command 'frobnicate'");
   expect_usage_error("compute --za " + p("a.npy"), "compute needs --za");
   expect_usage_error("compute" + ab + " --bogus 1", "unknown flag --bogus");
@@ -183,12 +186,92 @@ TEST_F(Cli, UsageErrorsExit2WithOneLine) {
                      "temperature must be a finite number > 0");
   expect_usage_error("compute" + ab + " --reduction mean" + outs, "Invalid Reduction Key: mean.");
   expect_usage_error("compute" + ab + " --temperature 1 --temperature 2", "given twice");
+  expect_usage_error("compute" + ab + " --temperature=1 --temperature 2",
+                     "--temperature given twice");
+  expect_usage_error("bench --batch 8 --sweep=1", "--sweep takes no value");
+  expect_usage_error("compute" + ab + " za", "unexpected argument 'za' (flags start with --)");
+  expect_usage_error("--temperature 1 compute" + ab, "unknown command '--temperature'");
+  expect_usage_error("config --split 1", "unknown flag --split for 'config'");
   write_file("cfg.json", R"({"margin": 0.1})");
   expect_usage_error("compute" + ab + " --config " + p("cfg.json") + outs,
                      "unexpected keyword argument 'margin'");
   expect_usage_error("compute" + ab + " --config " + p("cfg.json") + " --temperature 1",
                      "cannot be combined with --config");
   expect_usage_error("compute" + ab + " --global-batch-size -3" + outs, "must be >= 0");
+}
+
+// The lines of `text`.
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> out;
+  std::size_t start = 0;
+  while (start < text.size()) {
+    const auto end = text.find('\n', start);
+    out.push_back(text.substr(start, end == std::string::npos ? std::string::npos : end - start));
+    if (end == std::string::npos) break;
+    start = end + 1;
+  }
+  return out;
+}
+
+// `--help` / `-h` of one subcommand: exit 0, the help on stdout and nothing on stderr, naming every
+// flag the parser has for it with its description: what it does, its default (or "required") and
+// an example of the flag. A flag added to the parser without all three fails here.
+void expect_help_names_every_flag(const CLI::App& sub, const std::string& help_flag) {
+  SCOPED_TRACE(sub.get_name() + " " + help_flag);
+  const Result r = run(sub.get_name() + " " + help_flag);
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_TRUE(r.err.empty()) << r.err;
+  EXPECT_NE(r.out.find("Usage: simclr-loss " + sub.get_name() + " [OPTIONS]"), std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("Example:\n  simclr-loss " + sub.get_name() + " "), std::string::npos)
+      << r.out;
+  int flags = 0;
+  for (const CLI::Option* opt : sub.get_options()) {
+    if (opt == sub.get_help_ptr()) continue;
+    ++flags;
+    const std::string name = opt->get_name();  // "--za"
+    EXPECT_NE(r.out.find("\n  " + name + " "), std::string::npos) << name << "\n" << r.out;
+    const auto what = lines_of(opt->get_description());
+    ASSERT_EQ(what.size(), 2u) << name << ": " << opt->get_description();
+    EXPECT_FALSE(what[0].empty()) << name;
+    EXPECT_TRUE(what[1].rfind("default: ", 0) == 0 || what[1].rfind("required", 0) == 0)
+        << name << ": " << what[1];
+    EXPECT_EQ(what[1].find("default: ;"), std::string::npos) << name << ": " << what[1];
+    EXPECT_NE(what[1].find("; e.g. " + name), std::string::npos) << name << ": " << what[1];
+    for (const std::string& line : what) {
+      EXPECT_NE(r.out.find(line), std::string::npos) << name << ": " << line << "\n" << r.out;
+    }
+  }
+  EXPECT_EQ(static_cast<std::size_t>(flags),
+            tools::command_specs().at(sub.get_name()).flags.size());
+}
+
+TEST_F(Cli, HelpOfEachSubcommandNamesEveryFlagWithItsDefaultAndAnExample) {
+  const auto app = tools::make_app("simclr-loss", tools::command_specs());
+  const auto subs = app->get_subcommands([](CLI::App*) { return true; });
+  ASSERT_EQ(subs.size(), 3u);  // compute, config, bench
+  for (const std::string help_flag : {"--help", "-h"}) {
+    for (const CLI::App* sub : subs) expect_help_names_every_flag(*sub, help_flag);
+  }
+}
+
+TEST_F(Cli, HelpOfTheCommandNamesEverySubcommand) {
+  const auto app = tools::make_app("simclr-loss", tools::command_specs());
+  for (const std::string help_flag : {"--help", "-h"}) {
+    SCOPED_TRACE(help_flag);
+    const Result r = run(help_flag);
+    EXPECT_EQ(r.status, 0) << r.err;
+    EXPECT_TRUE(r.err.empty()) << r.err;
+    EXPECT_NE(r.out.find("Usage: simclr-loss"), std::string::npos) << r.out;
+    for (const CLI::App* sub : app->get_subcommands([](CLI::App*) { return true; })) {
+      EXPECT_NE(r.out.find("\n  " + sub->get_name() + " "), std::string::npos) << r.out;
+      EXPECT_NE(r.out.find(sub->get_description()), std::string::npos) << r.out;
+    }
+  }
+  // Help wins over everything else on the line, as it does in CLI11; nothing is computed.
+  const Result h = run("compute --za " + p("a.npy") + " --bogus --help");
+  EXPECT_EQ(h.status, 0) << h.err;
+  EXPECT_NE(h.out.find("Usage: simclr-loss compute"), std::string::npos) << h.out;
 }
 
 TEST_F(Cli, FileErrorsExit2WithNoOutput) {
@@ -433,6 +516,29 @@ TEST_F(Cli, MpirunDistributionRuleAndErrors) {
   // The library's agreement step names the rank that failed; bad input keeps exit status 2.
   EXPECT_NE(bad_split.err.find("rows (rank 0)"), std::string::npos) << bad_split.err;
   EXPECT_EQ(bad_split.status, 2);
+}
+
+// Every rank parses the same argv: --help is printed once (rank 0) and every rank exits 0; a usage
+// error is one line from rank 0 and every rank exits 2.
+TEST_F(Cli, MpirunHelpOnceAndUsageErrorsOnce) {
+  if (mpirun(2).empty()) GTEST_SKIP() << "built without MPI";
+  const Result help = run("bench --help", mpirun(2));
+  EXPECT_EQ(help.status, 0) << help.err;
+  const std::string usage = "Usage: simclr-loss bench";
+  const auto first = help.out.find(usage);
+  ASSERT_NE(first, std::string::npos) << help.out;
+  EXPECT_EQ(help.out.find(usage, first + 1), std::string::npos) << help.out;
+  // mpirun adds its own lines after a non-zero exit; the command's is the first, and the only one.
+  for (const auto& [args, line] : std::vector<std::pair<std::string, std::string>>{
+           {"", "error: missing command; expected one of: bench, compute, config"},
+           {"config --temperature abc",
+            "error: --temperature expects a number, got 'abc' (rank 0)"}}) {
+    SCOPED_TRACE(args);
+    const Result r = run(args, mpirun(2));
+    EXPECT_EQ(r.status, 2) << r.err;
+    EXPECT_EQ(r.err.rfind(line, 0), 0u) << r.err;
+    EXPECT_EQ(r.err.find("error: ", 1), std::string::npos) << r.err;
+  }
 }
 
 // The message of the exception of exactly type E that rt.agreed(step) raises, or a marker.

@@ -123,6 +123,33 @@ TEST(CpuDispatch, EveryLevelAgreesWithBaselineDouble) { check_levels<double>(1e-
 
 TEST(CpuDispatch, EveryLevelAgreesWithBaselineFloat) { check_levels<float>(2e-5); }
 
+// The reference GEMM of `simclr-loss bench` runs at the same level as the tile loops; at every
+// level it is the product, on one thread and on two (n not a multiple of any vector width).
+template <class T>
+void check_reference_gemm(double tol) {
+  const detail::CpuLevel before = detail::cpu_level();
+  const int n = 67;
+  const RowMatrix<T> a = seeded<T>(5, 0, n, n), b = seeded<T>(5, 1, n, n);
+  const RowMatrix<T> want =
+      (a.template cast<double>() * b.template cast<double>()).template cast<T>();
+  for (detail::CpuLevel level : detail::supported_cpu_levels()) {
+    detail::set_cpu_level(level);
+    for (int threads : {0, 1, 2}) {
+      SCOPED_TRACE(::testing::Message()
+                   << "level=" << detail::to_string(level) << " threads=" << threads);
+      RowMatrix<T> c = RowMatrix<T>::Constant(n, n, T(7));
+      detail::reference_gemm(a.data(), b.data(), c.data(), n, threads);
+      EXPECT_LE(double((c - want).norm()), tol * double(want.norm()));
+    }
+  }
+  detail::set_cpu_level(before);
+}
+
+TEST(CpuDispatch, ReferenceGemmIsTheProductAtEveryLevel) {
+  check_reference_gemm<double>(1e-13);
+  check_reference_gemm<float>(1e-6);
+}
+
 TEST(CpuDispatch, LevelsAreOrderedAndNamed) {
   const auto levels = detail::supported_cpu_levels();
   for (std::size_t i = 1; i < levels.size(); ++i) EXPECT_LT(levels[i - 1], levels[i]);

@@ -6,7 +6,8 @@
 
 namespace simclr::tools {
 
-FlagSpec bench_flags();
+// The flags of `simclr-loss bench` and what --help says of them.
+CommandSpec bench_spec();
 int run_bench(Runtime& rt, const ParsedArgs& args);
 
 }  // namespace simclr::tools

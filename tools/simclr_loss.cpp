@@ -2,6 +2,7 @@
 //   simclr-loss compute --za A.npy --zb B.npy [...]   loss and gradients of .npy embeddings
 //   simclr-loss config [...]                           the get_config() JSON
 //   simclr-loss bench --batch G --dim d [...]          timed forward+backward steps
+//   simclr-loss [COMMAND] --help                       the flags, their defaults and examples
 // Under mpirun every rank reads the same files and takes its rows; rank 0 prints and writes.
 // Any bad input: every rank exits 2, rank 0 prints one `error: ...` line on stderr.
 
@@ -197,6 +198,10 @@ void compute(Runtime& rt, const ParsedArgs& args, const SimCLRLoss& loss, const 
 int run(Runtime& rt, const std::vector<std::string>& argv) {
   ParsedArgs args;
   rt.agreed([&] { args = parse_args(argv, command_specs()); });
+  if (!args.help.empty()) {  // --help or -h: every rank parsed it, rank 0 prints it
+    if (rt.rank() == 0) std::cout << args.help << std::flush;
+    return 0;
+  }
   if (args.subcommand == "config") {
     std::optional<SimCLRLoss> loss;
     rt.agreed([&] { loss = make_loss(args); });

@@ -387,6 +387,24 @@ void set_cpu_level(CpuLevel level) {
 }
 
 template <class T>
+void reference_gemm(const T* a, const T* b, T* c, std::int64_t n, int threads) {
+  SIMCLR_CHECK_GE(n, 0);
+  switch (cpu_level()) {
+    case CpuLevel::kAvx512:
+#ifdef SIMCLR_ENGINE_HAS_AVX512
+      return kernels::avx512::square_gemm(a, b, c, n, std::max(threads, 1));
+#endif
+    case CpuLevel::kAvx2:
+#ifdef SIMCLR_ENGINE_HAS_AVX2
+      return kernels::avx2::square_gemm(a, b, c, n, std::max(threads, 1));
+#endif
+    case CpuLevel::kBaseline:
+      break;
+  }
+  kernels::baseline::square_gemm(a, b, c, n, std::max(threads, 1));
+}
+
+template <class T>
 EngineForward<T> engine_forward(ConstMatrixView<T> u, const RowLayout& layout, T inv_temperature,
                                 const EngineOptions& options) {
   SIMCLR_CHECK_GE(layout.anchor_begin, 0);
@@ -469,7 +487,7 @@ void l2_normalize_backward(const T* xhat, std::int64_t xhat_stride, const T* squ
 }
 
 #define SIMCLR_INSTANTIATE(T)                                                                      \
-  template EngineForward<T> engine_forward<T>(ConstMatrixView<T>, const RowLayout&, T,            \
+  template EngineForward<T> engine_forward<T>(ConstMatrixView<T>, const RowLayout&, T,             \
                                               const EngineOptions&);                               \
   template double engine_backward<T>(const EngineBackwardArgs<T>&, RowMatrix<T>&);                 \
   template void l2_normalize_rows<T>(ConstMatrixView<T>, T*, std::int64_t, T*);                    \
@@ -478,11 +496,12 @@ void l2_normalize_backward(const T* xhat, std::int64_t xhat_stride, const T* squ
   template bool has_fixed_shift<T>(T);                                                             \
   template T fixed_shift_of<T>(T);                                                                 \
   template EngineForward<T> engine_forward_balanced<T>(                                            \
-      ConstMatrixView<T>, const RowLayout&, T, const EngineOptions&,                              \
+      ConstMatrixView<T>, const RowLayout&, T, const EngineOptions&,                               \
       const std::vector<std::int64_t>&, std::vector<T>&);                                          \
   template void balanced_lse<T>(T, const T*, std::int64_t, T*);                                    \
   template double engine_backward_balanced<T>(const EngineBackwardArgs<T>&,                        \
-                                              const std::vector<std::int64_t>&, RowMatrix<T>&);
+                                              const std::vector<std::int64_t>&, RowMatrix<T>&);    \
+  template void reference_gemm<T>(const T*, const T*, T*, std::int64_t, int);
 
 SIMCLR_INSTANTIATE(float)
 SIMCLR_INSTANTIATE(double)

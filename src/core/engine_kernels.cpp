@@ -596,6 +596,19 @@ double backward(const BackwardArgs<T>& args) {
   return rect_backward(args, all_columns(layout));
 }
 
+template <class T>
+void square_gemm(const T* a, const T* b, T* c, std::int64_t n, int threads) {
+  const ConstMap<T> ma(a, n, n), mb(b, n, n);
+  Eigen::Map<Matrix<T>> mc(c, n, n);
+  // This level's copy of Eigen keeps its own thread count (its namespace is renamed): set it here.
+  Eigen::setNbThreads(threads);
+  mc.noalias() = ma * mb;
+  Eigen::setNbThreads(0);
+}
+
+template void square_gemm<float>(const float*, const float*, float*, std::int64_t, int);
+template void square_gemm<double>(const double*, const double*, double*, std::int64_t, int);
+
 template double forward<float>(const ForwardArgs<float>&);
 template double forward<double>(const ForwardArgs<double>&);
 template double backward<float>(const BackwardArgs<float>&);

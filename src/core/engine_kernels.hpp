@@ -65,26 +65,34 @@ struct BackwardArgs {
 
 }  // namespace simclr::detail::kernels
 
-// One set of entry points per level (namespaces baseline, avx2, avx512); each returns the flops it
-// performed. Defined for float and double.
-#define SIMCLR_DECLARE_ENGINE_KERNELS(level)                             \
-  namespace simclr::detail::kernels::level {                             \
-  template <class T>                                                     \
-  double forward(const ForwardArgs<T>& args);                            \
-  template <class T>                                                     \
-  double backward(const BackwardArgs<T>& args);                          \
-  template <class T>                                                     \
-  double pair_forward(const PairArgs<T>& args);                          \
-  template <class T>                                                     \
-  double pair_backward(const PairArgs<T>& args);                         \
-  extern template double pair_forward<float>(const PairArgs<float>&);    \
-  extern template double pair_forward<double>(const PairArgs<double>&);  \
-  extern template double pair_backward<float>(const PairArgs<float>&);   \
-  extern template double pair_backward<double>(const PairArgs<double>&); \
-  extern template double forward<float>(const ForwardArgs<float>&);      \
-  extern template double forward<double>(const ForwardArgs<double>&);    \
-  extern template double backward<float>(const BackwardArgs<float>&);    \
-  extern template double backward<double>(const BackwardArgs<double>&);  \
+// One set of entry points per level (namespaces baseline, avx2, avx512); each of the tile loops
+// returns the flops it performed. square_gemm is C = A B of [n, n] row-major matrices with the
+// level's copy of Eigen's GEMM on `threads` OpenMP threads: the reference rate that
+// `simclr-loss bench` compares the tile loops with, so both run the same instruction set. Defined
+// for float and double.
+#define SIMCLR_DECLARE_ENGINE_KERNELS(level)                                                      \
+  namespace simclr::detail::kernels::level {                                                      \
+  template <class T>                                                                              \
+  double forward(const ForwardArgs<T>& args);                                                     \
+  template <class T>                                                                              \
+  double backward(const BackwardArgs<T>& args);                                                   \
+  template <class T>                                                                              \
+  double pair_forward(const PairArgs<T>& args);                                                   \
+  template <class T>                                                                              \
+  double pair_backward(const PairArgs<T>& args);                                                  \
+  template <class T>                                                                              \
+  void square_gemm(const T* a, const T* b, T* c, std::int64_t n, int threads);                    \
+  extern template void square_gemm<float>(const float*, const float*, float*, std::int64_t, int); \
+  extern template void square_gemm<double>(const double*, const double*, double*, std::int64_t,   \
+                                           int);                                                  \
+  extern template double pair_forward<float>(const PairArgs<float>&);                             \
+  extern template double pair_forward<double>(const PairArgs<double>&);                           \
+  extern template double pair_backward<float>(const PairArgs<float>&);                            \
+  extern template double pair_backward<double>(const PairArgs<double>&);                          \
+  extern template double forward<float>(const ForwardArgs<float>&);                               \
+  extern template double forward<double>(const ForwardArgs<double>&);                             \
+  extern template double backward<float>(const BackwardArgs<float>&);                             \
+  extern template double backward<double>(const BackwardArgs<double>&);                           \
   }
 
 SIMCLR_DECLARE_ENGINE_KERNELS(baseline)

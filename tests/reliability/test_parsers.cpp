@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -328,7 +329,13 @@ TEST(CliParser, RealSpecsRejectEachKindOfMistake) {
             std::string::npos);
   EXPECT_NE(error_of({"train"}).find("unknown command 'train'"), std::string::npos);
   EXPECT_NE(error_of({"compute", "za"}).find("unexpected argument 'za'"), std::string::npos);
-  EXPECT_NE(error_of({"compute", "--"}).find("unexpected argument '--'"), std::string::npos);
+  // `--` ends the flags (CLI11, as getopt); nothing may follow it, since no subcommand takes
+  // positional arguments.
+  EXPECT_EQ(error_of({"compute", "--"}), "accepted");
+  EXPECT_NE(error_of({"compute", "--", "--za", "a"}).find("unknown flag --za"), std::string::npos);
+  EXPECT_NE(error_of({"compute", "-x"}).find("unexpected argument '-x' (flags start with --)"),
+            std::string::npos);
+  EXPECT_NE(error_of({"--za", "a", "compute"}).find("unknown command '--za'"), std::string::npos);
   EXPECT_NE(error_of({"compute", "--za"}).find("--za needs a value"), std::string::npos);
   EXPECT_NE(error_of({"compute", "--za=a", "--za", "b"}).find("--za given twice"),
             std::string::npos);
@@ -338,6 +345,33 @@ TEST(CliParser, RealSpecsRejectEachKindOfMistake) {
   EXPECT_NE(error_of({"compute", "--=x"}).find("unknown flag -- for 'compute'"), std::string::npos);
   EXPECT_EQ(error_of({"compute", "--za=", "--zb", ""}),
             "accepted");  // empty values are the files' problem
+  EXPECT_NE(error_of({"bench", "--sweep", "--sweep"}).find("--sweep given twice"),
+            std::string::npos);
+}
+
+TEST(CliParser, ValuesAndSwitchesReachTheCommand) {
+  // A value that starts with '-' is still the flag's value; `--flag=` is the empty value.
+  const auto parsed =
+      tools::parse_args({"simclr-loss", "bench", "--batch=8", "--dim", "-4", "--sweep", "--seed="},
+                        tools::command_specs());
+  EXPECT_EQ(parsed.subcommand, "bench");
+  EXPECT_TRUE(parsed.help.empty());
+  EXPECT_EQ(parsed.values, (std::map<std::string, std::string>{
+                               {"batch", "8"}, {"dim", "-4"}, {"sweep", ""}, {"seed", ""}}));
+}
+
+// --help and -h are not errors: the help of the command or of the subcommand, nothing else.
+TEST(CliParser, HelpIsTheTextToPrint) {
+  const auto& specs = tools::command_specs();
+  const auto top = tools::parse_args({"/some/dir/simclr-loss", "-h"}, specs);
+  EXPECT_TRUE(top.values.empty());
+  EXPECT_NE(top.help.find("Usage: simclr-loss"), std::string::npos) << top.help;
+  for (const auto& [name, spec] : specs) {
+    EXPECT_NE(top.help.find(name), std::string::npos) << top.help;
+    const auto sub = tools::parse_args({"simclr-loss", name, "--help"}, specs);
+    EXPECT_NE(sub.help.find("Usage: simclr-loss " + name), std::string::npos) << sub.help;
+    for (const auto& f : spec.flags) EXPECT_NE(sub.help.find("--" + f.name), std::string::npos);
+  }
 }
 
 TEST(CliParser, NumbersAreStrict) {

@@ -124,6 +124,12 @@ CpuLevel cpu_level();
 // it is not in supported_cpu_levels(). Not thread-safe against concurrent engine calls.
 void set_cpu_level(CpuLevel level);
 
+// C = A B of [n, n] row-major matrices with Eigen's GEMM on `threads` OpenMP threads (0: 1),
+// compiled for and run at cpu_level(), as the tile loops are: the machine's reference rate that
+// `simclr-loss bench` reports (gemm_gflops) and divides the engine's rate by.
+template <class T>
+void reference_gemm(const T* a, const T* b, T* c, std::int64_t n, int threads);
+
 // Row-wise L2 normalisation as tf.math.l2_normalize(x, axis=1): out = x * rsqrt(max(sum x^2,
 // 1e-12)). Writes out rows [0, x.rows) and the squared norms.
 template <class T>
