@@ -98,6 +98,9 @@ def _tensor_error(name, z):
 
 
 def _input_error(za, zb):
+    if isinstance(za, torch.Tensor) and isinstance(zb, torch.Tensor) and za.device != zb.device:
+        return ValueError, (f"simclr.torch: za is on {za.device} but zb on {zb.device}; za and zb "
+                            f"must be on one device")
     error = _tensor_error("za", za) or _tensor_error("zb", zb)
     if error is None and za.dtype != zb.dtype:
         error = TypeError, (f"simclr.torch: za and zb must have the same dtype, got {za.dtype} and "

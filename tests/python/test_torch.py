@@ -345,6 +345,12 @@ def test_not_a_tensor():
         simclr_torch.simclr_loss(z, z.numpy())
 
 
+def test_tensors_on_two_devices():
+    with pytest.raises(ValueError, match="simclr.torch: za is on cpu but zb on meta; za and zb must be "
+                                         "on one device"):
+        simclr_torch.simclr_loss(torch.ones(2, 3), torch.empty(2, 3, device="meta"))
+
+
 def test_sparse_tensor():
     z = torch.eye(4, 3)
     with pytest.raises(TypeError, match=r"simclr.torch: za is a torch.sparse_coo tensor; the loss takes "
