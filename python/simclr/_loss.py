@@ -1,11 +1,10 @@
 """simclr.SimCLRLoss: TensorFlow Similarity's SimCLRLoss on numpy arrays."""
 
 import json
-import operator
 
 import numpy as np
 
-from . import _core
+from . import _args
 from .comm import _Resolver
 
 
@@ -15,51 +14,6 @@ def _embeddings(x):
     if isinstance(x, np.ndarray) or hasattr(x, "__dlpack__"):
         return x
     return np.asarray(x)
-
-
-def _sample_weight(w):
-    if w is None:
-        return None
-    return np.ascontiguousarray(w, dtype=np.float64)
-
-
-def _global_batch_size(g):
-    """None -> -2 (none), "infer" -> -1, an integer >= 0 as is (the extension's encoding)."""
-    if g is None:
-        return -2
-    if isinstance(g, str):
-        if g == "infer":
-            return -1
-        raise ValueError('global_batch_size must be None, an integer >= 0 or "infer", got ' + repr(g))
-    if isinstance(g, bool):
-        raise TypeError("global_batch_size must be None, an integer >= 0 or \"infer\", got a bool")
-    try:
-        g = operator.index(g)
-    except TypeError:
-        raise TypeError('global_batch_size must be None, an integer >= 0 or "infer", got '
-                        + type(g).__name__) from None
-    if g < 0:
-        raise ValueError('global_batch_size must be >= 0 or "infer", got ' + str(g))
-    return g
-
-
-def _checked_temperature(temperature):
-    """temperature as a float, after the library's own check (> 0 and finite: its ValueError)."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        try:
-            temperature = float(temperature)
-        except (TypeError, ValueError):
-            raise TypeError("temperature must be a number, got "
-                            + type(temperature).__name__) from None
-    _core.Loss(float(temperature), "none", None)
-    return float(temperature)
-
-
-def _config_default(o):
-    # numpy scalars in a config dict (np.float64(0.1)) are written as plain numbers.
-    if hasattr(o, "item"):
-        return o.item()
-    raise TypeError("config value of type " + type(o).__name__ + " is not JSON serializable")
 
 
 class _ConfigMixin:
@@ -105,16 +59,14 @@ class SimCLRLoss(_ConfigMixin):
     """
 
     def __init__(self, temperature=0.05, reduction="auto", name=None):
-        if name is not None and not isinstance(name, str):
-            raise TypeError("name must be a string or None, got " + type(name).__name__)
-        self._loss = _core.Loss(float(temperature), str(reduction), name)
+        self._loss = _args.make_loss(temperature, reduction, name)
         self._comms = _Resolver()
 
     @classmethod
     def from_config(cls, config):
         """From get_config()'s dict, or the Keras wrapper {"class_name": ..., "config": {...}}."""
         out = cls.__new__(cls)
-        out._loss = _core.Loss.from_config(json.dumps(config, default=_config_default))
+        out._loss = _args.from_config(config)
         out._comms = _Resolver()
         return out
 
@@ -123,8 +75,8 @@ class SimCLRLoss(_ConfigMixin):
 
     def forward(self, za, zb, sample_weight=None, comm=None, global_batch_size=None):
         """The extension's Forward (values, per_example, objective, ...; .backward(upstream))."""
-        return self._loss.forward(_embeddings(za), _embeddings(zb), _sample_weight(sample_weight),
-                                  self._comms(comm), _global_batch_size(global_batch_size))
+        return self._loss.forward(_embeddings(za), _embeddings(zb), _args.sample_weight(sample_weight),
+                                  self._comms(comm), _args.global_batch_size(global_batch_size))
 
     @staticmethod
     def _value(forward):

@@ -33,11 +33,14 @@ import contextlib
 import importlib
 import struct
 
+from . import _args
+
 __all__ = ["available", "simclr_loss_cuda", "last_status", "workspace_bytes"]
 
-_REDUCTIONS = {"auto": 0, "none": 1, "sum": 2, "sum_over_batch_size": 3}
 _last_status = None  # the status tensor of the latest forward (a view of its workspace)
-_RECORD_BYTES = 512  # one rank's record of the first gather of a distributed call
+_RECORD_BYTES = _args.RECORD_BYTES  # one rank's record of the first gather of a distributed call
+_INPUT_ERRORS = {"TypeError": TypeError, "ValueError": ValueError,
+                 "NotImplementedError": NotImplementedError}
 
 
 def _device_module():
@@ -101,6 +104,22 @@ def last_status():
 # ---- collectives of a process group on device addresses ----
 
 
+def _group_rank_size(group):
+    """(rank, size) of this process in ``group``, for the CPU and CUDA routes' communicators; a clear
+    error when torch.distributed is not initialised or this process is not a member."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError(
+            "simclr.torch: process_group was given but torch.distributed is not initialised; "
+            "call torch.distributed.init_process_group(...) first, or pass process_group=None "
+            "for a local call")
+    rank, size = dist.get_rank(group), dist.get_world_size(group)
+    if rank < 0:
+        raise ValueError("simclr.torch: this process is not a member of process_group")
+    return rank, size
+
+
 class _DeviceBytes:
     """``nbytes`` bytes of device memory at ``address``, for torch.as_tensor (zero copy). Version 2
     of the interface carries no stream: the memory is ready in the order of the stream the
@@ -147,8 +166,6 @@ class _TorchDeviceComm:
 
     def __init__(self, group, device):
         import torch
-
-        from simclr.torch import _group_rank_size  # not at import: this module needs no torch
 
         self.group = group
         self.rank, self.size = _group_rank_size(group)
@@ -214,7 +231,7 @@ class _TorchDeviceComm:
             if flag:
                 (length,) = struct.unpack_from("<I", part, 9)
                 kind, _, message = part[13:13 + length].decode("utf-8", "replace").partition("\n")
-                exc = {"TypeError": TypeError, "ValueError": ValueError}.get(kind, RuntimeError)
+                exc = _INPUT_ERRORS.get(kind, RuntimeError)
                 raise exc(message if "(rank " in message else f"{message} (rank {r})")
             all_rows.append(n)
         return all_rows
@@ -255,12 +272,13 @@ def _make_function():
             fwd_bytes, _ = dev.workspace_size(n, total, d, code, tile_bytes, symmetric, dcomm)
             # The caching allocator's blocks are 512-byte aligned; the library needs 256.
             workspace = torch.empty(max(fwd_bytes, 1), dtype=torch.uint8, device=device)
-            red = _REDUCTIONS[reduction]
-            values = torch.empty((n,) if red == 1 else (), dtype=za.dtype, device=device)
+            red = _args.reduction_code(reduction)
+            none = red == _args.REDUCTIONS["none"]
+            values = torch.empty((n,) if none else (), dtype=za.dtype, device=device)
             per_example = torch.empty((n,), dtype=za.dtype, device=device)
             objective = torch.empty((), dtype=torch.float32, device=device)
             loss = dev.DeviceLoss(float(temperature), red)
-            gbs = dev.GLOBAL_BATCH_NONE if global_batch_size is None else int(global_batch_size)
+            gbs = global_batch_size  # the C API's code (_args.global_batch_size)
             saved = loss.forward(
                 za.data_ptr(), zb.data_ptr(), n, d, stride_a, stride_b, code, device.index,
                 stream.cuda_stream, workspace.data_ptr(), workspace.numel(), values.data_ptr(),
@@ -292,7 +310,7 @@ def _make_function():
             scratch = torch.empty(max(bwd_bytes, 1), dtype=torch.uint8, device=device)
             grad_a = torch.empty((n, d), dtype=_torch_dtype(ctx.code, dev), device=device)
             grad_b = torch.empty_like(grad_a)
-            if ctx.reduction == 1:
+            if ctx.reduction == _args.REDUCTIONS["none"]:
                 # Per-example upstream, float32 on the device: no host read.
                 up = grad_values.to(torch.float32).contiguous()
                 if ctx.gradient_scale != 1.0:
@@ -387,22 +405,21 @@ def simclr_loss_cuda(
     unweighted per-example loss when ``return_per_example``. ``process_group``: a torch.distributed
     group (NCCL for the rows); the call is then collective, rows may differ between ranks (and may
     be 0), and ``gradient_reduction`` is simclr.torch's ("mean": the gradients times the group
-    size, for DDP's averaging; "sum": TensorFlow's). global_batch_size: None, an int, or -1 /
+    size, for DDP's averaging; "sum": TensorFlow's). global_batch_size: None, an int, or
     "infer" (the sum of the ranks' rows)."""
     global _function
     import torch
 
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {sorted(_REDUCTIONS)}; got {reduction!r}")
-    if gradient_reduction not in ("sum", "mean"):
-        raise ValueError(f"simclr.torch: gradient_reduction must be \"sum\" or \"mean\", got "
-                         f"{gradient_reduction!r}")
-    if isinstance(global_batch_size, str):
-        if global_batch_size != "infer":
-            raise ValueError(f"simclr.torch: global_batch_size must be None, an int >= 0 or "
-                             f"\"infer\", got {global_batch_size!r}")
-        global_batch_size = -1
-    error = _input_error(za, zb)
+    # An argument or input this rank rejects is raised by every rank of process_group (agree).
+    error, mean = None, False
+    try:
+        temperature = _args.temperature(temperature)
+        reduction = _args.reduction(reduction)
+        global_batch_size = _args.global_batch_size(global_batch_size)
+        mean = _args.gradient_reduction(gradient_reduction) == _args.GRADIENT_REDUCTIONS["mean"]
+    except (TypeError, ValueError) as exc:
+        error = (type(exc), str(exc))
+    error = error or _input_error(za, zb)
     weight = None
     if error is None and sample_weight is not None:
         try:
@@ -415,7 +432,7 @@ def simclr_loss_cuda(
         comm = _TorchDeviceComm(process_group, device)
         # Every rank's rows (the workspace's size), or an error found here raised on every rank.
         global_rows = sum(comm.agree(za.shape[0] if error is None else 0, error))
-        scale = float(comm.size) if gradient_reduction == "mean" else 1.0
+        scale = float(comm.size) if mean else 1.0
     elif error is not None:
         raise error[0](error[1])
     if _function is None:

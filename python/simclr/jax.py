@@ -20,7 +20,6 @@ which scales the returned gradients by the number of devices so that the mean is
 """
 
 import functools
-import json
 
 import numpy as np
 
@@ -28,8 +27,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
-from . import _core
-from ._loss import _ConfigMixin, _config_default
+from . import _args
+from ._loss import _ConfigMixin
 
 try:
     from . import _jax_ffi
@@ -39,9 +38,9 @@ except ImportError as e:  # the package was built without jax's FFI headers
 
 __all__ = ["simclr_loss", "SimCLRLoss"]
 
-_REDUCTIONS = {"auto": 0, "none": 1, "sum": 2, "sum_over_batch_size": 3}
-_GLOBAL_BATCH_NONE = -2
-_GLOBAL_BATCH_INFER = -1
+_REDUCTIONS = _args.REDUCTIONS  # the C API's codes, from the extension
+_GLOBAL_BATCH_NONE = _args.GLOBAL_BATCH_NONE
+_GLOBAL_BATCH_INFER = _args.GLOBAL_BATCH_INFER
 _registered = False
 
 
@@ -61,11 +60,9 @@ def _register():
 
 # ---- static configuration and trace-time validation ----
 
-@functools.lru_cache(maxsize=None)
 def _checked_loss_config(temperature, reduction):
     # The library's own checks (temperature > 0 and finite, a Keras reduction key), at trace time.
-    cfg = json.loads(_core.Loss(temperature, reduction, None).get_config_json())
-    return cfg["temperature"], cfg["reduction"]
+    return _args.loss_config(temperature, reduction)
 
 
 class _Static:
@@ -101,18 +98,7 @@ class _Static:
 
 
 def _global_batch_code(g):
-    if g is None:
-        return _GLOBAL_BATCH_NONE
-    if isinstance(g, str):
-        if g == "infer":
-            return _GLOBAL_BATCH_INFER
-        raise ValueError('global_batch_size must be None, an integer >= 0 or "infer", got ' + repr(g))
-    if isinstance(g, bool) or not isinstance(g, (int, np.integer)):
-        raise TypeError('global_batch_size must be None, an integer >= 0 or "infer" (a Python '
-                        'value, static under jit), got ' + type(g).__name__)
-    if g < 0:
-        raise ValueError('global_batch_size must be >= 0 or "infer", got ' + str(g))
-    return int(g)
+    return _args.global_batch_size(g)
 
 
 def _compute_dtype(dtype, what):
@@ -310,13 +296,10 @@ def simclr_loss(za, zb, *, temperature=0.05, reduction="auto", sample_weight=Non
     combined with jax.lax.psum, "mean" when with jax.lax.pmean (the returned gradients are then
     scaled by the number of devices). threads: CPU threads of the custom calls (0: the default).
     """
-    temperature, reduction = _checked_loss_config(float(temperature), str(reduction))
+    temperature, reduction = _checked_loss_config(temperature, reduction)
     global_batch = _global_batch_code(global_batch_size)
-    if gradient_reduction not in ("sum", "mean"):
-        raise ValueError('gradient_reduction must be "sum" (psum the gradients) or "mean" (pmean '
-                         'them), got ' + repr(gradient_reduction))
-    if not isinstance(threads, (int, np.integer)) or isinstance(threads, bool) or threads < 0:
-        raise ValueError("threads must be an integer >= 0 (0: the default), got " + repr(threads))
+    gradient_reduction = _args.gradient_reduction_name(_args.gradient_reduction(gradient_reduction))
+    threads = _args.threads(threads)
     if axis_name is not None and reduction in ("auto", "sum_over_batch_size") \
             and global_batch == _GLOBAL_BATCH_NONE:
         raise ValueError(
@@ -363,9 +346,7 @@ class SimCLRLoss(_ConfigMixin):
 
     def __init__(self, temperature=0.05, reduction="auto", name=None, *, axis_name=None,
                  global_batch_size=None, gradient_reduction="sum"):
-        if name is not None and not isinstance(name, str):
-            raise TypeError("name must be a string or None, got " + type(name).__name__)
-        self._loss = _core.Loss(float(temperature), str(reduction), name)
+        self._loss = _args.make_loss(temperature, reduction, name)
         self.axis_name = axis_name
         self.global_batch_size = global_batch_size
         self.gradient_reduction = gradient_reduction
@@ -375,7 +356,7 @@ class SimCLRLoss(_ConfigMixin):
         """From get_config()'s dict or the Keras wrapper; kwargs: axis_name, global_batch_size,
         gradient_reduction."""
         out = cls(**kwargs)
-        out._loss = _core.Loss.from_config(json.dumps(config, default=_config_default))
+        out._loss = _args.from_config(config)
         return out
 
     def __call__(self, za, zb, sample_weight=None):

@@ -17,7 +17,7 @@ the loss by the number of replicas itself).
   ({'name', 'reduction', ...}) plus 'temperature'.
 """
 
-from ._loss import _checked_temperature
+from . import _args
 
 
 def _keras():
@@ -72,7 +72,7 @@ class SimCLRLoss(keras.losses.Loss):
 
     def __init__(self, temperature: float = 0.05, **kwargs):
         super().__init__(**kwargs)
-        _checked_temperature(temperature)
+        _args.temperature(temperature)
         self.temperature = temperature
 
     def call(self, za, zb):

@@ -26,7 +26,7 @@ import os
 
 import tensorflow as tf
 
-from ._loss import _checked_temperature as _check_temperature
+from . import _args
 
 __all__ = ["simclr_loss"]
 
@@ -127,9 +127,8 @@ def simclr_loss(za, zb, temperature=0.05, threads=0):
     the inputs (NaN, Inf, mismatched shapes) raise tf.errors.InvalidArgumentError with the library's
     message.
     """
-    temperature = _check_temperature(temperature)
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-        raise ValueError("threads must be an integer >= 0 (0: the default), got " + repr(threads))
+    temperature = _args.temperature(temperature)
+    threads = _args.threads(threads)
     za = tf.convert_to_tensor(za)
     zb = tf.convert_to_tensor(zb)
     if za.shape.rank is not None and za.shape.rank != 2 or zb.shape.rank is not None \

@@ -55,6 +55,8 @@ void check(simclr_status status, nb::object cause = nb::object()) {
       raise(comm_error_type, message);
     case SIMCLR_DEVICE_ERROR:
       raise(device_error_type, message);
+    case SIMCLR_UNSUPPORTED:  // what this build or this call lacks (float16 on the host, a device)
+      raise(PyExc_NotImplementedError, message);
     default:
       raise(PyExc_RuntimeError, message);
   }
@@ -157,10 +159,21 @@ bool rows_dense(int64_t rows, int64_t cols, int64_t s0, int64_t s1) {
 MatrixArg matrix_arg(nb::handle obj, const char* what) {
   MatrixArg out;
   if (!nb::try_cast(obj, out.array, false)) {
+    // An array whose elements cannot be handed over (numpy's object or string dtypes) names its
+    // dtype; anything else its type. (A failed DLPack export may leave its exception set.)
+    PyErr_Clear();
+    std::string got = qualified_type_name(obj.type());
+    if (PyObject* dtype = PyObject_GetAttrString(obj.ptr(), "dtype")) {
+      nb::object d = nb::steal(dtype);
+      got += " of dtype " + nb::cast<std::string>(nb::str(d));
+    } else {
+      PyErr_Clear();
+    }
     out.error = {PyExc_TypeError, std::string(what) +
-                                      " must be a 2-D array [n, d] (a numpy array or an object "
-                                      "with __dlpack__ such as a torch tensor), got " +
-                                      qualified_type_name(obj.type())};
+                                      " must be a 2-D array [n, d] of float32 or float64 (a numpy "
+                                      "array, or an object with __dlpack__ such as a dense CPU "
+                                      "torch tensor), got " +
+                                      got};
     return out;
   }
   const auto& a = out.array;
@@ -293,7 +306,7 @@ const char* reduction_name(simclr_reduction r) {
 // What a callback communicator's C callbacks reach through `user`. Owned by the library's
 // communicator, released (under the GIL) by simclr_comm_destroy.
 struct CallbackState {
-  int32_t size = 1;
+  int32_t rank = 0, size = 1;
   nb::object all_gather, all_gather_v, barrier;
   nb::object raised;  // the Python exception the last failing callback raised (for __cause__)
 };
@@ -306,7 +319,9 @@ int callback_failed(CallbackState* state, char* error, size_t capacity) {
     throw;
   } catch (nb::python_error& e) {
     try {
-      text = qualified_type_name(e.type()) + ": " + nb::cast<std::string>(nb::str(e.value()));
+      const std::string what = nb::cast<std::string>(nb::str(e.value()));
+      text = qualified_type_name(e.type()) +
+             (what.empty() ? " (raised without a message)" : ": " + what);
     } catch (...) {
       text = "an exception that could not be printed";
     }
@@ -333,13 +348,50 @@ nb::object byte_view(const void* data, size_t bytes, bool writable) {
                   nb::rv_policy::reference);
 }
 
+// A gather callback fills recv with every rank's bytes, this rank's `send` among them, and returns
+// None. The first byte of this rank's part of recv is made to differ from send's before the call,
+// so a callback that returns without writing into recv (one that returns the gathered bytes
+// instead, or forgets the copy) is reported as such, not left for the library to read stale bytes.
+struct OwnPart {
+  unsigned char* part = nullptr;  // this rank's bytes in recv
+  const unsigned char* send = nullptr;
+  size_t bytes = 0;
+
+  OwnPart(void* recv, size_t offset, const void* sent, size_t n)
+      : send(static_cast<const unsigned char*>(sent)), bytes(n) {
+    auto* begin = static_cast<unsigned char*>(recv);
+    const bool overlaps = send >= begin && send < begin + offset + n;  // an in-place gather
+    if (n == 0 || recv == nullptr || send == nullptr || overlaps) return;
+    part = begin + offset;
+    part[0] = static_cast<unsigned char>(~send[0]);
+  }
+  bool written() const { return part == nullptr || std::memcmp(part, send, bytes) == 0; }
+};
+
+int not_written(const char* collective, nb::handle returned, size_t offset, size_t bytes,
+                char* error, size_t capacity) {
+  const std::string what =
+      returned.is_none() ? std::string("None")
+                         : "a " + qualified_type_name(returned.type()) + " (which is ignored)";
+  const std::string text = std::string("the ") + collective + " callback returned " + what +
+                           " without writing this rank's send into recv[" +
+                           std::to_string(offset) + ":" + std::to_string(offset + bytes) +
+                           "]; it must write every rank's bytes into recv, in rank order";
+  if (capacity > 0) std::snprintf(error, capacity, "%s", text.c_str());
+  return 1;
+}
+
 int cb_all_gather(void* user, const void* send, size_t bytes, void* recv, char* error,
                   size_t capacity) {
   nb::gil_scoped_acquire gil;
   auto* state = static_cast<CallbackState*>(user);
   try {
-    state->all_gather(byte_view(send, bytes, false),
-                      byte_view(recv, bytes * static_cast<size_t>(state->size), true));
+    const size_t offset = bytes * static_cast<size_t>(state->rank);
+    const OwnPart own(recv, offset, send, bytes);
+    nb::object returned =
+        state->all_gather(byte_view(send, bytes, false),
+                          byte_view(recv, bytes * static_cast<size_t>(state->size), true));
+    if (!own.written()) return not_written("all_gather", returned, offset, bytes, error, capacity);
     return 0;
   } catch (...) {
     return callback_failed(state, error, capacity);
@@ -352,12 +404,17 @@ int cb_all_gather_v(void* user, const void* send, size_t send_bytes, void* recv,
   auto* state = static_cast<CallbackState*>(user);
   try {
     nb::list counts;
-    size_t total = 0;
+    size_t total = 0, offset = 0;
     for (int32_t r = 0; r < state->size; ++r) {
       counts.append(recv_bytes[r]);
+      if (r < state->rank) offset += recv_bytes[r];
       total += recv_bytes[r];
     }
-    state->all_gather_v(byte_view(send, send_bytes, false), byte_view(recv, total, true), counts);
+    const OwnPart own(recv, offset, send, send_bytes);
+    nb::object returned = state->all_gather_v(byte_view(send, send_bytes, false),
+                                              byte_view(recv, total, true), counts);
+    if (!own.written())
+      return not_written("all_gather_v", returned, offset, send_bytes, error, capacity);
     return 0;
   } catch (...) {
     return callback_failed(state, error, capacity);
@@ -406,6 +463,7 @@ Comm* comm_from_callbacks(int32_t rank, int32_t size, const std::string& backend
   if (!barrier.is_none() && !PyCallable_Check(barrier.ptr()))
     raise(PyExc_TypeError, "barrier must be a callable or None");
   auto* state = new CallbackState();
+  state->rank = rank;
   state->size = size;
   state->all_gather = std::move(all_gather);
   state->all_gather_v = std::move(all_gather_v);
@@ -503,33 +561,70 @@ WeightArg weight_arg(nb::handle obj) {
   return out;
 }
 
-// Offers a call the binding has rejected to the library, as a call the library rejects with an
-// exception of the same type, so that every other rank of `comm` fails in the same agreement step
-// (naming this rank) instead of waiting in it. Returns when the library has failed.
-void fail_collectively(const Loss& loss, Comm& comm, PyObject* type) {
+// The status of an input error a front end found itself: TypeError, ValueError or
+// NotImplementedError (a subclass of one of them counts as it).
+simclr_status input_error_status(nb::handle type) {
+  if (PyType_Check(type.ptr())) {
+    auto* t = reinterpret_cast<PyTypeObject*>(type.ptr());
+    if (PyType_IsSubtype(t, reinterpret_cast<PyTypeObject*>(PyExc_TypeError))) return SIMCLR_TYPE_ERROR;
+    if (PyType_IsSubtype(t, reinterpret_cast<PyTypeObject*>(PyExc_ValueError)))
+      return SIMCLR_VALUE_ERROR;
+    if (PyType_IsSubtype(t, reinterpret_cast<PyTypeObject*>(PyExc_NotImplementedError)))
+      return SIMCLR_UNSUPPORTED;
+  }
+  raise(PyExc_TypeError,
+        "input_error must be None or (TypeError, ValueError or NotImplementedError, message), got "
+        "a kind of " +
+            qualified_type_name(type.type()) + " " + nb::cast<std::string>(nb::repr(type)));
+}
+
+// forward(): a call whose input this binding or its front end rejected (`status`, `message`),
+// handed to the library, which fails it: at once for a local call, and for a collective one on
+// every rank alike after the agreement step (the message naming this rank), so that no other rank
+// is left waiting.
+[[noreturn]] void forward_rejected(const Loss& loss, Comm* comm, simclr_status status,
+                                   const std::string& message, int64_t global_batch_size,
+                                   int32_t threads, int32_t gradient_reduction) {
   simclr_call_options options;
   simclr_call_options_init(&options);
-  options.comm = comm.handle;
-  simclr_matrix za{}, zb{};
-  za.device = zb.device = -1;
-  za.dtype = SIMCLR_FLOAT32;
-  zb.dtype = type == PyExc_TypeError ? SIMCLR_FLOAT64 : SIMCLR_FLOAT32;  // TypeError: dtypes differ
-  double value = 0;
-  nb::gil_scoped_release release;
-  (void)simclr_forward(loss.handle, &za, type == PyExc_TypeError ? &zb : nullptr, nullptr, &options,
-                       &value, nullptr, nullptr, nullptr);
+  options.comm = comm ? comm->handle : nullptr;
+  options.global_batch_size = global_batch_size;
+  options.threads = threads;
+  options.gradient_reduction = gradient_reduction;
+  options.input_error = status;
+  options.input_error_message = message.c_str();
+  simclr_status got;
+  {
+    nb::gil_scoped_release release;
+    got = simclr_forward(loss.handle, nullptr, nullptr, nullptr, &options, nullptr, nullptr,
+                         nullptr, nullptr);
+  }
+  check(got, comm ? comm->take_raised() : nb::object());
+  raise(PyExc_RuntimeError, "simclr_forward accepted a call with an input error: " + message);
 }
 
 Forward* forward(nb::object loss_obj, nb::handle za, nb::handle zb, nb::handle weight,
-                 nb::object comm_obj, int64_t global_batch_size, int32_t threads) {
+                 nb::object comm_obj, int64_t global_batch_size, int32_t threads,
+                 int32_t gradient_reduction, nb::object input_error) {
   Loss& loss = nb::cast<Loss&>(loss_obj);
   Comm* comm = comm_obj.is_none() ? nullptr : nb::cast<Comm*>(comm_obj);
+  if (!input_error.is_none()) {
+    nb::tuple pair;
+    if (!nb::try_cast(input_error, pair) || pair.size() != 2 || !nb::isinstance<nb::str>(pair[1]))
+      raise(PyExc_TypeError,
+            "input_error must be None or (TypeError, ValueError or NotImplementedError, message), "
+            "got " +
+                qualified_type_name(input_error.type()));
+    const simclr_status status = input_error_status(pair[0]);
+    forward_rejected(loss, comm, status, nb::cast<std::string>(pair[1]), global_batch_size,
+                     threads, gradient_reduction);
+  }
   MatrixArg a = matrix_arg(za, "za"), b = matrix_arg(zb, "zb");
   WeightArg w = weight_arg(weight);
   for (const ArgError* e : {&a.error, &b.error, &w.error}) {
     if (!*e) continue;
-    if (comm) fail_collectively(loss, *comm, e->type);
-    raise(e->type, e->message);
+    forward_rejected(loss, comm, input_error_status(e->type), e->message, global_batch_size,
+                     threads, gradient_reduction);
   }
 
   simclr_call_options options;
@@ -537,6 +632,7 @@ Forward* forward(nb::object loss_obj, nb::handle za, nb::handle zb, nb::handle w
   options.comm = comm ? comm->handle : nullptr;
   options.global_batch_size = global_batch_size;
   options.threads = threads;
+  options.gradient_reduction = gradient_reduction;
 
   auto fwd = std::make_unique<Forward>();
   fwd->dtype = a.view.dtype;
@@ -720,6 +816,28 @@ NB_MODULE(_core, m) {
   m.attr("CommError") = nb::handle(comm_error_type);
   m.attr("DeviceError") = nb::handle(device_error_type);
 
+  // The C API's codes, for the front ends' argument parsing (simclr/_args.py) and the FFI and op
+  // front ends' attributes, so that no front end copies them.
+  m.attr("REDUCTION_AUTO") = static_cast<int>(SIMCLR_REDUCTION_AUTO);
+  m.attr("REDUCTION_NONE") = static_cast<int>(SIMCLR_REDUCTION_NONE);
+  m.attr("REDUCTION_SUM") = static_cast<int>(SIMCLR_REDUCTION_SUM);
+  m.attr("REDUCTION_SUM_OVER_BATCH_SIZE") = static_cast<int>(SIMCLR_REDUCTION_SUM_OVER_BATCH_SIZE);
+  nb::dict reductions;
+  for (simclr_reduction r : {SIMCLR_REDUCTION_AUTO, SIMCLR_REDUCTION_NONE, SIMCLR_REDUCTION_SUM,
+                             SIMCLR_REDUCTION_SUM_OVER_BATCH_SIZE})
+    reductions[reduction_name(r)] = static_cast<int>(r);
+  m.attr("REDUCTIONS") = reductions;
+  m.attr("GRADIENT_SUM") = SIMCLR_GRADIENT_SUM;
+  m.attr("GRADIENT_MEAN") = SIMCLR_GRADIENT_MEAN;
+  m.attr("GLOBAL_BATCH_NONE") = static_cast<int64_t>(SIMCLR_GLOBAL_BATCH_NONE);
+  m.attr("GLOBAL_BATCH_INFER") = static_cast<int64_t>(SIMCLR_GLOBAL_BATCH_INFER);
+  m.attr("RECORD_BYTES") = SIMCLR_RECORD_BYTES;
+
+  m.def(
+      "reduction_code",
+      [](const std::string& key) { return static_cast<int>(parse_reduction(key)); }, "key"_a,
+      "The C API's code of a Keras reduction key; the library's ValueError (\"Invalid Reduction "
+      "Key: ...\") for any other.");
   m.def(
       "version", [] { return std::string(simclr_version()); },
       "The library's version (the CMake project version).");
@@ -757,11 +875,17 @@ NB_MODULE(_core, m) {
           "...}.")
       .def("get_config_json", &Loss::config_json,
            "get_config() as JSON text, keys in TF Similarity's order.")
-      .def("forward", &forward, "za"_a, "zb"_a, "weight"_a = nb::none(), "comm"_a = nb::none(),
-           "global_batch_size"_a = -2, "threads"_a = 0,
+      .def("forward", &forward, "za"_a.none(), "zb"_a.none(), "weight"_a = nb::none(),
+           "comm"_a = nb::none(), "global_batch_size"_a = SIMCLR_GLOBAL_BATCH_NONE,
+           "threads"_a = 0, "gradient_reduction"_a = SIMCLR_GRADIENT_SUM,
+           "input_error"_a = nb::none(),
            "Forward on host arrays za, zb [n, d] (float32 or float64, the same). weight: None or "
-           "float64 ndim 0-2. comm: a Comm (collective). global_batch_size: -2 none, -1 infer, or "
-           ">= 0. Returns a Forward.");
+           "float64 ndim 0-2. comm: a Comm (collective). global_batch_size: GLOBAL_BATCH_NONE, "
+           "GLOBAL_BATCH_INFER or >= 0. gradient_reduction: GRADIENT_SUM or GRADIENT_MEAN (a "
+           "distributed call's backward times the ranks; every rank the same). input_error: None, "
+           "or (TypeError, ValueError or NotImplementedError, message) for an input the caller "
+           "rejected itself: the call then fails with it, on every rank of comm (za, zb, weight "
+           "are not read). Returns a Forward.");
 
   nb::class_<Comm>(m, "Comm", nb::is_weak_referenceable(),
                    "A communicator (the C API's handle): callbacks, MPI or one rank.")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs simclr.torch's multi-process checks directly under mpirun, without pytest: torch_mpi_worker.py at
-# each rank count (default 1 2 3 4: every split, errors on one rank, the autograd reference) and
+# each rank count (default 1 2 3 4: every split, errors on one rank, the autograd reference),
+# torch_mpi_errors_worker.py at 2 and 3 ranks (one rank's input error raised on every rank, promptly) and
 # torch_ddp_worker.py at 2 and 3 ranks in float32 and float64 (DDP against one process). pytest runs
 # the same through tests/python/test_torch_mpi.py (part of tests/scripts/python_test.sh); this is for a
 # quick run by hand. Last line: "mpi torch: P passed, F failed".
@@ -24,7 +25,7 @@ launch() {  # launch NAME RANKS SCRIPT ARGS...: a new file:// store for every ru
   run=$((run + 1))
   if out=$(timeout 900 mpirun -np "$n" "${extra[@]}" "$python" "tests/python/$script" \
       "file://$store/run$run" "$@" 2>&1); then
-    echo "$(echo "$out" | grep -E '^torch_(mpi|ddp)_worker: OK' | tail -n 1)"
+    echo "$(echo "$out" | grep -E '^torch_(mpi|mpi_errors|ddp)_worker: OK' | tail -n 1)"
     passed=$((passed + 1))
   else
     echo "FAILED: $name (mpirun -np $n $script $*)"
@@ -33,6 +34,7 @@ launch() {  # launch NAME RANKS SCRIPT ARGS...: a new file:// store for every ru
   fi
 }
 for n in $ranks; do launch "splits and errors" "$n" torch_mpi_worker.py; done
+for n in 2 3; do launch "errors of one rank" "$n" torch_mpi_errors_worker.py; done
 for n in 2 3; do
   for dtype in float32 float64; do launch "DDP" "$n" torch_ddp_worker.py "$dtype"; done
 done

@@ -44,6 +44,27 @@ def test_has_mpi_is_a_bool():
     assert isinstance(_core.has_mpi(), bool)
 
 
+def test_the_c_api_codes_come_from_the_extension():
+    # The front ends read these instead of copying them (simclr/_args.py).
+    assert _core.REDUCTIONS == {"auto": 0, "none": 1, "sum": 2, "sum_over_batch_size": 3}
+    assert (_core.REDUCTION_AUTO, _core.REDUCTION_NONE, _core.REDUCTION_SUM,
+            _core.REDUCTION_SUM_OVER_BATCH_SIZE) == (0, 1, 2, 3)
+    assert (_core.GRADIENT_SUM, _core.GRADIENT_MEAN) == (0, 1)
+    assert (_core.GLOBAL_BATCH_NONE, _core.GLOBAL_BATCH_INFER) == (-2, -1)
+    assert _core.RECORD_BYTES == 512
+    assert _core.reduction_code("sum_over_batch_size") == 3
+    with pytest.raises(ValueError, match="Invalid Reduction Key: mean"):
+        _core.reduction_code("mean")
+
+
+def test_unsupported_is_not_implemented_error():
+    # SIMCLR_UNSUPPORTED (float16 on the host) is NotImplementedError (a RuntimeError), not a bare
+    # RuntimeError.
+    a = np.ones((3, 2), np.float16)
+    with pytest.raises(NotImplementedError, match="float16"):
+        _core.Loss().forward(a, a)
+
+
 @pytest.mark.skipif(_core.has_mpi(), reason="this build has MPI")
 def test_mpi_without_mpi_says_so():
     with pytest.raises(RuntimeError, match="built without MPI"):
@@ -84,6 +105,40 @@ def test_forward_info(reduction, resolved):
         want = weighted.sum() / (6 if resolved == "sum_over_batch_size" else 1)
         assert f.values[0] == pytest.approx(want, rel=1e-14)
         assert f.objective == pytest.approx(want, rel=1e-14)
+
+
+def test_input_error_of_a_local_call():
+    # A front end's own rejection: the library raises it, with the type asked for; za and zb are
+    # not read.
+    loss = _core.Loss(0.1, "sum")
+    for kind in (TypeError, ValueError, NotImplementedError):
+        with pytest.raises(kind) as e:
+            loss.forward(None, None, input_error=(kind, "simclr.x: za is wrong"))
+        assert type(e.value) is kind and str(e.value) == "simclr.x: za is wrong"
+    with pytest.raises(TypeError, match="input_error must be None or"):
+        loss.forward(None, None, input_error=(KeyError, "no"))
+    with pytest.raises(TypeError, match="input_error must be None or"):
+        loss.forward(None, None, input_error="no")
+
+
+def test_object_and_string_arrays_name_their_dtype():
+    o = np.empty((3, 2), dtype=object)
+    o[:] = 1.0
+    with pytest.raises(TypeError, match="za must be a 2-D array .* of float32 or float64 .*got "
+                                        "numpy.ndarray of dtype object"):
+        _core.Loss().forward(o, o)
+    s = np.array([["a", "b"]])
+    with pytest.raises(TypeError, match="got numpy.ndarray of dtype <U1"):
+        _core.Loss().forward(np.ones((1, 2)), s)
+
+
+def test_zero_dimensional_embeddings():
+    # [n, 0]: every row is a zero row; TF Similarity's value is 2 ln(2n - 1).
+    z = np.zeros((3, 0))
+    f = _core.Loss(0.1, "none").forward(z, z)
+    np.testing.assert_allclose(f.values, [2 * np.log(5)] * 3, rtol=1e-14)
+    ga, gb = f.backward(np.ones(3))
+    assert ga.shape == (3, 0) and gb.shape == (3, 0)
 
 
 def test_empty_batch():
@@ -300,6 +355,43 @@ def test_exception_in_a_callback_becomes_comm_error(where):
                                simclr.SimCLRLoss(0.1, "sum")(za, zb), rtol=1e-13)
 
 
+@pytest.mark.parametrize("which", ["all_gather", "all_gather_v"])
+@pytest.mark.parametrize("returns", [None, "the bytes"])
+def test_callbacks_that_do_not_write_recv_are_a_comm_error(which, returns):
+    # A callback that returns (None, or the gathered bytes) without filling recv is named, instead of
+    # the library reading stale bytes (an internal error in the engine, before).
+    za, zb = _data()
+
+    def all_gather(send, recv):
+        if which == "all_gather":
+            return None if returns is None else np.array(send)
+        recv[:] = send
+
+    def all_gather_v(send, recv, recv_bytes):
+        if which == "all_gather_v":
+            return None if returns is None else np.array(send)
+        recv[:] = send
+
+    comm = simclr.comm.from_callbacks(0, 1, all_gather, all_gather_v, backend="forgetful")
+    what = "None" if returns is None else "a numpy.ndarray"
+    with pytest.raises(simclr.CommError, match=rf"forgetful: {which} failed on rank 0 of 1 .*the "
+                                               rf"{which} callback returned {what}.* without "
+                                               r"writing this rank's send into recv\[0:"):
+        _core.Loss(0.1, "sum").forward(za, zb, comm=comm)
+
+
+def test_callback_exception_without_a_message():
+    za, zb = _data()
+
+    def fails(*args):
+        raise RuntimeError()
+
+    comm = simclr.comm.from_callbacks(0, 1, fails, fails, backend="mute")
+    with pytest.raises(simclr.CommError, match=r"RuntimeError \(raised without a message\)$") as e:
+        _core.Loss(0.1, "sum").forward(za, zb, comm=comm)
+    assert isinstance(e.value.__cause__, RuntimeError)
+
+
 def test_bad_callbacks():
     with pytest.raises(TypeError, match="callables"):
         simclr.comm.from_callbacks(0, 1, None, lambda *a: None)
@@ -411,5 +503,58 @@ def test_bad_input_on_one_thread_rank_fails_every_rank(bad):
         assert kinds == {ValueError} and len({r[1] for r in results}) == 1
         assert "dimension differs across ranks" in results[0][1]
     else:
-        assert kinds == {TypeError}
-        assert "za has dtype int64" in results[1][1]
+        # The binding's own rejection goes through the library's agreement: every rank raises the
+        # same message, naming the rank.
+        assert kinds == {TypeError} and len({r[1] for r in results}) == 1, results
+        assert "za has dtype int64" in results[0][1] and "(rank 1)" in results[0][1]
+
+
+@pytest.mark.parametrize("kind", [TypeError, ValueError, NotImplementedError])
+def test_input_error_on_one_thread_rank_fails_every_rank(kind):
+    world = _ThreadWorld(3)
+    za, zb = _data(9, 4, seed=6)
+
+    def rank_fn(rank, comm):
+        error = (kind, "za is not a tensor") if rank == 2 else None
+        try:
+            _core.Loss(0.1, "sum").forward(za[3 * rank:3 * rank + 3], zb[3 * rank:3 * rank + 3],
+                                           comm=comm, input_error=error)
+        except Exception as e:  # noqa: BLE001 - compared below
+            return type(e), str(e)
+        return None
+
+    results, errors = world.run(rank_fn)
+    assert errors == [None] * 3, errors
+    assert results == [(kind, "za is not a tensor (rank 2)")] * 3
+
+
+def test_gradient_reduction_is_the_librarys():
+    # mean: the library scales a distributed backward by the number of ranks; every rank must pass
+    # the same.
+    za, zb = _data(5, 4, seed=8)
+    offsets = [0, 3, 5]
+
+    def run(modes):
+        world = _ThreadWorld(2)
+
+        def rank_fn(rank, comm):
+            lo, hi = offsets[rank], offsets[rank + 1]
+            try:
+                f = _core.Loss(0.1, "sum").forward(za[lo:hi], zb[lo:hi], comm=comm,
+                                                   gradient_reduction=modes[rank])
+            except ValueError as e:
+                return str(e)
+            return f.backward(1.0)
+
+        results, errors = world.run(rank_fn)
+        assert errors == [None, None], errors
+        return results
+
+    want = simclr.SimCLRLoss(0.1, "sum").value_and_gradient(za, zb)[1]
+    for mode, factor in ((_core.GRADIENT_SUM, 1), (_core.GRADIENT_MEAN, 2)):
+        got = run([mode, mode])
+        np.testing.assert_allclose(np.concatenate([got[0][0], got[1][0]]), factor * want,
+                                   rtol=1e-12, atol=1e-14)
+    got = run([_core.GRADIENT_SUM, _core.GRADIENT_MEAN])
+    assert got[0] == got[1]
+    assert "gradient_reduction differs between ranks: rank 0 has 'sum', rank 1 has 'mean'" in got[0]

@@ -150,6 +150,18 @@ def test_trace_time_errors():
         sj.simclr_loss(za, za, sample_weight=jnp.ones((4, 2)))
     with pytest.raises(ValueError, match="gradient_reduction"):
         sj.simclr_loss(za, za, gradient_reduction="avg")
+    # The front ends' shared argument messages (simclr/_args.py).
+    with pytest.raises(TypeError, match="gradient_reduction must be \"sum\" or \"mean\", got "
+                                        "NoneType None"):
+        sj.simclr_loss(za, za, gradient_reduction=None)
+    with pytest.raises(TypeError, match="temperature must be a number > 0, got str 'abc'"):
+        sj.simclr_loss(za, za, temperature="abc")
+    with pytest.raises(TypeError, match=r"temperature must be a number > 0, got list \[0.1\]"):
+        sj.SimCLRLoss(temperature=[0.1])
+    with pytest.raises(ValueError, match=r"integer in \[0, 2\*\*63 - 1\]"):
+        sj.simclr_loss(za, za, global_batch_size=2**70)
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0, got nan"):
+        sj.SimCLRLoss.from_config({"temperature": float("nan")})
     # The distribution rule, before anything runs.
     with pytest.raises(ValueError, match="global_batch_size"):
         jax.jit(lambda a: sj.simclr_loss(a, a, axis_name="d")).trace(za)

@@ -63,3 +63,8 @@ def test_config_and_serialization():
 def test_bad_temperature():
     with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
         sk.SimCLRLoss(temperature=0.0)
+
+
+def test_temperature_that_is_not_a_number():
+    with pytest.raises(TypeError, match="temperature must be a number > 0, got str 'abc'"):
+        sk.SimCLRLoss(temperature="abc")

@@ -326,3 +326,70 @@ def test_bad_comm_is_a_type_error():
 def test_repr():
     assert repr(simclr.SimCLRLoss(0.5, "sum", "n")) == \
         "SimCLRLoss(temperature=0.5, reduction='sum', name='n')"
+
+
+# ---- argument messages: each names the argument and what it accepts (simclr/_args.py) ----
+
+@pytest.mark.parametrize("t,shown", [("abc", "str 'abc'"), (None, "NoneType None"),
+                                     ([0.1], r"list \[0.1\]"), (True, "bool True")])
+def test_temperature_that_is_not_a_number(t, shown):
+    with pytest.raises(TypeError, match="temperature must be a number > 0, got " + shown):
+        simclr.SimCLRLoss(temperature=t)
+
+
+def test_numeric_temperatures_of_other_types():
+    for t in (np.float32(0.25), np.array(0.25), 1):
+        assert simclr.SimCLRLoss(temperature=t).temperature == float(t)
+
+
+@pytest.mark.parametrize("g,error,what", [
+    (float("nan"), TypeError, 'global_batch_size must be None, "infer" or an integer >= 0, got float nan'),
+    (float("inf"), TypeError, 'global_batch_size must be None, "infer" or an integer >= 0, got float inf'),
+    ([1], TypeError, r'global_batch_size must be None, "infer" or an integer >= 0, got list \[1\]'),
+    (2**70, ValueError, r"global_batch_size must be .*an integer in \[0, 2\*\*63 - 1\] \(int64\), got "
+                        "1180591620717411303424"),
+    (-3, ValueError, r"an integer in \[0, 2\*\*63 - 1\] \(int64\), got -3"),
+])
+def test_global_batch_size_messages(g, error, what):
+    with pytest.raises(error, match=what):
+        simclr.SimCLRLoss()(np.ones((2, 3)), np.ones((2, 3)), global_batch_size=g)
+
+
+def test_global_batch_size_of_numpy_integers():
+    z = np.ones((2, 3))
+    assert simclr.SimCLRLoss()(z, z, global_batch_size=np.int64(4)) == \
+        simclr.SimCLRLoss()(z, z, global_batch_size=4)
+
+
+@pytest.mark.parametrize("t", [float("nan"), float("inf"), -float("inf")])
+def test_from_config_with_a_non_finite_temperature(t):
+    # JSON cannot carry NaN or Inf: the temperature's own ValueError, not a JSON syntax error.
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0, got"):
+        simclr.SimCLRLoss.from_config({"temperature": t})
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0, got"):
+        simclr.SimCLRLoss.from_config({"class_name": "SimCLRLoss", "config": {"temperature": t}})
+
+
+def test_from_config_with_another_non_finite_value():
+    with pytest.raises(ValueError, match="config value 'margin' is nan"):
+        simclr.SimCLRLoss.from_config({"temperature": 0.1, "margin": float("nan")})
+
+
+def test_object_array_names_its_dtype():
+    a = np.empty((3, 2), dtype=object)
+    a[:] = 1.0
+    with pytest.raises(TypeError, match="za must be a 2-D array .*of float32 or float64.* got "
+                                        "numpy.ndarray of dtype object"):
+        simclr.SimCLRLoss()(a, np.ones((3, 2)))
+
+
+def test_sample_weight_that_is_not_numbers():
+    with pytest.raises(TypeError, match="sample_weight must be None, a number or an array of numbers"
+                                        ".* got str 'abc'"):
+        simclr.SimCLRLoss()(np.ones((2, 3)), np.ones((2, 3)), sample_weight="abc")
+
+
+def test_zero_dimensional_embeddings():
+    z = np.zeros((3, 0), np.float32)
+    got = simclr.SimCLRLoss(0.1, "none")(z, z)
+    np.testing.assert_allclose(got, [2 * math.log(5)] * 3, rtol=1e-6)

@@ -208,11 +208,13 @@ def test_autocast_cpu_bfloat16():
 
 def test_non_cpu_tensor_is_a_clear_error():
     za = torch.empty(4, 3, device="meta")
-    with pytest.raises(NotImplementedError, match="no CUDA front end"):
+    with pytest.raises(NotImplementedError,
+                       match="za is on device meta; the loss takes a dense CPU or CUDA tensor"):
         simclr_torch.simclr_loss(za, za)
-    if torch.cuda.is_available():
+    from simclr import _torch_cuda
+    if torch.cuda.is_available() and not _torch_cuda.available():
         z = torch.randn(4, 3, device="cuda")
-        with pytest.raises(NotImplementedError, match="no CUDA front end"):
+        with pytest.raises(NotImplementedError, match="no CUDA route"):
             simclr_torch.simclr_loss(z, z)
 
 
@@ -284,3 +286,107 @@ def test_local_call_ignores_gradient_reduction():
         simclr_torch.simclr_loss(a, zb, gradient_reduction=mode).backward()
         grads.append(a.grad)
     assert torch.equal(grads[0], grads[1])
+
+
+# ---- argument messages: each names the argument and what it accepts (simclr/_args.py) ----
+
+@pytest.mark.parametrize("t,shown", [("abc", "str 'abc'"), (None, "NoneType None"),
+                                     ([0.1], r"list \[0.1\]")])
+def test_temperature_that_is_not_a_number(t, shown):
+    with pytest.raises(TypeError, match="temperature must be a number > 0, got " + shown):
+        simclr_torch.SimCLRLoss(temperature=t)
+    with pytest.raises(TypeError, match="temperature must be a number > 0, got " + shown):
+        simclr_torch.simclr_loss(torch.ones(2, 3), torch.ones(2, 3), temperature=t)
+
+
+def test_reduction_none_is_the_invalid_reduction_key():
+    # Keras's message for a key that is not one (nanobind's "incompatible function arguments"
+    # before).
+    with pytest.raises(ValueError, match="Invalid Reduction Key: None. Expected keys are"):
+        simclr_torch.SimCLRLoss(reduction=None)
+    with pytest.raises(ValueError, match="Invalid Reduction Key: None."):
+        simclr_torch.simclr_loss(torch.ones(2, 3), torch.ones(2, 3), reduction=None)
+
+
+@pytest.mark.parametrize("g,error,what", [
+    (float("nan"), TypeError, 'global_batch_size must be None, "infer" or an integer >= 0, got float nan'),
+    (float("inf"), TypeError, 'global_batch_size must be None, "infer" or an integer >= 0, got float inf'),
+    ([1], TypeError, r'global_batch_size must be None, "infer" or an integer >= 0, got list \[1\]'),
+    (2**70, ValueError, r"an integer in \[0, 2\*\*63 - 1\] \(int64\), got 1180591620717411303424"),
+])
+def test_global_batch_size_messages(g, error, what):
+    with pytest.raises(error, match=what):
+        simclr_torch.SimCLRLoss(global_batch_size=g)
+
+
+def test_global_batch_size_of_an_integer_tensor():
+    crit = simclr_torch.SimCLRLoss(global_batch_size=torch.tensor(4))
+    za, zb = _inputs(2, 3)
+    assert float(crit(za, zb)) == float(simclr_torch.SimCLRLoss(reduction="sum")(za, zb)) / 4
+
+
+def test_gradient_reduction_that_is_not_a_string():
+    with pytest.raises(TypeError, match='gradient_reduction must be "sum" or "mean", got NoneType'):
+        simclr_torch.SimCLRLoss(gradient_reduction=None)
+
+
+def test_from_config_with_a_nan_temperature():
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0, got nan"):
+        simclr_torch.SimCLRLoss.from_config({"temperature": float("nan")})
+
+
+def test_not_a_tensor():
+    # The dtype was read before the check (an AttributeError).
+    z = torch.ones(2, 3)
+    with pytest.raises(TypeError, match=r"simclr.torch: za must be a dense CPU or CUDA tensor \[n, d\] "
+                                        r"of float32, float64, float16 or bfloat16, got list \[\["):
+        simclr_torch.simclr_loss(z.tolist(), z)
+    with pytest.raises(TypeError, match="simclr.torch: zb must be a dense CPU or CUDA tensor"):
+        simclr_torch.simclr_loss(z, z.numpy())
+
+
+def test_tensors_on_two_devices():
+    with pytest.raises(ValueError, match="simclr.torch: za is on cpu but zb on meta; za and zb must be "
+                                         "on one device"):
+        simclr_torch.simclr_loss(torch.ones(2, 3), torch.empty(2, 3, device="meta"))
+
+
+def test_sparse_tensor():
+    z = torch.eye(4, 3)
+    with pytest.raises(TypeError, match=r"simclr.torch: za is a torch.sparse_coo tensor; the loss takes "
+                                        r"a dense CPU or CUDA tensor .*za.to_dense\(\)"):
+        simclr_torch.simclr_loss(z.to_sparse(), z)
+
+
+def test_sample_weight_that_is_not_numbers():
+    z = torch.ones(2, 3)
+    with pytest.raises(TypeError, match="sample_weight must be None, a number or an array of "
+                                        "numbers .*got str 'abc'"):
+        simclr_torch.simclr_loss(z, z, "abc")
+
+
+def test_zero_dimensional_embeddings():
+    # [n, 0]: the library's all-zero rows, 2 ln(2n - 1); the binding passes the empty tensors on.
+    za = torch.zeros(3, 0, requires_grad=True)
+    zb = torch.zeros(3, 0, requires_grad=True)
+    out = simclr_torch.simclr_loss(za, zb, reduction="none")
+    assert torch.allclose(out, torch.full((3,), 2 * math.log(5)))
+    out.sum().backward()
+    assert za.grad.shape == (3, 0) and zb.grad.shape == (3, 0)
+
+
+def test_the_torch_modules_do_not_import_each_other():
+    # simclr.torch imports simclr._torch_cuda (the CUDA route), never the other way round.
+    import ast
+    import inspect
+    from simclr import _torch_cuda
+
+    tree = ast.parse(inspect.getsource(_torch_cuda))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            names.add(("." * node.level) + (node.module or ""))
+            names.update(("." * node.level) + a.name for a in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+    assert not {"simclr.torch", ".torch"} & names, names

@@ -1,5 +1,6 @@
 """simclr.torch across processes: launches torch_mpi_worker.py (every split at 1-4 ranks, errors on one
-rank) and torch_ddp_worker.py (DDP at 2 and 3 ranks) under mpirun with torch.distributed's gloo."""
+rank), torch_mpi_errors_worker.py (input errors of one rank raised on every rank, promptly) and
+torch_ddp_worker.py (DDP at 2 and 3 ranks) under mpirun with torch.distributed's gloo."""
 
 import os
 import shutil
@@ -31,6 +32,14 @@ def mpirun(ranks, script, tmp_path, *args, timeout=600):
 def test_every_split_errors_and_reference(ranks, tmp_path):
     out = mpirun(ranks, "torch_mpi_worker.py", tmp_path)
     assert f"torch_mpi_worker: OK, {ranks} ranks" in out
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_input_error_on_one_rank_raises_on_every_rank_promptly(ranks, tmp_path):
+    # The worker's process group times out after 20 s and each case must end in 10; a rank left
+    # waiting (the bug this guards against) fails the run instead of hanging it.
+    out = mpirun(ranks, "torch_mpi_errors_worker.py", tmp_path, timeout=180)
+    assert f"torch_mpi_errors_worker: OK, {ranks} ranks" in out
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -147,7 +147,7 @@ def errors():
     # Errors found in Python before the core: an integer tensor, a tensor on another device, 1-D input.
     same_error_everywhere(lambda: call(good.long() if RANK == last else good), TypeError, "dtype")
     same_error_everywhere(lambda: call(torch.empty(3, d, device="meta") if RANK == last else good),
-                          NotImplementedError, "no CUDA front end")
+                          NotImplementedError, "za is on device meta; the loss takes a dense CPU or CUDA tensor")
     same_error_everywhere(lambda: call(good[0] if RANK == last else good), ValueError, "2-D")
     # After all that the group still works.
     out = call(good, reduction="sum")

@@ -205,6 +205,16 @@ def test_bad_temperature(temperature):
         st.simclr_loss(tf.ones([2, 2]), tf.ones([2, 2]), temperature=temperature)
 
 
+@pytest.mark.parametrize("temperature,shown", [("abc", "str 'abc'"), (None, "NoneType None"),
+                                               ([0.1], r"list \[0.1\]")])
+def test_temperature_that_is_not_a_number(temperature, shown):
+    # simclr/_args.py's message, the same in every front end.
+    with pytest.raises(TypeError, match="temperature must be a number > 0, got " + shown):
+        sk.SimCLRLoss(temperature=temperature)
+    with pytest.raises(TypeError, match="temperature must be a number > 0, got " + shown):
+        st.simclr_loss(tf.ones([2, 2]), tf.ones([2, 2]), temperature=temperature)
+
+
 def test_bad_reduction_is_keras_s():
     with pytest.raises(ValueError, match="Invalid Reduction Key: mean"):
         sk.SimCLRLoss(reduction="mean")
