@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
-from . import _args
+from . import _args, _core
 from ._loss import _ConfigMixin
 
 try:
@@ -312,8 +312,8 @@ def simclr_loss(za, zb, *, temperature=0.05, reduction="auto", sample_weight=Non
     weight = None if sample_weight is None else jnp.asarray(sample_weight)
     # The library's shape rules (2-D views alike, Keras's sample_weight shapes), raised now, as
     # shapes are static; the values are checked when the call runs.
-    _jax_ffi.check_shapes(list(za.shape), list(zb.shape),
-                          None if weight is None else list(weight.shape))
+    _core.check_shapes(list(za.shape), list(zb.shape),
+                       None if weight is None else list(weight.shape))
     if za.dtype != zb.dtype:
         raise TypeError("za is {} but zb is {}; both views take the same dtype".format(
             za.dtype, zb.dtype))

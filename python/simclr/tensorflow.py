@@ -26,7 +26,7 @@ import os
 
 import tensorflow as tf
 
-from . import _args
+from . import _args, _core
 
 __all__ = ["simclr_loss"]
 
@@ -131,12 +131,10 @@ def simclr_loss(za, zb, temperature=0.05, threads=0):
     threads = _args.threads(threads)
     za = tf.convert_to_tensor(za)
     zb = tf.convert_to_tensor(zb)
-    if za.shape.rank is not None and za.shape.rank != 2 or zb.shape.rank is not None \
-            and zb.shape.rank != 2:
-        raise ValueError("za and zb must be [n, d] matrices, got shapes {} and {}".format(
-            za.shape, zb.shape))
-    if not za.shape.is_compatible_with(zb.shape):
-        raise ValueError("za and zb must have the same shape: {} vs. {}".format(za.shape, zb.shape))
+    # The library's shape rules, raised now when the static shapes are known (otherwise the op
+    # raises the same message when it runs).
+    if za.shape.is_fully_defined() and zb.shape.is_fully_defined():
+        _core.check_shapes(za.shape.as_list(), zb.shape.as_list())
     if za.dtype != zb.dtype:
         raise TypeError("za is {} but zb is {}; both views take the same dtype".format(
             za.dtype.name, zb.dtype.name))

@@ -834,6 +834,19 @@ NB_MODULE(_core, m) {
   m.attr("RECORD_BYTES") = SIMCLR_RECORD_BYTES;
 
   m.def(
+      "check_shapes",
+      [](const std::vector<int64_t>& za, const std::vector<int64_t>& zb,
+         const std::optional<std::vector<int64_t>>& weight) {
+        check(simclr_check_shapes(za.data(), static_cast<int32_t>(za.size()), zb.data(),
+                                  static_cast<int32_t>(zb.size()),
+                                  weight ? weight->data() : nullptr,
+                                  weight ? static_cast<int32_t>(weight->size()) : -1));
+      },
+      "za"_a, "zb"_a, "weight"_a = nb::none(),
+      "The library's checks of a call's shapes (2-D views alike, the sample_weight rules; weight "
+      "None: no weight): its ValueError, with the message a call would give, for front ends that "
+      "know the shapes before the data.");
+  m.def(
       "reduction_code",
       [](const std::string& key) { return static_cast<int>(parse_reduction(key)); }, "key"_a,
       "The C API's code of a Keras reduction key; the library's ValueError (\"Invalid Reduction "

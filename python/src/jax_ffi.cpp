@@ -291,19 +291,6 @@ ffi::Error agree_backward_impl(ffi::AnyBuffer records, ffi::AnyBuffer u_global,
                        temperature, reduction, threads);
 }
 
-// The library's checks of a call's shapes (2-D views alike, the sample_weight rules): what simclr.jax
-// raises at trace time, where shapes are static, in the library's words.
-void check_shapes(const std::vector<std::int64_t>& za, const std::vector<std::int64_t>& zb,
-                  const std::optional<std::vector<std::int64_t>>& weight) {
-  const simclr_status status = simclr_check_shapes(
-      za.data(), static_cast<std::int32_t>(za.size()), zb.data(),
-      static_cast<std::int32_t>(zb.size()), weight ? weight->data() : nullptr,
-      weight ? static_cast<std::int32_t>(weight->size()) : -1);
-  if (status == SIMCLR_VALUE_ERROR) throw nb::value_error(simclr_last_error());
-  if (status == SIMCLR_TYPE_ERROR) throw nb::type_error(simclr_last_error());
-  if (status != SIMCLR_OK) throw std::runtime_error(simclr_last_error());
-}
-
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrRecord, record_impl,
@@ -417,7 +404,5 @@ NB_MODULE(_jax_ffi, m) {
     return d;
   });
   m.attr("RECORD_BYTES") = SIMCLR_RECORD_BYTES;
-  m.def("check_shapes", &check_shapes, "za"_a, "zb"_a, "weight"_a = nb::none(),
-        "Raises the library's ValueError when the shapes of za, zb and the sample_weight (None: "
-        "no weight) do not make a call (simclr_check_shapes), before anything runs.");
+
 }

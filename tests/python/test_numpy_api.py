@@ -303,7 +303,7 @@ def test_nan_and_inf_name_the_row():
     (np.ones(3), r"Incompatible shapes: \[5\] vs. \[3\]"),
     (np.ones((5, 2)), "Can not squeeze dim"),
     (np.ones((1, 5)), "Can not squeeze dim"),
-    (np.ones((5, 1, 1)), "0, 1 or 2 dimensions"),
+    (np.ones((5, 1, 1)), "sample_weight of rank 3 is not supported for a \[5\] loss"),
     (np.array([1, np.nan, 1, 1, 1]), "sample_weight has NaN at index 1"),
 ])
 def test_bad_sample_weight(weight, what):
