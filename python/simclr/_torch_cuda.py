@@ -374,15 +374,14 @@ def _input_error(za, zb):
 
 
 def _device_weight(sample_weight, rows, device):
-    """Keras's sample_weight as a float32 device vector of 1 or rows values."""
+    """Keras's sample_weight as a float32 device vector of 1 or rows values. The shape rules are
+    the library's (simclr._core.check_shapes), with its messages."""
     import torch
 
+    from . import _core
+
     w = torch.as_tensor(sample_weight, dtype=torch.float32, device=device)
-    ok = (w.dim() == 0 or (w.dim() == 1 and w.shape[0] in (1, rows))
-          or (w.dim() == 2 and w.shape[1] == 1 and w.shape[0] in (1, rows)))
-    if not ok:
-        raise ValueError(f"simclr.torch: sample_weight: Incompatible shapes: [{rows}] vs. "
-                         f"{list(w.shape)} (Keras takes [], [1], [1, 1], [n] or [n, 1])")
+    _core.check_shapes([rows, 1], [rows, 1], list(w.shape))
     return w.detach().reshape(-1).contiguous()
 
 

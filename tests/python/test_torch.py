@@ -390,3 +390,17 @@ def test_the_torch_modules_do_not_import_each_other():
         elif isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
     assert not {"simclr.torch", ".torch"} & names, names
+
+
+@pytest.mark.parametrize("shape,message", [
+    ((3,), r"Incompatible shapes: \[4\] vs. \[3\]"),
+    ((4, 2), r"Can not squeeze dim\[1\], expected a dimension of 1, got 2"),
+    ((4, 1, 1), "sample_weight of rank 3 is not supported for a \\[4\\] loss"),
+])
+def test_cuda_route_weight_shapes_are_the_librarys_rules(shape, message):
+    # The CUDA route's sample weight is shaped on the host side by the library's own rules (the same
+    # messages as every other front end); CPU tensors stand in for device ones here.
+    from simclr import _torch_cuda
+    assert _torch_cuda._device_weight(torch.ones(4, 1), 4, "cpu").shape == (4,)
+    with pytest.raises(ValueError, match=message):
+        _torch_cuda._device_weight(torch.ones(shape), 4, "cpu")
