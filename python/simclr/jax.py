@@ -359,9 +359,19 @@ class SimCLRLoss(_ConfigMixin):
         out._loss = _args.from_config(config)
         return out
 
+    def __reduce__(self):
+        # Pickles and copies: rebuilt from the config and the JAX settings.
+        return (_rebuild_jax_loss, (type(self), self.get_config(), self.axis_name,
+                                    self.global_batch_size, self.gradient_reduction))
+
     def __call__(self, za, zb, sample_weight=None):
         c = self.get_config()
         return simclr_loss(za, zb, temperature=c["temperature"], reduction=c["reduction"],
                            sample_weight=sample_weight, axis_name=self.axis_name,
                            global_batch_size=self.global_batch_size,
                            gradient_reduction=self.gradient_reduction)
+
+
+def _rebuild_jax_loss(cls, config, axis_name, global_batch_size, gradient_reduction):
+    return cls.from_config(config, axis_name=axis_name, global_batch_size=global_batch_size,
+                           gradient_reduction=gradient_reduction)

@@ -282,3 +282,35 @@ class SimCLRLoss(torch.nn.Module):
         return (f"temperature={self.temperature}, reduction={self.reduction!r}, "
                 f"gradient_reduction={self.gradient_reduction!r}"
                 + ("" if self.process_group is None else ", distributed"))
+
+    # Copies and pickles (copy.deepcopy for EMA teachers, torch.save of a model that holds the loss):
+    # the library's loss object is rebuilt from the config; a process group is a handle to the
+    # running job, shared by a deep copy and saved as the default group when it is that one.
+    _WORLD = "torch.distributed.group.WORLD"
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_core"] = self.get_config()
+        group = state.get("process_group")
+        if group is not None and dist.is_available() and group is dist.group.WORLD:
+            state["process_group"] = self._WORLD
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        state["_core"] = _args.from_config(state["_core"])
+        if state.get("process_group") == self._WORLD:
+            state["process_group"] = dist.group.WORLD
+        self.__dict__.update(state)
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        state = self.__getstate__()
+        group = state.pop("process_group", None)
+        out = type(self).__new__(type(self))
+        memo[id(self)] = out
+        state = copy.deepcopy(state, memo)
+        state["process_group"] = group
+        out.__setstate__(state)
+        return out

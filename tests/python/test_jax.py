@@ -182,3 +182,16 @@ def test_nan_and_inf_are_run_time_errors_that_name_the_row():
     w[3] = np.nan
     with pytest.raises(Exception, match="sample_weight has NaN at index 3"):
         jax.block_until_ready(sj.simclr_loss(jnp.ones((4, 3)), jnp.ones((4, 3)), sample_weight=w))
+
+
+def test_the_loss_object_pickles_and_copies():
+    import copy
+    import pickle
+
+    loss = sj.SimCLRLoss(temperature=0.3, reduction="none", name="x", gradient_reduction="mean")
+    za, zb = np.random.default_rng(1).standard_normal((2, 5, 4))
+    want = np.asarray(loss(za, zb))
+    for other in (pickle.loads(pickle.dumps(loss)), copy.deepcopy(loss), copy.copy(loss)):
+        assert other.get_config() == loss.get_config()
+        assert other.gradient_reduction == "mean"
+        np.testing.assert_array_equal(np.asarray(other(za, zb)), want)

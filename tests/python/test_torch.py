@@ -404,3 +404,24 @@ def test_cuda_route_weight_shapes_are_the_librarys_rules(shape, message):
     assert _torch_cuda._device_weight(torch.ones(4, 1), 4, "cpu").shape == (4,)
     with pytest.raises(ValueError, match=message):
         _torch_cuda._device_weight(torch.ones(shape), 4, "cpu")
+
+
+def test_copies_pickles_and_saved_models_keep_the_loss(tmp_path):
+    import copy
+    import pickle
+
+    crit = simclr_torch.SimCLRLoss(temperature=0.2, reduction="sum", name="l",
+                                   gradient_reduction="sum")
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    model.loss = crit
+    za, zb = torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
+    want = crit(za, zb)
+    for other in (copy.deepcopy(crit), pickle.loads(pickle.dumps(crit)), copy.copy(crit),
+                  copy.deepcopy(model).loss):
+        assert other.get_config() == crit.get_config()
+        assert other.gradient_reduction == "sum"
+        assert torch.equal(other(za, zb), want)
+    torch.save(model, tmp_path / "m.pt")
+    kwargs = {"weights_only": False} if "weights_only" in torch.load.__code__.co_varnames else {}
+    loaded = torch.load(tmp_path / "m.pt", **kwargs)
+    assert torch.equal(loaded.loss(za, zb), want)
