@@ -145,6 +145,7 @@ class _SimCLRFunction(torch.autograd.Function):
         fwd = core_loss.forward(a, b, weight=weight, comm=comm, global_batch_size=global_batch,
                                 threads=threads, gradient_reduction=gradient_reduction)
         ctx.fwd = fwd
+        ctx.save_for_backward(za, zb)  # references: what a second-order gradient is tied to
         ctx.in_dtypes = (za.dtype, zb.dtype)
         ctx.dtype = dtype
         ctx.shape = (a.shape[0], a.shape[1])
@@ -169,7 +170,30 @@ class _SimCLRFunction(torch.autograd.Function):
             grad_a = grad_a.to(ctx.in_dtypes[0])
         if ctx.in_dtypes[1] != ctx.dtype:
             grad_b = grad_b.to(ctx.in_dtypes[1])
+        if torch.is_grad_enabled():
+            # create_graph=True: the closed form has no graph of its own, so a second-order
+            # gradient through it (a gradient penalty, gradgradcheck) is refused when it is taken,
+            # instead of treating these gradients as constants (silently wrong).
+            za, zb = ctx.saved_tensors
+            grad_a = _NoSecondOrder.apply(grad_a, za)
+            grad_b = _NoSecondOrder.apply(grad_b, zb)
         return grad_a, grad_b, None, None, None, None, None, None
+
+
+class _NoSecondOrder(torch.autograd.Function):
+    """The identity on a first-order gradient, tied to the input it is the gradient of; its own
+    backward (a second-order gradient) raises."""
+
+    @staticmethod
+    def forward(ctx, grad, like):
+        return grad.clone()
+
+    @staticmethod
+    def backward(ctx, _grad):
+        raise RuntimeError(
+            "simclr.torch: second-order gradients through the SimCLR loss are not supported (its "
+            "backward is a closed form with no graph of its own); a gradient penalty or "
+            "gradgradcheck over it cannot be computed")
 
 
 def _cuda_route(za):
@@ -220,6 +244,12 @@ def simclr_loss(za, zb, sample_weight=None, *, temperature=0.05, reduction="auto
             za, zb, temperature=temperature, reduction=reduction,
             global_batch_size=global_batch_size, process_group=process_group,
             sample_weight=sample_weight, gradient_reduction=gradient_reduction)
+    if isinstance(temperature, torch.Tensor) and temperature.requires_grad:
+        # Refused rather than silently detached: no gradient flows into the temperature yet.
+        raise NotImplementedError(
+            "simclr.torch: temperature is a tensor that requires grad, and the loss has no gradient "
+            "in the temperature (a learnable temperature is not supported yet); pass a float or "
+            "temperature.detach()")
     config_error = None
     try:
         core_loss = _args.make_loss(temperature, reduction)

@@ -425,3 +425,25 @@ def test_copies_pickles_and_saved_models_keep_the_loss(tmp_path):
     kwargs = {"weights_only": False} if "weights_only" in torch.load.__code__.co_varnames else {}
     loaded = torch.load(tmp_path / "m.pt", **kwargs)
     assert torch.equal(loaded.loss(za, zb), want)
+
+
+def test_a_second_order_gradient_is_refused_not_wrong():
+    # A gradient penalty through a Linear layer: the second backward must fail loudly (it used to
+    # give a silently wrong value).
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(5, 4).double()
+    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(6, 5, dtype=torch.float64)
+    loss = simclr_torch.simclr_loss(layer(x), layer(y), temperature=0.2, reduction="sum")
+    (grad_x,) = torch.autograd.grad(loss, x, create_graph=True)
+    with pytest.raises(RuntimeError, match="second-order gradients through the SimCLR loss"):
+        grad_x.pow(2).sum().backward()
+
+
+def test_a_temperature_that_requires_grad_is_refused():
+    t = torch.tensor(0.1, requires_grad=True)
+    za, zb = torch.randn(4, 3), torch.randn(4, 3)
+    with pytest.raises(NotImplementedError, match="requires grad"):
+        simclr_torch.simclr_loss(za, zb, temperature=t)
+    # A plain tensor (no grad) is a number, as before.
+    assert torch.isfinite(simclr_torch.simclr_loss(za, zb, temperature=torch.tensor(0.1)))
