@@ -396,6 +396,13 @@ simclr_status simclr_check_shapes(const int64_t* za_shape, int32_t za_ndim, cons
 simclr_status simclr_step_record(simclr_loss_t loss, const simclr_matrix* za, const simclr_matrix* zb,
                                  const simclr_weight* weight, const simclr_call_options* options,
                                  void* record);
+/* The same record from shapes alone, for a front end that must agree before its data reaches the
+ * library (the PyTorch CUDA route sizes its device workspace with every rank's rows): rows, cols and
+ * dtype as this rank's call will pass them, options as it will pass them (input_error, a rejection
+ * of this rank's input, travels in the record; rows and cols are then ignored). Reads no data; the
+ * call itself checks the values later. Fails only for a NULL loss or record. */
+simclr_status simclr_record_call(simclr_loss_t loss, int64_t rows, int64_t cols, simclr_dtype dtype,
+                                 const simclr_call_options* options, void* record);
 /* Every rank's records (ranks * SIMCLR_RECORD_BYTES bytes): fails with the first failing rank's
  * status and message (naming the rank), or with a cross-rank mismatch (dtype, dimension,
  * configuration, options) or the distribution rule, identically on every rank. On success writes

@@ -31,16 +31,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import struct
 
 from . import _args
 
 __all__ = ["available", "simclr_loss_cuda", "last_status", "workspace_bytes"]
 
 _last_status = None  # the status tensor of the latest forward (a view of its workspace)
-_RECORD_BYTES = _args.RECORD_BYTES  # one rank's record of the first gather of a distributed call
-_INPUT_ERRORS = {"TypeError": TypeError, "ValueError": ValueError,
-                 "NotImplementedError": NotImplementedError}
 
 
 def _device_module():
@@ -215,26 +211,23 @@ class _TorchDeviceComm:
             torch.empty(0, dtype=torch.uint8)
         return b"".join(_host_gather(mine, self.group, self.size, self.host_device))
 
-    def agree(self, rows, error):
-        """The first collective of a call: every rank's rows, or the first rank's input error
-        raised on every rank (error: (exception type, message) found here, or None)."""
-        record = bytearray(_RECORD_BYTES)
-        struct.pack_into("<qB", record, 0, int(rows), 0)
-        if error is not None:
-            text = f"{error[0].__name__}\n{error[1]}".encode("utf-8")[:_RECORD_BYTES - 13]
-            struct.pack_into("<qBI", record, 0, 0, 1, len(text))
-            record[13:13 + len(text)] = text
-        all_rows = []
-        for r, part in enumerate(self.host_all_gather(bytes(record))[i:i + _RECORD_BYTES]
-                                 for i in range(0, self.size * _RECORD_BYTES, _RECORD_BYTES)):
-            n, flag = struct.unpack_from("<qB", part, 0)
-            if flag:
-                (length,) = struct.unpack_from("<I", part, 9)
-                kind, _, message = part[13:13 + length].decode("utf-8", "replace").partition("\n")
-                exc = _INPUT_ERRORS.get(kind, RuntimeError)
-                raise exc(message if "(rank " in message else f"{message} (rank {r})")
-            all_rows.append(n)
-        return all_rows
+    def agree(self, core_loss, rows, cols, dtype, error, global_batch_size=None,
+              gradient_reduction=None):
+        """The first collective of a call: every rank's rows, or the first failing rank's error
+        (error: (exception type, message) found here, or None) raised on every rank. The records
+        and the verdict are the library's (simclr_record_call, simclr_step_agree); this only moves
+        the bytes."""
+        from . import _core
+
+        record = core_loss.record_call(
+            int(rows), int(cols), int(dtype),
+            global_batch_size=_args.GLOBAL_BATCH_NONE if global_batch_size is None
+            else global_batch_size,
+            gradient_reduction=_args.GRADIENT_REDUCTIONS["sum"] if gradient_reduction is None
+            else gradient_reduction,
+            input_error=error)
+        assert len(record) == _core.RECORD_BYTES
+        return core_loss.agree(self.host_all_gather(record))
 
 
 def _host_gather(tensor, group, size, device):
@@ -373,6 +366,16 @@ def _input_error(za, zb):
     return None
 
 
+def _core_dtype(t):
+    """The C API dtype code of a tensor (for the agreement record)."""
+    import torch
+
+    from . import _core
+
+    return {torch.float32: _core.FLOAT32, torch.float64: _core.FLOAT64,
+            torch.float16: _core.FLOAT16, torch.bfloat16: _core.BFLOAT16}.get(t.dtype, 0)
+
+
 def _device_weight(sample_weight, rows, device):
     """Keras's sample_weight as a float32 device vector of 1 or rows values. The shape rules are
     the library's (simclr._core.check_shapes), with its messages."""
@@ -430,7 +433,13 @@ def simclr_loss_cuda(
         device = za.device if error is None else torch.device("cuda", torch.cuda.current_device())
         comm = _TorchDeviceComm(process_group, device)
         # Every rank's rows (the workspace's size), or an error found here raised on every rank.
-        global_rows = sum(comm.agree(za.shape[0] if error is None else 0, error))
+        if error is None:
+            rows = comm.agree(_args.make_loss(temperature, reduction), za.shape[0], za.shape[1],
+                              _core_dtype(za), None, global_batch_size,
+                              _args.gradient_reduction(gradient_reduction))
+        else:  # this rank's rejection, raised by the library on every rank
+            rows = comm.agree(_args.make_loss(0.05, "sum"), 0, 0, 0, error)
+        global_rows = sum(rows)
         scale = float(comm.size) if mean else 1.0
     elif error is not None:
         raise error[0](error[1])

@@ -603,6 +603,46 @@ simclr_status input_error_status(nb::handle type) {
   raise(PyExc_RuntimeError, "simclr_forward accepted a call with an input error: " + message);
 }
 
+// Loss.record_call: this rank's agreement record from shapes alone (simclr_record_call), as bytes.
+nb::bytes record_call(const Loss& loss, int64_t rows, int64_t cols, int32_t dtype,
+                      int64_t global_batch_size, int32_t gradient_reduction,
+                      nb::object input_error) {
+  simclr_call_options options;
+  simclr_call_options_init(&options);
+  options.global_batch_size = global_batch_size;
+  options.gradient_reduction = gradient_reduction;
+  std::string message;
+  if (!input_error.is_none()) {
+    nb::tuple pair;
+    if (!nb::try_cast(input_error, pair) || pair.size() != 2 || !nb::isinstance<nb::str>(pair[1]))
+      raise(PyExc_TypeError,
+            "input_error must be None or (TypeError, ValueError or NotImplementedError, message), "
+            "got " +
+                qualified_type_name(input_error.type()));
+    options.input_error = input_error_status(pair[0]);
+    message = nb::cast<std::string>(pair[1]);
+    options.input_error_message = message.c_str();
+  }
+  std::string record(SIMCLR_RECORD_BYTES, '\0');
+  check(simclr_record_call(loss.handle, rows, cols, static_cast<simclr_dtype>(dtype), &options,
+                           record.data()));
+  return nb::bytes(record.data(), record.size());
+}
+
+// agree(): every rank's records gathered (bytes, rank order) -> every rank's rows, or the library's
+// exception (the first failing rank's, naming it) on every rank (simclr_step_agree).
+std::vector<int64_t> agree(const Loss& loss, nb::bytes records) {
+  const size_t bytes = records.size();
+  if (bytes == 0 || bytes % SIMCLR_RECORD_BYTES != 0)
+    raise(PyExc_ValueError, "agree: records must be a multiple of RECORD_BYTES (" +
+                                std::to_string(SIMCLR_RECORD_BYTES) + "), got " +
+                                std::to_string(bytes) + " bytes");
+  const auto ranks = static_cast<int32_t>(bytes / SIMCLR_RECORD_BYTES);
+  std::vector<int64_t> rows(static_cast<size_t>(ranks));
+  check(simclr_step_agree(loss.handle, records.c_str(), ranks, rows.data()));
+  return rows;
+}
+
 Forward* forward(nb::object loss_obj, nb::handle za, nb::handle zb, nb::handle weight,
                  nb::object comm_obj, int64_t global_batch_size, int32_t threads,
                  int32_t gradient_reduction, nb::object input_error) {
@@ -832,6 +872,10 @@ NB_MODULE(_core, m) {
   m.attr("GLOBAL_BATCH_NONE") = static_cast<int64_t>(SIMCLR_GLOBAL_BATCH_NONE);
   m.attr("GLOBAL_BATCH_INFER") = static_cast<int64_t>(SIMCLR_GLOBAL_BATCH_INFER);
   m.attr("RECORD_BYTES") = SIMCLR_RECORD_BYTES;
+  m.attr("FLOAT32") = static_cast<int>(SIMCLR_FLOAT32);
+  m.attr("FLOAT64") = static_cast<int>(SIMCLR_FLOAT64);
+  m.attr("FLOAT16") = static_cast<int>(SIMCLR_FLOAT16);
+  m.attr("BFLOAT16") = static_cast<int>(SIMCLR_BFLOAT16);
 
   m.def(
       "check_shapes",
@@ -888,6 +932,16 @@ NB_MODULE(_core, m) {
           "...}.")
       .def("get_config_json", &Loss::config_json,
            "get_config() as JSON text, keys in TF Similarity's order.")
+      .def("record_call", &record_call, "rows"_a, "cols"_a, "dtype"_a,
+           "global_batch_size"_a = SIMCLR_GLOBAL_BATCH_NONE,
+           "gradient_reduction"_a = SIMCLR_GRADIENT_SUM, "input_error"_a = nb::none(),
+           "This rank's agreement record (RECORD_BYTES bytes) for a call of rows x cols of the "
+           "C API dtype code, from shapes alone (simclr_record_call); input_error: None or "
+           "(TypeError, ValueError or NotImplementedError, message), carried to every rank.")
+      .def("agree", &agree, "records"_a,
+           "Every rank's records, gathered in rank order: every rank's rows, or the library's "
+           "exception (the first failing rank's, naming it, or a mismatch between ranks), the same "
+           "on every rank (simclr_step_agree).")
       .def("forward", &forward, "za"_a.none(), "zb"_a.none(), "weight"_a = nb::none(),
            "comm"_a = nb::none(), "global_batch_size"_a = SIMCLR_GLOBAL_BATCH_NONE,
            "threads"_a = 0, "gradient_reduction"_a = SIMCLR_GRADIENT_SUM,

@@ -383,6 +383,38 @@ simclr_status simclr_step_record(simclr_loss_t loss, const simclr_matrix* za, co
   });
 }
 
+simclr_status simclr_record_call(simclr_loss_t loss, int64_t rows, int64_t cols, simclr_dtype dtype,
+                                 const simclr_call_options* options, void* record) {
+  return c_api_guard([&] {
+    namespace d = simclr::detail;
+    const char* where = "simclr_record_call";
+    SIMCLR_ENFORCE(loss != nullptr, ValueError, where, ": loss is NULL");
+    SIMCLR_ENFORCE(record != nullptr, ValueError, where, ": record is NULL");
+    simclr_call_options defaults;
+    simclr_call_options_init(&defaults);
+    const simclr_call_options& o = options != nullptr ? *options : defaults;
+    const simclr::LossConfig& config = loss->loss.config();
+    const bool shaped = o.input_error == SIMCLR_OK;
+    d::AgreementRecord mine = d::forward_record(
+        shaped ? rows : 0, shaped ? cols : 0,
+        shaped ? static_cast<std::int32_t>(d::c_enum_value(dtype)) : 0,
+        config.reduction == simclr::Reduction::kAuto ? simclr::Reduction::kSumOverBatchSize
+                                                     : config.reduction,
+        config.temperature, d::kNoGlobalBatch);
+    d::capture(mine, [&] {
+      d::check_collectively(nullptr, &o, [&] {
+        SIMCLR_ENFORCE(rows >= 0 && cols >= 0, ValueError, where, ": rows ", rows, " and cols ",
+                       cols, " must be >= 0");
+        mine.global_batch = d::encode_global_batch(d::c_global_batch(o.global_batch_size, where));
+        mine.schedule = static_cast<std::int32_t>(d::c_schedule(o.schedule, where));
+        mine.gradient_reduction =
+            static_cast<std::int32_t>(d::c_gradient_reduction(o.gradient_reduction, where));
+      });
+    });
+    std::memcpy(record, &mine, sizeof(mine));
+  });
+}
+
 simclr_status simclr_step_agree(simclr_loss_t loss, const void* records, int32_t ranks,
                                 int64_t* rank_rows) {
   return c_api_guard([&] {
@@ -397,8 +429,11 @@ simclr_status simclr_step_agree(simclr_loss_t loss, const void* records, int32_t
     d::check_forward_records(
         all,
         [](std::int32_t t) {
-          return std::string(t == SIMCLR_FLOAT32 ? "float32" : t == SIMCLR_FLOAT64 ? "float64"
-                                                                                   : "unknown");
+          return std::string(t == SIMCLR_FLOAT32    ? "float32"
+                             : t == SIMCLR_FLOAT64  ? "float64"
+                             : t == SIMCLR_FLOAT16  ? "float16"
+                             : t == SIMCLR_BFLOAT16 ? "bfloat16"
+                                                    : "unknown");
         },
         loss->loss.reduction(), "simclr_call_options");
     if (rank_rows != nullptr)

@@ -167,6 +167,20 @@ void check_agreement() {
   CHECK(simclr_step_agree(loss, records.data(), 3, nullptr) == SIMCLR_VALUE_ERROR);
   CHECK(std::string(simclr_last_error()).find("gradient_reduction differs between ranks") !=
         std::string::npos);
+  // Records from shapes alone (a front end that agrees before its data reaches the library): rows
+  // come back, and an input error travels the same way.
+  simclr_call_options_init(&o);
+  for (int r = 0; r < 3; ++r)
+    CHECK_OK(simclr_record_call(loss, 4 + r, 3, SIMCLR_BFLOAT16, &o,
+                                records.data() + static_cast<std::size_t>(r) * SIMCLR_RECORD_BYTES));
+  CHECK_OK(simclr_step_agree(loss, records.data(), 3, rows));
+  CHECK(rows[0] == 4 && rows[1] == 5 && rows[2] == 6);
+  o.input_error = SIMCLR_UNSUPPORTED;
+  o.input_error_message = "za is a sparse tensor";
+  CHECK_OK(simclr_record_call(loss, 0, 0, SIMCLR_FLOAT32, &o,
+                              records.data() + SIMCLR_RECORD_BYTES));
+  CHECK(simclr_step_agree(loss, records.data(), 3, nullptr) == SIMCLR_UNSUPPORTED);
+  CHECK(std::string(simclr_last_error()) == "za is a sparse tensor (rank 1)");
   simclr_loss_destroy(loss);
   // The distribution rule, even at one rank (a distributed context).
   CHECK_OK(simclr_loss_create(0.1, SIMCLR_REDUCTION_AUTO, nullptr, &loss));

@@ -67,23 +67,34 @@ def main():
     got = comm.host_all_gather(bytes(part(RANK, 512, 5)))
     check(got == b"".join(bytes(part(r, 512, 5)) for r in range(SIZE)), "host_all_gather")
 
-    # The first gather of a call: every rank's rows, or the first failing rank's error everywhere.
+    # The first gather of a call: every rank's rows, or the first failing rank's error everywhere,
+    # through the library's records (simclr_record_call, simclr_step_agree).
+    from simclr import _args, _core
+    loss = _args.make_loss(0.1, "sum")
     rows = [3 * r + (r % 2) for r in range(SIZE)]
-    check(comm.agree(rows[RANK], None) == rows, "agree: rows")
+    check(comm.agree(loss, rows[RANK], 8, _core.FLOAT32, None) == rows, "agree: rows")
     last = SIZE - 1
     error = (ValueError, "simclr.torch: za must be 2-D [n, d]") if RANK == last else None
     try:
-        comm.agree(rows[RANK], error)
+        comm.agree(loss, rows[RANK], 8, _core.FLOAT32, error)
         check(False, "agree did not raise")
     except ValueError as exc:
         check(str(exc) == f"simclr.torch: za must be 2-D [n, d] (rank {last})", f"message {exc}")
     error = (TypeError, "bad dtype") if RANK in (0, last) else None
     try:
-        comm.agree(rows[RANK], error)
+        comm.agree(loss, rows[RANK], 8, _core.FLOAT32, error)
         check(False, "agree did not raise")
     except TypeError as exc:
         check(str(exc) == "bad dtype (rank 0)", f"the lowest failing rank's message: {exc}")
-    check(comm.agree(rows[RANK], None) == rows, "the group works after the errors")
+    # What the ranks must agree on is the library's check: a dimension that differs.
+    if SIZE > 1:
+        try:
+            comm.agree(loss, rows[RANK], 8 if RANK != last else 9, _core.FLOAT32, None)
+            check(False, "agree did not raise")
+        except ValueError as exc:
+            check("embedding dimension differs across ranks" in str(exc), f"mismatch {exc}")
+    check(comm.agree(loss, rows[RANK], 8, _core.FLOAT32, None) == rows,
+          "the group works after the errors")
 
     dist.barrier()
     dist.destroy_process_group()
