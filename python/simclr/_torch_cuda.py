@@ -22,9 +22,10 @@ What it does (docs/gpu.md, "The PyTorch CUDA route"):
   stream wait for them, without a host synchronisation); the small agreement records go through
   the group's CPU backend when it has one (``backend="cpu:gloo,cuda:nccl"``, or torch's default
   ``backend=None``), otherwise through a CUDA all-gather read back with ``.cpu()`` (a host
-  synchronisation per record). The rows of every rank are gathered first (one small host
-  all-gather) to size the workspace for the global batch; an input error found in Python on one
-  rank is carried by that gather, so every rank raises it.
+  synchronisation per record). Every rank's agreement record is gathered first (the library's
+  records and verdict: simclr_record_call, simclr_step_agree), which gives the rows that size the
+  workspace for the global batch; an input error found in Python on one rank is carried by it,
+  so every rank raises it.
 """
 
 from __future__ import annotations
