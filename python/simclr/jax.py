@@ -300,12 +300,11 @@ def simclr_loss(za, zb, *, temperature=0.05, reduction="auto", sample_weight=Non
     global_batch = _global_batch_code(global_batch_size)
     gradient_reduction = _args.gradient_reduction_name(_args.gradient_reduction(gradient_reduction))
     threads = _args.threads(threads)
-    if axis_name is not None and reduction in ("auto", "sum_over_batch_size") \
-            and global_batch == _GLOBAL_BATCH_NONE:
-        raise ValueError(
-            "Please use 'sum' or 'none' for the loss reduction when the loss is computed across "
-            "devices (axis_name={!r}), or pass global_batch_size (an int, or \"infer\": the rows of "
-            "all devices) so that reduction '{}' can divide by it".format(axis_name, reduction))
+    if axis_name is not None:
+        # The distribution rule is the library's (its agreement step, here on one record): raised
+        # at trace time, as the configuration is static.
+        loss = _args.make_loss(temperature, reduction)
+        loss.agree(loss.record_call(0, 0, _core.FLOAT32, global_batch_size=global_batch))
     za = jnp.asarray(za)
     zb = jnp.asarray(zb)
     _register()

@@ -195,3 +195,11 @@ def test_the_loss_object_pickles_and_copies():
         assert other.get_config() == loss.get_config()
         assert other.gradient_reduction == "mean"
         np.testing.assert_array_equal(np.asarray(other(za, zb)), want)
+
+
+def test_the_distribution_rule_is_the_librarys_at_trace_time():
+    # The same message as every front end's distributed call (the library's agreement step).
+    za, zb = np.ones((2, 3, 4))
+    with pytest.raises(ValueError, match="Please use simclr::Reduction::kSum or "
+                                         "simclr::Reduction::kNone"):
+        sj.simclr_loss(za, zb, axis_name="d")
