@@ -355,11 +355,12 @@ def _input_error(za, zb):
         if z.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             return TypeError, (f"simclr.torch: {name} has dtype {z.dtype}; the CUDA route takes "
                                "float32, bfloat16 or float16")
-        if z.dim() != 2:
-            return ValueError, f"simclr.torch: {name} must be 2-D [n, d], got shape {tuple(z.shape)}"
-    if za.shape != zb.shape:
-        return ValueError, (f"simclr.torch: za and zb must have the same shape: {tuple(za.shape)} "
-                            f"vs. {tuple(zb.shape)}")
+    from . import _core
+
+    try:  # the library's shape rules and messages
+        _core.check_shapes(list(za.shape), list(zb.shape))
+    except ValueError as exc:
+        return ValueError, str(exc)
     if za.dtype != zb.dtype:
         return TypeError, f"simclr.torch: za and zb must have the same dtype: {za.dtype} vs. {zb.dtype}"
     if za.device != zb.device:
