@@ -53,3 +53,11 @@ def test_ddp_matches_one_process(ranks, dtype, tmp_path):
 def test_cuda_route_collectives_on_cpu(ranks, tmp_path):
     out = mpirun(ranks, "torch_cuda_glue_worker.py", tmp_path)
     assert f"torch_cuda_glue_worker: OK, {ranks} ranks" in out
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_conformance_input_errors_over_gloo(ranks, tmp_path):
+    # The conformance table's input errors (tests/conformance/cases.json) on the last rank only.
+    script = os.path.join(HERE, "..", "conformance", "conformance_gloo_worker.py")
+    out = mpirun(ranks, script, tmp_path)
+    assert f"cases passed, 0 failed, {ranks} ranks" in out
