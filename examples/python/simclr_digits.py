@@ -169,7 +169,9 @@ def main():
         with torch.no_grad():
             knn_init = knn_accuracy(model(x_train)[0], y_train, model(shifted_test)[0], y_test)
 
-    tty = sys.stdout.isatty()
+    # Progress redraws only on a real terminal: under mpirun a rank's stdout can be a terminal that
+    # Open MPI forwards into a piped log, so a launcher's rank is treated as a pipe.
+    tty = sys.stdout.isatty() and "OMPI_COMM_WORLD_RANK" not in os.environ and size == 1
     if rank == 0:
         os.makedirs(args.out, exist_ok=True)
     steps_per_epoch = (n_train + args.batch - 1) // args.batch
