@@ -46,7 +46,8 @@ if [[ " $steps " == *" tsan "* ]]; then
   san="-fsanitize=thread -fno-omit-frame-pointer"
   cmake -S . -B build-tsan "${common[@]}" -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_C_COMPILER="$cc" -DCMAKE_CXX_FLAGS="$san" \
     -DCMAKE_EXE_LINKER_FLAGS="$san" -DSIMCLR_WITH_MPI=OFF -DSIMCLR_BUILD_TOOLS=OFF >/dev/null
-  cmake --build build-tsan -j "$jobs" --target simclr_tests simclr_reliability_tests simclr_c_api_test simclr_c_api_step_test
+  cmake --build build-tsan -j "$jobs" --target simclr_tests simclr_reliability_tests simclr_c_api_test simclr_c_api_step_test \
+    simclr_conformance_c_api
   archer=$(dirname "$("$cxx" -print-file-name=libomp.so)")/libarcher.so
   [ -f "$archer" ] || archer=/usr/lib/llvm-14/lib/libarcher.so
   OMP_NUM_THREADS=2 OMP_TOOL_LIBRARIES="$archer" ARCHER_OPTIONS=verbose=0 \
