@@ -118,6 +118,24 @@ std::int64_t scalar_index(const tf::Tensor& t) {
                                    : static_cast<std::int64_t>(t.scalar<std::int32_t>()());
 }
 
+// Outputs 0 and 1 of a normalising kernel: u [2n, d] = [l2_normalize(za); l2_normalize(zb)] and
+// squared_norms [2n] (simclr_step_normalize); `op` names the kernel in an error.
+template <typename T>
+void normalize_outputs(tf::OpKernelContext* ctx, const tf::Tensor& za, const tf::Tensor& zb,
+                       const char* op) {
+  const std::int64_t n = za.dim_size(0);
+  const std::int64_t d = za.dim_size(1);
+  tf::Tensor* u = nullptr;
+  tf::Tensor* squared_norms = nullptr;
+  OP_REQUIRES_OK(ctx, ctx->allocate_output(0, tf::TensorShape({2 * n, d}), &u));
+  OP_REQUIRES_OK(ctx, ctx->allocate_output(1, tf::TensorShape({2 * n}), &squared_norms));
+  const simclr_matrix a = matrix<T>(za, n, d);
+  const simclr_matrix b = matrix<T>(zb, zb.dim_size(0), zb.dim_size(1));
+  const simclr_matrix out = matrix<T>(*u, 2 * n, d);
+  OP_REQUIRES(ctx, simclr_step_normalize(&a, &b, &out, data<T>(*squared_norms)) == SIMCLR_OK,
+              step_error(op));
+}
+
 // za, zb [n, d] -> u [2n, d] = [l2_normalize(za); l2_normalize(zb)], squared_norms [2n].
 template <typename T>
 class NormalizeOp : public tf::OpKernel {
@@ -128,17 +146,7 @@ class NormalizeOp : public tf::OpKernel {
     const tf::Tensor& zb = ctx->input(1);
     OP_REQUIRES_OK(ctx, require_matrix(za, "za"));
     OP_REQUIRES_OK(ctx, require_matrix(zb, "zb"));
-    const std::int64_t n = za.dim_size(0);
-    const std::int64_t d = za.dim_size(1);
-    tf::Tensor* u = nullptr;
-    tf::Tensor* squared_norms = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, tf::TensorShape({2 * n, d}), &u));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, tf::TensorShape({2 * n}), &squared_norms));
-    const simclr_matrix a = matrix<T>(za, n, d);
-    const simclr_matrix b = matrix<T>(zb, zb.dim_size(0), zb.dim_size(1));
-    const simclr_matrix out = matrix<T>(*u, 2 * n, d);
-    OP_REQUIRES(ctx, simclr_step_normalize(&a, &b, &out, data<T>(*squared_norms)) == SIMCLR_OK,
-                step_error("SimclrNormalize"));
+    normalize_outputs<T>(ctx, za, zb, "SimclrNormalize");
   }
 };
 
@@ -318,19 +326,7 @@ class AgreeNormalizeOp : public tf::OpKernel {
                                     rank_rows->flat<std::int64_t>().data()) == SIMCLR_OK,
                   step_error("SimclrAgreeNormalize"));
     }
-    const tf::Tensor& za = ctx->input(1);
-    const tf::Tensor& zb = ctx->input(2);
-    const std::int64_t n = za.dim_size(0);
-    const std::int64_t d = za.dim_size(1);
-    tf::Tensor* u = nullptr;
-    tf::Tensor* squared_norms = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, tf::TensorShape({2 * n, d}), &u));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, tf::TensorShape({2 * n}), &squared_norms));
-    const simclr_matrix a = matrix<T>(za, n, d);
-    const simclr_matrix b = matrix<T>(zb, zb.dim_size(0), zb.dim_size(1));
-    const simclr_matrix out = matrix<T>(*u, 2 * n, d);
-    OP_REQUIRES(ctx, simclr_step_normalize(&a, &b, &out, data<T>(*squared_norms)) == SIMCLR_OK,
-                step_error("SimclrAgreeNormalize"));
+    normalize_outputs<T>(ctx, ctx->input(1), ctx->input(2), "SimclrAgreeNormalize");
   }
 };
 
