@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <optional>
 
 #include "simclr/c_api.h"
@@ -339,47 +340,70 @@ simclr_status simclr_check_shapes(const int64_t* za_shape, int32_t za_ndim, cons
   });
 }
 
+}  // extern "C"
+
+namespace simclr::detail {
+namespace {
+
+// The record both record calls write: this rank's shapes (zero when input_error is set), the loss's
+// configuration, the options, and the first error of options->input_error or `checks`, which never
+// escapes (it travels in the record).
+void write_record(simclr_loss_t loss, std::int64_t rows, std::int64_t cols, std::int64_t dtype,
+                  const simclr_call_options* options, const char* where,
+                  const std::function<void()>& checks, void* record) {
+  SIMCLR_ENFORCE(loss != nullptr, ValueError, where, ": loss is NULL");
+  SIMCLR_ENFORCE(record != nullptr, ValueError, where, ": record is NULL");
+  simclr_call_options defaults;
+  simclr_call_options_init(&defaults);
+  const simclr_call_options& o = options != nullptr ? *options : defaults;
+  const LossConfig& config = loss->loss.config();
+  const bool shaped = o.input_error == SIMCLR_OK;
+  AgreementRecord mine = forward_record(
+      shaped ? rows : 0, shaped ? cols : 0, shaped ? static_cast<std::int32_t>(dtype) : 0,
+      config.reduction == Reduction::kAuto ? Reduction::kSumOverBatchSize : config.reduction,
+      config.temperature, kNoGlobalBatch);
+  capture(mine, [&] {
+    check_collectively(nullptr, &o, [&] {
+      checks();
+      mine.global_batch = encode_global_batch(c_global_batch(o.global_batch_size, where));
+      mine.schedule = static_cast<std::int32_t>(c_schedule(o.schedule, where));
+      mine.gradient_reduction =
+          static_cast<std::int32_t>(c_gradient_reduction(o.gradient_reduction, where));
+    });
+  });
+  std::memcpy(record, &mine, sizeof(mine));
+}
+
+}  // namespace
+}  // namespace simclr::detail
+
+extern "C" {
+
 simclr_status simclr_step_record(simclr_loss_t loss, const simclr_matrix* za, const simclr_matrix* zb,
                                  const simclr_weight* weight, const simclr_call_options* options,
                                  void* record) {
   return c_api_guard([&] {
     namespace d = simclr::detail;
     const char* where = "simclr_step_record";
-    SIMCLR_ENFORCE(loss != nullptr, ValueError, where, ": loss is NULL");
-    SIMCLR_ENFORCE(record != nullptr, ValueError, where, ": record is NULL");
-    simclr_call_options defaults;
-    simclr_call_options_init(&defaults);
-    const simclr_call_options& o = options != nullptr ? *options : defaults;
-    const bool shaped = o.input_error == SIMCLR_OK && za != nullptr;
-    const simclr::LossConfig& config = loss->loss.config();
-    d::AgreementRecord mine = d::forward_record(
-        shaped ? za->rows : 0, shaped ? za->cols : 0,
-        shaped ? static_cast<std::int32_t>(d::c_enum_value(za->dtype)) : 0,
-        config.reduction == simclr::Reduction::kAuto ? simclr::Reduction::kSumOverBatchSize
-                                                     : config.reduction,
-        config.temperature, d::kNoGlobalBatch);
-    d::capture(mine, [&] {
-      d::check_collectively(nullptr, &o, [&] {
-        SIMCLR_ENFORCE(za != nullptr, ValueError, where, ": za is NULL");
-        d::check_matrix(za, "za", where, za->dtype, -1, -1);
-        d::check_matrix(zb, "zb", where, za->dtype, -1, -1);
-        d::check_same_shape(za->rows, za->cols, zb->rows, zb->cols);
-        if (za->dtype == SIMCLR_FLOAT32) {
-          d::check_finite(d::const_view<float>(*za), "za");
-          d::check_finite(d::const_view<float>(*zb), "zb");
-        } else {
-          d::check_finite(d::const_view<double>(*za), "za");
-          d::check_finite(d::const_view<double>(*zb), "zb");
-        }
-        const auto sw = d::to_sample_weight(weight, za->rows, where);
-        (void)d::broadcast_weight(sw ? &*sw : nullptr, za->rows);
-        mine.global_batch = d::encode_global_batch(d::c_global_batch(o.global_batch_size, where));
-        mine.schedule = static_cast<std::int32_t>(d::c_schedule(o.schedule, where));
-        mine.gradient_reduction =
-            static_cast<std::int32_t>(d::c_gradient_reduction(o.gradient_reduction, where));
-      });
-    });
-    std::memcpy(record, &mine, sizeof(mine));
+    d::write_record(
+        loss, za != nullptr ? za->rows : 0, za != nullptr ? za->cols : 0,
+        za != nullptr ? d::c_enum_value(za->dtype) : 0, options, where,
+        [&] {
+          SIMCLR_ENFORCE(za != nullptr, ValueError, where, ": za is NULL");
+          d::check_matrix(za, "za", where, za->dtype, -1, -1);
+          d::check_matrix(zb, "zb", where, za->dtype, -1, -1);
+          d::check_same_shape(za->rows, za->cols, zb->rows, zb->cols);
+          if (za->dtype == SIMCLR_FLOAT32) {
+            d::check_finite(d::const_view<float>(*za), "za");
+            d::check_finite(d::const_view<float>(*zb), "zb");
+          } else {
+            d::check_finite(d::const_view<double>(*za), "za");
+            d::check_finite(d::const_view<double>(*zb), "zb");
+          }
+          const auto sw = d::to_sample_weight(weight, za->rows, where);
+          (void)d::broadcast_weight(sw ? &*sw : nullptr, za->rows);
+        },
+        record);
   });
 }
 
@@ -388,30 +412,13 @@ simclr_status simclr_record_call(simclr_loss_t loss, int64_t rows, int64_t cols,
   return c_api_guard([&] {
     namespace d = simclr::detail;
     const char* where = "simclr_record_call";
-    SIMCLR_ENFORCE(loss != nullptr, ValueError, where, ": loss is NULL");
-    SIMCLR_ENFORCE(record != nullptr, ValueError, where, ": record is NULL");
-    simclr_call_options defaults;
-    simclr_call_options_init(&defaults);
-    const simclr_call_options& o = options != nullptr ? *options : defaults;
-    const simclr::LossConfig& config = loss->loss.config();
-    const bool shaped = o.input_error == SIMCLR_OK;
-    d::AgreementRecord mine = d::forward_record(
-        shaped ? rows : 0, shaped ? cols : 0,
-        shaped ? static_cast<std::int32_t>(d::c_enum_value(dtype)) : 0,
-        config.reduction == simclr::Reduction::kAuto ? simclr::Reduction::kSumOverBatchSize
-                                                     : config.reduction,
-        config.temperature, d::kNoGlobalBatch);
-    d::capture(mine, [&] {
-      d::check_collectively(nullptr, &o, [&] {
-        SIMCLR_ENFORCE(rows >= 0 && cols >= 0, ValueError, where, ": rows ", rows, " and cols ",
-                       cols, " must be >= 0");
-        mine.global_batch = d::encode_global_batch(d::c_global_batch(o.global_batch_size, where));
-        mine.schedule = static_cast<std::int32_t>(d::c_schedule(o.schedule, where));
-        mine.gradient_reduction =
-            static_cast<std::int32_t>(d::c_gradient_reduction(o.gradient_reduction, where));
-      });
-    });
-    std::memcpy(record, &mine, sizeof(mine));
+    d::write_record(
+        loss, rows, cols, d::c_enum_value(dtype), options, where,
+        [&] {
+          SIMCLR_ENFORCE(rows >= 0 && cols >= 0, ValueError, where, ": rows ", rows, " and cols ",
+                         cols, " must be >= 0");
+        },
+        record);
   });
 }
 
