@@ -603,6 +603,18 @@ simclr_status input_error_status(nb::handle type) {
   raise(PyExc_RuntimeError, "simclr_forward accepted a call with an input error: " + message);
 }
 
+// An input_error argument, (TypeError, ValueError or NotImplementedError, message), as the C API's
+// status and message.
+std::pair<simclr_status, std::string> input_error_arg(nb::handle input_error) {
+  nb::tuple pair;
+  if (!nb::try_cast(input_error, pair) || pair.size() != 2 || !nb::isinstance<nb::str>(pair[1]))
+    raise(PyExc_TypeError,
+          "input_error must be None or (TypeError, ValueError or NotImplementedError, message), "
+          "got " +
+              qualified_type_name(input_error.type()));
+  return {input_error_status(pair[0]), nb::cast<std::string>(pair[1])};
+}
+
 // Loss.record_call: this rank's agreement record from shapes alone (simclr_record_call), as bytes.
 nb::bytes record_call(const Loss& loss, int64_t rows, int64_t cols, int32_t dtype,
                       int64_t global_batch_size, int32_t gradient_reduction,
@@ -613,14 +625,9 @@ nb::bytes record_call(const Loss& loss, int64_t rows, int64_t cols, int32_t dtyp
   options.gradient_reduction = gradient_reduction;
   std::string message;
   if (!input_error.is_none()) {
-    nb::tuple pair;
-    if (!nb::try_cast(input_error, pair) || pair.size() != 2 || !nb::isinstance<nb::str>(pair[1]))
-      raise(PyExc_TypeError,
-            "input_error must be None or (TypeError, ValueError or NotImplementedError, message), "
-            "got " +
-                qualified_type_name(input_error.type()));
-    options.input_error = input_error_status(pair[0]);
-    message = nb::cast<std::string>(pair[1]);
+    const auto [status, text] = input_error_arg(input_error);
+    options.input_error = status;
+    message = text;
     options.input_error_message = message.c_str();
   }
   std::string record(SIMCLR_RECORD_BYTES, '\0');
@@ -649,15 +656,8 @@ Forward* forward(nb::object loss_obj, nb::handle za, nb::handle zb, nb::handle w
   Loss& loss = nb::cast<Loss&>(loss_obj);
   Comm* comm = comm_obj.is_none() ? nullptr : nb::cast<Comm*>(comm_obj);
   if (!input_error.is_none()) {
-    nb::tuple pair;
-    if (!nb::try_cast(input_error, pair) || pair.size() != 2 || !nb::isinstance<nb::str>(pair[1]))
-      raise(PyExc_TypeError,
-            "input_error must be None or (TypeError, ValueError or NotImplementedError, message), "
-            "got " +
-                qualified_type_name(input_error.type()));
-    const simclr_status status = input_error_status(pair[0]);
-    forward_rejected(loss, comm, status, nb::cast<std::string>(pair[1]), global_batch_size,
-                     threads, gradient_reduction);
+    const auto [status, text] = input_error_arg(input_error);
+    forward_rejected(loss, comm, status, text, global_batch_size, threads, gradient_reduction);
   }
   MatrixArg a = matrix_arg(za, "za"), b = matrix_arg(zb, "zb");
   WeightArg w = weight_arg(weight);
