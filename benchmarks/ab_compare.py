@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Two builds of the library, alternated round by round in one run: `simclr-loss bench` of each, and
-a `simclr.torch` step in each build's Python environment (G x d float32, reduction sum, forward and
+a `simclr_loss.torch` step in each build's Python environment (G x d float32, reduction sum, forward and
 backward, the median of 3 timed steps after a warm-up). Prints one line per run and the medians and
 the median of the paired ratios (B / A), the figures docs/performance.md quotes.
 
@@ -16,7 +16,7 @@ import sys
 
 TORCH_STEP = r"""
 import json, time, sys
-import torch, simclr.torch as st
+import torch, simclr_loss.torch as st
 G, d = int(sys.argv[1]), int(sys.argv[2])
 torch.manual_seed(0)
 za = torch.randn(G, d, requires_grad=True)
@@ -76,7 +76,7 @@ def main():
                   + (f", torch {runs['torch'][side][-1]:.3f} s" if python else ""), flush=True)
     report("simclr-loss bench", *runs["bench"])
     if args.python_a and args.python_b:
-        report("simclr.torch step", *runs["torch"])
+        report("simclr_loss.torch step", *runs["torch"])
     return 0
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""simclr.jax against TensorFlow Similarity's SimCLRLoss written in plain JAX, in the same process.
+"""simclr_loss.jax against TensorFlow Similarity's SimCLRLoss written in plain JAX, in the same process.
 
 Both are jax.jit(jax.value_and_grad(loss)) of the pair (za, zb) at G pairs of dimension d, float32,
 reduction sum_over_batch_size, temperature 0.05. The peer is the TF Similarity formulation: rows
@@ -54,14 +54,14 @@ def main():
 
     import jax
     import jax.numpy as jnp
-    import simclr.jax as sj
+    import simclr_loss.jax as sj
 
     rng = np.random.default_rng(0)
     za = jnp.asarray(rng.normal(size=(args.pairs, args.dim)).astype(np.float32))
     zb = jnp.asarray(rng.normal(size=(args.pairs, args.dim)).astype(np.float32))
     t = args.temperature
     candidates = {
-        "simclr.jax": lambda a, b: sj.simclr_loss(a, b, temperature=t),
+        "simclr_loss.jax": lambda a, b: sj.simclr_loss(a, b, temperature=t),
         "plain JAX (TF Similarity)": lambda a, b: tfsim_loss(a, b, t),
     }
     print("jax {}, {} cpu(s) visible, {} {}, G={}, d={}, float32, median of {}".format(

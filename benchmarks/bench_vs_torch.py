@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """simclr-loss bench beside a PyTorch implementation of the same step, and simclr's own PyTorch front
-end (simclr.torch), same machine, same run.
+end (simclr_loss.torch), same machine, same run.
 
 The peer is TensorFlow Similarity's SimCLRLoss formulation written in PyTorch with autograd (what a
 Python user of lightly / pytorch-metric-learning style losses runs): L2-normalise both views, logits
 [h1 h2^T | h1 h1^T] / T with the self entry pushed to -1e9, softmax cross-entropy in both directions,
-summed, then loss.backward(). The front end is `simclr.torch.simclr_loss(za, zb, reduction="sum")`
+summed, then loss.backward(). The front end is `simclr_loss.torch.simclr_loss(za, zb, reduction="sum")`
 then loss.backward() on torch tensors (the library's closed-form backward behind autograd), timed the
 same way as the peer. Each measurement runs in a fresh process, so peak RSS is that step's.
 
@@ -14,10 +14,10 @@ same way as the peer. Each measurement runs in a fresh process, so peak RSS is t
                               [--simclr-python PY]
 
 --install apt-installs python3-torch (Debian's PyTorch 1.13) when it is missing. The PyTorch side runs
-under /usr/bin/python3 (where Debian installs torch) unless --python says otherwise. simclr.torch
+under /usr/bin/python3 (where Debian installs torch) unless --python says otherwise. simclr_loss.torch
 runs under --simclr-python (default: .venv/bin/python of the repository when it exists, made by
 `python3 -m venv --system-site-packages .venv && .venv/bin/pip install .`, else --python); it is
-skipped with a note when that interpreter cannot import simclr.torch.
+skipped with a note when that interpreter cannot import simclr_loss.torch.
 """
 import argparse
 import json
@@ -66,7 +66,7 @@ print(json.dumps({"seconds_median": times[len(times) // 2], "seconds_min": times
 FRONTEND = r'''
 import json, resource, sys, time
 import torch
-import simclr.torch as st
+import simclr_loss.torch as st
 G, d, threads, repeat = (int(x) for x in sys.argv[1:5])
 torch.set_num_threads(threads)
 torch.manual_seed(1)
@@ -117,7 +117,7 @@ def main():
     ap.add_argument("--python", default="/usr/bin/python3")
     venv_python = os.path.join(ROOT, ".venv", "bin", "python")
     ap.add_argument("--simclr-python", default=venv_python if os.access(venv_python, os.X_OK) else "",
-                    help="interpreter that imports simclr.torch (default: .venv/bin/python, else --python)")
+                    help="interpreter that imports simclr_loss.torch (default: .venv/bin/python, else --python)")
     ap.add_argument("--out", default="")
     ap.add_argument("--install", action="store_true")
     args = ap.parse_args()
@@ -125,10 +125,10 @@ def main():
     if not os.access(args.bin, os.X_OK):
         sys.exit(f"error: {args.bin} not found; build first (scripts/test.sh or cmake --build build)")
     frontend_python = args.simclr_python or args.python
-    has_frontend = subprocess.run([frontend_python, "-c", "import simclr.torch"],
+    has_frontend = subprocess.run([frontend_python, "-c", "import simclr_loss.torch"],
                                   capture_output=True).returncode == 0
     if not has_frontend:
-        print(f"note: {frontend_python} cannot import simclr.torch; simclr.torch is not timed "
+        print(f"note: {frontend_python} cannot import simclr_loss.torch; simclr_loss.torch is not timed "
               f"(python3 -m venv --system-site-packages .venv && .venv/bin/pip install .)", file=sys.stderr)
     batches = [int(g) for g in args.sweep.split(",")] if args.sweep else [args.batch]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
@@ -173,8 +173,8 @@ def main():
               f"{100 * r['rss_ratio']:.1f}% |")
     if has_frontend:
         print()
-        print("| G | d | threads | simclr.torch s | simclr s | simclr.torch / simclr | torch s | speedup | "
-              "simclr.torch RSS MiB |")
+        print("| G | d | threads | simclr_loss.torch s | simclr s | simclr_loss.torch / simclr | torch s | speedup | "
+              "simclr_loss.torch RSS MiB |")
         print("|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {r['batch']} | {r['dim']} | {r['threads']} | {r['simclr_torch_seconds']:.3f} | "

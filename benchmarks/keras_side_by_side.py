@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""TF Similarity's SimCLRLoss and simclr.keras.SimCLRLoss side by side in one TF Similarity training
+"""TF Similarity's SimCLRLoss and simclr_loss.keras.SimCLRLoss side by side in one TF Similarity training
 script: tensorflow_similarity.models.ContrastiveModel (algorithm "simclr") under
 tf.distribute.MirroredStrategy over 2 logical CPUs, trained twice; the only difference between the
 two runs is the line that imports SimCLRLoss. Reports the loss curves, the step time, and the peak
@@ -28,7 +28,7 @@ import time
 
 IMPORTS = {
     "tfsim": "from tensorflow_similarity.losses import SimCLRLoss",
-    "simclr": "from simclr.keras import SimCLRLoss",
+    "simclr": "from simclr_loss.keras import SimCLRLoss",
 }
 
 
@@ -192,7 +192,7 @@ def main():
     import tensorflow as tf  # noqa: E402 (only for the versions)
     import tensorflow_similarity as tfsim  # noqa: E402
 
-    say("# TF Similarity's SimCLRLoss and simclr.keras.SimCLRLoss side by side")
+    say("# TF Similarity's SimCLRLoss and simclr_loss.keras.SimCLRLoss side by side")
     say()
     say("Written by `python3 {}` ({:.0f} s), in a virtual environment with TF Similarity installed "
         "as tests/data/README.md says and simclr built with TensorFlow (docs/python.md). TensorFlow "
@@ -214,7 +214,7 @@ def main():
     say("Largest difference over the {} steps: {:.3g} (relative {:.3g}).".format(
         len(diffs), max(diffs), rel))
     say()
-    say("| step | TF Similarity | simclr.keras | difference |")
+    say("| step | TF Similarity | simclr_loss.keras | difference |")
     say("|---:|---:|---:|---:|")
     for i, (x, y) in enumerate(zip(a, b)):
         if i < 5 or i % 5 == 4 or i == len(a) - 1:
@@ -222,7 +222,7 @@ def main():
     say()
     med = {k: statistics.median(v["seconds"][2:]) for k, v in curves.items()}
     say("Step time (median of steps 3 to {}, one run each, a 2-core machine shared with other "
-        "jobs): TF Similarity {:.1f} ms, simclr.keras {:.1f} ms.".format(
+        "jobs): TF Similarity {:.1f} ms, simclr_loss.keras {:.1f} ms.".format(
             args.steps, 1e3 * med["tfsim"], 1e3 * med["simclr"]))
     say()
     say("## Peak memory by global batch (address space capped at {:g} GiB for both)".format(
@@ -234,7 +234,7 @@ def main():
         "for a smaller host, and TF Similarity fails where its `[n, 2G]` logits and their "
         "gradients no longer fit under it.".format(args.cap_gib))
     say()
-    say("| global batch | TF Similarity: peak MiB | step s | simclr.keras: peak MiB | step s |")
+    say("| global batch | TF Similarity: peak MiB | step s | simclr_loss.keras: peak MiB | step s |")
     say("|---:|---:|---:|---:|---:|")
 
     def cell(c):
@@ -250,7 +250,7 @@ def main():
         say("| {} | {} | {} | {} | {} |".format(row["batch"], t, ts, s, ss))
     say()
     for r in memory:
-        for name, who in (("tfsim", "TF Similarity"), ("simclr", "simclr.keras")):
+        for name, who in (("tfsim", "TF Similarity"), ("simclr", "simclr_loss.keras")):
             if r[name].get("error"):
                 say("{} at {}: the process ended with `{}`.".format(
                     who, r["batch"], r[name]["error"].strip().replace("`", "'")))
@@ -258,7 +258,7 @@ def main():
     fits = [r for r in memory if r["tfsim"]["ok"]]
     if fits and len(fits) < len(memory):
         top = fits[-1]
-        say("At {}, the largest global batch TF Similarity holds under the cap, simclr.keras peaks at "
+        say("At {}, the largest global batch TF Similarity holds under the cap, simclr_loss.keras peaks at "
             "{:.0f} MiB against {:.0f} MiB; it then trains at {} under the same cap.".format(
                 top["batch"], top["simclr"]["peak_mib"], top["tfsim"]["peak_mib"],
                 " and ".join(str(r["batch"]) for r in memory[len(fits):] if r["simclr"]["ok"])))

@@ -4,7 +4,7 @@
 #
 #   scripts/demo.sh [OUT_DIR]          default OUT_DIR: out/demo
 #   scripts/demo.sh --pytorch [OUT_DIR] the PyTorch demo instead: SimCLR on scikit-learn's 8x8 digits
-#                                      with DistributedDataParallel and simclr.torch on 2 ranks
+#                                      with DistributedDataParallel and simclr_loss.torch on 2 ranks
 #                                      (examples/python/simclr_digits.py); default OUT_DIR: out/digits
 #
 # Environment: SIMCLR_DEMO_NO_INSTALL=1 skips the package step; SIMCLR_BUILD_DIR (default build/);

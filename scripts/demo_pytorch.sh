@@ -7,7 +7,7 @@
 #
 # Environment: SIMCLR_DEMO_NO_INSTALL=1 skips the package step; SIMCLR_DEMO_RANKS (default 2);
 # SIMCLR_DEMO_ARGS="--epochs 40 --seed 3" passes flags to the script; SIMCLR_PYTHON picks an
-# interpreter that already imports simclr.torch (then nothing is installed into .venv).
+# interpreter that already imports simclr_loss.torch (then nothing is installed into .venv).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -44,12 +44,12 @@ if [[ -z "$python" ]]; then
     say "creating $root/.venv"
     /usr/bin/python3 -m venv --system-site-packages "$root/.venv"
   fi
-  if ! "$python" -c "import simclr.torch" 2> /dev/null; then
+  if ! "$python" -c "import simclr_loss.torch" 2> /dev/null; then
     say "installing the simclr package into .venv (builds the extension: a few minutes)"
     "$python" -m pip install -q "$root"
   fi
 fi
-"$python" -c "import simclr.torch" || { echo "error: $python cannot import simclr.torch" >&2; exit 1; }
+"$python" -c "import simclr_loss.torch" || { echo "error: $python cannot import simclr_loss.torch" >&2; exit 1; }
 
 # ---- 3. train ----
 mkdir -p "$out"

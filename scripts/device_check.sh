@@ -315,7 +315,7 @@ fi
 
 NO_RUNTIME_DEVICE=0
 PY_READY=0
-# ---- 5. the PyTorch CUDA route: build simclr._core and simclr._device into the same tree ----
+# ---- 5. the PyTorch CUDA route: build simclr_loss._core and simclr_loss._device into the same tree ----
 pycheck() {  # pycheck NAME TIMEOUT: tests/device/device_torch_check.py NAME, its JSON line as a field
   local name=$1 limit=$2 rc=0
   if [ "$(left)" -lt 20 ]; then note "torch $name skipped: out of time"; return; fi
@@ -332,15 +332,15 @@ pycheck() {  # pycheck NAME TIMEOUT: tests/device/device_torch_check.py NAME, it
 PYSTAGE="$BUILD/pystage"
 if [ "$NO_RUNTIME_DEVICE" = 0 ] && python3 -c 'import torch, nanobind; assert torch.cuda.is_available()' \
      > "$OUT/torch_probe.log" 2>&1; then
-  log "building simclr._core and simclr._device ($(left)s left)"
+  log "building simclr_loss._core and simclr_loss._device ($(left)s left)"
   if timeout 120 cmake -S "$ROOT" -B "$BUILD" -DSIMCLR_BUILD_PYTHON=ON \
        -DPython_EXECUTABLE="$(command -v python3)" >> "$OUT/configure.log" 2>&1 &&
      timeout $(( $(left) > 150 ? 120 : $(left) / 2 )) cmake --build "$BUILD" -j "$JOBS" \
        --target _core _device > "$OUT/build_python.log" 2>&1; then
     rm -rf "$PYSTAGE" && mkdir -p "$PYSTAGE/simclr"
-    cp "$ROOT"/python/simclr/*.py "$PYSTAGE/simclr/"
+    cp "$ROOT"/python/simclr_loss/*.py "$PYSTAGE/simclr_loss/"
     find "$BUILD/python" -maxdepth 1 -name '_core*.so' -o -maxdepth 1 -name '_device*.so' |
-      xargs -r cp -t "$PYSTAGE/simclr/"
+      xargs -r cp -t "$PYSTAGE/simclr_loss/"
     PY_READY=1
   else
     FAILED=1

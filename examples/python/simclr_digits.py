@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """SimCLR on real images: scikit-learn's bundled 8x8 handwritten digits (1797 images, no download),
-trained with DistributedDataParallel and simclr.torch's global-batch loss.
+trained with DistributedDataParallel and simclr_loss.torch's global-batch loss.
 
     mpirun -np 2 python3 examples/python/simclr_digits.py [--out out/digits] [--epochs 60]
     python3 examples/python/simclr_digits.py                 # one process
@@ -35,7 +35,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-import simclr.torch as simclr_torch
+import simclr_loss.torch as simclr_torch
 
 
 def world():

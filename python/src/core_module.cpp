@@ -1,4 +1,4 @@
-// simclr._core: the Python binding of the C API (include/simclr/c_api.h), and nothing else: no C++
+// simclr_loss._core: the Python binding of the C API (include/simclr/c_api.h), and nothing else: no C++
 // API, no math. Arrays cross without copies through nanobind's ndarray (numpy buffers and DLPack,
 // such as CPU torch tensors); the GIL is released while the library computes or communicates, and
 // taken back inside the communicator callbacks that call Python collectives (torch.distributed,
@@ -499,8 +499,8 @@ Comm* comm_mpi(int64_t fortran_handle, double timeout) {
   (void)fortran_handle;
   (void)timeout;
   raise(PyExc_RuntimeError,
-        "simclr._core was built without MPI (no MPI library was found when it was compiled); "
-        "simclr.comm.from_mpi4py(comm) uses mpi4py's own collectives instead, or reinstall the "
+        "simclr_loss._core was built without MPI (no MPI library was found when it was compiled); "
+        "simclr_loss.comm.from_mpi4py(comm) uses mpi4py's own collectives instead, or reinstall the "
         "package where MPI is installed (Debian: libopenmpi-dev)");
 #endif
 }
@@ -847,16 +847,16 @@ NB_MODULE(_core, m) {
   nb::set_leak_warnings(false);
 
   comm_error_type = PyErr_NewExceptionWithDoc(
-      "simclr.CommError",
+      "simclr_loss.CommError",
       "A collective failed or timed out (MPI, or a communicator callback that raised).",
       PyExc_RuntimeError, nullptr);
   device_error_type =
-      PyErr_NewExceptionWithDoc("simclr.DeviceError", "A CUDA, cuBLAS or device memory failure.",
+      PyErr_NewExceptionWithDoc("simclr_loss.DeviceError", "A CUDA, cuBLAS or device memory failure.",
                                 PyExc_RuntimeError, nullptr);
   m.attr("CommError") = nb::handle(comm_error_type);
   m.attr("DeviceError") = nb::handle(device_error_type);
 
-  // The C API's codes, for the front ends' argument parsing (simclr/_args.py) and the FFI and op
+  // The C API's codes, for the front ends' argument parsing (simclr_loss/_args.py) and the FFI and op
   // front ends' attributes, so that no front end copies them.
   m.attr("REDUCTION_AUTO") = static_cast<int>(SIMCLR_REDUCTION_AUTO);
   m.attr("REDUCTION_NONE") = static_cast<int>(SIMCLR_REDUCTION_NONE);
@@ -972,7 +972,7 @@ NB_MODULE(_core, m) {
       .def_prop_ro("size", [](const Comm& c) { return simclr_comm_size(c.handle); })
       .def_prop_ro("backend", [](const Comm& c) { return c.backend; })
       .def("__repr__", [](const Comm& c) {
-        return "<simclr._core.Comm backend=" + c.backend +
+        return "<simclr_loss._core.Comm backend=" + c.backend +
                " rank=" + std::to_string(simclr_comm_rank(c.handle)) +
                " size=" + std::to_string(simclr_comm_size(c.handle)) + ">";
       });

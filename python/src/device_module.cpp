@@ -1,5 +1,5 @@
-// simclr._device: the asynchronous device calls of the C API (include/simclr/c_api.h, "asynchronous
-// device calls") for python/simclr/_torch_cuda.py. Arguments are raw device addresses and a
+// simclr_loss._device: the asynchronous device calls of the C API (include/simclr/c_api.h, "asynchronous
+// device calls") for python/simclr_loss/_torch_cuda.py. Arguments are raw device addresses and a
 // cudaStream_t as integers (a framework's tensor.data_ptr() and stream handle), so this module
 // needs neither PyTorch nor CUDA headers beyond the C API. Built only with the GPU path
 // (SIMCLR_WITH_CUDA=ON and target simclr::cuda; docs/gpu.md, "The PyTorch CUDA route").
@@ -200,7 +200,7 @@ simclr_device_call device_call(std::uintptr_t workspace, std::size_t workspace_s
 }  // namespace
 
 NB_MODULE(_device, m) {
-  m.doc() = "simclr's asynchronous device calls (raw device addresses; see simclr._torch_cuda)";
+  m.doc() = "simclr's asynchronous device calls (raw device addresses; see simclr_loss._torch_cuda)";
   m.attr("FLOAT32") = static_cast<int>(SIMCLR_FLOAT32);
   m.attr("FLOAT16") = static_cast<int>(SIMCLR_FLOAT16);
   m.attr("BFLOAT16") = static_cast<int>(SIMCLR_BFLOAT16);

@@ -1,6 +1,6 @@
-// simclr._jax_ffi: XLA FFI handlers (CPU) over the C API's step calls (include/simclr/c_api.h,
+// simclr_loss._jax_ffi: XLA FFI handlers (CPU) over the C API's step calls (include/simclr/c_api.h,
 // "step calls for frameworks whose collectives are graph ops"), exposed to Python as capsules that
-// simclr.jax registers with jax.ffi.register_ffi_target. Between the steps, XLA itself gathers the
+// simclr_loss.jax registers with jax.ffi.register_ffi_target. Between the steps, XLA itself gathers the
 // agreement records, the rows and the per-row scalars (jax.lax.all_gather inside shard_map), so no
 // handler communicates.
 // Built only when jax's FFI headers are found at configure time (python/CMakeLists.txt).
@@ -28,7 +28,7 @@ namespace {
 // Errors a handler returns: the C API's message, prefixed with the step that failed.
 ffi::Error step_error(const char* step) {
   return ffi::Error(ffi::ErrorCode::kInvalidArgument,
-                    std::string("simclr.jax ") + step + ": " + simclr_last_error());
+                    std::string("simclr_loss.jax ") + step + ": " + simclr_last_error());
 }
 
 // A loss handle for one call (cheap: a configuration), released at scope exit.
@@ -118,7 +118,7 @@ ffi::Error record_impl(ffi::AnyBuffer za, ffi::AnyBuffer zb, ffi::AnyBuffer weig
                        std::int64_t gradient_reduction) {
   if (record->element_count() != SIMCLR_RECORD_BYTES)
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
-                      "simclr.jax forward: the record must have " +
+                      "simclr_loss.jax forward: the record must have " +
                           std::to_string(SIMCLR_RECORD_BYTES) + " bytes");
   LossHandle loss(temperature, reduction);
   if (!loss.ok()) return step_error("forward");
@@ -157,11 +157,11 @@ ffi::Error agree_normalize_impl(ffi::AnyBuffer records, ffi::AnyBuffer za, ffi::
                                 std::int64_t reduction) {
   if (records.dimensions().size() != 2 || dim(records, 1) != SIMCLR_RECORD_BYTES)
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
-                      "simclr.jax forward: the records must be [devices, " +
+                      "simclr_loss.jax forward: the records must be [devices, " +
                           std::to_string(SIMCLR_RECORD_BYTES) + "] bytes");
   if (agreed_weight->size_bytes() != weight.size_bytes())
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
-                      "simclr.jax forward: the agreed weight must have the weight's shape");
+                      "simclr_loss.jax forward: the agreed weight must have the weight's shape");
   LossHandle loss(temperature, reduction);
   if (!loss.ok()) return step_error("forward");
   if (simclr_step_agree(loss.get(), records.untyped_data(),
@@ -219,7 +219,7 @@ ffi::Error alpha_record_impl(ffi::AnyBuffer upstream, ffi::AnyBuffer weight,
                              std::int64_t gradient_reduction) {
   if (record->element_count() != SIMCLR_RECORD_BYTES)
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
-                      "simclr.jax backward: the record must have " +
+                      "simclr_loss.jax backward: the record must have " +
                           std::to_string(SIMCLR_RECORD_BYTES) + " bytes");
   LossHandle loss(temperature, reduction);
   if (!loss.ok()) return step_error("backward");
@@ -278,7 +278,7 @@ ffi::Error agree_backward_impl(ffi::AnyBuffer records, ffi::AnyBuffer u_global,
                                std::int64_t reduction, std::int64_t threads) {
   if (records.dimensions().size() != 2 || dim(records, 1) != SIMCLR_RECORD_BYTES)
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
-                      "simclr.jax backward: the records must be [devices, " +
+                      "simclr_loss.jax backward: the records must be [devices, " +
                           std::to_string(SIMCLR_RECORD_BYTES) + "] bytes");
   {
     LossHandle loss(temperature, reduction);
@@ -390,7 +390,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrBackward, backward_impl,
                                   .Attr<std::int64_t>("threads"));
 
 NB_MODULE(_jax_ffi, m) {
-  m.doc() = "XLA FFI handlers (CPU) of simclr.jax; use simclr.jax, which registers them.";
+  m.doc() = "XLA FFI handlers (CPU) of simclr_loss.jax; use simclr_loss.jax, which registers them.";
   m.def("handlers", [] {
     nb::dict d;
     d["simclr_record"] = nb::capsule(reinterpret_cast<void*>(SimclrRecord));

@@ -1,6 +1,6 @@
-// simclr/_tf_ops.so: TensorFlow custom ops (CPU kernels) over the C API's step calls
+// simclr_loss/_tf_ops.so: TensorFlow custom ops (CPU kernels) over the C API's step calls
 // (include/simclr/c_api.h, "step calls for frameworks whose collectives are graph ops"), loaded by
-// simclr.tensorflow with tf.load_op_library. Between the steps, TensorFlow itself gathers the
+// simclr_loss.tensorflow with tf.load_op_library. Between the steps, TensorFlow itself gathers the
 // agreement records, the rows and the per-row scalars (tf.distribute's all_gather in a replica
 // context), so no kernel communicates. The ops compute the per-example loss [n] (reduction none, no
 // weights): the Keras Loss base class applies sample_weight, the reduction and the distribution

@@ -187,7 +187,7 @@ void test_bad_input_on_one_rank(simclr_comm_t comm) {
   // calls with input_error and NULL views, and every rank fails with its status and message.
   if (rank == last) {
     options.input_error = SIMCLR_TYPE_ERROR;
-    options.input_error_message = "simclr.torch: za must be a torch.Tensor, got list";
+    options.input_error_message = "simclr_loss.torch: za must be a torch.Tensor, got list";
   }
   check_same_failure(simclr_forward(loss, rank == last ? nullptr : &a, rank == last ? nullptr : &b,
                                     nullptr, &options, rank == last ? nullptr : values.data(),
@@ -197,7 +197,7 @@ void test_bad_input_on_one_rank(simclr_comm_t comm) {
                       std::to_string(last) + ")")
                          .c_str());
   options.input_error = SIMCLR_UNSUPPORTED;
-  options.input_error_message = "simclr.torch: za is a sparse tensor";
+  options.input_error_message = "simclr_loss.torch: za is a sparse tensor";
   if (rank != last) options.input_error = SIMCLR_OK;
   check_same_failure(
       simclr_forward(loss, &a, &b, nullptr, &options, values.data(), nullptr, nullptr, nullptr),

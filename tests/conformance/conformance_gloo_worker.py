@@ -1,4 +1,4 @@
-"""The conformance table's input errors through simclr.torch over a torch.distributed (gloo) group:
+"""The conformance table's input errors through simclr_loss.torch over a torch.distributed (gloo) group:
 the LAST rank gets the bad input, every other rank good input, and every rank must raise the same
 exception type with the same message, naming that rank, within a bounded time (a short process-group
 timeout: a rank left waiting fails after it).
@@ -20,7 +20,7 @@ import torch.distributed as dist
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_conformance import ERROR_CASES, TABLE, Case  # noqa: E402
 
-import simclr.torch as st  # noqa: E402
+import simclr_loss.torch as st  # noqa: E402
 
 RANK = int(os.environ["OMPI_COMM_WORLD_RANK"])
 SIZE = int(os.environ["OMPI_COMM_WORLD_SIZE"])

@@ -1,7 +1,7 @@
 """The conformance table through every Python-reachable front end that is installed here.
 
-Front ends: the `simclr-loss` command (CLI), numpy (`simclr.SimCLRLoss`), PyTorch (`simclr.torch`),
-JAX (`simclr.jax`), the TensorFlow op (`simclr.tensorflow`) and Keras (`simclr.keras`, Keras 2 or
+Front ends: the `simclr-loss` command (CLI), numpy (`simclr_loss.SimCLRLoss`), PyTorch (`simclr_loss.torch`),
+JAX (`simclr_loss.jax`), the TensorFlow op (`simclr_loss.tensorflow`) and Keras (`simclr_loss.keras`, Keras 2 or
 Keras 3 on the JAX backend). The C API runs the same table in tests/conformance/c_api_conformance.cpp.
 Every front end must give the expected values (tests/data/golden_single.json from the real
 TensorFlow Similarity, and cases.json's inline values) within the dtype's tolerance, and raise the
@@ -20,7 +20,7 @@ import tempfile
 import numpy as np
 import pytest
 
-# Keras 3 runs here on its JAX backend (the one simclr.keras supports beside Keras 2's TensorFlow);
+# Keras 3 runs here on its JAX backend (the one simclr_loss.keras supports beside Keras 2's TensorFlow);
 # set before anything imports keras.
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
@@ -123,15 +123,15 @@ def run_cli(case):
 
 
 def run_numpy(case):
-    import simclr
-    loss = simclr.SimCLRLoss(temperature=case.temperature, reduction=case.reduction)
+    import simclr_loss
+    loss = simclr_loss.SimCLRLoss(temperature=case.temperature, reduction=case.reduction)
     value, ga, gb = loss.value_and_gradient(case.za, case.zb, sample_weight=case.weight)
     return np.asarray(value), ga, gb
 
 
 def run_torch(case):
     import torch
-    import simclr.torch as st
+    import simclr_loss.torch as st
     za = torch.from_numpy(case.za).requires_grad_(True)
     zb = torch.from_numpy(case.zb).requires_grad_(True)
     w = None if case.weight is None else torch.from_numpy(case.weight)
@@ -142,7 +142,7 @@ def run_torch(case):
 
 def run_jax(case):
     import jax
-    import simclr.jax as sj
+    import simclr_loss.jax as sj
     jax.config.update("jax_enable_x64", True)
 
     def f(a, b):
@@ -156,7 +156,7 @@ def run_jax(case):
 
 def run_tensorflow(case):
     import tensorflow as tf
-    import simclr.tensorflow as stf
+    import simclr_loss.tensorflow as stf
     za, zb = tf.constant(case.za), tf.constant(case.zb)
     with tf.GradientTape() as tape:
         tape.watch([za, zb])
@@ -167,7 +167,7 @@ def run_tensorflow(case):
 
 
 def run_keras(case):
-    import simclr.keras as sk
+    import simclr_loss.keras as sk
     if sk.KERAS_VERSION == 2:
         loss = sk.SimCLRLoss(temperature=case.temperature, reduction=case.reduction)
         import tensorflow as tf
@@ -204,27 +204,27 @@ def _importable(*modules):
 def _tf_op_built():
     # The op library is loaded by TensorFlow (tf.load_op_library), never imported as a module: a
     # plain import would register its ops behind TensorFlow's back.
-    if not _importable("tensorflow", "simclr"):
+    if not _importable("tensorflow", "simclr_loss"):
         return False
-    import simclr
-    return (pathlib.Path(simclr.__file__).parent / "_tf_ops.so").exists()
+    import simclr_loss
+    return (pathlib.Path(simclr_loss.__file__).parent / "_tf_ops.so").exists()
 
 
 def _keras_backend_ok():
-    if not _importable("simclr.keras"):
+    if not _importable("simclr_loss.keras"):
         return False
-    import simclr.keras as sk
+    import simclr_loss.keras as sk
     if sk.KERAS_VERSION == 2:
         return _tf_op_built()
     import keras
-    return keras.backend.backend() == "jax" and _importable("simclr._jax_ffi")
+    return keras.backend.backend() == "jax" and _importable("simclr_loss._jax_ffi")
 
 
 FRONT_ENDS = {
     "cli": (run_cli, lambda: _cli_path() is not None),
-    "numpy": (run_numpy, lambda: _importable("simclr._core")),
-    "torch": (run_torch, lambda: _importable("torch", "simclr.torch")),
-    "jax": (run_jax, lambda: _importable("jax", "simclr._jax_ffi")),
+    "numpy": (run_numpy, lambda: _importable("simclr_loss._core")),
+    "torch": (run_torch, lambda: _importable("torch", "simclr_loss.torch")),
+    "jax": (run_jax, lambda: _importable("jax", "simclr_loss._jax_ffi")),
     "tensorflow": (run_tensorflow, _tf_op_built),
     "keras": (run_keras, _keras_backend_ok),
 }
@@ -233,7 +233,7 @@ FRONT_ENDS = {
 def _table_name(name):
     if name != "keras":
         return name
-    import simclr.keras as sk
+    import simclr_loss.keras as sk
     return "keras%d" % sk.KERAS_VERSION
 
 

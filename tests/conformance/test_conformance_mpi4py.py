@@ -9,8 +9,8 @@ batch (tests/data/golden_single.json). Collective: every rank runs the same test
 import numpy as np
 import pytest
 
-import simclr
-from simclr import _core
+import simclr_loss
+from simclr_loss import _core
 
 from test_conformance import ERROR_CASES, VALUE_CASES, TABLE, Case  # noqa: F401
 
@@ -31,7 +31,7 @@ INPUT_ERRORS = [c for c in ERROR_CASES
 
 @pytest.fixture(scope="module", params=PATHS)
 def comm(request):
-    return simclr.comm.from_mpi4py(WORLD, use_mpi=request.param == "mpi")
+    return simclr_loss.comm.from_mpi4py(WORLD, use_mpi=request.param == "mpi")
 
 
 def _rows(total, rank):
@@ -41,7 +41,7 @@ def _rows(total, rank):
 @pytest.mark.parametrize("case", INPUT_ERRORS, ids=lambda c: c.id)
 def test_error_on_the_last_rank_raises_everywhere(comm, case):
     mine = case if RANK == LAST else DEFAULTS
-    loss = simclr.SimCLRLoss(temperature=mine.temperature, reduction=mine.reduction)
+    loss = simclr_loss.SimCLRLoss(temperature=mine.temperature, reduction=mine.reduction)
     got = ("no exception", "")
     try:
         loss(mine.za, mine.zb, sample_weight=mine.weight, comm=comm)
@@ -67,7 +67,7 @@ def test_split_equals_the_whole_batch(comm, case):
     if w is not None and w.ndim >= 1 and w.shape[0] == n and n != 1:
         w = w[begin:end]
     divides = case.reduction in ("auto", "sum_over_batch_size")
-    loss = simclr.SimCLRLoss(temperature=case.temperature, reduction=case.reduction)
+    loss = simclr_loss.SimCLRLoss(temperature=case.temperature, reduction=case.reduction)
     value, ga, gb = loss.value_and_gradient(case.za[begin:end], case.zb[begin:end], sample_weight=w,
                                             comm=comm, global_batch_size="infer" if divides else None)
     want = np.asarray(case.raw["loss"], dtype=np.float64)

@@ -6,7 +6,7 @@
     python3 tests/device/device_torch_check.py peer       # against the PyTorch peer formulation
 
 Each prints one JSON line. Needs torch with CUDA and simclr built with SIMCLR_WITH_CUDA=ON on
-PYTHONPATH (simclr._core, simclr._device).
+PYTHONPATH (simclr_loss._core, simclr_loss._device).
 """
 
 import json
@@ -32,8 +32,8 @@ def parity():
     import numpy as np
     import torch
 
-    import simclr
-    from simclr import _torch_cuda
+    import simclr_loss
+    from simclr_loss import _torch_cuda
 
     out = {"check": "parity", "cases": []}
     ok = True
@@ -48,7 +48,7 @@ def parity():
             status = _torch_cuda.last_status().cpu().tolist()
             ha = za.detach().float().cpu().numpy().astype(np.float64)
             hb = zb.detach().float().cpu().numpy().astype(np.float64)
-            ref = simclr.SimCLRLoss(temperature=0.1, reduction=reduction)
+            ref = simclr_loss.SimCLRLoss(temperature=0.1, reduction=reduction)
             rv, rga, rgb = ref.value_and_gradient(ha, hb)
             rv = np.asarray(rv, dtype=np.float64).reshape(-1)
             v = value.detach().float().cpu().numpy().reshape(-1)
@@ -95,8 +95,8 @@ def distributed():
     import torch
     import torch.distributed as dist
 
-    import simclr.torch as st
-    from simclr import _torch_cuda
+    import simclr_loss.torch as st
+    from simclr_loss import _torch_cuda
 
     os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
     out = {"check": "distributed", "groups": []}
@@ -179,7 +179,7 @@ def memory():
     """Peak device memory of one forward+backward at large G, workspace from torch's allocator."""
     import torch
 
-    from simclr import _device, _torch_cuda
+    from simclr_loss import _device, _torch_cuda
 
     out = {"check": "memory", "dim": 256, "dtype": "bfloat16", "runs": []}
     for g in (262144, 1048576):
@@ -238,7 +238,7 @@ def peer():
     """simclr's CUDA route against the peer (bf16 autocast), same G and d, up to the peer's OOM."""
     import torch
 
-    from simclr import _torch_cuda
+    from simclr_loss import _torch_cuda
 
     d = 256
     out = {"check": "peer", "dim": d, "runs": [], "peer_oom_at": None}

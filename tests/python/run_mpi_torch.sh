@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs simclr.torch's multi-process checks directly under mpirun, without pytest: torch_mpi_worker.py at
+# Runs simclr_loss.torch's multi-process checks directly under mpirun, without pytest: torch_mpi_worker.py at
 # each rank count (default 1 2 3 4: every split, errors on one rank, the autograd reference),
 # torch_mpi_errors_worker.py at 2 and 3 ranks (one rank's input error raised on every rank, promptly) and
 # torch_ddp_worker.py at 2 and 3 ranks in float32 and float64 (DDP against one process). pytest runs

@@ -1,4 +1,4 @@
-"""simclr._core, the binding of the C API: the Forward object, gradients written into the caller's
+"""simclr_loss._core, the binding of the C API: the Forward object, gradients written into the caller's
 arrays, DLPack (torch) arrays, communicators made of Python callbacks (ranks in threads), and how
 exceptions cross the binding."""
 
@@ -12,8 +12,8 @@ import threading
 import numpy as np
 import pytest
 
-import simclr
-from simclr import _core
+import simclr_loss
+from simclr_loss import _core
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -29,15 +29,15 @@ def test_version_is_the_cmake_project_version():
     text = (ROOT / "CMakeLists.txt").read_text()
     want = re.search(r"project\(simclr\s+VERSION\s+([0-9.]+)", text).group(1)
     assert _core.version() == want
-    assert simclr.__version__ == want
-    assert importlib.metadata.version("simclr") == want
+    assert simclr_loss.__version__ == want
+    assert importlib.metadata.version("simclr-loss") == want
 
 
 def test_exception_classes():
-    assert simclr.CommError is _core.CommError and simclr.DeviceError is _core.DeviceError
-    assert issubclass(simclr.CommError, RuntimeError)
-    assert issubclass(simclr.DeviceError, RuntimeError)
-    assert simclr.CommError.__module__ == "simclr"
+    assert simclr_loss.CommError is _core.CommError and simclr_loss.DeviceError is _core.DeviceError
+    assert issubclass(simclr_loss.CommError, RuntimeError)
+    assert issubclass(simclr_loss.DeviceError, RuntimeError)
+    assert simclr_loss.CommError.__module__ == "simclr_loss"
 
 
 def test_has_mpi_is_a_bool():
@@ -45,7 +45,7 @@ def test_has_mpi_is_a_bool():
 
 
 def test_the_c_api_codes_come_from_the_extension():
-    # The front ends read these instead of copying them (simclr/_args.py).
+    # The front ends read these instead of copying them (simclr_loss/_args.py).
     assert _core.REDUCTIONS == {"auto": 0, "none": 1, "sum": 2, "sum_over_batch_size": 3}
     assert (_core.REDUCTION_AUTO, _core.REDUCTION_NONE, _core.REDUCTION_SUM,
             _core.REDUCTION_SUM_OVER_BATCH_SIZE) == (0, 1, 2, 3)
@@ -288,12 +288,12 @@ def _copy_all_gather(calls=None):
 def test_one_rank_callbacks_equal_the_local_call(barrier):
     calls = []
     ag, agv = _copy_all_gather(calls)
-    comm = simclr.comm.from_callbacks(0, 1, ag, agv, barrier, backend="test")
+    comm = simclr_loss.comm.from_callbacks(0, 1, ag, agv, barrier, backend="test")
     assert (comm.rank, comm.size, comm.backend) == (0, 1, "test")
     assert "backend=test" in repr(comm)
     za, zb = _data(6, 4)
     for reduction in ("none", "sum"):
-        loss = simclr.SimCLRLoss(0.2, reduction)
+        loss = simclr_loss.SimCLRLoss(0.2, reduction)
         want = loss.value_and_gradient(za, zb)
         got = loss.value_and_gradient(za, zb, comm=comm)
         for g, w in zip(got, want):
@@ -304,19 +304,19 @@ def test_one_rank_callbacks_equal_the_local_call(barrier):
 
 def test_single_comm():
     za, zb = _data()
-    loss = simclr.SimCLRLoss(0.2, "sum")
+    loss = simclr_loss.SimCLRLoss(0.2, "sum")
     np.testing.assert_allclose(loss(za, zb, comm=_core.Comm.single()), loss(za, zb), rtol=1e-13)
 
 
 def test_distribution_rule_through_a_communicator():
     za, zb = _data()
-    comm = simclr.comm.from_callbacks(0, 1, *_copy_all_gather())
+    comm = simclr_loss.comm.from_callbacks(0, 1, *_copy_all_gather())
     with pytest.raises(ValueError, match="Please use"):
-        simclr.SimCLRLoss()(za, zb, comm=comm)
-    want = simclr.SimCLRLoss(0.05, "sum")(za, zb) / 6
-    np.testing.assert_allclose(simclr.SimCLRLoss()(za, zb, comm=comm, global_batch_size=6), want,
+        simclr_loss.SimCLRLoss()(za, zb, comm=comm)
+    want = simclr_loss.SimCLRLoss(0.05, "sum")(za, zb) / 6
+    np.testing.assert_allclose(simclr_loss.SimCLRLoss()(za, zb, comm=comm, global_batch_size=6), want,
                                rtol=1e-13)
-    np.testing.assert_allclose(simclr.SimCLRLoss()(za, zb, comm=comm, global_batch_size="infer"),
+    np.testing.assert_allclose(simclr_loss.SimCLRLoss()(za, zb, comm=comm, global_batch_size="infer"),
                                want, rtol=1e-13)
 
 
@@ -337,12 +337,12 @@ def test_exception_in_a_callback_becomes_comm_error(where):
             raise _Boom("the transport broke")
         recv[:] = send
 
-    comm = simclr.comm.from_callbacks(0, 1, all_gather, all_gather_v, backend="flaky")
+    comm = simclr_loss.comm.from_callbacks(0, 1, all_gather, all_gather_v, backend="flaky")
     f = None
     if where == "backward":
         f = _core.Loss(0.1, "sum").forward(za, zb, comm=comm)
         state["fail"] = True
-    with pytest.raises(simclr.CommError) as e:
+    with pytest.raises(simclr_loss.CommError) as e:
         if f is None:
             _core.Loss(0.1, "sum").forward(za, zb, comm=comm)
         else:
@@ -351,8 +351,8 @@ def test_exception_in_a_callback_becomes_comm_error(where):
     assert isinstance(e.value.__cause__, _Boom)
     # The communicator still works afterwards.
     state["fail"] = False
-    np.testing.assert_allclose(simclr.SimCLRLoss(0.1, "sum")(za, zb, comm=comm),
-                               simclr.SimCLRLoss(0.1, "sum")(za, zb), rtol=1e-13)
+    np.testing.assert_allclose(simclr_loss.SimCLRLoss(0.1, "sum")(za, zb, comm=comm),
+                               simclr_loss.SimCLRLoss(0.1, "sum")(za, zb), rtol=1e-13)
 
 
 @pytest.mark.parametrize("which", ["all_gather", "all_gather_v"])
@@ -372,9 +372,9 @@ def test_callbacks_that_do_not_write_recv_are_a_comm_error(which, returns):
             return None if returns is None else np.array(send)
         recv[:] = send
 
-    comm = simclr.comm.from_callbacks(0, 1, all_gather, all_gather_v, backend="forgetful")
+    comm = simclr_loss.comm.from_callbacks(0, 1, all_gather, all_gather_v, backend="forgetful")
     what = "None" if returns is None else "a numpy.ndarray"
-    with pytest.raises(simclr.CommError, match=rf"forgetful: {which} failed on rank 0 of 1 .*the "
+    with pytest.raises(simclr_loss.CommError, match=rf"forgetful: {which} failed on rank 0 of 1 .*the "
                                                rf"{which} callback returned {what}.* without "
                                                r"writing this rank's send into recv\[0:"):
         _core.Loss(0.1, "sum").forward(za, zb, comm=comm)
@@ -386,17 +386,17 @@ def test_callback_exception_without_a_message():
     def fails(*args):
         raise RuntimeError()
 
-    comm = simclr.comm.from_callbacks(0, 1, fails, fails, backend="mute")
-    with pytest.raises(simclr.CommError, match=r"RuntimeError \(raised without a message\)$") as e:
+    comm = simclr_loss.comm.from_callbacks(0, 1, fails, fails, backend="mute")
+    with pytest.raises(simclr_loss.CommError, match=r"RuntimeError \(raised without a message\)$") as e:
         _core.Loss(0.1, "sum").forward(za, zb, comm=comm)
     assert isinstance(e.value.__cause__, RuntimeError)
 
 
 def test_bad_callbacks():
     with pytest.raises(TypeError, match="callables"):
-        simclr.comm.from_callbacks(0, 1, None, lambda *a: None)
+        simclr_loss.comm.from_callbacks(0, 1, None, lambda *a: None)
     with pytest.raises(TypeError, match="barrier"):
-        simclr.comm.from_callbacks(0, 1, lambda *a: None, lambda *a: None, barrier=3)
+        simclr_loss.comm.from_callbacks(0, 1, lambda *a: None, lambda *a: None, barrier=3)
 
 
 class _ThreadWorld:
@@ -423,7 +423,7 @@ class _ThreadWorld:
             assert len(data) == sum(recv_bytes)
             recv[:] = np.frombuffer(data, np.uint8)
 
-        return simclr.comm.from_callbacks(rank, self.size, all_gather, all_gather_v,
+        return simclr_loss.comm.from_callbacks(rank, self.size, all_gather, all_gather_v,
                                           lambda: self.barrier.wait(), backend="threads")
 
     def run(self, fn):
@@ -449,7 +449,7 @@ class _ThreadWorld:
 def test_ranks_in_threads_equal_the_whole_batch(rows, dtype):
     za, zb = _data(sum(rows), 5, seed=11, dtype=dtype)
     offsets = np.concatenate([[0], np.cumsum(rows)])
-    loss = simclr.SimCLRLoss(0.1, "none")
+    loss = simclr_loss.SimCLRLoss(0.1, "none")
     want_v, want_a, want_b = loss.value_and_gradient(za, zb)
     world = _ThreadWorld(len(rows))
 
@@ -485,7 +485,7 @@ def test_bad_input_on_one_thread_rank_fails_every_rank(bad):
             else:
                 a, b = a[:, :3].copy(), b[:, :3].copy()
         try:
-            simclr.SimCLRLoss(0.1, "sum")(a, b, comm=comm)
+            simclr_loss.SimCLRLoss(0.1, "sum")(a, b, comm=comm)
         except (ValueError, TypeError) as e:
             return type(e), str(e)
         return None
@@ -550,7 +550,7 @@ def test_gradient_reduction_is_the_librarys():
         assert errors == [None, None], errors
         return results
 
-    want = simclr.SimCLRLoss(0.1, "sum").value_and_gradient(za, zb)[1]
+    want = simclr_loss.SimCLRLoss(0.1, "sum").value_and_gradient(za, zb)[1]
     for mode, factor in ((_core.GRADIENT_SUM, 1), (_core.GRADIENT_MEAN, 2)):
         got = run([mode, mode])
         np.testing.assert_allclose(np.concatenate([got[0][0], got[1][0]]), factor * want,

@@ -1,4 +1,4 @@
-"""simclr.jax on one device: the TensorFlow Similarity goldens through jax.jit and jax.grad, finite
+"""simclr_loss.jax on one device: the TensorFlow Similarity goldens through jax.jit and jax.grad, finite
 differences (jax.test_util.check_grads) in float64, the numpy front end, dtypes, the memory XLA
 plans for a large batch, and errors at trace and run time."""
 
@@ -10,11 +10,11 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import jax.test_util  # noqa: E402
 
-import simclr  # noqa: E402
+import simclr_loss  # noqa: E402
 
-sj = pytest.importorskip("simclr.jax")
+sj = pytest.importorskip("simclr_loss.jax")
 if sj._jax_ffi is None:
-    pytest.skip("simclr was built without jax's FFI headers (simclr._jax_ffi missing)",
+    pytest.skip("simclr was built without jax's FFI headers (simclr_loss._jax_ffi missing)",
                 allow_module_level=True)
 
 
@@ -42,7 +42,7 @@ def test_value_and_grad_matches_the_numpy_front_end():
     za, zb = rng.normal(size=(2, 12, 7))
     w = rng.uniform(0.5, 2.0, size=12)
     for reduction in ("auto", "sum", "none"):
-        ref = simclr.SimCLRLoss(temperature=0.2, reduction=reduction)
+        ref = simclr_loss.SimCLRLoss(temperature=0.2, reduction=reduction)
         want, want_a, want_b = ref.value_and_gradient(za, zb, sample_weight=w)
 
         def f(a, b):
@@ -72,7 +72,7 @@ def test_per_example_cotangent_of_reduction_none():
     c = rng.normal(size=5)
     out, pullback = jax.vjp(lambda a, b: sj.simclr_loss(a, b, reduction="none"), za, zb)
     ga, gb = pullback(jnp.asarray(c))
-    ref = simclr.SimCLRLoss(reduction="none").forward(za, zb)
+    ref = simclr_loss.SimCLRLoss(reduction="none").forward(za, zb)
     want_a, want_b = ref.backward(c)
     np.testing.assert_allclose(out, ref.values, rtol=1e-13)
     np.testing.assert_allclose(ga, want_a, rtol=1e-12, atol=1e-14)
@@ -87,7 +87,7 @@ def test_half_dtypes_are_computed_in_float32(dtype):
         lambda a, b: sj.simclr_loss(a, b, temperature=0.5), argnums=(0, 1))(za, zb)
     assert value.dtype == dtype and ga.dtype == dtype and gb.dtype == dtype
     a32, b32 = (np.asarray(x, np.float32) for x in (za, zb))
-    want, want_a, _ = simclr.SimCLRLoss(temperature=0.5).value_and_gradient(a32, b32)
+    want, want_a, _ = simclr_loss.SimCLRLoss(temperature=0.5).value_and_gradient(a32, b32)
     np.testing.assert_allclose(np.float32(value), want, rtol=1e-2)
     np.testing.assert_allclose(np.asarray(ga, np.float32), want_a, rtol=5e-2, atol=1e-2)
 
@@ -106,7 +106,7 @@ def test_config_round_trip_and_call():
     wrapped = sj.SimCLRLoss.from_config({"class_name": "SimCLRLoss", "config": loss.get_config()})
     rng = np.random.default_rng(4)
     za, zb = rng.normal(size=(2, 5, 3))
-    want = simclr.SimCLRLoss(temperature=0.1, reduction="sum")(za, zb)
+    want = simclr_loss.SimCLRLoss(temperature=0.1, reduction="sum")(za, zb)
     for l in (loss, again, wrapped):
         np.testing.assert_allclose(jax.jit(l)(za, zb), want, rtol=1e-13)
     with pytest.raises(ValueError, match="Reduction"):
@@ -150,7 +150,7 @@ def test_trace_time_errors():
         sj.simclr_loss(za, za, sample_weight=jnp.ones((4, 2)))
     with pytest.raises(ValueError, match="gradient_reduction"):
         sj.simclr_loss(za, za, gradient_reduction="avg")
-    # The front ends' shared argument messages (simclr/_args.py).
+    # The front ends' shared argument messages (simclr_loss/_args.py).
     with pytest.raises(TypeError, match="gradient_reduction must be \"sum\" or \"mean\", got "
                                         "NoneType None"):
         sj.simclr_loss(za, za, gradient_reduction=None)

@@ -1,4 +1,4 @@
-"""simclr.jax across devices: shard_map (and pmap) over 2 and 4 host devices with axis_name, against
+"""simclr_loss.jax across devices: shard_map (and pmap) over 2 and 4 host devices with axis_name, against
 the single-device call and the numpy front end on the same data, in value and gradient.
 
 Needs 4 host devices, which XLA makes only when XLA_FLAGS has
@@ -19,9 +19,9 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 from jax.sharding import Mesh, PartitionSpec as P  # noqa: E402
 
-import simclr  # noqa: E402
+import simclr_loss  # noqa: E402
 
-sj = pytest.importorskip("simclr.jax")
+sj = pytest.importorskip("simclr_loss.jax")
 if sj._jax_ffi is None:
     pytest.skip("simclr was built without jax's FFI headers", allow_module_level=True)
 if len(jax.devices("cpu")) < 4:
@@ -82,7 +82,7 @@ def test_shard_map_equals_single_device_and_numpy(k, reduction, weighted):
     np.testing.assert_allclose(gb, gb1, rtol=1e-11, atol=1e-14)
 
     # The numpy front end on the same data.
-    ref = simclr.SimCLRLoss(temperature=0.2, reduction=reduction)
+    ref = simclr_loss.SimCLRLoss(temperature=0.2, reduction=reduction)
     want, want_a, want_b = ref.value_and_gradient(za, zb, sample_weight=w if weighted else None)
     np.testing.assert_allclose(value, np.sum(want), rtol=1e-13)
     np.testing.assert_allclose(ga, want_a, rtol=1e-11, atol=1e-14)
@@ -93,7 +93,7 @@ def test_shard_map_float32():
     za, zb, w = _data(16, 8, seed=7, dtype=np.float32)
     value, (ga, _) = jax.value_and_grad(_sharded_objective(4, "auto", True),
                                         argnums=(0, 1))(za, zb, w)
-    want, want_a, _ = simclr.SimCLRLoss(temperature=0.2).value_and_gradient(za, zb,
+    want, want_a, _ = simclr_loss.SimCLRLoss(temperature=0.2).value_and_gradient(za, zb,
                                                                               sample_weight=w)
     assert value.dtype == np.float32 and ga.dtype == np.float32
     np.testing.assert_allclose(value, want, rtol=1e-5)
@@ -137,7 +137,7 @@ def test_pmap_with_axis_name():
         return sj.simclr_loss(a, b, temperature=0.2, reduction="sum", axis_name="i")
 
     out = jax.pmap(per_device, axis_name="i")(za.reshape(k, n, 5), zb.reshape(k, n, 5))
-    want = simclr.SimCLRLoss(temperature=0.2, reduction="sum")(za, zb)
+    want = simclr_loss.SimCLRLoss(temperature=0.2, reduction="sum")(za, zb)
     np.testing.assert_allclose(np.sum(out), want, rtol=1e-13)
 
 
@@ -185,7 +185,7 @@ import jax
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
-import simclr.jax as sj
+import simclr_loss.jax as sj
 
 case, how = sys.argv[1], sys.argv[2]
 k, n = 4, 3
@@ -250,7 +250,7 @@ def test_input_error_on_one_device_fails_on_every_device(case, how, message):
     for device, line in enumerate(lines):
         assert line.startswith("device {} JaxRuntimeError".format(device)), line
         # The library's message, with the rank that has the NaN, on every device.
-        assert line.endswith("simclr.jax " + message), line
+        assert line.endswith("simclr_loss.jax " + message), line
     assert seconds < 60
 
 
@@ -260,7 +260,7 @@ def test_sample_weight_shape_is_the_library_rule_at_trace_time():
     za, zb, _ = _data(16, 4, seed=4)
     w = np.ones(12)  # [3] per device for 4 pairs per device
     with pytest.raises(ValueError) as numpy_error:
-        simclr.SimCLRLoss(reduction="sum")(za[:4], zb[:4], sample_weight=w[:3])
+        simclr_loss.SimCLRLoss(reduction="sum")(za[:4], zb[:4], sample_weight=w[:3])
 
     def per_device(a, b, w):
         return sj.simclr_loss(a, b, reduction="sum", sample_weight=w, axis_name="d")[None]

@@ -1,4 +1,4 @@
-"""simclr.keras.SimCLRLoss on Keras 3 with the JAX backend (it dispatches to simclr.jax): every case of
+"""simclr_loss.keras.SimCLRLoss on Keras 3 with the JAX backend (it dispatches to simclr_loss.jax): every case of
 the TF Similarity goldens (tests/data/golden_single.json), value and gradients under jax.jit, with
 Keras 3's own sample_weight handling and reductions; config and serialization round trips. Keras 3
 reads its backend when it is first imported: this module sets KERAS_BACKEND=jax unless it is set."""
@@ -17,10 +17,10 @@ jax = pytest.importorskip("jax")
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 
-sj = pytest.importorskip("simclr.jax")
+sj = pytest.importorskip("simclr_loss.jax")
 if sj._jax_ffi is None:
     pytest.skip("simclr was built without jax's FFI headers", allow_module_level=True)
-import simclr.keras as sk  # noqa: E402
+import simclr_loss.keras as sk  # noqa: E402
 
 
 def test_golden_single(golden_case, check_golden, golden_arrays):

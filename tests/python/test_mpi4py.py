@@ -10,8 +10,8 @@ tests in the same order, so nothing here is skipped on some ranks only.
 import numpy as np
 import pytest
 
-import simclr
-from simclr import _core
+import simclr_loss
+from simclr_loss import _core
 
 pytest.importorskip("mpi4py")
 from mpi4py import MPI  # noqa: E402
@@ -25,7 +25,7 @@ PATHS = (["mpi"] if _core.has_mpi() else []) + ["mpi4py"]
 @pytest.fixture(scope="module", params=PATHS)
 def comm(request):
     """The library's communicator over WORLD: the MPI one, or mpi4py's collectives (collective)."""
-    return simclr.comm.from_mpi4py(WORLD, use_mpi=request.param == "mpi")
+    return simclr_loss.comm.from_mpi4py(WORLD, use_mpi=request.param == "mpi")
 
 
 def _split(name):
@@ -80,10 +80,10 @@ def test_every_rank_equals_the_whole_batch(comm, split, dtype, reduction, global
     g = sum(rows)
     gbs = g if global_batch_size == "total" else global_batch_size
     tol = 1e-10 if dtype == np.float64 else 2e-5
-    loss = simclr.SimCLRLoss(0.2, reduction)
+    loss = simclr_loss.SimCLRLoss(0.2, reduction)
 
     # The reference: one process, the whole batch, no communicator.
-    single_none, grad_a, grad_b = simclr.SimCLRLoss(0.2, "none").value_and_gradient(za, zb)
+    single_none, grad_a, grad_b = simclr_loss.SimCLRLoss(0.2, "none").value_and_gradient(za, zb)
     single_value = loss(za, zb, global_batch_size=gbs if gbs is not None else None)
 
     value, ga, gb = loss.value_and_gradient(za[lo:hi], zb[lo:hi], comm=comm, global_batch_size=gbs)
@@ -112,7 +112,7 @@ def test_forward_info_through_the_communicator(comm):
 def test_mpi4py_communicator_passed_directly():
     rows = _split("uneven")
     za, zb, lo, hi = _global_batch(rows)
-    loss = simclr.SimCLRLoss(0.3, "none")
+    loss = simclr_loss.SimCLRLoss(0.3, "none")
     got = loss(za[lo:hi], zb[lo:hi], comm=WORLD)
     _close(got, loss(za, zb)[lo:hi], 1e-10)
     # The duplicate is made once per loss and communicator.
@@ -122,10 +122,10 @@ def test_mpi4py_communicator_passed_directly():
 def test_timeout_option_of_the_mpi_path():
     if not _core.has_mpi():
         pytest.skip("the extension was built without MPI")
-    comm = simclr.comm.from_mpi4py(WORLD, timeout=60.0)
+    comm = simclr_loss.comm.from_mpi4py(WORLD, timeout=60.0)
     rows = _split("even")
     za, zb, lo, hi = _global_batch(rows)
-    loss = simclr.SimCLRLoss(0.3, "sum")
+    loss = simclr_loss.SimCLRLoss(0.3, "sum")
     total = WORLD.allreduce(float(loss(za[lo:hi], zb[lo:hi], comm=comm)))
     _close(total, loss(za, zb), 1e-10)
 
@@ -148,7 +148,7 @@ def _same_everywhere(outcome):
 def _after_an_error_the_communicator_still_works(comm):
     rows = _split("even")
     za, zb, lo, hi = _global_batch(rows)
-    loss = simclr.SimCLRLoss(0.3, "none")
+    loss = simclr_loss.SimCLRLoss(0.3, "none")
     _close(loss(za[lo:hi], zb[lo:hi], comm=comm), loss(za, zb)[lo:hi], 1e-10)
 
 
@@ -159,7 +159,7 @@ def test_nan_on_one_rank_raises_everywhere(comm):
     if RANK == bad:
         a[1, 2] = np.nan
     kind, message = _same_everywhere(
-        _outcome(lambda: simclr.SimCLRLoss(0.1, "sum")(a, zb[lo:hi], comm=comm)))
+        _outcome(lambda: simclr_loss.SimCLRLoss(0.1, "sum")(a, zb[lo:hi], comm=comm)))
     assert kind == "ValueError"
     assert "za has NaN at row 1" in message and f"rank {bad}" in message
     _after_an_error_the_communicator_still_works(comm)
@@ -171,7 +171,7 @@ def test_bad_sample_weight_on_one_rank_raises_everywhere(comm):
     if RANK == 0:
         w = np.ones(hi - lo + 2)
     kind, message = _same_everywhere(_outcome(
-        lambda: simclr.SimCLRLoss(0.1, "sum")(za[lo:hi], zb[lo:hi], sample_weight=w, comm=comm)))
+        lambda: simclr_loss.SimCLRLoss(0.1, "sum")(za[lo:hi], zb[lo:hi], sample_weight=w, comm=comm)))
     assert kind == "ValueError" and "Incompatible shapes" in message
     _after_an_error_the_communicator_still_works(comm)
 
@@ -182,7 +182,7 @@ def test_dimension_differing_across_ranks_raises_everywhere(comm):
     za, zb, lo, hi = _global_batch(_split("even"))
     d = 6 if RANK != SIZE - 1 else 5
     kind, message = _same_everywhere(_outcome(
-        lambda: simclr.SimCLRLoss(0.1, "sum")(za[lo:hi, :d], zb[lo:hi, :d], comm=comm)))
+        lambda: simclr_loss.SimCLRLoss(0.1, "sum")(za[lo:hi, :d], zb[lo:hi, :d], comm=comm)))
     assert kind == "ValueError" and "embedding dimension differs across ranks" in message
     _after_an_error_the_communicator_still_works(comm)
 
@@ -194,7 +194,7 @@ def test_a_dtype_the_binding_rejects_on_one_rank_fails_every_rank(comm):
     a, b = za[lo:hi], zb[lo:hi]
     if RANK == 0:
         a, b = a.astype(np.int64), b.astype(np.int64)
-    outcome = _outcome(lambda: simclr.SimCLRLoss(0.1, "sum")(a, b, comm=comm))
+    outcome = _outcome(lambda: simclr_loss.SimCLRLoss(0.1, "sum")(a, b, comm=comm))
     everyone = WORLD.allgather(outcome)
     assert all(o is not None and o[0] == "TypeError" for o in everyone), everyone
     assert "za has dtype int64" in everyone[0][1]
@@ -204,7 +204,7 @@ def test_a_dtype_the_binding_rejects_on_one_rank_fails_every_rank(comm):
 def test_distribution_rule_raises_everywhere(comm):
     za, zb, lo, hi = _global_batch(_split("uneven"))
     kind, message = _same_everywhere(
-        _outcome(lambda: simclr.SimCLRLoss(0.1)(za[lo:hi], zb[lo:hi], comm=comm)))
+        _outcome(lambda: simclr_loss.SimCLRLoss(0.1)(za[lo:hi], zb[lo:hi], comm=comm)))
     assert kind == "ValueError" and "Please use" in message
 
 
@@ -227,9 +227,9 @@ def test_exception_in_every_ranks_callback_is_a_comm_error():
     def all_gather_v(send, recv, recv_bytes):
         raise ConnectionError("link down")
 
-    comm = simclr.comm.from_callbacks(RANK, SIZE, all_gather, all_gather_v, backend="broken")
+    comm = simclr_loss.comm.from_callbacks(RANK, SIZE, all_gather, all_gather_v, backend="broken")
     za, zb, lo, hi = _global_batch(_split("even"))
-    with pytest.raises(simclr.CommError, match="ConnectionError: link down") as e:
-        simclr.SimCLRLoss(0.1, "sum")(za[lo:hi], zb[lo:hi], comm=comm)
+    with pytest.raises(simclr_loss.CommError, match="ConnectionError: link down") as e:
+        simclr_loss.SimCLRLoss(0.1, "sum")(za[lo:hi], zb[lo:hi], comm=comm)
     assert isinstance(e.value.__cause__, ConnectionError)
     WORLD.Barrier()

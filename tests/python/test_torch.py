@@ -1,4 +1,4 @@
-"""simclr.torch in one process: the TF Similarity goldens, gradcheck, an independent autograd
+"""simclr_loss.torch in one process: the TF Similarity goldens, gradcheck, an independent autograd
 reference, dtypes, layouts, errors and the config."""
 
 import json
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-simclr_torch = pytest.importorskip("simclr.torch")
+simclr_torch = pytest.importorskip("simclr_loss.torch")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_reference as ref  # noqa: E402
@@ -211,7 +211,7 @@ def test_non_cpu_tensor_is_a_clear_error():
     with pytest.raises(NotImplementedError,
                        match="za is on device meta; the loss takes a dense CPU or CUDA tensor"):
         simclr_torch.simclr_loss(za, za)
-    from simclr import _torch_cuda
+    from simclr_loss import _torch_cuda
     if torch.cuda.is_available() and not _torch_cuda.available():
         z = torch.randn(4, 3, device="cuda")
         with pytest.raises(NotImplementedError, match="no CUDA route"):
@@ -288,7 +288,7 @@ def test_local_call_ignores_gradient_reduction():
     assert torch.equal(grads[0], grads[1])
 
 
-# ---- argument messages: each names the argument and what it accepts (simclr/_args.py) ----
+# ---- argument messages: each names the argument and what it accepts (simclr_loss/_args.py) ----
 
 @pytest.mark.parametrize("t,shown", [("abc", "str 'abc'"), (None, "NoneType None"),
                                      ([0.1], r"list \[0.1\]")])
@@ -338,22 +338,22 @@ def test_from_config_with_a_nan_temperature():
 def test_not_a_tensor():
     # The dtype was read before the check (an AttributeError).
     z = torch.ones(2, 3)
-    with pytest.raises(TypeError, match=r"simclr.torch: za must be a dense CPU or CUDA tensor \[n, d\] "
+    with pytest.raises(TypeError, match=r"simclr_loss.torch: za must be a dense CPU or CUDA tensor \[n, d\] "
                                         r"of float32, float64, float16 or bfloat16, got list \[\["):
         simclr_torch.simclr_loss(z.tolist(), z)
-    with pytest.raises(TypeError, match="simclr.torch: zb must be a dense CPU or CUDA tensor"):
+    with pytest.raises(TypeError, match="simclr_loss.torch: zb must be a dense CPU or CUDA tensor"):
         simclr_torch.simclr_loss(z, z.numpy())
 
 
 def test_tensors_on_two_devices():
-    with pytest.raises(ValueError, match="simclr.torch: za is on cpu but zb on meta; za and zb must be "
+    with pytest.raises(ValueError, match="simclr_loss.torch: za is on cpu but zb on meta; za and zb must be "
                                          "on one device"):
         simclr_torch.simclr_loss(torch.ones(2, 3), torch.empty(2, 3, device="meta"))
 
 
 def test_sparse_tensor():
     z = torch.eye(4, 3)
-    with pytest.raises(TypeError, match=r"simclr.torch: za is a torch.sparse_coo tensor; the loss takes "
+    with pytest.raises(TypeError, match=r"simclr_loss.torch: za is a torch.sparse_coo tensor; the loss takes "
                                         r"a dense CPU or CUDA tensor .*za.to_dense\(\)"):
         simclr_torch.simclr_loss(z.to_sparse(), z)
 
@@ -376,10 +376,10 @@ def test_zero_dimensional_embeddings():
 
 
 def test_the_torch_modules_do_not_import_each_other():
-    # simclr.torch imports simclr._torch_cuda (the CUDA route), never the other way round.
+    # simclr_loss.torch imports simclr_loss._torch_cuda (the CUDA route), never the other way round.
     import ast
     import inspect
-    from simclr import _torch_cuda
+    from simclr_loss import _torch_cuda
 
     tree = ast.parse(inspect.getsource(_torch_cuda))
     names = set()
@@ -389,7 +389,7 @@ def test_the_torch_modules_do_not_import_each_other():
             names.update(("." * node.level) + a.name for a in node.names)
         elif isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
-    assert not {"simclr.torch", ".torch"} & names, names
+    assert not {"simclr_loss.torch", ".torch"} & names, names
 
 
 @pytest.mark.parametrize("shape,message", [
@@ -400,7 +400,7 @@ def test_the_torch_modules_do_not_import_each_other():
 def test_cuda_route_weight_shapes_are_the_librarys_rules(shape, message):
     # The CUDA route's sample weight is shaped on the host side by the library's own rules (the same
     # messages as every other front end); CPU tensors stand in for device ones here.
-    from simclr import _torch_cuda
+    from simclr_loss import _torch_cuda
     assert _torch_cuda._device_weight(torch.ones(4, 1), 4, "cpu").shape == (4,)
     with pytest.raises(ValueError, match=message):
         _torch_cuda._device_weight(torch.ones(shape), 4, "cpu")

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("sklearn")
-pytest.importorskip("simclr.torch")
+pytest.importorskip("simclr_loss.torch")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO = os.path.join(ROOT, "examples", "python", "simclr_digits.py")

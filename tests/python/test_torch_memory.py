@@ -1,4 +1,4 @@
-"""Peak memory of a G = 8192, d = 128 float32 forward+backward through simclr.torch, measured in a
+"""Peak memory of a G = 8192, d = 128 float32 forward+backward through simclr_loss.torch, measured in a
 fresh process so nothing earlier counts: it must raise the peak RSS by less than 10 % of 1 GiB (the
 [2G, 2G] logits alone would be 1 GiB in float32)."""
 
@@ -9,10 +9,10 @@ import sys
 import pytest
 
 pytest.importorskip("torch")
-pytest.importorskip("simclr.torch")
+pytest.importorskip("simclr_loss.torch")
 
 CHILD = r'''
-import json, torch, simclr.torch as st
+import json, torch, simclr_loss.torch as st
 
 def hwm_kib():
     with open("/proc/self/status") as f:

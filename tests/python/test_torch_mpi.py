@@ -1,4 +1,4 @@
-"""simclr.torch across processes: launches torch_mpi_worker.py (every split at 1-4 ranks, errors on one
+"""simclr_loss.torch across processes: launches torch_mpi_worker.py (every split at 1-4 ranks, errors on one
 rank), torch_mpi_errors_worker.py (input errors of one rank raised on every rank, promptly) and
 torch_ddp_worker.py (DDP at 2 and 3 ranks) under mpirun with torch.distributed's gloo."""
 
@@ -10,7 +10,7 @@ import sys
 import pytest
 
 pytest.importorskip("torch")
-pytest.importorskip("simclr.torch")
+pytest.importorskip("simclr_loss.torch")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MPIRUN = shutil.which("mpirun")

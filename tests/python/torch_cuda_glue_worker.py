@@ -1,4 +1,4 @@
-"""The collectives of simclr.torch's CUDA route (simclr/_torch_cuda.py, _TorchDeviceComm) on a CPU
+"""The collectives of simclr_loss.torch's CUDA route (simclr_loss/_torch_cuda.py, _TorchDeviceComm) on a CPU
 machine: one process per rank under mpirun, torch.distributed's gloo. The device addresses the library
 would pass are host addresses here, wrapped by a stand-in for the CUDA-array wrapper, so what runs is
 the route's own logic: the uneven all_gather_v (padding to the largest part, then compacting), the host
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from simclr import _torch_cuda as tc
+from simclr_loss import _torch_cuda as tc
 
 RANK = int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK", "0")))
 SIZE = int(os.environ.get("OMPI_COMM_WORLD_SIZE", os.environ.get("PMI_SIZE", "1")))
@@ -69,17 +69,17 @@ def main():
 
     # The first gather of a call: every rank's rows, or the first failing rank's error everywhere,
     # through the library's records (simclr_record_call, simclr_step_agree).
-    from simclr import _args, _core
+    from simclr_loss import _args, _core
     loss = _args.make_loss(0.1, "sum")
     rows = [3 * r + (r % 2) for r in range(SIZE)]
     check(comm.agree(loss, rows[RANK], 8, _core.FLOAT32, None) == rows, "agree: rows")
     last = SIZE - 1
-    error = (ValueError, "simclr.torch: za must be 2-D [n, d]") if RANK == last else None
+    error = (ValueError, "simclr_loss.torch: za must be 2-D [n, d]") if RANK == last else None
     try:
         comm.agree(loss, rows[RANK], 8, _core.FLOAT32, error)
         check(False, "agree did not raise")
     except ValueError as exc:
-        check(str(exc) == f"simclr.torch: za must be 2-D [n, d] (rank {last})", f"message {exc}")
+        check(str(exc) == f"simclr_loss.torch: za must be 2-D [n, d] (rank {last})", f"message {exc}")
     error = (TypeError, "bad dtype") if RANK in (0, last) else None
     try:
         comm.agree(loss, rows[RANK], 8, _core.FLOAT32, error)

@@ -1,4 +1,4 @@
-"""DistributedDataParallel with simclr.torch: the parameter gradients of P ranks with uneven batches
+"""DistributedDataParallel with simclr_loss.torch: the parameter gradients of P ranks with uneven batches
 equal those of one process on the whole global batch.
 
     mpirun -np P python3 tests/python/torch_ddp_worker.py INIT_METHOD {float32|float64}
@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import simclr.torch as st
+import simclr_loss.torch as st
 
 RANK = int(os.environ["OMPI_COMM_WORLD_RANK"])
 SIZE = int(os.environ["OMPI_COMM_WORLD_SIZE"])

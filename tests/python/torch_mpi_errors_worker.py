@@ -1,4 +1,4 @@
-"""simclr.torch under mpirun: an input error on one rank of a torch.distributed (gloo) call reaches
+"""simclr_loss.torch under mpirun: an input error on one rank of a torch.distributed (gloo) call reaches
 every rank through the library's agreement step, promptly, as the same exception naming that rank.
 
     mpirun -np P python3 tests/python/torch_mpi_errors_worker.py file:///tmp/unique-store-path
@@ -17,7 +17,7 @@ import time
 import torch
 import torch.distributed as dist
 
-import simclr.torch as st
+import simclr_loss.torch as st
 
 RANK = int(os.environ["OMPI_COMM_WORLD_RANK"])
 SIZE = int(os.environ["OMPI_COMM_WORLD_SIZE"])
@@ -51,14 +51,14 @@ def main():
         # Rejected in Python before anything reaches the library (the dtype was read before the
         # check: an AttributeError on that rank alone, the others waiting).
         ("a list", lambda: call(good.tolist() if here else good), "TypeError",
-         "simclr.torch: za must be a dense CPU or CUDA tensor [n, d] of float32, float64, float16 "
+         "simclr_loss.torch: za must be a dense CPU or CUDA tensor [n, d] of float32, float64, float16 "
          "or bfloat16, got list [["),
         ("a sparse tensor", lambda: call(good.to_sparse() if here else good), "TypeError",
-         "simclr.torch: za is a torch.sparse_coo tensor; the loss takes a dense CPU or CUDA tensor"),
+         "simclr_loss.torch: za is a torch.sparse_coo tensor; the loss takes a dense CPU or CUDA tensor"),
         ("a meta tensor", lambda: call(torch.empty(3, 4, device="meta") if here else good),
-         "NotImplementedError", "simclr.torch: za is on device meta; the loss takes a dense CPU"),
+         "NotImplementedError", "simclr_loss.torch: za is on device meta; the loss takes a dense CPU"),
         ("an integer tensor", lambda: call(good.long() if here else good), "TypeError",
-         "simclr.torch: za has dtype torch.int64"),
+         "simclr_loss.torch: za has dtype torch.int64"),
         ("a sample weight that is not numbers",
          lambda: call(good, sample_weight="heavy" if here else None), "TypeError",
          "sample_weight must be None, a number or an array of numbers"),

@@ -1,4 +1,4 @@
-"""simclr.torch under mpirun: torch.distributed (gloo) across Open MPI's ranks, checked against one
+"""simclr_loss.torch under mpirun: torch.distributed (gloo) across Open MPI's ranks, checked against one
 process on the whole batch and against the independent autograd reference.
 
     mpirun -np P python3 tests/python/torch_mpi_worker.py file:///tmp/unique-store-path
@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_reference as ref  # noqa: E402
-import simclr.torch as st  # noqa: E402
+import simclr_loss.torch as st  # noqa: E402
 
 RANK = int(os.environ["OMPI_COMM_WORLD_RANK"])
 SIZE = int(os.environ["OMPI_COMM_WORLD_SIZE"])

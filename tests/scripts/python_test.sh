@@ -3,7 +3,7 @@
 # build/venv (with the system's numpy, torch, mpi4py), installs the package into it with
 # `pip install --no-build-isolation .` (the CMake build folder build/python/<tag> is kept, so a second
 # install recompiles only what changed), runs pytest on tests/python (its test_torch_mpi.py launches
-# simclr.torch's mpirun checks, as tests/python/run_mpi_torch.sh does), then
+# simclr_loss.torch's mpirun checks, as tests/python/run_mpi_torch.sh does), then
 # tests/python/test_jax_shard.py in a process of its own (4 host devices), then
 # tests/python/test_mpi4py.py under mpirun at 1-4 ranks. The last line is "python tests: P passed, F
 # failed, S skipped".
@@ -31,19 +31,19 @@ if [ "${SIMCLR_PIP_ISOLATED:-0}" = 1 ]; then
 else
   "$py" -m pip install -q "scikit-build-core>=0.10" "nanobind>=2.0"
 fi
-# jax (CPU) before the package: simclr._jax_ffi is built only when jax's FFI headers are found. The
-# same pin as pyproject.toml's extra `jax`. (An isolated build does not see it: simclr.jax then
+# jax (CPU) before the package: simclr_loss._jax_ffi is built only when jax's FFI headers are found. The
+# same pin as pyproject.toml's extra `jax`. (An isolated build does not see it: simclr_loss.jax then
 # reports that it was built without jax, and its tests are skipped.) jax 0.7.1 is the newest that takes
 # numpy 1.x, which Debian's torch and scikit-learn in this environment are built against.
 "$py" -m pip install -q "jax[cpu]==0.7.1" "numpy<2"
-# Keras 3 for tests/python/test_keras3.py (simclr.keras on its JAX backend; Keras 2 is tested in
+# Keras 3 for tests/python/test_keras3.py (simclr_loss.keras on its JAX backend; Keras 2 is tested in
 # build/venv-tf by tests/scripts/tf_test.sh).
 "$py" -m pip install -q "keras==3.15.1"
 t0=$(date +%s)
 "$py" -m pip install -q "${pip_flags[@]}" .
 t1=$(date +%s)
 echo "pip install ${pip_flags[*]} . : $((t1 - t0)) s"
-"$py" -c 'import simclr, simclr._core as c; print("simclr", simclr.__version__, "mpi" if c.has_mpi() else "no mpi")'
+"$py" -c 'import simclr_loss, simclr_loss._core as c; print("simclr", simclr_loss.__version__, "mpi" if c.has_mpi() else "no mpi")'
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
@@ -68,7 +68,7 @@ if [ "$rc" -ne 0 ]; then
 fi
 echo "conformance (python front ends): $(count passed) passed, $(count skipped) skipped"
 passed=$((passed + $(count passed))) skipped=$((skipped + $(count skipped)))
-# simclr.jax over 4 host devices: XLA makes them only when the flag is set before jax is imported,
+# simclr_loss.jax over 4 host devices: XLA makes them only when the flag is set before jax is imported,
 # hence a process of its own.
 XLA_FLAGS="--xla_force_host_platform_device_count=4" \
   "$py" -m pytest -q -rs -p no:cacheprovider tests/python/test_jax_shard.py | tee "$log" || rc=$?

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The TensorFlow / Keras front end's tests (simclr.tensorflow, simclr.keras), after
+# The TensorFlow / Keras front end's tests (simclr_loss.tensorflow, simclr_loss.keras), after
 # tests/scripts/python_test.sh has built the package into build/venv. TensorFlow 2.15.1 (the last with Keras 2,
 # TF Similarity's setting) needs numpy 1.x and ml_dtypes 0.3, which jax in build/venv does not take, so it
 # lives in a virtual environment of its own, build/venv-tf. The package is built by build/venv's tools
-# in its CMake build folder (only simclr/_tf_ops.so compiles, against build/venv-tf's TensorFlow), as a
+# in its CMake build folder (only simclr_loss/_tf_ops.so compiles, against build/venv-tf's TensorFlow), as a
 # wheel that is installed into build/venv-tf; pytest then runs tests/tensorflow there. The last line
 # is "tensorflow tests: P passed, F failed, S skipped".
 # Usage: tests/scripts/tf_test.sh   (VENV=dir the environment python_test.sh made; TF_VENV=dir this one's)
@@ -31,9 +31,9 @@ log=$(mktemp)
 trap 'rm -rf "$wheels" "$log"' EXIT
 "$venv/bin/python" -m pip wheel -q --no-build-isolation --no-deps -w "$wheels" \
   --config-settings=cmake.define.SIMCLR_TF_PYTHON="$PWD/$tf_py" .
-"$tf_py" -m pip install -q --no-deps --force-reinstall "$wheels"/simclr-*.whl
-echo "build and install of simclr/_tf_ops.so: $(( $(date +%s) - t0 )) s"
-TF_CPP_MIN_LOG_LEVEL=2 "$tf_py" -c 'import simclr.keras, tensorflow as tf; print("simclr.keras on tensorflow", tf.__version__)'
+"$tf_py" -m pip install -q --no-deps --force-reinstall "$wheels"/simclr_loss-*.whl
+echo "build and install of simclr_loss/_tf_ops.so: $(( $(date +%s) - t0 )) s"
+TF_CPP_MIN_LOG_LEVEL=2 "$tf_py" -c 'import simclr_loss.keras, tensorflow as tf; print("simclr_loss.keras on tensorflow", tf.__version__)'
 rc=0
 TF_CPP_MIN_LOG_LEVEL=2 "$tf_py" -m pytest -q -rs -p no:cacheprovider tests/tensorflow | tee "$log" \
   || rc=$?

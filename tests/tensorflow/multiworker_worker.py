@@ -1,5 +1,5 @@
 """One worker of tests/tensorflow/test_tf_multiworker.py: joins a MultiWorkerMirroredStrategy over
-localhost (TF_CONFIG from the arguments), computes simclr.keras.SimCLRLoss (reduction none) of its rows
+localhost (TF_CONFIG from the arguments), computes simclr_loss.keras.SimCLRLoss (reduction none) of its rows
 of a golden case and the tape gradients of their sum, and prints them as JSON."""
 
 import json
@@ -14,7 +14,7 @@ os.environ["TF_CONFIG"] = json.dumps({
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import simclr.keras as sk  # noqa: E402
+import simclr_loss.keras as sk  # noqa: E402
 
 with open(case_file) as f:
     case = json.load(f)

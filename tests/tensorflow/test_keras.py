@@ -1,4 +1,4 @@
-"""simclr.keras.SimCLRLoss as a Keras loss: model.fit under MirroredStrategy (2 and 4 logical CPUs)
+"""simclr_loss.keras.SimCLRLoss as a Keras loss: model.fit under MirroredStrategy (2 and 4 logical CPUs)
 against a TensorFlow implementation of TF Similarity's formulation written here, get_config /
 from_config, the serializable name, save and load of a model holding the loss, and bad inputs."""
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import simclr.keras as sk
-import simclr.tensorflow as st
+import simclr_loss.keras as sk
+import simclr_loss.tensorflow as st
 from test_tf_distributed import _strategy
 
 LARGE_NUM = 1e9
@@ -208,7 +208,7 @@ def test_bad_temperature(temperature):
 @pytest.mark.parametrize("temperature,shown", [("abc", "str 'abc'"), (None, "NoneType None"),
                                                ([0.1], r"list \[0.1\]")])
 def test_temperature_that_is_not_a_number(temperature, shown):
-    # simclr/_args.py's message, the same in every front end.
+    # simclr_loss/_args.py's message, the same in every front end.
     with pytest.raises(TypeError, match="temperature must be a number > 0, got " + shown):
         sk.SimCLRLoss(temperature=temperature)
     with pytest.raises(TypeError, match="temperature must be a number > 0, got " + shown):

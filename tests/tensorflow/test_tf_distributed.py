@@ -1,4 +1,4 @@
-"""simclr.keras.SimCLRLoss and simclr.tensorflow under tf.distribute.MirroredStrategy over 2 and 4
+"""simclr_loss.keras.SimCLRLoss and simclr_loss.tensorflow under tf.distribute.MirroredStrategy over 2 and 4
 logical CPUs: every replica's loss and gradients equal TF Similarity's (golden_distributed.json), also
 with uneven per-replica batches; Keras's distribution rule; and model.fit of a small model equal to the
 same model trained with a TensorFlow implementation of TF Similarity's formulation (autodiff through
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import simclr.keras as sk
-import simclr.tensorflow as st
+import simclr_loss.keras as sk
+import simclr_loss.tensorflow as st
 from conftest import cpus, max_rel
 
 
@@ -183,7 +183,7 @@ import tensorflow as tf
 
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 4)
-import simclr.tensorflow as st
+import simclr_loss.tensorflow as st
 
 case, mode = sys.argv[1], sys.argv[2]
 strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])

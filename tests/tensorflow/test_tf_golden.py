@@ -1,4 +1,4 @@
-"""simclr.tensorflow (the custom op) and simclr.keras.SimCLRLoss against every case of the TensorFlow
+"""simclr_loss.tensorflow (the custom op) and simclr_loss.keras.SimCLRLoss against every case of the TensorFlow
 Similarity goldens (tests/data/golden_single.json): value and tape gradients, eagerly and inside
 tf.function. The op gives the per-example loss; Keras's own weighting and reduction are applied to it
 for the op route, as the Keras Loss base class does for the loss route."""
@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 from keras.src.utils import losses_utils
 
-import simclr.keras as sk
-import simclr.tensorflow as st
+import simclr_loss.keras as sk
+import simclr_loss.tensorflow as st
 
 
 def _through_op(case, za, zb, w):

@@ -1,4 +1,4 @@
-"""simclr.keras.SimCLRLoss under tf.distribute.MultiWorkerMirroredStrategy: two worker processes on
+"""simclr_loss.keras.SimCLRLoss under tf.distribute.MultiWorkerMirroredStrategy: two worker processes on
 localhost (multiworker_worker.py), each with its rows of a golden case of golden_distributed.json,
 evenly and unevenly split; the rows' losses and gradients, concatenated, are TF Similarity's."""
 

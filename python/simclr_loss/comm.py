@@ -26,7 +26,7 @@ def from_callbacks(rank, size, all_gather, all_gather_v, barrier=None, backend="
         bytes) receives them back to back in rank order.
     barrier(): returns when every rank has entered it; None uses a 1-byte all_gather.
     The arrays are views of the library's buffers, valid only during the call. An exception raised by
-    a function fails the loss call with simclr.CommError (its message names the exception, which is
+    a function fails the loss call with simclr_loss.CommError (its message names the exception, which is
     also the CommError's __cause__).
     """
     return _core.Comm.from_callbacks(int(rank), int(size), str(backend), all_gather, all_gather_v,
@@ -101,5 +101,5 @@ class _Resolver:
             self._mpi4py[id(comm)] = (weakref.ref(comm), core)
             return core
         raise TypeError(
-            "comm must be None, an mpi4py communicator or a simclr.comm communicator, got "
+            "comm must be None, an mpi4py communicator or a simclr_loss.comm communicator, got "
             + type(comm).__name__)

@@ -1,9 +1,9 @@
-"""simclr.jax: TensorFlow Similarity's SimCLRLoss for JAX, through XLA FFI custom calls on the CPU.
+"""simclr_loss.jax: TensorFlow Similarity's SimCLRLoss for JAX, through XLA FFI custom calls on the CPU.
 
-    import jax, simclr.jax as sj
+    import jax, simclr_loss.jax as sj
     loss = sj.simclr_loss(za, zb, temperature=0.1)           # under jax.jit, jax.grad, ...
 
-The forward and backward are XLA FFI custom calls into the library (simclr._jax_ffi), tied together
+The forward and backward are XLA FFI custom calls into the library (simclr_loss._jax_ffi), tied together
 by a jax.custom_vjp. XLA never holds the [2G, 2G] logits: the library streams them in tiles, so what
 XLA keeps for the backward is the normalised rows ([2G, d]) and two scalars per row.
 
@@ -50,7 +50,7 @@ def _register():
         return
     if _jax_ffi is None:
         raise RuntimeError(
-            "simclr.jax needs the extension simclr._jax_ffi, which is built only when jax is "
+            "simclr_loss.jax needs the extension simclr_loss._jax_ffi, which is built only when jax is "
             "installed for the Python that builds the package; reinstall simclr after "
             "`pip install \"jax[cpu]\"` (pip install --no-build-isolation .) (" + str(_IMPORT_ERROR) + ")")
     for name, capsule in _jax_ffi.handlers().items():
@@ -107,7 +107,7 @@ def _compute_dtype(dtype, what):
         return dtype
     if dtype in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
         return jnp.dtype(jnp.float32)  # computed in float32, returned in the input dtype
-    raise TypeError("{} has dtype {}; simclr.jax takes float32, float64 (jax_enable_x64), "
+    raise TypeError("{} has dtype {}; simclr_loss.jax takes float32, float64 (jax_enable_x64), "
                     "bfloat16 or float16".format(what, dtype))
 
 
@@ -341,7 +341,7 @@ class SimCLRLoss(_ConfigMixin):
     are arguments of the constructor and of from_config, not part of that dict).
     """
 
-    _repr_name = "simclr.jax.SimCLRLoss"
+    _repr_name = "simclr_loss.jax.SimCLRLoss"
 
     def __init__(self, temperature=0.05, reduction="auto", name=None, *, axis_name=None,
                  global_batch_size=None, gradient_reduction="sum"):

@@ -1,8 +1,8 @@
-"""The PyTorch CUDA route of simclr.torch: CUDA tensors go to the library's device engine.
+"""The PyTorch CUDA route of simclr_loss.torch: CUDA tensors go to the library's device engine.
 
 Not imported by ``simclr`` itself, and safe to import without torch, without CUDA and without the
-``simclr._device`` extension (built only with ``SIMCLR_WITH_CUDA=ON``; docs/gpu.md): what is
-missing is reported when a call is made. ``simclr.torch`` dispatches CUDA tensors here::
+``simclr_loss._device`` extension (built only with ``SIMCLR_WITH_CUDA=ON``; docs/gpu.md): what is
+missing is reported when a call is made. ``simclr_loss.torch`` dispatches CUDA tensors here::
 
     if za.is_cuda: return _torch_cuda.simclr_loss_cuda(za, zb, temperature, reduction, ...)
 
@@ -42,21 +42,21 @@ _last_status = None  # the status tensor of the latest forward (a view of its wo
 
 def _device_module():
     try:
-        return importlib.import_module("simclr._device")
+        return importlib.import_module("simclr_loss._device")
     except ImportError as exc:  # pragma: no cover - depends on the build
         raise RuntimeError(
-            "simclr was built without the GPU path (simclr._device is missing); rebuild with "
+            "simclr was built without the GPU path (simclr_loss._device is missing); rebuild with "
             "`pip install . -Ccmake.define.SIMCLR_WITH_CUDA=ON` on a machine with the CUDA "
             "toolkit (docs/gpu.md)"
         ) from exc
 
 
 def available() -> bool:
-    """Whether the CUDA route can run here (torch with CUDA and simclr._device)."""
+    """Whether the CUDA route can run here (torch with CUDA and simclr_loss._device)."""
     try:
         import torch
 
-        importlib.import_module("simclr._device")
+        importlib.import_module("simclr_loss._device")
         return bool(torch.cuda.is_available())
     except ImportError:
         return False
@@ -108,12 +108,12 @@ def _group_rank_size(group):
 
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError(
-            "simclr.torch: process_group was given but torch.distributed is not initialised; "
+            "simclr_loss.torch: process_group was given but torch.distributed is not initialised; "
             "call torch.distributed.init_process_group(...) first, or pass process_group=None "
             "for a local call")
     rank, size = dist.get_rank(group), dist.get_world_size(group)
     if rank < 0:
-        raise ValueError("simclr.torch: this process is not a member of process_group")
+        raise ValueError("simclr_loss.torch: this process is not a member of process_group")
     return rank, size
 
 
@@ -159,7 +159,7 @@ def _has_cpu_backend(group):
 
 
 class _TorchDeviceComm:
-    """torch.distributed collectives of ``group`` behind a ``simclr._device.DeviceComm``."""
+    """torch.distributed collectives of ``group`` behind a ``simclr_loss._device.DeviceComm``."""
 
     def __init__(self, group, device):
         import torch
@@ -348,12 +348,12 @@ def _input_error(za, zb):
 
     for name, z in (("za", za), ("zb", zb)):
         if not isinstance(z, torch.Tensor):
-            return TypeError, f"simclr.torch: {name} must be a torch.Tensor, got {type(z).__name__}"
+            return TypeError, f"simclr_loss.torch: {name} must be a torch.Tensor, got {type(z).__name__}"
         if not z.is_cuda:
-            return ValueError, (f"simclr.torch: {name} is on {z.device}; the CUDA route takes CUDA "
+            return ValueError, (f"simclr_loss.torch: {name} is on {z.device}; the CUDA route takes CUDA "
                                 "tensors (za and zb on one device)")
         if z.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            return TypeError, (f"simclr.torch: {name} has dtype {z.dtype}; the CUDA route takes "
+            return TypeError, (f"simclr_loss.torch: {name} has dtype {z.dtype}; the CUDA route takes "
                                "float32, bfloat16 or float16")
     from . import _core
 
@@ -362,9 +362,9 @@ def _input_error(za, zb):
     except ValueError as exc:
         return ValueError, str(exc)
     if za.dtype != zb.dtype:
-        return TypeError, f"simclr.torch: za and zb must have the same dtype: {za.dtype} vs. {zb.dtype}"
+        return TypeError, f"simclr_loss.torch: za and zb must have the same dtype: {za.dtype} vs. {zb.dtype}"
     if za.device != zb.device:
-        return ValueError, f"simclr.torch: za is on {za.device} but zb on {zb.device}"
+        return ValueError, f"simclr_loss.torch: za is on {za.device} but zb on {zb.device}"
     return None
 
 
@@ -380,7 +380,7 @@ def _core_dtype(t):
 
 def _device_weight(sample_weight, rows, device):
     """Keras's sample_weight as a float32 device vector of 1 or rows values. The shape rules are
-    the library's (simclr._core.check_shapes), with its messages."""
+    the library's (simclr_loss._core.check_shapes), with its messages."""
     import torch
 
     from . import _core
@@ -405,10 +405,10 @@ def simclr_loss_cuda(
 ):
     """SimCLR loss of CUDA tensors za, zb ([n, d], one dtype, one device), differentiable.
 
-    Returns the loss as simclr.torch does (a scalar, or [n] for reduction 'none'), plus the
+    Returns the loss as simclr_loss.torch does (a scalar, or [n] for reduction 'none'), plus the
     unweighted per-example loss when ``return_per_example``. ``process_group``: a torch.distributed
     group (NCCL for the rows); the call is then collective, rows may differ between ranks (and may
-    be 0), and ``gradient_reduction`` is simclr.torch's ("mean": the gradients times the group
+    be 0), and ``gradient_reduction`` is simclr_loss.torch's ("mean": the gradients times the group
     size, for DDP's averaging; "sum": TensorFlow's). global_batch_size: None, an int, or
     "infer" (the sum of the ranks' rows)."""
     global _function

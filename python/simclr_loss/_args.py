@@ -1,9 +1,9 @@
-"""The front ends' arguments, parsed once: every front end (simclr.SimCLRLoss, simclr.torch, the CUDA
-route, simclr.jax, simclr.keras, simclr.tensorflow) turns its arguments into the C API's values here,
+"""The front ends' arguments, parsed once: every front end (simclr_loss.SimCLRLoss, simclr_loss.torch, the CUDA
+route, simclr_loss.jax, simclr_loss.keras, simclr_loss.tensorflow) turns its arguments into the C API's values here,
 with the same rules and the same messages. Each message names the argument and what it accepts.
 
 What the library checks stays in the library: the temperature's rule (> 0 and finite) and the
-reduction keys are its messages (reached through simclr._core), and the codes below are the C API's,
+reduction keys are its messages (reached through simclr_loss._core), and the codes below are the C API's,
 exported by the extension (never copied). What it cannot see is checked here: a value that is not a
 number, an integer beyond int64, a string where a number belongs.
 """
@@ -93,7 +93,7 @@ def _canonical_config(t, key):
 
 def loss_config(t, r):
     """(temperature, reduction) as the library's config gives them back, after its checks (for the
-    front ends whose loss is static configuration: simclr.jax)."""
+    front ends whose loss is static configuration: simclr_loss.jax)."""
     return _canonical_config(temperature(t), reduction(r))
 
 

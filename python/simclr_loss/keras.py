@@ -1,6 +1,6 @@
-"""simclr.keras: a drop-in replacement for TensorFlow Similarity's SimCLRLoss.
+"""simclr_loss.keras: a drop-in replacement for TensorFlow Similarity's SimCLRLoss.
 
-    from simclr.keras import SimCLRLoss      # instead of: from tensorflow_similarity.losses import SimCLRLoss
+    from simclr_loss.keras import SimCLRLoss      # instead of: from tensorflow_similarity.losses import SimCLRLoss
     loss = SimCLRLoss(temperature=0.1)       # the same constructor, config and serializable name
 
 A Keras Loss whose call(za, zb) is the library's per-example loss [n]. Everything else is the Keras
@@ -9,10 +9,10 @@ strategy.run, "auto" and "sum_over_batch_size" raise Keras's ValueError; in mode
 the loss by the number of replicas itself).
 
 - Keras 2 (TensorFlow 2.15, tf.keras: TF Similarity's setting): the TensorFlow custom op of
-  simclr.tensorflow, with its closed-form gradient and, under a tf.distribute strategy, global
+  simclr_loss.tensorflow, with its closed-form gradient and, under a tf.distribute strategy, global
   negatives from the replicas' all-gathers. get_config() is TF Similarity's.
-- Keras 3 (the package `keras` 3.x): the loss dispatches on the backend, to simclr.jax (JAX),
-  simclr.torch (PyTorch) or simclr.tensorflow (TensorFlow, when the op library was built against
+- Keras 3 (the package `keras` 3.x): the loss dispatches on the backend, to simclr_loss.jax (JAX),
+  simclr_loss.torch (PyTorch) or simclr_loss.tensorflow (TensorFlow, when the op library was built against
   that TensorFlow); one process, no distribution. get_config() is Keras 3's base config
   ({'name', 'reduction', ...}) plus 'temperature'.
 """
@@ -33,7 +33,7 @@ def _keras():
         import tensorflow as tf
     except ImportError as exc:
         raise ImportError(
-            "simclr.keras needs TensorFlow (Keras 2, e.g. pip install tensorflow-cpu==2.15.1, then "
+            "simclr_loss.keras needs TensorFlow (Keras 2, e.g. pip install tensorflow-cpu==2.15.1, then "
             "rebuild simclr with --no-build-isolation for its TensorFlow op) or Keras 3 with the "
             "JAX or PyTorch backend; docs/python.md, 'TensorFlow and Keras'") from exc
     return tf.keras, 2
@@ -55,7 +55,7 @@ def _per_example(za, zb, temperature):
     if backend == "torch":
         from .torch import simclr_loss
         return simclr_loss(za, zb, temperature=temperature, reduction="none")
-    raise NotImplementedError("simclr.keras supports the Keras backends tensorflow, jax and torch, "
+    raise NotImplementedError("simclr_loss.keras supports the Keras backends tensorflow, jax and torch, "
                               "not " + repr(backend))
 
 

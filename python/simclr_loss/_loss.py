@@ -1,4 +1,4 @@
-"""simclr.SimCLRLoss: TensorFlow Similarity's SimCLRLoss on numpy arrays."""
+"""simclr_loss.SimCLRLoss: TensorFlow Similarity's SimCLRLoss on numpy arrays."""
 
 import json
 
@@ -53,7 +53,7 @@ class SimCLRLoss(_ConfigMixin):
     loss(za, zb, sample_weight=None, comm=None, global_batch_size=None) returns the loss: a 0-d array,
     or [n] for reduction "none", of the input dtype. za, zb: [n, d] float32 or float64 (the same),
     read in place when each row is contiguous, otherwise copied once. sample_weight: Keras shapes
-    (a scalar, [n], [n, 1], [1], [1, 1]). comm: an mpi4py communicator or a simclr.comm communicator;
+    (a scalar, [n], [n, 1], [1], [1, 1]). comm: an mpi4py communicator or a simclr_loss.comm communicator;
     the call is then collective and contrasts the rows with the global batch of all ranks, and
     "auto" / "sum_over_batch_size" need global_batch_size (an integer, or "infer": the total rows).
     """

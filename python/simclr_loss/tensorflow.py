@@ -1,9 +1,9 @@
-"""simclr.tensorflow: TensorFlow Similarity's SimCLR loss as a TensorFlow custom op (CPU).
+"""simclr_loss.tensorflow: TensorFlow Similarity's SimCLR loss as a TensorFlow custom op (CPU).
 
-    import tensorflow as tf, simclr.tensorflow as st
+    import tensorflow as tf, simclr_loss.tensorflow as st
     per_example = st.simclr_loss(za, zb, temperature=0.1)   # [n]: both directions summed
 
-The op library simclr/_tf_ops.so is built by `pip install --no-build-isolation .` when TensorFlow is
+The op library simclr_loss/_tf_ops.so is built by `pip install --no-build-isolation .` when TensorFlow is
 installed for the Python that builds the package (docs/python.md, "TensorFlow and Keras"). Its
 gradient is the library's closed form, registered with tf.custom_gradient: TensorFlow never holds the
 [2G, 2G] logits, only the normalised rows ([2G, d]) and two scalars per row.
@@ -19,7 +19,7 @@ gradient it gets for them is that of the sum of all replicas' losses (what autod
 TensorFlow's all-gather gives), so summing the replicas' parameter gradients, as tf.distribute
 does, is exact.
 
-simclr.keras.SimCLRLoss wraps this in a Keras Loss (sample_weight, reductions, distribution rule).
+simclr_loss.keras.SimCLRLoss wraps this in a Keras Loss (sample_weight, reductions, distribution rule).
 """
 
 import os
@@ -39,7 +39,7 @@ def _load_ops():
         path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_tf_ops.so")
         if not os.path.exists(path):
             raise RuntimeError(
-                "simclr.tensorflow needs simclr/_tf_ops.so, which is built only when TensorFlow is "
+                "simclr_loss.tensorflow needs simclr_loss/_tf_ops.so, which is built only when TensorFlow is "
                 "installed for the Python that builds the package: `pip install tensorflow-cpu` "
                 "then reinstall simclr with `pip install --no-build-isolation .` (docs/python.md)")
         _ops = tf.load_op_library(path)
@@ -144,7 +144,7 @@ def simclr_loss(za, zb, temperature=0.05, threads=0):
     elif dtype in (tf.float32, tf.float64):
         compute = dtype
     else:
-        raise TypeError("za has dtype {}; simclr.tensorflow takes float32, float64, float16 or "
+        raise TypeError("za has dtype {}; simclr_loss.tensorflow takes float32, float64, float16 or "
                         "bfloat16".format(dtype.name))
     out = _per_example(tf.cast(za, compute), tf.cast(zb, compute), temperature, threads)
     return tf.cast(out, dtype)

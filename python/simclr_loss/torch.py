@@ -1,7 +1,7 @@
 """The SimCLR loss for PyTorch: TensorFlow Similarity's ``SimCLRLoss`` with the library's closed-form
 backward, local or contrasted with the global batch of a ``torch.distributed`` process group.
 
-    crit = simclr.torch.SimCLRLoss(temperature=0.1)
+    crit = simclr_loss.torch.SimCLRLoss(temperature=0.1)
     loss = crit(za, zb)          # za, zb: [n, d] CPU tensors, float32/float64 (float16/bfloat16 too)
     loss.backward()
 
@@ -79,31 +79,31 @@ def _tensor_error(name, z):
     Shapes, NaN/Inf and the rest are the library's to check."""
     accepts = "a dense CPU or CUDA tensor [n, d] of float32, float64, float16 or bfloat16"
     if not isinstance(z, torch.Tensor):
-        return TypeError, f"simclr.torch: {name} must be {accepts}, got {_args.describe(z)}"
+        return TypeError, f"simclr_loss.torch: {name} must be {accepts}, got {_args.describe(z)}"
     if z.layout != torch.strided:
-        return TypeError, (f"simclr.torch: {name} is a {z.layout} tensor; the loss takes {accepts} "
+        return TypeError, (f"simclr_loss.torch: {name} is a {z.layout} tensor; the loss takes {accepts} "
                            f"({name}.to_dense() makes one)")
     if z.is_cuda:
         return NotImplementedError, (
-            f"simclr.torch: {name} is on {z.device}, and this build of simclr has no CUDA route "
-            f"(simclr._device, built with SIMCLR_WITH_CUDA=ON; docs/gpu.md); pass CPU tensors "
+            f"simclr_loss.torch: {name} is on {z.device}, and this build of simclr has no CUDA route "
+            f"(simclr_loss._device, built with SIMCLR_WITH_CUDA=ON; docs/gpu.md); pass CPU tensors "
             f"({name}.cpu())")
     if z.device.type != "cpu":
-        return NotImplementedError, (f"simclr.torch: {name} is on device {z.device}; the loss takes "
+        return NotImplementedError, (f"simclr_loss.torch: {name} is on device {z.device}; the loss takes "
                                      f"{accepts}")
     if z.dtype not in _FLOATS:
-        return TypeError, (f"simclr.torch: {name} has dtype {z.dtype}; the loss takes float32 or "
+        return TypeError, (f"simclr_loss.torch: {name} has dtype {z.dtype}; the loss takes float32 or "
                            f"float64 (float16 and bfloat16 are computed in float32)")
     return None
 
 
 def _input_error(za, zb):
     if isinstance(za, torch.Tensor) and isinstance(zb, torch.Tensor) and za.device != zb.device:
-        return ValueError, (f"simclr.torch: za is on {za.device} but zb on {zb.device}; za and zb "
+        return ValueError, (f"simclr_loss.torch: za is on {za.device} but zb on {zb.device}; za and zb "
                             f"must be on one device")
     error = _tensor_error("za", za) or _tensor_error("zb", zb)
     if error is None and za.dtype != zb.dtype:
-        error = TypeError, (f"simclr.torch: za and zb must have the same dtype, got {za.dtype} and "
+        error = TypeError, (f"simclr_loss.torch: za and zb must have the same dtype, got {za.dtype} and "
                             f"{zb.dtype}")
     return error
 
@@ -191,7 +191,7 @@ class _NoSecondOrder(torch.autograd.Function):
     @staticmethod
     def backward(ctx, _grad):
         raise RuntimeError(
-            "simclr.torch: second-order gradients through the SimCLR loss are not supported (its "
+            "simclr_loss.torch: second-order gradients through the SimCLR loss are not supported (its "
             "backward is a closed form with no graph of its own); a gradient penalty or "
             "gradgradcheck over it cannot be computed")
 
@@ -247,7 +247,7 @@ def simclr_loss(za, zb, sample_weight=None, *, temperature=0.05, reduction="auto
     if isinstance(temperature, torch.Tensor) and temperature.requires_grad:
         # Refused rather than silently detached: no gradient flows into the temperature yet.
         raise NotImplementedError(
-            "simclr.torch: temperature is a tensor that requires grad, and the loss has no gradient "
+            "simclr_loss.torch: temperature is a tensor that requires grad, and the loss has no gradient "
             "in the temperature (a learnable temperature is not supported yet); pass a float or "
             "temperature.detach()")
     config_error = None
