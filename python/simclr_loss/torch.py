@@ -11,6 +11,7 @@ other embeddings of the global batch (G = the sum of the ranks' rows, which may 
 order. docs/python.md describes the gradient convention (``gradient_reduction``).
 """
 
+import functools
 import json
 
 import numpy as np
@@ -134,38 +135,49 @@ def _weight_array(sample_weight):
     return _args.sample_weight(sample_weight)
 
 
+def _core_forward(core_loss, za, zb, weight, comm, global_batch, gradient_reduction, threads):
+    """The library's forward of CPU float tensors za, zb: (the step's state, the compute dtype, the
+    values as a tensor: 0-d, or [n] for reduction "none"). Half-precision inputs give a float32 loss,
+    as autocast does for losses."""
+    dtype = _compute_dtype(za.dtype)
+    a, b = _host_view(za, dtype), _host_view(zb, dtype)
+    fwd = core_loss.forward(a, b, weight=weight, comm=comm, global_batch_size=global_batch,
+                            threads=threads, gradient_reduction=gradient_reduction)
+    values = torch.from_numpy(np.asarray(fwd.values))
+    return fwd, dtype, (values if fwd.reduction == "none" else values.reshape(()))
+
+
+def _core_backward(fwd, upstream, shape, dtype):
+    """The library's closed-form backward of a _core_forward step, for the upstream gradient (a float,
+    or the [n] tensor of reduction "none"): (grad_a, grad_b) in the compute dtype. The gradient
+    convention (gradient_reduction) is the library's: it scales a distributed backward itself."""
+    if isinstance(upstream, torch.Tensor):
+        upstream = upstream.detach().to("cpu", dtype).contiguous().numpy()
+    grad_a = torch.empty(shape, dtype=dtype)
+    grad_b = torch.empty(shape, dtype=dtype)
+    fwd.backward(upstream, grad_a, grad_b)  # written in place through DLPack
+    return grad_a, grad_b
+
+
 class _SimCLRFunction(torch.autograd.Function):
     """Forward through the core; backward is the core's closed form (no autograd through the math).
     za and zb are float tensors on the CPU (_input_error found nothing)."""
 
     @staticmethod
     def forward(ctx, za, zb, core_loss, weight, comm, global_batch, gradient_reduction, threads):
-        dtype = _compute_dtype(za.dtype)
-        a, b = _host_view(za, dtype), _host_view(zb, dtype)
-        fwd = core_loss.forward(a, b, weight=weight, comm=comm, global_batch_size=global_batch,
-                                threads=threads, gradient_reduction=gradient_reduction)
+        fwd, ctx.dtype, values = _core_forward(core_loss, za, zb, weight, comm, global_batch,
+                                               gradient_reduction, threads)
         ctx.fwd = fwd
         ctx.save_for_backward(za, zb)  # references: what a second-order gradient is tied to
         ctx.in_dtypes = (za.dtype, zb.dtype)
-        ctx.dtype = dtype
-        ctx.shape = (a.shape[0], a.shape[1])
         ctx.none = fwd.reduction == "none"
-        values = torch.from_numpy(np.asarray(fwd.values))
-        # Half-precision inputs give a float32 loss, as autocast does for losses.
-        return values if ctx.none else values.reshape(())
+        return values
 
     @staticmethod
     def backward(ctx, grad_output):
-        # The gradient convention (gradient_reduction) is the library's: it scales a distributed
-        # backward itself.
-        n, d = ctx.shape
-        if ctx.none:
-            upstream = grad_output.detach().to("cpu", ctx.dtype).contiguous().numpy()
-        else:
-            upstream = float(grad_output)
-        grad_a = torch.empty((n, d), dtype=ctx.dtype)
-        grad_b = torch.empty((n, d), dtype=ctx.dtype)
-        ctx.fwd.backward(upstream, grad_a, grad_b)  # written in place through DLPack
+        za, zb = ctx.saved_tensors
+        grad_a, grad_b = _core_backward(ctx.fwd, grad_output if ctx.none else float(grad_output),
+                                        tuple(za.shape), ctx.dtype)
         if ctx.in_dtypes[0] != ctx.dtype:
             grad_a = grad_a.to(ctx.in_dtypes[0])
         if ctx.in_dtypes[1] != ctx.dtype:
@@ -174,7 +186,6 @@ class _SimCLRFunction(torch.autograd.Function):
             # create_graph=True: the closed form has no graph of its own, so a second-order
             # gradient through it (a gradient penalty, gradgradcheck) is refused when it is taken,
             # instead of treating these gradients as constants (silently wrong).
-            za, zb = ctx.saved_tensors
             grad_a = _NoSecondOrder.apply(grad_a, za)
             grad_b = _NoSecondOrder.apply(grad_b, zb)
         return grad_a, grad_b, None, None, None, None, None, None
@@ -202,6 +213,35 @@ def _cuda_route(za):
     return isinstance(za, torch.Tensor) and za.is_cuda and _torch_cuda.available()
 
 
+def _checked_weight(core_loss, za, zb, sample_weight, comm, global_batch, gradient, threads,
+                    config_error=None, parse_error=None):
+    """The call's sample weight as the library takes it, once the inputs are checked. Whatever this
+    rank rejects is handed to the library as the call's input error: with a communicator every rank
+    then raises it (naming this rank) in the call's agreement step, where it would otherwise wait for
+    this one. The first error wins: configuration, tensors, arguments, the weight."""
+    error, weight = config_error or _input_error(za, zb) or parse_error, None
+    if error is None:
+        try:
+            weight = _weight_array(sample_weight)
+        except (TypeError, ValueError) as exc:
+            error = (type(exc), str(exc))
+    if error is not None:
+        core_loss.forward(None, None, comm=comm, global_batch_size=global_batch, threads=threads,
+                          gradient_reduction=gradient, input_error=error)  # raises
+    return weight
+
+
+def _parsed(global_batch_size, gradient_reduction):
+    """(global batch code, gradient code, error or None): an error is the call's to raise collectively."""
+    global_batch, gradient = _args.GLOBAL_BATCH_NONE, _args.GRADIENT_REDUCTIONS["sum"]
+    try:
+        global_batch = _args.global_batch_size(global_batch_size)
+        gradient = _args.gradient_reduction(gradient_reduction)
+    except (TypeError, ValueError) as exc:
+        return global_batch, gradient, (type(exc), str(exc))
+    return global_batch, gradient, None
+
+
 def _call(core_loss, za, zb, sample_weight, process_group, global_batch_size, gradient_reduction,
           config_error=None):
     if _cuda_route(za):
@@ -212,22 +252,134 @@ def _call(core_loss, za, zb, sample_weight, process_group, global_batch_size, gr
             sample_weight=sample_weight, gradient_reduction=gradient_reduction)
     comm = None if process_group is None else _TorchComm(process_group).core_comm()
     threads = torch.get_num_threads()
-    # Whatever this rank rejects is handed to the library as the call's input error: with a process
-    # group every rank then raises it (naming this rank) in the call's agreement step, where it
-    # would otherwise wait for this one.
-    error, weight = config_error or _input_error(za, zb), None
-    global_batch, gradient = _args.GLOBAL_BATCH_NONE, _args.GRADIENT_REDUCTIONS["sum"]
-    try:
-        global_batch = _args.global_batch_size(global_batch_size)
-        gradient = _args.gradient_reduction(gradient_reduction)
-        if error is None:
-            weight = _weight_array(sample_weight)
-    except (TypeError, ValueError) as exc:
-        error = error or (type(exc), str(exc))
-    if error is not None:
-        core_loss.forward(None, None, comm=comm, global_batch_size=global_batch, threads=threads,
-                          gradient_reduction=gradient, input_error=error)  # raises
+    global_batch, gradient, parse_error = _parsed(global_batch_size, gradient_reduction)
+    weight = _checked_weight(core_loss, za, zb, sample_weight, comm, global_batch, gradient, threads,
+                             config_error, parse_error)
     return _SimCLRFunction.apply(za, zb, core_loss, weight, comm, global_batch, gradient, threads)
+
+
+# ---- torch.compile: the loss as torch.library custom ops (torch >= 2.4) -------------------------
+# Dynamo cannot trace into the extension, so while torch.compile traces, the CPU route is two custom
+# ops with fake (shape-only) implementations and a registered autograd formula: the graph holds the
+# loss as one node and stays whole (fullgraph=True). The ops are stateless: "simclr_loss::loss"
+# returns the values and, when a gradient will be taken of a reduced loss, the closed-form gradient
+# of the loss itself (the backward only scales it by the upstream scalar); for reduction "none" the
+# backward op "simclr_loss::loss_backward" runs the step again with the upstream vector. Eager calls
+# keep _SimCLRFunction (one forward walk, the backward walk only when backward is called).
+_HAS_OPS = (hasattr(torch.library, "custom_op") and hasattr(torch, "compiler")
+            and hasattr(torch.compiler, "is_compiling"))
+
+
+def _group_name(group):
+    """An op's arguments are tensors and plain values: a process group goes by its name ("" for none),
+    as torch's functional collectives pass it."""
+    return "" if group is None else group.group_name
+
+
+@functools.lru_cache(maxsize=64)
+def _op_core_loss(temperature, reduction):
+    return _args.make_loss(temperature, reduction)
+
+
+def _op_forward(za, zb, weight, temperature, reduction, global_batch, gradient, group):
+    group = dist.distributed_c10d._resolve_process_group(group) if group else None
+    comm = None if group is None else _TorchComm(group).core_comm()
+    threads = torch.get_num_threads()
+    config_error = None
+    try:
+        core_loss = _op_core_loss(temperature, reduction)
+    except (TypeError, ValueError) as exc:
+        if comm is None:
+            raise
+        core_loss, config_error = _op_core_loss(0.05, "sum"), (type(exc), str(exc))
+    weight = _checked_weight(core_loss, za, zb, weight, comm, global_batch, gradient, threads,
+                             config_error)
+    return _core_forward(core_loss, za, zb, weight, comm, global_batch, gradient, threads)
+
+
+def _compiling():
+    return _HAS_OPS and torch.compiler.is_compiling()
+
+
+if _HAS_OPS:
+    from typing import Optional, Tuple
+
+    @torch.library.custom_op("simclr_loss::loss", mutates_args=())
+    def _loss_op(za: torch.Tensor, zb: torch.Tensor, weight: Optional[torch.Tensor],
+                 temperature: float, reduction: str, global_batch: int, gradient: int, group: str,
+                 with_grad: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        fwd, dtype, values = _op_forward(za, zb, weight, temperature, reduction, global_batch,
+                                         gradient, group)
+        if with_grad and fwd.reduction != "none":
+            grad_a, grad_b = _core_backward(fwd, 1.0, tuple(za.shape), dtype)
+        else:
+            grad_a, grad_b = torch.empty(0, dtype=dtype), torch.empty(0, dtype=dtype)
+        return values, grad_a, grad_b
+
+    @_loss_op.register_fake
+    def _loss_fake(za, zb, weight, temperature, reduction, global_batch, gradient, group, with_grad):
+        dtype = _compute_dtype(za.dtype)
+        shape = tuple(za.shape) if with_grad and reduction != "none" else (0,)
+        return (za.new_empty((za.shape[0],) if reduction == "none" else (), dtype=dtype),
+                za.new_empty(shape, dtype=dtype), za.new_empty(shape, dtype=dtype))
+
+    @torch.library.custom_op("simclr_loss::loss_backward", mutates_args=())
+    def _loss_backward_op(za: torch.Tensor, zb: torch.Tensor, weight: Optional[torch.Tensor],
+                          temperature: float, reduction: str, global_batch: int, gradient: int,
+                          group: str, upstream: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        fwd, dtype, _ = _op_forward(za, zb, weight, temperature, reduction, global_batch, gradient,
+                                    group)
+        return _core_backward(fwd, upstream, tuple(za.shape), dtype)
+
+    @_loss_backward_op.register_fake
+    def _loss_backward_fake(za, zb, weight, temperature, reduction, global_batch, gradient, group,
+                            upstream):
+        dtype = _compute_dtype(za.dtype)
+        return za.new_empty(za.shape, dtype=dtype), zb.new_empty(zb.shape, dtype=dtype)
+
+    def _loss_op_setup(ctx, inputs, output):
+        za, zb, weight = inputs[:3]
+        ctx.config = tuple(inputs[3:8])  # temperature, reduction, global_batch, gradient, group
+        ctx.dtypes = (za.dtype, zb.dtype)
+        if ctx.config[1] == "none":
+            ctx.save_for_backward(za, zb, weight)
+        else:
+            ctx.save_for_backward(output[1], output[2])
+
+    def _loss_op_backward(ctx, grad_values, _grad_a, _grad_b):
+        if ctx.config[1] == "none":
+            za, zb, weight = ctx.saved_tensors
+            grad_a, grad_b = torch.ops.simclr_loss.loss_backward(za, zb, weight, *ctx.config,
+                                                                 grad_values)
+        else:
+            grad_a, grad_b = ctx.saved_tensors
+            grad_a, grad_b = grad_a * grad_values, grad_b * grad_values
+        return (grad_a.to(ctx.dtypes[0]), grad_b.to(ctx.dtypes[1])) + (None,) * 7
+
+    _loss_op.register_autograd(_loss_op_backward, setup_context=_loss_op_setup)
+
+
+def _compiled_call(za, zb, sample_weight, temperature, reduction, process_group, global_batch_size,
+                   gradient_reduction):
+    """The call while torch.compile traces: the custom ops above."""
+    global_batch, gradient, error = _parsed(global_batch_size, gradient_reduction)
+    if error is not None:
+        raise error[0](error[1])
+    if sample_weight is not None and not isinstance(sample_weight, torch.Tensor):
+        sample_weight = torch.as_tensor(sample_weight, dtype=torch.float64)
+    with_grad = torch.is_grad_enabled() and (za.requires_grad or zb.requires_grad)
+    values, _, _ = torch.ops.simclr_loss.loss(za, zb, sample_weight, float(temperature), reduction,
+                                              global_batch, gradient, _group_name(process_group),
+                                              with_grad)
+    return values
+
+
+def _compile_route(za, zb, temperature=0.0, reduction=""):
+    """Whether a call takes the custom ops: while torch.compile traces, for CPU tensors and a plain
+    configuration (anything else takes the eager route, which raises its error or graph-breaks)."""
+    return (_compiling() and isinstance(za, torch.Tensor) and isinstance(zb, torch.Tensor)
+            and za.device.type == "cpu" and isinstance(temperature, (int, float))
+            and not isinstance(temperature, bool) and isinstance(reduction, str))
 
 
 def simclr_loss(za, zb, sample_weight=None, *, temperature=0.05, reduction="auto", process_group=None,
@@ -239,6 +391,9 @@ def simclr_loss(za, zb, sample_weight=None, *, temperature=0.05, reduction="auto
     torch.distributed.group.WORLD) the call is collective and contrasts with the group's global batch;
     "auto" and "sum_over_batch_size" then need global_batch_size (an int, or "infer"). See SimCLRLoss.
     """
+    if _compile_route(za, zb, temperature, reduction):
+        return _compiled_call(za, zb, sample_weight, temperature, reduction, process_group,
+                              global_batch_size, gradient_reduction)
     if _cuda_route(za):
         return _torch_cuda.simclr_loss_cuda(
             za, zb, temperature=temperature, reduction=reduction,
@@ -289,6 +444,9 @@ class SimCLRLoss(torch.nn.Module):
         self.gradient_reduction = gradient_reduction
 
     def forward(self, za, zb, sample_weight=None):
+        if _compile_route(za, zb, self.temperature, self.reduction):
+            return _compiled_call(za, zb, sample_weight, self.temperature, self.reduction,
+                                  self.process_group, self.global_batch_size, self.gradient_reduction)
         return _call(self._core, za, zb, sample_weight, self.process_group, self.global_batch_size,
                      self.gradient_reduction)
 
