@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds, and runs every test (core, command, MPI at 1-4 ranks, package,
-# the Python package: tests/scripts/python_test.sh, its TensorFlow / Keras front end: tests/scripts/tf_test.sh).
+# the Python package on the oldest supported releases: tests/scripts/python_test.sh, its TensorFlow /
+# Keras 2 front end: tests/scripts/tf_test.sh, and every front end on the current releases:
+# tests/scripts/current_test.sh).
 # Usage: scripts/test.sh [--sanitize] [ctest args...]
 #   BUILD_DIR (default build) picks the build folder; JOBS the parallelism (default: nproc).
 set -euo pipefail
@@ -27,6 +29,9 @@ tests/scripts/python_test.sh | tee "$pylog"
 tflog=$(mktemp)
 trap 'rm -f "$log" "$pylog" "$tflog"' EXIT
 tests/scripts/tf_test.sh | tee "$tflog"
+curlog=$(mktemp)
+trap 'rm -f "$log" "$pylog" "$tflog" "$curlog"' EXIT
+tests/scripts/current_test.sh | tee "$curlog"
 if [ "$sanitize" = 1 ] && [ -x tests/scripts/sanitize.sh ]; then
   tests/scripts/sanitize.sh
 fi
@@ -39,8 +44,12 @@ py_skipped=$(echo "$py_summary" | sed -n 's/.* \([0-9]*\) skipped.*/\1/p')
 tf_summary=$(grep '^tensorflow tests: ' "$tflog" | tail -n 1)
 tf_passed=$(echo "$tf_summary" | sed -n 's/.* \([0-9]*\) passed.*/\1/p')
 tf_skipped=$(echo "$tf_summary" | sed -n 's/.* \([0-9]*\) skipped.*/\1/p')
-if [ -z "$py_passed" ] || [ "$py_passed" -eq 0 ] || [ -z "$tf_passed" ] || [ "$tf_passed" -eq 0 ]; then
-  echo "the Python or TensorFlow tests reported no passed tests" >&2
+cur_summary=$(grep '^current releases tests: ' "$curlog" | tail -n 1)
+cur_passed=$(echo "$cur_summary" | sed -n 's/.* \([0-9]*\) passed.*/\1/p')
+cur_skipped=$(echo "$cur_summary" | sed -n 's/.* \([0-9]*\) skipped.*/\1/p')
+if [ -z "$py_passed" ] || [ "$py_passed" -eq 0 ] || [ -z "$tf_passed" ] || [ "$tf_passed" -eq 0 ] ||
+   [ -z "$cur_passed" ] || [ "$cur_passed" -eq 0 ]; then
+  echo "the Python, TensorFlow or current-release tests reported no passed tests" >&2
   exit 1
 fi
 # The conformance table's share of those counts, per runner (tests/conformance/README.md).
@@ -48,6 +57,10 @@ c_api=$(grep -cE 'Test +#[0-9]+: [a-z_.]*conformance[a-z_.0-9]* .*Passed' "$log"
 conf_line() { grep -h "^conformance ($1" "$2" | tail -n 1 | sed -n 's/.*: \([0-9]*\) passed.*/\1/p'; }
 echo "conformance: C API ${c_api:-0} runs passed (ctest: 1, 2 and 3 ranks), python front ends" \
   "$(conf_line 'python front ends' "$pylog") passed, tensorflow / keras 2" \
-  "$(conf_line 'tensorflow' "$tflog") passed, mpi4py at 1-4 ranks within the mpi pytest count"
-echo "tests: $(( ${total:-0} - skipped + py_passed + tf_passed )) passed, 0 failed," \
-  "$(( skipped + ${py_skipped:-0} + ${tf_skipped:-0} )) skipped"
+  "$(conf_line 'tensorflow' "$tflog") passed, mpi4py at 1-4 ranks within the mpi pytest count;" \
+  "current releases $(grep -h '^current releases, conformance' "$curlog" |
+    sed -n 's/.*: \([0-9]*\) passed.*/\1/p' | awk '{s += $1} END {print s + 0}') passed (Keras 3 on each backend)"
+# Which releases each environment tested (the oldest supported, and PyPI's newest).
+grep -h '^python releases\|^tensorflow releases\|^current releases: [a-z]' "$pylog" "$tflog" "$curlog" || true
+echo "tests: $(( ${total:-0} - skipped + py_passed + tf_passed + cur_passed )) passed, 0 failed," \
+  "$(( skipped + ${py_skipped:-0} + ${tf_skipped:-0} + ${cur_skipped:-0} )) skipped"

@@ -274,7 +274,7 @@ def _loss_bwd(s, res, g):
         grad_a, grad_b = _backward_call(s, u_global, offset, squared_norms, lse_all, alpha_all, n,
                                         records)
     # sample_weight is treated as a constant (as Keras does): no gradient flows into it.
-    return grad_a, grad_b, jnp.zeros_like(weight)
+    return grad_a, grad_b, None  # (None: a zero cotangent of the primal's own type)
 
 
 _loss.defvjp(_loss_fwd, _loss_bwd)

@@ -20,7 +20,7 @@ import tempfile
 import numpy as np
 import pytest
 
-# Keras 3 runs here on its JAX backend (the one simclr_loss.keras supports beside Keras 2's TensorFlow);
+# Keras 3 runs here on the backend KERAS_BACKEND names (tensorflow, jax or torch; JAX unless set);
 # set before anything imports keras.
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
@@ -178,11 +178,15 @@ def run_keras(case):
             total = tf.reduce_sum(value)
         ga, gb = tape.gradient(total, [za, zb])
         return value.numpy(), ga.numpy(), gb.numpy()
-    import jax
-    jax.config.update("jax_enable_x64", True)
     # Keras 3 computes a loss in its dtype (floatx unless given): the case's.
     loss = sk.SimCLRLoss(temperature=case.temperature, reduction=case.reduction,
                          dtype=np.dtype(case.dtype).name)
+    return _KERAS3_GRADIENT[_keras3_backend()](loss, case)
+
+
+def _keras3_jax(loss, case):
+    import jax
+    jax.config.update("jax_enable_x64", True)
 
     def f(a, b):
         v = loss(a, b, sample_weight=case.weight)
@@ -190,6 +194,35 @@ def run_keras(case):
 
     (_, value), (ga, gb) = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(case.za, case.zb)
     return np.asarray(value), np.asarray(ga), np.asarray(gb)
+
+
+def _keras3_tensorflow(loss, case):
+    import tensorflow as tf
+    za, zb = tf.constant(case.za), tf.constant(case.zb)
+    with tf.GradientTape() as tape:
+        tape.watch([za, zb])
+        value = loss(za, zb, sample_weight=case.weight)
+        total = tf.reduce_sum(value)
+    ga, gb = tape.gradient(total, [za, zb])
+    return value.numpy(), ga.numpy(), gb.numpy()
+
+
+def _keras3_torch(loss, case):
+    import torch
+    za = torch.tensor(case.za, requires_grad=True)
+    zb = torch.tensor(case.zb, requires_grad=True)
+    weight = None if case.weight is None else torch.as_tensor(np.asarray(case.weight))
+    value = loss(za, zb, sample_weight=weight)
+    value.sum().backward()
+    return value.detach().numpy(), za.grad.numpy(), zb.grad.numpy()
+
+
+_KERAS3_GRADIENT = {"jax": _keras3_jax, "tensorflow": _keras3_tensorflow, "torch": _keras3_torch}
+
+
+def _keras3_backend():
+    import keras
+    return keras.backend.backend()
 
 
 def _importable(*modules):
@@ -216,8 +249,9 @@ def _keras_backend_ok():
     import simclr_loss.keras as sk
     if sk.KERAS_VERSION == 2:
         return _tf_op_built()
-    import keras
-    return keras.backend.backend() == "jax" and _importable("simclr_loss._jax_ffi")
+    needs = {"jax": lambda: _importable("simclr_loss._jax_ffi"), "tensorflow": _tf_op_built,
+             "torch": lambda: _importable("simclr_loss.torch")}
+    return needs.get(_keras3_backend(), lambda: False)()
 
 
 FRONT_ENDS = {

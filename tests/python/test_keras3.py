@@ -1,7 +1,9 @@
-"""simclr_loss.keras.SimCLRLoss on Keras 3 with the JAX backend (it dispatches to simclr_loss.jax): every case of
-the TF Similarity goldens (tests/data/golden_single.json), value and gradients under jax.jit, with
-Keras 3's own sample_weight handling and reductions; config and serialization round trips. Keras 3
-reads its backend when it is first imported: this module sets KERAS_BACKEND=jax unless it is set."""
+"""simclr_loss.keras.SimCLRLoss on Keras 3, on the backend KERAS_BACKEND names (tensorflow, jax or torch;
+this module sets jax unless it is set): every case of the TF Similarity goldens
+(tests/data/golden_single.json), value and gradients (under jax.jit, tf.function or torch autograd),
+with Keras 3's own sample_weight handling and reductions; config and serialization round trips.
+Keras 3 reads its backend when it is first imported, so each backend is a process of its own
+(tests/scripts/current_test.sh runs all three)."""
 
 import os
 
@@ -11,16 +13,64 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 keras = pytest.importorskip("keras")
-if int(keras.__version__.split(".")[0]) < 3 or keras.backend.backend() != "jax":
-    pytest.skip("needs Keras 3 with the JAX backend", allow_module_level=True)
-jax = pytest.importorskip("jax")
-jax.config.update("jax_enable_x64", True)
-import jax.numpy as jnp  # noqa: E402
-
-sj = pytest.importorskip("simclr_loss.jax")
-if sj._jax_ffi is None:
-    pytest.skip("simclr was built without jax's FFI headers", allow_module_level=True)
+if int(keras.__version__.split(".")[0]) < 3:
+    pytest.skip("needs Keras 3", allow_module_level=True)
+BACKEND = keras.backend.backend()
+if BACKEND == "jax":
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    sj = pytest.importorskip("simclr_loss.jax")
+    if sj._jax_ffi is None:
+        pytest.skip("simclr was built without jax's FFI headers", allow_module_level=True)
+elif BACKEND == "tensorflow":
+    tf = pytest.importorskip("tensorflow")
+    import simclr_loss  # noqa: E402
+    import pathlib  # noqa: E402
+    if not (pathlib.Path(simclr_loss.__file__).parent / "_tf_ops.so").exists():
+        pytest.skip("simclr was built without TensorFlow (simclr_loss/_tf_ops.so)",
+                    allow_module_level=True)
+elif BACKEND == "torch":
+    torch = pytest.importorskip("torch")
+else:
+    pytest.skip("simclr_loss.keras supports the tensorflow, jax and torch backends, not " + BACKEND,
+                allow_module_level=True)
 import simclr_loss.keras as sk  # noqa: E402
+
+
+def _value_and_grads_jax(loss, za, zb, w):
+    weight = None if w is None else jax.numpy.asarray(w, za.dtype)
+
+    def objective(a, b):
+        value = loss(a, b, sample_weight=weight)
+        return jax.numpy.sum(value), value
+
+    (_, value), (grad_a, grad_b) = jax.jit(jax.value_and_grad(objective, argnums=(0, 1),
+                                                              has_aux=True))(za, zb)
+    return value, grad_a, grad_b
+
+
+def _value_and_grads_tensorflow(loss, za, zb, w):
+    @tf.function
+    def step(a, b):
+        with tf.GradientTape() as tape:
+            tape.watch([a, b])
+            value = loss(a, b, sample_weight=None if w is None else tf.constant(w, a.dtype))
+            total = tf.reduce_sum(value)
+        return (value,) + tuple(tape.gradient(total, [a, b]))
+
+    return [x.numpy() for x in step(tf.constant(za), tf.constant(zb))]
+
+
+def _value_and_grads_torch(loss, za, zb, w):
+    a = torch.tensor(za, requires_grad=True)
+    b = torch.tensor(zb, requires_grad=True)
+    value = loss(a, b, sample_weight=None if w is None else torch.tensor(w, dtype=a.dtype))
+    value.sum().backward()
+    return value.detach().numpy(), a.grad.numpy(), b.grad.numpy()
+
+
+VALUE_AND_GRADS = {"jax": _value_and_grads_jax, "tensorflow": _value_and_grads_tensorflow,
+                   "torch": _value_and_grads_torch}
 
 
 def test_golden_single(golden_case, check_golden, golden_arrays):
@@ -30,21 +80,15 @@ def test_golden_single(golden_case, check_golden, golden_arrays):
     reduction = "sum_over_batch_size" if reduction == "auto" else reduction
     loss = sk.SimCLRLoss(temperature=golden_case["temperature"], reduction=reduction,
                          dtype=golden_case["dtype"])
-    weight = None if w is None else jnp.asarray(w, za.dtype)
-
-    def objective(a, b):
-        value = loss(a, b, sample_weight=weight)
-        return jnp.sum(value), value
-
-    (_, value), (grad_a, grad_b) = jax.jit(jax.value_and_grad(objective, argnums=(0, 1),
-                                                              has_aux=True))(za, zb)
+    value, grad_a, grad_b = VALUE_AND_GRADS[BACKEND](loss, za, zb, w)
     assert value.dtype == za.dtype
+    value = np.asarray(value)
     if reduction == "none" and w is not None and w.ndim == 2:
         # Keras 3's own rule: a [N, 1] or [1, 1] weight makes the loss [N, 1] (Keras 2 squeezes the
         # weight instead); the values are the same.
         assert value.shape == (len(za), 1)
         value = value.reshape(-1)
-    check_golden(golden_case, np.asarray(value), np.asarray(grad_a), np.asarray(grad_b))
+    check_golden(golden_case, value, np.asarray(grad_a), np.asarray(grad_b))
 
 
 def test_config_and_serialization():

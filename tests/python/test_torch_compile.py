@@ -198,3 +198,16 @@ def test_compiled_over_a_gloo_group_equals_eager(tmp_path):
         assert "za has NaN at row 0, column 0" in message and "(rank %d)" % (size - 1) in message, \
             message
     assert got[0] == got[1]
+
+
+def test_second_order_through_a_compiled_step_is_refused():
+    # Never a silent wrong value: AOTAutograd refuses a double backward through the compiled graph.
+    torch._dynamo.reset()
+    lin = torch.nn.Linear(4, 3)
+    x = torch.randn(6, 4)
+    crit = st.SimCLRLoss(temperature=0.2)
+    loss = torch.compile(lambda a, b: crit(lin(a), lin(b)), fullgraph=True,
+                         backend="aot_eager")(x, x + 0.1)
+    (g,) = torch.autograd.grad(loss, lin.weight, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        g.norm().backward()

@@ -44,6 +44,11 @@ t0=$(date +%s)
 t1=$(date +%s)
 echo "pip install ${pip_flags[*]} . : $((t1 - t0)) s"
 "$py" -c 'import simclr_loss, simclr_loss._core as c; print("simclr", simclr_loss.__version__, "mpi" if c.has_mpi() else "no mpi")'
+"$py" - <<'PY'
+import importlib.metadata as m
+names = ("torch", "numpy", "jax", "jaxlib", "keras")
+print("python releases (oldest supported):", ", ".join(f"{p} {m.version(p)}" for p in names))
+PY
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -34,6 +34,7 @@ trap 'rm -rf "$wheels" "$log"' EXIT
 "$tf_py" -m pip install -q --no-deps --force-reinstall "$wheels"/simclr_loss-*.whl
 echo "build and install of simclr_loss/_tf_ops.so: $(( $(date +%s) - t0 )) s"
 TF_CPP_MIN_LOG_LEVEL=2 "$tf_py" -c 'import simclr_loss.keras, tensorflow as tf; print("simclr_loss.keras on tensorflow", tf.__version__)'
+"$tf_py" -c 'import importlib.metadata as m; print("tensorflow releases (oldest supported):", ", ".join(f"{p} {m.version(p)}" for p in ("tensorflow-cpu", "keras", "numpy")))'
 rc=0
 TF_CPP_MIN_LOG_LEVEL=2 "$tf_py" -m pytest -q -rs -p no:cacheprovider tests/tensorflow | tee "$log" \
   || rc=$?
