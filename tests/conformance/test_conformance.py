@@ -298,14 +298,29 @@ def test_values(name, case):
     run = _front_end(name, case)
     value, ga, gb = run(case)
     want = np.asarray(case.raw["loss"], dtype=np.float64)
-    assert np.asarray(value).dtype == case.dtype, "the result keeps the input dtype"
+    dtype, tolerance = np.dtype(case.dtype), case.tolerance
+    if name == "keras" and _table_name(name) == "keras3":
+        # Keras's own dtype for a loss of this dtype and reduction on this backend (on torch,
+        # Keras 3.15's "sum_over_batch_size" divides in float32, its own losses too): compared at
+        # that precision.
+        dtype = _keras3_own_dtype(case.reduction, dtype)
+        if dtype != np.dtype(case.dtype):
+            tolerance = max(tolerance, TABLE["tolerance"][dtype.name])
+    assert np.asarray(value).dtype == dtype, "the result keeps the input dtype"
     scale = max(1.0, float(np.max(np.abs(want), initial=0.0)))
-    assert _rel(value, want, scale) <= case.tolerance, (value, want)
+    assert _rel(value, want, scale) <= tolerance, (value, want)
     if "grad_za" in case.raw:
         for got, key in ((ga, "grad_za"), (gb, "grad_zb")):
             w = np.asarray(case.raw[key], dtype=np.float64)
             gscale = max(1.0 / case.temperature, float(np.max(np.abs(w), initial=0.0)))
-            assert _rel(got, w, gscale) <= case.tolerance, key
+            assert _rel(got, w, gscale) <= tolerance, key
+
+
+def _keras3_own_dtype(reduction, dtype):
+    import keras
+    own = keras.losses.MeanSquaredError(reduction=reduction, dtype=dtype.name)
+    x = keras.ops.convert_to_tensor(np.ones((2, 3)), dtype=dtype.name)
+    return np.dtype(keras.backend.standardize_dtype(own(x, x).dtype))
 
 
 # The exception types a front end raises for the table's Python types: a bad value found inside a
