@@ -6,7 +6,8 @@
 # CUDA_LAUNCH_BLOCKING=1 under compute-sanitizer --tool memcheck; (2) the C++ device tests against
 # the CPU path (ctest -L gpu); (3) the PyTorch CUDA route against the CPU path, local and over a
 # one-rank NCCL process group (tests/device/device_torch_check.py parity, distributed; needs torch and
-# nanobind); (4) the benchmark: bfloat16,
+# nanobind); (3b) simclr_loss.jax's CUDA handlers against its CPU ones under jit and shard_map
+# (tests/device/device_jax_check.py; needs jax with CUDA); (4) the benchmark: bfloat16,
 # G=65536, d=256, as a fraction of the cuBLAS rate measured in the same run, with and without the
 # symmetry, then the peak device memory at G=262144 and G=1048576 with the workspace the API
 # reports; (5) the CUDA route side by side with the PyTorch peer formulation (autograd, bfloat16
@@ -17,6 +18,7 @@
 # Extra prefixes to search: SIMCLR_DEPS_PREFIX (a ;-list, passed as CMAKE_PREFIX_PATH).
 #
 # Machines that cannot install packages (no network): stage the header/static dependencies here first,
+#   scripts/device_check.sh --dry-run               (the stages and their time caps; runs nothing)
 #   scripts/device_check.sh --stage-deps [DIR]     (default DIR: <repo>/.device-deps, about 13 MB)
 # which copies this machine's Eigen3, nlohmann_json and GoogleTest (headers, static libraries, CMake
 # package files) into DIR; the check then uses <repo>/.device-deps automatically when it exists (git
@@ -30,6 +32,41 @@
 set -u -o pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+# Every stage of a run, in order, with its cap in seconds (each is also clipped to what is left of
+# the run's deadline, SIMCLR_DEVICE_CHECK_SECONDS, default 450 s, so the whole check fits one call
+# of 8 minutes). `stage NAME` below marks where each one starts; --dry-run prints this table and
+# touches nothing (tests/scripts/device_check_dry_run.sh holds the two to each other).
+STAGES=(
+  "gpu_probe 10 nvidia-smi and nvcc: the GPU, the driver and the toolkit"
+  "dependencies 150 Eigen, nlohmann_json, GoogleTest, MPI, NCCL: probe, apt-get or .device-deps"
+  "configure 180 a fresh CMake build with SIMCLR_WITH_CUDA=ON"
+  "build 420 the GPU targets only (simclr-gpu-bench, the GPU tests)"
+  "memcheck 90 compute-sanitizer memcheck on tests/gpu/memcheck_filter.txt (a pattern matching no test fails)"
+  "ctest_gpu 200 ctest -L gpu: the C++ device tests against the CPU path"
+  "torch_build 240 simclr_loss._core and simclr_loss._device"
+  "torch_parity 90 device_torch_check.py parity"
+  "torch_distributed 120 device_torch_check.py distributed (a one-rank NCCL group)"
+  "jax 150 simclr_loss._jax_ffi_cuda built, device_jax_check.py parity (jit and shard_map on one GPU)"
+  "bench_f32_parity 90 simclr-gpu-bench --check, float32, against the CPU path"
+  "bench_bf16 150 simclr-gpu-bench G=65536 d=256 bfloat16 against the cuBLAS rate"
+  "bench_bf16_no_symmetry 60 the same without the symmetry"
+  "bench_bf16_tiles_2048 45 the same with 2048 x 2048 tiles (only with over 240 s left)"
+  "torch_memory 100 device_torch_check.py memory (G=262144, 1048576)"
+  "torch_peer 150 device_torch_check.py peer"
+)
+if [ "${1:-}" = "--dry-run" ]; then
+  echo "scripts/device_check.sh: the stages of a run, in order (cap in seconds; each is clipped to" \
+    "what is left of the ${SIMCLR_DEVICE_CHECK_SECONDS:-450} s deadline)"
+  i=0
+  for entry in "${STAGES[@]}"; do
+    i=$((i + 1))
+    read -r name cap what <<< "$entry"
+    printf '%2d. %-24s %4ss  %s\n' "$i" "$name" "$cap" "$what"
+  done
+  echo "deadline: ${SIMCLR_DEVICE_CHECK_SECONDS:-450} s in all; nothing was run (--dry-run)"
+  exit 0
+fi
 
 if [ "${1:-}" = "--stage-deps" ]; then
   DEST="${2:-$ROOT/.device-deps}"
@@ -65,6 +102,7 @@ SUMMARY="$OUT/summary.json"
 
 log() { echo "[device_check $(($(date +%s) - START))s] $*" | tee -a "$OUT/device_check.log" >&2; }
 left() { echo $((DEADLINE - $(date +%s))); }
+stage() { log "stage $1 ($(left)s left)"; }
 # JSON string escaping for short values (quotes, backslashes, control characters dropped).
 jstr() { printf '"%s"' "$(printf '%s' "$1" | tr -d '\000-\037' | sed 's/\\/\\\\/g; s/"/\\"/g')"; }
 
@@ -93,6 +131,7 @@ finish() {  # finish STATUS EXIT_CODE
 }
 
 # ---- 1. the GPU and the toolkit ----
+stage gpu_probe
 if [ -d /usr/local/cuda/bin ] && [[ ":$PATH:" != *":/usr/local/cuda/bin:"* ]]; then
   export PATH="/usr/local/cuda/bin:$PATH"
 fi
@@ -237,6 +276,7 @@ if ! have gtest; then
     note "GoogleTest not found: GPU tests skipped (the benchmark's float32 parity check still runs)"
   fi
 fi
+stage dependencies
 WITH_MPI=AUTO
 if ! have mpi; then
   WITH_MPI=OFF
@@ -244,6 +284,7 @@ if ! have mpi; then
 fi
 
 # ---- 3. configure a fresh build and build only the GPU targets ----
+stage configure
 rm -rf "$BUILD/CMakeCache.txt" "$BUILD/CMakeFiles"
 log "configuring $BUILD"
 if ! timeout 180 cmake "${GEN[@]+"${GEN[@]}"}" -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DSIMCLR_WITH_CUDA=ON \
@@ -255,6 +296,7 @@ if ! timeout 180 cmake "${GEN[@]+"${GEN[@]}"}" -S "$ROOT" -B "$BUILD" -DCMAKE_BU
   finish "configure-failed" 1
 fi
 FIELDS[configure]='"ok"'
+stage build
 targets=(simclr-gpu-bench)
 [ "$BUILD_TESTS" = ON ] && targets+=(simclr_gpu_tests simclr_c_api_device_test)
 [ "$BUILD_TESTS" = ON ] && grep -q 'simclr_nccl_tests' "$BUILD/tests/gpu/CTestTestfile.cmake" 2> /dev/null &&
@@ -271,6 +313,7 @@ FIELDS[build_warnings]=$(grep -c -i 'warning' "$OUT/build.log" || true)
 
 # ---- 4. GPU tests: (1) memcheck on a subset with blocking launches, (2) all of them ----
 FAILED=0
+stage memcheck
 SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2> /dev/null || true)
 if [ "$BUILD_TESTS" = ON ] && [ -n "$SANITIZER" ]; then
   log "compute-sanitizer memcheck on a subset ($(left)s left)"
@@ -294,6 +337,7 @@ elif [ "$BUILD_TESTS" = ON ]; then
   FIELDS[memcheck]='"not available"'
   note "compute-sanitizer not found: memcheck skipped"
 fi
+stage ctest_gpu
 if [ "$BUILD_TESTS" = ON ]; then
   log "running the GPU tests ($(left)s left)"
   timeout $(( $(left) > 200 ? 200 : $(left) )) ctest --test-dir "$BUILD" -L gpu --output-on-failure \
@@ -329,6 +373,7 @@ pycheck() {  # pycheck NAME TIMEOUT: tests/device/device_torch_check.py NAME, it
     note "torch $name failed (exit $rc): $(tail -c 300 "$OUT/torch_$name.log")"
   fi
 }
+stage torch_build
 PYSTAGE="$BUILD/pystage"
 if [ "$NO_RUNTIME_DEVICE" = 0 ] && python3 -c 'import torch, nanobind; assert torch.cuda.is_available()' \
      > "$OUT/torch_probe.log" 2>&1; then
@@ -337,7 +382,7 @@ if [ "$NO_RUNTIME_DEVICE" = 0 ] && python3 -c 'import torch, nanobind; assert to
        -DPython_EXECUTABLE="$(command -v python3)" >> "$OUT/configure.log" 2>&1 &&
      timeout $(( $(left) > 150 ? 120 : $(left) / 2 )) cmake --build "$BUILD" -j "$JOBS" \
        --target _core _device > "$OUT/build_python.log" 2>&1; then
-    rm -rf "$PYSTAGE" && mkdir -p "$PYSTAGE/simclr"
+    rm -rf "$PYSTAGE" && mkdir -p "$PYSTAGE/simclr_loss"
     cp "$ROOT"/python/simclr_loss/*.py "$PYSTAGE/simclr_loss/"
     find "$BUILD/python" -maxdepth 1 -name '_core*.so' -o -maxdepth 1 -name '_device*.so' |
       xargs -r cp -t "$PYSTAGE/simclr_loss/"
@@ -350,10 +395,43 @@ else
   note "torch with CUDA or nanobind not importable: the torch route is not checked ($(tail -c 200 "$OUT/torch_probe.log"))"
 fi
 
+stage torch_parity
 [ "$PY_READY" = 1 ] && pycheck parity 90
 # The distributed route (process_group) on a one-rank NCCL group: NCCL takes one rank per GPU, so
 # more ranks need more GPUs.
+stage torch_distributed
 [ "$PY_READY" = 1 ] && pycheck distributed 120
+
+# ---- 5b. simclr_loss.jax on the GPU: the CUDA handlers against the CPU ones ----
+stage jax
+if [ "$NO_RUNTIME_DEVICE" = 0 ] && [ "$(left)" -gt 60 ] &&
+   python3 -c 'import jax, nanobind; assert jax.devices("gpu")' > "$OUT/jax_probe.log" 2>&1; then
+  log "building simclr_loss._core, _jax_ffi and _jax_ffi_cuda ($(left)s left)"
+  JAXSTAGE="$BUILD/jaxstage"
+  if timeout 60 cmake -S "$ROOT" -B "$BUILD" -DSIMCLR_BUILD_PYTHON=ON \
+       -DPython_EXECUTABLE="$(command -v python3)" >> "$OUT/configure.log" 2>&1 &&
+     timeout 90 cmake --build "$BUILD" -j "$JOBS" --target _core _jax_ffi _jax_ffi_cuda \
+       > "$OUT/build_jax.log" 2>&1; then
+    rm -rf "$JAXSTAGE" && mkdir -p "$JAXSTAGE/simclr_loss"
+    cp "$ROOT"/python/simclr_loss/*.py "$JAXSTAGE/simclr_loss/"
+    find "$BUILD/python" -maxdepth 1 \( -name '_core*.so' -o -name '_jax_ffi*.so' \) |
+      xargs -r cp -t "$JAXSTAGE/simclr_loss/"
+    rc=0
+    PYTHONPATH="$JAXSTAGE" timeout $(( $(left) > 60 ? 60 : $(left) )) python3 \
+      "$ROOT/tests/device/device_jax_check.py" parity > "$OUT/jax_parity.json" \
+      2> "$OUT/jax_parity.log" || rc=$?
+    [ -s "$OUT/jax_parity.json" ] && FIELDS[jax_parity]=$(tail -1 "$OUT/jax_parity.json")
+    if [ $rc -ne 0 ]; then
+      FAILED=1
+      note "jax parity failed (exit $rc): $(tail -c 300 "$OUT/jax_parity.log")"
+    fi
+  else
+    FAILED=1
+    note "the JAX GPU handlers did not build: $(grep -m1 -E 'rror' "$OUT/build_jax.log" "$OUT/configure.log" | head -c 300)"
+  fi
+else
+  note "jax with a GPU or nanobind not importable, or no time: simclr_loss.jax on the GPU is not checked ($(tail -c 200 "$OUT/jax_probe.log" 2> /dev/null))"
+fi
 
 # ---- 6. benchmark: a small float32 parity run, the target run, and a tile sweep ----
 BENCH="$BUILD/bin/simclr-gpu-bench"
@@ -380,12 +458,16 @@ bench() {  # bench NAME TIMEOUT ARGS...
     note "bench $name failed (exit $rc): $(tail -c 300 "$OUT/bench_$name.log")"
   fi
 }
+stage bench_f32_parity
 bench f32_parity 90 --batch 2048 --dim 128 --dtype float32 --repeat 3 --check
+stage bench_bf16
 bench bf16 150 --batch "$BENCH_BATCH" --dim "$BENCH_DIM" --dtype bfloat16 --repeat 5
+stage bench_bf16_no_symmetry
 # The same without using the symmetry of S and M: what it buys on this GPU.
 bench bf16_no_symmetry 60 --batch "$BENCH_BATCH" --dim "$BENCH_DIM" --dtype bfloat16 --repeat 3 \
   --no-symmetry
 # One tile size beside the default (the square 2048 tiles whose float32 logits stay in L2), if time.
+stage bench_bf16_tiles_2048
 [ "$(left)" -gt 240 ] && bench bf16_tiles_2048 45 --batch "$BENCH_BATCH" --dim "$BENCH_DIM" \
   --dtype bfloat16 --repeat 3 --tile-rows 2048 --tile-cols 2048
 if [ -n "${FIELDS[bench_bf16]:-}" ]; then
@@ -408,7 +490,9 @@ fi
 
 # ---- 7. memory at large G with the API's workspace; the peer formulation side by side ----
 if [ "$PY_READY" = 1 ]; then
+  stage torch_memory
   pycheck memory 100
+  stage torch_peer
   pycheck peer 150
 fi
 

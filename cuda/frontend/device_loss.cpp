@@ -18,6 +18,7 @@
 #include "kernels.cuh"
 #include "simclr/detail/agreement.hpp"
 #include "simclr/detail/cuda_check.hpp"
+#include "simclr/detail/device_steps.hpp"
 #include "simclr/detail/reduction.hpp"
 #include "simclr/detail/step.hpp"
 #include "simclr/detail/engine.hpp"
@@ -860,5 +861,220 @@ void DeviceSimCLRLoss::backward_impl(const DeviceLossOutput& output, float scala
                                        grad_b.row_stride, stream);
   detail::order_after(s.stream, stream);
 }
+
+// ---- the step calls (detail/device_steps.hpp): the forward and backward above, cut at their
+// gathers; the same kernels, tiles and arrays, nothing kept between calls ----
+
+namespace steps {
+namespace {
+
+std::int64_t weight_size_checked(const StepWeight& w, std::int64_t pairs) {
+  if (w.data == nullptr) return 0;
+  SIMCLR_ENFORCE(w.size == 1 || w.size == pairs, ValueError, "sample_weight has ", w.size,
+                 " values for ", pairs, " pairs; it takes 1 or ", pairs);
+  return w.size;
+}
+
+detail::DeviceTileProblem step_tiles(const void* u_global, std::int64_t global_rows,
+                                     std::int64_t dim, DeviceDType dtype,
+                                     std::int64_t anchor_begin, std::int64_t pairs,
+                                     float inv_temperature, const DeviceOptions& device,
+                                     cudaStream_t stream) {
+  SIMCLR_ENFORCE(element_size(dtype) != 0, TypeError, "u_global has an unsupported dtype (",
+                 to_string(dtype), ")");
+  SIMCLR_ENFORCE(pairs >= 0 && dim >= 0 && global_rows % 2 == 0 && anchor_begin >= 0 &&
+                     anchor_begin + 2 * pairs <= global_rows,
+                 ValueError, "this rank's anchors [", anchor_begin, ", ", anchor_begin + 2 * pairs,
+                 ") are outside u_global's ", global_rows, " rows (an even count)");
+  detail::DeviceTileProblem p =
+      detail::tile_problem(pairs, global_rows, anchor_begin, dim, dtype, device);
+  p.u = u_global;
+  p.inv_temperature = inv_temperature;
+  p.stream = stream;
+  return p;
+}
+
+}  // namespace
+
+std::size_t forward_step_workspace_bytes(std::int64_t pairs, std::int64_t global_pairs,
+                                         std::int64_t dim, DeviceDType dtype,
+                                         const DeviceOptions& device) {
+  detail::Arena arena = detail::Arena::counting();
+  arena.take(detail::z(pairs, sizeof(float)));      // weights [n]
+  arena.take(detail::z(6 * pairs, sizeof(float)));  // (max, sum, positive) [2n] each
+  arena.take(detail::z(pairs, element_size(dtype)));  // per_example when the caller has none
+  arena.take(sizeof(float));                          // the objective
+  const auto tiles = detail::tile_problem(pairs, 2 * global_pairs,
+                                          pairs == global_pairs ? 0 : 2 * (global_pairs - pairs),
+                                          dim, dtype, device);
+  detail::engine_forward_scratch(tiles, arena);
+  return arena.used();
+}
+
+std::size_t alpha_step_workspace_bytes(std::int64_t pairs) {
+  detail::Arena arena = detail::Arena::counting();
+  arena.take(detail::z(pairs, sizeof(float)));  // weights [n]
+  arena.take(detail::z(pairs, sizeof(float)));  // the upstream, broadcast to [n]
+  return arena.used();
+}
+
+std::size_t backward_step_workspace_bytes(std::int64_t pairs, std::int64_t global_pairs,
+                                          std::int64_t dim, DeviceDType dtype,
+                                          const DeviceOptions& device) {
+  detail::Arena arena = detail::Arena::counting();
+  arena.take(3 * sizeof(float));                           // the backward's params
+  arena.take(detail::z(2 * pairs * dim, sizeof(float)));  // dJ/du [2n, d]
+  const auto tiles = detail::tile_problem(pairs, 2 * global_pairs, 0, dim, dtype, device);
+  detail::engine_backward_scratch(tiles, arena);
+  return arena.used();
+}
+
+void step_check_finite(const DeviceMatrixView* za, const DeviceMatrixView* zb,
+                       const StepWeight& weight, const float* upstream,
+                       std::int64_t upstream_count, cudaStream_t stream) {
+  std::vector<detail::FiniteCheck> checks;
+  if (za != nullptr) checks.push_back({za->data, za->dtype, za->rows, za->cols, za->row_stride,
+                                       "za has", true});
+  if (zb != nullptr) checks.push_back({zb->data, zb->dtype, zb->rows, zb->cols, zb->row_stride,
+                                       "zb has", true});
+  if (weight.data != nullptr && weight.size > 0)
+    checks.push_back({weight.data, DeviceDType::kFloat32, weight.size, 1, 1, "sample_weight has",
+                      false});
+  if (upstream != nullptr && upstream_count > 0)
+    checks.push_back({upstream, DeviceDType::kFloat32, upstream_count, 1, 1,
+                      "upstream gradient has", false});
+  if (checks.empty()) return;
+  DeviceArray status(checks.size() * sizeof(unsigned long long), stream);
+  SIMCLR_CHECK_CUDA(cudaMemsetAsync(status.data(), 0xFF, status.bytes(), stream));
+  detail::launch_finite_checks(checks, status.as<unsigned long long>(), stream);
+  detail::report_finite_checks(checks, status.as<unsigned long long>(), stream);
+}
+
+void step_normalize(const DeviceMatrixView& za, const DeviceMatrixView& zb, void* u_local,
+                    float* squared_norms, cudaStream_t stream) {
+  detail::check_view(za, "za");
+  detail::check_view(zb, "zb");
+  simclr::detail::check_same_shape(za.rows, za.cols, zb.rows, zb.cols);
+  SIMCLR_ENFORCE(za.dtype == zb.dtype, TypeError, "za and zb must have the same dtype: ",
+                 to_string(za.dtype), " vs. ", to_string(zb.dtype));
+  const std::int64_t n = za.rows, d = za.cols;
+  if (n == 0) return;
+  detail::launch_l2_normalize(za.data, za.dtype, n, d, za.row_stride, u_local, squared_norms, stream);
+  detail::launch_l2_normalize(zb.data, zb.dtype, n, d, zb.row_stride,
+                      static_cast<char*>(u_local) + detail::z(n * d, element_size(za.dtype)),
+                      squared_norms + n, stream);
+}
+
+void step_forward(double temperature, Reduction reduction, double denominator, const void* u_global,
+                  std::int64_t global_rows, std::int64_t dim, DeviceDType dtype,
+                  std::int64_t anchor_begin, std::int64_t pairs, const StepWeight& weight,
+                  const StepContext& context, float* row_lse, void* per_example, void* values) {
+  SIMCLR_ENFORCE(reduction != Reduction::kAuto, ValueError, "step_forward: resolve the reduction");
+  const cudaStream_t stream = context.stream;
+  const std::int64_t n = pairs;
+  detail::DeviceTileProblem problem =
+      step_tiles(u_global, global_rows, dim, dtype, anchor_begin, pairs,
+                 static_cast<float>(1.0 / temperature), context.device, stream);
+  const std::int64_t weight_size = weight_size_checked(weight, n);
+  if (context.workspace.data != nullptr) {
+    const std::size_t need =
+        forward_step_workspace_bytes(n, global_rows / 2, dim, dtype, context.device);
+    SIMCLR_ENFORCE(context.workspace.bytes >= need, ValueError, "forward step: the workspace has ",
+                   context.workspace.bytes, " bytes but this call needs ", need);
+  }
+  detail::Arena arena(context.workspace, stream, "forward step");
+  DeviceArray w = arena.take(detail::z(n, sizeof(float)));
+  DeviceArray stats = arena.take(detail::z(6 * n, sizeof(float)));
+  DeviceArray own_per_example = arena.take(detail::z(n, element_size(dtype)));
+  DeviceArray objective = arena.take(sizeof(float));
+  detail::launch_broadcast_weight(n == 0 ? nullptr : weight.data, weight_size, n, w.as<float>(), stream);
+  float* run_max = stats.as<float>();
+  const BorrowedBlasHandle borrowed(context.blas);
+  if (n > 0) {
+    problem.blas = blas_handle(context.blas, stream);
+    const detail::EngineScratch scratch = detail::engine_forward_scratch(problem, arena);
+    detail::engine_forward(problem, {run_max, run_max + 2 * n, run_max + 4 * n}, scratch);
+  }
+  detail::ForwardFinishParams finish;
+  finish.run_max = run_max;
+  finish.run_sum = run_max + 2 * n;
+  finish.positive = run_max + 4 * n;
+  finish.weight = w.as<float>();
+  finish.pairs = n;
+  finish.reduction = static_cast<int>(reduction);
+  finish.denominator = denominator;
+  finish.dtype = dtype;
+  finish.row_lse = row_lse;
+  finish.per_example = per_example != nullptr ? per_example : own_per_example.data();
+  finish.values = values;
+  finish.objective = objective.as<float>();
+  detail::launch_forward_finish(finish, stream);
+}
+
+void step_alpha(std::int64_t pairs, const StepWeight& weight, const float* upstream,
+                std::int64_t upstream_count, bool divide, double denominator, double scale,
+                const StepContext& context, float* alpha) {
+  const cudaStream_t stream = context.stream;
+  const std::int64_t n = pairs;
+  const std::int64_t weight_size = weight_size_checked(weight, n);
+  SIMCLR_ENFORCE(upstream_count == 1 || upstream_count == n, ValueError, "upstream gradient has ",
+                 upstream_count, " values for ", n, " pairs; it takes 1 or ", n);
+  SIMCLR_ENFORCE(n == 0 || upstream != nullptr, ValueError, "upstream gradient is null");
+  if (context.workspace.data != nullptr) {
+    const std::size_t need = alpha_step_workspace_bytes(n);
+    SIMCLR_ENFORCE(context.workspace.bytes >= need, ValueError, "alpha step: the workspace has ",
+                   context.workspace.bytes, " bytes but this call needs ", need);
+  }
+  if (n == 0) return;
+  detail::Arena arena(context.workspace, stream, "alpha step");
+  DeviceArray w = arena.take(detail::z(n, sizeof(float)));
+  DeviceArray g = arena.take(detail::z(n, sizeof(float)));
+  detail::launch_broadcast_weight(weight.data, weight_size, n, w.as<float>(), stream);
+  // A scalar upstream stays on the device: broadcast to [n], never read on the host.
+  detail::launch_broadcast_weight(upstream, upstream_count, n, g.as<float>(), stream);
+  detail::launch_pair_weight(g.as<float>(), 0.f, w.as<float>(), n, divide, static_cast<float>(denominator),
+                     static_cast<float>(scale), alpha, stream);
+}
+
+void step_backward(double temperature, const void* u_global, std::int64_t global_rows,
+                   std::int64_t dim, DeviceDType dtype, std::int64_t anchor_begin,
+                   std::int64_t pairs, const float* squared_norms, const float* lse_all,
+                   const float* alpha_all, const StepContext& context,
+                   const DeviceMutableMatrixView& grad_a, const DeviceMutableMatrixView& grad_b) {
+  const cudaStream_t stream = context.stream;
+  const std::int64_t n = pairs, d = dim;
+  detail::DeviceTileProblem problem =
+      step_tiles(u_global, global_rows, dim, dtype, anchor_begin, pairs,
+                 static_cast<float>(1.0 / temperature), context.device, stream);
+  detail::check_grad_view(grad_a, "grad_a", n, d, dtype);
+  detail::check_grad_view(grad_b, "grad_b", n, d, dtype);
+  if (context.workspace.data != nullptr) {
+    const std::size_t need =
+        backward_step_workspace_bytes(n, global_rows / 2, dim, dtype, context.device);
+    SIMCLR_ENFORCE(context.workspace.bytes >= need, ValueError,
+                   "backward step: the workspace has ", context.workspace.bytes,
+                   " bytes but this call needs ", need);
+  }
+  if (n == 0 || d == 0) return;
+  detail::Arena arena(context.workspace, stream, "backward step");
+  DeviceArray params = arena.take(3 * sizeof(float));
+  DeviceArray grad_u = arena.take(detail::z(2 * n * d, sizeof(float)));
+  detail::launch_backward_params(alpha_all, global_rows, problem.inv_temperature, dtype,
+                         params.as<float>(), stream);
+  const BorrowedBlasHandle borrowed(context.blas);
+  const detail::EngineScratch scratch = detail::engine_backward_scratch(problem, arena);
+  problem.blas = blas_handle(context.blas, stream);
+  detail::engine_backward(problem, lse_all, alpha_all, params.as<float>(), grad_u.as<float>(),
+                          scratch);
+  const char* anchors = static_cast<const char*>(u_global) +
+                        detail::z(anchor_begin * d, element_size(dtype));
+  detail::launch_l2_normalize_backward(anchors, squared_norms, grad_u.as<float>(), n, d, dtype,
+                               grad_a.data, grad_a.row_stride, stream);
+  detail::launch_l2_normalize_backward(anchors + detail::z(n * d, element_size(dtype)), squared_norms + n,
+                               grad_u.as<float>() + n * d, n, d, dtype, grad_b.data,
+                               grad_b.row_stride, stream);
+}
+
+}  // namespace steps
 
 }  // namespace simclr::cuda

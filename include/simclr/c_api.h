@@ -443,6 +443,58 @@ simclr_status simclr_step_backward(simclr_loss_t loss, const simclr_matrix* u_gl
                                    const simclr_call_options* options, const simclr_matrix* grad_a,
                                    const simclr_matrix* grad_b);
 
+/* ---- device step calls (simclr::cuda), for frameworks whose collectives are graph ops on the GPU ----
+ * The step calls above on CUDA device memory, enqueued on cuda_stream (a cudaStream_t): XLA FFI
+ * handlers on the GPU (simclr_loss.jax) gather between them with XLA's own all-gathers. Matrices
+ * are float32, float16 or bfloat16 on the current device (u_local and u_global dense, row_stride =
+ * cols); squared_norms, row_lse, alpha, lse_all and alpha_all are float32 device vectors whatever the
+ * matrices' dtype; values and per_example have the matrices' dtype. call (may be NULL) gives the
+ * workspace (scratch of simclr_device_step_workspace_size's bytes for that step; free once the step
+ * has run in stream order; NULL: stream-ordered allocations), the cuBLAS handle and, for the forward
+ * and alpha steps, the device sample weight (its Keras shape as simclr_device_call documents).
+ * call->async is ignored: these steps never check values and never synchronise the host, except
+ * simclr_device_step_check, which exists to do so. Nothing is kept between calls. */
+
+/* Bytes of workspace each step needs for pairs n of this rank among global_pairs G, at dim d
+ * (options' tiles and symmetry; options may be NULL). Any output pointer may be NULL. */
+simclr_status simclr_device_step_workspace_size(int64_t pairs, int64_t global_pairs, int64_t dim,
+                                                simclr_dtype dtype,
+                                                const simclr_call_options* options,
+                                                size_t* forward_bytes, size_t* alpha_bytes,
+                                                size_t* backward_bytes);
+/* The finiteness of the device inputs that are set (za, zb; call->weight; upstream: upstream_count
+ * float32 values), in one pass and ONE stream synchronisation: SIMCLR_VALUE_ERROR naming the first
+ * bad element (the message a device forward gives), for a front end to carry in its agreement
+ * record (simclr_record_call's input_error). */
+simclr_status simclr_device_step_check(const simclr_matrix* za, const simclr_matrix* zb,
+                                       const simclr_device_call* call, const float* upstream,
+                                       int64_t upstream_count, void* cuda_stream);
+/* As simclr_step_normalize: u_local [2n, d] (za's dtype), squared_norms [2n] float32. */
+simclr_status simclr_device_step_normalize(const simclr_matrix* za, const simclr_matrix* zb,
+                                           const simclr_matrix* u_local, float* squared_norms,
+                                           void* cuda_stream);
+/* As simclr_step_forward: row_lse [2n] float32, per_example [n] (may be NULL), values. */
+simclr_status simclr_device_step_forward(simclr_loss_t loss, const simclr_matrix* u_global,
+                                         int64_t anchor_begin, int64_t pairs,
+                                         const simclr_call_options* options,
+                                         const simclr_device_call* call, void* cuda_stream,
+                                         float* row_lse, void* per_example, void* values);
+/* As simclr_step_alpha, with the upstream (upstream_count float32 values: 1 or n) in device memory,
+ * never read on the host: alpha [2n] float32. */
+simclr_status simclr_device_step_alpha(simclr_loss_t loss, int64_t pairs, int64_t global_pairs,
+                                       const simclr_call_options* options,
+                                       const simclr_device_call* call, const float* upstream,
+                                       int64_t upstream_count, void* cuda_stream, float* alpha);
+/* As simclr_step_backward: grad_a, grad_b [n, d] (u_global's dtype). */
+simclr_status simclr_device_step_backward(simclr_loss_t loss, const simclr_matrix* u_global,
+                                          int64_t anchor_begin, int64_t pairs,
+                                          const float* squared_norms, const float* lse_all,
+                                          const float* alpha_all,
+                                          const simclr_call_options* options,
+                                          const simclr_device_call* call, void* cuda_stream,
+                                          const simclr_matrix* grad_a,
+                                          const simclr_matrix* grad_b);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

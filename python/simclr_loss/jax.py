@@ -1,4 +1,5 @@
-"""simclr_loss.jax: TensorFlow Similarity's SimCLRLoss for JAX, through XLA FFI custom calls on the CPU.
+"""simclr_loss.jax: TensorFlow Similarity's SimCLRLoss for JAX, through XLA FFI custom calls on the CPU
+(and on CUDA GPUs when the package was built with the GPU path: simclr_loss._jax_ffi_cuda).
 
     import jax, simclr_loss.jax as sj
     loss = sj.simclr_loss(za, zb, temperature=0.1)           # under jax.jit, jax.grad, ...
@@ -36,6 +37,13 @@ except ImportError as e:  # the package was built without jax's FFI headers
     _jax_ffi = None
     _IMPORT_ERROR = e
 
+try:
+    # The same handlers for platform "CUDA", over the device step calls (docs/gpu.md, "JAX on the
+    # GPU"); built only with the GPU path (SIMCLR_WITH_CUDA=ON) and jax's FFI headers.
+    from . import _jax_ffi_cuda
+except ImportError:
+    _jax_ffi_cuda = None
+
 __all__ = ["simclr_loss", "SimCLRLoss"]
 
 _REDUCTIONS = _args.REDUCTIONS  # the C API's codes, from the extension
@@ -55,6 +63,11 @@ def _register():
             "`pip install \"jax[cpu]\"` (pip install --no-build-isolation .) (" + str(_IMPORT_ERROR) + ")")
     for name, capsule in _jax_ffi.handlers().items():
         jax.ffi.register_ffi_target(name, capsule, platform="cpu")
+    if _jax_ffi_cuda is not None:
+        # Same target names: XLA picks the handler of the platform the computation runs on, so
+        # arrays on a GPU take these (float32 inside; float64 stays on the CPU).
+        for name, capsule in _jax_ffi_cuda.handlers().items():
+            jax.ffi.register_ffi_target(name, capsule, platform="CUDA")
     _registered = True
 
 

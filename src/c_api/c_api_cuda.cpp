@@ -22,6 +22,9 @@
 #include "simclr/detail/c_api_impl.hpp"
 #include "simclr/detail/check.hpp"
 #include "simclr/detail/cuda_check.hpp"
+#include "simclr/detail/device_steps.hpp"
+#include "simclr/detail/reduction.hpp"
+#include "simclr/detail/step.hpp"
 
 namespace simclr::detail {
 namespace {
@@ -300,6 +303,81 @@ const DeviceForward& device_backward_checks(simclr_loss_t loss, simclr_forward_t
   return *forward;
 }
 
+
+// ---- the device step calls ----
+
+// The options a device step reads: no communicator (the framework gathers between the steps).
+struct DeviceStepOptions {
+  cuda::DeviceOptions device;
+  std::int64_t global_batch = kNoGlobalBatch;
+};
+
+DeviceStepOptions device_step_options(const simclr_call_options* o, const char* where) {
+  DeviceStepOptions out;
+  if (o == nullptr) return out;
+  SIMCLR_ENFORCE(o->comm == nullptr, ValueError, where,
+                 ": options->comm must be NULL; the step calls never communicate");
+  out.global_batch = encode_global_batch(c_global_batch(o->global_batch_size, where));
+  out.device.symmetric = o->symmetric != 0;
+  if (o->workspace_bytes != 0) out.device.workspace_bytes = o->workspace_bytes;
+  return out;
+}
+
+cuda::steps::StepContext step_context(const simclr_device_call* c, const DeviceStepOptions& o,
+                                      void* stream) {
+  cuda::steps::StepContext ctx;
+  ctx.stream = static_cast<cudaStream_t>(stream);
+  ctx.device = o.device;
+  if (c != nullptr) {
+    ctx.workspace = {c->workspace, c->workspace_size};
+    ctx.blas = static_cast<cublasContext*>(c->cublas_handle);
+  }
+  return ctx;
+}
+
+// call->weight, its Keras shape checked for `pairs` (the library's one set of rules).
+cuda::steps::StepWeight step_weight(const simclr_device_call* c, std::int64_t pairs) {
+  if (c == nullptr || c->weight == nullptr) return {};
+  std::vector<std::int64_t> shape{c->weight_size};
+  if (c->weight_ndim >= 0) {
+    shape.assign(c->weight_shape, c->weight_shape + std::min(c->weight_ndim, 2));
+    if (c->weight_ndim > 2) shape.resize(static_cast<std::size_t>(c->weight_ndim), 1);
+  }
+  check_weight_shape(shape, c->weight_size, pairs);
+  return {c->weight, c->weight_size};
+}
+
+Reduction resolved_reduction(const simclr_loss& loss) {
+  return loss.loss.reduction() == Reduction::kAuto ? Reduction::kSumOverBatchSize
+                                                   : loss.loss.reduction();
+}
+
+// The distribution rule of the collective calls, and the denominator of sum_over_batch_size.
+double step_denominator(const simclr_loss& loss, const DeviceStepOptions& o, std::int64_t pairs,
+                        std::int64_t global_pairs, const char* where) {
+  SIMCLR_ENFORCE(global_pairs == pairs || resolved_reduction(loss) != Reduction::kSumOverBatchSize ||
+                     o.global_batch != kNoGlobalBatch,
+                 ValueError, where, ": reduction '", to_string(loss.loss.reduction()),
+                 "' over several ranks needs a global batch size (a count, or infer) to divide by; "
+                 "or use reduction 'sum' or 'none'");
+  return static_cast<double>(reduction_denominator(o.global_batch, pairs, global_pairs));
+}
+
+// A dense device matrix of `rows` x `cols` (-1: any) in `dtype`.
+void check_dense(const simclr_matrix* m, const char* what, const char* where,
+                 cuda::DeviceDType dtype, std::int64_t rows, std::int64_t cols) {
+  const cuda::DeviceDType t = check_device_matrix(m, what, where);
+  SIMCLR_ENFORCE(t == dtype, TypeError, where, ": ", what, " is ", cuda::to_string(t),
+                 " but the call is ", cuda::to_string(dtype));
+  SIMCLR_ENFORCE((rows < 0 || m->rows == rows) && (cols < 0 || m->cols == cols), ValueError, where,
+                 ": ", what, " is [", m->rows, ", ", m->cols, "] but must be [",
+                 rows < 0 ? m->rows : rows, ", ", cols < 0 ? m->cols : cols, "]");
+  SIMCLR_ENFORCE(m->rows <= 1 || m->row_stride == m->cols, ValueError, where, ": ", what,
+                 " must be dense (row_stride ", m->row_stride, ", cols ", m->cols, ")");
+  SIMCLR_ENFORCE(m->rows == 0 || m->cols == 0 || m->data != nullptr, ValueError, where, ": ", what,
+                 " data is NULL");
+}
+
 }  // namespace
 }  // namespace simclr::detail
 
@@ -444,6 +522,152 @@ simclr_status simclr_comm_create_device_callbacks(const simclr_device_comm_callb
         *callbacks, backend != nullptr ? backend : "device callbacks");
     comm->device = true;
     *out = comm.release();
+  });
+}
+
+simclr_status simclr_device_step_workspace_size(int64_t pairs, int64_t global_pairs, int64_t dim,
+                                                simclr_dtype dtype,
+                                                const simclr_call_options* options,
+                                                size_t* forward_bytes, size_t* alpha_bytes,
+                                                size_t* backward_bytes) {
+  return simclr::detail::c_api_guard([&] {
+    using namespace simclr;
+    const char* where = "simclr_device_step_workspace_size";
+    const auto o = detail::device_step_options(options, where);
+    const cuda::DeviceDType t = detail::device_dtype(dtype, "dtype", where);
+    SIMCLR_ENFORCE(pairs >= 0 && dim >= 0 && global_pairs >= pairs, ValueError, where, ": pairs ",
+                   pairs, ", global_pairs ", global_pairs, ", dim ", dim,
+                   "; need 0 <= pairs <= global_pairs and dim >= 0");
+    if (forward_bytes != nullptr)
+      *forward_bytes = cuda::steps::forward_step_workspace_bytes(pairs, global_pairs, dim, t, o.device);
+    if (alpha_bytes != nullptr) *alpha_bytes = cuda::steps::alpha_step_workspace_bytes(pairs);
+    if (backward_bytes != nullptr)
+      *backward_bytes =
+          cuda::steps::backward_step_workspace_bytes(pairs, global_pairs, dim, t, o.device);
+  });
+}
+
+simclr_status simclr_device_step_check(const simclr_matrix* za, const simclr_matrix* zb,
+                                       const simclr_device_call* call, const float* upstream,
+                                       int64_t upstream_count, void* cuda_stream) {
+  return simclr::detail::c_api_guard([&] {
+    using namespace simclr;
+    const char* where = "simclr_device_step_check";
+    std::optional<cuda::DeviceMatrixView> a, b;
+    if (za != nullptr)
+      a.emplace(za->data, za->rows, za->cols, detail::check_device_matrix(za, "za", where),
+                za->row_stride);
+    if (zb != nullptr)
+      b.emplace(zb->data, zb->rows, zb->cols, detail::check_device_matrix(zb, "zb", where),
+                zb->row_stride);
+    cuda::steps::StepWeight w;
+    if (call != nullptr && call->weight != nullptr) w = {call->weight, call->weight_size};
+    cuda::steps::step_check_finite(a ? &*a : nullptr, b ? &*b : nullptr, w, upstream,
+                                   upstream_count, static_cast<cudaStream_t>(cuda_stream));
+  });
+}
+
+simclr_status simclr_device_step_normalize(const simclr_matrix* za, const simclr_matrix* zb,
+                                           const simclr_matrix* u_local, float* squared_norms,
+                                           void* cuda_stream) {
+  return simclr::detail::c_api_guard([&] {
+    using namespace simclr;
+    const char* where = "simclr_device_step_normalize";
+    const cuda::DeviceDType t = detail::check_device_matrix(za, "za", where);
+    const cuda::DeviceDType tb = detail::check_device_matrix(zb, "zb", where);
+    SIMCLR_ENFORCE(t == tb, TypeError, where, ": za is ", cuda::to_string(t), " but zb is ",
+                   cuda::to_string(tb), "; both views take the same dtype");
+    detail::check_dense(u_local, "u_local", where, t, 2 * za->rows, za->cols);
+    SIMCLR_ENFORCE(za->rows == 0 || squared_norms != nullptr, ValueError, where,
+                   ": squared_norms is NULL");
+    cuda::steps::step_normalize(cuda::DeviceMatrixView(za->data, za->rows, za->cols, t, za->row_stride),
+                                cuda::DeviceMatrixView(zb->data, zb->rows, zb->cols, t, zb->row_stride),
+                                u_local->data, squared_norms, static_cast<cudaStream_t>(cuda_stream));
+  });
+}
+
+simclr_status simclr_device_step_forward(simclr_loss_t loss, const simclr_matrix* u_global,
+                                         int64_t anchor_begin, int64_t pairs,
+                                         const simclr_call_options* options,
+                                         const simclr_device_call* call, void* cuda_stream,
+                                         float* row_lse, void* per_example, void* values) {
+  return simclr::detail::c_api_guard([&] {
+    using namespace simclr;
+    const char* where = "simclr_device_step_forward";
+    SIMCLR_ENFORCE(loss != nullptr, ValueError, where, ": loss is NULL");
+    const cuda::DeviceDType t = detail::check_device_matrix(u_global, "u_global", where);
+    detail::check_dense(u_global, "u_global", where, t, -1, -1);
+    const auto o = detail::device_step_options(options, where);
+    SIMCLR_ENFORCE(pairs >= 0 && u_global->rows % 2 == 0, ValueError, where, ": pairs ", pairs,
+                   " with u_global of ", u_global->rows, " rows (an even count)");
+    const double denominator =
+        detail::step_denominator(*loss, o, pairs, u_global->rows / 2, where);
+    const cuda::steps::StepWeight w = detail::step_weight(call, pairs);
+    SIMCLR_ENFORCE(values != nullptr && (pairs == 0 || row_lse != nullptr), ValueError, where,
+                   ": values or row_lse is NULL");
+    cuda::steps::step_forward(loss->loss.temperature(), detail::resolved_reduction(*loss),
+                              denominator, u_global->data, u_global->rows, u_global->cols, t,
+                              anchor_begin, pairs, w, detail::step_context(call, o, cuda_stream),
+                              row_lse, per_example, values);
+  });
+}
+
+simclr_status simclr_device_step_alpha(simclr_loss_t loss, int64_t pairs, int64_t global_pairs,
+                                       const simclr_call_options* options,
+                                       const simclr_device_call* call, const float* upstream,
+                                       int64_t upstream_count, void* cuda_stream, float* alpha) {
+  return simclr::detail::c_api_guard([&] {
+    using namespace simclr;
+    const char* where = "simclr_device_step_alpha";
+    SIMCLR_ENFORCE(loss != nullptr, ValueError, where, ": loss is NULL");
+    SIMCLR_ENFORCE(pairs >= 0 && global_pairs >= pairs, ValueError, where, ": pairs ", pairs,
+                   " and global_pairs ", global_pairs, " must satisfy 0 <= pairs <= global_pairs");
+    const auto o = detail::device_step_options(options, where);
+    const double denominator = detail::step_denominator(*loss, o, pairs, global_pairs, where);
+    const Reduction reduction = detail::resolved_reduction(*loss);
+    // The count rules of the host step (values are not read: they stay on the device).
+    SIMCLR_ENFORCE(upstream_count == 1 || (reduction == Reduction::kNone && upstream_count == pairs),
+                   ValueError, where, ": the upstream gradient has ", upstream_count,
+                   " values; it takes 1, or (reduction 'none' only) one per example (", pairs, ")");
+    SIMCLR_ENFORCE(upstream != nullptr, ValueError, where, ": upstream is NULL");
+    const cuda::steps::StepWeight w = detail::step_weight(call, pairs);
+    SIMCLR_ENFORCE(pairs == 0 || alpha != nullptr, ValueError, where, ": alpha is NULL");
+    cuda::steps::step_alpha(pairs, w, upstream, upstream_count,
+                            reduction == Reduction::kSumOverBatchSize, denominator, 1.0,
+                            detail::step_context(call, o, cuda_stream), alpha);
+  });
+}
+
+simclr_status simclr_device_step_backward(simclr_loss_t loss, const simclr_matrix* u_global,
+                                          int64_t anchor_begin, int64_t pairs,
+                                          const float* squared_norms, const float* lse_all,
+                                          const float* alpha_all,
+                                          const simclr_call_options* options,
+                                          const simclr_device_call* call, void* cuda_stream,
+                                          const simclr_matrix* grad_a,
+                                          const simclr_matrix* grad_b) {
+  return simclr::detail::c_api_guard([&] {
+    using namespace simclr;
+    const char* where = "simclr_device_step_backward";
+    SIMCLR_ENFORCE(loss != nullptr, ValueError, where, ": loss is NULL");
+    const cuda::DeviceDType t = detail::check_device_matrix(u_global, "u_global", where);
+    detail::check_dense(u_global, "u_global", where, t, -1, -1);
+    const auto o = detail::device_step_options(options, where);
+    const std::int64_t d = u_global->cols;
+    detail::check_device_matrix(grad_a, "grad_a", where);
+    detail::check_device_matrix(grad_b, "grad_b", where);
+    SIMCLR_ENFORCE(pairs == 0 || (squared_norms != nullptr && lse_all != nullptr &&
+                                  alpha_all != nullptr),
+                   ValueError, where, ": squared_norms, lse_all or alpha_all is NULL");
+    cuda::steps::step_backward(
+        loss->loss.temperature(), u_global->data, u_global->rows, d, t, anchor_begin, pairs,
+        squared_norms, lse_all, alpha_all, detail::step_context(call, o, cuda_stream),
+        cuda::DeviceMutableMatrixView(grad_a->data, grad_a->rows, grad_a->cols,
+                                      detail::device_dtype(grad_a->dtype, "grad_a", where),
+                                      grad_a->row_stride),
+        cuda::DeviceMutableMatrixView(grad_b->data, grad_b->rows, grad_b->cols,
+                                      detail::device_dtype(grad_b->dtype, "grad_b", where),
+                                      grad_b->row_stride));
   });
 }
 

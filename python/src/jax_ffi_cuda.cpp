@@ -1,0 +1,227 @@
+// simclr_loss._jax_ffi_cuda: the XLA FFI handlers of simclr_loss.jax for platform "CUDA" (bodies in
+// jax_ffi_cuda.hpp), on XLA's stream (ffi::PlatformStream<cudaStream_t>) with their workspace from
+// XLA's scratch allocator (ffi::ScratchAllocator). They take the CPU handlers' names, operands,
+// results and attributes (python/src/jax_ffi.cpp), so simclr_loss.jax registers both sets under the
+// same targets and XLA picks the one of the platform the computation runs on.
+// Built when the GPU path is (SIMCLR_WITH_CUDA) and jax's FFI headers are found: as this Python
+// extension (python/CMakeLists.txt), and, with SIMCLR_JAX_FFI_NO_MODULE, as a plain library of the
+// handlers in the CUDA build (tests/gpu/CMakeLists.txt), so that build compiles them without
+// nanobind.
+
+#include <cstdint>
+
+#include "jax_ffi_cuda.hpp"
+
+namespace {
+
+namespace ffi = xla::ffi;
+namespace h = simclr_jax_cuda;
+
+ffi::Error record_cuda(cudaStream_t stream, ffi::AnyBuffer za, ffi::AnyBuffer zb,
+                       ffi::AnyBuffer weight, ffi::Result<ffi::AnyBuffer> record,
+                       double temperature, std::int64_t reduction, std::int64_t global_batch,
+                       std::int64_t has_weight, std::int64_t gradient_reduction) {
+  return h::record(stream, za, zb, weight, *record, temperature, reduction, global_batch,
+                   has_weight, gradient_reduction);
+}
+
+ffi::Error agree_normalize_cuda(cudaStream_t stream, ffi::AnyBuffer records, ffi::AnyBuffer za,
+                                ffi::AnyBuffer zb, ffi::AnyBuffer weight,
+                                ffi::Result<ffi::AnyBuffer> u,
+                                ffi::Result<ffi::AnyBuffer> squared_norms,
+                                ffi::Result<ffi::AnyBuffer> agreed_weight, double temperature,
+                                std::int64_t reduction) {
+  return h::agree_normalize(stream, records, za, zb, weight, *u, *squared_norms, *agreed_weight,
+                            temperature, reduction);
+}
+
+ffi::Error normalize_cuda(cudaStream_t stream, ffi::AnyBuffer za, ffi::AnyBuffer zb,
+                          ffi::Result<ffi::AnyBuffer> u,
+                          ffi::Result<ffi::AnyBuffer> squared_norms) {
+  return h::normalize(stream, za, zb, *u, *squared_norms);
+}
+
+ffi::Error forward_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch,
+                        ffi::AnyBuffer u_global, ffi::AnyBuffer anchor_begin,
+                        ffi::AnyBuffer weight, ffi::Result<ffi::AnyBuffer> row_lse,
+                        ffi::Result<ffi::AnyBuffer> per_example,
+                        ffi::Result<ffi::AnyBuffer> values, double temperature,
+                        std::int64_t reduction, std::int64_t global_batch,
+                        std::int64_t has_weight, std::int64_t /*threads: CPU only*/) {
+  return h::forward(stream, scratch, u_global, anchor_begin, weight, *row_lse, *per_example,
+                    *values, temperature, reduction, global_batch, has_weight);
+}
+
+ffi::Error alpha_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer upstream,
+                      ffi::AnyBuffer weight, ffi::Result<ffi::AnyBuffer> alpha,
+                      double temperature, std::int64_t reduction, std::int64_t global_batch,
+                      std::int64_t has_weight, std::int64_t global_pairs) {
+  return h::alpha(stream, scratch, upstream, weight, *alpha, temperature, reduction, global_batch,
+                  has_weight, global_pairs);
+}
+
+ffi::Error alpha_record_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch,
+                             ffi::AnyBuffer upstream, ffi::AnyBuffer weight,
+                             ffi::Result<ffi::AnyBuffer> alpha,
+                             ffi::Result<ffi::AnyBuffer> record, double temperature,
+                             std::int64_t reduction, std::int64_t global_batch,
+                             std::int64_t has_weight, std::int64_t global_pairs,
+                             std::int64_t gradient_reduction) {
+  return h::alpha_record(stream, scratch, upstream, weight, *alpha, *record, temperature,
+                         reduction, global_batch, has_weight, global_pairs, gradient_reduction);
+}
+
+ffi::Error backward_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch,
+                         ffi::AnyBuffer u_global, ffi::AnyBuffer anchor_begin,
+                         ffi::AnyBuffer squared_norms, ffi::AnyBuffer lse_all,
+                         ffi::AnyBuffer alpha_all, ffi::Result<ffi::AnyBuffer> grad_a,
+                         ffi::Result<ffi::AnyBuffer> grad_b, double temperature,
+                         std::int64_t reduction, std::int64_t /*threads*/) {
+  return h::backward(stream, scratch, u_global, anchor_begin, squared_norms, lse_all, alpha_all,
+                     *grad_a, *grad_b, temperature, reduction);
+}
+
+ffi::Error agree_backward_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch,
+                               ffi::AnyBuffer records, ffi::AnyBuffer u_global,
+                               ffi::AnyBuffer anchor_begin, ffi::AnyBuffer squared_norms,
+                               ffi::AnyBuffer lse_all, ffi::AnyBuffer alpha_all,
+                               ffi::Result<ffi::AnyBuffer> grad_a,
+                               ffi::Result<ffi::AnyBuffer> grad_b, double temperature,
+                               std::int64_t reduction, std::int64_t /*threads*/) {
+  return h::agree_backward(stream, scratch, records, u_global, anchor_begin, squared_norms,
+                           lse_all, alpha_all, *grad_a, *grad_b, temperature, reduction);
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrRecordCuda, record_cuda,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<double>("temperature")
+                                  .Attr<std::int64_t>("reduction")
+                                  .Attr<std::int64_t>("global_batch")
+                                  .Attr<std::int64_t>("has_weight")
+                                  .Attr<std::int64_t>("gradient_reduction"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAgreeNormalizeCuda, agree_normalize_cuda,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<double>("temperature")
+                                  .Attr<std::int64_t>("reduction"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrNormalizeCuda, normalize_cuda,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrForwardCuda, forward_cuda,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::ScratchAllocator>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<double>("temperature")
+                                  .Attr<std::int64_t>("reduction")
+                                  .Attr<std::int64_t>("global_batch")
+                                  .Attr<std::int64_t>("has_weight")
+                                  .Attr<std::int64_t>("threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAlphaCuda, alpha_cuda,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::ScratchAllocator>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<double>("temperature")
+                                  .Attr<std::int64_t>("reduction")
+                                  .Attr<std::int64_t>("global_batch")
+                                  .Attr<std::int64_t>("has_weight")
+                                  .Attr<std::int64_t>("global_pairs"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAlphaRecordCuda, alpha_record_cuda,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::ScratchAllocator>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<double>("temperature")
+                                  .Attr<std::int64_t>("reduction")
+                                  .Attr<std::int64_t>("global_batch")
+                                  .Attr<std::int64_t>("has_weight")
+                                  .Attr<std::int64_t>("global_pairs")
+                                  .Attr<std::int64_t>("gradient_reduction"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrBackwardCuda, backward_cuda,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::ScratchAllocator>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<double>("temperature")
+                                  .Attr<std::int64_t>("reduction")
+                                  .Attr<std::int64_t>("threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAgreeBackwardCuda, agree_backward_cuda,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::ScratchAllocator>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<double>("temperature")
+                                  .Attr<std::int64_t>("reduction")
+                                  .Attr<std::int64_t>("threads"));
+
+#ifndef SIMCLR_JAX_FFI_NO_MODULE
+#include <nanobind/nanobind.h>
+
+namespace nb = nanobind;
+
+NB_MODULE(_jax_ffi_cuda, m) {
+  m.doc() =
+      "XLA FFI handlers (CUDA) of simclr_loss.jax; use simclr_loss.jax, which registers them.";
+  m.def("handlers", [] {
+    nb::dict d;
+    d["simclr_record"] = nb::capsule(reinterpret_cast<void*>(SimclrRecordCuda));
+    d["simclr_agree_normalize"] = nb::capsule(reinterpret_cast<void*>(SimclrAgreeNormalizeCuda));
+    d["simclr_normalize"] = nb::capsule(reinterpret_cast<void*>(SimclrNormalizeCuda));
+    d["simclr_forward"] = nb::capsule(reinterpret_cast<void*>(SimclrForwardCuda));
+    d["simclr_alpha"] = nb::capsule(reinterpret_cast<void*>(SimclrAlphaCuda));
+    d["simclr_backward"] = nb::capsule(reinterpret_cast<void*>(SimclrBackwardCuda));
+    d["simclr_alpha_record"] = nb::capsule(reinterpret_cast<void*>(SimclrAlphaRecordCuda));
+    d["simclr_agree_backward"] = nb::capsule(reinterpret_cast<void*>(SimclrAgreeBackwardCuda));
+    return d;
+  });
+}
+#endif
