@@ -15,9 +15,13 @@ jobs=${JOBS:-$(nproc)}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_rmaps_base_oversubscribe=1
 build=${BUILD_DIR:-build}
+# The current-release environment first: its jax's FFI headers let the CMake build compile (nvcc)
+# and emulate the JAX GPU handlers.
+tests/scripts/current_test.sh --install
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DSIMCLR_WARNINGS_AS_ERRORS=ON \
   -DSIMCLR_BUILD_TESTS=ON -DSIMCLR_BUILD_TOOLS=ON -DSIMCLR_BUILD_BENCHMARKS=ON \
-  -DSIMCLR_BUILD_RELIABILITY_TESTS=ON >/dev/null
+  -DSIMCLR_BUILD_RELIABILITY_TESTS=ON \
+  -DSIMCLR_JAX_PYTHON="$PWD/${VENV_CURRENT:-build/venv-current}/bin/python" >/dev/null
 cmake --build "$build" -j "$jobs"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -9,7 +9,9 @@
 # over 4 host devices, and tests/tensorflow (the TF op under TensorFlow's own Keras 3). The MPI runs
 # (mpi4py, torch's mpirun checks) stay in python_test.sh. The last line is
 # "current releases tests: P passed, F failed, S skipped".
-# Usage: tests/scripts/current_test.sh   (VENV_CURRENT=dir picks the environment)
+# Usage: tests/scripts/current_test.sh [--install]   (--install: make the environment only, as
+# scripts/test.sh does first, so that the CMake build compiles the JAX GPU handlers against its jax;
+# VENV_CURRENT=dir picks the environment)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 scripts/deps.sh python3-venv python3-dev
@@ -30,6 +32,9 @@ print("current releases:", ", ".join(f"{p} {m.version(p)}" for p in
       ("torch", "numpy", "jax", "jaxlib", "tensorflow-cpu", "keras")))
 PY
 echo "install: $(( $(date +%s) - start )) s"
+if [ "${1:-}" = "--install" ]; then
+  exit 0
+fi
 if command -v ccache >/dev/null; then
   export CMAKE_CXX_COMPILER_LAUNCHER=ccache CCACHE_BASEDIR=${CCACHE_BASEDIR:-$PWD}
 fi
