@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "simclr/c_api.h"
+#include "jax_ffi_common.hpp"
 #include "xla/ffi/api/ffi.h"
 
 namespace nb = nanobind;
@@ -25,29 +26,14 @@ using namespace nb::literals;
 
 namespace {
 
+using simclr_jax_ffi::dim;
+using simclr_jax_ffi::LossHandle;
+
 // Errors a handler returns: the C API's message, prefixed with the step that failed.
 ffi::Error step_error(const char* step) {
   return ffi::Error(ffi::ErrorCode::kInvalidArgument,
                     std::string("simclr_loss.jax ") + step + ": " + simclr_last_error());
 }
-
-// A loss handle for one call (cheap: a configuration), released at scope exit.
-class LossHandle {
- public:
-  LossHandle(double temperature, std::int64_t reduction) {
-    status_ =
-        simclr_loss_create(temperature, static_cast<simclr_reduction>(reduction), nullptr, &loss_);
-  }
-  ~LossHandle() { simclr_loss_destroy(loss_); }
-  LossHandle(const LossHandle&) = delete;
-  LossHandle& operator=(const LossHandle&) = delete;
-  bool ok() const { return status_ == SIMCLR_OK; }
-  simclr_loss_t get() const { return loss_; }
-
- private:
-  simclr_loss_t loss_ = nullptr;
-  simclr_status status_ = SIMCLR_OK;
-};
 
 // The float dtype of a buffer, or 0 for anything else (Python sends only float32 and float64).
 simclr_dtype dtype_of(ffi::DataType t) {
@@ -56,21 +42,9 @@ simclr_dtype dtype_of(ffi::DataType t) {
   return static_cast<simclr_dtype>(0);
 }
 
-std::int64_t dim(const ffi::AnyBuffer& b, std::size_t k) {
-  const auto dims = b.dimensions();
-  return k < dims.size() ? static_cast<std::int64_t>(dims[k]) : 1;
-}
-
 // A [rows, cols] dense row-major view of a buffer (XLA's default layout for these calls).
 simclr_matrix matrix(void* data, std::int64_t rows, std::int64_t cols, simclr_dtype dtype) {
-  simclr_matrix m;
-  m.data = data;
-  m.rows = rows;
-  m.cols = cols;
-  m.row_stride = cols;
-  m.dtype = dtype;
-  m.device = -1;
-  return m;
+  return simclr_jax_ffi::dense_matrix(data, rows, cols, dtype, -1);
 }
 
 // The Keras sample_weight a buffer holds (any float dtype), converted to float64 values.
@@ -293,114 +267,24 @@ ffi::Error agree_backward_impl(ffi::AnyBuffer records, ffi::AnyBuffer u_global,
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrRecord, record_impl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<double>("temperature")
-                                  .Attr<std::int64_t>("reduction")
-                                  .Attr<std::int64_t>("global_batch")
-                                  .Attr<std::int64_t>("has_weight")
-                                  .Attr<std::int64_t>("gradient_reduction"));
+namespace sig = simclr_jax_ffi;
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAgreeNormalize, agree_normalize_impl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<double>("temperature")
-                                  .Attr<std::int64_t>("reduction"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAlphaRecord, alpha_record_impl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<double>("temperature")
-                                  .Attr<std::int64_t>("reduction")
-                                  .Attr<std::int64_t>("global_batch")
-                                  .Attr<std::int64_t>("has_weight")
-                                  .Attr<std::int64_t>("global_pairs")
-                                  .Attr<std::int64_t>("gradient_reduction"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAgreeBackward, agree_backward_impl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<double>("temperature")
-                                  .Attr<std::int64_t>("reduction")
-                                  .Attr<std::int64_t>("threads"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrNormalize, normalize_impl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrForward, forward_impl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<double>("temperature")
-                                  .Attr<std::int64_t>("reduction")
-                                  .Attr<std::int64_t>("global_batch")
-                                  .Attr<std::int64_t>("has_weight")
-                                  .Attr<std::int64_t>("threads"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAlpha, alpha_impl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<double>("temperature")
-                                  .Attr<std::int64_t>("reduction")
-                                  .Attr<std::int64_t>("global_batch")
-                                  .Attr<std::int64_t>("has_weight")
-                                  .Attr<std::int64_t>("global_pairs"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrBackward, backward_impl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<double>("temperature")
-                                  .Attr<std::int64_t>("reduction")
-                                  .Attr<std::int64_t>("threads"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrRecord, record_impl, sig::record(ffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAgreeNormalize, agree_normalize_impl, sig::agree_normalize(ffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAlphaRecord, alpha_record_impl, sig::alpha_record(ffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAgreeBackward, agree_backward_impl, sig::agree_backward(ffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrNormalize, normalize_impl, sig::normalize(ffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrForward, forward_impl, sig::forward(ffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAlpha, alpha_impl, sig::alpha(ffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrBackward, backward_impl, sig::backward(ffi::Ffi::Bind()));
 
 NB_MODULE(_jax_ffi, m) {
   m.doc() = "XLA FFI handlers (CPU) of simclr_loss.jax; use simclr_loss.jax, which registers them.";
   m.def("handlers", [] {
     nb::dict d;
-    d["simclr_record"] = nb::capsule(reinterpret_cast<void*>(SimclrRecord));
-    d["simclr_agree_normalize"] = nb::capsule(reinterpret_cast<void*>(SimclrAgreeNormalize));
-    d["simclr_normalize"] = nb::capsule(reinterpret_cast<void*>(SimclrNormalize));
-    d["simclr_forward"] = nb::capsule(reinterpret_cast<void*>(SimclrForward));
-    d["simclr_alpha"] = nb::capsule(reinterpret_cast<void*>(SimclrAlpha));
-    d["simclr_backward"] = nb::capsule(reinterpret_cast<void*>(SimclrBackward));
-    d["simclr_alpha_record"] = nb::capsule(reinterpret_cast<void*>(SimclrAlphaRecord));
-    d["simclr_agree_backward"] = nb::capsule(reinterpret_cast<void*>(SimclrAgreeBackward));
+#define SIMCLR_ADD_TARGET(name, stem) d[name] = nb::capsule(reinterpret_cast<void*>(Simclr##stem));
+    SIMCLR_JAX_FFI_TARGETS(SIMCLR_ADD_TARGET)
+#undef SIMCLR_ADD_TARGET
     return d;
   });
   m.attr("RECORD_BYTES") = SIMCLR_RECORD_BYTES;

@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "jax_ffi_cuda.hpp"
+#include "jax_ffi_common.hpp"
 
 namespace {
 
@@ -94,114 +95,20 @@ ffi::Error agree_backward_cuda(cudaStream_t stream, ffi::ScratchAllocator scratc
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrRecordCuda, record_cuda,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<double>("temperature")
-                                  .Attr<std::int64_t>("reduction")
-                                  .Attr<std::int64_t>("global_batch")
-                                  .Attr<std::int64_t>("has_weight")
-                                  .Attr<std::int64_t>("gradient_reduction"));
+namespace sig = simclr_jax_ffi;
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAgreeNormalizeCuda, agree_normalize_cuda,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<double>("temperature")
-                                  .Attr<std::int64_t>("reduction"));
+// XLA's stream for every call; its scratch allocator for the calls that need a workspace.
+static auto on_stream() { return ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>(); }
+static auto with_scratch() { return on_stream().Ctx<ffi::ScratchAllocator>(); }
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrNormalizeCuda, normalize_cuda,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrForwardCuda, forward_cuda,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Ctx<ffi::ScratchAllocator>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<double>("temperature")
-                                  .Attr<std::int64_t>("reduction")
-                                  .Attr<std::int64_t>("global_batch")
-                                  .Attr<std::int64_t>("has_weight")
-                                  .Attr<std::int64_t>("threads"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAlphaCuda, alpha_cuda,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Ctx<ffi::ScratchAllocator>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<double>("temperature")
-                                  .Attr<std::int64_t>("reduction")
-                                  .Attr<std::int64_t>("global_batch")
-                                  .Attr<std::int64_t>("has_weight")
-                                  .Attr<std::int64_t>("global_pairs"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAlphaRecordCuda, alpha_record_cuda,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Ctx<ffi::ScratchAllocator>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<double>("temperature")
-                                  .Attr<std::int64_t>("reduction")
-                                  .Attr<std::int64_t>("global_batch")
-                                  .Attr<std::int64_t>("has_weight")
-                                  .Attr<std::int64_t>("global_pairs")
-                                  .Attr<std::int64_t>("gradient_reduction"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrBackwardCuda, backward_cuda,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Ctx<ffi::ScratchAllocator>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<double>("temperature")
-                                  .Attr<std::int64_t>("reduction")
-                                  .Attr<std::int64_t>("threads"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAgreeBackwardCuda, agree_backward_cuda,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Ctx<ffi::ScratchAllocator>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<double>("temperature")
-                                  .Attr<std::int64_t>("reduction")
-                                  .Attr<std::int64_t>("threads"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrRecordCuda, record_cuda, sig::record(on_stream()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAgreeNormalizeCuda, agree_normalize_cuda, sig::agree_normalize(on_stream()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrNormalizeCuda, normalize_cuda, sig::normalize(on_stream()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrForwardCuda, forward_cuda, sig::forward(with_scratch()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAlphaCuda, alpha_cuda, sig::alpha(with_scratch()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAlphaRecordCuda, alpha_record_cuda, sig::alpha_record(with_scratch()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrBackwardCuda, backward_cuda, sig::backward(with_scratch()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAgreeBackwardCuda, agree_backward_cuda, sig::agree_backward(with_scratch()));
 
 #ifndef SIMCLR_JAX_FFI_NO_MODULE
 #include <nanobind/nanobind.h>
@@ -213,14 +120,10 @@ NB_MODULE(_jax_ffi_cuda, m) {
       "XLA FFI handlers (CUDA) of simclr_loss.jax; use simclr_loss.jax, which registers them.";
   m.def("handlers", [] {
     nb::dict d;
-    d["simclr_record"] = nb::capsule(reinterpret_cast<void*>(SimclrRecordCuda));
-    d["simclr_agree_normalize"] = nb::capsule(reinterpret_cast<void*>(SimclrAgreeNormalizeCuda));
-    d["simclr_normalize"] = nb::capsule(reinterpret_cast<void*>(SimclrNormalizeCuda));
-    d["simclr_forward"] = nb::capsule(reinterpret_cast<void*>(SimclrForwardCuda));
-    d["simclr_alpha"] = nb::capsule(reinterpret_cast<void*>(SimclrAlphaCuda));
-    d["simclr_backward"] = nb::capsule(reinterpret_cast<void*>(SimclrBackwardCuda));
-    d["simclr_alpha_record"] = nb::capsule(reinterpret_cast<void*>(SimclrAlphaRecordCuda));
-    d["simclr_agree_backward"] = nb::capsule(reinterpret_cast<void*>(SimclrAgreeBackwardCuda));
+#define SIMCLR_ADD_TARGET(name, stem) \
+  d[name] = nb::capsule(reinterpret_cast<void*>(Simclr##stem##Cuda));
+    SIMCLR_JAX_FFI_TARGETS(SIMCLR_ADD_TARGET)
+#undef SIMCLR_ADD_TARGET
     return d;
   });
 }

@@ -23,12 +23,16 @@
 #include <string>
 #include <vector>
 
+#include "jax_ffi_common.hpp"
 #include "simclr/c_api.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace simclr_jax_cuda {
 
 namespace ffi = xla::ffi;
+
+using simclr_jax_ffi::dim;
+using simclr_jax_ffi::LossHandle;
 
 inline ffi::Error step_error(const char* step) {
   return ffi::Error(ffi::ErrorCode::kInvalidArgument,
@@ -41,28 +45,6 @@ inline ffi::Error cuda_error(const char* step, const char* what, cudaError_t rc)
                                                    ": " + cudaGetErrorString(rc));
 }
 
-class LossHandle {
- public:
-  LossHandle(double temperature, std::int64_t reduction) {
-    status_ =
-        simclr_loss_create(temperature, static_cast<simclr_reduction>(reduction), nullptr, &loss_);
-  }
-  ~LossHandle() { simclr_loss_destroy(loss_); }
-  LossHandle(const LossHandle&) = delete;
-  LossHandle& operator=(const LossHandle&) = delete;
-  bool ok() const { return status_ == SIMCLR_OK; }
-  simclr_loss_t get() const { return loss_; }
-
- private:
-  simclr_loss_t loss_ = nullptr;
-  simclr_status status_ = SIMCLR_OK;
-};
-
-inline std::int64_t dim(const ffi::AnyBuffer& b, std::size_t k) {
-  const auto dims = b.dimensions();
-  return k < dims.size() ? static_cast<std::int64_t>(dims[k]) : 1;
-}
-
 // The device every buffer of the call is on (XLA runs a handler with the current device set).
 inline int current_device() {
   int device = 0;
@@ -71,14 +53,7 @@ inline int current_device() {
 }
 
 inline simclr_matrix matrix(void* data, std::int64_t rows, std::int64_t cols) {
-  simclr_matrix m;
-  m.data = data;
-  m.rows = rows;
-  m.cols = cols;
-  m.row_stride = cols;
-  m.dtype = SIMCLR_FLOAT32;
-  m.device = current_device();
-  return m;
+  return simclr_jax_ffi::dense_matrix(data, rows, cols, SIMCLR_FLOAT32, current_device());
 }
 
 // The GPU handlers take what simclr_loss.jax sends them: float32 (bfloat16 and float16 are cast to

@@ -170,14 +170,7 @@ def run_keras(case):
     import simclr_loss.keras as sk
     if sk.KERAS_VERSION == 2:
         loss = sk.SimCLRLoss(temperature=case.temperature, reduction=case.reduction)
-        import tensorflow as tf
-        za, zb = tf.constant(case.za), tf.constant(case.zb)
-        with tf.GradientTape() as tape:
-            tape.watch([za, zb])
-            value = loss(za, zb, sample_weight=case.weight)
-            total = tf.reduce_sum(value)
-        ga, gb = tape.gradient(total, [za, zb])
-        return value.numpy(), ga.numpy(), gb.numpy()
+        return _keras_tensorflow(loss, case)
     # Keras 3 computes a loss in its dtype (floatx unless given): the case's.
     loss = sk.SimCLRLoss(temperature=case.temperature, reduction=case.reduction,
                          dtype=np.dtype(case.dtype).name)
@@ -196,7 +189,7 @@ def _keras3_jax(loss, case):
     return np.asarray(value), np.asarray(ga), np.asarray(gb)
 
 
-def _keras3_tensorflow(loss, case):
+def _keras_tensorflow(loss, case):
     import tensorflow as tf
     za, zb = tf.constant(case.za), tf.constant(case.zb)
     with tf.GradientTape() as tape:
@@ -217,7 +210,7 @@ def _keras3_torch(loss, case):
     return value.detach().numpy(), za.grad.numpy(), zb.grad.numpy()
 
 
-_KERAS3_GRADIENT = {"jax": _keras3_jax, "tensorflow": _keras3_tensorflow, "torch": _keras3_torch}
+_KERAS3_GRADIENT = {"jax": _keras3_jax, "tensorflow": _keras_tensorflow, "torch": _keras3_torch}
 
 
 def _keras3_backend():
