@@ -6,7 +6,7 @@
 # cover the oldest supported releases (Debian's torch 1.13, jax 0.7.1, TensorFlow 2.15 with Keras 2).
 # Runs: tests/python (torch, torch.compile, numpy, jax, Keras 3 on jax), Keras 3 on the tensorflow
 # and torch backends, the conformance table (every front end; Keras 3 on each backend), simclr_loss.jax
-# over 4 host devices, and tests/tensorflow (the TF op under TensorFlow's own Keras 3). The MPI runs
+# over 4 host devices, and tests/tensorflow's tests of the TF op (under MirroredStrategy). The MPI runs
 # (mpi4py, torch's mpirun checks) stay in python_test.sh. The last line is
 # "current releases tests: P passed, F failed, S skipped".
 # Usage: tests/scripts/current_test.sh [--install]   (--install: make the environment only, as
@@ -83,6 +83,10 @@ run "conformance, keras 3 on tensorflow" KERAS_BACKEND=tensorflow -- tests/confo
 run "conformance, keras 3 on torch" KERAS_BACKEND=torch -- tests/conformance -k keras
 run "jax on 4 host devices" XLA_FLAGS=--xla_force_host_platform_device_count=4 -- \
   tests/python/test_jax_shard.py
-run "tests/tensorflow" KERAS_BACKEND=tensorflow -- tests/tensorflow
+# The TensorFlow op under TensorFlow's own Keras 3 (its single-replica values are the conformance
+# table's, above); the tests of Keras 2's behaviour (tests/tensorflow/conftest.py) are tf_test.sh's.
+run "tests/tensorflow (the op)" KERAS_BACKEND=tensorflow -- tests/tensorflow \
+  --ignore=tests/tensorflow/test_keras.py --ignore=tests/tensorflow/test_tf_docs.py \
+  --ignore=tests/tensorflow/test_tf_golden.py --ignore=tests/tensorflow/test_tf_multiworker.py
 echo "current releases step: $(( $(date +%s) - start )) s"
 echo "current releases tests: $passed passed, $failed failed, $skipped skipped"
