@@ -4,9 +4,10 @@
 # run with an emptied environment (env -i) whose PATH has that environment's bin and an empty folder,
 # so no compiler, CMake or make is found (checked), and `pip install --only-binary=:all:`, so nothing
 # is compiled. Into it: the wheel, numpy, torch (PyPI's, with its dependencies: without them PyPI's
-# torch does not import, libcufile.so.0 is missing) and pytest; then pytest runs tests/wheel: the
-# numpy and torch front ends against a numpy reference of the formula, and the README's numpy and
-# torch examples. The last line is "wheel tests: P passed, F failed, S skipped".
+# torch does not import, libcufile.so.0 is missing), jax (the newest; the wheel's FFI handlers are
+# compiled against jaxlib 0.7.1's headers) and pytest; then pytest runs tests/wheel: the numpy, torch
+# and jax front ends against a numpy reference of the formula, and the README's numpy and torch
+# examples. The last line is "wheel tests: P passed, F failed, S skipped".
 # What is installed comes from PyPI the first time, into build/wheel-test-deps (about 3 GB, torch's
 # CUDA libraries included), and from that folder (--no-index) on later runs; rm -rf it to fetch anew.
 # Usage: tests/scripts/wheel_test.sh   (WHEEL=path tests that wheel instead of building one)
@@ -28,7 +29,8 @@ trap 'rm -rf "$work"' EXIT
 # against this Python). A folder rather than pip's cache: pip keeps no HTTP cache of them here.
 if [ ! -f "$deps/.complete" ]; then
   mkdir -p "$deps"
-  /usr/bin/python3 -m pip download -q --only-binary=:all: -d "$deps" "numpy>=1.20" "torch>=1.13" pytest
+  /usr/bin/python3 -m pip download -q --only-binary=:all: -d "$deps" "numpy>=1.20" "torch>=1.13" \
+    "jax[cpu]>=0.7.1" pytest
   touch "$deps/.complete"
 fi
 rm -rf "$venv"
@@ -46,9 +48,9 @@ sys.exit(1 if any(found.values()) else 0)
 EOF
 t0=$(date +%s)
 "${clean[@]}" python -m pip install -q --only-binary=:all: --no-index --find-links "$PWD/$deps" \
-  "$whl" "torch>=1.13" pytest
-echo "pip install of the wheel, numpy, torch and pytest: $(( $(date +%s) - t0 )) s"
-"${clean[@]}" python -c 'import simclr_loss, numpy, torch; print("simclr_loss", simclr_loss.__version__, "numpy", numpy.__version__, "torch", torch.__version__, "from", simclr_loss.__file__)'
+  "$whl" "torch>=1.13" "jax[cpu]>=0.7.1" pytest
+echo "pip install of the wheel, numpy, torch, jax and pytest: $(( $(date +%s) - t0 )) s"
+"${clean[@]}" python -c 'import simclr_loss, numpy, torch, jax; print("simclr_loss", simclr_loss.__version__, "numpy", numpy.__version__, "torch", torch.__version__, "jax", jax.__version__, "from", simclr_loss.__file__)'
 rc=0
 (cd "$work" && "${clean[@]}" python -m pytest -q -rs -p no:cacheprovider "$OLDPWD/tests/wheel") \
   | tee "$log" || rc=$?

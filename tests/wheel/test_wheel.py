@@ -1,4 +1,4 @@
-"""The installed wheel (tests/scripts/wheel_test.sh): the numpy and torch front ends on small batches,
+"""The installed wheel (tests/scripts/wheel_test.sh): the numpy, torch and jax front ends on small batches,
 against an independent numpy reference of TensorFlow Similarity's formula (docs/semantics.md), and
 the README's numpy and torch examples. Run from outside the source tree, so that what is imported is
 the installed package."""
@@ -101,6 +101,23 @@ def test_torch_front_end_against_the_reference():
         ta.grad.numpy(), _numeric_gradient(lambda x: _mean_loss(x, zb, 0.2), za), atol=1e-5)
     np.testing.assert_allclose(
         tb.grad.numpy(), _numeric_gradient(lambda x: _mean_loss(za, x, 0.2), zb), atol=1e-5)
+
+
+def test_jax_front_end_against_the_reference():
+    # The wheel's simclr_loss._jax_ffi is compiled against jaxlib 0.7.1's FFI headers; the jax here is
+    # whatever pip picks, the newest for this Python.
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    import simclr_loss.jax as sj
+
+    za, zb = _views(n=7, d=3, seed=3)
+    value, (grad_a, grad_b) = jax.value_and_grad(
+        lambda a, b: sj.simclr_loss(a, b, temperature=0.3), argnums=(0, 1))(za, zb)
+    np.testing.assert_allclose(float(value), _mean_loss(za, zb, 0.3), rtol=1e-10)
+    np.testing.assert_allclose(
+        np.asarray(grad_a), _numeric_gradient(lambda x: _mean_loss(x, zb, 0.3), za), atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(grad_b), _numeric_gradient(lambda x: _mean_loss(za, x, 0.3), zb), atol=1e-5)
 
 
 def test_the_reference_is_not_trivially_satisfied():
