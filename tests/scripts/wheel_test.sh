@@ -5,7 +5,7 @@
 # so no compiler, CMake or make is found (checked), and `pip install --only-binary=:all:`, so nothing
 # is compiled. Into it: the wheel, numpy, torch (PyPI's, with its dependencies: without them PyPI's
 # torch does not import, libcufile.so.0 is missing), jax (the newest; the wheel's FFI handlers are
-# compiled against jaxlib 0.7.1's headers) and pytest; then pytest runs tests/wheel: the numpy, torch
+# compiled against jaxlib 0.7.2's headers) and pytest; then pytest runs tests/wheel: the numpy, torch
 # and jax front ends against a numpy reference of the formula, and the README's numpy and torch
 # examples. The last line is "wheel tests: P passed, F failed, S skipped".
 # What is installed comes from PyPI the first time, into build/wheel-test-deps (about 3 GB, torch's
