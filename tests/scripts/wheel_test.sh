@@ -50,7 +50,9 @@ t0=$(date +%s)
 "${clean[@]}" python -m pip install -q --only-binary=:all: --no-index --find-links "$PWD/$deps" \
   "$whl" "torch>=1.13" "jax[cpu]>=0.7.1" pytest
 echo "pip install of the wheel, numpy, torch, jax and pytest: $(( $(date +%s) - t0 )) s"
-"${clean[@]}" python -c 'import simclr_loss, numpy, torch, jax; print("simclr_loss", simclr_loss.__version__, "numpy", numpy.__version__, "torch", torch.__version__, "jax", jax.__version__, "from", simclr_loss.__file__)'
+"${clean[@]}" python -c 'import simclr_loss, numpy, torch, jax
+print("simclr_loss", simclr_loss.__version__, "from", simclr_loss.__file__)
+print("numpy", numpy.__version__, "torch", torch.__version__, "jax", jax.__version__)'
 rc=0
 (cd "$work" && "${clean[@]}" python -m pytest -q -rs -p no:cacheprovider "$OLDPWD/tests/wheel") \
   | tee "$log" || rc=$?

@@ -104,8 +104,8 @@ def test_torch_front_end_against_the_reference():
 
 
 def test_jax_front_end_against_the_reference():
-    # The wheel's simclr_loss._jax_ffi is compiled against jaxlib 0.7.2's FFI headers (0.7.1's); the jax here is
-    # whatever pip picks, the newest for this Python.
+    # The wheel's simclr_loss._jax_ffi is compiled against jaxlib 0.7.2's FFI headers (0.7.1's);
+    # the jax here is whatever pip picks, the newest for this Python.
     jax = pytest.importorskip("jax")
     jax.config.update("jax_enable_x64", True)
     import simclr_loss.jax as sj
