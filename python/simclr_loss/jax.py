@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
-from . import _args, _core
+from . import _args, _core, _install
 from ._loss import _ConfigMixin
 
 try:
@@ -58,11 +58,18 @@ def _register():
         return
     if _jax_ffi is None:
         raise RuntimeError(
-            "simclr_loss.jax needs the extension simclr_loss._jax_ffi, which is built only when jax is "
-            "installed for the Python that builds the package; reinstall simclr after "
-            "`pip install \"jax[cpu]\"` (pip install --no-build-isolation .) (" + str(_IMPORT_ERROR) + ")")
+            "simclr_loss.jax needs the extension simclr_loss._jax_ffi, which this installation of "
+            "simclr-loss was built without (no jaxlib headers where it was built). With jax (jax>=0.7.1) "
+            "installed, rebuild it: " + _install.REBUILD + " (" + str(_IMPORT_ERROR) + ")")
     for name, capsule in _jax_ffi.handlers().items():
-        jax.ffi.register_ffi_target(name, capsule, platform="cpu")
+        try:
+            jax.ffi.register_ffi_target(name, capsule, platform="cpu")
+        except Exception as e:  # XLA refuses handlers built against a newer FFI API than its own
+            if "API version" not in str(e):
+                raise
+            raise RuntimeError(
+                "simclr_loss._jax_ffi was compiled against a newer jaxlib than this jax " + jax.__version__ +
+                " (" + str(e).splitlines()[0] + "); rebuild it against this jax: " + _install.REBUILD) from e
     if _jax_ffi_cuda is not None:
         # Same target names: XLA picks the handler of the platform the computation runs on, so
         # arrays on a GPU take these (float32 inside; float64 stays on the CPU).

@@ -33,7 +33,7 @@ def _keras():
         import tensorflow as tf
     except ImportError as exc:
         raise ImportError(
-            "simclr_loss.keras needs TensorFlow (Keras 2, e.g. pip install tensorflow-cpu==2.15.1, then "
+            "simclr_loss.keras needs TensorFlow (Keras 2: tensorflow-cpu>=2.15,<2.16, then "
             "rebuild simclr with --no-build-isolation for its TensorFlow op) or Keras 3 with the "
             "JAX or PyTorch backend; docs/python.md, 'TensorFlow and Keras'") from exc
     return tf.keras, 2

@@ -4,9 +4,10 @@
     per_example = st.simclr_loss(za, zb, temperature=0.1)   # [n]: both directions summed
 
 The op library simclr_loss/_tf_ops.so is built by `pip install --no-build-isolation .` when TensorFlow is
-installed for the Python that builds the package (docs/python.md, "TensorFlow and Keras"). Its
-gradient is the library's closed form, registered with tf.custom_gradient: TensorFlow never holds the
-[2G, 2G] logits, only the normalised rows ([2G, d]) and two scalars per row.
+installed for the Python that builds the package, against that very TensorFlow (docs/python.md,
+"TensorFlow and Keras"). Its gradient is the library's closed form, registered with
+tf.custom_gradient: TensorFlow never holds the [2G, 2G] logits, only the normalised rows ([2G, d])
+and two scalars per row.
 
 In a replica context of a tf.distribute strategy with more than one replica (inside strategy.run,
 model.fit, ...), every replica contrasts its rows with the rows of all replicas (global negatives):
@@ -26,7 +27,7 @@ import os
 
 import tensorflow as tf
 
-from . import _args, _core
+from . import _args, _core, _install
 
 __all__ = ["simclr_loss"]
 
@@ -39,10 +40,16 @@ def _load_ops():
         path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_tf_ops.so")
         if not os.path.exists(path):
             raise RuntimeError(
-                "simclr_loss.tensorflow needs simclr_loss/_tf_ops.so, which is built only when TensorFlow is "
-                "installed for the Python that builds the package: `pip install tensorflow-cpu` "
-                "then reinstall simclr with `pip install --no-build-isolation .` (docs/python.md)")
-        _ops = tf.load_op_library(path)
+                "simclr_loss.tensorflow needs simclr_loss/_tf_ops.so, which is compiled against the "
+                "environment's own TensorFlow and so only by a build that sees it (not pip's isolated "
+                "build, nor a wheel made elsewhere). With TensorFlow installed, rebuild: " + _install.REBUILD)
+        try:
+            _ops = tf.load_op_library(path)
+        except tf.errors.NotFoundError as e:  # built against another TensorFlow (undefined symbols)
+            raise RuntimeError(
+                "simclr_loss/_tf_ops.so does not load with this TensorFlow " + tf.__version__ + " (it was "
+                "compiled against another one: " + str(e).strip().splitlines()[0] + "); rebuild it: " +
+                _install.REBUILD) from e
     return _ops
 
 

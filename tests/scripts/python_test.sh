@@ -31,10 +31,10 @@ if [ "${SIMCLR_PIP_ISOLATED:-0}" = 1 ]; then
 else
   "$py" -m pip install -q "scikit-build-core>=0.10" "nanobind>=2.0"
 fi
-# jax (CPU) before the package: simclr_loss._jax_ffi is built only when jax's FFI headers are found. The
-# same pin as pyproject.toml's extra `jax`. (An isolated build does not see it: simclr_loss.jax then
-# reports that it was built without jax, and its tests are skipped.) jax 0.7.1 is the newest that takes
-# numpy 1.x, which Debian's torch and scikit-learn in this environment are built against.
+# jax (CPU) before the package: with --no-build-isolation, simclr_loss._jax_ffi is compiled against this
+# jaxlib's FFI headers (an isolated build gets jaxlib 0.7.2's from pyproject.toml's build requirements).
+# jax 0.7.1, the oldest release the package supports, is the newest that takes numpy 1.x, which Debian's
+# torch and scikit-learn in this environment are built against.
 "$py" -m pip install -q "jax[cpu]==0.7.1" "numpy<2"
 # Keras 3 for tests/python/test_keras3.py (simclr_loss.keras on its JAX backend; Keras 2 is tested in
 # build/venv-tf by tests/scripts/tf_test.sh).
