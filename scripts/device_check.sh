@@ -43,7 +43,7 @@ STAGES=(
   "configure 180 a fresh CMake build with SIMCLR_WITH_CUDA=ON"
   "build 420 the GPU targets only (simclr-gpu-bench, the GPU tests)"
   "memcheck 90 compute-sanitizer memcheck on tests/gpu/memcheck_filter.txt (a pattern matching no test fails)"
-  "ctest_gpu 200 ctest -L gpu: the C++ device tests against the CPU path"
+  "ctest_gpu 200 ctest -L gpu: the C++ device tests against the CPU path, a one-rank NcclCommunicator from an ncclUniqueId"
   "torch_build 240 simclr_loss._core and simclr_loss._device"
   "torch_parity 90 device_torch_check.py parity"
   "torch_distributed 120 device_torch_check.py distributed (a one-rank NCCL group)"
