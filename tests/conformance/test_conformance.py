@@ -158,8 +158,22 @@ def run_torch(case):
 
 def run_jax(case):
     import jax
+    import jax.numpy as jnp
     import simclr_loss.jax as sj
     jax.config.update("jax_enable_x64", True)
+
+    if case.call_temperature is not None:
+        # The loss object's per-call temperature, traced (a learnable one): jax.grad gives dJ/dT.
+        loss = sj.SimCLRLoss(temperature=case.temperature, reduction=case.reduction)
+
+        def g(a, b, t):
+            v = loss(a, b, sample_weight=case.weight, temperature=t)
+            return v.sum(), v
+
+        t = jnp.asarray(case.call_temperature, dtype=case.dtype)
+        (_, value), (ga, gb, gt) = jax.value_and_grad(g, argnums=(0, 1, 2), has_aux=True)(
+            case.za, case.zb, t)
+        return np.asarray(value), np.asarray(ga), np.asarray(gb), float(gt)
 
     def f(a, b):
         v = sj.simclr_loss(a, b, temperature=case.temperature, reduction=case.reduction,
