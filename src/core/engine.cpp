@@ -502,8 +502,8 @@ void l2_normalize_backward(const T* xhat, std::int64_t xhat_stride, const T* squ
   template void l2_normalize_rows<T>(ConstMatrixView<T>, T*, std::int64_t, T*);                    \
   template void l2_normalize_backward<T>(const T*, std::int64_t, const T*, const T*, std::int64_t, \
                                          std::int64_t, std::int64_t, T*, std::int64_t);            \
-  template double temperature_gradient_share<T>(const T*, const T*, std::int64_t, std::int64_t,  \
-                                                double);                                          \
+  template double temperature_gradient_share<T>(const T*, const T*, std::int64_t, std::int64_t,    \
+                                                double);                                           \
   template bool has_fixed_shift<T>(T);                                                             \
   template T fixed_shift_of<T>(T);                                                                 \
   template EngineForward<T> engine_forward_balanced<T>(                                            \
