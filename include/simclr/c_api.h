@@ -163,6 +163,18 @@ typedef struct simclr_call_options {
    * rank fails with it (the message naming this rank) and none is left waiting. SIMCLR_OK (0): none. */
   simclr_status input_error;
   const char* input_error_message;
+  /* use_temperature 1: this call runs at `temperature` instead of the loss's (a learnable
+   * temperature that changes every step; the loss's get_config() keeps its own). Checked as the
+   * loss's (SIMCLR_VALUE_ERROR "temperature must be a finite number > 0, got ..."); distributed, every
+   * rank must pass the same. 0 (default): the loss's; temperature is then ignored. */
+  int32_t use_temperature;
+  double temperature;
+  /* 1: the backward also gives dJ/dT (simclr_backward_temperature, simclr_step_backward_temperature);
+   * 0 (default): it does not, and costs nothing more. Distributed, each rank gets its share under
+   * gradient_reduction: the ranks' shares sum (SUM) or average (MEAN) to the global dJ/dT, as the
+   * embeddings' parameter gradients do (docs/distributed.md). Ranks may differ in it. Host calls only:
+   * the device calls refuse it (SIMCLR_UNSUPPORTED), and use_temperature too. */
+  int32_t temperature_gradient;
 } simclr_call_options;
 
 /* The gradient convention of a distributed call (docs/distributed.md): SUM gives each rank dJ/dz of
@@ -180,7 +192,7 @@ typedef struct simclr_call_options {
 #define SIMCLR_SCHEDULE_BALANCED 2
 
 /* The defaults: no communicator, no global batch size, default threads, memory, symmetry and
- * schedule (AUTO), gradient SUM, no input error. */
+ * schedule (AUTO), gradient SUM, no input error, the loss's temperature, no dJ/dT. */
 void simclr_call_options_init(simclr_call_options* options);
 
 /* What a forward found, beside its outputs. */
@@ -219,6 +231,16 @@ simclr_status simclr_forward(simclr_loss_t loss, const simclr_matrix* za, const 
 simclr_status simclr_backward(simclr_loss_t loss, simclr_forward_t saved, const void* upstream,
                               int64_t upstream_count, const simclr_matrix* grad_a,
                               const simclr_matrix* grad_b);
+
+/* simclr_backward, and dJ/dT (docs/math.md section 4.6): one value of the input dtype written to
+ * grad_temperature (may be NULL: then exactly simclr_backward). Distributed, this rank's share
+ * (simclr_call_options.temperature_gradient). SIMCLR_VALUE_ERROR when grad_temperature is set but the
+ * forward's options did not set temperature_gradient; like a bad output buffer, that is checked after
+ * the collective and fails on this rank alone. */
+simclr_status simclr_backward_temperature(simclr_loss_t loss, simclr_forward_t saved,
+                                          const void* upstream, int64_t upstream_count,
+                                          const simclr_matrix* grad_a, const simclr_matrix* grad_b,
+                                          void* grad_temperature);
 
 /* Rows of every rank, as the forward's agreement step found them: writes min(capacity, ranks)
  * entries and returns ranks. */
@@ -372,7 +394,9 @@ void* simclr_device_status(simclr_forward_t saved);
  * threads, symmetric and global_batch_size (comm must be NULL; no logits block is kept, as nothing
  * outlives a call): sum_over_batch_size divides by n for SIMCLR_GLOBAL_BATCH_NONE, by G for
  * SIMCLR_GLOBAL_BATCH_INFER, else by the count; with more than one rank (u_global has more rows than
- * 2n) it needs a global batch size, as the collective calls do. */
+ * 2n) it needs a global batch size, as the collective calls do. The call's temperature
+ * (use_temperature, temperature) applies to simclr_step_record, _forward and _backward alike: pass the
+ * same options to the three. */
 
 /* The checks of a call's inputs that need only their shapes, for front ends that know the shapes
  * before the data (JAX and TensorFlow at trace time): za and zb 2-D and alike, and the sample_weight
@@ -442,6 +466,18 @@ simclr_status simclr_step_backward(simclr_loss_t loss, const simclr_matrix* u_gl
                                    const void* lse_all, const void* alpha_all,
                                    const simclr_call_options* options, const simclr_matrix* grad_a,
                                    const simclr_matrix* grad_b);
+
+/* simclr_step_backward, and this rank's share of dJ/dT (docs/math.md section 4.6) written to
+ * grad_temperature (one value of u_global's dtype; may be NULL: then exactly simclr_step_backward):
+ * -(1 / 2T) times the sum over this rank's anchors of u_q . dJ/du_q. The shares of all ranks add up
+ * to dJ/dT (alpha carries the gradient convention, as for grad_a and grad_b). */
+simclr_status simclr_step_backward_temperature(simclr_loss_t loss, const simclr_matrix* u_global,
+                                               int64_t anchor_begin, int64_t pairs,
+                                               const void* squared_norms, const void* lse_all,
+                                               const void* alpha_all,
+                                               const simclr_call_options* options,
+                                               const simclr_matrix* grad_a,
+                                               const simclr_matrix* grad_b, void* grad_temperature);
 
 /* ---- device step calls (simclr::cuda), for frameworks whose collectives are graph ops on the GPU ----
  * The step calls above on CUDA device memory, enqueued on cuda_stream (a cudaStream_t): XLA FFI

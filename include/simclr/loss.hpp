@@ -45,6 +45,16 @@ struct CallOptions {
   std::optional<GlobalBatchSize> global_batch_size;
   // Distributed calls: the gradient convention (GradientReduction); every rank passes the same.
   GradientReduction gradient_reduction = GradientReduction::kSum;
+  // This call's temperature, in place of the loss's (config().temperature): a learnable temperature
+  // changes every step without a new loss object. Checked as the constructor's (a finite number > 0,
+  // ValueError); distributed, every rank must pass the same (checked). The loss's configuration is
+  // not changed: get_config() keeps the constructor's value.
+  std::optional<double> temperature;
+  // Ask the backward for dJ/dT as well (Gradients::grad_temperature; docs/math.md section 4.6).
+  // Without it the backward does exactly the work it always did. Distributed, each rank gets its
+  // share of the global dJ/dT under `gradient_reduction` (docs/distributed.md, "Gradient
+  // conventions"); ranks may differ in this flag, as it adds no collective.
+  bool temperature_gradient = false;
   EngineOptions engine;
 };
 
@@ -67,17 +77,23 @@ struct LossOutput {
   std::vector<std::int64_t> rank_rows;
   std::int64_t row_offset = 0;
   std::int64_t global_rows = 0;
+  // The temperature the call ran at: CallOptions::temperature, or the loss's.
+  double temperature = 0;
   // Flops the forward performed.
   double flops = 0;
 
   std::shared_ptr<const detail::SavedForward<T>> saved;  // opaque, for backward()
 };
 
-// dJ/dza and dJ/dzb for this rank's rows, [n, d] each, in the input dtype.
+// dJ/dza and dJ/dzb for this rank's rows, [n, d] each, in the input dtype; and, when the forward's
+// CallOptions::temperature_gradient was set, dJ/dT (this rank's share when distributed: the shares
+// of all ranks add up to the global dJ/dT under GradientReduction::kSum, and average to it under
+// kMean, as the embeddings' parameter gradients do).
 template <class T>
 struct Gradients {
   RowMatrix<T> grad_a;
   RowMatrix<T> grad_b;
+  std::optional<T> grad_temperature;
   double flops = 0;
 };
 

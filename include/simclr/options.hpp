@@ -76,4 +76,8 @@ struct LossConfig {
 // of the losses' constructors.
 void validate_config(const LossConfig& config);
 
+// Throws ValueError "temperature must be a finite number > 0, got <t>" unless t is one: the check of
+// the constructors' temperature and of a call's own (CallOptions::temperature).
+void validate_temperature(double temperature);
+
 }  // namespace simclr

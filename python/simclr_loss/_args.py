@@ -59,6 +59,18 @@ def temperature(value):
     return _library_temperature(t)
 
 
+def temperature_value(value):
+    """A call's own temperature as a float, checked for its type only (TypeError as temperature()):
+    its value is the library's to check, in the call, on every rank alike."""
+    if isinstance(value, (bool, str, bytes)) or not (
+            isinstance(value, numbers.Real) or hasattr(type(value), "__float__")):
+        raise TypeError("temperature must be a number > 0, got " + describe(value))
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError("temperature must be a number > 0, got " + describe(value)) from None
+
+
 def reduction(value):
     """The Keras reduction key (a str), as the library parses it: "auto", "none", "sum" or
     "sum_over_batch_size"; anything else is the library's ValueError "Invalid Reduction Key: ...",

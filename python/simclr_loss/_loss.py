@@ -56,6 +56,8 @@ class SimCLRLoss(_ConfigMixin):
     (a scalar, [n], [n, 1], [1], [1, 1]). comm: an mpi4py communicator or a simclr_loss.comm communicator;
     the call is then collective and contrasts the rows with the global batch of all ranks, and
     "auto" / "sum_over_batch_size" need global_batch_size (an integer, or "infer": the total rows).
+    temperature (a keyword of every call): None, the constructor's, or this call's own (a number; a
+    learnable temperature's current value), which leaves get_config() alone.
     """
 
     def __init__(self, temperature=0.05, reduction="auto", name=None):
@@ -73,24 +75,38 @@ class SimCLRLoss(_ConfigMixin):
     def __reduce__(self):
         return (type(self).from_config, (self.get_config(),))
 
-    def forward(self, za, zb, sample_weight=None, comm=None, global_batch_size=None):
-        """The extension's Forward (values, per_example, objective, ...; .backward(upstream))."""
+    def forward(self, za, zb, sample_weight=None, comm=None, global_batch_size=None, *,
+                temperature=None, temperature_gradient=False):
+        """The extension's Forward (values, per_example, objective, ...; .backward(upstream), and
+        .backward_with_temperature(upstream) when temperature_gradient)."""
         return self._loss.forward(_embeddings(za), _embeddings(zb), _args.sample_weight(sample_weight),
-                                  self._comms(comm), _args.global_batch_size(global_batch_size))
+                                  self._comms(comm), _args.global_batch_size(global_batch_size),
+                                  temperature=None if temperature is None
+                                  else _args.temperature_value(temperature),
+                                  temperature_gradient=bool(temperature_gradient))
 
     @staticmethod
     def _value(forward):
         return forward.values if forward.reduction == "none" else forward.values.reshape(())
 
-    def __call__(self, za, zb, sample_weight=None, comm=None, global_batch_size=None):
-        return self._value(self.forward(za, zb, sample_weight, comm, global_batch_size))
+    def __call__(self, za, zb, sample_weight=None, comm=None, global_batch_size=None, *,
+                 temperature=None):
+        return self._value(self.forward(za, zb, sample_weight, comm, global_batch_size,
+                                        temperature=temperature))
 
-    def value_and_gradient(self, za, zb, sample_weight=None, comm=None, global_batch_size=None):
-        """(loss, dJ/dza, dJ/dzb), J the sum of the returned loss (for "none", of its n values).
+    def value_and_gradient(self, za, zb, sample_weight=None, comm=None, global_batch_size=None, *,
+                           temperature=None, temperature_gradient=False):
+        """(loss, dJ/dza, dJ/dzb), J the sum of the returned loss (for "none", of its n values);
+        with temperature_gradient, (loss, dJ/dza, dJ/dzb, dJ/dT), dJ/dT a float.
 
         With comm, J is the sum over ranks of each rank's loss, and each rank gets the gradient for
-        its own rows (TensorFlow's convention: replica gradients are summed, not averaged).
+        its own rows (TensorFlow's convention: replica gradients are summed, not averaged); dJ/dT is
+        then this rank's share: the shares of all ranks add up to dJ/dT.
         """
-        forward = self.forward(za, zb, sample_weight, comm, global_batch_size)
+        forward = self.forward(za, zb, sample_weight, comm, global_batch_size,
+                               temperature=temperature, temperature_gradient=temperature_gradient)
+        if temperature_gradient:
+            grad_a, grad_b, grad_t = forward.backward_with_temperature(1.0)
+            return self._value(forward), grad_a, grad_b, grad_t
         grad_a, grad_b = forward.backward(1.0)
         return self._value(forward), grad_a, grad_b

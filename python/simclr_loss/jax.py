@@ -200,14 +200,25 @@ def _agreed_normalize(s, za, zb, weight):
             reduction=np.int64(_REDUCTIONS[s.reduction]))
 
 
-def _forward_call(s, u_global, offset, weight, n):
-    u_global, offset, weight = _same_vma(u_global, offset, weight)
+def _forward_call(s, u_global, offset, weight, n, temperature=None):
+    """The forward step; temperature: None (s.temperature, an attribute) or a traced scalar (an
+    operand of "simclr_forward_t")."""
     nv = n if s.reduction == "none" else 1
     t = u_global.dtype
+    if temperature is None:
+        u_global, offset, weight = _same_vma(u_global, offset, weight)
+        return jax.ffi.ffi_call(
+            "simclr_forward",
+            (_like((2 * n,), t, u_global), _like((n,), t, u_global), _like((nv,), t, u_global)))(
+                u_global, offset, weight, threads=np.int64(s.threads), **s.attrs())
+    u_global, offset, weight, temperature = _same_vma(u_global, offset, weight,
+                                                      temperature.astype(t))
+    attrs = s.attrs()
+    del attrs["temperature"]
     return jax.ffi.ffi_call(
-        "simclr_forward",
+        "simclr_forward_t",
         (_like((2 * n,), t, u_global), _like((n,), t, u_global), _like((nv,), t, u_global)))(
-            u_global, offset, weight, threads=np.int64(s.threads), **s.attrs())
+            u_global, offset, weight, temperature, threads=np.int64(s.threads), **attrs)
 
 
 def _alpha_call(s, upstream, weight, n, global_pairs):
@@ -228,14 +239,23 @@ def _alpha_record_call(s, upstream, weight, n, global_pairs):
             gradient_reduction=np.int64(1 if s.gradient_scale_mean else 0), **s.attrs())
 
 
-def _backward_call(s, u_global, offset, squared_norms, lse_all, alpha_all, n, records=None):
-    """grad_a, grad_b; with records (every device's backward record), after their agreement."""
+def _backward_call(s, u_global, offset, squared_norms, lse_all, alpha_all, n, records=None,
+                   temperature=None):
+    """grad_a, grad_b; with records (every device's backward record), after their agreement. With a
+    traced temperature, (grad_a, grad_b, this device's share of dJ/dT)."""
     args = (u_global, offset, squared_norms, lse_all, alpha_all)
+    if temperature is not None:
+        args += (temperature.astype(u_global.dtype),)
     if records is not None:
         args = (records,) + args
     args = _same_vma(*args)
     d = u_global.shape[1]
     t = u_global.dtype
+    if temperature is not None:
+        return jax.ffi.ffi_call(
+            "simclr_backward_t" if records is None else "simclr_agree_backward_t",
+            (_like((n, d), t, args[0]), _like((n, d), t, args[0]), _like((), t, args[0])))(
+                *args, reduction=np.int64(_REDUCTIONS[s.reduction]), threads=np.int64(s.threads))
     return jax.ffi.ffi_call(
         "simclr_backward" if records is None else "simclr_agree_backward",
         (_like((n, d), t, args[0]), _like((n, d), t, args[0])))(
@@ -252,14 +272,14 @@ def _gather_rows(s, u_local):
     return u_global, offset
 
 
-def _forward(s, za, zb, weight):
+def _forward(s, za, zb, weight, temperature=None):
     n = za.shape[0]
     if s.axis_name is None:
         u_local, squared_norms = _normalize(za, zb)
     else:
         u_local, squared_norms, weight = _agreed_normalize(s, za, zb, weight)
     u_global, offset = _gather_rows(s, u_local)
-    row_lse, _, values = _forward_call(s, u_global, offset, weight, n)
+    row_lse, _, values = _forward_call(s, u_global, offset, weight, n, temperature)
     return values, (u_global, offset, squared_norms, row_lse, weight)
 
 
@@ -273,6 +293,12 @@ def _loss_fwd(s, za, zb, weight):
 
 
 def _loss_bwd(s, res, g):
+    return _backward(s, res, g)[:3]
+
+
+def _backward(s, res, g, temperature=None):
+    """The cotangents (za, zb, weight), and with a traced temperature this device's share of dJ/dT
+    as a fourth."""
     u_global, offset, squared_norms, row_lse, weight = res
     n = squared_norms.shape[0] // 2
     global_pairs = u_global.shape[0] // 2
@@ -281,7 +307,8 @@ def _loss_bwd(s, res, g):
         g = g * jax.lax.axis_size(s.axis_name)
     if s.axis_name is None:
         alpha = _alpha_call(s, g.astype(u_global.dtype), weight, n, global_pairs)
-        grad_a, grad_b = _backward_call(s, u_global, offset, squared_norms, row_lse, alpha, n)
+        grads = _backward_call(s, u_global, offset, squared_norms, row_lse, alpha, n,
+                               temperature=temperature)
     else:
         # A bad upstream gradient on one device travels in its record, so every device joins the
         # gathers below and then fails alike in the backward's agreement.
@@ -291,13 +318,50 @@ def _loss_bwd(s, res, g):
         both = jax.lax.all_gather(jnp.stack(_same_vma(row_lse, alpha)), s.axis_name)
         lse_all = both[:, 0, :].reshape(-1)
         alpha_all = both[:, 1, :].reshape(-1)
-        grad_a, grad_b = _backward_call(s, u_global, offset, squared_norms, lse_all, alpha_all, n,
-                                        records)
+        grads = _backward_call(s, u_global, offset, squared_norms, lse_all, alpha_all, n, records,
+                               temperature)
     # sample_weight is treated as a constant (as Keras does): no gradient flows into it.
-    return grad_a, grad_b, None  # (None: a zero cotangent of the primal's own type)
+    return (grads[0], grads[1], None) + tuple(grads[2:])  # (None: a zero cotangent)
 
 
 _loss.defvjp(_loss_fwd, _loss_bwd)
+
+
+# A traced temperature (a learnable one): the temperature is an operand of the forward and backward
+# steps, and the backward also gives dJ/dT (docs/math.md section 4.6).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _loss_t(s, za, zb, weight, temperature):
+    return _forward(s, za, zb, weight, temperature)[0]
+
+
+def _loss_t_fwd(s, za, zb, weight, temperature):
+    values, res = _forward(s, za, zb, weight, temperature)
+    return values, (res, temperature)
+
+
+def _loss_t_bwd(s, res, g):
+    res, temperature = res
+    grad_a, grad_b, _, share = _backward(s, res, g, temperature)
+    grad_t = share.astype(temperature.dtype)
+    if s.axis_name is not None and s.axis_name not in _varying_axes(temperature):
+        # A temperature replicated over the axis (the same on every device, as a parameter is):
+        # its cotangent must be replicated too, the sum of the devices' shares, which is dJ/dT of the
+        # global objective, what JAX's own transpose of a replicated input gives. The shares carry
+        # the "mean" scaling of the upstream (every device's times the devices); undo it here, as
+        # the result is no longer averaged.
+        grad_t = jax.lax.psum(grad_t, s.axis_name)
+        if s.gradient_scale_mean:
+            grad_t = grad_t / jax.lax.axis_size(s.axis_name)
+    return grad_a, grad_b, None, grad_t
+
+
+_loss_t.defvjp(_loss_t_fwd, _loss_t_bwd)
+
+
+def _traced(temperature):
+    """Whether a temperature is a JAX value (an array or a tracer: a learnable temperature), rather
+    than static configuration (a number, a numpy scalar)."""
+    return isinstance(temperature, (jax.Array, jax.core.Tracer))
 
 
 def simclr_loss(za, zb, *, temperature=0.05, reduction="auto", sample_weight=None, axis_name=None,
@@ -315,7 +379,22 @@ def simclr_loss(za, zb, *, temperature=0.05, reduction="auto", sample_weight=Non
     "infer": G) to divide by. gradient_reduction: "sum" when the devices' parameter gradients are
     combined with jax.lax.psum, "mean" when with jax.lax.pmean (the returned gradients are then
     scaled by the number of devices). threads: CPU threads of the custom calls (0: the default).
+
+    temperature: a number (static configuration), or a JAX scalar (a learnable temperature: a traced
+    value, differentiable; jax.grad gives dJ/dT, docs/math.md section 4.6). Under axis_name a traced
+    temperature replicated over the axis gets the global dJ/dT (the devices' shares summed, as JAX
+    sums the cotangent of a replicated input); one that varies over the axis gets this device's share
+    (scaled as the embeddings' gradients by gradient_reduction), and must hold the same value on
+    every device (not checked). CPU only: the CUDA handlers have no traced temperature yet.
     """
+    traced_t = _traced(temperature)
+    if traced_t:
+        if jnp.size(temperature) != 1 or not jnp.issubdtype(jnp.result_type(temperature),
+                                                            jnp.floating):
+            raise TypeError("temperature must be a number > 0, got a {} array of shape {}".format(
+                jnp.result_type(temperature), jnp.shape(temperature)))
+        traced_value = jnp.reshape(temperature, ())
+        temperature = 1.0  # a placeholder in the static configuration; the call runs at the value
     temperature, reduction = _checked_loss_config(temperature, reduction)
     global_batch = _global_batch_code(global_batch_size)
     gradient_reduction = _args.gradient_reduction_name(_args.gradient_reduction(gradient_reduction))
@@ -346,7 +425,11 @@ def simclr_loss(za, zb, *, temperature=0.05, reduction="auto", sample_weight=Non
         weight = weight.astype(t)
     s = _Static(temperature, reduction, global_batch, axis_name, gradient_reduction == "mean",
                 sample_weight is not None, int(threads))
-    values = _loss(s, za.astype(t), zb.astype(t), jax.lax.stop_gradient(weight))
+    if traced_t:
+        values = _loss_t(s, za.astype(t), zb.astype(t), jax.lax.stop_gradient(weight),
+                         traced_value)
+    else:
+        values = _loss(s, za.astype(t), zb.astype(t), jax.lax.stop_gradient(weight))
     if reduction != "none":
         values = values.reshape(())
     return values.astype(out_dtype)
@@ -383,9 +466,12 @@ class SimCLRLoss(_ConfigMixin):
         return (_rebuild_jax_loss, (type(self), self.get_config(), self.axis_name,
                                     self.global_batch_size, self.gradient_reduction))
 
-    def __call__(self, za, zb, sample_weight=None):
+    def __call__(self, za, zb, sample_weight=None, temperature=None):
+        """temperature: None (the configuration's), or this call's own: a number, or a traced
+        scalar (a learnable temperature, differentiable); get_config() keeps the configuration's."""
         c = self.get_config()
-        return simclr_loss(za, zb, temperature=c["temperature"], reduction=c["reduction"],
+        return simclr_loss(za, zb, temperature=c["temperature"] if temperature is None else temperature,
+                           reduction=c["reduction"],
                            sample_weight=sample_weight, axis_name=self.axis_name,
                            global_batch_size=self.global_batch_size,
                            gradient_reduction=self.gradient_reduction)

@@ -14,7 +14,9 @@ the loss by the number of replicas itself).
 - Keras 3 (the package `keras` 3.x): the loss dispatches on the backend, to simclr_loss.jax (JAX),
   simclr_loss.torch (PyTorch) or simclr_loss.tensorflow (TensorFlow, when the op library was built against
   that TensorFlow); one process, no distribution. get_config() is Keras 3's base config
-  ({'name', 'reduction', ...}) plus 'temperature'.
+  ({'name', 'reduction', ...}) plus 'temperature'. With Keras 3 on the JAX or PyTorch backend the
+  temperature may be a keras.Variable (a learnable one, e.g. a weight of the model): each call reads
+  its current value and the loss's gradient reaches it (dJ/dT, docs/math.md section 4.6).
 """
 
 from . import _args
@@ -44,8 +46,20 @@ keras, KERAS_VERSION = _keras()
 __all__ = ["SimCLRLoss"]
 
 
+def _is_variable(temperature):
+    return KERAS_VERSION == 3 and isinstance(temperature, keras.Variable)
+
+
 def _per_example(za, zb, temperature):
     backend = "tensorflow" if KERAS_VERSION == 2 else keras.backend.backend()
+    if _is_variable(temperature):
+        if backend not in ("jax", "torch"):
+            raise NotImplementedError(
+                "simclr_loss.keras: a keras.Variable temperature (a learnable one) needs the jax or "
+                "torch backend; the TensorFlow op takes a fixed temperature (pass a number)")
+        # The variable's current value: a traced array inside a Keras train step (JAX), a tensor
+        # that requires grad (PyTorch); its gradient is the library's dJ/dT.
+        temperature = temperature.value
     if backend == "tensorflow":
         from .tensorflow import simclr_loss
         return simclr_loss(za, zb, temperature=temperature)
@@ -67,19 +81,28 @@ class SimCLRLoss(keras.losses.Loss):
     of za and of zb are a positive pair. With Keras 2, get_config() is TF Similarity's dict
     {'reduction', 'name', 'temperature'}. Registered as "Similarity>SimCLRLoss", TF Similarity's
     serializable name, so a model saved with TF Similarity's loss loads with this one. temperature
-    must be > 0 and finite (ValueError; Keras does not check it).
+    must be > 0 and finite (ValueError; Keras does not check it). With Keras 3 on the JAX or PyTorch
+    backend it may be a keras.Variable, a learnable temperature: every call reads its current value
+    (checked by the library when the call runs) and differentiates through it; get_config() then holds
+    its current value, as a number, and from_config() gives a loss of that fixed temperature.
     """
 
-    def __init__(self, temperature: float = 0.05, **kwargs):
+    def __init__(self, temperature=0.05, **kwargs):
         super().__init__(**kwargs)
-        _args.temperature(temperature)
+        if _is_variable(temperature):
+            _args.temperature(float(keras.ops.convert_to_numpy(temperature.value)))
+        else:
+            _args.temperature(temperature)
         self.temperature = temperature
 
     def call(self, za, zb):
         return _per_example(za, zb, self.temperature)
 
     def get_config(self):
-        config = {"temperature": self.temperature}
+        t = self.temperature
+        if _is_variable(t):
+            t = float(keras.ops.convert_to_numpy(t.value))
+        config = {"temperature": t}
         base_config = super().get_config()
         return {**base_config, **config}
 

@@ -135,14 +135,17 @@ def _weight_array(sample_weight):
     return _args.sample_weight(sample_weight)
 
 
-def _core_forward(core_loss, za, zb, weight, comm, global_batch, gradient_reduction, threads):
+def _core_forward(core_loss, za, zb, weight, comm, global_batch, gradient_reduction, threads,
+                  temperature=None, temperature_gradient=False):
     """The library's forward of CPU float tensors za, zb: (the step's state, the compute dtype, the
     values as a tensor: 0-d, or [n] for reduction "none"). Half-precision inputs give a float32 loss,
-    as autocast does for losses."""
+    as autocast does for losses. temperature: None (the loss's) or this call's own, a float;
+    temperature_gradient: the backward also gives dJ/dT."""
     dtype = _compute_dtype(za.dtype)
     a, b = _host_view(za, dtype), _host_view(zb, dtype)
     fwd = core_loss.forward(a, b, weight=weight, comm=comm, global_batch_size=global_batch,
-                            threads=threads, gradient_reduction=gradient_reduction)
+                            threads=threads, gradient_reduction=gradient_reduction,
+                            temperature=temperature, temperature_gradient=temperature_gradient)
     values = torch.from_numpy(np.asarray(fwd.values))
     return fwd, dtype, (values if fwd.reduction == "none" else values.reshape(()))
 
@@ -159,25 +162,49 @@ def _core_backward(fwd, upstream, shape, dtype):
     return grad_a, grad_b
 
 
+def _core_backward_temperature(fwd, upstream, shape, dtype):
+    """_core_backward, and dJ/dT (a float: this rank's share when distributed) of a forward that had
+    temperature_gradient."""
+    if isinstance(upstream, torch.Tensor):
+        upstream = upstream.detach().to("cpu", dtype).contiguous().numpy()
+    grad_a = torch.empty(shape, dtype=dtype)
+    grad_b = torch.empty(shape, dtype=dtype)
+    _, _, grad_t = fwd.backward_with_temperature(upstream, grad_a, grad_b)
+    return grad_a, grad_b, grad_t
+
+
 class _SimCLRFunction(torch.autograd.Function):
     """Forward through the core; backward is the core's closed form (no autograd through the math).
     za and zb are float tensors on the CPU (_input_error found nothing)."""
 
     @staticmethod
-    def forward(ctx, za, zb, core_loss, weight, comm, global_batch, gradient_reduction, threads):
+    def forward(ctx, za, zb, temperature, core_loss, weight, comm, global_batch, gradient_reduction,
+                threads, call_temperature):
+        # temperature: the tensor of a learnable temperature (its gradient is asked of the library),
+        # or None; call_temperature: None (the loss's) or the float this call runs at.
+        with_t = temperature is not None
         fwd, ctx.dtype, values = _core_forward(core_loss, za, zb, weight, comm, global_batch,
-                                               gradient_reduction, threads)
+                                               gradient_reduction, threads, call_temperature, with_t)
         ctx.fwd = fwd
-        ctx.save_for_backward(za, zb)  # references: what a second-order gradient is tied to
+        ctx.with_t = with_t
+        # References: what a second-order gradient is tied to.
+        ctx.save_for_backward(za, zb, *((temperature,) if with_t else ()))
         ctx.in_dtypes = (za.dtype, zb.dtype)
         ctx.none = fwd.reduction == "none"
         return values
 
     @staticmethod
     def backward(ctx, grad_output):
-        za, zb = ctx.saved_tensors
-        grad_a, grad_b = _core_backward(ctx.fwd, grad_output if ctx.none else float(grad_output),
-                                        tuple(za.shape), ctx.dtype)
+        za, zb = ctx.saved_tensors[:2]
+        upstream = grad_output if ctx.none else float(grad_output)
+        grad_t = None
+        if ctx.with_t:
+            t = ctx.saved_tensors[2]
+            grad_a, grad_b, gt = _core_backward_temperature(ctx.fwd, upstream, tuple(za.shape),
+                                                            ctx.dtype)
+            grad_t = torch.full(t.shape, gt, dtype=t.dtype)
+        else:
+            grad_a, grad_b = _core_backward(ctx.fwd, upstream, tuple(za.shape), ctx.dtype)
         if ctx.in_dtypes[0] != ctx.dtype:
             grad_a = grad_a.to(ctx.in_dtypes[0])
         if ctx.in_dtypes[1] != ctx.dtype:
@@ -188,7 +215,9 @@ class _SimCLRFunction(torch.autograd.Function):
             # instead of treating these gradients as constants (silently wrong).
             grad_a = _NoSecondOrder.apply(grad_a, za)
             grad_b = _NoSecondOrder.apply(grad_b, zb)
-        return grad_a, grad_b, None, None, None, None, None, None
+            if grad_t is not None:
+                grad_t = _NoSecondOrder.apply(grad_t, ctx.saved_tensors[2])
+        return (grad_a, grad_b, grad_t) + (None,) * 7
 
 
 class _NoSecondOrder(torch.autograd.Function):
@@ -242,20 +271,48 @@ def _parsed(global_batch_size, gradient_reduction):
     return global_batch, gradient, None
 
 
+def _temperature_arg(temperature):
+    """A call's own temperature (a number, or a one-element tensor such as a learnable parameter):
+    (its value as a float, the tensor whose gradient is wanted or None, error or None). The value
+    itself (finite, > 0) is the library's to check, on every rank alike."""
+    if isinstance(temperature, torch.Tensor):
+        if temperature.numel() != 1 or not temperature.dtype.is_floating_point:
+            return 1.0, None, (TypeError, "temperature must be a number > 0, got "
+                               + _args.describe(temperature))
+        wanted = temperature if temperature.requires_grad and torch.is_grad_enabled() else None
+        return float(temperature.detach().reshape(())), wanted, None
+    try:
+        return _args.temperature_value(temperature), None, None
+    except TypeError as exc:
+        return 1.0, None, (type(exc), str(exc))
+
+
 def _call(core_loss, za, zb, sample_weight, process_group, global_batch_size, gradient_reduction,
-          config_error=None):
+          config_error=None, temperature=None):
+    """The call; temperature: None (the loss's) or this call's own (a number or a tensor)."""
+    call_t, t_tensor, t_error = (None, None, None) if temperature is None else (
+        _temperature_arg(temperature))
     if _cuda_route(za):
+        if t_tensor is not None:
+            raise NotImplementedError(
+                "simclr_loss.torch: a temperature that requires grad (a learnable temperature) is "
+                "supported on the CPU route only so far; the CUDA route has no dJ/dT yet (pass "
+                "temperature.detach(), or CPU tensors)")
+        if t_error is not None:
+            raise t_error[0](t_error[1])
         cfg = json.loads(core_loss.get_config_json())
         return _torch_cuda.simclr_loss_cuda(
-            za, zb, temperature=cfg["temperature"], reduction=cfg["reduction"],
-            global_batch_size=global_batch_size, process_group=process_group,
-            sample_weight=sample_weight, gradient_reduction=gradient_reduction)
+            za, zb, temperature=cfg["temperature"] if call_t is None else call_t,
+            reduction=cfg["reduction"], global_batch_size=global_batch_size,
+            process_group=process_group, sample_weight=sample_weight,
+            gradient_reduction=gradient_reduction)
     comm = None if process_group is None else _TorchComm(process_group).core_comm()
     threads = torch.get_num_threads()
     global_batch, gradient, parse_error = _parsed(global_batch_size, gradient_reduction)
     weight = _checked_weight(core_loss, za, zb, sample_weight, comm, global_batch, gradient, threads,
-                             config_error, parse_error)
-    return _SimCLRFunction.apply(za, zb, core_loss, weight, comm, global_batch, gradient, threads)
+                             config_error or t_error, parse_error)
+    return _SimCLRFunction.apply(za, zb, t_tensor, core_loss, weight, comm, global_batch, gradient,
+                                 threads, call_t)
 
 
 # ---- torch.compile: the loss as torch.library custom ops (torch >= 2.4) -------------------------
@@ -394,17 +451,23 @@ def simclr_loss(za, zb, sample_weight=None, *, temperature=0.05, reduction="auto
     if _compile_route(za, zb, temperature, reduction):
         return _compiled_call(za, zb, sample_weight, temperature, reduction, process_group,
                               global_batch_size, gradient_reduction)
-    if _cuda_route(za):
+    if _cuda_route(za) and not isinstance(temperature, torch.Tensor):
         return _torch_cuda.simclr_loss_cuda(
             za, zb, temperature=temperature, reduction=reduction,
             global_batch_size=global_batch_size, process_group=process_group,
             sample_weight=sample_weight, gradient_reduction=gradient_reduction)
-    if isinstance(temperature, torch.Tensor) and temperature.requires_grad:
-        # Refused rather than silently detached: no gradient flows into the temperature yet.
-        raise NotImplementedError(
-            "simclr_loss.torch: temperature is a tensor that requires grad, and the loss has no gradient "
-            "in the temperature (a learnable temperature is not supported yet); pass a float or "
-            "temperature.detach()")
+    if isinstance(temperature, torch.Tensor):
+        # A learnable temperature (or any tensor): this call's own, with dJ/dT when it requires grad.
+        # The loss's own temperature is never used then (1.0 is a placeholder).
+        config_error = None
+        try:
+            core_loss = _args.make_loss(1.0, reduction)
+        except (TypeError, ValueError) as exc:
+            if process_group is None:
+                raise
+            core_loss, config_error = _args.make_loss(1.0, "sum"), (type(exc), str(exc))
+        return _call(core_loss, za, zb, sample_weight, process_group, global_batch_size,
+                     gradient_reduction, config_error, temperature=temperature)
     config_error = None
     try:
         core_loss = _args.make_loss(temperature, reduction)
@@ -443,12 +506,16 @@ class SimCLRLoss(torch.nn.Module):
         self.global_batch_size = global_batch_size
         self.gradient_reduction = gradient_reduction
 
-    def forward(self, za, zb, sample_weight=None):
-        if _compile_route(za, zb, self.temperature, self.reduction):
-            return _compiled_call(za, zb, sample_weight, self.temperature, self.reduction,
+    def forward(self, za, zb, sample_weight=None, temperature=None):
+        """temperature: None (the constructor's), or this call's own: a number, or a one-element
+        tensor such as a learnable temperature, whose gradient dJ/dT then flows (CPU tensors). It
+        does not change get_config(), which keeps the constructor's."""
+        t = self.temperature if temperature is None else temperature
+        if _compile_route(za, zb, t, self.reduction):
+            return _compiled_call(za, zb, sample_weight, t, self.reduction,
                                   self.process_group, self.global_batch_size, self.gradient_reduction)
         return _call(self._core, za, zb, sample_weight, self.process_group, self.global_batch_size,
-                     self.gradient_reduction)
+                     self.gradient_reduction, temperature=temperature)
 
     def get_config(self):
         """TF Similarity's config dict: {'reduction': ..., 'name': ..., 'temperature': ...}."""

@@ -522,6 +522,7 @@ struct Forward {
   simclr_forward_info info{};
   nb::object values, per_example;
   std::vector<int64_t> rank_rows;
+  bool temperature_gradient = false;  // the forward asked for dJ/dT
 
   Forward() = default;
   Forward(const Forward&) = delete;
@@ -652,7 +653,8 @@ std::vector<int64_t> agree(const Loss& loss, nb::bytes records) {
 
 Forward* forward(nb::object loss_obj, nb::handle za, nb::handle zb, nb::handle weight,
                  nb::object comm_obj, int64_t global_batch_size, int32_t threads,
-                 int32_t gradient_reduction, nb::object input_error) {
+                 int32_t gradient_reduction, nb::object input_error, nb::object temperature,
+                 bool temperature_gradient) {
   Loss& loss = nb::cast<Loss&>(loss_obj);
   Comm* comm = comm_obj.is_none() ? nullptr : nb::cast<Comm*>(comm_obj);
   if (!input_error.is_none()) {
@@ -673,8 +675,15 @@ Forward* forward(nb::object loss_obj, nb::handle za, nb::handle zb, nb::handle w
   options.global_batch_size = global_batch_size;
   options.threads = threads;
   options.gradient_reduction = gradient_reduction;
+  if (!temperature.is_none()) {
+    // A Python number; its value is the library's to check (finite, > 0).
+    options.use_temperature = 1;
+    options.temperature = nb::cast<double>(temperature);
+  }
+  options.temperature_gradient = temperature_gradient ? 1 : 0;
 
   auto fwd = std::make_unique<Forward>();
+  fwd->temperature_gradient = temperature_gradient;
   fwd->dtype = a.view.dtype;
   fwd->cols = a.view.cols;
   const int64_t n = a.view.rows;
@@ -816,8 +825,10 @@ void grad_finish(GradArg& g) {
                g.view.rows, g.view.cols, dtype_size(g.view.dtype));
 }
 
-std::tuple<nb::object, nb::object> backward(Forward& fwd, nb::handle upstream, nb::handle grad_a,
-                                            nb::handle grad_b) {
+std::tuple<nb::object, nb::object, nb::object> backward_with_temperature(Forward& fwd,
+                                                                        nb::handle upstream,
+                                                                        nb::handle grad_a,
+                                                                        nb::handle grad_b) {
   int64_t count = 0;
   const std::vector<char> up = upstream_arg(upstream, fwd.dtype, &count);
   GradArg ga = grad_arg(grad_a, "grad_a", fwd.dtype, fwd.info.rows, fwd.cols);
@@ -825,16 +836,31 @@ std::tuple<nb::object, nb::object> backward(Forward& fwd, nb::handle upstream, n
   Loss& loss = nb::cast<Loss&>(fwd.loss);
   Comm* comm = fwd.comm_ptr();
   simclr_status status;
+  double gt64 = 0;
+  float gt32 = 0;
+  void* gt = !fwd.temperature_gradient ? nullptr
+             : fwd.dtype == SIMCLR_FLOAT32 ? static_cast<void*>(&gt32)
+                                           : static_cast<void*>(&gt64);
   {
     nb::gil_scoped_release release;
-    status = simclr_backward(loss.handle, fwd.handle, up.data(), count, &ga.view, &gb.view);
+    status = simclr_backward_temperature(loss.handle, fwd.handle, up.data(), count, &ga.view,
+                                         &gb.view, gt);
   }
   check(status, comm ? comm->take_raised() : nb::object());
   for (const ArgError* e : {&ga.error, &gb.error})
     if (*e) raise(e->type, e->message);
   grad_finish(ga);
   grad_finish(gb);
-  return {ga.result, gb.result};
+  nb::object grad_t = nb::none();
+  if (gt != nullptr)
+    grad_t = nb::float_(fwd.dtype == SIMCLR_FLOAT32 ? static_cast<double>(gt32) : gt64);
+  return {ga.result, gb.result, grad_t};
+}
+
+std::tuple<nb::object, nb::object> backward(Forward& fwd, nb::handle upstream, nb::handle grad_a,
+                                            nb::handle grad_b) {
+  auto [ga, gb, gt] = backward_with_temperature(fwd, upstream, grad_a, grad_b);
+  return {ga, gb};
 }
 
 }  // namespace
@@ -945,14 +971,17 @@ NB_MODULE(_core, m) {
       .def("forward", &forward, "za"_a.none(), "zb"_a.none(), "weight"_a = nb::none(),
            "comm"_a = nb::none(), "global_batch_size"_a = SIMCLR_GLOBAL_BATCH_NONE,
            "threads"_a = 0, "gradient_reduction"_a = SIMCLR_GRADIENT_SUM,
-           "input_error"_a = nb::none(),
+           "input_error"_a = nb::none(), "temperature"_a = nb::none(),
+           "temperature_gradient"_a = false,
            "Forward on host arrays za, zb [n, d] (float32 or float64, the same). weight: None or "
            "float64 ndim 0-2. comm: a Comm (collective). global_batch_size: GLOBAL_BATCH_NONE, "
            "GLOBAL_BATCH_INFER or >= 0. gradient_reduction: GRADIENT_SUM or GRADIENT_MEAN (a "
            "distributed call's backward times the ranks; every rank the same). input_error: None, "
            "or (TypeError, ValueError or NotImplementedError, message) for an input the caller "
            "rejected itself: the call then fails with it, on every rank of comm (za, zb, weight "
-           "are not read). Returns a Forward.");
+           "are not read). temperature: None (the loss's) or this call's own (a number; every rank "
+           "the same). temperature_gradient: the backward also gives dJ/dT "
+           "(Forward.backward_with_temperature). Returns a Forward.");
 
   nb::class_<Comm>(m, "Comm", nb::is_weak_referenceable(),
                    "A communicator (the C API's handle): callbacks, MPI or one rank.")
@@ -992,5 +1021,11 @@ NB_MODULE(_core, m) {
       .def_prop_ro("comm", [](const Forward& f) { return f.comm; })
       .def("backward", &backward, "upstream"_a, "grad_a"_a = nb::none(), "grad_b"_a = nb::none(),
            "dJ/dza, dJ/dzb for an upstream gradient (a number, or [n] for reduction none); "
-           "written into grad_a / grad_b when given. Collective when the forward was.");
+           "written into grad_a / grad_b when given. Collective when the forward was.")
+      .def("backward_with_temperature", &backward_with_temperature, "upstream"_a,
+           "grad_a"_a = nb::none(), "grad_b"_a = nb::none(),
+           "backward, and dJ/dT as a float (this rank's share when distributed, under the "
+           "forward's gradient_reduction), or None when the forward had no temperature_gradient.")
+      .def_prop_ro("temperature_gradient",
+                   [](const Forward& f) { return f.temperature_gradient; });
 }

@@ -265,6 +265,86 @@ ffi::Error agree_backward_impl(ffi::AnyBuffer records, ffi::AnyBuffer u_global,
                        temperature, reduction, threads);
 }
 
+// ---- a traced temperature (a learnable one): the temperature is an operand, not an attribute ----
+
+// The call's own temperature from a scalar buffer (float32 or float64), in the options.
+void use_temperature(simclr_call_options& o, const ffi::AnyBuffer& t) {
+  o.use_temperature = 1;
+  o.temperature = t.element_type() == ffi::DataType::F64
+                      ? *static_cast<const double*>(t.untyped_data())
+                      : static_cast<double>(*static_cast<const float*>(t.untyped_data()));
+}
+
+// As forward_impl, at the temperature of the operand `temperature` (the loss's attribute is a
+// placeholder).
+ffi::Error forward_t_impl(ffi::AnyBuffer u_global, ffi::AnyBuffer anchor_begin,
+                          ffi::AnyBuffer weight, ffi::AnyBuffer temperature,
+                          ffi::Result<ffi::AnyBuffer> row_lse,
+                          ffi::Result<ffi::AnyBuffer> per_example,
+                          ffi::Result<ffi::AnyBuffer> values, std::int64_t reduction,
+                          std::int64_t global_batch, std::int64_t has_weight,
+                          std::int64_t threads) {
+  LossHandle loss(1.0, reduction);
+  if (!loss.ok()) return step_error("forward");
+  const simclr_dtype t = dtype_of(u_global.element_type());
+  simclr_matrix u = matrix(u_global.untyped_data(), dim(u_global, 0), dim(u_global, 1), t);
+  const Weight w(weight);
+  simclr_call_options o = options(global_batch, threads);
+  use_temperature(o, temperature);
+  if (simclr_step_forward(loss.get(), &u, scalar_index(anchor_begin), dim(*per_example, 0),
+                          has_weight != 0 ? &w.view : nullptr, &o, row_lse->untyped_data(),
+                          per_example->untyped_data(), values->untyped_data()) != SIMCLR_OK)
+    return step_error("forward");
+  return ffi::Error::Success();
+}
+
+// As backward_impl at the operand's temperature, and this device's share of dJ/dT (a scalar of
+// u_global's dtype; simclr_step_backward_temperature).
+ffi::Error backward_t_impl(ffi::AnyBuffer u_global, ffi::AnyBuffer anchor_begin,
+                           ffi::AnyBuffer squared_norms, ffi::AnyBuffer lse_all,
+                           ffi::AnyBuffer alpha_all, ffi::AnyBuffer temperature,
+                           ffi::Result<ffi::AnyBuffer> grad_a, ffi::Result<ffi::AnyBuffer> grad_b,
+                           ffi::Result<ffi::AnyBuffer> grad_t, std::int64_t reduction,
+                           std::int64_t threads) {
+  LossHandle loss(1.0, reduction);
+  if (!loss.ok()) return step_error("backward");
+  const simclr_dtype t = dtype_of(u_global.element_type());
+  simclr_matrix u = matrix(u_global.untyped_data(), dim(u_global, 0), dim(u_global, 1), t);
+  simclr_matrix ga = matrix(grad_a->untyped_data(), dim(*grad_a, 0), dim(*grad_a, 1), t);
+  simclr_matrix gb = matrix(grad_b->untyped_data(), dim(*grad_b, 0), dim(*grad_b, 1), t);
+  simclr_call_options o = options(SIMCLR_GLOBAL_BATCH_NONE, threads);
+  use_temperature(o, temperature);
+  if (simclr_step_backward_temperature(loss.get(), &u, scalar_index(anchor_begin), ga.rows,
+                                       squared_norms.untyped_data(), lse_all.untyped_data(),
+                                       alpha_all.untyped_data(), &o, &ga, &gb,
+                                       grad_t->untyped_data()) != SIMCLR_OK)
+    return step_error("backward");
+  return ffi::Error::Success();
+}
+
+// records, then as backward_t_impl (agree_backward_impl with a traced temperature).
+ffi::Error agree_backward_t_impl(ffi::AnyBuffer records, ffi::AnyBuffer u_global,
+                                 ffi::AnyBuffer anchor_begin, ffi::AnyBuffer squared_norms,
+                                 ffi::AnyBuffer lse_all, ffi::AnyBuffer alpha_all,
+                                 ffi::AnyBuffer temperature, ffi::Result<ffi::AnyBuffer> grad_a,
+                                 ffi::Result<ffi::AnyBuffer> grad_b,
+                                 ffi::Result<ffi::AnyBuffer> grad_t, std::int64_t reduction,
+                                 std::int64_t threads) {
+  if (records.dimensions().size() != 2 || dim(records, 1) != SIMCLR_RECORD_BYTES)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "simclr_loss.jax backward: the records must be [devices, " +
+                          std::to_string(SIMCLR_RECORD_BYTES) + "] bytes");
+  {
+    LossHandle loss(1.0, reduction);
+    if (!loss.ok()) return step_error("backward");
+    if (simclr_step_agree(loss.get(), records.untyped_data(),
+                          static_cast<std::int32_t>(dim(records, 0)), nullptr) != SIMCLR_OK)
+      return step_error("backward");
+  }
+  return backward_t_impl(u_global, anchor_begin, squared_norms, lse_all, alpha_all, temperature,
+                         grad_a, grad_b, grad_t, reduction, threads);
+}
+
 }  // namespace
 
 namespace sig = simclr_jax_ffi;
@@ -277,6 +357,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrNormalize, normalize_impl, sig::normalize(ff
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrForward, forward_impl, sig::forward(ffi::Ffi::Bind()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAlpha, alpha_impl, sig::alpha(ffi::Ffi::Bind()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrBackward, backward_impl, sig::backward(ffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrForwardT, forward_t_impl, sig::forward_t(ffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrBackwardT, backward_t_impl, sig::backward_t(ffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAgreeBackwardT, agree_backward_t_impl, sig::agree_backward_t(ffi::Ffi::Bind()));
 
 NB_MODULE(_jax_ffi, m) {
   m.doc() = "XLA FFI handlers (CPU) of simclr_loss.jax; use simclr_loss.jax, which registers them.";
@@ -284,6 +367,7 @@ NB_MODULE(_jax_ffi, m) {
     nb::dict d;
 #define SIMCLR_ADD_TARGET(name, stem) d[name] = nb::capsule(reinterpret_cast<void*>(Simclr##stem));
     SIMCLR_JAX_FFI_TARGETS(SIMCLR_ADD_TARGET)
+    SIMCLR_JAX_FFI_CPU_TARGETS(SIMCLR_ADD_TARGET)
 #undef SIMCLR_ADD_TARGET
     return d;
   });

@@ -144,6 +144,35 @@ auto agree_backward(B&& b) {
   return config(rets<2>(args<6>(std::move(b)))).template Attr<std::int64_t>("threads");
 }
 
+// A traced temperature (CPU only so far): the temperature is an operand, not an attribute.
+// forward_t(u_global, offset, weight, temperature) -> (row_lse, per_example, values)
+template <typename B>
+auto forward_t(B&& b) {
+  return rets<3>(args<4>(std::move(b)))
+      .template Attr<std::int64_t>("reduction")
+      .template Attr<std::int64_t>("global_batch")
+      .template Attr<std::int64_t>("has_weight")
+      .template Attr<std::int64_t>("threads");
+}
+
+// backward_t(u_global, offset, squared_norms, lse_all, alpha_all, temperature)
+//   -> (grad_a, grad_b, grad_temperature)
+template <typename B>
+auto backward_t(B&& b) {
+  return rets<3>(args<6>(std::move(b)))
+      .template Attr<std::int64_t>("reduction")
+      .template Attr<std::int64_t>("threads");
+}
+
+// agree_backward_t(records, u_global, offset, squared_norms, lse_all, alpha_all, temperature)
+//   -> (grad_a, grad_b, grad_temperature)
+template <typename B>
+auto agree_backward_t(B&& b) {
+  return rets<3>(args<7>(std::move(b)))
+      .template Attr<std::int64_t>("reduction")
+      .template Attr<std::int64_t>("threads");
+}
+
 }  // namespace simclr_jax_ffi
 
 // X(target name, handler symbol stem): the handlers' dictionary of both extensions.
@@ -156,3 +185,9 @@ auto agree_backward(B&& b) {
   X("simclr_backward", Backward)                       \
   X("simclr_alpha_record", AlphaRecord)                \
   X("simclr_agree_backward", AgreeBackward)
+
+// The CPU handlers' own targets (a traced temperature; the CUDA handlers have none yet).
+#define SIMCLR_JAX_FFI_CPU_TARGETS(X)                   \
+  X("simclr_forward_t", ForwardT)                      \
+  X("simclr_backward_t", BackwardT)                    \
+  X("simclr_agree_backward_t", AgreeBackwardT)

@@ -206,6 +206,8 @@ CallOptions to_call_options(const simclr_call_options& o) {
   options.engine.symmetric = o.symmetric != 0;
   options.engine.schedule = c_schedule(o.schedule, "simclr_call_options");
   if (o.memory_budget_bytes != 0) options.engine.memory_budget_bytes = o.memory_budget_bytes;
+  if (o.use_temperature != 0) options.temperature = o.temperature;
+  options.temperature_gradient = o.temperature_gradient != 0;
   return options;
 }
 
@@ -244,7 +246,7 @@ void host_forward(const SimCLRLoss& loss, const simclr_matrix& za, const simclr_
 template <class T>
 void host_backward(const SimCLRLoss& loss, const HostForward<T>& saved, const void* upstream,
                    std::int64_t upstream_count, const simclr_matrix* grad_a,
-                   const simclr_matrix* grad_b) {
+                   const simclr_matrix* grad_b, void* grad_temperature) {
   const LossOutput<T>& out = saved.output;
   const T* up = static_cast<const T*>(upstream);
   Gradients<T> g;
@@ -272,6 +274,10 @@ void host_backward(const SimCLRLoss& loss, const HostForward<T>& saved, const vo
     SIMCLR_ENFORCE(m->rows <= 1 || m->row_stride >= m->cols, ValueError, "simclr_backward: ", what,
                    " row_stride ", m->row_stride, " is smaller than its ", m->cols, " columns");
   }
+  SIMCLR_ENFORCE(grad_temperature == nullptr || g.grad_temperature, ValueError,
+                 "simclr_backward_temperature: grad_temperature is set but the forward was not asked "
+                 "for dJ/dT (simclr_call_options.temperature_gradient)");
+  if (grad_temperature != nullptr) *static_cast<T*>(grad_temperature) = *g.grad_temperature;
   for (auto [m, src] : {std::pair{grad_a, &g.grad_a}, std::pair{grad_b, &g.grad_b}}) {
     const MatrixView<T> view(static_cast<T*>(m->data), m->rows, m->cols, m->row_stride);
     for (std::int64_t i = 0; i < view.rows; ++i)
@@ -379,6 +385,9 @@ void simclr_call_options_init(simclr_call_options* options) {
   options->gradient_reduction = SIMCLR_GRADIENT_SUM;
   options->input_error = SIMCLR_OK;
   options->input_error_message = nullptr;
+  options->use_temperature = 0;
+  options->temperature = 0;
+  options->temperature_gradient = 0;
 }
 
 simclr_status simclr_forward(simclr_loss_t loss, const simclr_matrix* za, const simclr_matrix* zb,
@@ -424,6 +433,14 @@ simclr_status simclr_forward(simclr_loss_t loss, const simclr_matrix* za, const 
 simclr_status simclr_backward(simclr_loss_t loss, simclr_forward_t saved, const void* upstream,
                               int64_t upstream_count, const simclr_matrix* grad_a,
                               const simclr_matrix* grad_b) {
+  return simclr_backward_temperature(loss, saved, upstream, upstream_count, grad_a, grad_b,
+                                     nullptr);
+}
+
+simclr_status simclr_backward_temperature(simclr_loss_t loss, simclr_forward_t saved,
+                                          const void* upstream, int64_t upstream_count,
+                                          const simclr_matrix* grad_a, const simclr_matrix* grad_b,
+                                          void* grad_temperature) {
   return c_api_guard([&] {
     using namespace simclr;
     SIMCLR_ENFORCE(loss != nullptr, ValueError, "simclr_backward: loss is NULL");
@@ -433,9 +450,11 @@ simclr_status simclr_backward(simclr_loss_t loss, simclr_forward_t saved, const 
       c_api_fail(SIMCLR_UNSUPPORTED,
                  "simclr_backward: saved comes from a device forward; use simclr_device_backward");
     if (auto* f = dynamic_cast<const detail::HostForward<float>*>(saved))
-      detail::host_backward(loss->loss, *f, upstream, upstream_count, grad_a, grad_b);
+      detail::host_backward(loss->loss, *f, upstream, upstream_count, grad_a, grad_b,
+                            grad_temperature);
     else if (auto* d = dynamic_cast<const detail::HostForward<double>*>(saved))
-      detail::host_backward(loss->loss, *d, upstream, upstream_count, grad_a, grad_b);
+      detail::host_backward(loss->loss, *d, upstream, upstream_count, grad_a, grad_b,
+                            grad_temperature);
     else
       throw Error("simclr_backward: saved is not a host forward");
   });

@@ -202,11 +202,21 @@ cuda::DeviceSimCLRLoss& device_loss(simclr_loss& loss) {
   return *static_cast<cuda::DeviceSimCLRLoss*>(loss.device_loss.get());
 }
 
+// A call's own temperature and dJ/dT are host calls only so far (docs/gpu.md, "Not done yet").
+void refuse_temperature_options(const simclr_call_options& o, const char* where) {
+  if (o.use_temperature != 0 || o.temperature_gradient != 0)
+    c_api_fail(SIMCLR_UNSUPPORTED,
+               str_cat(where, ": use_temperature and temperature_gradient (a call's own "
+                              "temperature, dJ/dT) are not supported by the device calls yet; "
+                              "use the host calls"));
+}
+
 // The device options of a simclr_call_options (options may be NULL: the defaults).
 cuda::DeviceCallOptions device_call_options(const simclr_call_options* options, const char* where) {
   simclr_call_options defaults;
   simclr_call_options_init(&defaults);
   const simclr_call_options& o = options != nullptr ? *options : defaults;
+  refuse_temperature_options(o, where);
   cuda::DeviceCallOptions call;
   call.communicator = device_communicator(o, where);
   call.global_batch_size = c_global_batch(o.global_batch_size, where);
@@ -317,6 +327,7 @@ DeviceStepOptions device_step_options(const simclr_call_options* o, const char* 
   if (o == nullptr) return out;
   SIMCLR_ENFORCE(o->comm == nullptr, ValueError, where,
                  ": options->comm must be NULL; the step calls never communicate");
+  refuse_temperature_options(*o, where);
   out.global_batch = encode_global_batch(c_global_batch(o->global_batch_size, where));
   out.device.symmetric = o->symmetric != 0;
   if (o->workspace_bytes != 0) out.device.workspace_bytes = o->workspace_bytes;

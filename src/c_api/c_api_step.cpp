@@ -95,6 +95,11 @@ std::optional<SampleWeight> to_sample_weight(const simclr_weight* w, std::int64_
 struct StepOptions {
   EngineOptions engine;
   std::int64_t global_batch = kNoGlobalBatch;
+  std::optional<double> temperature;  // the call's (use_temperature), or none: the loss's
+  // The temperature the step runs at.
+  double temperature_of(const SimCLRLoss& loss) const {
+    return temperature ? *temperature : loss.temperature();
+  }
 };
 
 StepOptions to_step_options(const simclr_call_options* o, const char* where) {
@@ -109,6 +114,10 @@ StepOptions to_step_options(const simclr_call_options* o, const char* where) {
   out.engine.threads = o->threads;
   out.engine.symmetric = o->symmetric != 0;
   if (o->memory_budget_bytes != 0) out.engine.memory_budget_bytes = o->memory_budget_bytes;
+  if (o->use_temperature != 0) {
+    validate_temperature(o->temperature);
+    out.temperature = o->temperature;
+  }
   return out;
 }
 
@@ -176,7 +185,7 @@ void step_forward(const SimCLRLoss& loss, const simclr_matrix& u_global, const R
   EngineOptions engine = options.engine;
   engine.memory_budget_bytes = 0;
   const EngineForward<T> f =
-      engine_forward(u, layout, static_cast<T>(1.0 / loss.temperature()), engine);
+      engine_forward(u, layout, static_cast<T>(1.0 / options.temperature_of(loss)), engine);
   const ReducedLoss<T> r = reduce_examples(
       f.row_lse.data(), f.row_positive.data(), layout.pairs, weight, resolved(loss),
       reduction_denominator(options.global_batch, layout.pairs, layout.total_rows / 2));
@@ -190,14 +199,15 @@ template <class T>
 void step_backward(const SimCLRLoss& loss, const simclr_matrix& u_global, const RowLayout& layout,
                    const void* squared_norms, const void* lse_all, const void* alpha_all,
                    const StepOptions& options, const simclr_matrix& grad_a,
-                   const simclr_matrix& grad_b) {
+                   const simclr_matrix& grad_b, void* grad_temperature) {
   RowMatrix<T> packed;
   const ConstMatrixView<T> u = engine_rows<T>(u_global, packed);
   const EngineForward<T> nothing_kept;  // no logits block: the engine recomputes the logits
   EngineBackwardArgs<T> args;
   args.u = u;
   args.layout = layout;
-  args.inv_temperature = static_cast<T>(1.0 / loss.temperature());
+  const double temperature = options.temperature_of(loss);
+  args.inv_temperature = static_cast<T>(1.0 / temperature);
   args.lse_all = static_cast<const T*>(lse_all);
   args.alpha_all = static_cast<const T*>(alpha_all);
   args.saved = &nothing_kept;
@@ -207,6 +217,9 @@ void step_backward(const SimCLRLoss& loss, const simclr_matrix& u_global, const 
   const std::int64_t n = layout.pairs, d = u.cols;
   const T* anchors = u.data + layout.anchor_begin * d;
   const T* norms = static_cast<const T*>(squared_norms);
+  if (grad_temperature != nullptr)
+    *static_cast<T*>(grad_temperature) = static_cast<T>(
+        temperature_gradient_share(anchors, grad_u.data(), 2 * n, d, temperature));
   l2_normalize_backward(anchors, d, norms, grad_u.data(), d, n, d, static_cast<T*>(grad_a.data),
                         grad_a.row_stride);
   l2_normalize_backward(anchors + n * d, d, norms + n, grad_u.data() + n * d, d, n, d,
@@ -301,6 +314,17 @@ simclr_status simclr_step_backward(simclr_loss_t loss, const simclr_matrix* u_gl
                                    const void* lse_all, const void* alpha_all,
                                    const simclr_call_options* options, const simclr_matrix* grad_a,
                                    const simclr_matrix* grad_b) {
+  return simclr_step_backward_temperature(loss, u_global, anchor_begin, pairs, squared_norms,
+                                          lse_all, alpha_all, options, grad_a, grad_b, nullptr);
+}
+
+simclr_status simclr_step_backward_temperature(simclr_loss_t loss, const simclr_matrix* u_global,
+                                               int64_t anchor_begin, int64_t pairs,
+                                               const void* squared_norms, const void* lse_all,
+                                               const void* alpha_all,
+                                               const simclr_call_options* options,
+                                               const simclr_matrix* grad_a,
+                                               const simclr_matrix* grad_b, void* grad_temperature) {
   return c_api_guard([&] {
     namespace d = simclr::detail;
     const char* where = "simclr_step_backward";
@@ -312,10 +336,10 @@ simclr_status simclr_step_backward(simclr_loss_t loss, const simclr_matrix* u_gl
     d::check_matrix(grad_b, "grad_b", where, u_global->dtype, pairs, u_global->cols);
     if (u_global->dtype == SIMCLR_FLOAT32)
       d::step_backward<float>(loss->loss, *u_global, layout, squared_norms, lse_all, alpha_all, o,
-                              *grad_a, *grad_b);
+                              *grad_a, *grad_b, grad_temperature);
     else
       d::step_backward<double>(loss->loss, *u_global, layout, squared_norms, lse_all, alpha_all, o,
-                               *grad_a, *grad_b);
+                               *grad_a, *grad_b, grad_temperature);
   });
 }
 
@@ -361,10 +385,11 @@ void write_record(simclr_loss_t loss, std::int64_t rows, std::int64_t cols, std:
   AgreementRecord mine = forward_record(
       shaped ? rows : 0, shaped ? cols : 0, shaped ? static_cast<std::int32_t>(dtype) : 0,
       config.reduction == Reduction::kAuto ? Reduction::kSumOverBatchSize : config.reduction,
-      config.temperature, kNoGlobalBatch);
+      o.use_temperature != 0 ? o.temperature : config.temperature, kNoGlobalBatch);
   capture(mine, [&] {
     check_collectively(nullptr, &o, [&] {
       checks();
+      if (o.use_temperature != 0) validate_temperature(o.temperature);
       mine.global_batch = encode_global_batch(c_global_batch(o.global_batch_size, where));
       mine.schedule = static_cast<std::int32_t>(c_schedule(o.schedule, where));
       mine.gradient_reduction =

@@ -280,6 +280,15 @@ std::vector<std::int64_t> balanced_blocks(const std::vector<std::int64_t>& rank_
 }
 
 template <class T>
+double temperature_gradient_share(const T* anchors, const T* grad, std::int64_t rows,
+                                  std::int64_t dim, double temperature) {
+  double dot = 0;
+  for (std::int64_t q = 0; q < rows * dim; ++q)
+    dot += static_cast<double>(anchors[q]) * static_cast<double>(grad[q]);
+  return -dot / (2 * temperature);
+}
+
+template <class T>
 EngineForward<T> engine_forward_balanced(ConstMatrixView<T> u, const RowLayout& layout,
                                          T inv_temperature, const EngineOptions& options,
                                          const std::vector<std::int64_t>& blocks,
@@ -493,6 +502,8 @@ void l2_normalize_backward(const T* xhat, std::int64_t xhat_stride, const T* squ
   template void l2_normalize_rows<T>(ConstMatrixView<T>, T*, std::int64_t, T*);                    \
   template void l2_normalize_backward<T>(const T*, std::int64_t, const T*, const T*, std::int64_t, \
                                          std::int64_t, std::int64_t, T*, std::int64_t);            \
+  template double temperature_gradient_share<T>(const T*, const T*, std::int64_t, std::int64_t,    \
+                                                double);                                           \
   template bool has_fixed_shift<T>(T);                                                             \
   template T fixed_shift_of<T>(T);                                                                 \
   template EngineForward<T> engine_forward_balanced<T>(                                            \

@@ -56,12 +56,14 @@ GlobalBatchSize GlobalBatchSize::of(std::int64_t rows) {
   return GlobalBatchSize(rows);
 }
 
-namespace {
-
-void check_temperature(double t) {
+void validate_temperature(double t) {
   SIMCLR_ENFORCE(std::isfinite(t) && t > 0, ValueError,
                  "temperature must be a finite number > 0, got ", t);
 }
+
+namespace {
+
+void check_temperature(double t) { validate_temperature(t); }
 
 const char* json_type(const nlohmann::json& v) { return v.type_name(); }
 

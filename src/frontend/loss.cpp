@@ -27,6 +27,8 @@ struct SavedForward {
   Communicator* communicator = nullptr;
   EngineOptions options;
   T inv_temperature = 1;
+  double temperature = 1;             // the call's (CallOptions::temperature, or the loss's)
+  bool temperature_gradient = false;  // CallOptions::temperature_gradient
   Schedule schedule = Schedule::kOwnRows;  // resolved
   std::vector<std::int64_t> blocks;        // balanced: this rank's off-diagonal blocks
 };
@@ -75,8 +77,13 @@ LossOutput<T> SimCLRLoss::forward(ConstMatrixView<T> za, ConstMatrixView<T> zb,
                                   const CallOptions& options) const {
   Communicator* comm = options.communicator;
   auto saved = std::make_shared<SavedForward<T>>();
+  // The call's temperature, in place of the loss's (CallOptions::temperature); the agreement step
+  // compares it across ranks as it does the loss's.
+  LossConfig call_config = config_;
+  if (options.temperature) call_config.temperature = *options.temperature;
   // Local validation; the shared step carries its errors to every rank when distributed.
   auto validate = [&] {
+    if (options.temperature) validate_temperature(*options.temperature);
     detail::check_view(za, "za");
     detail::check_view(zb, "zb");
     detail::check_same_shape(za.rows, za.cols, zb.rows, zb.cols);
@@ -85,7 +92,7 @@ LossOutput<T> SimCLRLoss::forward(ConstMatrixView<T> za, ConstMatrixView<T> zb,
     saved->weight = detail::broadcast_weight(sample_weight, za.rows);
   };
   const detail::StepRequest request{
-      za.rows, za.cols, static_cast<std::int32_t>(dtype_of<T>()), &config_,
+      za.rows, za.cols, static_cast<std::int32_t>(dtype_of<T>()), &call_config,
       options.global_batch_size, options.engine.schedule, options.gradient_reduction,
       detail::host_dtype_name, "CallOptions"};
   saved->plan = detail::plan_step(comm, request, validate);
@@ -93,7 +100,9 @@ LossOutput<T> SimCLRLoss::forward(ConstMatrixView<T> za, ConstMatrixView<T> zb,
   const std::int64_t n = za.rows, d = za.cols;
   saved->communicator = comm;
   saved->options = options.engine;
-  saved->inv_temperature = static_cast<T>(1.0 / config_.temperature);
+  saved->temperature = call_config.temperature;
+  saved->temperature_gradient = options.temperature_gradient;
+  saved->inv_temperature = static_cast<T>(1.0 / call_config.temperature);
 
   // Normalise own rows ([a; b], 2n x d), then gather every rank's into U (docs/math.md section 3).
   saved->squared_norms.resize(static_cast<std::size_t>(2 * n));
@@ -122,6 +131,7 @@ LossOutput<T> SimCLRLoss::forward(ConstMatrixView<T> za, ConstMatrixView<T> zb,
   out.rank_rows = plan.rank_rows;
   out.row_offset = plan.offset;
   out.global_rows = plan.total;
+  out.temperature = call_config.temperature;
   out.flops = saved->engine.flops;
   out.per_example = reduced.per_example;
   out.values = reduced.values;
@@ -238,6 +248,9 @@ Gradients<T> SimCLRLoss::backward_alpha(const LossOutput<T>& output, const T* up
   out.grad_a.resize(n, d);
   out.grad_b.resize(n, d);
   const T* anchors = s.u.data() + plan.layout.anchor_begin * d;
+  if (s.temperature_gradient)
+    out.grad_temperature = static_cast<T>(
+        detail::temperature_gradient_share(anchors, grad_u.data(), 2 * n, d, s.temperature));
   detail::l2_normalize_backward(anchors, d, s.squared_norms.data(), grad_u.data(), d, n, d,
                                 out.grad_a.data(), d);
   detail::l2_normalize_backward(anchors + n * d, d, s.squared_norms.data() + n,

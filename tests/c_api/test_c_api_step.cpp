@@ -1,7 +1,8 @@
 // The step calls (c_api.h, "step calls for frameworks whose collectives are graph ops") against the
 // collective-free simclr_forward / simclr_backward on the whole batch: P simulated ranks run
 // normalize, forward, alpha and backward, the test doing the gathers between them, and must give
-// the whole batch's loss (summed over ranks) and gradients. Also their errors.
+// the whole batch's loss (summed over ranks) and gradients, and dJ/dT (the ranks' shares of
+// simclr_step_backward_temperature summed) at a call's own temperature. Also their errors.
 
 #include <cmath>
 #include <cstdio>
@@ -50,27 +51,36 @@ void check_against_whole_batch(simclr_reduction reduction, int ranks, int64_t n,
 
   simclr_loss_t loss = nullptr;
   CHECK_OK(simclr_loss_create(0.2, reduction, nullptr, &loss));
+  // The steps run on a loss of another temperature, at the call's own 0.2 (use_temperature).
+  simclr_loss_t step_loss = nullptr;
+  CHECK_OK(simclr_loss_create(0.9, reduction, nullptr, &step_loss));
   const bool per_example = reduction == SIMCLR_REDUCTION_NONE;
+  simclr_call_options host;
+  simclr_call_options_init(&host);
+  host.temperature_gradient = 1;
 
   // The whole batch in one local call.
   simclr_matrix a = view(za.data(), G, d), b = view(zb.data(), G, d);
   simclr_weight wt{w.data(), 1, 0, {G, 0}};
   std::vector<double> want_values(per_example ? G : 1);
   simclr_forward_t saved = nullptr;
-  CHECK_OK(
-      simclr_forward(loss, &a, &b, &wt, nullptr, want_values.data(), nullptr, nullptr, &saved));
+  CHECK_OK(simclr_forward(loss, &a, &b, &wt, &host, want_values.data(), nullptr, nullptr, &saved));
   std::vector<double> want_ga(G * d), want_gb(G * d);
   simclr_matrix ga = view(want_ga.data(), G, d), gb = view(want_gb.data(), G, d);
   const double one = 1.0;
   std::vector<double> ones(G, 1.0);
-  CHECK_OK(simclr_backward(loss, saved, per_example ? ones.data() : &one, per_example ? G : 1, &ga,
-                           &gb));
+  double want_t = 0;
+  CHECK_OK(simclr_backward_temperature(loss, saved, per_example ? ones.data() : &one,
+                                       per_example ? G : 1, &ga, &gb, &want_t));
+  CHECK(want_t != 0);
   simclr_forward_destroy(saved);
 
   // The steps, rank by rank, with the gathers done here.
   simclr_call_options o;
   simclr_call_options_init(&o);
   if (ranks > 1) o.global_batch_size = SIMCLR_GLOBAL_BATCH_INFER;
+  o.use_temperature = 1;
+  o.temperature = 0.2;
   std::vector<double> u_global(2 * G * d), norms(2 * G), lse(2 * G), alpha(2 * G);
   for (int r = 0; r < ranks; ++r) {
     simclr_matrix ar = view(za.data() + r * n * d, n, d), br = view(zb.data() + r * n * d, n, d);
@@ -82,29 +92,35 @@ void check_against_whole_batch(simclr_reduction reduction, int ranks, int64_t n,
   for (int r = 0; r < ranks; ++r) {
     std::vector<double> values(per_example ? n : 1), per(n);
     simclr_weight wr{w.data() + r * n, 1, 0, {n, 0}};
-    CHECK_OK(simclr_step_forward(loss, &u, 2 * r * n, n, &wr, &o, lse.data() + 2 * r * n,
+    CHECK_OK(simclr_step_forward(step_loss, &u, 2 * r * n, n, &wr, &o, lse.data() + 2 * r * n,
                                  per.data(), values.data()));
     for (std::size_t i = 0; i < values.size(); ++i) {
       total += values[i];
       if (per_example) CHECK(close(values[i], want_values[r * n + i]));
     }
-    CHECK_OK(simclr_step_alpha(loss, SIMCLR_FLOAT64, n, G, &wr, &o,
+    CHECK_OK(simclr_step_alpha(step_loss, SIMCLR_FLOAT64, n, G, &wr, &o,
                                per_example ? ones.data() : &one, per_example ? n : 1,
                                alpha.data() + 2 * r * n));
   }
   double want_total = 0;
   for (double v : want_values) want_total += v;
   CHECK(close(total, want_total));
+  double total_t = 0;
   for (int r = 0; r < ranks; ++r) {
     std::vector<double> got_a(n * d), got_b(n * d);
     simclr_matrix gar = view(got_a.data(), n, d), gbr = view(got_b.data(), n, d);
-    CHECK_OK(simclr_step_backward(loss, &u, 2 * r * n, n, norms.data() + 2 * r * n, lse.data(),
-                                  alpha.data(), &o, &gar, &gbr));
+    double share = 0;
+    CHECK_OK(simclr_step_backward_temperature(step_loss, &u, 2 * r * n, n,
+                                              norms.data() + 2 * r * n, lse.data(), alpha.data(),
+                                              &o, &gar, &gbr, &share));
+    total_t += share;
     for (int64_t k = 0; k < n * d; ++k) {
       CHECK(close(got_a[k], want_ga[r * n * d + k]));
       CHECK(close(got_b[k], want_gb[r * n * d + k]));
     }
   }
+  CHECK(std::fabs(total_t - want_t) <= 1e-11 * std::fabs(want_t));
+  simclr_loss_destroy(step_loss);
   simclr_loss_destroy(loss);
 }
 
@@ -208,8 +224,35 @@ void check_shapes() {
         std::string::npos);
 }
 
+// dJ/dT asked of a backward whose forward did not ask for it; a bad call temperature in a step.
+void check_temperature_errors() {
+  simclr_loss_t loss = nullptr;
+  CHECK_OK(simclr_loss_create(0.2, SIMCLR_REDUCTION_SUM, nullptr, &loss));
+  std::vector<double> za = {1, 0, 0, 1, 1, 1}, zb = {1, 0, 0, 1, 1, -1}, g(6);
+  simclr_matrix a = view(za.data(), 3, 2), b = view(zb.data(), 3, 2), ga = view(g.data(), 3, 2);
+  double value = 0, t = 0, one = 1;
+  simclr_forward_t saved = nullptr;
+  CHECK_OK(simclr_forward(loss, &a, &b, nullptr, nullptr, &value, nullptr, nullptr, &saved));
+  CHECK(simclr_backward_temperature(loss, saved, &one, 1, &ga, &ga, &t) == SIMCLR_VALUE_ERROR);
+  CHECK(std::string(simclr_last_error()).find("temperature_gradient") != std::string::npos);
+  simclr_forward_destroy(saved);
+  simclr_call_options o;
+  simclr_call_options_init(&o);
+  o.use_temperature = 1;
+  o.temperature = 0;
+  std::vector<double> u(12), norms(6), lse(6);
+  simclr_matrix um = view(u.data(), 6, 2);
+  CHECK_OK(simclr_step_normalize(&a, &b, &um, norms.data()));
+  CHECK(simclr_step_forward(loss, &um, 0, 3, nullptr, &o, lse.data(), nullptr, &value) ==
+        SIMCLR_VALUE_ERROR);
+  CHECK(std::string(simclr_last_error()).find("temperature must be a finite number > 0, got 0") !=
+        std::string::npos);
+  simclr_loss_destroy(loss);
+}
+
 int main() {
   check_shapes();
+  check_temperature_errors();
   check_agreement();
   for (simclr_reduction r : {SIMCLR_REDUCTION_AUTO, SIMCLR_REDUCTION_SUM, SIMCLR_REDUCTION_NONE})
     for (int ranks : {1, 2, 3}) check_against_whole_batch(r, ranks, 5, 7);

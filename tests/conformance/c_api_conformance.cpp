@@ -208,6 +208,12 @@ void run_value_case(const json& c, double tol, simclr_comm_t comm) {
   const std::string r = c["reduction"].get<std::string>();
   if (comm != nullptr && (r == "auto" || r == "sum_over_batch_size"))
     o.global_batch_size = SIMCLR_GLOBAL_BATCH_INFER;
+  if (c.contains("call_temperature")) {
+    o.use_temperature = 1;
+    o.temperature = number(c["call_temperature"]);
+  }
+  const bool want_t = c.contains("grad_temperature");
+  o.temperature_gradient = want_t ? 1 : 0;
   const bool none = r == "none";
   std::vector<double> v64(static_cast<std::size_t>(std::max<std::int64_t>(in.n, 1)));
   std::vector<float> v32(v64.size());
@@ -234,7 +240,7 @@ void run_value_case(const json& c, double tol, simclr_comm_t comm) {
   const double t = c.contains("tolerance") ? c["tolerance"].get<double>() : tol;
   const double e = scaled_rel(got, want);
   report(e <= t, id, "loss off by " + std::to_string(e));
-  if (c.contains("grad_za")) {
+  if (c.contains("grad_za") || want_t) {
     // J = sum of the returned loss: upstream 1 for a reduced loss, ones for none.
     std::vector<double> up64(static_cast<std::size_t>(none ? in.n : 1), 1.0);
     std::vector<float> up32(up64.begin(), up64.end());
@@ -246,12 +252,25 @@ void run_value_case(const json& c, double tol, simclr_comm_t comm) {
     simclr_matrix mb{in.f32 ? static_cast<void*>(gb32.data()) : gb64.data(), in.n, in.d, in.d, dt,
                      -1};
     const void* up = in.f32 ? static_cast<const void*>(up32.data()) : up64.data();
-    if (simclr_backward(loss, saved, up, static_cast<std::int64_t>(up64.size()), &ma, &mb) !=
-        SIMCLR_OK) {
+    double gt64 = 0;
+    float gt32 = 0;
+    void* gt = !want_t ? nullptr : in.f32 ? static_cast<void*>(&gt32) : &gt64;
+    if (simclr_backward_temperature(loss, saved, up, static_cast<std::int64_t>(up64.size()), &ma,
+                                    &mb, gt) != SIMCLR_OK) {
       report(false, id, std::string("backward: ") + simclr_last_error());
     } else {
+      if (want_t) {
+        // dJ/dT: this rank's share; the shares add up to the whole batch's.
+        double share = in.f32 ? static_cast<double>(gt32) : gt64;
+#ifdef SIMCLR_CONFORMANCE_MPI
+        share = sum_over_ranks(share);
+#endif
+        const double et = scaled_rel({share}, {number(c["grad_temperature"])});
+        report(et <= t, id, "grad_temperature off by " + std::to_string(et));
+      }
       for (auto [got32, got64, key] : {std::tuple{&ga32, &ga64, "grad_za"},
                                        std::tuple{&gb32, &gb64, "grad_zb"}}) {
+        if (!c.contains(key)) continue;
         const std::vector<double> gv =
             in.f32 ? std::vector<double>(got32->begin(), got32->end()) : *got64;
         std::vector<double> gw = flat(c[key]);
@@ -286,8 +305,10 @@ void run_error_case(json c, const json& defaults, simclr_comm_t comm) {
   if (comm != nullptr && (config_error || reduction_error)) return;  // not a collective error
   json mine = c;
   const int last = size - 1;
-  if (comm != nullptr && rank != last)
+  if (comm != nullptr && rank != last) {
     for (const char* key : {"za", "zb", "sample_weight"}) mine[key] = defaults[key];
+    mine.erase("call_temperature");
+  }
   Inputs in;
   make_inputs(mine, 0, matrix(mine["za"]).rows, in);
   simclr_loss_t loss = nullptr;
@@ -296,6 +317,10 @@ void run_error_case(json c, const json& defaults, simclr_comm_t comm) {
     simclr_call_options o;
     simclr_call_options_init(&o);
     o.comm = comm;
+    if (mine.contains("call_temperature")) {
+      o.use_temperature = 1;
+      o.temperature = number(mine["call_temperature"]);
+    }
     std::vector<double> values(static_cast<std::size_t>(std::max<std::int64_t>(in.n, 1)));
     st = simclr_forward(loss, &in.a, &in.b, in.weighted ? &in.w : nullptr, &o, values.data(),
                         nullptr, nullptr, nullptr);

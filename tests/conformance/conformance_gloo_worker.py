@@ -43,8 +43,11 @@ def main():
         w = None if mine.weight is None else torch.from_numpy(mine.weight)
         start = time.monotonic()
         try:
+            # A call's own temperature goes as a learnable one would: a tensor that requires grad.
+            t = mine.temperature if mine.call_temperature is None else torch.tensor(
+                mine.call_temperature, dtype=torch.float64, requires_grad=True)
             st.simclr_loss(torch.from_numpy(mine.za), torch.from_numpy(mine.zb), w,
-                           temperature=mine.temperature, reduction=mine.reduction,
+                           temperature=t, reduction=mine.reduction,
                            process_group=dist.group.WORLD)
             got = ("no exception", "")
         except Exception as exc:  # noqa: BLE001 - compared below

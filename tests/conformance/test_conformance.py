@@ -60,6 +60,10 @@ class Case:
         w = raw.get("sample_weight")
         self.weight = None if w is None else _array(w, np.float64)
         self.tolerance = raw.get("tolerance", TABLE["tolerance"][raw["dtype"]])
+        # The call's own temperature (None: the loss's), and whether dJ/dT is expected.
+        ct = raw.get("call_temperature")
+        self.call_temperature = None if ct is None else _number(ct)
+        self.grad_temperature = raw.get("grad_temperature")
 
 
 def _value_cases():
@@ -125,8 +129,13 @@ def run_cli(case):
 def run_numpy(case):
     import simclr_loss
     loss = simclr_loss.SimCLRLoss(temperature=case.temperature, reduction=case.reduction)
-    value, ga, gb = loss.value_and_gradient(case.za, case.zb, sample_weight=case.weight)
-    return np.asarray(value), ga, gb
+    if case.call_temperature is None:
+        value, ga, gb = loss.value_and_gradient(case.za, case.zb, sample_weight=case.weight)
+        return np.asarray(value), ga, gb
+    value, ga, gb, gt = loss.value_and_gradient(case.za, case.zb, sample_weight=case.weight,
+                                                temperature=case.call_temperature,
+                                                temperature_gradient=True)
+    return np.asarray(value), ga, gb, gt
 
 
 def run_torch(case):
@@ -135,15 +144,36 @@ def run_torch(case):
     za = torch.from_numpy(case.za).requires_grad_(True)
     zb = torch.from_numpy(case.zb).requires_grad_(True)
     w = None if case.weight is None else torch.from_numpy(case.weight)
-    value = st.simclr_loss(za, zb, w, temperature=case.temperature, reduction=case.reduction)
+    if case.call_temperature is None:
+        value = st.simclr_loss(za, zb, w, temperature=case.temperature, reduction=case.reduction)
+        value.sum().backward()
+        return value.detach().numpy(), za.grad.numpy(), zb.grad.numpy()
+    # The module's per-call temperature: a learnable one, a tensor that requires grad.
+    t = torch.tensor(case.call_temperature, dtype=torch.float64, requires_grad=True)
+    value = st.SimCLRLoss(temperature=case.temperature, reduction=case.reduction)(
+        za, zb, w, temperature=t)
     value.sum().backward()
-    return value.detach().numpy(), za.grad.numpy(), zb.grad.numpy()
+    return value.detach().numpy(), za.grad.numpy(), zb.grad.numpy(), t.grad.item()
 
 
 def run_jax(case):
     import jax
+    import jax.numpy as jnp
     import simclr_loss.jax as sj
     jax.config.update("jax_enable_x64", True)
+
+    if case.call_temperature is not None:
+        # The loss object's per-call temperature, traced (a learnable one): jax.grad gives dJ/dT.
+        loss = sj.SimCLRLoss(temperature=case.temperature, reduction=case.reduction)
+
+        def g(a, b, t):
+            v = loss(a, b, sample_weight=case.weight, temperature=t)
+            return v.sum(), v
+
+        t = jnp.asarray(case.call_temperature, dtype=case.dtype)
+        (_, value), (ga, gb, gt) = jax.value_and_grad(g, argnums=(0, 1, 2), has_aux=True)(
+            case.za, case.zb, t)
+        return np.asarray(value), np.asarray(ga), np.asarray(gb), float(gt)
 
     def f(a, b):
         v = sj.simclr_loss(a, b, temperature=case.temperature, reduction=case.reduction,
@@ -270,7 +300,8 @@ def _front_end(name, case):
         pytest.skip(name + " is not installed in this environment")
     why = TABLE.get("not_applicable", {}).get(_table_name(name), {})
     for key in (case.id, "reduction:" + case.reduction,
-                "weighted" if case.weight is not None else "unweighted"):
+                "weighted" if case.weight is not None else "unweighted",
+                "call_temperature" if case.call_temperature is not None else "loss_temperature"):
         if key in why:
             pytest.skip(name + ": " + why[key])
     return run
@@ -289,7 +320,7 @@ def _rel(got, want, scale):
 @pytest.mark.parametrize("case", VALUE_CASES, ids=lambda c: c.id)
 def test_values(name, case):
     run = _front_end(name, case)
-    value, ga, gb = run(case)
+    value, ga, gb, *gt = run(case)
     want = np.asarray(case.raw["loss"], dtype=np.float64)
     dtype, tolerance = np.dtype(case.dtype), case.tolerance
     if name == "keras" and _table_name(name) == "keras3":
@@ -307,6 +338,10 @@ def test_values(name, case):
             w = np.asarray(case.raw[key], dtype=np.float64)
             gscale = max(1.0 / case.temperature, float(np.max(np.abs(w), initial=0.0)))
             assert _rel(got, w, gscale) <= tolerance, key
+    if case.grad_temperature is not None:
+        assert gt, name + " gave no dJ/dT"
+        want_t = float(case.grad_temperature)
+        assert abs(gt[0] - want_t) / max(1.0, abs(want_t)) <= tolerance, (gt[0], want_t)
 
 
 def _keras3_own_dtype(reduction, dtype):

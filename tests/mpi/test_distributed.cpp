@@ -346,6 +346,104 @@ TEST(Distributed, GradientReductionMeanScalesByTheRanks) {
   EXPECT_LE(max_rel<double>(g_m.grad_b, p * g_s.grad_b), 1e-15);
 }
 
+// dJ/dT (CallOptions::temperature_gradient): each rank's share; the shares add up (kSum) or average
+// (kMean) to the single-process dJ/dT of the whole batch, for every split (uneven, a rank with no
+// rows), every reduction, the kept and streamed engines and both schedules; the call's temperature
+// (not the loss's) is the one used.
+template <class T>
+void check_temperature_gradient(double tol) {
+  const int k = world_size(), rank = world_rank();
+  MpiCommunicator comm(MPI_COMM_WORLD);
+  const std::int64_t g = 10, d = 5;
+  const double t = 0.15;
+  const RowMatrix<T> za = global_view<T>(0, g, d), zb = global_view<T>(1, g, d);
+  std::vector<double> w_global(g);
+  for (std::int64_t i = 0; i < g; ++i) w_global[i] = 0.5 + 0.25 * static_cast<double>(i % 3);
+  std::vector<T> up_global(g);
+  for (std::int64_t i = 0; i < g; ++i)
+    up_global[i] = static_cast<T>(1.0 - 0.1 * static_cast<double>(i));
+  const SampleWeight w_all = SampleWeight::per_example(w_global);
+  for (const auto& split : splits(g, k)) {
+    const std::int64_t begin =
+        std::accumulate(split.begin(), split.begin() + rank, std::int64_t{0});
+    const std::int64_t n = split[rank];
+    const ConstMatrixView<T> a(za.data() + begin * d, n, d), b(zb.data() + begin * d, n, d);
+    const SampleWeight w_mine = SampleWeight::per_example(
+        std::vector<double>(w_global.begin() + begin, w_global.begin() + begin + n));
+    const std::vector<T> up_mine(up_global.begin() + begin, up_global.begin() + begin + n);
+    for (auto reduction : {Reduction::kNone, Reduction::kSum, Reduction::kSumOverBatchSize}) {
+      // The single process on the whole batch.
+      const SimCLRLoss local(t, reduction);
+      CallOptions lo;
+      lo.temperature_gradient = true;
+      const auto whole = local.forward<T>(za, zb, &w_all, lo);
+      const auto gw = reduction == Reduction::kNone ? local.backward(whole, up_global)
+                                                    : local.backward(whole, T(1));
+      ASSERT_TRUE(gw.grad_temperature.has_value());
+      const double want = static_cast<double>(*gw.grad_temperature);
+      for (const EngineOptions& engine : engine_variants()) {
+        for (auto convention : {GradientReduction::kSum, GradientReduction::kMean}) {
+          SCOPED_TRACE(::testing::Message()
+                       << "rank " << rank << " split[0]=" << split[0] << " reduction "
+                       << to_string(reduction) << " schedule " << to_string(engine.schedule)
+                       << " symmetric " << engine.symmetric << " " << to_string(convention));
+          const SimCLRLoss loss(0.9, reduction);  // the call's temperature overrides it
+          CallOptions o;
+          o.communicator = &comm;
+          o.engine = engine;
+          o.gradient_reduction = convention;
+          o.temperature = t;
+          o.temperature_gradient = true;
+          if (reduction == Reduction::kSumOverBatchSize)
+            o.global_batch_size = GlobalBatchSize::infer();
+          const LossOutput<T> out = loss.forward(a, b, &w_mine, o);
+          const Gradients<T> grads = reduction == Reduction::kNone ? loss.backward(out, up_mine)
+                                                                   : loss.backward(out, T(1));
+          ASSERT_TRUE(grads.grad_temperature.has_value());
+          double share = static_cast<double>(*grads.grad_temperature), total = 0;
+          MPI_Allreduce(&share, &total, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+          if (convention == GradientReduction::kMean) total /= k;  // what DDP's averaging does
+          EXPECT_LE(test::rel_err(total, want), tol) << total << " vs " << want;
+          if (n == 0) {
+            EXPECT_EQ(share, 0.0);
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(Distributed, TemperatureGradientSharesAddUpToTheSingleProcess) {
+  check_temperature_gradient<double>(1e-10);
+  check_temperature_gradient<float>(2e-5);
+}
+
+TEST(DistributedErrors, CallTemperatureDiffersOnOneRank) {
+  if (world_size() < 2) GTEST_SKIP() << "needs two ranks";
+  MpiCommunicator comm(MPI_COMM_WORLD);
+  const RowMatrix<double> a = global_view<double>(0, 3, 4), b = global_view<double>(1, 3, 4);
+  const SimCLRLoss loss(0.2, Reduction::kSum);
+  CallOptions o;
+  o.communicator = &comm;
+  o.temperature = world_rank() == world_size() - 1 ? 0.3 : 0.25;
+  try {
+    (void)loss.forward<double>(a, b, nullptr, o);
+    ADD_FAILURE() << "no error";
+  } catch (const ValueError& e) {
+    EXPECT_NE(std::string(e.what()).find("temperature differs across ranks"), std::string::npos)
+        << e.what();
+  }
+  o.temperature = world_rank() == world_size() - 1 ? -1.0 : 0.25;  // a bad one on the last rank
+  try {
+    (void)loss.forward<double>(a, b, nullptr, o);
+    ADD_FAILURE() << "no error";
+  } catch (const ValueError& e) {
+    EXPECT_NE(std::string(e.what()).find("temperature must be a finite number > 0, got -1"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(DistributedErrors, BadUpstreamOnOneRankInBackward) {
   RowMatrix<double> a = RowMatrix<double>::Random(3, 4), b = RowMatrix<double>::Random(3, 4);
   MpiCommunicator comm(MPI_COMM_WORLD);

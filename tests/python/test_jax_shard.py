@@ -269,3 +269,36 @@ def test_sample_weight_shape_is_the_library_rule_at_trace_time():
     with pytest.raises(ValueError) as jax_error:
         jax.jit(f).trace(za, zb, w)
     assert str(jax_error.value) == str(numpy_error.value) == "Incompatible shapes: [4] vs. [3]"
+
+
+# A traced (learnable) temperature across devices (docs/math.md section 4.6): replicated over the
+# axis, jax.grad gives the global dJ/dT on every device whatever gradient_reduction says (JAX's own
+# rule for a replicated input); one value per device gives each device its share, scaled as the
+# embeddings' gradients are, so that the shares add up (sum) or average (mean) to dJ/dT.
+@pytest.mark.parametrize("k", [2, 4])
+@pytest.mark.parametrize("reduction", ["auto", "none"])
+@pytest.mark.parametrize("gradient_reduction", ["sum", "mean"])
+def test_a_traced_temperature_across_devices(k, reduction, gradient_reduction):
+    za, zb, w = _data(3 * k, 5, seed=10 + k)
+    g_total = None if reduction == "none" else "infer"
+
+    def per_device(a, b, wd, t):
+        out = sj.simclr_loss(a, b, temperature=t.reshape(()), reduction=reduction, sample_weight=wd,
+                             axis_name="d", global_batch_size=g_total,
+                             gradient_reduction=gradient_reduction)
+        return jnp.sum(out)[None]
+
+    def sharded(t_spec):
+        f = jax.shard_map(per_device, mesh=_mesh(k), in_specs=(P("d"), P("d"), P("d"), t_spec),
+                          out_specs=P("d"))
+        return jax.jit(lambda t: jnp.sum(f(za, zb, w, t)))
+
+    def single(t):
+        return jnp.sum(sj.simclr_loss(za, zb, temperature=t, reduction=reduction, sample_weight=w))
+
+    want = float(jax.grad(single)(jnp.asarray(0.15)))
+    replicated = float(jax.grad(sharded(P()))(jnp.asarray([0.15])).reshape(()))
+    assert abs(replicated - want) <= 1e-11 * abs(want), (replicated, want)
+    shares = np.asarray(jax.grad(sharded(P("d")))(jnp.full((k,), 0.15)))
+    total = shares.sum() / (k if gradient_reduction == "mean" else 1)
+    assert abs(total - want) <= 1e-11 * abs(want), (shares, want)

@@ -123,3 +123,68 @@ def test_bad_temperature():
 def test_temperature_that_is_not_a_number():
     with pytest.raises(TypeError, match="temperature must be a number > 0, got str 'abc'"):
         sk.SimCLRLoss(temperature="abc")
+
+
+def test_a_variable_temperature_is_learned():
+    # A keras.Variable temperature (JAX and PyTorch backends): the loss's gradient reaches it, equal
+    # to the front end's own dJ/dT at the same value; get_config() holds its current value.
+    rng = np.random.default_rng(0)
+    za, zb = rng.normal(size=(2, 6, 4))
+    t = keras.Variable(0.2, dtype="float64", name="temperature")
+    loss = sk.SimCLRLoss(temperature=t, reduction="sum", dtype="float64")
+    assert loss.get_config()["temperature"] == 0.2
+    if BACKEND == "tensorflow":
+        with pytest.raises(NotImplementedError, match="needs the jax or torch backend"):
+            loss(za, zb)
+        return
+    if BACKEND == "jax":
+        def objective(value):
+            with keras.StatelessScope(state_mapping=[(t, value)]):
+                return loss(za, zb)
+
+        got = float(jax.grad(objective)(jax.numpy.asarray(0.2)))
+        want = float(jax.grad(lambda v: jax.numpy.sum(
+            sj.simclr_loss(za, zb, temperature=v, reduction="sum")))(jax.numpy.asarray(0.2)))
+    else:
+        import simclr_loss.torch as st
+        loss(torch.tensor(za), torch.tensor(zb)).backward()
+        got = float(t.value.grad)
+        tt = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
+        st.simclr_loss(torch.tensor(za), torch.tensor(zb), temperature=tt, reduction="sum").backward()
+        want = float(tt.grad)
+    assert want != 0 and abs(got - want) <= 1e-12 * abs(want), (got, want)
+    t.assign(0.3)
+    assert loss.get_config()["temperature"] == 0.3
+    np.testing.assert_allclose(np.asarray(loss(za, zb)),
+                               np.asarray(sk.SimCLRLoss(temperature=0.3, reduction="sum", dtype="float64")(za, zb)),
+                               rtol=1e-12)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the Keras trainer step is checked on the JAX backend")
+def test_a_train_step_moves_the_temperature_by_its_gradient():
+    # A model that owns the temperature (a weight, as OpenCLIP's logit_scale): one SGD step of
+    # Keras's own trainer moves it by -lr * dJ/dT, dJ/dT computed here by simclr_loss.jax on the
+    # same embeddings.
+    class TwoViews(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.encoder = keras.layers.Dense(8)
+            self.t = self.add_weight(shape=(), initializer=keras.initializers.Constant(0.5),
+                                     name="temperature")
+            self.crit = sk.SimCLRLoss(temperature=self.t, reduction="sum_over_batch_size")
+
+        def call(self, x):
+            return self.encoder(x[:, 0]), self.encoder(x[:, 1])
+
+        def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+            return self.crit(*y_pred)
+
+    model = TwoViews()
+    model.compile(optimizer=keras.optimizers.SGD(1e-3))
+    x = np.random.default_rng(0).normal(size=(16, 2, 16)).astype("float32")
+    za, zb = (np.asarray(v) for v in model(x))
+    dj_dt = float(jax.grad(lambda t: sj.simclr_loss(za, zb, temperature=t,
+                                                    reduction="sum_over_batch_size"))(
+        jax.numpy.asarray(0.5, "float32")))
+    model.train_on_batch(x)
+    assert abs(float(model.t.value) - (0.5 - 1e-3 * dj_dt)) <= 1e-6, (model.t.value, dj_dt)

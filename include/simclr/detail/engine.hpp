@@ -63,6 +63,15 @@ struct EngineBackwardArgs {
 template <class T>
 double engine_backward(const EngineBackwardArgs<T>& args, RowMatrix<T>& grad_anchors);
 
+// This rank's share of dJ/dT (docs/math.md section 4.6): J depends on U and T only through
+// U U^T / T, so sum_k u_k . dJ/du_k = -2 T dJ/dT over all 2G rows; a rank's share is the sum over
+// its own anchors, -(1 / (2 T)) sum_q u_q . dJ/du_q, and the shares of all ranks add up to dJ/dT.
+// anchors: this rank's [rows, d] unit rows (row stride d); grad: engine_backward's [rows, d].
+// Accumulated in double.
+template <class T>
+double temperature_gradient_share(const T* anchors, const T* grad, std::int64_t rows,
+                                  std::int64_t dim, double temperature);
+
 // ---- the balanced schedule (docs/performance.md) ----
 
 // Whether the fixed shift applies at this inverse temperature (the balanced forward's statistics
