@@ -315,6 +315,42 @@ void test_async(int device) {
   for (std::uint64_t v : status) CHECK(v == UINT64_MAX);
   simclr_forward_destroy(ds);
 
+  // The forward's workspace split (simclr_device_call.scratch): the saved state alone is kept, the
+  // scratch is freed before the backward, which still gives the host call's gradients.
+  {
+    std::size_t saved_bytes = 0;
+    CHECK_STATUS(simclr_device_forward_saved_size(kN, kN, kD, SIMCLR_FLOAT32, nullptr, &saved_bytes),
+                 SIMCLR_OK);
+    CHECK(saved_bytes >= 2 * kN * kD * sizeof(float) && saved_bytes < fbytes);
+    void* kept = nullptr;
+    void* scratch = nullptr;
+    cuda_ok(cudaMalloc(&kept, saved_bytes), "cudaMalloc");
+    cuda_ok(cudaMalloc(&scratch, fbytes - saved_bytes), "cudaMalloc");
+    simclr_device_call split = fcall;
+    split.workspace = kept;
+    split.workspace_size = saved_bytes;
+    split.scratch = scratch;
+    split.scratch_size = fbytes - saved_bytes - 1;  // one byte short: refused
+    CHECK_STATUS(simclr_device_forward_async(loss, &a, &b, nullptr, &split, stream, dv, nullptr,
+                                             dobj, nullptr, &ds),
+                 SIMCLR_VALUE_ERROR);
+    split.scratch_size = fbytes - saved_bytes;
+    CHECK_STATUS(simclr_device_forward_async(loss, &a, &b, nullptr, &split, stream, dv, nullptr,
+                                             dobj, nullptr, &ds),
+                 SIMCLR_OK);
+    CHECK(simclr_device_status(ds) == kept);
+    cuda_ok(cudaFree(scratch), "cudaFree");
+    cuda_ok(cudaMemsetAsync(dga, 0, kN * kD * sizeof(float), stream), "cudaMemsetAsync");
+    CHECK_STATUS(simclr_device_backward_async(loss, ds, 1.0f, nullptr, &ga, &gb, &bcall, stream),
+                 SIMCLR_OK);
+    cuda_ok(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+    CHECK_NEAR(to_host(dv, 1)[0], hv[0], 1e-5 * (1 + std::fabs(hv[0])));
+    const std::vector<float> gsplit = to_host(dga, kN * kD);
+    for (std::size_t k = 0; k < gsplit.size(); ++k) CHECK_NEAR(gsplit[k], hga[k], 1e-5);
+    simclr_forward_destroy(ds);
+    cuda_ok(cudaFree(kept), "cudaFree");
+  }
+
   // A NaN in zb at row 2, column 3: no error from the call, the index in slot 1.
   std::vector<float> bad = zb;
   bad[2 * kD + 3] = std::nanf("");
