@@ -445,6 +445,7 @@ struct RankComm {
   int rank = 0;
   bool fail_device = false;  // all_gather_v reports a transport failure
   int* releases = nullptr;   // counts release calls
+  int host_gathers = 0;      // host_all_gather calls (the agreement records)
 };
 
 int device_all_gather_v(void* user, const void* send, std::size_t send_bytes, void* recv,
@@ -490,6 +491,7 @@ int device_all_gather_v(void* user, const void* send, std::size_t send_bytes, vo
 int host_all_gather(void* user, const void* send, std::size_t bytes, void* recv, char*,
                     std::size_t) {
   auto* u = static_cast<RankComm*>(user);
+  ++u->host_gathers;
   u->group->exchange(u->rank, send, bytes,
                      [&](const std::vector<const void*>& sends, const std::vector<std::size_t>&) {
                        for (std::size_t r = 0; r < sends.size(); ++r)
@@ -703,7 +705,8 @@ void test_distributed(const std::vector<std::int64_t>& split, simclr_reduction r
 // The asynchronous calls at 3 ranks (one empty), each with its own stream and cuBLAS handle, a
 // weight and workspaces sized for the distributed call: the results match the whole batch, the
 // status arrays are clean and, on the emulation, the calls made no host synchronisation and no
-// device allocation.
+// device allocation. The forward's workspace is split (simclr_device_call.scratch, freed before the
+// backward), and each call gathers the agreement records once (host_all_gather).
 void test_distributed_async(int device) {
   const std::vector<std::int64_t> split{4, 0, 5};
   const std::int64_t total = 9;
@@ -740,9 +743,16 @@ void test_distributed_async(int device) {
           simclr_device_workspace_size(n, total, kD, SIMCLR_FLOAT32, nullptr, &local_f, nullptr),
           SIMCLR_OK);
       CHECK(fbytes > local_f);  // a distributed call stages its own rows before the gather
+      std::size_t saved_bytes = 0;
+      CHECK_STATUS(simclr_device_forward_saved_size(n, total, kD, SIMCLR_FLOAT32, &options,
+                                                    &saved_bytes),
+                   SIMCLR_OK);
+      CHECK(n == 0 ? saved_bytes <= fbytes : saved_bytes < fbytes);  // no tile without rows
       void* fws = nullptr;
       void* bws = nullptr;
-      cuda_ok(cudaMalloc(&fws, fbytes), "cudaMalloc");
+      void* scratch = nullptr;
+      cuda_ok(cudaMalloc(&fws, saved_bytes), "cudaMalloc");
+      cuda_ok(cudaMalloc(&scratch, fbytes - saved_bytes), "cudaMalloc");
       cuda_ok(cudaMalloc(&bws, bbytes), "cudaMalloc");
       simclr_matrix a{buf.za, n, kD, kD, SIMCLR_FLOAT32, device};
       simclr_matrix b{buf.zb, n, kD, kD, SIMCLR_FLOAT32, device};
@@ -753,7 +763,9 @@ void test_distributed_async(int device) {
       simclr_device_call_init(&bcall);
       fcall.async = bcall.async = 1;
       fcall.workspace = fws;
-      fcall.workspace_size = fbytes;
+      fcall.workspace_size = saved_bytes;
+      fcall.scratch = scratch;
+      fcall.scratch_size = fbytes - saved_bytes;
       fcall.cublas_handle = bcall.cublas_handle = blas;
       fcall.weight = buf.weight;
       fcall.weight_size = n;
@@ -772,9 +784,14 @@ void test_distributed_async(int device) {
                    SIMCLR_OK);
       CHECK(std::isnan(info.objective) && info.ranks == 3 && info.global_rows == total);
       CHECK(simclr_device_status(saved) == fws);
+      CHECK(user.host_gathers == 1);  // the forward's agreement
+      // The scratch goes back in stream order, before the backward is enqueued.
+      cuda_ok(cudaFreeAsync(scratch, stream), "cudaFreeAsync");
+      scratch = nullptr;
       CHECK_STATUS(
           simclr_device_backward_async(loss, saved, 1.0f, nullptr, &ga, &gb, &bcall, stream),
           SIMCLR_OK);
+      CHECK(user.host_gathers == 2);  // and the backward's
       group.barrier();
 #ifdef SIMCLR_TEST_EMULATION
       if (rank == 0) {
