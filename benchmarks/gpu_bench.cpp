@@ -287,8 +287,9 @@ int run(const Flags& f) {
   SIMCLR_CHECK_CUDA(cudaGetDeviceProperties(&prop, device));
   SIMCLR_CHECK_CUDA(cudaDriverGetVersion(&driver));
   SIMCLR_CHECK_CUDA(cudaRuntimeGetVersion(&runtime));
-  // The benchmark keeps freed pool memory (a framework's caching allocator would); the library
-  // never changes this process-wide setting itself.
+  // The benchmark keeps freed pool memory (a framework's caching allocator would). The library's
+  // first allocating call would raise this threshold too, when still 0 (docs/gpu.md, "Memory
+  // pool"); setting it here first keeps the timing independent of which call allocates first.
   cudaMemPool_t pool;
   SIMCLR_CHECK_CUDA(cudaDeviceGetDefaultMemPool(&pool, device));
   std::uint64_t threshold = UINT64_MAX;

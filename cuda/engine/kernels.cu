@@ -331,6 +331,13 @@ __global__ void backward_params_kernel(const float* alpha_all, std::int64_t tota
 
 constexpr int kMThreads = 256;
 
+// Four elements of T as one aligned unit, for packed stores (8 bytes of a 16-bit type, 16 of
+// float32).
+template <class T>
+struct alignas(4 * sizeof(T)) Pack4 {
+  T v[4];
+};
+
 template <class T>
 __global__ void m_tile_kernel(MTileParams p) {
   const float* s = p.tile.s;
@@ -361,16 +368,26 @@ __global__ void m_tile_kernel(MTileParams p) {
       for (int k = 0; k < 4; ++k) x[k] = c + k < cols ? srow[c + k] : 0.f;
     }
     T* mrow = m + i * ldm;
+    const int count = cols - c < 4 ? static_cast<int>(cols - c) : 4;
+    Pack4<T> out;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       const std::int64_t j = c + k;
-      if (j >= cols) break;
+      if (k >= count) break;
       const float a_c = alpha_all[c0 + j];
       float val =
           a_k * exp2f((x[k] - lse_k) * kLog2e) + a_c * exp2f((x[k] - lse_all[c0 + j]) * kLog2e);
       if (j == self) val = 0.f;
       if (j == pos) val -= a_k + a_c;
-      mrow[j] = from_float<T>(val * scale);
+      out.v[k] = from_float<T>(val * scale);
+    }
+    // The thread's four values as one 16-byte (float32) or 8-byte (16-bit) store where the group
+    // is whole and aligned (always, with the plan's leading dimension a multiple of 8 and an
+    // aligned tile); element by element in a ragged tail.
+    if (count == 4 && reinterpret_cast<std::uintptr_t>(mrow + c) % sizeof(Pack4<T>) == 0) {
+      *reinterpret_cast<Pack4<T>*>(mrow + c) = out;
+    } else {
+      for (int k = 0; k < count; ++k) mrow[c + k] = out.v[k];
     }
   }
 }

@@ -6,12 +6,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "blas.hpp"
 #include "device_engine.hpp"
@@ -56,8 +58,45 @@ std::size_t element_size(DeviceDType dtype) {
 
 // ---- DeviceArray ----
 
+namespace {
+
+// The first allocation on a device: CUDA's pools start with a release threshold of 0, so memory a
+// step frees goes back to the driver at the next synchronisation and is mapped again by the next
+// step. The device's current pool (the one cudaMallocAsync takes from) keeps its memory instead,
+// as a framework's caching allocator would: its threshold is raised to UINT64_MAX once per device
+// and process, and only while it is still 0. A threshold the caller has set is theirs, and a
+// caller who lowers it again later is not overridden (docs/gpu.md, "Memory pool").
+void keep_pool_memory() {
+  static std::mutex mutex;
+  static std::vector<int> seen;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    (void)cudaGetLastError();  // the allocation itself reports the failure
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (std::find(seen.begin(), seen.end(), device) != seen.end()) return;
+    seen.push_back(device);
+  }
+  cudaMemPool_t pool = nullptr;
+  std::uint64_t threshold = 0;
+  if (cudaDeviceGetMemPool(&pool, device) != cudaSuccess ||
+      cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold) != cudaSuccess) {
+    (void)cudaGetLastError();  // a setting, not a failure of the call
+    return;
+  }
+  if (threshold != 0) return;
+  threshold = UINT64_MAX;
+  if (cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold) != cudaSuccess)
+    (void)cudaGetLastError();
+}
+
+}  // namespace
+
 DeviceArray::DeviceArray(std::size_t bytes, cudaStream_t stream) : bytes_(bytes), stream_(stream) {
   if (bytes == 0) return;
+  keep_pool_memory();
   const cudaError_t rc = cudaMallocAsync(&data_, bytes, stream);
   if (rc != cudaSuccess) {
     data_ = nullptr;
@@ -331,31 +370,34 @@ std::size_t z(std::int64_t count, std::size_t bytes) {
   return static_cast<std::size_t>(count) * bytes;
 }
 
-// Every array of a forward, in the order both the call and forward_workspace_bytes take them.
+// Every array of a forward, in the order both the call and the workspace queries take them: first
+// what the backward reads (and the outputs not in caller buffers), out of `saved`, then the arrays
+// only the forward uses, out of `rest` (the same arena, or the caller's scratch).
 struct ForwardArrays {
   DeviceArray status, u, squared_norms, row_lse, weight, staged_weight, local, stats;
   DeviceArray values, per_example, objective;
 };
 
-ForwardArrays take_forward_arrays(Arena& arena, std::int64_t n, std::int64_t total, std::int64_t d,
-                                  std::size_t elem, std::int64_t value_count, bool distributed,
-                                  bool host_weight, const DeviceOutputBuffers& outputs) {
+ForwardArrays take_forward_arrays(Arena& saved, Arena& rest, std::int64_t n, std::int64_t total,
+                                  std::int64_t d, std::size_t elem, std::int64_t value_count,
+                                  bool distributed, bool host_weight,
+                                  const DeviceOutputBuffers& outputs) {
   ForwardArrays a;
-  a.status = arena.take(kStatusSlots * sizeof(unsigned long long));
-  a.u = arena.take(z(2 * total * d, elem));
-  a.squared_norms = arena.take(z(2 * n, sizeof(float)));
-  a.row_lse = arena.take(z(2 * n, sizeof(float)));
-  a.weight = arena.take(z(n, sizeof(float)));
-  if (host_weight) a.staged_weight = arena.take(z(n, sizeof(float)));
-  if (distributed) a.local = arena.take(z(2 * n * d, elem));
-  a.stats = arena.take(z(6 * n, sizeof(float)));
+  a.status = saved.take(kStatusSlots * sizeof(unsigned long long));
+  a.u = saved.take(z(2 * total * d, elem));
+  a.squared_norms = saved.take(z(2 * n, sizeof(float)));
+  a.row_lse = saved.take(z(2 * n, sizeof(float)));
+  a.weight = saved.take(z(n, sizeof(float)));
   a.values = outputs.values != nullptr ? DeviceArray::borrow(outputs.values, z(value_count, elem))
-                                       : arena.take(z(value_count, elem));
+                                       : saved.take(z(value_count, elem));
   a.per_example = outputs.per_example != nullptr
                       ? DeviceArray::borrow(outputs.per_example, z(n, elem))
-                      : arena.take(z(n, elem));
+                      : saved.take(z(n, elem));
   a.objective = outputs.objective != nullptr ? DeviceArray::borrow(outputs.objective, sizeof(float))
-                                             : arena.take(sizeof(float));
+                                             : saved.take(sizeof(float));
+  if (host_weight) a.staged_weight = rest.take(z(n, sizeof(float)));
+  if (distributed) a.local = rest.take(z(2 * n * d, elem));
+  a.stats = rest.take(z(6 * n, sizeof(float)));
   return a;
 }
 
@@ -458,7 +500,7 @@ std::size_t forward_workspace_bytes(const DeviceProblem& problem,
   const std::int64_t total = problem.distributed ? problem.global_rows : n;
   detail::Arena arena = detail::Arena::counting();
   // Upper bounds where the call knows more: a host weight staged, values of reduction none.
-  detail::take_forward_arrays(arena, n, total, problem.dim, element_size(problem.dtype), n,
+  detail::take_forward_arrays(arena, arena, n, total, problem.dim, element_size(problem.dtype), n,
                               problem.distributed, true, options.outputs);
   // The anchors' offset does not change the scratch: the general scheme when distributed.
   const auto tiles = detail::tile_problem(n, 2 * total, problem.distributed ? 2 * total - 2 * n : 0,
@@ -471,6 +513,17 @@ std::size_t forward_workspace_bytes(const DeviceProblem& problem,
     detail::engine_forward_scratch(tiles, arena);
   }
   return arena.used();
+}
+
+std::size_t forward_saved_bytes(const DeviceProblem& problem, const DeviceCallOptions& options) {
+  check_problem(problem, "forward_saved_bytes");
+  const std::int64_t n = problem.rows;
+  const std::int64_t total = problem.distributed ? problem.global_rows : n;
+  detail::Arena saved = detail::Arena::counting();
+  detail::Arena rest = detail::Arena::counting();
+  detail::take_forward_arrays(saved, rest, n, total, problem.dim, element_size(problem.dtype), n,
+                              problem.distributed, true, options.outputs);
+  return saved.used();
 }
 
 std::size_t backward_workspace_bytes(const DeviceProblem& problem, const DeviceOptions& device) {
@@ -627,19 +680,33 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
       simclr::detail::plan_step(comm != nullptr ? &comm->host() : nullptr, request, validate);
   const simclr::detail::StepPlan& plan = saved->plan;
   const std::int64_t total = plan.total;
+  const bool split = options.scratch.data != nullptr;
   if (options.workspace.data != nullptr) {
     // A workspace sized for other global rows fails on this rank only (documented: size it with G).
-    const std::size_t need =
-        forward_workspace_bytes(DeviceProblem{n, total, d, za.dtype, comm != nullptr}, options);
-    SIMCLR_ENFORCE(options.workspace.bytes >= need, ValueError, "forward: the workspace has ",
-                   options.workspace.bytes, " bytes but this call needs ", need,
-                   " (forward_workspace_bytes with rows ", n, ", global_rows ", total, ", dim ", d,
-                   ", ", to_string(za.dtype), ")");
+    const DeviceProblem problem{n, total, d, za.dtype, comm != nullptr};
+    const std::size_t need = forward_workspace_bytes(problem, options);
+    const std::size_t saved_need = forward_saved_bytes(problem, options);
+    SIMCLR_ENFORCE(
+        (split ? options.workspace.bytes >= saved_need && options.scratch.bytes >= need - saved_need
+               : options.workspace.bytes >= need),
+        ValueError, "forward: the workspace has ", options.workspace.bytes, " bytes",
+        (split ? simclr::detail::str_cat(" and the scratch ", options.scratch.bytes) : ""),
+        " but this call needs ", (split ? saved_need : need),
+        (split ? simclr::detail::str_cat(" and ", need - saved_need) : ""),
+        (split ? " (forward_saved_bytes and the rest of forward_workspace_bytes"
+               : " (forward_workspace_bytes"),
+        " with rows ", n, ", global_rows ", total, ", dim ", d, ", ", to_string(za.dtype), ")");
+  } else {
+    SIMCLR_ENFORCE(!split, ValueError,
+                   "forward: a scratch without a workspace (the scratch holds what the workspace "
+                   "does not: give both, or neither)");
   }
   detail::Arena arena(options.workspace, stream, "forward");
+  detail::Arena scratch_arena(split ? options.scratch : options.workspace, stream, "forward scratch");
+  detail::Arena& rest = split ? scratch_arena : arena;
   detail::ForwardArrays arrays = detail::take_forward_arrays(
-      arena, n, total, d, element_size(za.dtype), plan.reduction == Reduction::kNone ? n : 1,
-      comm != nullptr, host_weight, options.outputs);
+      arena, rest, n, total, d, element_size(za.dtype),
+      plan.reduction == Reduction::kNone ? n : 1, comm != nullptr, host_weight, options.outputs);
   SIMCLR_CHECK_CUDA(cudaMemsetAsync(arrays.status.data(), 0xFF, arrays.status.bytes(), stream));
   detail::launch_finite_checks(checks, arrays.status.as<unsigned long long>(), stream);
   if (comm == nullptr && checked)
@@ -678,9 +745,9 @@ DeviceLossOutput DeviceSimCLRLoss::forward(DeviceMatrixView za, DeviceMatrixView
   const BorrowedBlasHandle borrowed(options.blas_handle);
   if (saved->balanced || n > 0) problem.blas = blas_handle(options.blas_handle, stream);
   if (saved->balanced) {
-    flops = detail::balanced_forward(*saved, problem, arena, run_max, stream);
+    flops = detail::balanced_forward(*saved, problem, rest, run_max, stream);
   } else if (n > 0) {
-    const detail::EngineScratch scratch = detail::engine_forward_scratch(problem, arena);
+    const detail::EngineScratch scratch = detail::engine_forward_scratch(problem, rest);
     flops = detail::engine_forward(problem, {run_max, run_max + 2 * n, run_max + 4 * n}, scratch);
   }
 

@@ -338,9 +338,16 @@ typedef struct simclr_device_call {
   int64_t weight_size;
   int32_t weight_ndim;
   int64_t weight_shape[2];
+  /* Forward only, with a workspace: when scratch is set, workspace holds only what the backward
+   * reads (simclr_device_forward_saved_size's bytes, the status array first) and scratch
+   * (scratch_size >= forward_bytes - saved_bytes, 256-byte aligned) the rest: the logits tile and
+   * staging arrays, free for other use once the forward's work is done in stream order. NULL: the
+   * workspace holds everything. */
+  void* scratch;
+  size_t scratch_size;
 } simclr_device_call;
 
-/* async 0, no workspace, no handle, no weight (weight_ndim -1). */
+/* async 0, no workspace, no scratch, no handle, no weight (weight_ndim -1). */
 void simclr_device_call_init(simclr_device_call* call);
 
 /* Bytes of workspace a forward and a backward need for rows n of this rank, global_rows G (n when
@@ -348,6 +355,12 @@ void simclr_device_call_init(simclr_device_call* call);
 simclr_status simclr_device_workspace_size(int64_t rows, int64_t global_rows, int64_t dim,
                                            simclr_dtype dtype, const simclr_call_options* options,
                                            size_t* forward_bytes, size_t* backward_bytes);
+/* The leading part of forward_bytes that the backward reads (the saved state, and the outputs the
+ * library holds): the workspace's size when simclr_device_call.scratch takes the rest. */
+simclr_status simclr_device_forward_saved_size(int64_t rows, int64_t global_rows, int64_t dim,
+                                               simclr_dtype dtype,
+                                               const simclr_call_options* options,
+                                               size_t* saved_bytes);
 
 /* Forward as simclr_device_forward, but writing straight into the caller's device buffers values
  * ([n] for none, else [1]; input dtype), per_example ([n], input dtype; may be NULL) and objective

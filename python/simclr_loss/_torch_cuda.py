@@ -11,9 +11,11 @@ What it does (docs/gpu.md, "The PyTorch CUDA route"):
 - the work is enqueued on ``torch.cuda.current_stream()`` and nothing synchronises the host: the
   library runs in its asynchronous mode, and NaN/Inf inputs are recorded in the device status
   array (``last_status()``) instead of raising;
-- the workspace comes from PyTorch's caching allocator (``torch.empty(bytes, dtype=torch.uint8)``)
-  in the size the library reports, so the library allocates nothing; the forward's workspace holds
-  the state the backward needs and is kept by autograd;
+- the workspaces come from PyTorch's caching allocator (``torch.empty(bytes, dtype=torch.uint8)``)
+  in the sizes the library reports, so the library allocates nothing. The forward's is two
+  buffers: the part the backward reads (U, the per-row statistics, the status array), saved for
+  the backward and freed by autograd once the backward has run, and a scratch (the logits tile,
+  staging), freed as soon as the forward is enqueued; nothing of a step stays in module state;
 - float32, bfloat16 and float16 inputs; logits, log-sum-exp and gradient sums are float32 inside;
 - ``sample_weight``: Keras's shapes ([], [1], [1, 1], [n], [n, 1]), float32 on the device;
 - ``process_group``: the call is collective over the group's ranks, as on the CPU route. The big
@@ -21,8 +23,10 @@ What it does (docs/gpu.md, "The PyTorch CUDA route"):
   the group on ``torch.cuda.current_stream()`` (torch orders them after the stream and makes the
   stream wait for them, without a host synchronisation); the small agreement records go through
   the group's CPU backend when it has one (``backend="cpu:gloo,cuda:nccl"``, or torch's default
-  ``backend=None``), otherwise through a CUDA all-gather read back with ``.cpu()`` (a host
-  synchronisation per record). Every rank's agreement record is gathered first (the library's
+  ``backend=None``), otherwise through one CUDA all-gather read back with one ``.cpu()`` (a host
+  synchronisation per gather, whatever the group's size). A step makes three such gathers: this
+  route's own before the forward, the library's agreement in the forward and in the backward
+  (docs/gpu.md). Every rank's agreement record is gathered first (the library's
   records and verdict: simclr_record_call, simclr_step_agree), which gives the rows that size the
   workspace for the global batch; an input error found in Python on one rank is carried by it,
   so every rank raises it.
@@ -37,7 +41,9 @@ from . import _args
 
 __all__ = ["available", "simclr_loss_cuda", "last_status", "workspace_bytes"]
 
-_last_status = None  # the status tensor of the latest forward (a view of its workspace)
+# The status array of the latest forward: a copy of its 4 values (32 bytes, filled in stream order),
+# never a view of its workspace, so no step's buffers outlive the step through module state.
+_last_status = None
 
 
 def _device_module():
@@ -93,9 +99,19 @@ def workspace_bytes(rows, dim, dtype, tile_bytes=0, symmetric=True):
 
 def last_status():
     """The device status array of the latest forward: int64 [4] on the device, each the flat index
-    of the first NaN/Inf in za, zb, the sample weight and the upstream gradient, or -1 (all bits
-    set) when clean. Reading it (``.cpu()``) synchronises; do it when the step allows."""
+    of the first NaN/Inf in za, zb, the sample weight and (once its backward has run, with a
+    per-example upstream) the upstream gradient, or -1 (all bits set) when clean. A copy, in
+    stream order: reading it (``.cpu()``) synchronises; do it when the step allows."""
     return _last_status
+
+
+def _device_bytes(nbytes, device):
+    """A workspace: nbytes (at least 1) of device memory from PyTorch's caching allocator, whose
+    blocks are 512-byte aligned (the library needs 256). Freeing it is stream-ordered: the
+    allocator hands the block to later work on the same stream only."""
+    import torch
+
+    return torch.empty(max(int(nbytes), 1), dtype=torch.uint8, device=device)
 
 
 # ---- collectives of a process group on device addresses ----
@@ -231,16 +247,32 @@ class _TorchDeviceComm:
         return core_loss.agree(self.host_all_gather(record))
 
 
-def _host_gather(tensor, group, size, device):
-    """Every rank's CPU uint8 tensor (same length), as bytes, in rank order. On a CUDA-only group
-    the parts travel on the device and come back with .cpu(), which waits for the stream."""
-    import torch
-    import torch.distributed as dist
+def _to_device(tensor, device):
+    """A CPU tensor on ``device`` without a host synchronisation: torch's blocking copy to a CUDA
+    device waits for the stream (cudaStreamSynchronize after the copy); from pinned memory with
+    non_blocking it is only enqueued (torch's pinned-memory allocator keeps the block until the copy
+    is done)."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
-    t = tensor.to(device)
-    parts = [torch.empty_like(t) for _ in range(size)]
-    dist.all_gather(parts, t, group=group)
-    return [p.cpu().numpy().tobytes() for p in parts]
+
+def _host_gather(tensor, group, size, device):
+    """Every rank's CPU uint8 tensor (same length), as bytes, in rank order: one all-gather into
+    one buffer. On a CUDA-only group the record goes to the device without waiting (_to_device)
+    and the buffer comes back with one .cpu(), which waits for the stream: one host
+    synchronisation per gather, whatever the group's size (on a CPU backend .cpu() is the tensor
+    itself)."""
+    import torch
+
+    if tensor.numel() == 0:
+        return [b""] * size
+    t = _to_device(tensor, device)
+    out = torch.empty(size * t.numel(), dtype=torch.uint8, device=device)
+    _all_gather_into(out, t, group, size)
+    data = out.cpu().numpy().tobytes()
+    k = t.numel()
+    return [data[r * k:(r + 1) * k] for r in range(size)]
 
 
 # ---- the autograd function ----
@@ -264,8 +296,11 @@ def _make_function():
             dcomm = None if comm is None else comm.device_comm()
             total = n if comm is None else global_rows
             fwd_bytes, _ = dev.workspace_size(n, total, d, code, tile_bytes, symmetric, dcomm)
-            # The caching allocator's blocks are 512-byte aligned; the library needs 256.
-            workspace = torch.empty(max(fwd_bytes, 1), dtype=torch.uint8, device=device)
+            saved_bytes = dev.saved_size(n, total, d, code, tile_bytes, symmetric, dcomm)
+            # What the backward reads (kept by autograd until the backward has run), and the
+            # rest (the logits tile, staging), freed as soon as the forward is enqueued.
+            workspace = _device_bytes(saved_bytes, device)
+            scratch = _device_bytes(fwd_bytes - saved_bytes, device)
             red = _args.reduction_code(reduction)
             none = red == _args.REDUCTIONS["none"]
             values = torch.empty((n,) if none else (), dtype=za.dtype, device=device)
@@ -278,12 +313,16 @@ def _make_function():
                 stream.cuda_stream, workspace.data_ptr(), workspace.numel(), values.data_ptr(),
                 per_example.data_ptr(), objective.data_ptr(), gbs, tile_bytes, symmetric, True,
                 dcomm, 0 if weight is None else weight.data_ptr(),
-                0 if weight is None else weight.numel(),
+                0 if weight is None else weight.numel(), scratch.data_ptr(), scratch.numel(),
             )
-            _last_status = workspace[: 8 * dev.STATUS_SLOTS].view(torch.int64)
-            # Autograd keeps the workspace (the saved state), the C++ objects and the
-            # communicator (a distributed backward gathers again) for the backward.
-            ctx.loss, ctx.saved, ctx.workspace, ctx.dcomm = loss, saved, workspace, dcomm
+            del scratch  # back to the caching allocator, in the order of this stream
+            status = workspace[: 8 * dev.STATUS_SLOTS].view(torch.int64).clone()
+            _last_status = status
+            # Autograd keeps the saved workspace until the backward has run (save_for_backward:
+            # released after it unless the graph is retained), and the C++ objects and the
+            # communicator (a distributed backward gathers again) on ctx.
+            ctx.save_for_backward(workspace)
+            ctx.loss, ctx.saved, ctx.dcomm, ctx.status = loss, saved, dcomm, status
             ctx.shape, ctx.code, ctx.reduction, ctx.total = (n, d), code, red, total
             ctx.tile_bytes, ctx.symmetric = tile_bytes, symmetric
             ctx.gradient_scale = gradient_scale
@@ -293,15 +332,16 @@ def _make_function():
         @staticmethod
         def backward(ctx, grad_values, _grad_per_example):
             dev = _device_module()
+            (workspace,) = ctx.saved_tensors  # torch raises here if it was freed already
             n, d = ctx.shape
-            device = ctx.workspace.device
+            device = workspace.device
             stream = torch.cuda.current_stream(device)
             nones = (None,) * 9
             if grad_values is None:
                 return (None, None) + nones
             _, bwd_bytes = dev.workspace_size(n, ctx.total, d, ctx.code, ctx.tile_bytes,
                                               ctx.symmetric, ctx.dcomm)
-            scratch = torch.empty(max(bwd_bytes, 1), dtype=torch.uint8, device=device)
+            scratch = _device_bytes(bwd_bytes, device)
             grad_a = torch.empty((n, d), dtype=_torch_dtype(ctx.code, dev), device=device)
             grad_b = torch.empty_like(grad_a)
             if ctx.reduction == _args.REDUCTIONS["none"]:
@@ -314,6 +354,10 @@ def _make_function():
                     ctx.code, device.index, stream.cuda_stream, scratch.data_ptr(),
                     scratch.numel(), True,
                 )
+                # The upstream's verdict (slot 3 of the workspace's status array) into the
+                # forward's status copy, in stream order, before autograd frees the workspace.
+                slot = dev.STATUS_SLOTS - 1
+                ctx.status[slot:].copy_(workspace[: 8 * dev.STATUS_SLOTS].view(torch.int64)[slot:])
             else:
                 # The loss is linear in a scalar upstream g: the gradient for g = 1 (times the
                 # gradient convention's scale, a host number), scaled by g on the device (reading

@@ -186,12 +186,15 @@ simclr_call_options call_options(std::int64_t global_batch_size, std::size_t til
 }
 
 simclr_device_call device_call(std::uintptr_t workspace, std::size_t workspace_size, bool async,
-                               std::uintptr_t weight = 0, std::int64_t weight_size = 0) {
+                               std::uintptr_t weight = 0, std::int64_t weight_size = 0,
+                               std::uintptr_t scratch = 0, std::size_t scratch_size = 0) {
   simclr_device_call c;
   simclr_device_call_init(&c);
   c.async = async ? 1 : 0;
   c.workspace = ptr(workspace);
   c.workspace_size = workspace_size;
+  c.scratch = ptr(scratch);
+  c.scratch_size = scratch_size;
   c.weight = static_cast<const float*>(ptr(weight));
   c.weight_size = weight_size;
   return c;
@@ -222,6 +225,21 @@ NB_MODULE(_device, m) {
       nb::arg("tile_bytes") = 0, nb::arg("symmetric") = true, nb::arg("comm").none() = nb::none(),
       "(forward_bytes, backward_bytes) of workspace for one call (distributed with a comm)");
 
+  m.def(
+      "saved_size",
+      [](std::int64_t rows, std::int64_t global_rows, std::int64_t dim, int dtype,
+         std::size_t tile_bytes, bool symmetric, const DeviceComm* comm) {
+        const simclr_call_options o =
+            call_options(SIMCLR_GLOBAL_BATCH_NONE, tile_bytes, symmetric, comm);
+        std::size_t saved = 0;
+        check(simclr_device_forward_saved_size(rows, global_rows, dim, dtype_of(dtype), &o, &saved));
+        return saved;
+      },
+      nb::arg("rows"), nb::arg("global_rows"), nb::arg("dim"), nb::arg("dtype"),
+      nb::arg("tile_bytes") = 0, nb::arg("symmetric") = true, nb::arg("comm").none() = nb::none(),
+      "the leading bytes of the forward's workspace that the backward reads; with a scratch of "
+      "forward_bytes - saved_bytes, the workspace needs only these");
+
   nb::class_<DeviceComm>(m, "DeviceComm")
       .def(nb::init<int, int, const std::string&, nb::object, nb::object, nb::object>(),
            nb::arg("rank"), nb::arg("size"), nb::arg("backend"), nb::arg("all_gather_v"),
@@ -243,13 +261,15 @@ NB_MODULE(_device, m) {
              std::uintptr_t stream, std::uintptr_t workspace, std::size_t workspace_size,
              std::uintptr_t values, std::uintptr_t per_example, std::uintptr_t objective,
              std::int64_t global_batch_size, std::size_t tile_bytes, bool symmetric, bool async,
-             const DeviceComm* comm, std::uintptr_t weight, std::int64_t weight_size) -> Saved* {
+             const DeviceComm* comm, std::uintptr_t weight, std::int64_t weight_size,
+             std::uintptr_t scratch, std::size_t scratch_size) -> Saved* {
             const simclr_matrix a{ptr(za), rows, dim, stride_a, dtype_of(dtype), device};
             const simclr_matrix b{ptr(zb), rows, dim, stride_b, dtype_of(dtype), device};
             const simclr_call_options o =
                 call_options(global_batch_size, tile_bytes, symmetric, comm);
             const simclr_device_call c =
-                device_call(workspace, workspace_size, async, weight, weight_size);
+                device_call(workspace, workspace_size, async, weight, weight_size, scratch,
+                            scratch_size);
             auto saved = std::make_unique<Saved>();
             simclr_status status;
             {
@@ -268,10 +288,11 @@ NB_MODULE(_device, m) {
           nb::arg("per_example"), nb::arg("objective"), nb::arg("global_batch_size"),
           nb::arg("tile_bytes") = 0, nb::arg("symmetric") = true, nb::arg("async_") = true,
           nb::arg("comm").none() = nb::none(), nb::arg("weight") = 0, nb::arg("weight_size") = 0,
-          nb::rv_policy::take_ownership,
+          nb::arg("scratch") = 0, nb::arg("scratch_size") = 0, nb::rv_policy::take_ownership,
           "enqueue a forward on `stream` (collective over comm's ranks when given; weight: a "
-          "device float32 address of weight_size values, 1 or rows, or 0); returns the saved "
-          "state")
+          "device float32 address of weight_size values, 1 or rows, or 0; scratch: the part of "
+          "the workspace the backward does not read, free once the forward is enqueued, or 0); "
+          "returns the saved state")
       .def(
           "backward",
           [](DeviceLoss& self, Saved& saved, float upstream, std::uintptr_t upstream_per_example,

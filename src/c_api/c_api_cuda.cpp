@@ -267,6 +267,7 @@ std::unique_ptr<DeviceForward> device_forward(
     call = device_call_options(options, where);
   });
   apply_device_call(device_call, call.check, call.workspace, call.blas_handle);
+  if (device_call != nullptr) call.scratch = {device_call->scratch, device_call->scratch_size};
   if (outputs != nullptr) call.outputs = *outputs;
   const cuda::DeviceMatrixView a(za->data, za->rows, za->cols, dtype, za->row_stride);
   const cuda::DeviceMatrixView b(zb->data, zb->rows, zb->cols, dtype, zb->row_stride);
@@ -444,6 +445,8 @@ void simclr_device_call_init(simclr_device_call* call) {
   call->weight_size = 0;
   call->weight_ndim = -1;
   call->weight_shape[0] = call->weight_shape[1] = 0;
+  call->scratch = nullptr;
+  call->scratch_size = 0;
 }
 
 simclr_status simclr_device_workspace_size(int64_t rows, int64_t global_rows, int64_t dim,
@@ -459,6 +462,21 @@ simclr_status simclr_device_workspace_size(int64_t rows, int64_t global_rows, in
     if (forward_bytes != nullptr) *forward_bytes = cuda::forward_workspace_bytes(problem, call);
     if (backward_bytes != nullptr)
       *backward_bytes = cuda::backward_workspace_bytes(problem, call.device);
+  });
+}
+
+simclr_status simclr_device_forward_saved_size(int64_t rows, int64_t global_rows, int64_t dim,
+                                               simclr_dtype dtype,
+                                               const simclr_call_options* options,
+                                               size_t* saved_bytes) {
+  return simclr::detail::c_api_guard([&] {
+    using namespace simclr;
+    const char* where = "simclr_device_forward_saved_size";
+    const cuda::DeviceCallOptions call = detail::device_call_options(options, where);
+    const cuda::DeviceProblem problem{rows, global_rows, dim,
+                                      detail::device_dtype(dtype, "dtype", where),
+                                      call.communicator != nullptr};
+    if (saved_bytes != nullptr) *saved_bytes = cuda::forward_saved_bytes(problem, call);
   });
 }
 

@@ -330,6 +330,42 @@ void test_async(int device) {
   for (std::uint64_t v : status) CHECK(v == UINT64_MAX);
   simclr_forward_destroy(ds);
 
+  // The forward's workspace split (simclr_device_call.scratch): the saved state alone is kept, the
+  // scratch is freed before the backward, which still gives the host call's gradients.
+  {
+    std::size_t saved_bytes = 0;
+    CHECK_STATUS(simclr_device_forward_saved_size(kN, kN, kD, SIMCLR_FLOAT32, nullptr, &saved_bytes),
+                 SIMCLR_OK);
+    CHECK(saved_bytes >= 2 * kN * kD * sizeof(float) && saved_bytes < fbytes);
+    void* kept = nullptr;
+    void* scratch = nullptr;
+    cuda_ok(cudaMalloc(&kept, saved_bytes), "cudaMalloc");
+    cuda_ok(cudaMalloc(&scratch, fbytes - saved_bytes), "cudaMalloc");
+    simclr_device_call split = fcall;
+    split.workspace = kept;
+    split.workspace_size = saved_bytes;
+    split.scratch = scratch;
+    split.scratch_size = fbytes - saved_bytes - 1;  // one byte short: refused
+    CHECK_STATUS(simclr_device_forward_async(loss, &a, &b, nullptr, &split, stream, dv, nullptr,
+                                             dobj, nullptr, &ds),
+                 SIMCLR_VALUE_ERROR);
+    split.scratch_size = fbytes - saved_bytes;
+    CHECK_STATUS(simclr_device_forward_async(loss, &a, &b, nullptr, &split, stream, dv, nullptr,
+                                             dobj, nullptr, &ds),
+                 SIMCLR_OK);
+    CHECK(simclr_device_status(ds) == kept);
+    cuda_ok(cudaFree(scratch), "cudaFree");
+    cuda_ok(cudaMemsetAsync(dga, 0, kN * kD * sizeof(float), stream), "cudaMemsetAsync");
+    CHECK_STATUS(simclr_device_backward_async(loss, ds, 1.0f, nullptr, &ga, &gb, &bcall, stream),
+                 SIMCLR_OK);
+    cuda_ok(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+    CHECK_NEAR(to_host(dv, 1)[0], hv[0], 1e-5 * (1 + std::fabs(hv[0])));
+    const std::vector<float> gsplit = to_host(dga, kN * kD);
+    for (std::size_t k = 0; k < gsplit.size(); ++k) CHECK_NEAR(gsplit[k], hga[k], 1e-5);
+    simclr_forward_destroy(ds);
+    cuda_ok(cudaFree(kept), "cudaFree");
+  }
+
   // A NaN in zb at row 2, column 3: no error from the call, the index in slot 1.
   std::vector<float> bad = zb;
   bad[2 * kD + 3] = std::nanf("");
@@ -424,6 +460,7 @@ struct RankComm {
   int rank = 0;
   bool fail_device = false;  // all_gather_v reports a transport failure
   int* releases = nullptr;   // counts release calls
+  int host_gathers = 0;      // host_all_gather calls (the agreement records)
 };
 
 int device_all_gather_v(void* user, const void* send, std::size_t send_bytes, void* recv,
@@ -469,6 +506,7 @@ int device_all_gather_v(void* user, const void* send, std::size_t send_bytes, vo
 int host_all_gather(void* user, const void* send, std::size_t bytes, void* recv, char*,
                     std::size_t) {
   auto* u = static_cast<RankComm*>(user);
+  ++u->host_gathers;
   u->group->exchange(u->rank, send, bytes,
                      [&](const std::vector<const void*>& sends, const std::vector<std::size_t>&) {
                        for (std::size_t r = 0; r < sends.size(); ++r)
@@ -682,7 +720,8 @@ void test_distributed(const std::vector<std::int64_t>& split, simclr_reduction r
 // The asynchronous calls at 3 ranks (one empty), each with its own stream and cuBLAS handle, a
 // weight and workspaces sized for the distributed call: the results match the whole batch, the
 // status arrays are clean and, on the emulation, the calls made no host synchronisation and no
-// device allocation.
+// device allocation. The forward's workspace is split (simclr_device_call.scratch, freed before the
+// backward), and each call gathers the agreement records once (host_all_gather).
 void test_distributed_async(int device) {
   const std::vector<std::int64_t> split{4, 0, 5};
   const std::int64_t total = 9;
@@ -719,9 +758,16 @@ void test_distributed_async(int device) {
           simclr_device_workspace_size(n, total, kD, SIMCLR_FLOAT32, nullptr, &local_f, nullptr),
           SIMCLR_OK);
       CHECK(fbytes > local_f);  // a distributed call stages its own rows before the gather
+      std::size_t saved_bytes = 0;
+      CHECK_STATUS(simclr_device_forward_saved_size(n, total, kD, SIMCLR_FLOAT32, &options,
+                                                    &saved_bytes),
+                   SIMCLR_OK);
+      CHECK(n == 0 ? saved_bytes <= fbytes : saved_bytes < fbytes);  // no tile without rows
       void* fws = nullptr;
       void* bws = nullptr;
-      cuda_ok(cudaMalloc(&fws, fbytes), "cudaMalloc");
+      void* scratch = nullptr;
+      cuda_ok(cudaMalloc(&fws, saved_bytes), "cudaMalloc");
+      cuda_ok(cudaMalloc(&scratch, fbytes - saved_bytes), "cudaMalloc");
       cuda_ok(cudaMalloc(&bws, bbytes), "cudaMalloc");
       simclr_matrix a{buf.za, n, kD, kD, SIMCLR_FLOAT32, device};
       simclr_matrix b{buf.zb, n, kD, kD, SIMCLR_FLOAT32, device};
@@ -732,7 +778,9 @@ void test_distributed_async(int device) {
       simclr_device_call_init(&bcall);
       fcall.async = bcall.async = 1;
       fcall.workspace = fws;
-      fcall.workspace_size = fbytes;
+      fcall.workspace_size = saved_bytes;
+      fcall.scratch = scratch;
+      fcall.scratch_size = fbytes - saved_bytes;
       fcall.cublas_handle = bcall.cublas_handle = blas;
       fcall.weight = buf.weight;
       fcall.weight_size = n;
@@ -751,9 +799,14 @@ void test_distributed_async(int device) {
                    SIMCLR_OK);
       CHECK(std::isnan(info.objective) && info.ranks == 3 && info.global_rows == total);
       CHECK(simclr_device_status(saved) == fws);
+      CHECK(user.host_gathers == 1);  // the forward's agreement
+      // The scratch goes back in stream order, before the backward is enqueued.
+      cuda_ok(cudaFreeAsync(scratch, stream), "cudaFreeAsync");
+      scratch = nullptr;
       CHECK_STATUS(
           simclr_device_backward_async(loss, saved, 1.0f, nullptr, &ga, &gb, &bcall, stream),
           SIMCLR_OK);
+      CHECK(user.host_gathers == 2);  // and the backward's
       group.barrier();
 #ifdef SIMCLR_TEST_EMULATION
       if (rank == 0) {

@@ -93,6 +93,8 @@ def distributed():
     import tempfile
 
     import torch
+    import warnings
+
     import torch.distributed as dist
 
     import simclr_loss.torch as st
@@ -125,10 +127,18 @@ def distributed():
                     mode = torch.cuda.get_sync_debug_mode()
                     if name != "nccl":
                         torch.cuda.set_sync_debug_mode("error")
+                    else:  # count them: 3 a step expected (docs/gpu.md, the route's host syncs)
+                        torch.cuda.set_sync_debug_mode("warn")
                     try:
-                        v = st.simclr_loss(a, b, process_group=group, global_batch_size="infer",
-                                           gradient_reduction="sum", **kwargs)
-                        v.sum().backward()
+                        with warnings.catch_warnings(record=True) as caught:
+                            warnings.simplefilter("always")
+                            v = st.simclr_loss(a, b, process_group=group,
+                                               global_batch_size="infer",
+                                               gradient_reduction="sum", **kwargs)
+                            v.sum().backward()
+                        if name == "nccl":
+                            entry.setdefault("host_syncs_per_step", []).append(
+                                sum("synchroniz" in str(c.message) for c in caught))
                         sync_free = True
                     except RuntimeError as exc:
                         if "synchroniz" not in str(exc):
@@ -184,7 +194,8 @@ def memory():
     out = {"check": "memory", "dim": 256, "dtype": "bfloat16", "runs": []}
     for g in (262144, 1048576):
         fwd, bwd = _device.workspace_size(g, g, 256, _device.BFLOAT16, 0, True)
-        entry = {"G": g, "forward_workspace_bytes": fwd, "backward_workspace_bytes": bwd}
+        entry = {"G": g, "forward_workspace_bytes": fwd, "backward_workspace_bytes": bwd,
+                 "forward_saved_bytes": _device.saved_size(g, g, 256, _device.BFLOAT16, 0, True)}
         try:
             za, zb = inputs(g, 256, torch.bfloat16, "cuda")
             za.requires_grad_(True)
@@ -197,6 +208,9 @@ def memory():
             torch.cuda.synchronize()
             entry["seconds"] = time.perf_counter() - t0
             entry["peak_bytes_above_inputs"] = torch.cuda.max_memory_allocated() - base
+            # What the step leaves allocated: the two gradients only (nothing in module state).
+            entry["bytes_left_after_step"] = torch.cuda.memory_allocated() - base
+            entry["gradient_bytes"] = 2 * za.numel() * za.element_size()
             entry["logits_bytes_fp32"] = (2 * g) ** 2 * 4
         except Exception as exc:  # noqa: BLE001 - reported, not raised
             entry["error"] = f"{type(exc).__name__}: {exc}"[:300]

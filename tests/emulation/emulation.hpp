@@ -97,12 +97,15 @@ void fail_next_allocations(int count);
 // What the runtime was asked to do since the last reset_call_counts(), for tests of the
 // asynchronous contract (docs/gpu.md): calls that block the host until the device is done
 // (cudaDeviceSynchronize, cudaStreamSynchronize, cudaEventSynchronize, the synchronous cudaMemcpy,
-// cublasDestroy), device allocations (cudaMalloc, cudaMallocAsync) and cuBLAS handles created.
-// Counted over every thread.
+// cublasDestroy), device allocations (cudaMalloc, cudaMallocAsync), cuBLAS handles created and
+// the memory pools' release thresholds set (cudaMemPoolSetAttribute of
+// cudaMemPoolAttrReleaseThreshold; each device has one pool, its default and current one, whose
+// threshold starts at CUDA's 0). Counted over every thread.
 struct CallCounts {
   long host_syncs = 0;
   long allocations = 0;
   long blas_handles_created = 0;
+  long pool_threshold_sets = 0;
 };
 CallCounts call_counts();
 void reset_call_counts();

@@ -69,7 +69,7 @@ Memory& memory() {
 }  // namespace
 
 namespace {
-std::atomic<long> host_syncs{0}, allocations{0}, blas_handles{0};
+std::atomic<long> host_syncs{0}, allocations{0}, blas_handles{0}, threshold_sets{0};
 }  // namespace
 
 CallCounts call_counts() {
@@ -77,6 +77,7 @@ CallCounts call_counts() {
   c.host_syncs = host_syncs.load();
   c.allocations = allocations.load();
   c.blas_handles_created = blas_handles.load();
+  c.pool_threshold_sets = threshold_sets.load();
   return c;
 }
 
@@ -84,6 +85,7 @@ void reset_call_counts() {
   host_syncs = 0;
   allocations = 0;
   blas_handles = 0;
+  threshold_sets = 0;
 }
 
 void count_host_sync() { ++host_syncs; }
@@ -598,31 +600,56 @@ cudaError_t cudaFreeAsync(void* ptr, cudaStream_t stream) {
   return simclr::cuda::emu::release(ptr);
 }
 
+namespace {
+// One pool per device (the default pool, which is also the current one): its release threshold is
+// kept (CUDA's default 0); the memory counters are the shared memory's.
+struct EmulatedPool {
+  std::uint64_t release_threshold = 0;
+};
+EmulatedPool* the_pools() {
+  static EmulatedPool pools[simclr::cuda::emu::kDevices];
+  return pools;
+}
+EmulatedPool* pool_of(cudaMemPool_t pool) { return reinterpret_cast<EmulatedPool*>(pool); }
+}  // namespace
+
 cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* pool, int device) {
   if (pool == nullptr || device < 0 || device >= simclr::cuda::emu::kDevices)
     return fail(cudaErrorInvalidValue,
                 "cudaDeviceGetDefaultMemPool of a device that does not exist");
-  static int the_pool = 0;
-  *pool = reinterpret_cast<cudaMemPool_t>(&the_pool);
+  *pool = reinterpret_cast<cudaMemPool_t>(&the_pools()[device]);
   return cudaSuccess;
 }
 
-cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t, cudaMemPoolAttr attr, void* value) {
-  if (value == nullptr) return fail(cudaErrorInvalidValue, "cudaMemPoolSetAttribute(null)");
+cudaError_t cudaDeviceGetMemPool(cudaMemPool_t* pool, int device) {
+  if (pool == nullptr || device < 0 || device >= simclr::cuda::emu::kDevices)
+    return fail(cudaErrorInvalidValue, "cudaDeviceGetMemPool of a device that does not exist");
+  *pool = reinterpret_cast<cudaMemPool_t>(&the_pools()[device]);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t pool, cudaMemPoolAttr attr, void* value) {
+  if (value == nullptr || pool == nullptr)
+    return fail(cudaErrorInvalidValue, "cudaMemPoolSetAttribute(null)");
   auto& m = memory();
   std::lock_guard<std::mutex> lock(m.mutex);
   if (attr == cudaMemPoolAttrUsedMemHigh) m.high = m.used;  // as CUDA: any value resets it
+  if (attr == cudaMemPoolAttrReleaseThreshold) {
+    std::memcpy(&pool_of(pool)->release_threshold, value, sizeof(std::uint64_t));
+    ++simclr::cuda::emu::threshold_sets;
+  }
   return cudaSuccess;
 }
 
-cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t, cudaMemPoolAttr attr, void* value) {
-  if (value == nullptr) return fail(cudaErrorInvalidValue, "cudaMemPoolGetAttribute(null)");
+cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t pool, cudaMemPoolAttr attr, void* value) {
+  if (value == nullptr || pool == nullptr) return fail(cudaErrorInvalidValue, "cudaMemPoolGetAttribute(null)");
   auto& m = memory();
   std::lock_guard<std::mutex> lock(m.mutex);
   std::uint64_t v = 0;
   if (attr == cudaMemPoolAttrUsedMemHigh || attr == cudaMemPoolAttrReservedMemHigh) v = m.high;
   if (attr == cudaMemPoolAttrUsedMemCurrent || attr == cudaMemPoolAttrReservedMemCurrent)
     v = m.used;
+  if (attr == cudaMemPoolAttrReleaseThreshold) v = pool_of(pool)->release_threshold;
   std::memcpy(value, &v, sizeof(v));
   return cudaSuccess;
 }

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -169,6 +170,8 @@ inline double rel_err(const std::vector<double>& a, const std::vector<double>& b
   EXPECT_EQ(a.size(), b.size());
   double err = 0, scale = 0;
   for (std::size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+    // A NaN is never within a bound (std::max would drop it).
+    if (std::isnan(a[i]) != std::isnan(b[i])) return std::numeric_limits<double>::infinity();
     err = std::max(err, std::abs(a[i] - b[i]));
     scale = std::max(scale, std::abs(b[i]));
   }

@@ -63,6 +63,9 @@ struct Case {
   bool symmetric = true;
   bool other_stream = false;  // backward on a second stream, ordered by an event
   bool caller_outputs = false;
+  // The forward's workspace split: the saved state in one buffer, the rest in a scratch that is
+  // poisoned and freed right after the forward (DeviceCallOptions::scratch).
+  bool split_scratch = false;
 };
 
 TEST_F(DeviceAsyncTest, AsyncCallWithWorkspaceNeitherSynchronisesNorAllocatesAndMatchesCpu) {
@@ -83,13 +86,25 @@ TEST_F(DeviceAsyncTest, AsyncCallWithWorkspaceNeitherSynchronisesNorAllocatesAnd
   streams.other_stream = true;
   streams.dtype = DeviceDType::kBFloat16;
   cases.push_back(streams);
+  for (bool symmetric : {true, false}) {
+    Case split;
+    split.split_scratch = true;
+    split.symmetric = symmetric;
+    split.other_stream = !symmetric;
+    cases.push_back(split);
+  }
+  Case split_none = none;
+  split_none.split_scratch = true;
+  split_none.caller_outputs = false;
+  cases.push_back(split_none);
 
   const double temperature = 0.1;
   for (const Case& c : cases) {
     SCOPED_TRACE(::testing::Message()
                  << cuda::to_string(c.dtype) << (c.symmetric ? " symmetric" : " general") << " "
                  << to_string(c.reduction) << (c.other_stream ? " two streams" : "")
-                 << (c.caller_outputs ? " caller outputs" : ""));
+                 << (c.caller_outputs ? " caller outputs" : "")
+                 << (c.split_scratch ? " split scratch" : ""));
     const auto a = rounded(seeded_rows(11, 0, 0, c.n, c.d), c.dtype);
     const auto b = rounded(seeded_rows(11, 1, 0, c.n, c.d), c.dtype);
     RowMatrix<double> ma = Eigen::Map<const RowMatrix<double>>(a.data(), c.n, c.d);
@@ -114,10 +129,16 @@ TEST_F(DeviceAsyncTest, AsyncCallWithWorkspaceNeitherSynchronisesNorAllocatesAnd
     if (c.caller_outputs)
       options.outputs = {values_buf.data(), per_example_buf.data(), objective_buf.as<float>()};
     const cuda::DeviceProblem problem{c.n, c.n, c.d, c.dtype, false};
-    DeviceArray fws = workspace_of(cuda::forward_workspace_bytes(problem, options), stream_);
+    const std::size_t forward_bytes = cuda::forward_workspace_bytes(problem, options);
+    const std::size_t saved_bytes = cuda::forward_saved_bytes(problem, options);
+    // The saved part is U and O(n) arrays; the tile (16 x 24 floats at least) is in the rest.
+    EXPECT_LE(saved_bytes + 16 * 24 * sizeof(float), forward_bytes);
+    DeviceArray fws = workspace_of(c.split_scratch ? saved_bytes : forward_bytes, stream_);
+    DeviceArray sws = workspace_of(c.split_scratch ? forward_bytes - saved_bytes : 0, stream_);
     DeviceArray bws =
         workspace_of(cuda::backward_workspace_bytes(problem, options.device), stream_);
-    options.workspace = {fws.data(), cuda::forward_workspace_bytes(problem, options)};
+    options.workspace = {fws.data(), c.split_scratch ? saved_bytes : forward_bytes};
+    if (c.split_scratch) options.scratch = {sws.data(), forward_bytes - saved_bytes};
     cuda::DeviceBackwardOptions back;
     back.check = DeviceCheckMode::kAsync;
     back.workspace = {bws.data(), cuda::backward_workspace_bytes(problem, options.device)};
@@ -130,6 +151,11 @@ TEST_F(DeviceAsyncTest, AsyncCallWithWorkspaceNeitherSynchronisesNorAllocatesAnd
 
     emu::reset_call_counts();
     auto out = loss.forward(za.view(), zb.view(), stream_, nullptr, options);
+    if (c.split_scratch) {
+      // The backward must not read the scratch: poison it, then free it before the backward.
+      SIMCLR_CHECK_CUDA(cudaMemsetAsync(sws.data(), 0xFF, sws.bytes(), stream_));
+      sws = DeviceArray();
+    }
     cudaStream_t back_stream = stream_;
     if (c.other_stream) {
       SIMCLR_CHECK_CUDA(cudaEventRecord(done, stream_));
@@ -334,6 +360,71 @@ TEST_F(DeviceAsyncTest, WorkspaceQueriesGrowWithTheProblem) {
   cuda::DeviceProblem bad = small;
   bad.global_rows = 3;
   EXPECT_THROW((void)cuda::forward_workspace_bytes(bad), ValueError);
+}
+
+// A call without workspaces allocates from the device's current memory pool; the first such call
+// on a device raises the pool's release threshold from CUDA's 0 to UINT64_MAX, once, and leaves a
+// threshold the caller has set alone (docs/gpu.md, "Memory pool"). Devices 1 and 2 of the
+// emulation: this binary's other tests allocate on device 0.
+TEST_F(DeviceAsyncTest, CallsWithoutWorkspaceKeepThePoolsMemoryOnceAndLeaveTheCallersThreshold) {
+  const std::int64_t n = 9, d = 5;
+  const auto a = seeded_rows(3, 0, 0, n, d), b = seeded_rows(3, 1, 0, n, d);
+  // Inputs, outputs and a workspace allocated on device 0, so only the calls allocate on 1 and 2.
+  DeviceMatrix za = upload(a, n, d, DeviceDType::kFloat32, stream_);
+  DeviceMatrix zb = upload(b, n, d, DeviceDType::kFloat32, stream_);
+  DeviceMatrix ga = zeros(n, d, DeviceDType::kFloat32, stream_);
+  DeviceMatrix gb = zeros(n, d, DeviceDType::kFloat32, stream_);
+  const cuda::DeviceProblem problem{n, n, d, DeviceDType::kFloat32, false};
+  cuda::DeviceCallOptions with;
+  with.check = DeviceCheckMode::kAsync;
+  DeviceArray fws = workspace_of(cuda::forward_workspace_bytes(problem, with), stream_);
+  DeviceArray bws = workspace_of(cuda::backward_workspace_bytes(problem, with.device), stream_);
+  with.workspace = {fws.data(), fws.bytes()};
+  cuda::DeviceBackwardOptions back_with;
+  back_with.check = DeviceCheckMode::kAsync;
+  back_with.workspace = {bws.data(), bws.bytes()};
+  DeviceSimCLRLoss loss(0.1, Reduction::kSum);
+  auto step = [&](const cuda::DeviceCallOptions& options, const cuda::DeviceBackwardOptions& back) {
+    auto out = loss.forward(za.view(), zb.view(), stream_, nullptr, options);
+    loss.backward(out, 1.0f, ga.mutable_view(), gb.mutable_view(), stream_, back);
+    SIMCLR_CHECK_CUDA(cudaStreamSynchronize(stream_));
+  };
+  auto threshold_of = [](int device) {
+    cudaMemPool_t pool = nullptr;
+    SIMCLR_CHECK_CUDA(cudaDeviceGetMemPool(&pool, device));
+    std::uint64_t t = 1;
+    SIMCLR_CHECK_CUDA(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &t));
+    return t;
+  };
+  auto set_threshold = [](int device, std::uint64_t t) {
+    cudaMemPool_t pool = nullptr;
+    SIMCLR_CHECK_CUDA(cudaDeviceGetMemPool(&pool, device));
+    SIMCLR_CHECK_CUDA(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &t));
+  };
+
+  SIMCLR_CHECK_CUDA(cudaSetDevice(1));
+  ASSERT_EQ(threshold_of(1), 0u) << "a fresh pool starts at CUDA's default";
+  emu::reset_call_counts();
+  step(with, back_with);  // workspaces: nothing allocated, the pool is not touched
+  EXPECT_EQ(threshold_of(1), 0u);
+  EXPECT_EQ(emu::call_counts().pool_threshold_sets, 0);
+  step({}, {});  // no workspace: the pool keeps its memory from now on
+  EXPECT_EQ(threshold_of(1), UINT64_MAX);
+  EXPECT_EQ(emu::call_counts().pool_threshold_sets, 1);
+  step({}, {});
+  EXPECT_EQ(emu::call_counts().pool_threshold_sets, 1) << "the threshold is set once per device";
+  set_threshold(1, 0);  // the caller wants memory released after all: not overridden
+  step({}, {});
+  EXPECT_EQ(threshold_of(1), 0u);
+  EXPECT_EQ(emu::call_counts().pool_threshold_sets, 2);
+
+  SIMCLR_CHECK_CUDA(cudaSetDevice(2));
+  set_threshold(2, std::uint64_t{64} << 20);  // a caller's own setting
+  emu::reset_call_counts();
+  step({}, {});
+  EXPECT_EQ(threshold_of(2), std::uint64_t{64} << 20);
+  EXPECT_EQ(emu::call_counts().pool_threshold_sets, 0);
+  SIMCLR_CHECK_CUDA(cudaSetDevice(0));
 }
 
 }  // namespace

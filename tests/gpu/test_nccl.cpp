@@ -13,6 +13,7 @@
 #include <cstring>
 #include <numeric>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gpu_test_util.hpp"
@@ -223,7 +224,8 @@ TEST_F(NcclTest, TheBalancedScheduleFallsBackToOwnRowsWithoutTheFixedShift) {
 #ifdef SIMCLR_CUDA_EMULATION
 // With workspaces from the queries, a balanced step allocates nothing and never synchronises the
 // host (the reduce-scatter is grouped ncclReduce calls, no padded staging), and gives own_rows's
-// gradients.
+// gradients; also with the forward's workspace split (DeviceCallOptions::scratch), the scratch
+// poisoned and freed before the backward.
 TEST_F(NcclTest, TheBalancedScheduleWithWorkspacesAllocatesNothingAndMatchesOwnRows) {
   const std::int64_t G = 41, d = 12;
   const auto rows = split_rows(G, comm_->size(), false);
@@ -234,7 +236,9 @@ TEST_F(NcclTest, TheBalancedScheduleWithWorkspacesAllocatesNothingAndMatchesOwnR
   DeviceMatrix za = upload(a, n, d, DeviceDType::kFloat32, stream_),
                zb = upload(b, n, d, DeviceDType::kFloat32, stream_);
   std::vector<std::vector<double>> grads;
-  for (Schedule schedule : {Schedule::kOwnRows, Schedule::kBalanced}) {
+  const std::pair<Schedule, bool> runs[] = {
+      {Schedule::kOwnRows, false}, {Schedule::kBalanced, false}, {Schedule::kBalanced, true}};
+  for (const auto& [schedule, split] : runs) {
     cuda::DeviceCallOptions options;
     options.communicator = comm_.get();
     options.check = cuda::DeviceCheckMode::kAsync;
@@ -244,8 +248,10 @@ TEST_F(NcclTest, TheBalancedScheduleWithWorkspacesAllocatesNothingAndMatchesOwnR
     const cuda::DeviceProblem problem{n, G, d, DeviceDType::kFloat32, true};
     const std::size_t fbytes = cuda::forward_workspace_bytes(problem, options);
     const std::size_t bbytes = cuda::backward_workspace_bytes(problem, options.device);
-    DeviceArray fws(fbytes, stream_), bws(bbytes, stream_);
-    options.workspace = {fws.data(), fbytes};
+    const std::size_t saved = split ? cuda::forward_saved_bytes(problem, options) : fbytes;
+    DeviceArray fws(saved, stream_), bws(bbytes, stream_), sws(fbytes - saved + 1, stream_);
+    options.workspace = {fws.data(), saved};
+    if (split) options.scratch = {sws.data(), fbytes - saved};
     cuda::DeviceBackwardOptions back;
     back.check = cuda::DeviceCheckMode::kAsync;
     back.workspace = {bws.data(), bbytes};
@@ -255,16 +261,21 @@ TEST_F(NcclTest, TheBalancedScheduleWithWorkspacesAllocatesNothingAndMatchesOwnR
     (void)loss.forward(za.view(), zb.view(), stream_, nullptr, options);  // the cuBLAS handle
     cuda::emu::reset_call_counts();
     auto out = loss.forward(za.view(), zb.view(), stream_, nullptr, options);
+    if (split) {  // the backward must not read the scratch
+      SIMCLR_CHECK_CUDA(cudaMemsetAsync(sws.data(), 0xFF, sws.bytes(), stream_));
+      sws = DeviceArray();
+    }
     loss.backward(out, 1.f, ga.mutable_view(), gb.mutable_view(), stream_, back);
     const cuda::emu::CallCounts counts = cuda::emu::call_counts();
-    EXPECT_EQ(counts.allocations, 0) << to_string(schedule);
-    EXPECT_EQ(counts.host_syncs, 0) << to_string(schedule);
+    EXPECT_EQ(counts.allocations, 0) << to_string(schedule) << (split ? " split" : "");
+    EXPECT_EQ(counts.host_syncs, 0) << to_string(schedule) << (split ? " split" : "");
     grads.push_back(download(ga, stream_));
     const auto gbv = download(gb, stream_);
     grads.back().insert(grads.back().end(), gbv.begin(), gbv.end());
   }
   if (n > 0) {
     EXPECT_LE(rel_err(grads[1], grads[0]), kFloat32Tol);
+    EXPECT_LE(rel_err(grads[2], grads[0]), kFloat32Tol) << "balanced, split workspace";
   }
 }
 #endif

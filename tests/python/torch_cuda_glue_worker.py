@@ -66,6 +66,22 @@ def main():
     # The host all-gather of the agreement records: every rank's bytes in rank order.
     got = comm.host_all_gather(bytes(part(RANK, 512, 5)))
     check(got == b"".join(bytes(part(r, 512, 5)) for r in range(SIZE)), "host_all_gather")
+    # One read-back (.cpu()) per record gather, whatever the group's size: on a CUDA-only group,
+    # where the gathered buffer is on the device, that is one host synchronisation.
+    reads = []
+    cpu = torch.Tensor.cpu
+
+    def counted_cpu(self, *args, **kwargs):
+        reads.append(self.numel())
+        return cpu(self, *args, **kwargs)
+
+    torch.Tensor.cpu = counted_cpu
+    try:
+        got = comm.host_all_gather(bytes(part(RANK, 512, 6)))
+    finally:
+        torch.Tensor.cpu = cpu
+    check(got == b"".join(bytes(part(r, 512, 6)) for r in range(SIZE)), "host_all_gather again")
+    check(reads == [512 * SIZE], f"one read-back of every rank's record, got {reads}")
 
     # The first gather of a call: every rank's rows, or the first failing rank's error everywhere,
     # through the library's records (simclr_record_call, simclr_step_agree).

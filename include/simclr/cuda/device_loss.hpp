@@ -17,7 +17,10 @@
 //
 // Memory: with a caller workspace (DeviceWorkspace, sized by forward_workspace_bytes /
 // backward_workspace_bytes) no call allocates; without one, arrays are stream-ordered allocations
-// (cudaMallocAsync) on the call's stream.
+// (cudaMallocAsync) on the call's stream. The first call that allocates on a device raises the
+// release threshold of that device's current memory pool to UINT64_MAX, once per process, when it
+// is still 0 (CUDA's default), so the pool keeps the step's memory mapped between steps; a
+// threshold the caller has set (any other value) is left alone (docs/gpu.md).
 
 #include <cuda_runtime_api.h>
 
@@ -123,6 +126,12 @@ struct DeviceCallOptions {
   DeviceOptions device;
   DeviceCheckMode check = DeviceCheckMode::kChecked;
   DeviceWorkspace workspace;
+  // Forward only, with a workspace: when set, `workspace` holds only what the backward reads (the
+  // saved state and the outputs not in caller buffers: forward_saved_bytes) and `scratch` the
+  // rest (forward_workspace_bytes - forward_saved_bytes: the tile, the staging arrays). The scratch
+  // is free for other use once the forward's work is done in stream order (a stream-ordered
+  // allocator may take it back right after the call); the workspace must stay until the backward.
+  DeviceWorkspace scratch;
   DeviceOutputBuffers outputs;
   // The caller's cuBLAS handle (its stream is set to the call's; the library never destroys it).
   // Null: one handle per device and host thread, cached for the life of the process, is used.
@@ -150,6 +159,10 @@ struct DeviceProblem {
 // options.device, outputs not in caller buffers counted). Includes the saved state.
 std::size_t forward_workspace_bytes(const DeviceProblem& problem,
                                     const DeviceCallOptions& options = {});
+// The leading part of those bytes that the backward reads (DeviceCallOptions::scratch): the status
+// array, U, the squared norms, the per-row LSE, the weights and the outputs not in caller buffers.
+std::size_t forward_saved_bytes(const DeviceProblem& problem,
+                                const DeviceCallOptions& options = {});
 // Bytes of DeviceBackwardOptions::workspace a backward of `problem` needs (tiles as `device`).
 std::size_t backward_workspace_bytes(const DeviceProblem& problem,
                                      const DeviceOptions& device = {});
