@@ -13,6 +13,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "simclr/c_api.h"
@@ -449,16 +450,27 @@ void simclr_device_call_init(simclr_device_call* call) {
   call->scratch_size = 0;
 }
 
+namespace simclr::detail {
+namespace {
+// The options and the problem a sizing query describes (the workspace queries share them).
+std::pair<cuda::DeviceCallOptions, cuda::DeviceProblem> device_sizing(
+    int64_t rows, int64_t global_rows, int64_t dim, simclr_dtype dtype,
+    const simclr_call_options* options, const char* where) {
+  cuda::DeviceCallOptions call = device_call_options(options, where);
+  const cuda::DeviceProblem problem{rows, global_rows, dim, device_dtype(dtype, "dtype", where),
+                                    call.communicator != nullptr};
+  return {call, problem};
+}
+}  // namespace
+}  // namespace simclr::detail
+
 simclr_status simclr_device_workspace_size(int64_t rows, int64_t global_rows, int64_t dim,
                                            simclr_dtype dtype, const simclr_call_options* options,
                                            size_t* forward_bytes, size_t* backward_bytes) {
   return simclr::detail::c_api_guard([&] {
     using namespace simclr;
-    const char* where = "simclr_device_workspace_size";
-    const cuda::DeviceCallOptions call = detail::device_call_options(options, where);
-    const cuda::DeviceProblem problem{rows, global_rows, dim,
-                                      detail::device_dtype(dtype, "dtype", where),
-                                      call.communicator != nullptr};
+    const auto [call, problem] = detail::device_sizing(rows, global_rows, dim, dtype, options,
+                                                       "simclr_device_workspace_size");
     if (forward_bytes != nullptr) *forward_bytes = cuda::forward_workspace_bytes(problem, call);
     if (backward_bytes != nullptr)
       *backward_bytes = cuda::backward_workspace_bytes(problem, call.device);
@@ -471,11 +483,8 @@ simclr_status simclr_device_forward_saved_size(int64_t rows, int64_t global_rows
                                                size_t* saved_bytes) {
   return simclr::detail::c_api_guard([&] {
     using namespace simclr;
-    const char* where = "simclr_device_forward_saved_size";
-    const cuda::DeviceCallOptions call = detail::device_call_options(options, where);
-    const cuda::DeviceProblem problem{rows, global_rows, dim,
-                                      detail::device_dtype(dtype, "dtype", where),
-                                      call.communicator != nullptr};
+    const auto [call, problem] = detail::device_sizing(rows, global_rows, dim, dtype, options,
+                                                       "simclr_device_forward_saved_size");
     if (saved_bytes != nullptr) *saved_bytes = cuda::forward_saved_bytes(problem, call);
   });
 }
