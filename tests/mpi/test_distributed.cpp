@@ -85,6 +85,23 @@ std::vector<EngineOptions> engine_variants() {
   return out;
 }
 
+// The whole batch every rank rebuilds: both views, a per-example weight and an upstream gradient.
+template <class T>
+struct GlobalBatch {
+  GlobalBatch(std::int64_t g, std::int64_t d)
+      : za(global_view<T>(0, g, d)), zb(global_view<T>(1, g, d)), w_global(g), up_global(g) {
+    for (std::int64_t i = 0; i < g; ++i) {
+      w_global[i] = 0.5 + 0.25 * static_cast<double>(i % 3);
+      up_global[i] = static_cast<T>(1.0 - 0.1 * static_cast<double>(i));
+    }
+    w_all = SampleWeight::per_example(w_global);
+  }
+  RowMatrix<T> za, zb;
+  std::vector<double> w_global;
+  std::vector<T> up_global;
+  SampleWeight w_all;
+};
+
 template <class T>
 void check_against_single_process(double tol, const EngineOptions& engine);
 
@@ -99,13 +116,12 @@ void check_against_single_process(double tol, const EngineOptions& engine) {
   const int k = world_size(), rank = world_rank();
   MpiCommunicator comm(MPI_COMM_WORLD);
   const std::int64_t g = 11, d = 6;
-  const RowMatrix<T> za = global_view<T>(0, g, d), zb = global_view<T>(1, g, d);
-  std::vector<double> w_global(g);
-  for (std::int64_t i = 0; i < g; ++i) w_global[i] = 0.5 + 0.25 * static_cast<double>(i % 3);
-  std::vector<T> up_global(g);
-  for (std::int64_t i = 0; i < g; ++i)
-    up_global[i] = static_cast<T>(1.0 - 0.1 * static_cast<double>(i));
-  const SampleWeight w_all = SampleWeight::per_example(w_global);
+  const GlobalBatch<T> batch(g, d);
+  const RowMatrix<T>& za = batch.za;
+  const RowMatrix<T>& zb = batch.zb;
+  const std::vector<double>& w_global = batch.w_global;
+  const std::vector<T>& up_global = batch.up_global;
+  const SampleWeight& w_all = batch.w_all;
 
   for (const auto& split : splits(g, k)) {
     const std::int64_t begin =
@@ -356,13 +372,12 @@ void check_temperature_gradient(double tol) {
   MpiCommunicator comm(MPI_COMM_WORLD);
   const std::int64_t g = 10, d = 5;
   const double t = 0.15;
-  const RowMatrix<T> za = global_view<T>(0, g, d), zb = global_view<T>(1, g, d);
-  std::vector<double> w_global(g);
-  for (std::int64_t i = 0; i < g; ++i) w_global[i] = 0.5 + 0.25 * static_cast<double>(i % 3);
-  std::vector<T> up_global(g);
-  for (std::int64_t i = 0; i < g; ++i)
-    up_global[i] = static_cast<T>(1.0 - 0.1 * static_cast<double>(i));
-  const SampleWeight w_all = SampleWeight::per_example(w_global);
+  const GlobalBatch<T> batch(g, d);
+  const RowMatrix<T>& za = batch.za;
+  const RowMatrix<T>& zb = batch.zb;
+  const std::vector<double>& w_global = batch.w_global;
+  const std::vector<T>& up_global = batch.up_global;
+  const SampleWeight& w_all = batch.w_all;
   for (const auto& split : splits(g, k)) {
     const std::int64_t begin =
         std::accumulate(split.begin(), split.begin() + rank, std::int64_t{0});
