@@ -316,13 +316,14 @@ def _call(core_loss, za, zb, sample_weight, process_group, global_batch_size, gr
 
 
 # ---- torch.compile: the loss as torch.library custom ops (torch >= 2.4) -------------------------
-# Dynamo cannot trace into the extension, so while torch.compile traces, the CPU route is two custom
-# ops with fake (shape-only) implementations and a registered autograd formula: the graph holds the
-# loss as one node and stays whole (fullgraph=True). The ops are stateless: "simclr_loss::loss"
-# returns the values and, when a gradient will be taken of a reduced loss, the closed-form gradient
-# of the loss itself (the backward only scales it by the upstream scalar); for reduction "none" the
-# backward op "simclr_loss::loss_backward" runs the step again with the upstream vector. Eager calls
-# keep _SimCLRFunction (one forward walk, the backward walk only when backward is called).
+# Dynamo cannot trace into the extension, so while torch.compile traces, a call is two custom ops
+# with fake (shape-only) implementations and a registered autograd formula: the graph holds the loss
+# as one node and stays whole (fullgraph=True). The ops run the eager route itself on detached
+# inputs (the CPU route, or the CUDA route for CUDA tensors: one implementation for both devices)
+# and are stateless: "simclr_loss::loss" returns the values and, when a gradient will be taken of a
+# reduced loss, the gradient of the loss itself (the backward only scales it by the upstream scalar);
+# for reduction "none" the backward op "simclr_loss::loss_backward" runs the step again with the
+# upstream vector. Eager calls keep _SimCLRFunction (the backward walk only when backward is called).
 _HAS_OPS = (hasattr(torch.library, "custom_op") and hasattr(torch, "compiler")
             and hasattr(torch.compiler, "is_compiling"))
 
@@ -333,25 +334,25 @@ def _group_name(group):
     return "" if group is None else group.group_name
 
 
-@functools.lru_cache(maxsize=64)
-def _op_core_loss(temperature, reduction):
-    return _args.make_loss(temperature, reduction)
-
-
-def _op_forward(za, zb, weight, temperature, reduction, global_batch, gradient, group):
-    group = dist.distributed_c10d._resolve_process_group(group) if group else None
-    comm = None if group is None else _TorchComm(group).core_comm()
-    threads = torch.get_num_threads()
-    config_error = None
-    try:
-        core_loss = _op_core_loss(temperature, reduction)
-    except (TypeError, ValueError) as exc:
-        if comm is None:
-            raise
-        core_loss, config_error = _op_core_loss(0.05, "sum"), (type(exc), str(exc))
-    weight = _checked_weight(core_loss, za, zb, weight, comm, global_batch, gradient, threads,
-                             config_error)
-    return _core_forward(core_loss, za, zb, weight, comm, global_batch, gradient, threads)
+def _op_step(za, zb, weight, temperature, reduction, global_batch, gradient, group, upstream,
+             with_grad):
+    """The eager route on detached za, zb: (values, grad_a, grad_b), the gradients (None unless
+    with_grad) for `upstream` (None: of the loss itself). The arguments are the ops' encodings."""
+    floats = za.is_floating_point() and zb.is_floating_point()
+    a = za.detach().requires_grad_(with_grad and floats)
+    b = zb.detach().requires_grad_(with_grad and floats)
+    global_batch_size = (None if global_batch == _args.GLOBAL_BATCH_NONE else
+                         "infer" if global_batch == _args.GLOBAL_BATCH_INFER else int(global_batch))
+    with torch.enable_grad():
+        values = simclr_loss(a, b, weight, temperature=temperature, reduction=reduction,
+                             process_group=(dist.distributed_c10d._resolve_process_group(group)
+                                            if group else None),
+                             global_batch_size=global_batch_size,
+                             gradient_reduction=_args.gradient_reduction_name(gradient))
+        if not with_grad:
+            return values.detach(), None, None
+        grad_a, grad_b = torch.autograd.grad(values, (a, b), grad_outputs=upstream)
+    return values.detach(), grad_a, grad_b
 
 
 def _compiling():
@@ -365,34 +366,32 @@ if _HAS_OPS:
     def _loss_op(za: torch.Tensor, zb: torch.Tensor, weight: Optional[torch.Tensor],
                  temperature: float, reduction: str, global_batch: int, gradient: int, group: str,
                  with_grad: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        fwd, dtype, values = _op_forward(za, zb, weight, temperature, reduction, global_batch,
-                                         gradient, group)
-        if with_grad and fwd.reduction != "none":
-            grad_a, grad_b = _core_backward(fwd, 1.0, tuple(za.shape), dtype)
-        else:
-            grad_a, grad_b = torch.empty(0, dtype=dtype), torch.empty(0, dtype=dtype)
+        values, grad_a, grad_b = _op_step(za, zb, weight, temperature, reduction, global_batch,
+                                          gradient, group, None, with_grad and reduction != "none")
+        if grad_a is None:
+            grad_a, grad_b = za.new_empty(0), zb.new_empty(0)
         return values, grad_a, grad_b
 
     @_loss_op.register_fake
     def _loss_fake(za, zb, weight, temperature, reduction, global_batch, gradient, group, with_grad):
-        dtype = _compute_dtype(za.dtype)
-        shape = tuple(za.shape) if with_grad and reduction != "none" else (0,)
+        grads = with_grad and reduction != "none"
+        # The CPU route returns float32 for half inputs; the CUDA route the input's dtype.
+        dtype = za.dtype if za.device.type == "cuda" else _compute_dtype(za.dtype)
         return (za.new_empty((za.shape[0],) if reduction == "none" else (), dtype=dtype),
-                za.new_empty(shape, dtype=dtype), za.new_empty(shape, dtype=dtype))
+                za.new_empty(za.shape if grads else (0,)), zb.new_empty(zb.shape if grads else (0,)))
 
     @torch.library.custom_op("simclr_loss::loss_backward", mutates_args=())
     def _loss_backward_op(za: torch.Tensor, zb: torch.Tensor, weight: Optional[torch.Tensor],
                           temperature: float, reduction: str, global_batch: int, gradient: int,
                           group: str, upstream: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        fwd, dtype, _ = _op_forward(za, zb, weight, temperature, reduction, global_batch, gradient,
-                                    group)
-        return _core_backward(fwd, upstream, tuple(za.shape), dtype)
+        _, grad_a, grad_b = _op_step(za, zb, weight, temperature, reduction, global_batch,
+                                     gradient, group, upstream, True)
+        return grad_a, grad_b
 
     @_loss_backward_op.register_fake
     def _loss_backward_fake(za, zb, weight, temperature, reduction, global_batch, gradient, group,
                             upstream):
-        dtype = _compute_dtype(za.dtype)
-        return za.new_empty(za.shape, dtype=dtype), zb.new_empty(zb.shape, dtype=dtype)
+        return za.new_empty(za.shape), zb.new_empty(zb.shape)
 
     def _loss_op_setup(ctx, inputs, output):
         za, zb, weight = inputs[:3]
@@ -432,10 +431,11 @@ def _compiled_call(za, zb, sample_weight, temperature, reduction, process_group,
 
 
 def _compile_route(za, zb, temperature=0.0, reduction=""):
-    """Whether a call takes the custom ops: while torch.compile traces, for CPU tensors and a plain
-    configuration (anything else takes the eager route, which raises its error or graph-breaks)."""
+    """Whether a call takes the custom ops: while torch.compile traces, for CPU or CUDA tensors and a
+    plain configuration (anything else takes the eager route, which raises its error or
+    graph-breaks)."""
     return (_compiling() and isinstance(za, torch.Tensor) and isinstance(zb, torch.Tensor)
-            and za.device.type == "cpu" and isinstance(temperature, (int, float))
+            and za.device.type in ("cpu", "cuda") and isinstance(temperature, (int, float))
             and not isinstance(temperature, bool) and isinstance(reduction, str))
 
 

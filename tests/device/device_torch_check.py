@@ -75,9 +75,61 @@ def parity():
     status = _torch_cuda.last_status().cpu().tolist()
     out["nan_status"] = status
     ok = ok and status[0] == 5 * 16 + 7
+    out["compile"] = compile_on_cuda()
+    ok = ok and out["compile"].get("passed", True)
     out["passed"] = ok
     emit(out)
     return 0 if ok else 1
+
+
+def compile_on_cuda():
+    """torch.compile(fullgraph=True) on CUDA tensors (the custom ops over the CUDA route) against
+    eager, and whether the loss op can be captured in a CUDA graph and replayed (recorded, not
+    required: the route's host reads of its status array would break a capture)."""
+    import torch
+
+    import simclr_loss.torch as st
+    from simclr_loss import _args
+
+    if not st._HAS_OPS:
+        return {"skipped": "torch " + torch.__version__ + " has no torch.library.custom_op"}
+    out = {}
+    try:
+        crit = st.SimCLRLoss(temperature=0.1)
+        za, zb = inputs(512, 64, torch.float32, "cuda", seed=5)
+        a1, b1 = za.clone().requires_grad_(True), zb.clone().requires_grad_(True)
+        a2, b2 = za.clone().requires_grad_(True), zb.clone().requires_grad_(True)
+        want = crit(a1, b1)
+        want.backward()
+        got = torch.compile(crit, fullgraph=True, backend="aot_eager")(a2, b2)
+        got.backward()
+        torch.cuda.synchronize()
+        err = max(float((got - want).abs()) / max(float(want.abs()), 1e-30),
+                  float((a2.grad - a1.grad).abs().max() / a1.grad.abs().max()),
+                  float((b2.grad - b1.grad).abs().max() / b1.grad.abs().max()))
+        out.update(fullgraph_rel_err=err, passed=err <= 1e-5)
+    except Exception as exc:  # noqa: BLE001 - reported in the record
+        out.update(passed=False, error=f"{type(exc).__name__}: {exc}"[:500])
+    try:
+        za, zb = inputs(512, 64, torch.float32, "cuda", seed=6)
+        args = (za, zb, None, 0.1, "sum", _args.GLOBAL_BATCH_NONE, _args.GRADIENT_REDUCTIONS["sum"],
+                "", False)
+        eager = torch.ops.simclr_loss.loss(*args)[0].clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            torch.ops.simclr_loss.loss(*args)  # warm-up on a side stream, as capture wants
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = torch.ops.simclr_loss.loss(*args)[0]
+        graph.replay()
+        torch.cuda.synchronize()
+        out["cuda_graph"] = {"captured": True,
+                             "replay_rel_err": float((captured - eager).abs() / eager.abs())}
+    except Exception as exc:  # noqa: BLE001 - reported in the record
+        out["cuda_graph"] = {"captured": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
+    return out
 
 
 def distributed():

@@ -7,7 +7,8 @@
 # Runs: tests/python (torch, torch.compile, numpy, jax, Keras 3 on jax), Keras 3 on the tensorflow
 # and torch backends, the conformance table (every front end; Keras 3 on each backend), simclr_loss.jax
 # over 4 host devices, and tests/tensorflow's tests of the TF op (under MirroredStrategy). The MPI runs
-# (mpi4py, torch's mpirun checks) stay in python_test.sh. The last line is
+# (mpi4py, torch's mpirun checks) stay in python_test.sh; mpi4py is installed here for the docs'
+# mpirun snippets (tests/python/test_docs.py). The last line is
 # "current releases tests: P passed, F failed, S skipped".
 # Usage: tests/scripts/current_test.sh [--install]   (--install: make the environment only, as
 # scripts/test.sh does first, so that the CMake build compiles the JAX GPU handlers against its jax;
@@ -24,7 +25,7 @@ py="$venv/bin/python"
 # The newest releases, unpinned on purpose: this step is the one that finds out when a new release
 # breaks a front end. pip keeps what is already current, so a second run installs nothing.
 "$py" -m pip install -q --upgrade pip
-"$py" -m pip install -q --upgrade torch numpy "jax[cpu]" tensorflow-cpu keras pytest \
+"$py" -m pip install -q --upgrade torch numpy "jax[cpu]" tensorflow-cpu keras pytest mpi4py \
   "scikit-build-core>=0.10" "nanobind>=2.0"
 "$py" - <<'PY'
 import importlib.metadata as m
