@@ -175,7 +175,23 @@ typedef struct simclr_call_options {
    * embeddings' parameter gradients do (docs/distributed.md). Ranks may differ in it. Host calls only:
    * the device calls refuse it (SIMCLR_UNSUPPORTED), and use_temperature too. */
   int32_t temperature_gradient;
+  /* Extra negatives (a memory bank; docs/api.md, "Extra negatives"). simclr_forward: negatives is a
+   * host matrix [K, d] of the views' dtype (K may be 0; NULL: none), L2-normalised by the call, whose
+   * rows join every anchor's candidates as negatives only (never anchors or positives; they get no
+   * gradient); read during the forward only. negatives_scope: SIMCLR_NEGATIVES_LOCAL (default; a
+   * distributed call's anchors see this rank's rows) or SIMCLR_NEGATIVES_GLOBAL (every rank's,
+   * gathered); every rank must pass the same. A distributed call with negatives on any rank runs the
+   * own_rows schedule. The step calls take the negatives inside u_global instead: negative_rows K
+   * says that its last K rows are the negatives' unit rows (simclr_step_normalize_rows), after the
+   * batch's 2G; lse_all and alpha_all stay [2G]; negatives is ignored there. The device calls refuse
+   * both (SIMCLR_UNSUPPORTED). */
+  const simclr_matrix* negatives;
+  int32_t negatives_scope;
+  int64_t negative_rows;
 } simclr_call_options;
+
+#define SIMCLR_NEGATIVES_LOCAL 0
+#define SIMCLR_NEGATIVES_GLOBAL 1
 
 /* The gradient convention of a distributed call (docs/distributed.md): SUM gives each rank dJ/dz of
  * J = the sum over ranks of their losses (TensorFlow's strategies sum replica gradients); MEAN gives
@@ -192,7 +208,8 @@ typedef struct simclr_call_options {
 #define SIMCLR_SCHEDULE_BALANCED 2
 
 /* The defaults: no communicator, no global batch size, default threads, memory, symmetry and
- * schedule (AUTO), gradient SUM, no input error, the loss's temperature, no dJ/dT. */
+ * schedule (AUTO), gradient SUM, no input error, the loss's temperature, no dJ/dT, no extra
+ * negatives (scope LOCAL). */
 void simclr_call_options_init(simclr_call_options* options);
 
 /* What a forward found, beside its outputs. */
@@ -452,6 +469,11 @@ simclr_status simclr_step_agree(simclr_loss_t loss, const void* records, int32_t
  * mismatch or NaN/Inf in za or zb (the message names the view, the row and the column). */
 simclr_status simclr_step_normalize(const simclr_matrix* za, const simclr_matrix* zb,
                                     const simclr_matrix* u_local, void* squared_norms);
+
+/* out [K, d] (written) = l2_normalize(x), x [K, d] (the dtype of out): the extra negatives' unit rows,
+ * for the caller to place after the batch's rows in u_global (simclr_call_options.negative_rows).
+ * SIMCLR_VALUE_ERROR for a shape mismatch or NaN/Inf in x (named "negatives"). */
+simclr_status simclr_step_normalize_rows(const simclr_matrix* x, const simclr_matrix* out);
 
 /* The forward of this rank's 2n anchors (rows [anchor_begin, anchor_begin + 2n) of u_global, the
  * gathered unit rows [2G, d]) against every row. Writes row_lse [2n] (each anchor's log-sum-exp

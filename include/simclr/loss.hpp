@@ -35,6 +35,27 @@ struct SampleWeight {
   }
 };
 
+// Extra negatives of one call (CallOptions::negatives): K rows [K, d] of the call's dtype
+// (row-major, row_stride elements apart; K may be 0), L2-normalised by the call as the views are,
+// that join every anchor's candidates as negatives only: never anchors, never positives, and they
+// get no gradient (a memory bank's rows are detached). A view of the caller's memory, read during
+// the forward only.
+struct Negatives {
+  const void* data = nullptr;
+  std::int64_t rows = 0;
+  std::int64_t cols = 0;
+  std::int64_t row_stride = 0;  // elements; 0: cols
+  DType dtype = DType::kFloat32;
+  // Distributed calls: this rank's rows only, or every rank's (gathered). Every rank passes the same.
+  NegativesScope scope = NegativesScope::kLocal;
+
+  Negatives() = default;
+  template <class T>
+  explicit Negatives(ConstMatrixView<T> m, NegativesScope scope_ = NegativesScope::kLocal)
+      : data(m.data), rows(m.rows), cols(m.cols), row_stride(m.row_stride),
+        dtype(dtype_of<T>()), scope(scope_) {}
+};
+
 // Options of one call.
 struct CallOptions {
   // When set, the call is distributed (collective over every rank of the communicator) and the loss
@@ -55,6 +76,10 @@ struct CallOptions {
   // share of the global dJ/dT under `gradient_reduction` (docs/distributed.md, "Gradient
   // conventions"); ranks may differ in this flag, as it adds no collective.
   bool temperature_gradient = false;
+  // Extra negatives (a memory bank); none by default. Their dtype must be the views' (TypeError)
+  // and their width d (ValueError); NaN/Inf in them is a ValueError. A distributed call with
+  // negatives on any rank runs the own_rows schedule (docs/performance.md, "Schedules").
+  Negatives negatives;
   EngineOptions engine;
 };
 
@@ -77,6 +102,8 @@ struct LossOutput {
   std::vector<std::int64_t> rank_rows;
   std::int64_t row_offset = 0;
   std::int64_t global_rows = 0;
+  // Extra negatives every anchor of this rank saw (this rank's K, or every rank's for kGlobal).
+  std::int64_t negative_rows = 0;
   // The temperature the call ran at: CallOptions::temperature, or the loss's.
   double temperature = 0;
   // Flops the forward performed.

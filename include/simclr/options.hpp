@@ -64,6 +64,18 @@ const char* to_string(GradientReduction reduction);
 // The inverse of to_string; ValueError naming the choices otherwise.
 GradientReduction parse_gradient_reduction(const std::string& text);
 
+// Which extra negatives (CallOptions::negatives) an anchor of a distributed call sees
+// (docs/api.md, "Extra negatives"). kLocal: this rank's own rows only, as lightly's
+// NTXentLoss(memory_bank_size=...) does under DDP (its bank is per process and is not gathered).
+// kGlobal: every rank's rows, gathered like the batch (MoCo's shared queue, whose keys are
+// all-gathered before they are enqueued, so every rank holds the same queue). Local calls: the same.
+// Every rank must pass the same (checked).
+enum class NegativesScope : std::int32_t { kLocal = 0, kGlobal = 1 };
+// "local" / "global".
+const char* to_string(NegativesScope scope);
+// The inverse of to_string; ValueError naming the choices otherwise.
+NegativesScope parse_negatives_scope(const std::string& text);
+
 // Constructor arguments and get_config() content.
 struct LossConfig {
   double temperature = 0.05;

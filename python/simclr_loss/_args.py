@@ -22,6 +22,7 @@ from . import _core
 # The C API's codes (include/simclr/c_api.h), from the extension.
 REDUCTIONS = dict(_core.REDUCTIONS)  # Keras reduction key -> simclr_reduction
 GRADIENT_REDUCTIONS = {"sum": _core.GRADIENT_SUM, "mean": _core.GRADIENT_MEAN}
+NEGATIVES_SCOPES = {"local": _core.NEGATIVES_LOCAL, "global": _core.NEGATIVES_GLOBAL}
 GLOBAL_BATCH_NONE = _core.GLOBAL_BATCH_NONE
 GLOBAL_BATCH_INFER = _core.GLOBAL_BATCH_INFER
 RECORD_BYTES = _core.RECORD_BYTES
@@ -211,3 +212,14 @@ def threads(value):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise ValueError("threads must be an integer >= 0 (0: the default), got " + describe(value))
     return int(value)
+
+
+# ---- extra negatives ----
+
+def negatives_scope_code(value):
+    """The C API's SIMCLR_NEGATIVES_* code of negatives_scope: "local" (each rank's anchors see its
+    own extra negatives, as lightly's memory bank under DDP) or "global" (every rank's, gathered, as
+    MoCo's shared queue). ValueError otherwise."""
+    if not isinstance(value, str) or value not in NEGATIVES_SCOPES:
+        raise ValueError('negatives_scope must be "local" or "global", got ' + describe(value))
+    return NEGATIVES_SCOPES[value]

@@ -898,6 +898,8 @@ NB_MODULE(_core, m) {
   m.attr("GLOBAL_BATCH_NONE") = static_cast<int64_t>(SIMCLR_GLOBAL_BATCH_NONE);
   m.attr("GLOBAL_BATCH_INFER") = static_cast<int64_t>(SIMCLR_GLOBAL_BATCH_INFER);
   m.attr("RECORD_BYTES") = SIMCLR_RECORD_BYTES;
+  m.attr("NEGATIVES_LOCAL") = SIMCLR_NEGATIVES_LOCAL;
+  m.attr("NEGATIVES_GLOBAL") = SIMCLR_NEGATIVES_GLOBAL;
   m.attr("FLOAT32") = static_cast<int>(SIMCLR_FLOAT32);
   m.attr("FLOAT64") = static_cast<int>(SIMCLR_FLOAT64);
   m.attr("FLOAT16") = static_cast<int>(SIMCLR_FLOAT16);

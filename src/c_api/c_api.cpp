@@ -64,6 +64,12 @@ GradientReduction c_gradient_reduction(std::int32_t gradient_reduction, const ch
                                          "; pass SIMCLR_GRADIENT_SUM or SIMCLR_GRADIENT_MEAN"));
 }
 
+std::int32_t c_negatives_scope(std::int32_t scope, const char* where) {
+  if (scope == SIMCLR_NEGATIVES_LOCAL || scope == SIMCLR_NEGATIVES_GLOBAL) return scope;
+  c_api_fail(SIMCLR_VALUE_ERROR, str_cat(where, ": negatives_scope is ", scope,
+                                         "; pass SIMCLR_NEGATIVES_LOCAL or SIMCLR_NEGATIVES_GLOBAL"));
+}
+
 void check_collectively(Communicator* comm, const simclr_call_options* options,
                         const std::function<void()>& checks) {
   try {
@@ -208,6 +214,16 @@ CallOptions to_call_options(const simclr_call_options& o) {
   if (o.memory_budget_bytes != 0) options.engine.memory_budget_bytes = o.memory_budget_bytes;
   if (o.use_temperature != 0) options.temperature = o.temperature;
   options.temperature_gradient = o.temperature_gradient != 0;
+  options.negatives.scope =
+      static_cast<NegativesScope>(c_negatives_scope(o.negatives_scope, "simclr_call_options"));
+  if (o.negatives != nullptr) {
+    check_host_matrix(o.negatives, "negatives", "simclr_forward");
+    options.negatives.data = o.negatives->data;
+    options.negatives.rows = o.negatives->rows;
+    options.negatives.cols = o.negatives->cols;
+    options.negatives.row_stride = o.negatives->row_stride;
+    options.negatives.dtype = static_cast<DType>(o.negatives->dtype);
+  }
   return options;
 }
 
@@ -388,6 +404,9 @@ void simclr_call_options_init(simclr_call_options* options) {
   options->use_temperature = 0;
   options->temperature = 0;
   options->temperature_gradient = 0;
+  options->negatives = nullptr;
+  options->negatives_scope = SIMCLR_NEGATIVES_LOCAL;
+  options->negative_rows = 0;
 }
 
 simclr_status simclr_forward(simclr_loss_t loss, const simclr_matrix* za, const simclr_matrix* zb,

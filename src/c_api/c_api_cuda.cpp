@@ -203,13 +203,18 @@ cuda::DeviceSimCLRLoss& device_loss(simclr_loss& loss) {
   return *static_cast<cuda::DeviceSimCLRLoss*>(loss.device_loss.get());
 }
 
-// A call's own temperature and dJ/dT are host calls only so far (docs/gpu.md, "Not done yet").
+// A call's own temperature, dJ/dT and extra negatives are host calls only so far (docs/gpu.md,
+// "Not done yet").
 void refuse_temperature_options(const simclr_call_options& o, const char* where) {
   if (o.use_temperature != 0 || o.temperature_gradient != 0)
     c_api_fail(SIMCLR_UNSUPPORTED,
                str_cat(where, ": use_temperature and temperature_gradient (a call's own "
                               "temperature, dJ/dT) are not supported by the device calls yet; "
                               "use the host calls"));
+  if (o.negatives != nullptr || o.negative_rows != 0)
+    c_api_fail(SIMCLR_UNSUPPORTED,
+               str_cat(where, ": negatives and negative_rows (extra negatives, a memory bank) are "
+                              "not supported by the device calls yet; use the host calls"));
 }
 
 // The device options of a simclr_call_options (options may be NULL: the defaults).

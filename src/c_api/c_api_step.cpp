@@ -96,6 +96,7 @@ struct StepOptions {
   EngineOptions engine;
   std::int64_t global_batch = kNoGlobalBatch;
   std::optional<double> temperature;  // the call's (use_temperature), or none: the loss's
+  std::int64_t negatives = 0;         // negative_rows: the last rows of u_global
   // The temperature the step runs at.
   double temperature_of(const SimCLRLoss& loss) const {
     return temperature ? *temperature : loss.temperature();
@@ -118,6 +119,9 @@ StepOptions to_step_options(const simclr_call_options* o, const char* where) {
     validate_temperature(o->temperature);
     out.temperature = o->temperature;
   }
+  SIMCLR_ENFORCE(o->negative_rows >= 0, ValueError, where, ": negative_rows is ", o->negative_rows,
+                 "; pass 0 (no extra negatives) or their count");
+  out.negatives = o->negative_rows;
   return out;
 }
 
@@ -136,15 +140,19 @@ void check_distribution_rule(const SimCLRLoss& loss, bool several_ranks, std::in
                  "or use reduction 'sum' or 'none'");
 }
 
-// The layout of this rank's anchors in u_global, checked.
+// The layout of this rank's anchors in u_global (the batch's 2G rows, then `negatives` extra
+// negatives), checked.
 RowLayout step_layout(const simclr_matrix& u_global, std::int64_t anchor_begin, std::int64_t pairs,
-                      const char* where) {
+                      std::int64_t negatives, const char* where) {
   SIMCLR_ENFORCE(pairs >= 0, ValueError, where, ": pairs is ", pairs);
-  SIMCLR_ENFORCE(u_global.rows % 2 == 0, ValueError, where, ": u_global has ", u_global.rows,
-                 " rows; it stacks two views per pair, so an even count");
-  SIMCLR_ENFORCE(anchor_begin >= 0 && anchor_begin + 2 * pairs <= u_global.rows, ValueError, where,
+  const std::int64_t batch = u_global.rows - negatives;
+  SIMCLR_ENFORCE(batch >= 0, ValueError, where, ": negative_rows is ", negatives,
+                 " but u_global has only ", u_global.rows, " rows");
+  SIMCLR_ENFORCE(batch % 2 == 0, ValueError, where, ": u_global has ", batch,
+                 " rows before its extra negatives; it stacks two views per pair, so an even count");
+  SIMCLR_ENFORCE(anchor_begin >= 0 && anchor_begin + 2 * pairs <= batch, ValueError, where,
                  ": this rank's anchors [", anchor_begin, ", ", anchor_begin + 2 * pairs,
-                 ") are outside u_global's ", u_global.rows, " rows");
+                 ") are outside u_global's ", batch, " rows of the batch");
   return RowLayout{u_global.rows, anchor_begin, pairs};
 }
 
@@ -159,8 +167,8 @@ StepCall step_call(simclr_loss_t loss, const simclr_matrix* u_global, std::int64
   SIMCLR_ENFORCE(loss != nullptr, ValueError, where, ": loss is NULL");
   SIMCLR_ENFORCE(u_global != nullptr, ValueError, where, ": u_global is NULL");
   check_matrix(u_global, "u_global", where, u_global->dtype, -1, -1);
-  return StepCall{step_layout(*u_global, anchor_begin, pairs, where),
-                  to_step_options(options, where)};
+  StepOptions o = to_step_options(options, where);
+  return StepCall{step_layout(*u_global, anchor_begin, pairs, o.negatives, where), o};
 }
 
 template <class T>
@@ -176,6 +184,14 @@ void step_normalize(const simclr_matrix& za, const simclr_matrix& zb, const simc
 }
 
 template <class T>
+void step_normalize_rows(const simclr_matrix& x, const simclr_matrix& out) {
+  const ConstMatrixView<T> v = const_view<T>(x);
+  check_finite(v, "negatives");
+  std::vector<T> norms(static_cast<std::size_t>(std::max<std::int64_t>(x.rows, 1)));
+  l2_normalize_rows(v, static_cast<T*>(out.data), out.row_stride, norms.data());
+}
+
+template <class T>
 void step_forward(const SimCLRLoss& loss, const simclr_matrix& u_global, const RowLayout& layout,
                   const std::vector<double>& weight, const StepOptions& options, void* row_lse,
                   void* per_example, void* values) {
@@ -188,7 +204,8 @@ void step_forward(const SimCLRLoss& loss, const simclr_matrix& u_global, const R
       engine_forward(u, layout, static_cast<T>(1.0 / options.temperature_of(loss)), engine);
   const ReducedLoss<T> r = reduce_examples(
       f.row_lse.data(), f.row_positive.data(), layout.pairs, weight, resolved(loss),
-      reduction_denominator(options.global_batch, layout.pairs, layout.total_rows / 2));
+      reduction_denominator(options.global_batch, layout.pairs,
+                            (layout.total_rows - options.negatives) / 2));
   std::copy(f.row_lse.begin(), f.row_lse.end(), static_cast<T*>(row_lse));
   if (per_example != nullptr)
     std::copy(r.per_example.begin(), r.per_example.end(), static_cast<T*>(per_example));
@@ -210,6 +227,18 @@ void step_backward(const SimCLRLoss& loss, const simclr_matrix& u_global, const 
   args.inv_temperature = static_cast<T>(1.0 / temperature);
   args.lse_all = static_cast<const T*>(lse_all);
   args.alpha_all = static_cast<const T*>(alpha_all);
+  // The extra negatives are candidates only: weight 0, and an LSE at the largest logit (1 / T), as
+  // SimCLRLoss::backward gives them; the caller's lse_all and alpha_all cover the batch's rows.
+  std::vector<T> lse_u, alpha_u;
+  if (options.negatives > 0) {
+    const std::int64_t batch = layout.total_rows - options.negatives;
+    lse_u.assign(args.lse_all, args.lse_all + batch);
+    alpha_u.assign(args.alpha_all, args.alpha_all + batch);
+    lse_u.resize(static_cast<std::size_t>(layout.total_rows), args.inv_temperature);
+    alpha_u.resize(static_cast<std::size_t>(layout.total_rows), T(0));
+    args.lse_all = lse_u.data();
+    args.alpha_all = alpha_u.data();
+  }
   args.saved = &nothing_kept;
   args.options = options.engine;
   RowMatrix<T> grad_u;
@@ -217,9 +246,17 @@ void step_backward(const SimCLRLoss& loss, const simclr_matrix& u_global, const 
   const std::int64_t n = layout.pairs, d = u.cols;
   const T* anchors = u.data + layout.anchor_begin * d;
   const T* norms = static_cast<const T*>(squared_norms);
-  if (grad_temperature != nullptr)
+  if (grad_temperature != nullptr) {
+    const double extra =
+        options.negatives == 0
+            ? 0.0
+            : negatives_temperature_term(u, layout, options.negatives,
+                                         args.lse_all + layout.anchor_begin,
+                                         args.alpha_all + layout.anchor_begin, args.inv_temperature,
+                                         options.engine);
     *static_cast<T*>(grad_temperature) = static_cast<T>(
-        temperature_gradient_share(anchors, grad_u.data(), 2 * n, d, temperature));
+        temperature_gradient_share(anchors, grad_u.data(), 2 * n, d, temperature, extra));
+  }
   l2_normalize_backward(anchors, d, norms, grad_u.data(), d, n, d, static_cast<T*>(grad_a.data),
                         grad_a.row_stride);
   l2_normalize_backward(anchors + n * d, d, norms + n, grad_u.data() + n * d, d, n, d,
@@ -252,6 +289,20 @@ simclr_status simclr_step_normalize(const simclr_matrix* za, const simclr_matrix
   });
 }
 
+simclr_status simclr_step_normalize_rows(const simclr_matrix* x, const simclr_matrix* out) {
+  return c_api_guard([&] {
+    namespace d = simclr::detail;
+    const char* where = "simclr_step_normalize_rows";
+    SIMCLR_ENFORCE(x != nullptr, ValueError, where, ": x is NULL");
+    d::check_matrix(x, "negatives", where, x->dtype, -1, -1);
+    d::check_matrix(out, "out", where, x->dtype, x->rows, x->cols);
+    if (x->dtype == SIMCLR_FLOAT32)
+      d::step_normalize_rows<float>(*x, *out);
+    else
+      d::step_normalize_rows<double>(*x, *out);
+  });
+}
+
 simclr_status simclr_step_forward(simclr_loss_t loss, const simclr_matrix* u_global,
                                   int64_t anchor_begin, int64_t pairs, const simclr_weight* weight,
                                   const simclr_call_options* options, void* row_lse,
@@ -260,7 +311,8 @@ simclr_status simclr_step_forward(simclr_loss_t loss, const simclr_matrix* u_glo
     namespace d = simclr::detail;
     const char* where = "simclr_step_forward";
     const auto [layout, o] = d::step_call(loss, u_global, anchor_begin, pairs, options, where);
-    d::check_distribution_rule(loss->loss, !layout.whole(), o.global_batch, where);
+    d::check_distribution_rule(loss->loss, layout.total_rows - o.negatives != 2 * pairs,
+                               o.global_batch, where);
     const auto sw = d::to_sample_weight(weight, pairs, where);
     const std::vector<double> w = d::broadcast_weight(sw ? &*sw : nullptr, pairs);
     d::check_buffer(row_lse, pairs, "row_lse", where);
@@ -394,6 +446,7 @@ void write_record(simclr_loss_t loss, std::int64_t rows, std::int64_t cols, std:
       mine.schedule = static_cast<std::int32_t>(c_schedule(o.schedule, where));
       mine.gradient_reduction =
           static_cast<std::int32_t>(c_gradient_reduction(o.gradient_reduction, where));
+      mine.negatives_scope = c_negatives_scope(o.negatives_scope, where);
     });
   });
   std::memcpy(record, &mine, sizeof(mine));

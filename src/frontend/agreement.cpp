@@ -135,6 +135,11 @@ void check_forward_records(const std::vector<AgreementRecord>& all,
                    to_string(static_cast<GradientReduction>(a.gradient_reduction)), "', rank ", r,
                    " has '", to_string(static_cast<GradientReduction>(b.gradient_reduction)),
                    "'; pass the same on every rank");
+    SIMCLR_ENFORCE(a.negatives_scope == b.negatives_scope, ValueError,
+                   "negatives_scope differs between ranks: rank 0 has '",
+                   to_string(static_cast<NegativesScope>(a.negatives_scope)), "', rank ", r,
+                   " has '", to_string(static_cast<NegativesScope>(b.negatives_scope)),
+                   "'; pass the same on every rank");
   }
   // The distribution rule (keras-loss-semantics.md): every rank holds the same records, so every
   // rank raises it.

@@ -51,6 +51,22 @@ GradientReduction parse_gradient_reduction(const std::string& text) {
   throw ValueError("gradient_reduction must be \"sum\" or \"mean\", got '" + text + "'");
 }
 
+const char* to_string(NegativesScope scope) {
+  switch (scope) {
+    case NegativesScope::kLocal:
+      return "local";
+    case NegativesScope::kGlobal:
+      return "global";
+  }
+  return "unknown";
+}
+
+NegativesScope parse_negatives_scope(const std::string& text) {
+  if (text == "local") return NegativesScope::kLocal;
+  if (text == "global") return NegativesScope::kGlobal;
+  throw ValueError("negatives_scope must be \"local\" or \"global\", got '" + text + "'");
+}
+
 GlobalBatchSize GlobalBatchSize::of(std::int64_t rows) {
   SIMCLR_ENFORCE(rows >= 0, ValueError, "global_batch_size must be >= 0 or \"infer\", got ", rows);
   return GlobalBatchSize(rows);

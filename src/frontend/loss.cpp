@@ -64,6 +64,24 @@ void run_forward_engine(SavedForward<T>& s) {
   balanced_lse(s.inv_temperature, own.data(), 2 * n, s.engine.row_lse.data());
 }
 
+// Writes the extra negatives' unit rows into U after the batch's 2G rows: this rank's own (local
+// scope), or every rank's in rank order (global scope, one gather of K_r d elements per rank).
+template <class T>
+void place_negatives(Communicator* comm, const StepPlan& plan, ConstMatrixView<T> bank,
+                     RowMatrix<T>& u) {
+  const std::int64_t d = u.cols(), begin = 2 * plan.total;
+  SIMCLR_CHECK_EQ(u.rows(), begin + plan.negatives);
+  std::vector<T> norms(static_cast<std::size_t>(std::max<std::int64_t>(bank.rows, 1)));
+  if (comm == nullptr || plan.negatives_scope == NegativesScope::kLocal) {
+    l2_normalize_rows(bank, u.data() + begin * d, d, norms.data());
+    return;
+  }
+  RowMatrix<T> own(bank.rows, d);
+  l2_normalize_rows(bank, own.data(), d, norms.data());
+  comm->all_gather_v(own.data(), static_cast<std::size_t>(own.size()) * sizeof(T),
+                     u.data() + begin * d, plan.negative_counts(d, sizeof(T)));
+}
+
 }  // namespace
 }  // namespace detail
 
@@ -82,6 +100,10 @@ LossOutput<T> SimCLRLoss::forward(ConstMatrixView<T> za, ConstMatrixView<T> zb,
   LossConfig call_config = config_;
   if (options.temperature) call_config.temperature = *options.temperature;
   // Local validation; the shared step carries its errors to every rank when distributed.
+  const Negatives& negatives = options.negatives;
+  const ConstMatrixView<T> bank(static_cast<const T*>(negatives.data), negatives.rows,
+                                negatives.cols,
+                                negatives.row_stride > 0 ? negatives.row_stride : negatives.cols);
   auto validate = [&] {
     if (options.temperature) validate_temperature(*options.temperature);
     detail::check_view(za, "za");
@@ -89,12 +111,22 @@ LossOutput<T> SimCLRLoss::forward(ConstMatrixView<T> za, ConstMatrixView<T> zb,
     detail::check_same_shape(za.rows, za.cols, zb.rows, zb.cols);
     detail::check_finite(za, "za");
     detail::check_finite(zb, "zb");
+    detail::check_negatives(negatives.rows, negatives.cols, static_cast<std::int32_t>(negatives.dtype),
+                            static_cast<std::int32_t>(negatives.scope), za.cols,
+                            static_cast<std::int32_t>(dtype_of<T>()), detail::host_dtype_name);
+    if (negatives.rows > 0) {
+      detail::check_view(bank, "negatives");
+      detail::check_finite(bank, "negatives");
+    }
     saved->weight = detail::broadcast_weight(sample_weight, za.rows);
   };
-  const detail::StepRequest request{
+  detail::StepRequest request{
       za.rows, za.cols, static_cast<std::int32_t>(dtype_of<T>()), &call_config,
-      options.global_batch_size, options.engine.schedule, options.gradient_reduction,
-      detail::host_dtype_name, "CallOptions"};
+      options.global_batch_size, options.engine.schedule, options.gradient_reduction};
+  request.negative_rows = std::max<std::int64_t>(negatives.rows, 0);
+  request.negatives_scope = negatives.scope;
+  request.dtype_name = detail::host_dtype_name;
+  request.options_name = "CallOptions";
   saved->plan = detail::plan_step(comm, request, validate);
   const StepPlan& plan = saved->plan;
   const std::int64_t n = za.rows, d = za.cols;
@@ -113,14 +145,21 @@ LossOutput<T> SimCLRLoss::forward(ConstMatrixView<T> za, ConstMatrixView<T> zb,
   detail::l2_normalize_rows(za, own.data(), d, saved->squared_norms.data());
   detail::l2_normalize_rows(zb, own.data() + n * d, d, saved->squared_norms.data() + n);
   if (comm != nullptr) {
-    u.resize(2 * plan.total, d);
+    u.resize(plan.layout.total_rows, d);
     comm->all_gather_v(own.data(), static_cast<std::size_t>(own.size()) * sizeof(T), u.data(),
                        plan.rank_counts(d, sizeof(T)));
-    saved->schedule = detail::resolve_schedule(options.engine.schedule, plan.rank_rows, d,
-                                               sizeof(T),
-                                               detail::has_fixed_shift(saved->inv_temperature),
-                                               comm->has_reduce_scatter());
+    // Extra negatives on any rank: own_rows, whose row blocks take their columns like any others.
+    saved->schedule = plan.any_negatives()
+                          ? Schedule::kOwnRows
+                          : detail::resolve_schedule(
+                                options.engine.schedule, plan.rank_rows, d, sizeof(T),
+                                detail::has_fixed_shift(saved->inv_temperature),
+                                comm->has_reduce_scatter());
+  } else if (plan.negatives > 0) {
+    // The local U grows by the negatives' rows; the batch's 2n rows keep their place at the top.
+    u.conservativeResize(plan.layout.total_rows, d);
   }
+  if (plan.negatives > 0) detail::place_negatives(comm, plan, bank, u);
   detail::run_forward_engine(*saved);
 
   const detail::ReducedLoss<T> reduced =
@@ -131,6 +170,7 @@ LossOutput<T> SimCLRLoss::forward(ConstMatrixView<T> za, ConstMatrixView<T> zb,
   out.rank_rows = plan.rank_rows;
   out.row_offset = plan.offset;
   out.global_rows = plan.total;
+  out.negative_rows = plan.negatives;
   out.temperature = call_config.temperature;
   out.flops = saved->engine.flops;
   out.per_example = reduced.per_example;
@@ -242,15 +282,40 @@ Gradients<T> SimCLRLoss::backward_alpha(const LossOutput<T>& output, const T* up
     alpha_all = alpha_u.data();
   }
 
+  // Extra negatives are candidates only: weight 0 in the objective, and an LSE at the largest
+  // possible logit (1 / T), so that their terms vanish without overflow on every path.
+  if (plan.negatives > 0) {
+    const auto batch_rows = static_cast<std::size_t>(plan.layout.total_rows - plan.negatives);
+    if (comm == nullptr) {
+      lse_u.assign(scalars.begin(), scalars.begin() + 2 * n);
+      alpha_u.assign(scalars.begin() + 2 * n, scalars.end());
+    }
+    lse_u.resize(batch_rows);
+    alpha_u.resize(batch_rows);
+    lse_u.resize(static_cast<std::size_t>(plan.layout.total_rows), s.inv_temperature);
+    alpha_u.resize(static_cast<std::size_t>(plan.layout.total_rows), T(0));
+    lse_all = lse_u.data();
+    alpha_all = alpha_u.data();
+  }
   RowMatrix<T> grad_u;
   Gradients<T> out;
   out.flops = detail::run_backward_engine(s, lse_all, alpha_all, grad_u);
   out.grad_a.resize(n, d);
   out.grad_b.resize(n, d);
   const T* anchors = s.u.data() + plan.layout.anchor_begin * d;
-  if (s.temperature_gradient)
-    out.grad_temperature = static_cast<T>(
-        detail::temperature_gradient_share(anchors, grad_u.data(), 2 * n, d, s.temperature));
+  if (s.temperature_gradient) {
+    // The identity of docs/math.md 4.6 sums over every row of U; the extra negatives' rows get no
+    // gradient here, so their u . dJ/du comes from one more pass over their columns (4.7).
+    const double extra =
+        plan.negatives == 0
+            ? 0.0
+            : detail::negatives_temperature_term(ConstMatrixView<T>(s.u), plan.layout,
+                                                 plan.negatives, lse_all + plan.layout.anchor_begin,
+                                                 alpha_all + plan.layout.anchor_begin,
+                                                 s.inv_temperature, s.options);
+    out.grad_temperature = static_cast<T>(detail::temperature_gradient_share(
+        anchors, grad_u.data(), 2 * n, d, s.temperature, extra));
+  }
   detail::l2_normalize_backward(anchors, d, s.squared_norms.data(), grad_u.data(), d, n, d,
                                 out.grad_a.data(), d);
   detail::l2_normalize_backward(anchors + n * d, d, s.squared_norms.data() + n,

@@ -37,6 +37,22 @@ void check_view_shape(const char* view, std::int64_t rows, std::int64_t cols,
                  " is smaller than its ", cols, " columns");
 }
 
+void check_negatives(std::int64_t rows, std::int64_t cols, std::int32_t dtype, std::int32_t scope,
+                     std::int64_t dim, std::int32_t views_dtype,
+                     std::string (*dtype_name)(std::int32_t)) {
+  SIMCLR_ENFORCE(scope == static_cast<std::int32_t>(NegativesScope::kLocal) ||
+                     scope == static_cast<std::int32_t>(NegativesScope::kGlobal),
+                 ValueError, "negatives_scope has the invalid value ", scope,
+                 "; use local or global");
+  SIMCLR_ENFORCE(rows >= 0 && cols >= 0, ValueError, "negatives has a negative dimension: [", rows,
+                 ", ", cols, "]");
+  if (rows == 0) return;
+  SIMCLR_ENFORCE(dtype == views_dtype, TypeError, "negatives have dtype ", dtype_name(dtype),
+                 " but za and zb have ", dtype_name(views_dtype), "; pass them in the same dtype");
+  SIMCLR_ENFORCE(cols == dim, ValueError, "negatives are [", rows, ", ", cols,
+                 "] but the embeddings have ", dim, " columns; they must have the same width");
+}
+
 template <class T>
 void check_view(ConstMatrixView<T> z, const char* view) {
   check_view_shape(view, z.rows, z.cols, z.row_stride, z.data == nullptr);

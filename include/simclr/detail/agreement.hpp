@@ -25,8 +25,9 @@ struct AgreementRecord {
   std::int32_t error_kind;          // ErrorKind
   std::int32_t schedule;            // Schedule: it decides which collectives follow
   std::int32_t gradient_reduction;  // GradientReduction
-  std::int32_t padding;             // zero
-  char message[456];
+  std::int32_t negatives_scope;     // NegativesScope of the call's extra negatives
+  std::int64_t negative_rows;       // K: this rank's extra negatives (0: none)
+  char message[448];
 };
 static_assert(sizeof(AgreementRecord) == 512, "agreement record is 512 bytes");
 
@@ -84,7 +85,7 @@ void raise_first_error(const std::vector<AgreementRecord>& all);
 std::vector<AgreementRecord> gather_records(Communicator& comm, const AgreementRecord& mine);
 
 // After gather_records of forward records: the cross-rank checks (dtype, dimension, reduction,
-// temperature, global batch size option, schedule, gradient reduction; `dtype_name` names a record's
+// temperature, global batch size option, schedule, gradient reduction, negatives scope; `dtype_name` names a record's
 // dtype) and the distribution rule (`options_name` names where the caller passes a global batch
 // size and the schedule: "CallOptions", "DeviceCallOptions", "simclr_call_options"). Identical on
 // every rank.

@@ -128,6 +128,10 @@ std::optional<GlobalBatchSize> c_global_batch(std::int64_t global_batch_size, co
 // A SIMCLR_GRADIENT_* value; ValueError naming the choices otherwise.
 GradientReduction c_gradient_reduction(std::int32_t gradient_reduction, const char* where);
 
+// A SIMCLR_NEGATIVES_* value, as the agreement record carries it; ValueError naming the choices
+// otherwise.
+std::int32_t c_negatives_scope(std::int32_t scope, const char* where);
+
 // Runs a call's C-level argument checks, after the front end's own rejection of its inputs
 // (options->input_error) if any. Without a communicator an error propagates as it is; with one it
 // is carried by the agreement gather the other ranks are entering (the forward's or the

@@ -21,7 +21,7 @@ namespace detail {
 // anchor_begin + 2n): first its n rows of view a, then its n rows of view b. The positive of local
 // anchor q is local anchor q + n (q < n) or q - n. The loss does not depend on the order of U.
 struct RowLayout {
-  std::int64_t total_rows = 0;    // 2G
+  std::int64_t total_rows = 0;    // 2G, and the extra negatives' rows after them
   std::int64_t anchor_begin = 0;  // 2 * (rows of earlier ranks)
   std::int64_t pairs = 0;         // n
   std::int64_t anchors() const { return 2 * pairs; }
@@ -68,9 +68,20 @@ double engine_backward(const EngineBackwardArgs<T>& args, RowMatrix<T>& grad_anc
 // its own anchors, -(1 / (2 T)) sum_q u_q . dJ/du_q, and the shares of all ranks add up to dJ/dT.
 // anchors: this rank's [rows, d] unit rows (row stride d); grad: engine_backward's [rows, d].
 // Accumulated in double.
+// `extra`: the sum of u_k . dJ/du_k over rows of U whose gradient is not in `grad` (the extra
+// negatives: negatives_temperature_term), added before the scaling.
 template <class T>
 double temperature_gradient_share(const T* anchors, const T* grad, std::int64_t rows,
-                                  std::int64_t dim, double temperature);
+                                  std::int64_t dim, double temperature, double extra = 0);
+
+// The extra negatives' part of docs/math.md 4.7: sum over this rank's anchors q and the last
+// `negatives` rows k of u of alpha_q P_qk s_qk (P the softmax of anchor q's logits s = u u^T / T),
+// which equals sum_k u_k . dJ/du_k over those rows. lse and alpha: this rank's anchors' [2n].
+// One more product of the anchors with the negatives, in column blocks; accumulated in double.
+template <class T>
+double negatives_temperature_term(ConstMatrixView<T> u, const RowLayout& layout,
+                                  std::int64_t negatives, const T* lse, const T* alpha,
+                                  T inv_temperature, const EngineOptions& options);
 
 // ---- the balanced schedule (docs/performance.md) ----
 

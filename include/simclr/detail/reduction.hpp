@@ -6,6 +6,7 @@
 // public API, not installed.
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "simclr/loss.hpp"
@@ -27,6 +28,13 @@ void check_view(ConstMatrixView<T> z, const char* view);
 // ValueError unless the two views have the same shape ("za and zb must have the same shape: ...").
 void check_same_shape(std::int64_t rows_a, std::int64_t cols_a, std::int64_t rows_b,
                       std::int64_t cols_b);
+
+// The checks of a call's extra negatives that need only their shape and dtype (CallOptions::negatives;
+// the C API's simclr_call_options.negatives): a scope that is local or global (ValueError), the
+// views' dtype (TypeError; `dtype_name` names a dtype code) and width `dim` (ValueError) when K > 0.
+void check_negatives(std::int64_t rows, std::int64_t cols, std::int32_t dtype, std::int32_t scope,
+                     std::int64_t dim, std::int32_t views_dtype,
+                     std::string (*dtype_name)(std::int32_t));
 
 // Keras sample_weight for a [n] loss: the rank fix-up, then broadcasting to [n] (all ones for
 // nullptr). ValueError for shapes Keras rejects and for NaN/Inf weights.

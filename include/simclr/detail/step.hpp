@@ -27,6 +27,9 @@ struct StepRequest {
   std::optional<GlobalBatchSize> global_batch_size;
   Schedule schedule = Schedule::kAuto;
   GradientReduction gradient_reduction = GradientReduction::kSum;
+  // Extra negatives of this rank (CallOptions::negatives): K and their scope.
+  std::int64_t negative_rows = 0;
+  NegativesScope negatives_scope = NegativesScope::kLocal;
   // Names a record's dtype in the cross-rank messages.
   std::string (*dtype_name)(std::int32_t) = nullptr;
   // Where the caller passes the global batch size and the schedule, for messages: "CallOptions",
@@ -43,7 +46,12 @@ struct StepPlan {
   std::vector<std::int64_t> rank_rows;                 // n of every rank (one entry when local)
   std::int64_t offset = 0;                             // this rank's first global pair
   std::int64_t total = 0;                              // G
-  RowLayout layout;                                    // this rank's anchors in U [2G, d]
+  // Extra negatives: K of every rank (one entry when local), their scope, and how many of them
+  // this rank's anchors see (its own K, or the sum for kGlobal): U's rows after the 2G of the batch.
+  std::vector<std::int64_t> rank_negatives;
+  NegativesScope negatives_scope = NegativesScope::kLocal;
+  std::int64_t negatives = 0;
+  RowLayout layout;  // this rank's anchors in U [2G + negatives, d]
   std::int64_t denominator = 1;  // of sum_over_batch_size (0 gives a zero loss)
   double gradient_scale = 1;     // P for GradientReduction::kMean over P ranks, else 1
   std::int64_t global_batch = kNoGlobalBatch;  // the request's, encoded as in the record
@@ -51,6 +59,10 @@ struct StepPlan {
   // Byte counts of every rank's share of a per-row array of `per_row` elements of `elem` bytes,
   // 2 n_r rows each (the all_gather_v / reduce_scatter_v counts of U, LSE, alpha, gradients).
   std::vector<std::size_t> rank_counts(std::int64_t per_row, std::size_t elem) const;
+  // Byte counts of every rank's extra negatives ([K_r, d] of `elem` bytes), for their gather.
+  std::vector<std::size_t> negative_counts(std::int64_t dim, std::size_t elem) const;
+  // Whether any rank has extra negatives (then the schedule is own_rows on every rank).
+  bool any_negatives() const;
 };
 
 // The global batch size option as the agreement record carries it.
