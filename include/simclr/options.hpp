@@ -65,11 +65,12 @@ const char* to_string(GradientReduction reduction);
 GradientReduction parse_gradient_reduction(const std::string& text);
 
 // Which extra negatives (CallOptions::negatives) an anchor of a distributed call sees
-// (docs/api.md, "Extra negatives"). kLocal: this rank's own rows only, as lightly's
-// NTXentLoss(memory_bank_size=...) does under DDP (its bank is per process and is not gathered).
-// kGlobal: every rank's rows, gathered like the batch (MoCo's shared queue, whose keys are
-// all-gathered before they are enqueued, so every rank holds the same queue). Local calls: the same.
-// Every rank must pass the same (checked).
+// (docs/api.md, "Extra negatives"). kLocal: this rank's own rows only. That is lightly's memory bank
+// by default (gather_distributed=False: each process enqueues its own keys), and the right choice
+// when every rank already holds the same queue (MoCo, lightly with gather_distributed=True: they
+// enqueue all-gathered keys). kGlobal: every rank's rows, gathered by the call (one all-gather of
+// K_r d elements): each rank stores only its own part of the queue and every anchor sees the
+// union. Local calls: the same. Every rank must pass the same (checked).
 enum class NegativesScope : std::int32_t { kLocal = 0, kGlobal = 1 };
 // "local" / "global".
 const char* to_string(NegativesScope scope);

@@ -433,6 +433,143 @@ TEST(Distributed, TemperatureGradientSharesAddUpToTheSingleProcess) {
   check_temperature_gradient<float>(2e-5);
 }
 
+// Extra negatives (CallOptions::negatives). Rank r holds bank_r (2r + 1 rows for even r, none
+// for odd r: ranks without a bank too). Global scope: every anchor sees every bank, which is the
+// single process with the banks stacked in rank order. Local scope: rank s's anchors see bank_s, so
+// J = sum_s J_s where J_s is the single process with bank_s restricted (by its upstream) to rank
+// s's rows. Values, gradients and the dJ/dT shares against those single-process calls.
+template <class T>
+RowMatrix<T> rank_bank(int rank, std::int64_t d) {
+  const std::int64_t k = rank % 2 == 0 ? 2 * rank + 1 : 0;
+  RowMatrix<T> m(k, d);
+  const auto rows = test::seeded_rows(29, 2 + rank, 0, k, d);
+  for (std::int64_t i = 0; i < k; ++i)
+    for (std::int64_t j = 0; j < d; ++j) m(i, j) = static_cast<T>(3 * rows[i][j]);
+  return m;
+}
+
+template <class T>
+void check_negatives(double tol, NegativesScope scope) {
+  const int k = world_size(), rank = world_rank();
+  MpiCommunicator comm(MPI_COMM_WORLD);
+  const std::int64_t g = 9, d = 5;
+  const double t = 0.25;
+  const GlobalBatch<T> batch(g, d);
+  std::vector<RowMatrix<T>> banks;
+  RowMatrix<T> stacked(0, d);
+  for (int r = 0; r < k; ++r) {
+    banks.push_back(rank_bank<T>(r, d));
+    RowMatrix<T> next(stacked.rows() + banks.back().rows(), d);
+    next << stacked, banks.back();
+    stacked = next;
+  }
+  for (const auto& split : splits(g, k)) {
+    std::vector<std::int64_t> begins(static_cast<std::size_t>(k) + 1, 0);
+    for (int r = 0; r < k; ++r) begins[r + 1] = begins[r] + split[r];
+    const std::int64_t begin = begins[rank], n = split[rank];
+    const ConstMatrixView<T> a(batch.za.data() + begin * d, n, d),
+        b(batch.zb.data() + begin * d, n, d);
+    const SampleWeight w_mine = SampleWeight::per_example(std::vector<double>(
+        batch.w_global.begin() + begin, batch.w_global.begin() + begin + n));
+    const std::vector<T> up_mine(batch.up_global.begin() + begin,
+                                 batch.up_global.begin() + begin + n);
+    for (auto reduction : {Reduction::kNone, Reduction::kSum}) {
+      // The single-process reference: J_s for every rank s whose anchors see its own bank (local)
+      // or all of them (global), each through a per-example upstream that is 0 off rank s's rows.
+      const SimCLRLoss local(t, Reduction::kNone);
+      RowMatrix<T> want_a = RowMatrix<T>::Zero(g, d), want_b = RowMatrix<T>::Zero(g, d);
+      double want_t = 0;
+      std::vector<T> want_values(static_cast<std::size_t>(n));
+      for (int s = 0; s < k; ++s) {
+        CallOptions lo;
+        lo.temperature_gradient = true;
+        const RowMatrix<T>& bank = scope == NegativesScope::kGlobal ? stacked : banks[s];
+        lo.negatives = Negatives(ConstMatrixView<T>(bank));
+        const auto whole = local.forward<T>(batch.za, batch.zb, &batch.w_all, lo);
+        std::vector<T> up(static_cast<std::size_t>(g), T(0));
+        for (std::int64_t i = begins[s]; i < begins[s + 1]; ++i)
+          up[i] = reduction == Reduction::kNone ? batch.up_global[i] : T(1);
+        const auto gw = local.backward(whole, up);
+        want_a += gw.grad_a;
+        want_b += gw.grad_b;
+        want_t += static_cast<double>(*gw.grad_temperature);
+        if (s == rank)
+          for (std::int64_t i = 0; i < n; ++i) want_values[i] = whole.values[begin + i];
+      }
+      for (const EngineOptions& engine : engine_variants()) {
+        SCOPED_TRACE(::testing::Message()
+                     << "rank " << rank << " split[0]=" << split[0] << " reduction "
+                     << to_string(reduction) << " scope " << to_string(scope) << " schedule "
+                     << to_string(engine.schedule) << " symmetric " << engine.symmetric);
+        const SimCLRLoss loss(t, reduction);
+        CallOptions o;
+        o.communicator = &comm;
+        o.engine = engine;
+        o.temperature_gradient = true;
+        o.negatives = Negatives(ConstMatrixView<T>(banks[rank]), scope);
+        const LossOutput<T> out = loss.forward(a, b, &w_mine, o);
+        EXPECT_EQ(out.negative_rows, scope == NegativesScope::kGlobal ? stacked.rows()
+                                                                      : banks[rank].rows());
+        const Gradients<T> grads = reduction == Reduction::kNone ? loss.backward(out, up_mine)
+                                                                 : loss.backward(out, T(1));
+        if (reduction == Reduction::kNone) {
+          for (std::int64_t i = 0; i < n; ++i)
+            EXPECT_LE(test::rel_err(out.values[i], want_values[i]), tol);
+        } else {
+          double want = 0;
+          for (std::int64_t i = 0; i < n; ++i) want += static_cast<double>(want_values[i]);
+          EXPECT_LE(test::rel_err(static_cast<double>(out.values.at(0)), want), tol);
+        }
+        EXPECT_LE(max_rel<T>(grads.grad_a, want_a.middleRows(begin, n)), tol);
+        EXPECT_LE(max_rel<T>(grads.grad_b, want_b.middleRows(begin, n)), tol);
+        double share = static_cast<double>(*grads.grad_temperature), total = 0;
+        MPI_Allreduce(&share, &total, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+        EXPECT_LE(test::rel_err(total, want_t), tol) << total << " vs " << want_t;
+      }
+    }
+  }
+}
+
+TEST(Distributed, GlobalNegativesEqualTheSingleProcessWithEveryBank) {
+  check_negatives<double>(1e-10, NegativesScope::kGlobal);
+  check_negatives<float>(5e-5, NegativesScope::kGlobal);
+}
+
+TEST(Distributed, LocalNegativesEqualTheSingleProcessWithEachRanksBank) {
+  check_negatives<double>(1e-10, NegativesScope::kLocal);
+  check_negatives<float>(5e-5, NegativesScope::kLocal);
+}
+
+TEST(DistributedErrors, NegativesScopeDiffersOnOneRank) {
+  if (world_size() < 2) GTEST_SKIP() << "needs two ranks";
+  const auto za = global_view<double>(0, 3, 4), zb = global_view<double>(1, 3, 4);
+  const RowMatrix<double> bank = global_view<double>(2, 2, 4);
+  expect_everywhere<ValueError>(
+      [&](Communicator& c) {
+        CallOptions o;
+        o.communicator = &c;
+        o.negatives = Negatives(ConstMatrixView<double>(bank), world_rank() == bad_rank()
+                                                                   ? NegativesScope::kGlobal
+                                                                   : NegativesScope::kLocal);
+        SimCLRLoss(0.3, Reduction::kSum).forward<double>(za, zb, nullptr, o);
+      },
+      "negatives_scope differs between ranks: rank 0 has 'local', rank " +
+          std::to_string(bad_rank()) + " has 'global'");
+}
+
+TEST(DistributedErrors, NegativesOfTheWrongWidthOnOneRank) {
+  const auto za = global_view<double>(0, 3, 4), zb = global_view<double>(1, 3, 4);
+  const RowMatrix<double> bank = global_view<double>(2, 2, world_rank() == bad_rank() ? 5 : 4);
+  expect_everywhere<ValueError>(
+      [&](Communicator& c) {
+        CallOptions o;
+        o.communicator = &c;
+        o.negatives = Negatives(ConstMatrixView<double>(bank));
+        SimCLRLoss(0.3, Reduction::kSum).forward<double>(za, zb, nullptr, o);
+      },
+      "negatives are [2, 5] but the embeddings have 4 columns");
+}
+
 TEST(DistributedErrors, CallTemperatureDiffersOnOneRank) {
   if (world_size() < 2) GTEST_SKIP() << "needs two ranks";
   MpiCommunicator comm(MPI_COMM_WORLD);

@@ -27,14 +27,14 @@ struct StepRequest {
   std::optional<GlobalBatchSize> global_batch_size;
   Schedule schedule = Schedule::kAuto;
   GradientReduction gradient_reduction = GradientReduction::kSum;
-  // Extra negatives of this rank (CallOptions::negatives): K and their scope.
-  std::int64_t negative_rows = 0;
-  NegativesScope negatives_scope = NegativesScope::kLocal;
   // Names a record's dtype in the cross-rank messages.
   std::string (*dtype_name)(std::int32_t) = nullptr;
   // Where the caller passes the global batch size and the schedule, for messages: "CallOptions",
   // "DeviceCallOptions".
   const char* options_name = "CallOptions";
+  // Extra negatives of this rank (CallOptions::negatives): K and their scope.
+  std::int64_t negative_rows = 0;
+  NegativesScope negatives_scope = NegativesScope::kLocal;
 };
 
 // What every rank agreed on, identical on every rank except rank, offset and layout.
