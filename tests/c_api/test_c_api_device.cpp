@@ -253,6 +253,20 @@ void test_errors(int device) {
                  SIMCLR_UNSUPPORTED);
     CHECK(std::strstr(simclr_last_error(), "use_temperature and temperature_gradient") != nullptr);
   }
+  // Extra negatives too, in both forms (a host matrix, rows inside u_global).
+  for (int which = 0; which < 2; ++which) {
+    simclr_call_options n_options;
+    simclr_call_options_init(&n_options);
+    simclr_matrix bank = a32;
+    if (which == 0)
+      n_options.negatives = &bank;
+    else
+      n_options.negative_rows = 2;
+    CHECK_STATUS(simclr_device_forward(loss, &a32, &a32, &n_options, nullptr, dv, nullptr, nullptr,
+                                       nullptr),
+                 SIMCLR_UNSUPPORTED);
+    CHECK(std::strstr(simclr_last_error(), "negatives and negative_rows") != nullptr);
+  }
   for (void* q : {static_cast<void*>(d64), static_cast<void*>(d32), static_cast<void*>(dv)})
     cuda_ok(cudaFree(q), "cudaFree");
   simclr_loss_destroy(loss);

@@ -39,14 +39,19 @@ simclr_matrix view(double* p, int64_t rows, int64_t cols) {
 
 bool close(double a, double b) { return std::fabs(a - b) <= 1e-12 * std::fmax(1.0, std::fabs(b)); }
 
-// One reduction, P ranks of n pairs each, d columns, per-example weights.
-void check_against_whole_batch(simclr_reduction reduction, int ranks, int64_t n, int64_t d) {
+// One reduction, P ranks of n pairs each, d columns, per-example weights, and k extra negatives
+// (simclr_call_options.negatives in the whole-batch call; their unit rows after the batch's in
+// u_global, negative_rows, for the steps).
+void check_against_whole_batch(simclr_reduction reduction, int ranks, int64_t n, int64_t d,
+                               int64_t k = 0) {
   const int64_t G = ranks * n;
   std::mt19937 gen(7 + ranks);
   std::normal_distribution<double> normal;
-  std::vector<double> za(G * d), zb(G * d), w(G);
+  std::vector<double> za(G * d), zb(G * d), w(G), bank(k * d);
   for (auto& x : za) x = normal(gen);
   for (auto& x : zb) x = normal(gen);
+  for (auto& x : bank) x = 2 * normal(gen);
+  simclr_matrix bank_m = view(bank.data(), k, d);
   for (int64_t i = 0; i < G; ++i) w[i] = 0.5 + 0.1 * static_cast<double>(i % 7);
 
   simclr_loss_t loss = nullptr;
@@ -58,6 +63,7 @@ void check_against_whole_batch(simclr_reduction reduction, int ranks, int64_t n,
   simclr_call_options host;
   simclr_call_options_init(&host);
   host.temperature_gradient = 1;
+  if (k > 0) host.negatives = &bank_m;
 
   // The whole batch in one local call.
   simclr_matrix a = view(za.data(), G, d), b = view(zb.data(), G, d);
@@ -81,13 +87,16 @@ void check_against_whole_batch(simclr_reduction reduction, int ranks, int64_t n,
   if (ranks > 1) o.global_batch_size = SIMCLR_GLOBAL_BATCH_INFER;
   o.use_temperature = 1;
   o.temperature = 0.2;
-  std::vector<double> u_global(2 * G * d), norms(2 * G), lse(2 * G), alpha(2 * G);
+  o.negative_rows = k;
+  std::vector<double> u_global((2 * G + k) * d), norms(2 * G), lse(2 * G), alpha(2 * G);
   for (int r = 0; r < ranks; ++r) {
     simclr_matrix ar = view(za.data() + r * n * d, n, d), br = view(zb.data() + r * n * d, n, d);
     simclr_matrix ur = view(u_global.data() + 2 * r * n * d, 2 * n, d);
     CHECK_OK(simclr_step_normalize(&ar, &br, &ur, norms.data() + 2 * r * n));
   }
-  simclr_matrix u = view(u_global.data(), 2 * G, d);
+  simclr_matrix u_bank = view(u_global.data() + 2 * G * d, k, d);
+  CHECK_OK(simclr_step_normalize_rows(&bank_m, &u_bank));
+  simclr_matrix u = view(u_global.data(), 2 * G + k, d);
   double total = 0;
   for (int r = 0; r < ranks; ++r) {
     std::vector<double> values(per_example ? n : 1), per(n);
@@ -114,9 +123,9 @@ void check_against_whole_batch(simclr_reduction reduction, int ranks, int64_t n,
                                               norms.data() + 2 * r * n, lse.data(), alpha.data(),
                                               &o, &gar, &gbr, &share));
     total_t += share;
-    for (int64_t k = 0; k < n * d; ++k) {
-      CHECK(close(got_a[k], want_ga[r * n * d + k]));
-      CHECK(close(got_b[k], want_gb[r * n * d + k]));
+    for (int64_t e = 0; e < n * d; ++e) {
+      CHECK(close(got_a[e], want_ga[r * n * d + e]));
+      CHECK(close(got_b[e], want_gb[r * n * d + e]));
     }
   }
   CHECK(std::fabs(total_t - want_t) <= 1e-11 * std::fabs(want_t));
@@ -250,12 +259,58 @@ void check_temperature_errors() {
   simclr_loss_destroy(loss);
 }
 
+void check_negatives_errors() {
+  simclr_loss_t loss = nullptr;
+  CHECK_OK(simclr_loss_create(0.2, SIMCLR_REDUCTION_SUM, nullptr, &loss));
+  std::vector<double> za = {1, 0, 0, 1, 1, 1}, zb = {1, 0, 0, 1, 1, -1}, wide(6, 1.0);
+  std::vector<float> narrow(4, 1.0f);
+  simclr_matrix a = view(za.data(), 3, 2), b = view(zb.data(), 3, 2);
+  simclr_matrix bank3 = view(wide.data(), 2, 3);
+  simclr_matrix bank_f{narrow.data(), 2, 2, 2, SIMCLR_FLOAT32, -1};
+  double value = 0;
+  simclr_call_options o;
+  simclr_call_options_init(&o);
+  o.negatives = &bank3;
+  CHECK(simclr_forward(loss, &a, &b, nullptr, &o, &value, nullptr, nullptr, nullptr) ==
+        SIMCLR_VALUE_ERROR);
+  CHECK(std::string(simclr_last_error()).find("negatives are [2, 3]") != std::string::npos);
+  o.negatives = &bank_f;
+  CHECK(simclr_forward(loss, &a, &b, nullptr, &o, &value, nullptr, nullptr, nullptr) ==
+        SIMCLR_TYPE_ERROR);
+  o.negatives = nullptr;
+  o.negatives_scope = 5;
+  CHECK(simclr_forward(loss, &a, &b, nullptr, &o, &value, nullptr, nullptr, nullptr) ==
+        SIMCLR_VALUE_ERROR);
+  CHECK(std::string(simclr_last_error()).find("negatives_scope is 5") != std::string::npos);
+  // The steps: negative_rows beyond u_global, or leaving an odd batch.
+  simclr_call_options_init(&o);
+  std::vector<double> u(14), norms(6), lse(6);
+  simclr_matrix um = view(u.data(), 7, 2);
+  o.negative_rows = 8;
+  CHECK(simclr_step_forward(loss, &um, 0, 3, nullptr, &o, lse.data(), nullptr, &value) ==
+        SIMCLR_VALUE_ERROR);
+  o.negative_rows = 2;
+  CHECK(simclr_step_forward(loss, &um, 0, 3, nullptr, &o, lse.data(), nullptr, &value) ==
+        SIMCLR_VALUE_ERROR);
+  CHECK(std::string(simclr_last_error()).find("even count") != std::string::npos);
+  o.negative_rows = 1;
+  simclr_matrix batch_rows = view(u.data(), 6, 2);
+  CHECK_OK(simclr_step_normalize(&a, &b, &batch_rows, norms.data()));
+  std::vector<double> nan_row = {NAN, 1.0};
+  simclr_matrix bad = view(nan_row.data(), 1, 2), last = view(u.data() + 12, 1, 2);
+  CHECK(simclr_step_normalize_rows(&bad, &last) == SIMCLR_VALUE_ERROR);
+  CHECK(std::string(simclr_last_error()).find("negatives") != std::string::npos);
+  simclr_loss_destroy(loss);
+}
+
 int main() {
   check_shapes();
   check_temperature_errors();
   check_agreement();
   for (simclr_reduction r : {SIMCLR_REDUCTION_AUTO, SIMCLR_REDUCTION_SUM, SIMCLR_REDUCTION_NONE})
-    for (int ranks : {1, 2, 3}) check_against_whole_batch(r, ranks, 5, 7);
+    for (int ranks : {1, 2, 3})
+      for (int64_t k : {0, 1, 9}) check_against_whole_batch(r, ranks, 5, 7, k);
+  check_negatives_errors();
   check_errors();
   if (failures != 0) {
     std::fprintf(stderr, "%d checks failed\n", failures);
