@@ -23,14 +23,19 @@ inline std::vector<long double> ref_normalize(const std::vector<double>& x) {
   return out;
 }
 
-// Per-example loss [N]: CE_i(a -> [b, a]) + CE_i(b -> [a, b]).
-inline std::vector<double> ref_per_example(const Rows& za, const Rows& zb, double temperature) {
+// Per-example loss [N] in long double: CE_i(a -> [b, a, k]) + CE_i(b -> [a, b, k]), where k are
+// the extra negatives' rows (none by default), normalised like the views and appended to every
+// anchor's candidates.
+inline std::vector<long double> ref_per_example_long(const Rows& za, const Rows& zb,
+                                                     long double temperature,
+                                                     const Rows& negatives = {}) {
   const std::size_t n = za.size();
-  std::vector<std::vector<long double>> a(n), b(n);
+  std::vector<std::vector<long double>> a(n), b(n), k;
   for (std::size_t i = 0; i < n; ++i) {
     a[i] = ref_normalize(za[i]);
     b[i] = ref_normalize(zb[i]);
   }
+  for (const auto& row : negatives) k.push_back(ref_normalize(row));
   auto dot = [](const std::vector<long double>& x, const std::vector<long double>& y) {
     long double s = 0;
     for (std::size_t j = 0; j < x.size(); ++j) s += x[j] * y[j];
@@ -42,16 +47,23 @@ inline std::vector<double> ref_per_example(const Rows& za, const Rows& zb, doubl
     for (std::size_t j = 0; j < n; ++j) logits.push_back(dot(h1[i], h2[j]) / temperature);
     for (std::size_t j = 0; j < n; ++j)
       logits.push_back(j == i ? -1e9L : dot(h1[i], h1[j]) / temperature);
+    for (const auto& row : k) logits.push_back(dot(h1[i], row) / temperature);
     long double m = logits[0];
     for (auto v : logits) m = std::max(m, v);
     long double s = 0;
     for (auto v : logits) s += std::exp(v - m);
     return m + std::log(s) - logits[i];
   };
-  std::vector<double> out(n);
-  for (std::size_t i = 0; i < n; ++i)
-    out[i] = static_cast<double>(direction(a, b, i) + direction(b, a, i));
+  std::vector<long double> out(n);
+  for (std::size_t i = 0; i < n; ++i) out[i] = direction(a, b, i) + direction(b, a, i);
   return out;
+}
+
+// The same in double.
+inline std::vector<double> ref_per_example(const Rows& za, const Rows& zb, double temperature,
+                                           const Rows& negatives = {}) {
+  const auto l = ref_per_example_long(za, zb, temperature, negatives);
+  return std::vector<double>(l.begin(), l.end());
 }
 
 // Embedding row `row` of view `view`: a function of (seed, view, row) only, as nccl-tests derives

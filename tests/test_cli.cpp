@@ -17,6 +17,7 @@
 #include "commands.hpp"
 #include "npy.hpp"
 #include "runtime.hpp"
+#include "reference.hpp"
 #include "simclr/loss.hpp"
 
 namespace fs = std::filesystem;
@@ -485,6 +486,43 @@ TEST_F(Cli, MpirunMatchesTheLocalCall) {
       run("compute" + ab + " --reduction sum --loss-out " + p("lr.npy"), mpirun(2));
   ASSERT_EQ(per_rank.status, 0) << per_rank.err;
   EXPECT_EQ(tools::read_npy(p("lr.npy")).shape, std::vector<std::int64_t>{2});
+}
+
+// --negatives: the reference with the bank appended (tests/reference.hpp), the same under mpirun
+// (every rank reads the whole bank), and --temperature-gradient's dJ/dT against central
+// differences of the reference; a bank of another dtype is the library's TypeError (exit 2).
+TEST_F(Cli, NegativesAndTemperatureGradient) {
+  const double bank[] = {2, 1, -1, 3, 0.5, -2, 0, 0.25};
+  tools::write_npy<double>(p("k.npy"), bank, {4, 2});
+  const float bank32[] = {2, 1};
+  tools::write_npy<float>(p("k32.npy"), bank32, {1, 2});
+  const test::Rows za = {{1, 0}, {0, 1}, {1, 1}}, zb = {{1, 0}, {0, 1}, {1, -1}};
+  const test::Rows k = {{2, 1}, {-1, 3}, {0.5, -2}, {0, 0.25}};
+  auto ref_sum = [&](long double t) {
+    long double s = 0;
+    for (long double v : test::ref_per_example_long(za, zb, t, k)) s += v;
+    return s;
+  };
+  const std::string args = "compute --za " + p("a.npy") + " --zb " + p("b.npy") +
+                           " --temperature 0.4 --reduction sum --negatives " + p("k.npy") +
+                           " --temperature-gradient";
+  std::vector<std::string> prefixes = {""};
+  if (!mpirun(2).empty()) prefixes.push_back(mpirun(2));
+  for (const std::string& prefix : prefixes) {
+    SCOPED_TRACE(prefix);
+    const Result r = run(args, prefix);
+    ASSERT_EQ(r.status, 0) << r.err;
+    const auto j = nlohmann::json::parse(r.out);
+    EXPECT_EQ(j["negatives"], 4);
+    const double want = static_cast<double>(ref_sum(0.4L));
+    EXPECT_NEAR(j["loss"].get<double>(), want, 1e-12 * want);
+    const long double h = 1e-5L;
+    const double want_t = static_cast<double>((ref_sum(0.4L + h) - ref_sum(0.4L - h)) / (2 * h));
+    EXPECT_NEAR(j["grad_temperature"].get<double>(), want_t, 1e-7 * std::abs(want_t));
+  }
+  expect_usage_error("compute --za " + p("a.npy") + " --zb " + p("b.npy") + " --negatives " +
+                         p("k32.npy"),
+                     "negatives have dtype float32 but za and zb have float64");
 }
 
 TEST_F(Cli, MpirunDistributionRuleAndErrors) {

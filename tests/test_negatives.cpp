@@ -17,7 +17,6 @@ namespace simclr {
 namespace {
 
 using M = RowMatrix<double>;
-using LRow = std::vector<long double>;
 
 M seeded(int view, int n, int d, std::uint64_t seed = 47) {
   const auto rows = test::seeded_rows(seed, view, 0, n, d);
@@ -27,42 +26,16 @@ M seeded(int view, int n, int d, std::uint64_t seed = 47) {
   return m;
 }
 
-LRow unit(const M& m, int i) {
-  long double s = 0;
-  for (int j = 0; j < m.cols(); ++j) s += static_cast<long double>(m(i, j)) * m(i, j);
-  const long double inv = 1.0L / std::sqrt(std::max(s, 1e-12L));
-  LRow out(static_cast<std::size_t>(m.cols()));
-  for (int j = 0; j < m.cols(); ++j) out[static_cast<std::size_t>(j)] = m(i, j) * inv;
+test::Rows rows_of(const M& m) {
+  test::Rows out(static_cast<std::size_t>(m.rows()));
+  for (int i = 0; i < m.rows(); ++i) out[i].assign(m.row(i).data(), m.row(i).data() + m.cols());
   return out;
 }
 
-long double dot(const LRow& x, const LRow& y) {
-  long double s = 0;
-  for (std::size_t j = 0; j < x.size(); ++j) s += x[j] * y[j];
-  return s;
-}
-
-// TF Similarity's per-example loss with the bank appended: direction h1 -> [h1 h2^T | h1 h1^T
-// (self -1e9) | h1 bank^T] / T, cross entropy against column i; both directions summed.
+// TF Similarity's per-example loss with the bank appended (tests/reference.hpp): direction h1 ->
+// [h1 h2^T | h1 h1^T (self -1e9) | h1 bank^T] / T, cross entropy against column i; both summed.
 std::vector<long double> ref_per_example(const M& za, const M& zb, const M& bank, long double t) {
-  const int n = static_cast<int>(za.rows());
-  std::vector<LRow> a, b, k;
-  for (int i = 0; i < n; ++i) a.push_back(unit(za, i)), b.push_back(unit(zb, i));
-  for (int i = 0; i < bank.rows(); ++i) k.push_back(unit(bank, i));
-  auto direction = [&](const std::vector<LRow>& h1, const std::vector<LRow>& h2, int i) {
-    std::vector<long double> logits;
-    for (int j = 0; j < n; ++j) logits.push_back(dot(h1[i], h2[j]) / t);
-    for (int j = 0; j < n; ++j) logits.push_back(j == i ? -1e9L : dot(h1[i], h1[j]) / t);
-    for (const LRow& row : k) logits.push_back(dot(h1[i], row) / t);
-    long double m = logits[0];
-    for (auto v : logits) m = std::max(m, v);
-    long double s = 0;
-    for (auto v : logits) s += std::exp(v - m);
-    return m + std::log(s) - logits[static_cast<std::size_t>(i)];
-  };
-  std::vector<long double> out(static_cast<std::size_t>(n));
-  for (int i = 0; i < n; ++i) out[i] = direction(a, b, i) + direction(b, a, i);
-  return out;
+  return test::ref_per_example_long(rows_of(za), rows_of(zb), t, rows_of(bank));
 }
 
 struct Problem {

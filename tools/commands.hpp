@@ -41,6 +41,12 @@ inline CommandSpec compute_spec() {
   const std::vector<FlagSpec> rest = {
       {"sample-weight", "W.npy", "sample weights: [], [N], [N, 1], [1] or [1, 1]",
        "none (every weight 1)", "--sample-weight w.npy"},
+      {"negatives", "K.npy",
+       "extra negatives: a 2-D [K, d] .npy file of the views' dtype whose rows every anchor also "
+       "contrasts with (a memory bank; under mpirun every rank reads all of it)",
+       "none", "--negatives bank.npy"},
+      {"temperature-gradient", "", "also prints dJ/dT (\"grad_temperature\", over every rank)",
+       "not printed", "--temperature-gradient"},
       {"loss-out", "L.npy",
        "writes the loss: per example [N] for none, else one per rank ([1] locally)", "not written",
        "--loss-out loss.npy"},

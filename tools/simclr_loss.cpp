@@ -92,7 +92,8 @@ std::vector<T> gather_all(Communicator* comm, const std::vector<T>& mine,
 
 template <class T>
 void compute(Runtime& rt, const ParsedArgs& args, const SimCLRLoss& loss, const NpyArray& za,
-             const NpyArray& zb, const std::optional<NpyArray>& weight_file) {
+             const NpyArray& zb, const std::optional<NpyArray>& weight_file,
+             const std::optional<NpyArray>& negatives) {
   Communicator* comm = rt.communicator();
   const int world = rt.size(), rank = rt.rank();
   const std::int64_t rows = za.shape[0], dim = za.shape[1];
@@ -101,6 +102,16 @@ void compute(Runtime& rt, const ParsedArgs& args, const SimCLRLoss& loss, const 
   SampleWeight weight;
   CallOptions options;
   options.communicator = comm;
+  options.temperature_gradient = args.has("temperature-gradient");
+  // Every rank holds the whole bank and its anchors see all of it: the single process's result.
+  // The file's own dtype: the library refuses one that is not the views' (TypeError).
+  if (negatives) {
+    options.negatives.data = negatives->bytes.data();
+    options.negatives.rows = negatives->shape[0];
+    options.negatives.cols = negatives->shape[1];
+    options.negatives.row_stride = negatives->shape[1];
+    options.negatives.dtype = negatives->dtype;
+  }
   rt.agreed([&] {
     if (auto s = args.get("split")) {
       split = parse_counts(*s, "split");
@@ -155,6 +166,13 @@ void compute(Runtime& rt, const ParsedArgs& args, const SimCLRLoss& loss, const 
                  std::vector<std::int64_t>(world, 1));
   double total = 0;
   for (double j : objectives) total += j;
+  double grad_temperature = 0;  // the ranks' shares add up to dJ/dT
+  if (grads.grad_temperature) {
+    for (double share :
+         gather_all(comm, std::vector<double>{static_cast<double>(*grads.grad_temperature)},
+                    std::vector<std::int64_t>(world, 1)))
+      grad_temperature += share;
+  }
   std::vector<T> loss_vec = out.values;
   std::vector<std::int64_t> loss_counts(world, 1);
   if (out.reduction == Reduction::kNone) loss_counts = split;
@@ -191,6 +209,8 @@ void compute(Runtime& rt, const ParsedArgs& args, const SimCLRLoss& loss, const 
                                    : options.global_batch_size->rows();
     }
     j["dtype"] = to_string(dtype_of<T>());
+    if (negatives) j["negatives"] = negatives->shape[0];
+    if (grads.grad_temperature) j["grad_temperature"] = grad_temperature;
     std::cout << j.dump() << std::endl;
   }
 }
@@ -211,7 +231,7 @@ int run(Runtime& rt, const std::vector<std::string>& argv) {
   if (args.subcommand == "bench") return run_bench(rt, args);
 
   std::optional<SimCLRLoss> loss;
-  std::optional<NpyArray> za, zb, w;
+  std::optional<NpyArray> za, zb, w, k;
   rt.agreed([&] {
     SIMCLR_ENFORCE(args.has("za") && args.has("zb"), ValueError,
                    "compute needs --za A.npy and --zb B.npy");
@@ -229,11 +249,16 @@ int run(Runtime& rt, const std::vector<std::string>& argv) {
                    "za and zb must have the same dtype: ", to_string(za->dtype), " vs. ",
                    to_string(zb->dtype));
     if (auto p = args.get("sample-weight")) w = read_npy(*p, "sample-weight");
+    if (auto p = args.get("negatives")) {
+      k = read_npy(*p, "negatives");
+      SIMCLR_ENFORCE(k->shape.size() == 2, ValueError, describe_input(*p, "negatives"),
+                     ": expected a 2-D array [K, d], got ", k->shape.size(), "-D");
+    }
   });
   if (za->dtype == DType::kFloat32) {
-    compute<float>(rt, args, *loss, *za, *zb, w);
+    compute<float>(rt, args, *loss, *za, *zb, w, k);
   } else {
-    compute<double>(rt, args, *loss, *za, *zb, w);
+    compute<double>(rt, args, *loss, *za, *zb, w, k);
   }
   return 0;
 }
