@@ -443,9 +443,10 @@ simclr_status simclr_check_shapes(const int64_t* za_shape, int32_t za_ndim, cons
 #define SIMCLR_RECORD_BYTES 512
 
 /* This rank's record (SIMCLR_RECORD_BYTES bytes written to record): rows, dimension, dtype, the
- * loss's configuration, options' global batch size, schedule and gradient reduction, and the first
- * error of this rank's inputs: options->input_error, the checks of simclr_forward on za, zb and
- * weight (shapes, dtype, NaN/Inf, the sample_weight rules). An input error does not fail this call
+ * loss's configuration, options' global batch size, schedule, gradient reduction and negatives
+ * scope, and the first error of this rank's inputs: options->input_error, the checks of
+ * simclr_forward on za, zb, weight and options->negatives when set (shapes, dtype, NaN/Inf, the
+ * sample_weight rules; the negatives' rows are then recorded too). An input error does not fail this call
  * (it is in the record, for simclr_step_agree to raise everywhere); only a NULL loss or record does. */
 simclr_status simclr_step_record(simclr_loss_t loss, const simclr_matrix* za, const simclr_matrix* zb,
                                  const simclr_weight* weight, const simclr_call_options* options,

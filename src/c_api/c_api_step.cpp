@@ -421,6 +421,15 @@ simclr_status simclr_check_shapes(const int64_t* za_shape, int32_t za_ndim, cons
 namespace simclr::detail {
 namespace {
 
+// A record's dtype code (a simclr_dtype) by name, for the cross-rank messages.
+std::string record_dtype_name(std::int32_t t) {
+  return std::string(t == SIMCLR_FLOAT32    ? "float32"
+                     : t == SIMCLR_FLOAT64  ? "float64"
+                     : t == SIMCLR_FLOAT16  ? "float16"
+                     : t == SIMCLR_BFLOAT16 ? "bfloat16"
+                                            : "unknown");
+}
+
 // The record both record calls write: this rank's shapes (zero when input_error is set), the loss's
 // configuration, the options, and the first error of options->input_error or `checks`, which never
 // escapes (it travels in the record).
@@ -447,6 +456,20 @@ void write_record(simclr_loss_t loss, std::int64_t rows, std::int64_t cols, std:
       mine.gradient_reduction =
           static_cast<std::int32_t>(c_gradient_reduction(o.gradient_reduction, where));
       mine.negatives_scope = c_negatives_scope(o.negatives_scope, where);
+      if (o.negatives != nullptr) {
+        // This rank's extra negatives, checked by the rules of simclr_forward: their dtype and
+        // width against the views' (cols and dtype as recorded), and NaN/Inf.
+        const simclr_matrix& k = *o.negatives;
+        check_matrix(&k, "negatives", where, k.dtype, -1, -1);
+        check_negatives(k.rows, k.cols, static_cast<std::int32_t>(c_enum_value(k.dtype)),
+                        o.negatives_scope, cols, static_cast<std::int32_t>(dtype),
+                        record_dtype_name);
+        if (k.dtype == SIMCLR_FLOAT32)
+          check_finite(const_view<float>(k), "negatives");
+        else
+          check_finite(const_view<double>(k), "negatives");
+        mine.negative_rows = k.rows;
+      }
     });
   });
   std::memcpy(record, &mine, sizeof(mine));
@@ -511,16 +534,8 @@ simclr_status simclr_step_agree(simclr_loss_t loss, const void* records, int32_t
     std::vector<d::AgreementRecord> all(static_cast<std::size_t>(ranks));
     std::memcpy(all.data(), records, all.size() * sizeof(d::AgreementRecord));
     d::raise_first_error(all);
-    d::check_forward_records(
-        all,
-        [](std::int32_t t) {
-          return std::string(t == SIMCLR_FLOAT32    ? "float32"
-                             : t == SIMCLR_FLOAT64  ? "float64"
-                             : t == SIMCLR_FLOAT16  ? "float16"
-                             : t == SIMCLR_BFLOAT16 ? "bfloat16"
-                                                    : "unknown");
-        },
-        loss->loss.reduction(), "simclr_call_options");
+    d::check_forward_records(all, d::record_dtype_name, loss->loss.reduction(),
+                             "simclr_call_options");
     if (rank_rows != nullptr)
       for (std::size_t r = 0; r < all.size(); ++r) rank_rows[r] = all[r].rows;
   });

@@ -282,6 +282,37 @@ void check_negatives_errors() {
   CHECK(simclr_forward(loss, &a, &b, nullptr, &o, &value, nullptr, nullptr, nullptr) ==
         SIMCLR_VALUE_ERROR);
   CHECK(std::string(simclr_last_error()).find("negatives_scope is 5") != std::string::npos);
+  // The record checks this rank's negatives by simclr_forward's rules; the agreement raises them.
+  {
+    simclr_call_options r;
+    simclr_call_options_init(&r);
+    r.negatives = &bank3;
+    std::vector<unsigned char> record(SIMCLR_RECORD_BYTES);
+    CHECK_OK(simclr_step_record(loss, &a, &b, nullptr, &r, record.data()));
+    CHECK(simclr_step_agree(loss, record.data(), 1, nullptr) == SIMCLR_VALUE_ERROR);
+    CHECK(std::string(simclr_last_error()).find("negatives are [2, 3]") != std::string::npos);
+    r.negatives = &bank_f;
+    CHECK_OK(simclr_step_record(loss, &a, &b, nullptr, &r, record.data()));
+    CHECK(simclr_step_agree(loss, record.data(), 1, nullptr) == SIMCLR_TYPE_ERROR);
+    CHECK(std::string(simclr_last_error()).find("negatives have dtype float32") !=
+          std::string::npos);
+    std::vector<double> ok = {1, 2, NAN, 4};
+    simclr_matrix with_nan = view(ok.data(), 2, 2);
+    r.negatives = &with_nan;
+    CHECK_OK(simclr_step_record(loss, &a, &b, nullptr, &r, record.data()));
+    CHECK(simclr_step_agree(loss, record.data(), 1, nullptr) == SIMCLR_VALUE_ERROR);
+    CHECK(std::string(simclr_last_error()).find("negatives") != std::string::npos);
+    ok[2] = 3;
+    CHECK_OK(simclr_step_record(loss, &a, &b, nullptr, &r, record.data()));
+    CHECK_OK(simclr_step_agree(loss, record.data(), 1, nullptr));
+    // Two ranks with different scopes.
+    std::vector<unsigned char> two(2 * SIMCLR_RECORD_BYTES);
+    CHECK_OK(simclr_step_record(loss, &a, &b, nullptr, &r, two.data()));
+    r.negatives_scope = SIMCLR_NEGATIVES_GLOBAL;
+    CHECK_OK(simclr_step_record(loss, &a, &b, nullptr, &r, two.data() + SIMCLR_RECORD_BYTES));
+    CHECK(simclr_step_agree(loss, two.data(), 2, nullptr) == SIMCLR_VALUE_ERROR);
+    CHECK(std::string(simclr_last_error()).find("negatives_scope differs") != std::string::npos);
+  }
   // The steps: negative_rows beyond u_global, or leaving an odd batch.
   simclr_call_options_init(&o);
   std::vector<double> u(14), norms(6), lse(6);
