@@ -75,7 +75,7 @@ def _anchor_begin(ctx, rank_rows):
 
 
 @tf.autograph.experimental.do_not_convert
-def _per_example(za, zb, temperature, threads):
+def _per_example(za, zb, temperature, threads, negatives, scope):
     ops = _load_ops()
     temperature_t = tf.constant(temperature, tf.float64)
     ctx = _distributed_context()
@@ -83,27 +83,42 @@ def _per_example(za, zb, temperature, threads):
     @tf.custom_gradient
     def loss(a, b):
         n = tf.shape(a, out_type=tf.int64)[0]
-        if ctx is None:
+        negative_rows = tf.zeros([], tf.int64)
+        if ctx is None and negatives is None:
             u_local, squared_norms = ops.simclr_normalize(a, b)
             u_global, begin, rank_rows = u_local, tf.zeros([], tf.int64), None
         else:
             # The agreement first: every replica's record of its inputs is gathered and checked by
             # every replica, so bad input on one replica (a NaN) fails every replica alike, naming
-            # it, before the rows' all_gather that it would never join.
-            records = _gather_records(ctx, ops.simclr_record(a, b, temperature_t))
-            u_local, squared_norms, rank_rows = ops.simclr_agree_normalize(records, a, b,
-                                                                           temperature_t)
-            u_global = ctx.all_gather(u_local, axis=0)
-            begin = _anchor_begin(ctx, rank_rows)
+            # it, before the rows' all_gather that it would never join. A local call with extra
+            # negatives takes the same steps with its one record, so the library checks them.
+            bank = negatives if negatives is not None else tf.zeros([0, 0], a.dtype)
+            record = ops.simclr_record(a, b, temperature_t, bank, negatives_scope=scope)
+            records = (tf.reshape(record, [1, -1]) if ctx is None
+                       else _gather_records(ctx, record))
+            u_local, squared_norms, rank_rows, bank_unit = ops.simclr_agree_normalize(
+                records, a, b, temperature_t, bank)
+            if ctx is None:
+                u_global, begin = u_local, tf.zeros([], tf.int64)
+            else:
+                u_global = ctx.all_gather(u_local, axis=0)
+                begin = _anchor_begin(ctx, rank_rows)
+            if negatives is not None:
+                # The extra negatives' unit rows after the batch's: this replica's own (local
+                # scope) or every replica's (global), as simclr_call_options.negative_rows says.
+                if ctx is not None and scope == _args.NEGATIVES_SCOPES["global"]:
+                    bank_unit = ctx.all_gather(bank_unit, axis=0)
+                negative_rows = tf.shape(bank_unit, out_type=tf.int64)[0]
+                u_global = tf.concat([u_global, bank_unit], axis=0)
         row_lse, per_example = ops.simclr_forward(u_global, begin, n, temperature_t,
-                                                  threads=threads)
+                                                  negative_rows, threads=threads)
 
         def grad(upstream):
             upstream = tf.cast(upstream, u_local.dtype)
             if ctx is None:
                 alpha = ops.simclr_alpha(upstream, temperature_t, threads=threads)
                 return tuple(ops.simclr_backward(u_global, begin, squared_norms, row_lse, alpha,
-                                                 temperature_t, threads=threads))
+                                                 temperature_t, negative_rows, threads=threads))
             # A bad upstream gradient on one replica travels in its record: every replica joins
             # the gathers, then fails alike in the backward's agreement. (After the forward's
             # agreement: no gather starts in a step that has already failed.)
@@ -115,7 +130,7 @@ def _per_example(za, zb, temperature, threads):
             lse_all, alpha_all = both[:, 0], both[:, 1]
             return tuple(ops.simclr_agree_backward(u_global, begin, squared_norms, lse_all,
                                                    alpha_all, temperature_t, records,
-                                                   threads=threads))
+                                                   negative_rows, threads=threads))
 
         return per_example, grad
 
@@ -124,7 +139,7 @@ def _per_example(za, zb, temperature, threads):
     return out
 
 
-def simclr_loss(za, zb, temperature=0.05, threads=0):
+def simclr_loss(za, zb, temperature=0.05, threads=0, negatives=None, negatives_scope="local"):
     """TF Similarity's per-example SimCLR loss [n] of the pairs (za[i], zb[i]), both directions summed.
 
     za, zb: [n, d] float32 or float64 (float16 and bfloat16 are computed in float32 and returned in
@@ -133,9 +148,16 @@ def simclr_loss(za, zb, temperature=0.05, threads=0):
     finite, else ValueError; threads: CPU threads of the library (0: its default). Bad values in
     the inputs (NaN, Inf, mismatched shapes) raise tf.errors.InvalidArgumentError with the library's
     message.
+
+    negatives: extra negatives [K, d] (a memory bank; K may be 0), the views' dtype, which every
+    anchor also contrasts with (normalised by the library; never anchors or positives; no gradient
+    flows into them). negatives_scope: in a replica context, "local" (each replica's anchors see
+    its own rows) or "global" (every replica's, all-gathered). Their errors (another dtype or
+    width, NaN/Inf) are the library's, raised on every replica alike.
     """
     temperature = _args.temperature(temperature)
     threads = _args.threads(threads)
+    scope = _args.negatives_scope_code(negatives_scope)
     za = tf.convert_to_tensor(za)
     zb = tf.convert_to_tensor(zb)
     # The library's shape rules, raised now when the static shapes are known (otherwise the op
@@ -153,5 +175,12 @@ def simclr_loss(za, zb, temperature=0.05, threads=0):
     else:
         raise TypeError("za has dtype {}; simclr_loss.tensorflow takes float32, float64, float16 or "
                         "bfloat16".format(dtype.name))
-    out = _per_example(tf.cast(za, compute), tf.cast(zb, compute), temperature, threads)
+    if negatives is not None:
+        negatives = tf.stop_gradient(tf.convert_to_tensor(negatives))
+        # In the views' dtype they are computed as the views are; any other dtype goes to the
+        # library as it is, whose record refuses it (TypeError, as every front end).
+        if negatives.dtype == dtype:
+            negatives = tf.cast(negatives, compute)
+    out = _per_example(tf.cast(za, compute), tf.cast(zb, compute), temperature, threads, negatives,
+                       scope)
     return tf.cast(out, dtype)

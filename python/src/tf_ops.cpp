@@ -150,8 +150,9 @@ class NormalizeOp : public tf::OpKernel {
   }
 };
 
-// u_global [2G, d], anchor_begin, pairs (n) -> row_lse [2n], per_example [n] (both directions
-// summed).
+// u_global [2G + K, d] (the batch's rows, then K = negative_rows extra negatives' unit rows),
+// anchor_begin, pairs (n), temperature, negative_rows -> row_lse [2n], per_example [n] (both
+// directions summed).
 template <typename T>
 class ForwardOp : public SimclrKernel {
  public:
@@ -170,7 +171,8 @@ class ForwardOp : public SimclrKernel {
     const simclr_matrix u = matrix<T>(u_global, u_global.dim_size(0), u_global.dim_size(1));
     const LossHandle loss(ctx->input(3));
     OP_REQUIRES_OK(ctx, loss.status("SimclrForward"));
-    const simclr_call_options o = call_options(threads_);
+    simclr_call_options o = call_options(threads_);
+    o.negative_rows = scalar_index(ctx->input(4));
     // Reduction none without weights: the values are the per-example losses themselves.
     OP_REQUIRES(ctx,
                 simclr_step_forward(loss.get(), &u, begin, pairs, nullptr, &o, data<T>(*row_lse),
@@ -202,8 +204,8 @@ class AlphaOp : public SimclrKernel {
   }
 };
 
-// u_global, anchor_begin, squared_norms [2n], lse_all [2G], alpha_all [2G] -> grad_a, grad_b [n,
-// d].
+// u_global [2G + K, d], anchor_begin, squared_norms [2n], lse_all [2G], alpha_all [2G],
+// temperature, negative_rows (K) -> grad_a, grad_b [n, d].
 template <typename T>
 class BackwardOp : public SimclrKernel {
  public:
@@ -216,11 +218,13 @@ class BackwardOp : public SimclrKernel {
     OP_REQUIRES_OK(ctx, require_matrix(u_global, "u_global"));
     const std::int64_t rows = u_global.dim_size(0);
     const std::int64_t d = u_global.dim_size(1);
+    // The last input, in both kernels: how many extra negatives end u_global.
+    const std::int64_t negatives = scalar_index(ctx->input(ctx->num_inputs() - 1));
     OP_REQUIRES(ctx, squared_norms.dims() == 1 && squared_norms.dim_size(0) % 2 == 0,
                 tf::errors::InvalidArgument("simclr: squared_norms must be [2n], got ",
                                             squared_norms.shape().DebugString()));
-    OP_REQUIRES_OK(ctx, require_vector(lse_all, rows, "lse_all"));
-    OP_REQUIRES_OK(ctx, require_vector(alpha_all, rows, "alpha_all"));
+    OP_REQUIRES_OK(ctx, require_vector(lse_all, rows - negatives, "lse_all"));
+    OP_REQUIRES_OK(ctx, require_vector(alpha_all, rows - negatives, "alpha_all"));
     const std::int64_t n = squared_norms.dim_size(0) / 2;
     tf::Tensor* grad_a = nullptr;
     tf::Tensor* grad_b = nullptr;
@@ -231,7 +235,8 @@ class BackwardOp : public SimclrKernel {
     const simclr_matrix gb = matrix<T>(*grad_b, n, d);
     const LossHandle loss(ctx->input(5));
     OP_REQUIRES_OK(ctx, loss.status("SimclrBackward"));
-    const simclr_call_options o = call_options(threads_);
+    simclr_call_options o = call_options(threads_);
+    o.negative_rows = negatives;
     OP_REQUIRES(
         ctx,
         simclr_step_backward(loss.get(), &u, scalar_index(ctx->input(1)), n, data<T>(squared_norms),
@@ -267,14 +272,23 @@ simclr_matrix no_columns(std::int64_t rows, simclr_dtype dtype) {
 
 // Writes this replica's record of za, zb [n, d] into `record` (kRecordWords int64). Bad input is
 // not an error here: it is in the record, for the agreement to raise on every replica.
-template <typename T>
-tf::Status write_record(const tf::Tensor& za, const tf::Tensor& zb, simclr_loss_t loss,
-                        tf::Tensor* record) {
+template <typename T, typename Tn>
+tf::Status write_record(const tf::Tensor& za, const tf::Tensor& zb, const tf::Tensor& negatives,
+                        int negatives_scope, simclr_loss_t loss, tf::Tensor* record) {
   simclr_call_options o = call_options(0);
+  o.negatives_scope = negatives_scope;
+  // This replica's extra negatives, checked with the views by the library (their dtype and width
+  // against the views', NaN/Inf); none when it has no rows.
+  simclr_matrix k = no_columns(0, dtype_of<Tn>());
+  if (negatives.dims() == 2 && negatives.dim_size(0) > 0) {
+    k = matrix<Tn>(negatives, negatives.dim_size(0), negatives.dim_size(1));
+    o.negatives = &k;
+  }
   std::string message;
   simclr_matrix a = no_columns(0, dtype_of<T>());
   simclr_matrix b = a;
-  const tf::Status shapes = za.dims() != 2 ? require_matrix(za, "za") : require_matrix(zb, "zb");
+  tf::Status shapes = za.dims() != 2 ? require_matrix(za, "za") : require_matrix(zb, "zb");
+  if (shapes.ok() && negatives.dims() != 2) shapes = require_matrix(negatives, "negatives");
   if (!shapes.ok()) {
     message = std::string(shapes.message());
     o.input_error = SIMCLR_VALUE_ERROR;
@@ -289,23 +303,30 @@ tf::Status write_record(const tf::Tensor& za, const tf::Tensor& zb, simclr_loss_
   return tf::Status();
 }
 
-// za, zb [n, d], temperature -> record [kRecordWords] int64: this replica's shapes, dtype,
-// configuration and the first error of its inputs (NaN or Inf in za or zb, mismatched shapes).
-template <typename T>
+// za, zb [n, d], temperature, negatives [K, d] -> record [kRecordWords] int64: this replica's
+// shapes, dtype, configuration (the negatives' scope among it) and the first error of its inputs
+// (NaN or Inf in za, zb or the negatives, mismatched shapes, negatives of another width or dtype).
+template <typename T, typename Tn>
 class RecordOp : public tf::OpKernel {
  public:
-  explicit RecordOp(tf::OpKernelConstruction* ctx) : tf::OpKernel(ctx) {}
+  explicit RecordOp(tf::OpKernelConstruction* ctx) : tf::OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("negatives_scope", &negatives_scope_));
+  }
   void Compute(tf::OpKernelContext* ctx) override {
     tf::Tensor* record = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, tf::TensorShape({kRecordWords}), &record));
     const LossHandle loss(ctx->input(2));
     OP_REQUIRES_OK(ctx, loss.status("SimclrRecord"));
-    OP_REQUIRES_OK(ctx, write_record<T>(ctx->input(0), ctx->input(1), loss.get(), record));
+    OP_REQUIRES_OK(ctx, write_record<T, Tn>(ctx->input(0), ctx->input(1), ctx->input(3),
+                                            negatives_scope_, loss.get(), record));
   }
+
+ private:
+  int negatives_scope_ = 0;
 };
 
-// records [P, kRecordWords], za, zb [n, d], temperature -> as NormalizeOp, and rank_rows [P] (every
-// replica's pairs), after the agreement: an input error of any replica fails here on every replica
+// records [P, kRecordWords], za, zb [n, d], temperature, negatives [K, d] -> as NormalizeOp,
+// rank_rows [P] (every replica's pairs) and the negatives' unit rows [K, d], after the agreement: an input error of any replica fails here on every replica
 // alike, before the rows' all_gather, which a failed replica would never join.
 template <typename T>
 class AgreeNormalizeOp : public tf::OpKernel {
@@ -327,6 +348,19 @@ class AgreeNormalizeOp : public tf::OpKernel {
                   step_error("SimclrAgreeNormalize"));
     }
     normalize_outputs<T>(ctx, ctx->input(1), ctx->input(2), "SimclrAgreeNormalize");
+    // The extra negatives' unit rows (agreed above: their dtype is the views' when they have rows).
+    const tf::Tensor& negatives = ctx->input(4);
+    const std::int64_t k = negatives.dims() == 2 ? negatives.dim_size(0) : 0;
+    const std::int64_t d = ctx->input(1).dim_size(1);
+    tf::Tensor* unit = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(3, tf::TensorShape({k, d}), &unit));
+    if (k == 0) return;
+    OP_REQUIRES(ctx, negatives.dtype() == ctx->input(1).dtype(),
+                tf::errors::InvalidArgument("simclr SimclrAgreeNormalize: negatives' dtype"));
+    const simclr_matrix in = matrix<T>(negatives, k, d);
+    const simclr_matrix out = matrix<T>(*unit, k, d);
+    OP_REQUIRES(ctx, simclr_step_normalize_rows(&in, &out) == SIMCLR_OK,
+                step_error("SimclrAgreeNormalize"));
   }
 };
 
@@ -420,6 +454,7 @@ REGISTER_OP("SimclrForward")
     .Input("anchor_begin: int64")
     .Input("pairs: int64")
     .Input("temperature: double")
+    .Input("negative_rows: int64")
     .Output("row_lse: T")
     .Output("per_example: T")
     .Attr("T: {float, double}")
@@ -451,6 +486,7 @@ REGISTER_OP("SimclrBackward")
     .Input("lse_all: T")
     .Input("alpha_all: T")
     .Input("temperature: double")
+    .Input("negative_rows: int64")
     .Output("grad_a: T")
     .Output("grad_b: T")
     .Attr("T: {float, double}")
@@ -467,8 +503,11 @@ REGISTER_OP("SimclrRecord")
     .Input("za: T")
     .Input("zb: T")
     .Input("temperature: double")
+    .Input("negatives: Tn")
     .Output("record: int64")
     .Attr("T: {float, double}")
+    .Attr("Tn: {float, double}")
+    .Attr("negatives_scope: int = 0")
     .SetShapeFn([](InferenceContext* c) {
       c->set_output(0, c->Vector(kRecordWords));
       return tf::Status();
@@ -479,10 +518,13 @@ REGISTER_OP("SimclrAgreeNormalize")
     .Input("za: T")
     .Input("zb: T")
     .Input("temperature: double")
+    .Input("negatives: Tn")
     .Output("u: T")
     .Output("squared_norms: T")
     .Output("rank_rows: int64")
+    .Output("negatives_unit: T")
     .Attr("T: {float, double}")
+    .Attr("Tn: {float, double}")
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle records;
       ShapeHandle a;
@@ -493,6 +535,7 @@ REGISTER_OP("SimclrAgreeNormalize")
       c->set_output(0, c->Matrix(rows, c->Dim(a, 1)));
       c->set_output(1, c->Vector(rows));
       c->set_output(2, c->Vector(c->Dim(records, 0)));
+      c->set_output(3, c->Matrix(InferenceContext::kUnknownDim, c->Dim(a, 1)));
       return tf::Status();
     });
 
@@ -521,6 +564,7 @@ REGISTER_OP("SimclrAgreeBackward")
     .Input("alpha_all: T")
     .Input("temperature: double")
     .Input("records: int64")
+    .Input("negative_rows: int64")
     .Output("grad_a: T")
     .Output("grad_b: T")
     .Attr("T: {float, double}")
@@ -542,8 +586,16 @@ REGISTER_OP("SimclrAgreeBackward")
                           AlphaOp<T>);                                                             \
   REGISTER_KERNEL_BUILDER(Name("SimclrBackward").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"),    \
                           BackwardOp<T>);                                                          \
-  REGISTER_KERNEL_BUILDER(Name("SimclrRecord").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"),      \
-                          RecordOp<T>);                                                            \
+  REGISTER_KERNEL_BUILDER(Name("SimclrRecord")                                                     \
+                              .Device(tf::DEVICE_CPU)                                              \
+                              .TypeConstraint<T>("T")                                              \
+                              .TypeConstraint<float>("Tn"),                                        \
+                          RecordOp<T, float>);                                                     \
+  REGISTER_KERNEL_BUILDER(Name("SimclrRecord")                                                     \
+                              .Device(tf::DEVICE_CPU)                                              \
+                              .TypeConstraint<T>("T")                                              \
+                              .TypeConstraint<double>("Tn"),                                       \
+                          RecordOp<T, double>);                                                    \
   REGISTER_KERNEL_BUILDER(                                                                         \
       Name("SimclrAgreeNormalize").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"),                  \
       AgreeNormalizeOp<T>);                                                                        \
