@@ -119,7 +119,8 @@ def _negatives_error(negatives, za):
         return None
     accepts = "None or a dense CPU tensor [K, d] of za's dtype"
     if not isinstance(negatives, torch.Tensor):
-        return TypeError, f"simclr_loss.torch: negatives must be {accepts}, got {_args.describe(negatives)}"
+        return TypeError, (f"simclr_loss.torch: negatives must be {accepts}, got "
+                           f"{_args.describe(negatives)}")
     if negatives.layout != torch.strided:
         return TypeError, (f"simclr_loss.torch: negatives is a {negatives.layout} tensor; the loss takes "
                            f"{accepts} (negatives.to_dense() makes one)")
@@ -127,9 +128,10 @@ def _negatives_error(negatives, za):
         return ValueError, (f"simclr_loss.torch: negatives are on {negatives.device} but za on "
                             f"{za.device}; they must be on one device")
     if negatives.dtype != za.dtype:
-        name = lambda dtype: str(dtype).replace("torch.", "")  # noqa: E731 - the library's names
-        return TypeError, (f"simclr_loss.torch: negatives have dtype {name(negatives.dtype)} but za "
-                           f"and zb have {name(za.dtype)}; pass them in the same dtype")
+        # The dtypes as the library names them (its message for a float32/float64 mismatch).
+        got, want = (str(t).replace("torch.", "") for t in (negatives.dtype, za.dtype))
+        return TypeError, (f"simclr_loss.torch: negatives have dtype {got} but za and zb have "
+                           f"{want}; pass them in the same dtype")
     return None
 
 
@@ -325,7 +327,8 @@ def _negatives_scope_arg(negatives_scope):
         return _args.NEGATIVES_SCOPES["local"], (type(exc), str(exc))
 
 
-_NEGATIVES_CPU_ONLY = "simclr_loss.torch: extra negatives (negatives=) are supported on the CPU route only "
+_NEGATIVES_CPU_ONLY = ("simclr_loss.torch: extra negatives (negatives=) are supported on the CPU route "
+                       "only ")
 
 
 def _no_device_negatives(where):
