@@ -316,6 +316,20 @@ def test_torch_refuses_what_it_cannot_take():
                        negatives=torch.tensor(bank).to_sparse())
 
 
+def test_the_cuda_route_refuses_negatives(monkeypatch):
+    # The CUDA route (a build with SIMCLR_WITH_CUDA=ON and CUDA tensors) has no extra negatives: it
+    # refuses them before it computes anything. Routed here by pretending the tensors take it.
+    za, zb, bank, _ = _batch()
+    monkeypatch.setattr(st, "_cuda_route", lambda z: True)
+    monkeypatch.setattr(st._torch_cuda, "simclr_loss_cuda", lambda *a, **k: pytest.fail("called"))
+    a, b, k = torch.tensor(za), torch.tensor(zb), torch.tensor(bank)
+    for call in (lambda: st.simclr_loss(a, b, negatives=k),
+                 lambda: st.SimCLRLoss()(a, b, negatives=k),
+                 lambda: st.SimCLRLoss()(a, b, temperature=torch.tensor(0.1), negatives=k)):
+        with pytest.raises(NotImplementedError, match="the CUDA route has none"):
+            call()
+
+
 # ---- distributed: a two-rank gloo group ----
 
 def _gloo_worker(rank, size, path, queue):
