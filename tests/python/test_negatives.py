@@ -387,8 +387,20 @@ def _gloo_worker(rank, size, path, queue):
                 "grad_t": abs(share.item() - rt.grad.item()) / max(1.0, abs(rt.grad.item())),
                 "numpy": float(np.max(np.abs(np_value - want.astype(np.float64)))),
             })
-        # Local scope with a bank on one rank only is fine; a scope that differs between ranks is
-        # refused on every rank.
+        # A bank on rank 0 only (rank 1 passes K = 0), in either scope: rank 0's anchors see it,
+        # and with the global scope rank 1's too.
+        for scope in ("local", "global"):
+            seen = banks[0] if rank == 0 or scope == "global" else None
+            want = reference_per_example(za, zb, seen, 0.3, rows=mine) * weight[mine]
+            got = st.simclr_loss(torch.tensor(za[mine]), torch.tensor(zb[mine]),
+                                 torch.tensor(weight[mine]), temperature=0.3, reduction="none",
+                                 process_group=world,
+                                 negatives=torch.tensor(banks[0][:0] if rank else banks[0]),
+                                 negatives_scope=scope)
+            results.append({"scope": scope + ", one bank",
+                             "value": float(np.max(np.abs(got.numpy() - want.astype(np.float64)))),
+                             "grad_a": 0.0, "grad_b": 0.0, "grad_t": 0.0, "numpy": 0.0})
+        # A scope that differs between ranks is refused on every rank.
         try:
             st.simclr_loss(torch.tensor(za[mine]), torch.tensor(zb[mine]), reduction="sum",
                            process_group=world, negatives=torch.tensor(banks[rank]),
