@@ -678,7 +678,9 @@ class MemoryBank(torch.nn.Module):
     Distributed (``process_group``): each rank keeps a bank of its own rows. With
     ``negatives_scope="local"`` each rank's anchors see its own bank (lightly under DDP); with
     ``negatives_scope="global"`` the library gathers every rank's bank, so every anchor sees the
-    union (MoCo's shared queue of all-gathered keys).
+    union (MoCo's shared queue of all-gathered keys). Keep the bank out of a module that
+    DistributedDataParallel wraps (or pass it broadcast_buffers=False): DDP broadcasts rank 0's
+    buffers to every rank at each forward, which would replace every rank's bank with rank 0's.
     """
 
     def __init__(self, size, dim, dtype=torch.float32, device=None):
@@ -697,6 +699,10 @@ class MemoryBank(torch.nn.Module):
 
     def __len__(self):
         return int(self.count)
+
+    def __bool__(self):
+        # A module is true even when its bank is empty (len() is the rows it holds).
+        return True
 
     @property
     def negatives(self):

@@ -460,6 +460,7 @@ def test_two_ranks_local_and_global_scope_over_gloo(tmp_path):
 def test_memory_bank_starts_empty_and_fills_in_order():
     bank = st.MemoryBank(5, 3)
     assert len(bank) == 0 and bank.negatives.shape == (0, 3)
+    assert bank  # a module is true even when empty
     assert bank.negatives.dtype == torch.float32
     z = torch.arange(1.0, 13.0).reshape(4, 3)
     bank.update(z[:2])
