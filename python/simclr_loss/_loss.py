@@ -58,6 +58,11 @@ class SimCLRLoss(_ConfigMixin):
     "auto" / "sum_over_batch_size" need global_batch_size (an integer, or "infer": the total rows).
     temperature (a keyword of every call): None, the constructor's, or this call's own (a number; a
     learnable temperature's current value), which leaves get_config() alone.
+    negatives (a keyword of every call): None, or extra negatives [K, d] (a memory bank; K may be 0)
+    of za's dtype, L2-normalised by the library, that join every anchor's candidates as negatives
+    only: never anchors or positives, and they get no gradient. negatives_scope: "local" (with comm,
+    each rank's anchors see its own negatives, as lightly's memory bank under DDP) or "global"
+    (every rank's, gathered, as MoCo's shared queue); every rank passes the same.
     """
 
     def __init__(self, temperature=0.05, reduction="auto", name=None):
@@ -76,35 +81,49 @@ class SimCLRLoss(_ConfigMixin):
         return (type(self).from_config, (self.get_config(),))
 
     def forward(self, za, zb, sample_weight=None, comm=None, global_batch_size=None, *,
-                temperature=None, temperature_gradient=False):
+                temperature=None, temperature_gradient=False, negatives=None,
+                negatives_scope="local"):
         """The extension's Forward (values, per_example, objective, ...; .backward(upstream), and
         .backward_with_temperature(upstream) when temperature_gradient)."""
+        comm = self._comms(comm)
+        try:
+            scope = _args.negatives_scope_code(negatives_scope)
+        except ValueError as exc:
+            # Every rank of comm raises it (naming this rank), as any input error of the call.
+            self._loss.forward(None, None, comm=comm, input_error=(ValueError, str(exc)))
+            raise
         return self._loss.forward(_embeddings(za), _embeddings(zb), _args.sample_weight(sample_weight),
-                                  self._comms(comm), _args.global_batch_size(global_batch_size),
+                                  comm, _args.global_batch_size(global_batch_size),
                                   temperature=None if temperature is None
                                   else _args.temperature_value(temperature),
-                                  temperature_gradient=bool(temperature_gradient))
+                                  temperature_gradient=bool(temperature_gradient),
+                                  negatives=None if negatives is None else _embeddings(negatives),
+                                  negatives_scope=scope)
 
     @staticmethod
     def _value(forward):
         return forward.values if forward.reduction == "none" else forward.values.reshape(())
 
     def __call__(self, za, zb, sample_weight=None, comm=None, global_batch_size=None, *,
-                 temperature=None):
+                 temperature=None, negatives=None, negatives_scope="local"):
         return self._value(self.forward(za, zb, sample_weight, comm, global_batch_size,
-                                        temperature=temperature))
+                                        temperature=temperature, negatives=negatives,
+                                        negatives_scope=negatives_scope))
 
     def value_and_gradient(self, za, zb, sample_weight=None, comm=None, global_batch_size=None, *,
-                           temperature=None, temperature_gradient=False):
+                           temperature=None, temperature_gradient=False, negatives=None,
+                           negatives_scope="local"):
         """(loss, dJ/dza, dJ/dzb), J the sum of the returned loss (for "none", of its n values);
-        with temperature_gradient, (loss, dJ/dza, dJ/dzb, dJ/dT), dJ/dT a float.
+        with temperature_gradient, (loss, dJ/dza, dJ/dzb, dJ/dT), dJ/dT a float. Extra negatives
+        (negatives=) get no gradient; dJ/dT counts their terms.
 
         With comm, J is the sum over ranks of each rank's loss, and each rank gets the gradient for
         its own rows (TensorFlow's convention: replica gradients are summed, not averaged); dJ/dT is
         then this rank's share: the shares of all ranks add up to dJ/dT.
         """
         forward = self.forward(za, zb, sample_weight, comm, global_batch_size,
-                               temperature=temperature, temperature_gradient=temperature_gradient)
+                               temperature=temperature, temperature_gradient=temperature_gradient,
+                               negatives=negatives, negatives_scope=negatives_scope)
         if temperature_gradient:
             grad_a, grad_b, grad_t = forward.backward_with_temperature(1.0)
             return self._value(forward), grad_a, grad_b, grad_t

@@ -9,6 +9,9 @@ With ``process_group`` every rank passes its own rows; each anchor is contrasted
 other embeddings of the global batch (G = the sum of the ranks' rows, which may differ and may be
 0), and the call is collective: every rank of the group must call forward and backward in the same
 order. docs/python.md describes the gradient convention (``gradient_reduction``).
+
+Extra negatives (a memory bank, ``negatives=``, see ``MemoryBank``) join every anchor's candidates as
+negatives only, on the CPU route.
 """
 
 import functools
@@ -21,7 +24,7 @@ import torch.distributed as dist
 from . import _args, _core, _torch_cuda
 from ._torch_cuda import _group_rank_size
 
-__all__ = ["SimCLRLoss", "simclr_loss"]
+__all__ = ["MemoryBank", "SimCLRLoss", "simclr_loss"]
 
 # The default gradient convention: DistributedDataParallel (and Horovod, FSDP) average parameter
 # gradients over ranks, so "mean" makes their training step equal one process on the whole batch.
@@ -109,6 +112,29 @@ def _input_error(za, zb):
     return error
 
 
+def _negatives_error(negatives, za):
+    """What the CPU route cannot take in the extra negatives (exception type, message), or None.
+    Their shape, width and NaN/Inf are the library's to check."""
+    if negatives is None:
+        return None
+    accepts = "None or a dense CPU tensor [K, d] of za's dtype"
+    if not isinstance(negatives, torch.Tensor):
+        return TypeError, (f"simclr_loss.torch: negatives must be {accepts}, got "
+                           f"{_args.describe(negatives)}")
+    if negatives.layout != torch.strided:
+        return TypeError, (f"simclr_loss.torch: negatives is a {negatives.layout} tensor; the loss takes "
+                           f"{accepts} (negatives.to_dense() makes one)")
+    if negatives.device != za.device:
+        return ValueError, (f"simclr_loss.torch: negatives are on {negatives.device} but za on "
+                            f"{za.device}; they must be on one device")
+    if negatives.dtype != za.dtype:
+        # The dtypes as the library names them (its message for a float32/float64 mismatch).
+        got, want = (str(t).replace("torch.", "") for t in (negatives.dtype, za.dtype))
+        return TypeError, (f"simclr_loss.torch: negatives have dtype {got} but za and zb have "
+                           f"{want}; pass them in the same dtype")
+    return None
+
+
 def _compute_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -136,16 +162,20 @@ def _weight_array(sample_weight):
 
 
 def _core_forward(core_loss, za, zb, weight, comm, global_batch, gradient_reduction, threads,
-                  temperature=None, temperature_gradient=False):
+                  temperature=None, temperature_gradient=False, negatives=None, negatives_scope=0):
     """The library's forward of CPU float tensors za, zb: (the step's state, the compute dtype, the
     values as a tensor: 0-d, or [n] for reduction "none"). Half-precision inputs give a float32 loss,
     as autocast does for losses. temperature: None (the loss's) or this call's own, a float;
-    temperature_gradient: the backward also gives dJ/dT."""
+    temperature_gradient: the backward also gives dJ/dT. negatives: None or the extra negatives
+    [K, d] (za's dtype; detached here: constants of the loss), read during this forward only;
+    negatives_scope: the C API's code."""
     dtype = _compute_dtype(za.dtype)
     a, b = _host_view(za, dtype), _host_view(zb, dtype)
+    k = None if negatives is None else _host_view(negatives, dtype)
     fwd = core_loss.forward(a, b, weight=weight, comm=comm, global_batch_size=global_batch,
                             threads=threads, gradient_reduction=gradient_reduction,
-                            temperature=temperature, temperature_gradient=temperature_gradient)
+                            temperature=temperature, temperature_gradient=temperature_gradient,
+                            negatives=k, negatives_scope=negatives_scope)
     values = torch.from_numpy(np.asarray(fwd.values))
     return fwd, dtype, (values if fwd.reduction == "none" else values.reshape(()))
 
@@ -179,12 +209,14 @@ class _SimCLRFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, za, zb, temperature, core_loss, weight, comm, global_batch, gradient_reduction,
-                threads, call_temperature):
+                threads, call_temperature, negatives, negatives_scope):
         # temperature: the tensor of a learnable temperature (its gradient is asked of the library),
-        # or None; call_temperature: None (the loss's) or the float this call runs at.
+        # or None; call_temperature: None (the loss's) or the float this call runs at. negatives:
+        # the extra negatives (a tensor, or None), constants of the loss: no gradient reaches them.
         with_t = temperature is not None
         fwd, ctx.dtype, values = _core_forward(core_loss, za, zb, weight, comm, global_batch,
-                                               gradient_reduction, threads, call_temperature, with_t)
+                                               gradient_reduction, threads, call_temperature, with_t,
+                                               negatives, negatives_scope)
         ctx.fwd = fwd
         ctx.with_t = with_t
         # References: what a second-order gradient is tied to.
@@ -217,7 +249,7 @@ class _SimCLRFunction(torch.autograd.Function):
             grad_b = _NoSecondOrder.apply(grad_b, zb)
             if grad_t is not None:
                 grad_t = _NoSecondOrder.apply(grad_t, ctx.saved_tensors[2])
-        return (grad_a, grad_b, grad_t) + (None,) * 7
+        return (grad_a, grad_b, grad_t) + (None,) * 9
 
 
 class _NoSecondOrder(torch.autograd.Function):
@@ -243,12 +275,12 @@ def _cuda_route(za):
 
 
 def _checked_weight(core_loss, za, zb, sample_weight, comm, global_batch, gradient, threads,
-                    config_error=None, parse_error=None):
+                    config_error=None, parse_error=None, negatives_error=None):
     """The call's sample weight as the library takes it, once the inputs are checked. Whatever this
     rank rejects is handed to the library as the call's input error: with a communicator every rank
     then raises it (naming this rank) in the call's agreement step, where it would otherwise wait for
-    this one. The first error wins: configuration, tensors, arguments, the weight."""
-    error, weight = config_error or _input_error(za, zb) or parse_error, None
+    this one. The first error wins: configuration, tensors, arguments, negatives, the weight."""
+    error, weight = (config_error or _input_error(za, zb) or parse_error or negatives_error), None
     if error is None:
         try:
             weight = _weight_array(sample_weight)
@@ -287,12 +319,39 @@ def _temperature_arg(temperature):
         return 1.0, None, (type(exc), str(exc))
 
 
+def _negatives_scope_arg(negatives_scope):
+    """(the C API's code, error or None): an error is the call's to raise collectively."""
+    try:
+        return _args.negatives_scope_code(negatives_scope), None
+    except ValueError as exc:
+        return _args.NEGATIVES_SCOPES["local"], (type(exc), str(exc))
+
+
+_NEGATIVES_CPU_ONLY = ("simclr_loss.torch: extra negatives (negatives=) are supported on the CPU route "
+                       "only ")
+
+
+def _no_device_negatives(where):
+    """The routes without extra negatives refuse them, as the library's device calls do."""
+    if where == "cuda":
+        raise NotImplementedError(
+            _NEGATIVES_CPU_ONLY + "so far: the CUDA route has none (the library's device calls "
+            "refuse them); pass CPU tensors")
+    raise NotImplementedError(
+        _NEGATIVES_CPU_ONLY + "so far: torch.compile's custom ops carry none; call the loss "
+        "outside the compiled region (torch.compiler.disable)")
+
+
 def _call(core_loss, za, zb, sample_weight, process_group, global_batch_size, gradient_reduction,
-          config_error=None, temperature=None):
-    """The call; temperature: None (the loss's) or this call's own (a number or a tensor)."""
+          config_error=None, temperature=None, negatives=None, negatives_scope="local"):
+    """The call; temperature: None (the loss's) or this call's own (a number or a tensor);
+    negatives: None or the extra negatives [K, d] (treated as constants), negatives_scope "local"
+    or "global"."""
     call_t, t_tensor, t_error = (None, None, None) if temperature is None else (
         _temperature_arg(temperature))
     if _cuda_route(za):
+        if negatives is not None:
+            _no_device_negatives("cuda")
         if t_tensor is not None:
             raise NotImplementedError(
                 "simclr_loss.torch: a temperature that requires grad (a learnable temperature) is "
@@ -309,10 +368,16 @@ def _call(core_loss, za, zb, sample_weight, process_group, global_batch_size, gr
     comm = None if process_group is None else _TorchComm(process_group).core_comm()
     threads = torch.get_num_threads()
     global_batch, gradient, parse_error = _parsed(global_batch_size, gradient_reduction)
+    scope, scope_error = _negatives_scope_arg(negatives_scope)
+    negatives_error = scope_error
+    if negatives_error is None and isinstance(za, torch.Tensor):
+        negatives_error = _negatives_error(negatives, za)
     weight = _checked_weight(core_loss, za, zb, sample_weight, comm, global_batch, gradient, threads,
-                             config_error or t_error, parse_error)
+                             config_error or t_error, parse_error, negatives_error)
+    if negatives is not None:
+        negatives = negatives.detach()  # a constant of the loss (a memory bank's rows)
     return _SimCLRFunction.apply(za, zb, t_tensor, core_loss, weight, comm, global_batch, gradient,
-                                 threads, call_t)
+                                 threads, call_t, negatives, scope)
 
 
 # ---- torch.compile: the loss as torch.library custom ops (torch >= 2.4) -------------------------
@@ -440,18 +505,31 @@ def _compile_route(za, zb, temperature=0.0, reduction=""):
 
 
 def simclr_loss(za, zb, sample_weight=None, *, temperature=0.05, reduction="auto", process_group=None,
-                global_batch_size=None, gradient_reduction=_DEFAULT_GRADIENT_REDUCTION):
+                global_batch_size=None, gradient_reduction=_DEFAULT_GRADIENT_REDUCTION,
+                negatives=None, negatives_scope="local"):
     """TF Similarity's SimCLR loss of two views za, zb ([n, d] CPU tensors; row i of each is a pair).
 
     Returns a 0-d tensor, or [n] for reduction "none" (the weighted per-example loss). The dtype is the
     input's (float32 for float16/bfloat16 inputs). With process_group (a torch.distributed group, or
     torch.distributed.group.WORLD) the call is collective and contrasts with the group's global batch;
     "auto" and "sum_over_batch_size" then need global_batch_size (an int, or "infer"). See SimCLRLoss.
+
+    negatives: None, or extra negatives [K, d] (a memory bank; K may be 0): a CPU tensor of za's
+    dtype, L2-normalised by the library, whose rows join every anchor's candidates as negatives only
+    (never anchors or positives). They are constants of the loss: no gradient flows into them, even
+    when they require grad (they are detached). negatives_scope: "local" (with process_group, each
+    rank's anchors see that rank's negatives only, as lightly's memory bank under DDP) or "global"
+    (every rank's, gathered, as MoCo's shared queue); every rank passes the same. The CUDA route and
+    torch.compile refuse negatives (NotImplementedError).
     """
+    if negatives is not None and _compiling():
+        _no_device_negatives("compile")
     if _compile_route(za, zb, temperature, reduction):
         return _compiled_call(za, zb, sample_weight, temperature, reduction, process_group,
                               global_batch_size, gradient_reduction)
     if _cuda_route(za) and not isinstance(temperature, torch.Tensor):
+        if negatives is not None:
+            _no_device_negatives("cuda")
         return _torch_cuda.simclr_loss_cuda(
             za, zb, temperature=temperature, reduction=reduction,
             global_batch_size=global_batch_size, process_group=process_group,
@@ -467,7 +545,8 @@ def simclr_loss(za, zb, sample_weight=None, *, temperature=0.05, reduction="auto
                 raise
             core_loss, config_error = _args.make_loss(1.0, "sum"), (type(exc), str(exc))
         return _call(core_loss, za, zb, sample_weight, process_group, global_batch_size,
-                     gradient_reduction, config_error, temperature=temperature)
+                     gradient_reduction, config_error, temperature=temperature,
+                     negatives=negatives, negatives_scope=negatives_scope)
     config_error = None
     try:
         core_loss = _args.make_loss(temperature, reduction)
@@ -477,7 +556,8 @@ def simclr_loss(za, zb, sample_weight=None, *, temperature=0.05, reduction="auto
         # Raised by every rank of the group, as any other input error of this rank.
         core_loss, config_error = _args.make_loss(0.05, "sum"), (type(exc), str(exc))
     return _call(core_loss, za, zb, sample_weight, process_group, global_batch_size,
-                 gradient_reduction, config_error)
+                 gradient_reduction, config_error, negatives=negatives,
+                 negatives_scope=negatives_scope)
 
 
 class SimCLRLoss(torch.nn.Module):
@@ -506,16 +586,22 @@ class SimCLRLoss(torch.nn.Module):
         self.global_batch_size = global_batch_size
         self.gradient_reduction = gradient_reduction
 
-    def forward(self, za, zb, sample_weight=None, temperature=None):
+    def forward(self, za, zb, sample_weight=None, temperature=None, negatives=None,
+                negatives_scope="local"):
         """temperature: None (the constructor's), or this call's own: a number, or a one-element
         tensor such as a learnable temperature, whose gradient dJ/dT then flows (CPU tensors). It
-        does not change get_config(), which keeps the constructor's."""
+        does not change get_config(), which keeps the constructor's. negatives, negatives_scope:
+        extra negatives [K, d] (e.g. ``MemoryBank.negatives``), as simclr_loss() takes them:
+        constants of the loss (detached), CPU tensors only."""
         t = self.temperature if temperature is None else temperature
+        if negatives is not None and _compiling():
+            _no_device_negatives("compile")
         if _compile_route(za, zb, t, self.reduction):
             return _compiled_call(za, zb, sample_weight, t, self.reduction,
                                   self.process_group, self.global_batch_size, self.gradient_reduction)
         return _call(self._core, za, zb, sample_weight, self.process_group, self.global_batch_size,
-                     self.gradient_reduction, temperature=temperature)
+                     self.gradient_reduction, temperature=temperature, negatives=negatives,
+                     negatives_scope=negatives_scope)
 
     def get_config(self):
         """TF Similarity's config dict: {'reduction': ..., 'name': ..., 'temperature': ...}."""
@@ -569,3 +655,95 @@ class SimCLRLoss(torch.nn.Module):
         state["process_group"] = group
         out.__setstate__(state)
         return out
+
+
+class MemoryBank(torch.nn.Module):
+    """A first-in, first-out bank of extra negatives for the loss's ``negatives=`` (lightly's
+    ``MemoryBankModule``, MoCo's queue): ``MemoryBank(size, dim, dtype=torch.float32, device=None)``.
+
+        bank = simclr_loss.torch.MemoryBank(4096, 128)
+        loss = crit(za, zb, negatives=bank.negatives)   # [K, d], K grows from 0 to size
+        loss.backward()
+        bank.update(zb)                                  # enqueue the newest rows, drop the oldest
+
+    ``update(z)`` stores the rows of z ([m, dim]) detached and L2-normalised, in the bank's dtype and
+    device: no gradient ever reaches them, and a row of all zeros stays zeros. When the bank is full
+    each new row replaces the oldest; of more than ``size`` rows only the last ``size`` are kept.
+    ``negatives`` is the bank's current rows [K, dim] (a view of its storage, which ``update``
+    overwrites in place: the loss reads it during its forward only). Calling the module,
+    ``bank(z)``, returns the rows as they were before it enqueues z (a copy), as lightly's does.
+    The loss does not depend on the order of the rows. The rows and the fill state are buffers, so
+    they travel with ``state_dict()`` and ``.to()``.
+
+    Distributed (``process_group``): each rank keeps a bank of its own rows. With
+    ``negatives_scope="local"`` each rank's anchors see its own bank (lightly under DDP); with
+    ``negatives_scope="global"`` the library gathers every rank's bank, so every anchor sees the
+    union (MoCo's shared queue of all-gathered keys). Keep the bank out of a module that
+    DistributedDataParallel wraps (or pass it broadcast_buffers=False): DDP broadcasts rank 0's
+    buffers to every rank at each forward, which would replace every rank's bank with rank 0's.
+    """
+
+    def __init__(self, size, dim, dtype=torch.float32, device=None):
+        super().__init__()
+        for name, value in (("size", size), ("dim", dim)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"MemoryBank: {name} must be an integer >= 0, got "
+                                 + _args.describe(value))
+        if dtype not in _FLOATS:
+            raise TypeError(f"MemoryBank: dtype must be a floating dtype, got {dtype}")
+        self.size, self.dim = int(size), int(dim)
+        self.register_buffer("bank", torch.zeros((self.size, self.dim), dtype=dtype, device=device))
+        # The next row to write and the rows held (0 to size), as tensors so state_dict has them.
+        self.register_buffer("position", torch.zeros((), dtype=torch.int64, device=device))
+        self.register_buffer("count", torch.zeros((), dtype=torch.int64, device=device))
+
+    def __len__(self):
+        return int(self.count)
+
+    def __bool__(self):
+        # A module is true even when its bank is empty (len() is the rows it holds).
+        return True
+
+    @property
+    def negatives(self):
+        """The current rows [K, dim], K = len(self) (the first K rows of the storage: until it is
+        full the bank fills it in order, and once full every row is held)."""
+        return self.bank[:int(self.count)]
+
+    @torch.no_grad()
+    def update(self, z):
+        """Enqueues the rows of z [m, dim], detached and L2-normalised; returns self."""
+        if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[1] != self.dim:
+            shape = tuple(z.shape) if isinstance(z, torch.Tensor) else _args.describe(z)
+            raise ValueError(f"MemoryBank.update: z must be a tensor [m, {self.dim}], got {shape}")
+        rows = torch.nn.functional.normalize(
+            z.detach().to(device=self.bank.device, dtype=torch.float64), dim=1)
+        rows = rows.to(self.bank.dtype)
+        if self.size == 0 or rows.shape[0] == 0:
+            return self
+        rows = rows[-self.size:]
+        m, at = rows.shape[0], int(self.position)
+        first = min(m, self.size - at)
+        self.bank[at:at + first] = rows[:first]
+        self.bank[:m - first] = rows[first:]
+        self.position.fill_((at + m) % self.size)
+        self.count.fill_(min(self.size, int(self.count) + m))
+        return self
+
+    def forward(self, z=None):
+        """The current rows (a copy when z is given), then ``update(z)`` unless z is None."""
+        if z is None:
+            return self.negatives
+        out = self.negatives.clone()
+        self.update(z)
+        return out
+
+    def reset(self):
+        """Empties the bank."""
+        self.bank.zero_()
+        self.position.zero_()
+        self.count.zero_()
+        return self
+
+    def extra_repr(self):
+        return f"size={self.size}, dim={self.dim}, dtype={self.bank.dtype}, rows={len(self)}"

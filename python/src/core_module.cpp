@@ -654,7 +654,7 @@ std::vector<int64_t> agree(const Loss& loss, nb::bytes records) {
 Forward* forward(nb::object loss_obj, nb::handle za, nb::handle zb, nb::handle weight,
                  nb::object comm_obj, int64_t global_batch_size, int32_t threads,
                  int32_t gradient_reduction, nb::object input_error, nb::object temperature,
-                 bool temperature_gradient) {
+                 bool temperature_gradient, nb::handle negatives, int32_t negatives_scope) {
   Loss& loss = nb::cast<Loss&>(loss_obj);
   Comm* comm = comm_obj.is_none() ? nullptr : nb::cast<Comm*>(comm_obj);
   if (!input_error.is_none()) {
@@ -663,7 +663,12 @@ Forward* forward(nb::object loss_obj, nb::handle za, nb::handle zb, nb::handle w
   }
   MatrixArg a = matrix_arg(za, "za"), b = matrix_arg(zb, "zb");
   WeightArg w = weight_arg(weight);
-  for (const ArgError* e : {&a.error, &b.error, &w.error}) {
+  // Extra negatives: a view of the caller's array (or a dense copy) for this call only; the
+  // library copies their unit rows into its own state, so nothing of them outlives the forward.
+  MatrixArg k;
+  const bool with_negatives = !negatives.is_none();
+  if (with_negatives) k = matrix_arg(negatives, "negatives");
+  for (const ArgError* e : {&a.error, &b.error, &w.error, &k.error}) {
     if (!*e) continue;
     forward_rejected(loss, comm, input_error_status(e->type), e->message, global_batch_size,
                      threads, gradient_reduction);
@@ -681,6 +686,9 @@ Forward* forward(nb::object loss_obj, nb::handle za, nb::handle zb, nb::handle w
     options.temperature = nb::cast<double>(temperature);
   }
   options.temperature_gradient = temperature_gradient ? 1 : 0;
+  // The scope's value is the library's to check (on every rank alike).
+  options.negatives = with_negatives ? &k.view : nullptr;
+  options.negatives_scope = negatives_scope;
 
   auto fwd = std::make_unique<Forward>();
   fwd->temperature_gradient = temperature_gradient;
@@ -974,7 +982,8 @@ NB_MODULE(_core, m) {
            "comm"_a = nb::none(), "global_batch_size"_a = SIMCLR_GLOBAL_BATCH_NONE,
            "threads"_a = 0, "gradient_reduction"_a = SIMCLR_GRADIENT_SUM,
            "input_error"_a = nb::none(), "temperature"_a = nb::none(),
-           "temperature_gradient"_a = false,
+           "temperature_gradient"_a = false, "negatives"_a = nb::none(),
+           "negatives_scope"_a = SIMCLR_NEGATIVES_LOCAL,
            "Forward on host arrays za, zb [n, d] (float32 or float64, the same). weight: None or "
            "float64 ndim 0-2. comm: a Comm (collective). global_batch_size: GLOBAL_BATCH_NONE, "
            "GLOBAL_BATCH_INFER or >= 0. gradient_reduction: GRADIENT_SUM or GRADIENT_MEAN (a "
@@ -983,7 +992,10 @@ NB_MODULE(_core, m) {
            "rejected itself: the call then fails with it, on every rank of comm (za, zb, weight "
            "are not read). temperature: None (the loss's) or this call's own (a number; every rank "
            "the same). temperature_gradient: the backward also gives dJ/dT "
-           "(Forward.backward_with_temperature). Returns a Forward.");
+           "(Forward.backward_with_temperature). negatives: None, or extra negatives [K, d] (a host "
+           "array of the views' dtype, K >= 0; L2-normalised by the library, candidates only, no "
+           "gradient; read during this call only). negatives_scope: NEGATIVES_LOCAL (each rank's "
+           "anchors see its own) or NEGATIVES_GLOBAL (every rank's, gathered). Returns a Forward.");
 
   nb::class_<Comm>(m, "Comm", nb::is_weak_referenceable(),
                    "A communicator (the C API's handle): callbacks, MPI or one rank.")

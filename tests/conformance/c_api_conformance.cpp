@@ -86,6 +86,12 @@ struct Inputs {
   simclr_weight w{};
   bool weighted = false;
   std::int64_t n = 0, d = 0;
+  // Extra negatives ("negatives", "negatives_dtype", "negatives_scope"): the view the call gets.
+  std::vector<float> k32;
+  std::vector<double> k64;
+  simclr_matrix k{};
+  bool with_negatives = false;
+  std::int32_t scope = SIMCLR_NEGATIVES_LOCAL;
 };
 
 void slice(const Matrix& m, std::int64_t begin, std::int64_t n, bool f32, std::vector<float>& o32,
@@ -125,6 +131,30 @@ void make_inputs(const json& c, std::int64_t begin, std::int64_t n, Inputs& in) 
     in.weight = values;
   }
   in.w.values = in.weight.data();
+}
+
+// The case's extra negatives, if any: the whole bank with the local scope, and with the global scope
+// rank r's share of its rows (the ranks' banks gathered are the whole bank again). An unknown scope
+// name is passed on as a code the library refuses.
+void make_negatives(const json& c, Inputs& in) {
+  in.with_negatives = c.contains("negatives");
+  if (c.contains("negatives_scope")) {
+    const std::string scope = c["negatives_scope"].get<std::string>();
+    in.scope = scope == "local" ? SIMCLR_NEGATIVES_LOCAL
+               : scope == "global" ? SIMCLR_NEGATIVES_GLOBAL
+                                   : 7;
+  }
+  if (!in.with_negatives) return;
+  const Matrix k = matrix(c["negatives"]);
+  const bool f32 = c.value("negatives_dtype", c["dtype"].get<std::string>()) == "float32";
+  std::int64_t begin = 0, rows = k.rows;
+  if (in.scope == SIMCLR_NEGATIVES_GLOBAL) {
+    std::int64_t at = 0;
+    for (int r = 0; r < rank; ++r) at += k.rows / size + (r < k.rows % size ? 1 : 0);
+    begin = at;
+    rows = k.rows / size + (rank < k.rows % size ? 1 : 0);
+  }
+  slice(k, begin, rows, f32, in.k32, in.k64, in.k);
 }
 
 simclr_reduction reduction_of(const std::string& r) {
@@ -197,6 +227,7 @@ void run_value_case(const json& c, double tol, simclr_comm_t comm) {
   const std::int64_t n = rows_before(za.rows, rank + 1) - begin;
   Inputs in;
   make_inputs(c, begin, n, in);
+  make_negatives(c, in);
   simclr_loss_t loss = nullptr;
   if (make_loss(c, &loss) != SIMCLR_OK) {
     report(false, id, std::string("loss: ") + simclr_last_error());
@@ -214,6 +245,8 @@ void run_value_case(const json& c, double tol, simclr_comm_t comm) {
   }
   const bool want_t = c.contains("grad_temperature");
   o.temperature_gradient = want_t ? 1 : 0;
+  o.negatives = in.with_negatives ? &in.k : nullptr;
+  o.negatives_scope = in.scope;
   const bool none = r == "none";
   std::vector<double> v64(static_cast<std::size_t>(std::max<std::int64_t>(in.n, 1)));
   std::vector<float> v32(v64.size());
@@ -307,10 +340,12 @@ void run_error_case(json c, const json& defaults, simclr_comm_t comm) {
   const int last = size - 1;
   if (comm != nullptr && rank != last) {
     for (const char* key : {"za", "zb", "sample_weight"}) mine[key] = defaults[key];
-    mine.erase("call_temperature");
+    for (const char* key : {"call_temperature", "negatives", "negatives_dtype", "negatives_scope"})
+      mine.erase(key);
   }
   Inputs in;
   make_inputs(mine, 0, matrix(mine["za"]).rows, in);
+  make_negatives(mine, in);
   simclr_loss_t loss = nullptr;
   simclr_status st = make_loss(mine, &loss);
   if (st == SIMCLR_OK) {
@@ -321,6 +356,8 @@ void run_error_case(json c, const json& defaults, simclr_comm_t comm) {
       o.use_temperature = 1;
       o.temperature = number(mine["call_temperature"]);
     }
+    o.negatives = in.with_negatives ? &in.k : nullptr;
+    o.negatives_scope = in.scope;
     std::vector<double> values(static_cast<std::size_t>(std::max<std::int64_t>(in.n, 1)));
     st = simclr_forward(loss, &in.a, &in.b, in.weighted ? &in.w : nullptr, &o, values.data(),
                         nullptr, nullptr, nullptr);

@@ -46,9 +46,12 @@ def main():
             # A call's own temperature goes as a learnable one would: a tensor that requires grad.
             t = mine.temperature if mine.call_temperature is None else torch.tensor(
                 mine.call_temperature, dtype=torch.float64, requires_grad=True)
+            extra = mine.negatives_kwargs()
+            if extra.get("negatives") is not None:
+                extra["negatives"] = torch.from_numpy(extra["negatives"])
             st.simclr_loss(torch.from_numpy(mine.za), torch.from_numpy(mine.zb), w,
                            temperature=t, reduction=mine.reduction,
-                           process_group=dist.group.WORLD)
+                           process_group=dist.group.WORLD, **extra)
             got = ("no exception", "")
         except Exception as exc:  # noqa: BLE001 - compared below
             got = (type(exc).__name__, str(exc))

@@ -64,6 +64,22 @@ class Case:
         ct = raw.get("call_temperature")
         self.call_temperature = None if ct is None else _number(ct)
         self.grad_temperature = raw.get("grad_temperature")
+        # Extra negatives [K, d] (None: none), in the case's dtype unless negatives_dtype says
+        # otherwise, and their scope.
+        neg = raw.get("negatives")
+        neg_dtype = {"float32": np.float32, "float64": np.float64}[
+            raw.get("negatives_dtype", raw["dtype"])]
+        self.negatives = None if neg is None else _array(neg, neg_dtype)
+        if self.negatives is not None and self.negatives.dtype != neg_dtype:
+            self.negatives = self.negatives.astype(neg_dtype)
+        self.negatives_scope = raw.get("negatives_scope", "local")
+        self.with_negatives = "negatives" in raw or "negatives_scope" in raw
+
+    def negatives_kwargs(self):
+        """The call's negatives= and negatives_scope= keywords ({} for a case without them)."""
+        if not self.with_negatives:
+            return {}
+        return {"negatives": self.negatives, "negatives_scope": self.negatives_scope}
 
 
 def _value_cases():
@@ -129,12 +145,14 @@ def run_cli(case):
 def run_numpy(case):
     import simclr_loss
     loss = simclr_loss.SimCLRLoss(temperature=case.temperature, reduction=case.reduction)
+    extra = case.negatives_kwargs()
     if case.call_temperature is None:
-        value, ga, gb = loss.value_and_gradient(case.za, case.zb, sample_weight=case.weight)
+        value, ga, gb = loss.value_and_gradient(case.za, case.zb, sample_weight=case.weight,
+                                                **extra)
         return np.asarray(value), ga, gb
     value, ga, gb, gt = loss.value_and_gradient(case.za, case.zb, sample_weight=case.weight,
                                                 temperature=case.call_temperature,
-                                                temperature_gradient=True)
+                                                temperature_gradient=True, **extra)
     return np.asarray(value), ga, gb, gt
 
 
@@ -144,14 +162,18 @@ def run_torch(case):
     za = torch.from_numpy(case.za).requires_grad_(True)
     zb = torch.from_numpy(case.zb).requires_grad_(True)
     w = None if case.weight is None else torch.from_numpy(case.weight)
+    extra = case.negatives_kwargs()
+    if extra.get("negatives") is not None:
+        extra["negatives"] = torch.from_numpy(extra["negatives"])
     if case.call_temperature is None:
-        value = st.simclr_loss(za, zb, w, temperature=case.temperature, reduction=case.reduction)
+        value = st.simclr_loss(za, zb, w, temperature=case.temperature, reduction=case.reduction,
+                               **extra)
         value.sum().backward()
         return value.detach().numpy(), za.grad.numpy(), zb.grad.numpy()
     # The module's per-call temperature: a learnable one, a tensor that requires grad.
     t = torch.tensor(case.call_temperature, dtype=torch.float64, requires_grad=True)
     value = st.SimCLRLoss(temperature=case.temperature, reduction=case.reduction)(
-        za, zb, w, temperature=t)
+        za, zb, w, temperature=t, **extra)
     value.sum().backward()
     return value.detach().numpy(), za.grad.numpy(), zb.grad.numpy(), t.grad.item()
 
@@ -301,7 +323,8 @@ def _front_end(name, case):
     why = TABLE.get("not_applicable", {}).get(_table_name(name), {})
     for key in (case.id, "reduction:" + case.reduction,
                 "weighted" if case.weight is not None else "unweighted",
-                "call_temperature" if case.call_temperature is not None else "loss_temperature"):
+                "call_temperature" if case.call_temperature is not None else "loss_temperature",
+                "negatives" if case.with_negatives else "no_negatives"):
         if key in why:
             pytest.skip(name + ": " + why[key])
     return run

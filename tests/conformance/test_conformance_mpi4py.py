@@ -45,7 +45,7 @@ def test_error_on_the_last_rank_raises_everywhere(comm, case):
     got = ("no exception", "")
     try:
         loss(mine.za, mine.zb, sample_weight=mine.weight, comm=comm,
-             temperature=mine.call_temperature)
+             temperature=mine.call_temperature, **mine.negatives_kwargs())
     except Exception as exc:  # noqa: BLE001 - compared below, by type name and message
         got = (type(exc).__name__, str(exc))
     everyone = WORLD.allgather(got)

@@ -211,3 +211,24 @@ def test_second_order_through_a_compiled_step_is_refused():
     (g,) = torch.autograd.grad(loss, lin.weight, create_graph=True)
     with pytest.raises(RuntimeError, match="double backward"):
         g.norm().backward()
+
+
+def test_compiled_call_refuses_extra_negatives():
+    # The custom ops carry no extra negatives: a call with negatives= while torch.compile traces is
+    # refused with the CPU route's NotImplementedError, never compiled without them. (Here, not in
+    # test_negatives.py: torch.compile runs in a process of its own in the test scripts.)
+    torch._dynamo.reset()
+    za, zb = _views(n=6, d=4)
+    bank = torch.randn(5, 4, dtype=torch.float64)
+    crit = st.SimCLRLoss(temperature=0.2)
+    for form in (lambda a, b, k: crit(a, b, negatives=k),
+                 lambda a, b, k: st.simclr_loss(a, b, temperature=0.2, negatives=k)):
+        f = torch.compile(form, backend="eager", fullgraph=True)
+        with pytest.raises(Exception, match="extra negatives .negatives=. are supported on the "
+                                            "CPU route only") as info:
+            f(za, zb, bank)
+        # Dynamo may wrap the error it traced; it is the refusal's NotImplementedError.
+        assert isinstance(info.value, NotImplementedError) or \
+            "NotImplementedError" in str(info.value), repr(info.value)
+    # Eager, the same call works.
+    assert torch.isfinite(crit(za, zb, negatives=bank))
