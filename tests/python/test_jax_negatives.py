@@ -221,6 +221,21 @@ def test_float32_views_and_negatives():
     np.testing.assert_allclose(ga, ga_ref, rtol=1e-3, atol=1e-5)
 
 
+def test_bfloat16_views_and_negatives():
+    # Computed in float32, returned in bfloat16; the negatives take the views' dtype.
+    za, zb, bank, _ = _data(k=7)
+    got = sj.simclr_loss(jnp.asarray(za, jnp.bfloat16), jnp.asarray(zb, jnp.bfloat16),
+                         temperature=0.2, negatives=jnp.asarray(bank, jnp.bfloat16))
+    assert got.dtype == jnp.bfloat16
+    as_f64 = lambda x: np.asarray(jnp.asarray(x, jnp.bfloat16), np.float64)  # noqa: E731
+    want = _reference_loss(as_f64(za), as_f64(zb), 0.2, "sum_over_batch_size", None,
+                           [as_f64(bank)])
+    np.testing.assert_allclose(np.float64(got), want, rtol=1e-2)
+    with pytest.raises(TypeError, match="dtype"):
+        sj.simclr_loss(jnp.asarray(za, jnp.bfloat16), jnp.asarray(zb, jnp.bfloat16),
+                       negatives=jnp.asarray(bank, jnp.float32))
+
+
 def test_the_scope_changes_nothing_without_an_axis():
     za, zb, bank, _ = _data(k=7)
     local = sj.simclr_loss(za, zb, temperature=0.2, negatives=bank, negatives_scope="local")
