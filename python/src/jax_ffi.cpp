@@ -69,12 +69,42 @@ struct Weight {
   }
 };
 
-simclr_call_options options(std::int64_t global_batch, std::int64_t threads) {
+// negative_rows: how many extra negatives' unit rows end u_global (0: none).
+simclr_call_options options(std::int64_t global_batch, std::int64_t threads,
+                            std::int64_t negative_rows = 0) {
   simclr_call_options o;
   simclr_call_options_init(&o);
   o.global_batch_size = global_batch;
   o.threads = static_cast<std::int32_t>(threads);
+  o.negative_rows = negative_rows;
   return o;
+}
+
+// Extra negatives x [K, d] -> their unit rows in out [K, d] (simclr_step_normalize_rows); nothing
+// to do for K = 0.
+simclr_status normalize_negatives(const ffi::AnyBuffer& x, void* out) {
+  if (dim(x, 0) == 0) return SIMCLR_OK;
+  const simclr_dtype t = dtype_of(x.element_type());
+  const simclr_matrix in = matrix(x.untyped_data(), dim(x, 0), dim(x, 1), t);
+  const simclr_matrix o = matrix(out, dim(x, 0), dim(x, 1), t);
+  return simclr_step_normalize_rows(&in, &o);
+}
+
+// The first error of this device's extra negatives (their width and dtype against the views', NaN or
+// Inf), for its record: status SIMCLR_OK when none, else the status and message set.
+simclr_status check_negatives(const ffi::AnyBuffer& negatives, const ffi::AnyBuffer& za,
+                              std::string& message) {
+  if (dim(negatives, 0) == 0) return SIMCLR_OK;
+  if (negatives.dimensions().size() != 2 || dim(negatives, 1) != dim(za, 1) ||
+      negatives.element_type() != za.element_type()) {
+    message = "simclr_step_record: the extra negatives must be [K, " + std::to_string(dim(za, 1)) +
+              "] of the views' dtype";
+    return SIMCLR_VALUE_ERROR;
+  }
+  std::vector<unsigned char> scratch(negatives.size_bytes());
+  const simclr_status status = normalize_negatives(negatives, scratch.data());
+  if (status != SIMCLR_OK) message = simclr_last_error();
+  return status;
 }
 
 std::int64_t scalar_index(const ffi::AnyBuffer& b) {
@@ -83,13 +113,15 @@ std::int64_t scalar_index(const ffi::AnyBuffer& b) {
   return *static_cast<const std::int32_t*>(b.untyped_data());
 }
 
-// za, zb, weight -> this device's agreement record (uint8 [SIMCLR_RECORD_BYTES]): its rows, dim,
-// dtype, configuration and options, and the first error of its inputs. Bad input is not an error
-// here: it travels in the record, so that every device raises it in agree_normalize_impl.
+// za, zb, weight, negatives -> this device's agreement record (uint8 [SIMCLR_RECORD_BYTES]): its
+// rows, dim, dtype, configuration and options (the negatives' scope among them), and the first
+// error of its inputs (the extra negatives' first, then the views'). Bad input is not an error here:
+// it travels in the record, so that every device raises it in agree_normalize_impl.
 ffi::Error record_impl(ffi::AnyBuffer za, ffi::AnyBuffer zb, ffi::AnyBuffer weight,
-                       ffi::Result<ffi::AnyBuffer> record, double temperature,
-                       std::int64_t reduction, std::int64_t global_batch, std::int64_t has_weight,
-                       std::int64_t gradient_reduction) {
+                       ffi::AnyBuffer negatives, ffi::Result<ffi::AnyBuffer> record,
+                       double temperature, std::int64_t reduction, std::int64_t global_batch,
+                       std::int64_t has_weight, std::int64_t gradient_reduction,
+                       std::int64_t negatives_scope) {
   if (record->element_count() != SIMCLR_RECORD_BYTES)
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
                       "simclr_loss.jax forward: the record must have " +
@@ -101,6 +133,10 @@ ffi::Error record_impl(ffi::AnyBuffer za, ffi::AnyBuffer zb, ffi::AnyBuffer weig
   const Weight w(weight);
   simclr_call_options o = options(global_batch, 0);
   o.gradient_reduction = static_cast<std::int32_t>(gradient_reduction);
+  o.negatives_scope = static_cast<std::int32_t>(negatives_scope);
+  std::string message;
+  o.input_error = check_negatives(negatives, za, message);
+  if (o.input_error != SIMCLR_OK) o.input_error_message = message.c_str();
   if (simclr_step_record(loss.get(), &a, &b, has_weight != 0 ? &w.view : nullptr, &o,
                          record->untyped_data()) != SIMCLR_OK)
     return step_error("forward");
@@ -119,15 +155,25 @@ ffi::Error normalize_impl(ffi::AnyBuffer za, ffi::AnyBuffer zb, ffi::Result<ffi:
   return ffi::Error::Success();
 }
 
-// records [P, SIMCLR_RECORD_BYTES] (every device's record, device by device), za, zb, weight -> as
-// normalize_impl, and the weight again, after the agreement: an input error of any device, or
-// devices that disagree, fail here on every device alike, before the rows' all-gather that a failed
-// device would never reach. The weight comes out of the agreement so that the steps that read it
-// (forward, alpha) depend on it: XLA runs nothing that can fail on one device alone before it.
+// negatives [K, d] -> their unit rows [K, d].
+ffi::Error normalize_rows_impl(ffi::AnyBuffer negatives, ffi::Result<ffi::AnyBuffer> out) {
+  if (normalize_negatives(negatives, out->untyped_data()) != SIMCLR_OK)
+    return step_error("forward");
+  return ffi::Error::Success();
+}
+
+// records [P, SIMCLR_RECORD_BYTES] (every device's record, device by device), za, zb, weight,
+// negatives -> as normalize_impl, the weight again and the negatives' unit rows, after the
+// agreement: an input error of any device, or devices that disagree, fail here on every device
+// alike, before the rows' all-gather that a failed device would never reach. The weight comes out
+// of the agreement so that the steps that read it (forward, alpha) depend on it: XLA runs nothing
+// that can fail on one device alone before it.
 ffi::Error agree_normalize_impl(ffi::AnyBuffer records, ffi::AnyBuffer za, ffi::AnyBuffer zb,
-                                ffi::AnyBuffer weight, ffi::Result<ffi::AnyBuffer> u,
+                                ffi::AnyBuffer weight, ffi::AnyBuffer negatives,
+                                ffi::Result<ffi::AnyBuffer> u,
                                 ffi::Result<ffi::AnyBuffer> squared_norms,
-                                ffi::Result<ffi::AnyBuffer> agreed_weight, double temperature,
+                                ffi::Result<ffi::AnyBuffer> agreed_weight,
+                                ffi::Result<ffi::AnyBuffer> negatives_unit, double temperature,
                                 std::int64_t reduction) {
   if (records.dimensions().size() != 2 || dim(records, 1) != SIMCLR_RECORD_BYTES)
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
@@ -143,21 +189,25 @@ ffi::Error agree_normalize_impl(ffi::AnyBuffer records, ffi::AnyBuffer za, ffi::
     return step_error("forward");
   if (agreed_weight->untyped_data() != weight.untyped_data() && weight.size_bytes() != 0)
     std::memcpy(agreed_weight->untyped_data(), weight.untyped_data(), weight.size_bytes());
+  if (normalize_negatives(negatives, negatives_unit->untyped_data()) != SIMCLR_OK)
+    return step_error("forward");
   return normalize_impl(za, zb, u, squared_norms);
 }
 
-// u_global [2G, d], anchor_begin (int scalar), weight -> row_lse [2n], per_example [n], values.
+// u_global [2G + K, d] (the batch's rows, then K = negative_rows extra negatives' unit rows),
+// anchor_begin (int scalar), weight -> row_lse [2n], per_example [n], values.
 ffi::Error forward_impl(ffi::AnyBuffer u_global, ffi::AnyBuffer anchor_begin, ffi::AnyBuffer weight,
                         ffi::Result<ffi::AnyBuffer> row_lse,
                         ffi::Result<ffi::AnyBuffer> per_example, ffi::Result<ffi::AnyBuffer> values,
                         double temperature, std::int64_t reduction, std::int64_t global_batch,
-                        std::int64_t has_weight, std::int64_t threads) {
+                        std::int64_t has_weight, std::int64_t threads,
+                        std::int64_t negative_rows) {
   LossHandle loss(temperature, reduction);
   if (!loss.ok()) return step_error("forward");
   const simclr_dtype t = dtype_of(u_global.element_type());
   simclr_matrix u = matrix(u_global.untyped_data(), dim(u_global, 0), dim(u_global, 1), t);
   const Weight w(weight);
-  const simclr_call_options o = options(global_batch, threads);
+  const simclr_call_options o = options(global_batch, threads, negative_rows);
   if (simclr_step_forward(loss.get(), &u, scalar_index(anchor_begin), dim(*per_example, 0),
                           has_weight != 0 ? &w.view : nullptr, &o, row_lse->untyped_data(),
                           per_example->untyped_data(), values->untyped_data()) != SIMCLR_OK)
@@ -222,19 +272,21 @@ ffi::Error alpha_record_impl(ffi::AnyBuffer upstream, ffi::AnyBuffer weight,
   return ffi::Error::Success();
 }
 
-// u_global, anchor_begin, squared_norms [2n], lse_all [2G], alpha_all [2G] -> grad_a, grad_b.
+// u_global [2G + K, d], anchor_begin, squared_norms [2n], lse_all [2G], alpha_all [2G] -> grad_a,
+// grad_b (the extra negatives get none).
 ffi::Error backward_impl(ffi::AnyBuffer u_global, ffi::AnyBuffer anchor_begin,
                          ffi::AnyBuffer squared_norms, ffi::AnyBuffer lse_all,
                          ffi::AnyBuffer alpha_all, ffi::Result<ffi::AnyBuffer> grad_a,
                          ffi::Result<ffi::AnyBuffer> grad_b, double temperature,
-                         std::int64_t reduction, std::int64_t threads) {
+                         std::int64_t reduction, std::int64_t threads,
+                         std::int64_t negative_rows) {
   LossHandle loss(temperature, reduction);
   if (!loss.ok()) return step_error("backward");
   const simclr_dtype t = dtype_of(u_global.element_type());
   simclr_matrix u = matrix(u_global.untyped_data(), dim(u_global, 0), dim(u_global, 1), t);
   simclr_matrix ga = matrix(grad_a->untyped_data(), dim(*grad_a, 0), dim(*grad_a, 1), t);
   simclr_matrix gb = matrix(grad_b->untyped_data(), dim(*grad_b, 0), dim(*grad_b, 1), t);
-  const simclr_call_options o = options(SIMCLR_GLOBAL_BATCH_NONE, threads);
+  const simclr_call_options o = options(SIMCLR_GLOBAL_BATCH_NONE, threads, negative_rows);
   if (simclr_step_backward(loss.get(), &u, scalar_index(anchor_begin), ga.rows,
                            squared_norms.untyped_data(), lse_all.untyped_data(),
                            alpha_all.untyped_data(), &o, &ga, &gb) != SIMCLR_OK)
@@ -249,7 +301,8 @@ ffi::Error agree_backward_impl(ffi::AnyBuffer records, ffi::AnyBuffer u_global,
                                ffi::AnyBuffer lse_all, ffi::AnyBuffer alpha_all,
                                ffi::Result<ffi::AnyBuffer> grad_a,
                                ffi::Result<ffi::AnyBuffer> grad_b, double temperature,
-                               std::int64_t reduction, std::int64_t threads) {
+                               std::int64_t reduction, std::int64_t threads,
+                               std::int64_t negative_rows) {
   if (records.dimensions().size() != 2 || dim(records, 1) != SIMCLR_RECORD_BYTES)
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
                       "simclr_loss.jax backward: the records must be [devices, " +
@@ -262,7 +315,7 @@ ffi::Error agree_backward_impl(ffi::AnyBuffer records, ffi::AnyBuffer u_global,
       return step_error("backward");
   }
   return backward_impl(u_global, anchor_begin, squared_norms, lse_all, alpha_all, grad_a, grad_b,
-                       temperature, reduction, threads);
+                       temperature, reduction, threads, negative_rows);
 }
 
 // ---- a traced temperature (a learnable one): the temperature is an operand, not an attribute ----
@@ -283,13 +336,13 @@ ffi::Error forward_t_impl(ffi::AnyBuffer u_global, ffi::AnyBuffer anchor_begin,
                           ffi::Result<ffi::AnyBuffer> per_example,
                           ffi::Result<ffi::AnyBuffer> values, std::int64_t reduction,
                           std::int64_t global_batch, std::int64_t has_weight,
-                          std::int64_t threads) {
+                          std::int64_t threads, std::int64_t negative_rows) {
   LossHandle loss(1.0, reduction);
   if (!loss.ok()) return step_error("forward");
   const simclr_dtype t = dtype_of(u_global.element_type());
   simclr_matrix u = matrix(u_global.untyped_data(), dim(u_global, 0), dim(u_global, 1), t);
   const Weight w(weight);
-  simclr_call_options o = options(global_batch, threads);
+  simclr_call_options o = options(global_batch, threads, negative_rows);
   use_temperature(o, temperature);
   if (simclr_step_forward(loss.get(), &u, scalar_index(anchor_begin), dim(*per_example, 0),
                           has_weight != 0 ? &w.view : nullptr, &o, row_lse->untyped_data(),
@@ -305,14 +358,14 @@ ffi::Error backward_t_impl(ffi::AnyBuffer u_global, ffi::AnyBuffer anchor_begin,
                            ffi::AnyBuffer alpha_all, ffi::AnyBuffer temperature,
                            ffi::Result<ffi::AnyBuffer> grad_a, ffi::Result<ffi::AnyBuffer> grad_b,
                            ffi::Result<ffi::AnyBuffer> grad_t, std::int64_t reduction,
-                           std::int64_t threads) {
+                           std::int64_t threads, std::int64_t negative_rows) {
   LossHandle loss(1.0, reduction);
   if (!loss.ok()) return step_error("backward");
   const simclr_dtype t = dtype_of(u_global.element_type());
   simclr_matrix u = matrix(u_global.untyped_data(), dim(u_global, 0), dim(u_global, 1), t);
   simclr_matrix ga = matrix(grad_a->untyped_data(), dim(*grad_a, 0), dim(*grad_a, 1), t);
   simclr_matrix gb = matrix(grad_b->untyped_data(), dim(*grad_b, 0), dim(*grad_b, 1), t);
-  simclr_call_options o = options(SIMCLR_GLOBAL_BATCH_NONE, threads);
+  simclr_call_options o = options(SIMCLR_GLOBAL_BATCH_NONE, threads, negative_rows);
   use_temperature(o, temperature);
   if (simclr_step_backward_temperature(loss.get(), &u, scalar_index(anchor_begin), ga.rows,
                                        squared_norms.untyped_data(), lse_all.untyped_data(),
@@ -329,7 +382,7 @@ ffi::Error agree_backward_t_impl(ffi::AnyBuffer records, ffi::AnyBuffer u_global
                                  ffi::AnyBuffer temperature, ffi::Result<ffi::AnyBuffer> grad_a,
                                  ffi::Result<ffi::AnyBuffer> grad_b,
                                  ffi::Result<ffi::AnyBuffer> grad_t, std::int64_t reduction,
-                                 std::int64_t threads) {
+                                 std::int64_t threads, std::int64_t negative_rows) {
   if (records.dimensions().size() != 2 || dim(records, 1) != SIMCLR_RECORD_BYTES)
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
                       "simclr_loss.jax backward: the records must be [devices, " +
@@ -342,7 +395,7 @@ ffi::Error agree_backward_t_impl(ffi::AnyBuffer records, ffi::AnyBuffer u_global
       return step_error("backward");
   }
   return backward_t_impl(u_global, anchor_begin, squared_norms, lse_all, alpha_all, temperature,
-                         grad_a, grad_b, grad_t, reduction, threads);
+                         grad_a, grad_b, grad_t, reduction, threads, negative_rows);
 }
 
 }  // namespace
@@ -354,6 +407,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAgreeNormalize, agree_normalize_impl, sig::a
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAlphaRecord, alpha_record_impl, sig::alpha_record(ffi::Ffi::Bind()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAgreeBackward, agree_backward_impl, sig::agree_backward(ffi::Ffi::Bind()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrNormalize, normalize_impl, sig::normalize(ffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrNormalizeRows, normalize_rows_impl, sig::normalize_rows(ffi::Ffi::Bind()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrForward, forward_impl, sig::forward(ffi::Ffi::Bind()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAlpha, alpha_impl, sig::alpha(ffi::Ffi::Bind()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrBackward, backward_impl, sig::backward(ffi::Ffi::Bind()));

@@ -83,19 +83,27 @@ auto config(B&& b) {
   return std::move(b).template Attr<double>("temperature").template Attr<std::int64_t>("reduction");
 }
 
-// record(za, zb, weight) -> record
+// Extra negatives (a memory bank): u_global's last negative_rows rows are their unit rows, after
+// the batch's 2G (simclr_call_options.negative_rows); lse_all and alpha_all stay [2G]. The records
+// carry their scope (negatives_scope: SIMCLR_NEGATIVES_LOCAL or _GLOBAL); record and agree_normalize
+// take this device's own rows, negatives [K, d] (K may be 0), which the record checks and
+// agree_normalize normalises, so that bad negatives on one device fail every device alike.
+
+// record(za, zb, weight, negatives) -> record
 template <typename B>
 auto record(B&& b) {
-  return config(rets<1>(args<3>(std::move(b))))
+  return config(rets<1>(args<4>(std::move(b))))
       .template Attr<std::int64_t>("global_batch")
       .template Attr<std::int64_t>("has_weight")
-      .template Attr<std::int64_t>("gradient_reduction");
+      .template Attr<std::int64_t>("gradient_reduction")
+      .template Attr<std::int64_t>("negatives_scope");
 }
 
-// agree_normalize(records, za, zb, weight) -> (u_local, squared_norms, agreed weight)
+// agree_normalize(records, za, zb, weight, negatives)
+//   -> (u_local, squared_norms, agreed weight, the negatives' unit rows)
 template <typename B>
 auto agree_normalize(B&& b) {
-  return config(rets<3>(args<4>(std::move(b))));
+  return config(rets<4>(args<5>(std::move(b))));
 }
 
 // normalize(za, zb) -> (u_local, squared_norms)
@@ -104,13 +112,20 @@ auto normalize(B&& b) {
   return rets<2>(args<2>(std::move(b)));
 }
 
+// normalize_rows(negatives [K, d]) -> their unit rows [K, d] (simclr_step_normalize_rows)
+template <typename B>
+auto normalize_rows(B&& b) {
+  return rets<1>(args<1>(std::move(b)));
+}
+
 // forward(u_global, offset, weight) -> (row_lse, per_example, values)
 template <typename B>
 auto forward(B&& b) {
   return config(rets<3>(args<3>(std::move(b))))
       .template Attr<std::int64_t>("global_batch")
       .template Attr<std::int64_t>("has_weight")
-      .template Attr<std::int64_t>("threads");
+      .template Attr<std::int64_t>("threads")
+      .template Attr<std::int64_t>("negative_rows");
 }
 
 // alpha(upstream, weight) -> alpha
@@ -135,13 +150,17 @@ auto alpha_record(B&& b) {
 // backward(u_global, offset, squared_norms, lse_all, alpha_all) -> (grad_a, grad_b)
 template <typename B>
 auto backward(B&& b) {
-  return config(rets<2>(args<5>(std::move(b)))).template Attr<std::int64_t>("threads");
+  return config(rets<2>(args<5>(std::move(b))))
+      .template Attr<std::int64_t>("threads")
+      .template Attr<std::int64_t>("negative_rows");
 }
 
 // agree_backward(records, u_global, offset, squared_norms, lse_all, alpha_all) -> (grad_a, grad_b)
 template <typename B>
 auto agree_backward(B&& b) {
-  return config(rets<2>(args<6>(std::move(b)))).template Attr<std::int64_t>("threads");
+  return config(rets<2>(args<6>(std::move(b))))
+      .template Attr<std::int64_t>("threads")
+      .template Attr<std::int64_t>("negative_rows");
 }
 
 // A traced temperature (CPU only so far): the temperature is an operand, not an attribute.
@@ -152,7 +171,8 @@ auto forward_t(B&& b) {
       .template Attr<std::int64_t>("reduction")
       .template Attr<std::int64_t>("global_batch")
       .template Attr<std::int64_t>("has_weight")
-      .template Attr<std::int64_t>("threads");
+      .template Attr<std::int64_t>("threads")
+      .template Attr<std::int64_t>("negative_rows");
 }
 
 // backward_t(u_global, offset, squared_norms, lse_all, alpha_all, temperature)
@@ -161,7 +181,8 @@ template <typename B>
 auto backward_t(B&& b) {
   return rets<3>(args<6>(std::move(b)))
       .template Attr<std::int64_t>("reduction")
-      .template Attr<std::int64_t>("threads");
+      .template Attr<std::int64_t>("threads")
+      .template Attr<std::int64_t>("negative_rows");
 }
 
 // agree_backward_t(records, u_global, offset, squared_norms, lse_all, alpha_all, temperature)
@@ -170,7 +191,8 @@ template <typename B>
 auto agree_backward_t(B&& b) {
   return rets<3>(args<7>(std::move(b)))
       .template Attr<std::int64_t>("reduction")
-      .template Attr<std::int64_t>("threads");
+      .template Attr<std::int64_t>("threads")
+      .template Attr<std::int64_t>("negative_rows");
 }
 
 }  // namespace simclr_jax_ffi
@@ -180,6 +202,7 @@ auto agree_backward_t(B&& b) {
   X("simclr_record", Record)                           \
   X("simclr_agree_normalize", AgreeNormalize)          \
   X("simclr_normalize", Normalize)                     \
+  X("simclr_normalize_rows", NormalizeRows)            \
   X("simclr_forward", Forward)                         \
   X("simclr_alpha", Alpha)                             \
   X("simclr_backward", Backward)                       \

@@ -9,6 +9,7 @@
 // nanobind.
 
 #include <cstdint>
+#include <string>
 
 #include "jax_ffi_cuda.hpp"
 #include "jax_ffi_common.hpp"
@@ -18,20 +19,33 @@ namespace {
 namespace ffi = xla::ffi;
 namespace h = simclr_jax_cuda;
 
+// Extra negatives (a memory bank) are a host feature: the device step calls refuse them, so these
+// handlers do too, with this error, whenever a call has any (rows > 0).
+ffi::Error no_negatives(const char* step) {
+  return ffi::Error(ffi::ErrorCode::kUnimplemented,
+                    std::string("simclr_loss.jax (GPU) ") + step +
+                        ": extra negatives (negatives=) are not supported on the GPU (the device "
+                        "step calls refuse them); run the loss on the CPU, or pass none");
+}
+
 ffi::Error record_cuda(cudaStream_t stream, ffi::AnyBuffer za, ffi::AnyBuffer zb,
-                       ffi::AnyBuffer weight, ffi::Result<ffi::AnyBuffer> record,
-                       double temperature, std::int64_t reduction, std::int64_t global_batch,
-                       std::int64_t has_weight, std::int64_t gradient_reduction) {
+                       ffi::AnyBuffer weight, ffi::AnyBuffer negatives,
+                       ffi::Result<ffi::AnyBuffer> record, double temperature,
+                       std::int64_t reduction, std::int64_t global_batch, std::int64_t has_weight,
+                       std::int64_t gradient_reduction, std::int64_t /*negatives_scope*/) {
+  if (simclr_jax_ffi::dim(negatives, 0) != 0) return no_negatives("forward");
   return h::record(stream, za, zb, weight, *record, temperature, reduction, global_batch,
                    has_weight, gradient_reduction);
 }
 
 ffi::Error agree_normalize_cuda(cudaStream_t stream, ffi::AnyBuffer records, ffi::AnyBuffer za,
                                 ffi::AnyBuffer zb, ffi::AnyBuffer weight,
-                                ffi::Result<ffi::AnyBuffer> u,
+                                ffi::AnyBuffer negatives, ffi::Result<ffi::AnyBuffer> u,
                                 ffi::Result<ffi::AnyBuffer> squared_norms,
-                                ffi::Result<ffi::AnyBuffer> agreed_weight, double temperature,
-                                std::int64_t reduction) {
+                                ffi::Result<ffi::AnyBuffer> agreed_weight,
+                                ffi::Result<ffi::AnyBuffer> /*negatives_unit*/,
+                                double temperature, std::int64_t reduction) {
+  if (simclr_jax_ffi::dim(negatives, 0) != 0) return no_negatives("forward");
   return h::agree_normalize(stream, records, za, zb, weight, *u, *squared_norms, *agreed_weight,
                             temperature, reduction);
 }
@@ -42,13 +56,21 @@ ffi::Error normalize_cuda(cudaStream_t stream, ffi::AnyBuffer za, ffi::AnyBuffer
   return h::normalize(stream, za, zb, *u, *squared_norms);
 }
 
+ffi::Error normalize_rows_cuda(cudaStream_t /*stream*/, ffi::AnyBuffer negatives,
+                               ffi::Result<ffi::AnyBuffer> /*out*/) {
+  if (simclr_jax_ffi::dim(negatives, 0) != 0) return no_negatives("forward");
+  return ffi::Error::Success();
+}
+
 ffi::Error forward_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch,
                         ffi::AnyBuffer u_global, ffi::AnyBuffer anchor_begin,
                         ffi::AnyBuffer weight, ffi::Result<ffi::AnyBuffer> row_lse,
                         ffi::Result<ffi::AnyBuffer> per_example,
                         ffi::Result<ffi::AnyBuffer> values, double temperature,
                         std::int64_t reduction, std::int64_t global_batch,
-                        std::int64_t has_weight, std::int64_t /*threads: CPU only*/) {
+                        std::int64_t has_weight, std::int64_t /*threads: CPU only*/,
+                        std::int64_t negative_rows) {
+  if (negative_rows != 0) return no_negatives("forward");
   return h::forward(stream, scratch, u_global, anchor_begin, weight, *row_lse, *per_example,
                     *values, temperature, reduction, global_batch, has_weight);
 }
@@ -77,7 +99,9 @@ ffi::Error backward_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch,
                          ffi::AnyBuffer squared_norms, ffi::AnyBuffer lse_all,
                          ffi::AnyBuffer alpha_all, ffi::Result<ffi::AnyBuffer> grad_a,
                          ffi::Result<ffi::AnyBuffer> grad_b, double temperature,
-                         std::int64_t reduction, std::int64_t /*threads*/) {
+                         std::int64_t reduction, std::int64_t /*threads*/,
+                         std::int64_t negative_rows) {
+  if (negative_rows != 0) return no_negatives("backward");
   return h::backward(stream, scratch, u_global, anchor_begin, squared_norms, lse_all, alpha_all,
                      *grad_a, *grad_b, temperature, reduction);
 }
@@ -88,7 +112,9 @@ ffi::Error agree_backward_cuda(cudaStream_t stream, ffi::ScratchAllocator scratc
                                ffi::AnyBuffer lse_all, ffi::AnyBuffer alpha_all,
                                ffi::Result<ffi::AnyBuffer> grad_a,
                                ffi::Result<ffi::AnyBuffer> grad_b, double temperature,
-                               std::int64_t reduction, std::int64_t /*threads*/) {
+                               std::int64_t reduction, std::int64_t /*threads*/,
+                               std::int64_t negative_rows) {
+  if (negative_rows != 0) return no_negatives("backward");
   return h::agree_backward(stream, scratch, records, u_global, anchor_begin, squared_norms,
                            lse_all, alpha_all, *grad_a, *grad_b, temperature, reduction);
 }
@@ -104,6 +130,7 @@ static auto with_scratch() { return on_stream().Ctx<ffi::ScratchAllocator>(); }
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrRecordCuda, record_cuda, sig::record(on_stream()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAgreeNormalizeCuda, agree_normalize_cuda, sig::agree_normalize(on_stream()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrNormalizeCuda, normalize_cuda, sig::normalize(on_stream()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrNormalizeRowsCuda, normalize_rows_cuda, sig::normalize_rows(on_stream()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrForwardCuda, forward_cuda, sig::forward(with_scratch()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAlphaCuda, alpha_cuda, sig::alpha(with_scratch()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrAlphaRecordCuda, alpha_record_cuda, sig::alpha_record(with_scratch()));
