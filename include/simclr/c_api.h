@@ -435,6 +435,14 @@ void* simclr_device_status(simclr_forward_t saved);
 simclr_status simclr_check_shapes(const int64_t* za_shape, int32_t za_ndim, const int64_t* zb_shape,
                                   int32_t zb_ndim, const int64_t* weight_shape, int32_t weight_ndim);
 
+/* The checks of a call's extra negatives that need only their shape and dtype, for front ends that
+ * know them before the data (trace time): a 2-D [K, d] shape, a negatives_scope that is
+ * SIMCLR_NEGATIVES_LOCAL or _GLOBAL, and when K > 0 the views' dtype (views_dtype; SIMCLR_TYPE_ERROR)
+ * and width dim (SIMCLR_VALUE_ERROR), with simclr_forward's messages. */
+simclr_status simclr_check_negatives(const int64_t* shape, int32_t ndim, simclr_dtype dtype,
+                                     int32_t negatives_scope, int64_t dim,
+                                     simclr_dtype views_dtype);
+
 /* The agreement of a distributed step: before the first gather of a step a rank may stall in (XLA's
  * all-gather has no error path), every rank writes its record with simclr_step_record, the
  * framework all-gathers the records ([ranks, SIMCLR_RECORD_BYTES] bytes, rank order), and

@@ -419,14 +419,9 @@ def _checked_negatives(negatives, negatives_scope, za):
     if negatives is None:
         return None, scope
     negatives = jnp.asarray(negatives)
-    if negatives.ndim != 2:
-        raise ValueError("negatives must be a [K, d] matrix, got shape {}".format(negatives.shape))
-    if negatives.dtype != za.dtype:
-        raise TypeError("negatives are {} but the views are {}; the extra negatives take the views' "
-                        "dtype".format(negatives.dtype, za.dtype))
-    if negatives.shape[1] != za.shape[1]:
-        raise ValueError("negatives have {} columns but the views have {}; the extra negatives take "
-                         "the views' width d".format(negatives.shape[1], za.shape[1]))
+    # The library's rules and messages (the shape, the views' dtype and width), at trace time.
+    _core.check_negatives(list(negatives.shape), jnp.dtype(negatives.dtype).name, scope,
+                          za.shape[1] if za.ndim == 2 else 0, jnp.dtype(za.dtype).name)
     if negatives.shape[0] == 0:
         return None, scope
     if _on_gpu(negatives) or _on_gpu(za):

@@ -114,10 +114,10 @@ def _input_error(za, zb):
 
 def _negatives_error(negatives, za):
     """What the CPU route cannot take in the extra negatives (exception type, message), or None.
-    Their shape, width and NaN/Inf are the library's to check."""
+    Their shape, width, dtype and NaN/Inf are the library's to check."""
     if negatives is None:
         return None
-    accepts = "None or a dense CPU tensor [K, d] of za's dtype"
+    accepts = "None or a dense tensor [K, d] on za's device"
     if not isinstance(negatives, torch.Tensor):
         return TypeError, (f"simclr_loss.torch: negatives must be {accepts}, got "
                            f"{_args.describe(negatives)}")
@@ -127,11 +127,6 @@ def _negatives_error(negatives, za):
     if negatives.device != za.device:
         return ValueError, (f"simclr_loss.torch: negatives are on {negatives.device} but za on "
                             f"{za.device}; they must be on one device")
-    if negatives.dtype != za.dtype:
-        # The dtypes as the library names them (its message for a float32/float64 mismatch).
-        got, want = (str(t).replace("torch.", "") for t in (negatives.dtype, za.dtype))
-        return TypeError, (f"simclr_loss.torch: negatives have dtype {got} but za and zb have "
-                           f"{want}; pass them in the same dtype")
     return None
 
 
@@ -171,7 +166,8 @@ def _core_forward(core_loss, za, zb, weight, comm, global_batch, gradient_reduct
     negatives_scope: the C API's code."""
     dtype = _compute_dtype(za.dtype)
     a, b = _host_view(za, dtype), _host_view(zb, dtype)
-    k = None if negatives is None else _host_view(negatives, dtype)
+    # In their own compute dtype: the library refuses one that is not the views' (TypeError).
+    k = None if negatives is None else _host_view(negatives, _compute_dtype(negatives.dtype))
     fwd = core_loss.forward(a, b, weight=weight, comm=comm, global_batch_size=global_batch,
                             threads=threads, gradient_reduction=gradient_reduction,
                             temperature=temperature, temperature_gradient=temperature_gradient,

@@ -927,6 +927,24 @@ NB_MODULE(_core, m) {
       "None: no weight): its ValueError, with the message a call would give, for front ends that "
       "know the shapes before the data.");
   m.def(
+      "check_negatives",
+      [](const std::vector<int64_t>& shape, const std::string& dtype, int negatives_scope,
+         int64_t dim, const std::string& views_dtype) {
+        auto code = [](const std::string& name) {
+          return static_cast<simclr_dtype>(name == "float32"    ? SIMCLR_FLOAT32
+                                           : name == "float64"  ? SIMCLR_FLOAT64
+                                           : name == "float16"  ? SIMCLR_FLOAT16
+                                           : name == "bfloat16" ? SIMCLR_BFLOAT16
+                                                                : 0);
+        };
+        check(simclr_check_negatives(shape.data(), static_cast<int32_t>(shape.size()), code(dtype),
+                                     negatives_scope, dim, code(views_dtype)));
+      },
+      "shape"_a, "dtype"_a, "negatives_scope"_a, "dim"_a, "views_dtype"_a,
+      "The library's checks of extra negatives from their shape and dtype name (a [K, d] matrix, "
+      "the scope code, and when K > 0 the views' dtype and width): its TypeError or ValueError, "
+      "with the message a call would give, for front ends that know them before the data.");
+  m.def(
       "reduction_code",
       [](const std::string& key) { return static_cast<int>(parse_reduction(key)); }, "key"_a,
       "The C API's code of a Keras reduction key; the library's ValueError (\"Invalid Reduction "

@@ -90,23 +90,6 @@ simclr_status normalize_negatives(const ffi::AnyBuffer& x, void* out) {
   return simclr_step_normalize_rows(&in, &o);
 }
 
-// The first error of this device's extra negatives (their width and dtype against the views', NaN or
-// Inf), for its record: status SIMCLR_OK when none, else the status and message set.
-simclr_status check_negatives(const ffi::AnyBuffer& negatives, const ffi::AnyBuffer& za,
-                              std::string& message) {
-  if (dim(negatives, 0) == 0) return SIMCLR_OK;
-  if (negatives.dimensions().size() != 2 || dim(negatives, 1) != dim(za, 1) ||
-      negatives.element_type() != za.element_type()) {
-    message = "simclr_step_record: the extra negatives must be [K, " + std::to_string(dim(za, 1)) +
-              "] of the views' dtype";
-    return SIMCLR_VALUE_ERROR;
-  }
-  std::vector<unsigned char> scratch(negatives.size_bytes());
-  const simclr_status status = normalize_negatives(negatives, scratch.data());
-  if (status != SIMCLR_OK) message = simclr_last_error();
-  return status;
-}
-
 std::int64_t scalar_index(const ffi::AnyBuffer& b) {
   if (b.element_type() == ffi::DataType::S64)
     return *static_cast<const std::int64_t*>(b.untyped_data());
@@ -134,9 +117,14 @@ ffi::Error record_impl(ffi::AnyBuffer za, ffi::AnyBuffer zb, ffi::AnyBuffer weig
   simclr_call_options o = options(global_batch, 0);
   o.gradient_reduction = static_cast<std::int32_t>(gradient_reduction);
   o.negatives_scope = static_cast<std::int32_t>(negatives_scope);
-  std::string message;
-  o.input_error = check_negatives(negatives, za, message);
-  if (o.input_error != SIMCLR_OK) o.input_error_message = message.c_str();
+  // This device's extra negatives go with the record, whose checks are the library's (their dtype
+  // and width against the views', NaN/Inf): an error travels to every device.
+  simclr_matrix k;
+  if (dim(negatives, 0) > 0) {
+    k = matrix(negatives.untyped_data(), dim(negatives, 0), dim(negatives, 1),
+               dtype_of(negatives.element_type()));
+    o.negatives = &k;
+  }
   if (simclr_step_record(loss.get(), &a, &b, has_weight != 0 ? &w.view : nullptr, &o,
                          record->untyped_data()) != SIMCLR_OK)
     return step_error("forward");

@@ -19,6 +19,16 @@
 namespace simclr::detail {
 namespace {
 
+// A record's dtype code (a simclr_dtype) by name, for the cross-rank messages.
+std::string record_dtype_name(std::int32_t t) {
+  return std::string(t == SIMCLR_FLOAT32    ? "float32"
+                     : t == SIMCLR_FLOAT64  ? "float64"
+                     : t == SIMCLR_FLOAT16  ? "float16"
+                     : t == SIMCLR_BFLOAT16 ? "bfloat16"
+                                            : "unknown");
+}
+
+
 bool is_host_dtype(const simclr_dtype& dtype) {
   const std::int64_t raw = c_enum_value(dtype);
   return raw == SIMCLR_FLOAT32 || raw == SIMCLR_FLOAT64;
@@ -416,19 +426,24 @@ simclr_status simclr_check_shapes(const int64_t* za_shape, int32_t za_ndim, cons
   });
 }
 
+simclr_status simclr_check_negatives(const int64_t* shape, int32_t ndim, simclr_dtype dtype,
+                                     int32_t negatives_scope, int64_t dim,
+                                     simclr_dtype views_dtype) {
+  return c_api_guard([&] {
+    namespace d = simclr::detail;
+    SIMCLR_ENFORCE(ndim == 2 && shape != nullptr, ValueError,
+                   "negatives must be a [K, d] matrix, got ", ndim, " dimensions");
+    d::c_negatives_scope(negatives_scope, "simclr_check_negatives");
+    d::check_negatives(shape[0], shape[1], static_cast<std::int32_t>(d::c_enum_value(dtype)),
+                       negatives_scope, dim, static_cast<std::int32_t>(d::c_enum_value(views_dtype)),
+                       d::record_dtype_name);
+  });
+}
+
 }  // extern "C"
 
 namespace simclr::detail {
 namespace {
-
-// A record's dtype code (a simclr_dtype) by name, for the cross-rank messages.
-std::string record_dtype_name(std::int32_t t) {
-  return std::string(t == SIMCLR_FLOAT32    ? "float32"
-                     : t == SIMCLR_FLOAT64  ? "float64"
-                     : t == SIMCLR_FLOAT16  ? "float16"
-                     : t == SIMCLR_BFLOAT16 ? "bfloat16"
-                                            : "unknown");
-}
 
 // The record both record calls write: this rank's shapes (zero when input_error is set), the loss's
 // configuration, the options, and the first error of options->input_error or `checks`, which never

@@ -313,6 +313,25 @@ void check_negatives_errors() {
     CHECK(simclr_step_agree(loss, two.data(), 2, nullptr) == SIMCLR_VALUE_ERROR);
     CHECK(std::string(simclr_last_error()).find("negatives_scope differs") != std::string::npos);
   }
+  // The trace-time check from shapes and dtypes alone.
+  {
+    const int64_t good[2] = {4, 2}, wide_shape[2] = {4, 3}, empty[2] = {0, 9};
+    CHECK_OK(simclr_check_negatives(good, 2, SIMCLR_FLOAT32, SIMCLR_NEGATIVES_LOCAL, 2,
+                                    SIMCLR_FLOAT32));
+    CHECK_OK(simclr_check_negatives(empty, 2, SIMCLR_FLOAT64, SIMCLR_NEGATIVES_GLOBAL, 2,
+                                    SIMCLR_FLOAT32));
+    CHECK(simclr_check_negatives(wide_shape, 2, SIMCLR_FLOAT32, SIMCLR_NEGATIVES_LOCAL, 2,
+                                 SIMCLR_FLOAT32) == SIMCLR_VALUE_ERROR);
+    CHECK(std::string(simclr_last_error()).find("negatives are [4, 3]") != std::string::npos);
+    CHECK(simclr_check_negatives(good, 2, SIMCLR_BFLOAT16, SIMCLR_NEGATIVES_LOCAL, 2,
+                                 SIMCLR_FLOAT32) == SIMCLR_TYPE_ERROR);
+    CHECK(std::string(simclr_last_error()).find("negatives have dtype bfloat16") !=
+          std::string::npos);
+    CHECK(simclr_check_negatives(good, 1, SIMCLR_FLOAT32, SIMCLR_NEGATIVES_LOCAL, 2,
+                                 SIMCLR_FLOAT32) == SIMCLR_VALUE_ERROR);
+    CHECK(simclr_check_negatives(good, 2, SIMCLR_FLOAT32, 3, 2, SIMCLR_FLOAT32) ==
+          SIMCLR_VALUE_ERROR);
+  }
   // The steps: negative_rows beyond u_global, or leaving an odd batch.
   simclr_call_options_init(&o);
   std::vector<double> u(14), norms(6), lse(6);
