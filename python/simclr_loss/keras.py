@@ -17,12 +17,10 @@ the loss by the number of replicas itself).
   ({'name', 'reduction', ...}) plus 'temperature'. With Keras 3 on the JAX or PyTorch backend the
   temperature may be a keras.Variable (a learnable one, e.g. a weight of the model): each call reads
   its current value and the loss's gradient reaches it (dJ/dT, docs/math.md section 4.6).
-- Extra negatives (a memory bank): loss(za, zb, negatives=bank, negatives_scope="local") with
-  Keras 3 on the PyTorch backend (simclr_loss.torch's CPU route); the other backends refuse them
-  with NotImplementedError until their front end takes them.
+- Extra negatives (a memory bank): loss(za, zb, negatives=bank, negatives_scope="local") on every
+  backend and on Keras 2: they reach the backend's front end (simclr_loss.tensorflow, .jax or .torch),
+  whose library call takes them as candidates only, with no gradient.
 """
-
-import inspect
 
 from . import _args
 
@@ -55,21 +53,12 @@ def _is_variable(temperature):
     return KERAS_VERSION == 3 and isinstance(temperature, keras.Variable)
 
 
-def _takes_negatives(fn):
-    parameters = inspect.signature(fn).parameters
-    return "negatives" in parameters and "negatives_scope" in parameters
-
-
 def _per_example(za, zb, temperature, negatives=None):
     """The per-example loss [n]; negatives: None, or (the extra negatives, their scope)."""
     backend = "tensorflow" if KERAS_VERSION == 2 else keras.backend.backend()
     extra = {}
     if negatives is not None:
         extra = {"negatives": negatives[0], "negatives_scope": negatives[1]}
-        if backend == "tensorflow":
-            raise NotImplementedError(
-                "simclr_loss.keras: extra negatives (negatives=) need Keras 3 on the torch backend; "
-                "the TensorFlow op has none")
     if _is_variable(temperature):
         if backend not in ("jax", "torch"):
             raise NotImplementedError(
@@ -80,13 +69,9 @@ def _per_example(za, zb, temperature, negatives=None):
         temperature = temperature.value
     if backend == "tensorflow":
         from .tensorflow import simclr_loss
-        return simclr_loss(za, zb, temperature=temperature)
+        return simclr_loss(za, zb, temperature=temperature, **extra)
     if backend == "jax":
         from .jax import simclr_loss
-        if extra and not _takes_negatives(simclr_loss):
-            raise NotImplementedError(
-                "simclr_loss.keras: extra negatives (negatives=) need Keras 3 on the torch backend; "
-                "simclr_loss.jax takes none in this release")
         return simclr_loss(za, zb, temperature=temperature, reduction="none", **extra)
     if backend == "torch":
         from .torch import simclr_loss
@@ -121,8 +106,8 @@ class SimCLRLoss(keras.losses.Loss):
                  negatives_scope="local"):
         """Keras's call, and the keywords negatives (None, or extra negatives [K, d]: a memory
         bank's rows, converted to the loss's dtype as za and zb are; constants of the loss) and
-        negatives_scope ("local" or "global"), which reach simclr_loss.torch on Keras 3's torch
-        backend; the other backends raise NotImplementedError for them."""
+        negatives_scope ("local" or "global"), which reach the backend's front end
+        (simclr_loss.tensorflow, .jax or .torch)."""
         if negatives is None:
             return super().__call__(y_true, y_pred, sample_weight=sample_weight)
         _args.negatives_scope_code(negatives_scope)

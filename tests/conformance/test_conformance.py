@@ -133,6 +133,9 @@ def run_cli(case):
         if case.weight is not None:
             np.save(tmp / "w.npy", case.weight)
             cmd += ["--sample-weight", str(tmp / "w.npy")]
+        if case.negatives is not None:  # a local call: the scope changes nothing
+            np.save(tmp / "k.npy", case.negatives)
+            cmd += ["--negatives", str(tmp / "k.npy")]
         # A local call: not one of an MPI job this process may belong to (an mpi4py import in the
         # same pytest process leaves the launcher's variables in the environment).
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_"))}
@@ -186,10 +189,12 @@ def run_jax(case):
 
     if case.call_temperature is not None:
         # The loss object's per-call temperature, traced (a learnable one): jax.grad gives dJ/dT.
-        loss = sj.SimCLRLoss(temperature=case.temperature, reduction=case.reduction)
+        extra = case.negatives_kwargs()
+        loss = sj.SimCLRLoss(temperature=case.temperature, reduction=case.reduction,
+                             **({"negatives_scope": extra.pop("negatives_scope")} if extra else {}))
 
         def g(a, b, t):
-            v = loss(a, b, sample_weight=case.weight, temperature=t)
+            v = loss(a, b, sample_weight=case.weight, temperature=t, **extra)
             return v.sum(), v
 
         t = jnp.asarray(case.call_temperature, dtype=case.dtype)
@@ -199,7 +204,7 @@ def run_jax(case):
 
     def f(a, b):
         v = sj.simclr_loss(a, b, temperature=case.temperature, reduction=case.reduction,
-                           sample_weight=case.weight)
+                           sample_weight=case.weight, **case.negatives_kwargs())
         return v.sum(), v
 
     (_, value), (ga, gb) = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(case.za, case.zb)
@@ -212,7 +217,7 @@ def run_tensorflow(case):
     za, zb = tf.constant(case.za), tf.constant(case.zb)
     with tf.GradientTape() as tape:
         tape.watch([za, zb])
-        value = stf.simclr_loss(za, zb, temperature=case.temperature)
+        value = stf.simclr_loss(za, zb, temperature=case.temperature, **case.negatives_kwargs())
         total = tf.reduce_sum(value)
     ga, gb = tape.gradient(total, [za, zb])
     return value.numpy(), ga.numpy(), gb.numpy()
@@ -234,7 +239,7 @@ def _keras3_jax(loss, case):
     jax.config.update("jax_enable_x64", True)
 
     def f(a, b):
-        v = loss(a, b, sample_weight=case.weight)
+        v = loss(a, b, sample_weight=case.weight, **case.negatives_kwargs())
         return v.sum(), v
 
     (_, value), (ga, gb) = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(case.za, case.zb)
@@ -246,7 +251,7 @@ def _keras_tensorflow(loss, case):
     za, zb = tf.constant(case.za), tf.constant(case.zb)
     with tf.GradientTape() as tape:
         tape.watch([za, zb])
-        value = loss(za, zb, sample_weight=case.weight)
+        value = loss(za, zb, sample_weight=case.weight, **case.negatives_kwargs())
         total = tf.reduce_sum(value)
     ga, gb = tape.gradient(total, [za, zb])
     return value.numpy(), ga.numpy(), gb.numpy()
@@ -257,7 +262,7 @@ def _keras3_torch(loss, case):
     za = torch.tensor(case.za, requires_grad=True)
     zb = torch.tensor(case.zb, requires_grad=True)
     weight = None if case.weight is None else torch.as_tensor(np.asarray(case.weight))
-    value = loss(za, zb, sample_weight=weight)
+    value = loss(za, zb, sample_weight=weight, **case.negatives_kwargs())
     value.sum().backward()
     return value.detach().numpy(), za.grad.numpy(), zb.grad.numpy()
 
