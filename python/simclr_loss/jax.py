@@ -19,9 +19,9 @@ of that global objective: combine the devices' parameter gradients with jax.lax.
 (gradient_reduction="sum", the default), or with jax.lax.pmean after gradient_reduction="mean",
 which scales the returned gradients by the number of devices so that the mean is that sum.
 
-Extra negatives (a memory bank, docs/jax_negatives.md): negatives=[K, d] rows join every anchor's
-candidates as negatives only (never anchors or positives), L2-normalised, with no gradient (as under
-jax.lax.stop_gradient). Under axis_name, negatives_scope="local" (the default) lets each device's
+Extra negatives (a memory bank; docs/python.md, JAX, "Extra negatives and a memory bank"):
+negatives=[K, d] rows join every anchor's candidates as negatives only (never anchors or
+positives), L2-normalised, with no gradient (as under jax.lax.stop_gradient). Under axis_name, negatives_scope="local" (the default) lets each device's
 anchors see its own rows, "global" every device's (all-gathered over the axis like the batch).
 memory_bank_init / memory_bank_update / memory_bank_negatives keep such a bank, FIFO, functionally.
 """
