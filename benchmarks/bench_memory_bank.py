@@ -18,8 +18,8 @@ Three steps on a batch of `batch` pairs and a bank of `bank` rows (float32, forw
               2n x (2n + K)); its cost is shown for scale.
 
 Each runs in its own process: the time is the median of `repeat` steps after a warm-up, and the
-memory is the step's peak resident set above the process's peak before the first step (inputs and
-bank already allocated), from getrusage. The bank is an input in all three (detached, not updated):
+memory is one step's peak resident set above the resident set just before it (the high-water mark
+reset through /proc/self/clear_refs, so Linux only; inputs and bank already allocated). The bank is an input in all three (detached, not updated):
 the steps compare the loss, not the queue's bookkeeping.
 """
 import argparse
@@ -29,7 +29,7 @@ import subprocess
 import sys
 
 COMMON = r'''
-import json, resource, sys, time
+import json, sys, time
 import torch
 import torch.nn.functional as F
 n, K, d, threads, repeat = (int(x) for x in sys.argv[1:6])
@@ -39,19 +39,28 @@ za = torch.randn(n, d, requires_grad=True)
 zb = torch.randn(n, d, requires_grad=True)
 bank = F.normalize(torch.randn(K, d), dim=1)
 T = 0.1
-def rss_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def status_mib(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024.0
 '''
 
 TAIL = r'''
-before = rss_mib()
+step()  # warm-up
+# The step's own peak: the resident set's high-water mark, reset (Linux: clear_refs 5) just before
+# one step, minus the resident set then.
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+before = status_mib("VmRSS")
 step()
+step_peak = status_mib("VmHWM") - before
 times = []
 for _ in range(repeat):
     t0 = time.perf_counter(); value = step(); times.append(time.perf_counter() - t0)
 times.sort()
 print(json.dumps({"ms_median": 1e3 * times[len(times) // 2], "ms_min": 1e3 * times[0],
-                  "step_peak_mib": rss_mib() - before, "loss": value,
+                  "step_peak_mib": step_peak, "loss": value,
                   "torch": torch.__version__, "threads": torch.get_num_threads()}))
 '''
 

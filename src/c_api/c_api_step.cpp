@@ -250,23 +250,18 @@ void step_backward(const SimCLRLoss& loss, const simclr_matrix& u_global, const 
     args.alpha_all = alpha_u.data();
   }
   args.saved = &nothing_kept;
+  args.negatives = options.negatives;
+  double negatives_dot = 0;
+  if (grad_temperature != nullptr && options.negatives > 0) args.negatives_dot = &negatives_dot;
   args.options = options.engine;
   RowMatrix<T> grad_u;
   engine_backward(args, grad_u);
   const std::int64_t n = layout.pairs, d = u.cols;
   const T* anchors = u.data + layout.anchor_begin * d;
   const T* norms = static_cast<const T*>(squared_norms);
-  if (grad_temperature != nullptr) {
-    const double extra =
-        options.negatives == 0
-            ? 0.0
-            : negatives_temperature_term(u, layout, options.negatives,
-                                         args.lse_all + layout.anchor_begin,
-                                         args.alpha_all + layout.anchor_begin, args.inv_temperature,
-                                         options.engine);
+  if (grad_temperature != nullptr)
     *static_cast<T*>(grad_temperature) = static_cast<T>(
-        temperature_gradient_share(anchors, grad_u.data(), 2 * n, d, temperature, extra));
-  }
+        temperature_gradient_share(anchors, grad_u.data(), 2 * n, d, temperature, negatives_dot));
   l2_normalize_backward(anchors, d, norms, grad_u.data(), d, n, d, static_cast<T*>(grad_a.data),
                         grad_a.row_stride);
   l2_normalize_backward(anchors + n * d, d, norms + n, grad_u.data() + n * d, d, n, d,

@@ -289,42 +289,6 @@ double temperature_gradient_share(const T* anchors, const T* grad, std::int64_t 
 }
 
 template <class T>
-double negatives_temperature_term(ConstMatrixView<T> u, const RowLayout& layout,
-                                  std::int64_t negatives, const T* lse, const T* alpha,
-                                  T inv_temperature, const EngineOptions& options) {
-  SIMCLR_CHECK_EQ(u.rows, layout.total_rows);
-  SIMCLR_CHECK(negatives >= 0 && negatives <= layout.total_rows);
-  SIMCLR_CHECK(u.rows <= 1 || u.row_stride == u.cols);
-  const std::int64_t na = layout.anchors(), d = u.cols, k0 = layout.total_rows - negatives;
-  if (na == 0 || negatives == 0) return 0;
-  using Map = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
-  const Map anchors(u.data + layout.anchor_begin * d, na, d);
-  const std::int64_t block = resolve(options.tile_cols, kDefaultTileCols, "tile_cols");
-  const auto nblocks = (negatives + block - 1) / block;
-  const int threads = resolve_threads(options);
-  std::vector<double> parts(static_cast<std::size_t>(nblocks), 0.0);
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-  for (std::int64_t b = 0; b < nblocks; ++b) {
-    const std::int64_t c0 = k0 + b * block, cols = std::min(block, layout.total_rows - c0);
-    const Map bank(u.data + c0 * d, cols, d);
-    Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> s =
-        inv_temperature * (anchors * bank.transpose());
-    double part = 0;
-    for (std::int64_t q = 0; q < na; ++q) {
-      if (alpha[q] == T(0)) continue;
-      double row = 0;
-      for (std::int64_t c = 0; c < cols; ++c)
-        row += static_cast<double>(std::exp(s(q, c) - lse[q])) * static_cast<double>(s(q, c));
-      part += static_cast<double>(alpha[q]) * row;
-    }
-    parts[static_cast<std::size_t>(b)] = part;
-  }
-  double total = 0;  // in block order: the same on any number of threads
-  for (const double part : parts) total += part;
-  return total;
-}
-
-template <class T>
 EngineForward<T> engine_forward_balanced(ConstMatrixView<T> u, const RowLayout& layout,
                                          T inv_temperature, const EngineOptions& options,
                                          const std::vector<std::int64_t>& blocks,
@@ -498,6 +462,12 @@ double engine_backward(const EngineBackwardArgs<T>& in, RowMatrix<T>& grad_ancho
     args.problem.tile_cols = kDefaultTileCols;  // the kept block is read in default-width tiles
   }
   args.grad = grad_anchors.data();
+  if (in.negatives_dot != nullptr) {
+    SIMCLR_CHECK(in.negatives >= 0 && in.negatives <= layout.total_rows);
+    *in.negatives_dot = 0;
+    args.negatives_dot = in.negatives_dot;
+    args.negatives_begin = layout.total_rows - in.negatives;
+  }
   return run_backward(args);
 }
 
@@ -540,9 +510,6 @@ void l2_normalize_backward(const T* xhat, std::int64_t xhat_stride, const T* squ
                                          std::int64_t, std::int64_t, T*, std::int64_t);            \
   template double temperature_gradient_share<T>(const T*, const T*, std::int64_t, std::int64_t,    \
                                                 double, double);                                   \
-  template double negatives_temperature_term<T>(ConstMatrixView<T>, const RowLayout&,              \
-                                                std::int64_t, const T*, const T*, T,               \
-                                                const EngineOptions&);                             \
   template bool has_fixed_shift<T>(T);                                                             \
   template T fixed_shift_of<T>(T);                                                                 \
   template EngineForward<T> engine_forward_balanced<T>(                                            \

@@ -278,6 +278,19 @@ double rect_forward(const TileProblem<T>& p, const ColumnRanges& columns, T* kee
   return 2.0 * static_cast<double>(na) * static_cast<double>(ncols) * static_cast<double>(p.dim);
 }
 
+// The sum of m_qc s_qc over a tile's columns at or after U row `begin` (its first column is c0):
+// vectorised in T along each row of the tile (at most tile_cols terms), the rows added in double.
+template <class S, class Mm>
+double negatives_dot(const S& s, const Mm& m, std::int64_t c0, std::int64_t begin) {
+  const std::int64_t j0 = std::max<std::int64_t>(begin - c0, 0), cols = s.cols() - j0;
+  if (cols <= 0) return 0;
+  return (m.rightCols(cols).array() * s.rightCols(cols).array())
+      .rowwise()
+      .sum()
+      .template cast<double>()
+      .sum();
+}
+
 template <class T>
 double rect_backward(const BackwardArgs<T>& args, const ColumnRanges& columns) {
   const TileProblem<T>& p = args.problem;
@@ -292,6 +305,9 @@ double rect_backward(const BackwardArgs<T>& args, const ColumnRanges& columns) {
   const RowScalars<T> sc{args.lse_all, args.alpha_all, args.beta_all, fixed_shift(inv_t)};
   Eigen::Map<Matrix<T>> grad(args.grad, na, p.dim);
   const ConstMap<T> kept(args.logits, args.logits ? na : 0, args.logits ? layout.total_rows : 0);
+  // Per row block, added in block order: the same sum on any number of threads.
+  std::vector<double> dots(args.negatives_dot != nullptr ? static_cast<std::size_t>(nblocks) : 0);
+  const std::int64_t nb = args.negatives_begin;
 #pragma omp parallel num_threads(p.threads)
   {
     single_threaded_eigen();
@@ -304,18 +320,23 @@ double rect_backward(const BackwardArgs<T>& args, const ColumnRanges& columns) {
         for (std::int64_t c0 = columns.begin[k]; c0 < columns.end[k]; c0 += bc) {
           const TileRange tile{q0, rows, c0, std::min(bc, columns.end[k] - c0)};
           auto m = mbuf.block(0, 0, rows, tile.cols);
+          const bool dot = !dots.empty() && c0 + tile.cols > nb;
           if (args.logits) {
-            m_tile(kept.block(q0, c0, rows, tile.cols), layout, q0, c0, sc, m);
+            const auto s = kept.block(q0, c0, rows, tile.cols);
+            m_tile(s, layout, q0, c0, sc, m);
+            if (dot) dots[static_cast<std::size_t>(b)] += negatives_dot(s, m, c0, nb);
           } else {
             auto s = sbuf.block(0, 0, rows, tile.cols);
             logits_tile(u, layout, inv_t, tile, s, static_cast<T*>(nullptr));
             m_tile(s, layout, q0, c0, sc, m);
+            if (dot) dots[static_cast<std::size_t>(b)] += negatives_dot(s, m, c0, nb);
           }
           g.noalias() += inv_t * (m * u.middleRows(c0, tile.cols));
         }
       }
     }
   }
+  for (const double d : dots) *args.negatives_dot += d;
   const double product =
       2.0 * static_cast<double>(na) * static_cast<double>(ncols) * static_cast<double>(p.dim);
   return args.logits ? product : 2 * product;

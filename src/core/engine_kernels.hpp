@@ -61,6 +61,10 @@ struct BackwardArgs {
   const T* beta_all = nullptr;   // [2G] alpha exp(shift - LSE), or nullptr without a fixed shift
   const T* logits = nullptr;     // the forward's kept [2n, 2G] block, or nullptr
   T* grad = nullptr;             // [2n, d] out, zeroed by the caller
+  // When set: += the sum over the anchors q and the columns c >= negatives_begin (the extra
+  // negatives' rows of U) of M_qc s_qc, in double (docs/math.md section 4.7).
+  double* negatives_dot = nullptr;
+  std::int64_t negatives_begin = 0;
 };
 
 }  // namespace simclr::detail::kernels

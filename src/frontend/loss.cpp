@@ -222,10 +222,11 @@ void gather_row_scalars(Communicator& comm, const StepPlan& plan, const Agreemen
   raise_first_error(records);
 }
 
-// dJ/du of this rank's anchors ([2n, d]) under the forward's schedule.
+// dJ/du of this rank's anchors ([2n, d]) under the forward's schedule; negatives_dot (may be null):
+// EngineBackwardArgs::negatives_dot.
 template <class T>
 double run_backward_engine(const SavedForward<T>& s, const T* lse_all, const T* alpha_all,
-                           RowMatrix<T>& grad_u) {
+                           RowMatrix<T>& grad_u, double* negatives_dot) {
   EngineBackwardArgs<T> args;
   args.u = s.u;
   args.layout = s.plan.layout;
@@ -234,6 +235,8 @@ double run_backward_engine(const SavedForward<T>& s, const T* lse_all, const T* 
   args.alpha_all = alpha_all;
   args.saved = &s.engine;
   args.options = s.options;
+  args.negatives = s.plan.negatives;
+  args.negatives_dot = negatives_dot;
   if (s.schedule != Schedule::kBalanced) return engine_backward(args, grad_u);
   // Partial gradients of every row; the reduce-scatter brings each rank the sums of its own.
   const std::int64_t n = s.plan.layout.pairs, d = s.u.cols();
@@ -299,22 +302,19 @@ Gradients<T> SimCLRLoss::backward_alpha(const LossOutput<T>& output, const T* up
   }
   RowMatrix<T> grad_u;
   Gradients<T> out;
-  out.flops = detail::run_backward_engine(s, lse_all, alpha_all, grad_u);
+  // The extra negatives' part of dJ/dT, from the backward's own tiles (docs/math.md 4.7).
+  double negatives_dot = 0;
+  const bool with_dot = s.temperature_gradient && plan.negatives > 0;
+  out.flops =
+      detail::run_backward_engine(s, lse_all, alpha_all, grad_u, with_dot ? &negatives_dot : nullptr);
   out.grad_a.resize(n, d);
   out.grad_b.resize(n, d);
   const T* anchors = s.u.data() + plan.layout.anchor_begin * d;
   if (s.temperature_gradient) {
     // The identity of docs/math.md 4.6 sums over every row of U; the extra negatives' rows get no
-    // gradient here, so their u . dJ/du comes from one more pass over their columns (4.7).
-    const double extra =
-        plan.negatives == 0
-            ? 0.0
-            : detail::negatives_temperature_term(ConstMatrixView<T>(s.u), plan.layout,
-                                                 plan.negatives, lse_all + plan.layout.anchor_begin,
-                                                 alpha_all + plan.layout.anchor_begin,
-                                                 s.inv_temperature, s.options);
+    // gradient here, so their u . dJ/du is the backward's negatives_dot (4.7).
     out.grad_temperature = static_cast<T>(detail::temperature_gradient_share(
-        anchors, grad_u.data(), 2 * n, d, s.temperature, extra));
+        anchors, grad_u.data(), 2 * n, d, s.temperature, negatives_dot));
   }
   detail::l2_normalize_backward(anchors, d, s.squared_norms.data(), grad_u.data(), d, n, d,
                                 out.grad_a.data(), d);

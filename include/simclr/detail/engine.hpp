@@ -56,6 +56,12 @@ struct EngineBackwardArgs {
   const T* alpha_all = nullptr;             // [2G]
   const EngineForward<T>* saved = nullptr;  // this rank's engine_forward
   EngineOptions options;
+  // The last `negatives` rows of u are extra negatives (lse_all and alpha_all give them weight 0).
+  // When negatives_dot is set, the backward also writes the sum over this rank's anchors q and those
+  // rows c of alpha_q P_qc s_qc (their part of docs/math.md section 4.7's identity), in double, at
+  // no extra product: the terms come from the tiles the backward walks anyway.
+  std::int64_t negatives = 0;
+  double* negatives_dot = nullptr;
 };
 
 // Backward: dJ/du for this rank's anchors ([2n, d]) where J = sum_q alpha_q CE_q over ALL 2G rows
@@ -69,19 +75,11 @@ double engine_backward(const EngineBackwardArgs<T>& args, RowMatrix<T>& grad_anc
 // anchors: this rank's [rows, d] unit rows (row stride d); grad: engine_backward's [rows, d].
 // Accumulated in double.
 // `extra`: the sum of u_k . dJ/du_k over rows of U whose gradient is not in `grad` (the extra
-// negatives: negatives_temperature_term), added before the scaling.
+// negatives: EngineBackwardArgs::negatives_dot), added before the scaling.
 template <class T>
 double temperature_gradient_share(const T* anchors, const T* grad, std::int64_t rows,
                                   std::int64_t dim, double temperature, double extra = 0);
 
-// The extra negatives' part of docs/math.md 4.7: sum over this rank's anchors q and the last
-// `negatives` rows k of u of alpha_q P_qk s_qk (P the softmax of anchor q's logits s = u u^T / T),
-// which equals sum_k u_k . dJ/du_k over those rows. lse and alpha: this rank's anchors' [2n].
-// One more product of the anchors with the negatives, in column blocks; accumulated in double.
-template <class T>
-double negatives_temperature_term(ConstMatrixView<T> u, const RowLayout& layout,
-                                  std::int64_t negatives, const T* lse, const T* alpha,
-                                  T inv_temperature, const EngineOptions& options);
 
 // ---- the balanced schedule (docs/performance.md) ----
 
