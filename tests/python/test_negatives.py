@@ -576,7 +576,6 @@ print("ok")
 
 
 KERAS_JAX_SCRIPT = r"""
-import inspect
 import numpy as np
 import jax
 jax.config.update("jax_enable_x64", True)
@@ -585,17 +584,9 @@ rng = np.random.default_rng(0)
 za, zb, bank = (rng.standard_normal((5, 3)), rng.standard_normal((5, 3)),
                 rng.standard_normal((4, 3)))
 loss = sk.SimCLRLoss(temperature=0.3, reduction="sum", dtype="float64")
-params = inspect.signature(sj.simclr_loss).parameters
-if "negatives" in params and "negatives_scope" in params:
-    got = float(loss(za, zb, negatives=bank))
-    want = float(simclr_loss.SimCLRLoss(temperature=0.3, reduction="sum")(za, zb, negatives=bank))
-    assert abs(got - want) <= 1e-12 * max(1, abs(want)), (got, want)
-else:
-    try:
-        loss(za, zb, negatives=bank)
-        raise SystemExit("no error")
-    except NotImplementedError as exc:
-        assert "simclr_loss.jax takes none" in str(exc), str(exc)
+got = float(loss(za, zb, negatives=bank))
+want = float(simclr_loss.SimCLRLoss(temperature=0.3, reduction="sum")(za, zb, negatives=bank))
+assert abs(got - want) <= 1e-12 * max(1, abs(want)), (got, want)
 print("ok")
 """
 
@@ -612,6 +603,13 @@ def _keras3_subprocess(backend, script, *modules):
     for m in modules:
         pytest.importorskip(m)
     env = dict(os.environ, KERAS_BACKEND=backend)
+    # Keras 3 on a backend older than it supports (Debian's torch 1.13 has no float8 dtypes) fails
+    # at import: that environment does not run Keras on that backend.
+    probe = subprocess.run([sys.executable, "-c", "import keras"], capture_output=True, text=True,
+                           timeout=300, env=env, check=False)
+    if probe.returncode != 0:
+        pytest.skip("Keras 3 does not import on the " + backend + " backend here: " +
+                    probe.stderr.strip().splitlines()[-1])
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                        timeout=300, env=env, check=False)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
@@ -621,7 +619,6 @@ def test_keras3_torch_backend_passes_negatives_through():
     _keras3_subprocess("torch", KERAS_SCRIPT)
 
 
-def test_keras3_jax_backend_takes_negatives_only_when_simclr_loss_jax_does():
-    # Until simclr_loss.jax takes extra negatives, Keras on JAX refuses them (NotImplementedError);
-    # once it does, they pass through and give the numpy front end's value.
+def test_keras3_jax_backend_passes_negatives_through():
+    # Keras on JAX hands them to simclr_loss.jax: the numpy front end's value.
     _keras3_subprocess("jax", KERAS_JAX_SCRIPT, "jax", "simclr_loss._jax_ffi")
