@@ -210,6 +210,23 @@ TEST_F(DeviceLossTest, Float32SymmetricAndGeneralPathsMatchTheCpu) {
   }
 }
 
+// The symmetric forward's off-diagonal tiles go through the fused pass (row and column statistics
+// from one read of the tile), which merges rows over blocks of 1024 columns and columns over chunks
+// of 128 rows. 2G = 2200 in 1030-wide tiles: the tile (0, 1030) has 9 chunks (the last of 6 rows)
+// and 2 row blocks (the last of 6 columns: one float4 and a 2-column tail); the tiles (I, 2060)
+// have 140 columns (a warp with 12 of its 128). Partners sit on both sides of the 1024-column
+// boundary, so positives are picked by the rows and by the columns of the fused tiles.
+TEST_F(DeviceLossTest, Float32FusedPassAcrossItsRowBlocksAndColumnChunks) {
+  Case c;
+  c.n = 1100;
+  c.d = 8;
+  c.tile_rows = 1030;
+  c.tile_cols = 1030;
+  c.reduction = Reduction::kNone;
+  c.weights = Weights::kHost;
+  check_case(c);
+}
+
 TEST_F(DeviceLossTest, Float32StridedInputsAndGradientsAndOddDimensions) {
   Case c;
   c.d = 13;
