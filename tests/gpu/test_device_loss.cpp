@@ -190,7 +190,7 @@ TEST_F(DeviceLossTest, Float32TileShapesDoNotChangeTheResult) {
 // One process: forward and backward compute the tiles on and above the diagonal only (symmetric);
 // the general path, which every rank of a distributed call takes, must give the same results. Tile
 // sizes put the partners of some anchors in tiles below the diagonal (their positive then comes
-// from the column pass), span several 128-row chunks of the column pass, and leave ragged edges.
+// from the fused pass's columns), span several of its 128-row chunks, and leave ragged edges.
 TEST_F(DeviceLossTest, Float32SymmetricAndGeneralPathsMatchTheCpu) {
   for (bool symmetric : {true, false}) {
     for (auto [n, rows, cols] : std::vector<std::array<std::int64_t, 3>>{{37, 16, 24},
