@@ -331,16 +331,15 @@ TEST_F(NcclTest, TheBalancedScheduleUnderAWorkspaceBudgetStaysInsideItsScratch) 
 }
 
 // The pair tiles of the balanced schedule go through the fused pass (kernels.cuh), which merges
-// rows over blocks of 1024 columns and columns over chunks of 128 rows. With 550 and 600 pairs,
-// rank 0's pair block is [550, 1200]: in 300 x 1030 tiles, 3 chunks (the last of 44 rows) then 2, 2
-// column blocks (the last of 6 columns), and a 170-column tile at the edge; rank 1's is [1200,
-// 550].
+// rows over blocks of 1024 columns and columns over chunks of 128 rows. With 150 and 520 pairs,
+// rank 0's pair block is [150, 1040]: in 300 x 1030 tiles, 2 chunks (the last of 22 rows), 2
+// column blocks (the last of 6 columns), and a 10-column tile at the edge; rank 1's is [1040, 150].
 TEST_F(NcclTest, TheBalancedPairTilesAcrossTheFusedPassesBlocksAndChunks) {
   if (comm_->size() != 2) GTEST_SKIP() << "needs 2 ranks";
   cuda::DeviceOptions device;
   device.tile_rows = 300;
   device.tile_cols = 1030;
-  check_balanced_two_ranks(*comm_, stream_, {550, 600}, device);
+  check_balanced_two_ranks(*comm_, stream_, {150, 520}, device);
 }
 
 TEST_F(NcclTest, ASchedulePassedOnOneRankOnlyIsAValueErrorOnEveryRank) {
