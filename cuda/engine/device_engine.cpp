@@ -200,7 +200,7 @@ EngineScratch engine_forward_scratch(const DeviceTileProblem& p, Arena& arena) {
   s.logits = arena.take(static_cast<std::size_t>(plan.rows * plan.ld) * sizeof(float));
   const std::int64_t b = std::min(plan.rows, plan.cols);
   if (use_symmetry(p.symmetric, p.layout, p.total))
-    s.partial = arena.take(static_cast<std::size_t>(column_chunks(b) * b) * 2 * sizeof(float));
+    s.partial = arena.take(static_cast<std::size_t>(fused_partial_floats(b, b)) * sizeof(float));
   return s;
 }
 
@@ -218,7 +218,7 @@ namespace {
 
 // Every launch below writes at most one tile of the plan into the scratch: a scratch taken for
 // another plan is a bug of the caller, caught here on every run (GPU or emulation) rather than as
-// a silent overrun of the workspace. `partial_floats`: what the column partials need.
+// a silent overrun of the workspace. `partial_floats`: what the fused pass's partials need.
 void check_scratch(const DeviceTileProblem& p, const EngineScratch& s, bool needs_m,
                    std::int64_t partial_floats) {
   const auto tile = static_cast<std::size_t>(p.plan.rows * p.plan.ld);
@@ -250,11 +250,12 @@ double engine_forward(const DeviceTileProblem& p, const RowStats& stats,
   launch_fill(stats.positive, anchors, 0.f, stream);
   if (anchors == 0 || total == 0) return 0;
   float* s = scratch.logits.as<float>();
-  // With the symmetry (docs/math.md section 3), the row pass of tile (I, J) serves the anchors of I
-  // and, off the diagonal, the column pass serves those of J, whose tile (J, I) is not computed.
+  // With the symmetry (docs/math.md section 3), the rows of tile (I, J) serve the anchors of I and,
+  // off the diagonal, its columns serve those of J, whose tile (J, I) is not computed: there one
+  // fused pass reads the tile once for both. A diagonal tile needs its rows only.
   const bool symmetric_scheme = use_symmetry(symmetric, layout, total);
   const std::int64_t b = std::min(plan.rows, plan.cols);
-  check_scratch(p, scratch, false, symmetric_scheme ? column_chunks(b) * b * 2 : 0);
+  check_scratch(p, scratch, false, symmetric_scheme ? fused_partial_floats(b, b) : 0);
   const DeviceArray& partial = scratch.partial;
   double flops = 0;
   for_each_tile(
@@ -262,10 +263,10 @@ double engine_forward(const DeviceTileProblem& p, const RowStats& stats,
       [&](std::int64_t q0, std::int64_t rows, std::int64_t c0, std::int64_t cols, bool mirrored) {
         logits_gemm(p, layout.anchor_begin + q0, rows, c0, cols, s, plan.ld);
         const LogitsTile tile{s, plan.ld, rows, cols, q0, c0, layout};
-        launch_lse_tile(tile, stats, stream);
         if (mirrored) {
-          launch_lse_tile_columns(s, plan.ld, rows, cols, partial.as<float>(), stream);
-          launch_lse_merge_columns(tile, partial.as<float>(), stats, stream);
+          launch_lse_tile_fused(tile, partial.as<float>(), stats, stream);
+        } else {
+          launch_lse_tile(tile, stats, stream);
         }
         flops += 2.0 * static_cast<double>(rows * cols) * static_cast<double>(d);
       });
@@ -320,7 +321,7 @@ EngineScratch engine_pairs_scratch(const DeviceTileProblem& p, Arena& arena) {
   const TilePlan& plan = p.plan;
   s.logits = arena.take(static_cast<std::size_t>(plan.rows * plan.ld) * sizeof(float));
   s.m = arena.take(static_cast<std::size_t>(plan.rows * plan.ld) * element_size(p.dtype));
-  s.partial = arena.take(static_cast<std::size_t>(column_chunks(plan.rows) * plan.cols) * 2 *
+  s.partial = arena.take(static_cast<std::size_t>(fused_partial_floats(plan.rows, plan.cols)) *
                          sizeof(float));
   return s;
 }
@@ -351,18 +352,16 @@ LogitsTile pair_tile(const float* s, std::int64_t lds, std::int64_t r0, std::int
 double engine_forward_pairs(const DeviceTileProblem& p, const std::vector<std::int64_t>& blocks,
                             const RowStats& stats, const EngineScratch& scratch) {
   if (!any_tile(blocks)) return 0;
-  check_scratch(p, scratch, false, column_chunks(p.plan.rows) * p.plan.cols * 2);
+  check_scratch(p, scratch, false, fused_partial_floats(p.plan.rows, p.plan.cols));
   float* s = scratch.logits.as<float>();
   double flops = 0;
-  for_each_pair_tile(
-      p.plan, blocks, [&](std::int64_t r0, std::int64_t rows, std::int64_t c0, std::int64_t cols) {
-        logits_gemm(p, r0, rows, c0, cols, s, p.plan.ld);
-        const LogitsTile tile = pair_tile(s, p.plan.ld, r0, rows, c0, cols, p.total);
-        launch_lse_tile(tile, stats, p.stream);
-        launch_lse_tile_columns(s, p.plan.ld, rows, cols, scratch.partial.as<float>(), p.stream);
-        launch_lse_merge_columns(tile, scratch.partial.as<float>(), stats, p.stream);
-        flops += 2.0 * static_cast<double>(rows * cols) * static_cast<double>(p.d);
-      });
+  for_each_pair_tile(p.plan, blocks,
+                     [&](std::int64_t r0, std::int64_t rows, std::int64_t c0, std::int64_t cols) {
+                       logits_gemm(p, r0, rows, c0, cols, s, p.plan.ld);
+                       const LogitsTile tile = pair_tile(s, p.plan.ld, r0, rows, c0, cols, p.total);
+                       launch_lse_tile_fused(tile, scratch.partial.as<float>(), stats, p.stream);
+                       flops += 2.0 * static_cast<double>(rows * cols) * static_cast<double>(p.d);
+                     });
   return flops;
 }
 

@@ -67,8 +67,8 @@ class Arena {
   const char* call_ = "";
 };
 
-// The tile scratch of one call: the float32 logits tile, the M tile (backward), the column partials
-// (symmetric forward).
+// The tile scratch of one call: the float32 logits tile, the M tile (backward), the fused pass's
+// row and column partials (symmetric forward, kernels.cuh).
 struct EngineScratch {
   DeviceArray logits;
   DeviceArray m;
@@ -91,8 +91,8 @@ double engine_backward(const DeviceTileProblem& p, const float* lse_all, const f
 // rows; p.total = 2G), blocks of two different ranks, so no tile holds a self or positive entry.
 // Each block is walked in tiles of p.plan, in a fixed order (deterministic results).
 
-// The scratch of both walks: a logits tile, an M tile (dtype) and the column partials. Large enough
-// for this rank's own diagonal block walked with the symmetric scheme too.
+// The scratch of both walks: a logits tile, an M tile (dtype) and the fused pass's partials. Large
+// enough for this rank's own diagonal block walked with the symmetric scheme too.
 EngineScratch engine_pairs_scratch(const DeviceTileProblem& p, Arena& arena);
 
 // Forward: each tile's rows and columns merge their (max, sum) of exp into stats (U order, [2G]

@@ -175,47 +175,138 @@ __global__ void lse_tile_kernel(LogitsTile t, RowStats stats) {
   }
 }
 
-// Column half of an off-diagonal tile of the symmetric forward: thread = column (consecutive
-// threads read consecutive floats of a row), blockIdx.y = chunk of kColumnChunk rows; online
-// (max, sum) as lse_tile_kernel, one partial per (chunk, column) so the merge order is fixed.
-__global__ void lse_columns_kernel(const float* s, std::int64_t lds, std::int64_t rows,
-                                   std::int64_t cols, float* partial) {
-  const std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (c >= cols) return;
+// The fused pass over a tile with no self entry (launch_lse_tile_fused): the row and the column
+// statistics from one read of the tile. Block = kColumnChunk rows (blockIdx.y) x kRowBlockCols
+// columns (blockIdx.x); warp w takes 128 of those columns, one float4 per lane, and walks the
+// chunk's rows in order, kFusedRowBatch rows' loads issued before any of them is used.
+// - Columns: each lane keeps the online (max, sum) of its four columns, updated element by element
+//   in row order (lse_tile_kernel's update), and writes one partial per (chunk, column) to
+//   col_partial[2 * (chunk * cols + c) + {0, 1}]: what the column pass before the fusion wrote.
+// - Rows: per row, the warp's max (xor shuffles), then each lane's sum of exp(x - max) and the
+//   warp's sum (xor shuffles) give one (max, sum) per (row, warp) in shared memory; after the
+//   barrier, thread i merges warps 0, 1, ... in order into row_partial[2 * (blockIdx.x * rows + r)
+//   + {0, 1}] (row_blocks(cols) * rows pairs).
+// Every order is fixed, so the result does not depend on scheduling.
+constexpr int kFusedWarps = static_cast<int>(kRowBlockCols / (4 * kWarp));  // 8 warps, 256 threads
+constexpr int kFusedRowBatch = 4;
+
+__global__ void lse_tile_fused_kernel(const float* s, std::int64_t lds, std::int64_t rows,
+                                      std::int64_t cols, float* col_partial, float* row_partial) {
+  __shared__ float part_max[kColumnChunk][kFusedWarps];
+  __shared__ float part_sum[kColumnChunk][kFusedWarps];
+  const int warp = static_cast<int>(threadIdx.x / kWarp);
+  const int lane = static_cast<int>(threadIdx.x % kWarp);
+  const std::int64_t block_c0 = static_cast<std::int64_t>(blockIdx.x) * kRowBlockCols;
+  const std::int64_t warp_c0 = block_c0 + warp * 4 * kWarp;
+  const std::int64_t c = warp_c0 + 4 * lane;  // this lane's first column
+  const int count = c >= cols ? 0 : (cols - c < 4 ? static_cast<int>(cols - c) : 4);
   const std::int64_t begin = static_cast<std::int64_t>(blockIdx.y) * kColumnChunk;
   const std::int64_t end = begin + kColumnChunk < rows ? begin + kColumnChunk : rows;
-  float m = -INFINITY, sum = 0.f;
-  for (std::int64_t r = begin; r < end; ++r) {
-    const float x = s[r * lds + c];
-    if (x > m) {
-      sum = (m == -INFINITY) ? 0.f : sum * exp2f((m - x) * kLog2e);
-      m = x;
+  float cm[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+  float cs[4] = {0.f, 0.f, 0.f, 0.f};
+  if (warp_c0 < cols) {  // the same for every lane of the warp: its shuffles are all taken
+    for (std::int64_t r0 = begin; r0 < end; r0 += kFusedRowBatch) {
+      float x[kFusedRowBatch][4];
+#pragma unroll
+      for (int j = 0; j < kFusedRowBatch; ++j) {
+        const std::int64_t r = r0 + j < end ? r0 + j : end - 1;  // past the end: unused
+        const float* row = s + r * lds;
+        if (count == 4) {
+          const float4 v = *reinterpret_cast<const float4*>(row + c);
+          x[j][0] = v.x;
+          x[j][1] = v.y;
+          x[j][2] = v.z;
+          x[j][3] = v.w;
+        } else {
+          for (int k = 0; k < 4; ++k) x[j][k] = k < count ? row[c + k] : -INFINITY;
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kFusedRowBatch; ++j) {
+        if (r0 + j >= end) break;  // the same for the whole warp
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          if (k >= count) break;
+          const float v = x[j][k];
+          if (v > cm[k]) {
+            cs[k] = (cm[k] == -INFINITY) ? 0.f : cs[k] * exp2f((cm[k] - v) * kLog2e);
+            cm[k] = v;
+          }
+          cs[k] += exp2f((v - cm[k]) * kLog2e);
+        }
+        float m = fmaxf(fmaxf(x[j][0], x[j][1]), fmaxf(x[j][2], x[j][3]));
+        for (int offset = kWarp / 2; offset > 0; offset /= 2)
+          m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, offset));
+        float sum = 0.f;
+        if (m != -INFINITY) {  // always, for finite logits: lane 0 holds at least one column
+#pragma unroll
+          for (int k = 0; k < 4; ++k) sum += exp2f((x[j][k] - m) * kLog2e);  // -inf gives 0
+        }
+        sum = warp_sum(sum);
+        if (lane == 0) {
+          part_max[r0 + j - begin][warp] = m;
+          part_sum[r0 + j - begin][warp] = sum;
+        }
+      }
     }
-    sum += exp2f((x - m) * kLog2e);
   }
-  float* out = partial + 2 * (static_cast<std::int64_t>(blockIdx.y) * cols + c);
-  out[0] = m;
-  out[1] = sum;
+  for (int k = 0; k < count; ++k) {
+    float* out = col_partial + 2 * (static_cast<std::int64_t>(blockIdx.y) * cols + c + k);
+    out[0] = cm[k];
+    out[1] = cs[k];
+  }
+  __syncthreads();
+  const std::int64_t i = static_cast<std::int64_t>(threadIdx.x);
+  if (i < end - begin) {
+    const std::int64_t warps = (cols - block_c0 + 4 * kWarp - 1) / (4 * kWarp);
+    float m = -INFINITY, sum = 0.f;
+    for (int w = 0; w < kFusedWarps && w < warps; ++w)
+      lse_merge(m, sum, part_max[i][w], part_sum[i][w]);
+    float* out = row_partial + 2 * (static_cast<std::int64_t>(blockIdx.x) * rows + begin + i);
+    out[0] = m;
+    out[1] = sum;
+  }
 }
 
-__global__ void lse_merge_columns_kernel(LogitsTile t, const float* partial, std::int64_t chunks,
-                                         RowStats stats) {
+// Merges the fused pass's partials in a fixed order. Thread k < rows: row k's row_blocks(cols)
+// partials, in order, into (m, sum), then that into the anchor's running pair (as lse_tile_kernel
+// merges a tile), and its positive when the partner's column lies in the tile. Thread rows + c: the
+// column_chunks(rows) partials of column c, in order, into the running pair of anchor c0 + c -
+// anchor_begin, and its positive when the partner's row lies in the tile. The tile has no self
+// entry, so its rows and columns are different anchors and no two threads write the same one.
+__global__ void lse_merge_fused_kernel(LogitsTile t, const float* col_partial, std::int64_t chunks,
+                                       const float* row_partial, std::int64_t blocks,
+                                       RowStats stats) {
   const float* s = t.s;
-  const std::int64_t lds = t.lds, rows = t.rows, cols = t.cols, c0 = t.c0;
+  const std::int64_t lds = t.lds, rows = t.rows, cols = t.cols, q0 = t.q0, c0 = t.c0;
   const AnchorLayout layout = t.layout;
-  const std::int64_t r0 = layout.anchor_begin + t.q0;  // U row of the tile's first row
+  const std::int64_t r0 = layout.anchor_begin + q0;  // U row of the tile's first row
   float *run_max = stats.run_max, *run_sum = stats.run_sum, *positive = stats.positive;
-  const std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (c >= cols) return;
-  const std::int64_t q = c0 + c - layout.anchor_begin;
-  float m = run_max[q], sum = run_sum[q];
-  for (std::int64_t k = 0; k < chunks; ++k)
-    lse_merge(m, sum, partial[2 * (k * cols + c)], partial[2 * (k * cols + c) + 1]);
-  run_max[q] = m;
-  run_sum[q] = sum;
-  const std::int64_t partner = q < layout.pairs ? q + layout.pairs : q - layout.pairs;
-  const std::int64_t row = layout.anchor_begin + partner - r0;
-  if (row >= 0 && row < rows) positive[q] = s[row * lds + c];
+  const std::int64_t k = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (k < rows) {
+    const std::int64_t i = k, q = q0 + i;
+    float m = -INFINITY, sum = 0.f;
+    for (std::int64_t b = 0; b < blocks; ++b)
+      lse_merge(m, sum, row_partial[2 * (b * rows + i)], row_partial[2 * (b * rows + i) + 1]);
+    float rm = run_max[q], rs = run_sum[q];
+    lse_merge(rm, rs, m, sum);
+    run_max[q] = rm;
+    run_sum[q] = rs;
+    const std::int64_t partner = q < layout.pairs ? q + layout.pairs : q - layout.pairs;
+    const std::int64_t pos = layout.anchor_begin + partner - c0;
+    if (pos >= 0 && pos < cols) positive[q] = s[i * lds + pos];
+  } else if (k < rows + cols) {
+    const std::int64_t c = k - rows;
+    const std::int64_t q = c0 + c - layout.anchor_begin;
+    float m = run_max[q], sum = run_sum[q];
+    for (std::int64_t b = 0; b < chunks; ++b)
+      lse_merge(m, sum, col_partial[2 * (b * cols + c)], col_partial[2 * (b * cols + c) + 1]);
+    run_max[q] = m;
+    run_sum[q] = sum;
+    const std::int64_t partner = q < layout.pairs ? q + layout.pairs : q - layout.pairs;
+    const std::int64_t row = layout.anchor_begin + partner - r0;
+    if (row >= 0 && row < rows) positive[q] = s[row * lds + c];
+  }
 }
 
 constexpr int kFinishThreads = 1024;
@@ -454,22 +545,24 @@ void launch_lse_tile(const LogitsTile& t, const RowStats& stats, cudaStream_t st
   SIMCLR_CHECK_LAUNCH("lse_tile_kernel");
 }
 
-void launch_lse_tile_columns(const float* s, std::int64_t lds, std::int64_t rows, std::int64_t cols,
-                             float* partial, cudaStream_t stream) {
-  if (rows == 0 || cols == 0) return;
-  const dim3 grid(static_cast<unsigned>(blocks_for(cols, 256, INT32_MAX)),
-                  static_cast<unsigned>(column_chunks(rows)));
-  SIMCLR_LAUNCH(lse_columns_kernel, grid, 256, stream)(s, lds, rows, cols, partial);
-  SIMCLR_CHECK_LAUNCH("lse_columns_kernel");
-}
-
-void launch_lse_merge_columns(const LogitsTile& t, const float* partial, const RowStats& stats,
-                              cudaStream_t stream) {
+void launch_lse_tile_fused(const LogitsTile& t, float* partial, const RowStats& stats,
+                           cudaStream_t stream) {
   if (t.rows == 0 || t.cols == 0) return;
-  const auto blocks = static_cast<unsigned>(blocks_for(t.cols, 256, INT32_MAX));
-  SIMCLR_LAUNCH(lse_merge_columns_kernel, blocks, 256, stream)
-  (t, partial, column_chunks(t.rows), stats);
-  SIMCLR_CHECK_LAUNCH("lse_merge_columns_kernel");
+  // No self entry: the tile's U rows and its columns are disjoint ranges (lse_merge_fused_kernel
+  // relies on it, and lse_tile_fused_kernel skips no entry).
+  const std::int64_t r0 = t.layout.anchor_begin + t.q0;
+  SIMCLR_CHECK(r0 + t.rows <= t.c0 || t.c0 + t.cols <= r0);
+  float* col_partial = partial;
+  float* row_partial = partial + 2 * column_chunks(t.rows) * t.cols;
+  const dim3 grid(static_cast<unsigned>(row_blocks(t.cols)),
+                  static_cast<unsigned>(column_chunks(t.rows)));
+  SIMCLR_LAUNCH_SYNC(lse_tile_fused_kernel, grid, kFusedWarps * kWarp, stream)
+  (t.s, t.lds, t.rows, t.cols, col_partial, row_partial);
+  SIMCLR_CHECK_LAUNCH("lse_tile_fused_kernel");
+  const auto blocks = static_cast<unsigned>(blocks_for(t.rows + t.cols, 256, INT32_MAX));
+  SIMCLR_LAUNCH(lse_merge_fused_kernel, blocks, 256, stream)
+  (t, col_partial, column_chunks(t.rows), row_partial, row_blocks(t.cols), stats);
+  SIMCLR_CHECK_LAUNCH("lse_merge_fused_kernel");
 }
 
 void launch_forward_finish(const ForwardFinishParams& p, cudaStream_t stream) {

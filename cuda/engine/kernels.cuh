@@ -61,22 +61,30 @@ struct RowStats {
 };
 void launch_lse_tile(const LogitsTile& tile, const RowStats& stats, cudaStream_t stream);
 
-// The symmetric forward (one process holds the whole batch, so S is symmetric and only tiles on or
-// above the diagonal are computed): the column half of an off-diagonal tile, rows [r0, r0 + rows) x
-// columns [c0, c0 + cols) of U with r0 + rows <= c0, so no entry is a self entry.
-// launch_lse_tile_columns: the (max, sum) of each column over each chunk of kColumnChunk rows into
-// partial[2 * (chunk * cols + c) + {0, 1}] (column_chunks(rows) * cols pairs).
-// launch_lse_merge_columns: merges the chunks in order into (run_max, run_sum)[c0 + c -
-// anchor_begin], and picks the positive of that anchor when its partner row lies in the tile (the
-// tile's rows are anchors [q0, q0 + rows), U rows anchor_begin + q0 on).
+// The row and the column statistics of one tile in one read of it, for the tiles whose columns
+// are anchors too: the symmetric forward's off-diagonal tiles (one process holds the whole batch,
+// so S is symmetric and tile (I, J) above the diagonal stands for (J, I) as well) and the balanced
+// schedule's pair tiles. The tile must have no self entry (its rows' U rows and its columns are
+// disjoint; checked). Two launches: lse_tile_fused_kernel reads the tile once and writes
+// partial[0, 2 * column_chunks(rows) * cols): the (max, sum) of each column over each chunk of
+// kColumnChunk rows, at 2 * (chunk * cols + c); then partial[that, + 2 * row_blocks(cols) * rows):
+// the (max, sum) of each row over each block of kRowBlockCols columns, at 2 * (block * rows + i)
+// from there. lse_merge_fused_kernel merges both in a fixed order into (run_max, run_sum) of the
+// row anchors [q0, q0 + rows) and the column anchors c0 + c - anchor_begin, and picks the positive
+// of each whose partner lies in the tile. fused_partial_floats(rows, cols) floats of `partial`.
 constexpr std::int64_t kColumnChunk = 128;
+constexpr std::int64_t kRowBlockCols = 1024;
 inline std::int64_t column_chunks(std::int64_t rows) {
   return (rows + kColumnChunk - 1) / kColumnChunk;
 }
-void launch_lse_tile_columns(const float* s, std::int64_t lds, std::int64_t rows, std::int64_t cols,
-                             float* partial, cudaStream_t stream);
-void launch_lse_merge_columns(const LogitsTile& tile, const float* partial, const RowStats& stats,
-                              cudaStream_t stream);
+inline std::int64_t row_blocks(std::int64_t cols) {
+  return (cols + kRowBlockCols - 1) / kRowBlockCols;
+}
+inline std::int64_t fused_partial_floats(std::int64_t rows, std::int64_t cols) {
+  return 2 * (column_chunks(rows) * cols + row_blocks(cols) * rows);
+}
+void launch_lse_tile_fused(const LogitsTile& tile, float* partial, const RowStats& stats,
+                           cudaStream_t stream);
 
 // The balanced schedule's statistics at the fixed shift (docs/performance.md, "Schedules"): sums[k]
 // = run_sum[k] exp(run_max[k] - shift), or sums[k] += that with `accumulate`, for k < count (0

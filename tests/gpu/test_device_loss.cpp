@@ -190,7 +190,7 @@ TEST_F(DeviceLossTest, Float32TileShapesDoNotChangeTheResult) {
 // One process: forward and backward compute the tiles on and above the diagonal only (symmetric);
 // the general path, which every rank of a distributed call takes, must give the same results. Tile
 // sizes put the partners of some anchors in tiles below the diagonal (their positive then comes
-// from the column pass), span several 128-row chunks of the column pass, and leave ragged edges.
+// from the fused pass's columns), span several of its 128-row chunks, and leave ragged edges.
 TEST_F(DeviceLossTest, Float32SymmetricAndGeneralPathsMatchTheCpu) {
   for (bool symmetric : {true, false}) {
     for (auto [n, rows, cols] : std::vector<std::array<std::int64_t, 3>>{{37, 16, 24},
@@ -208,6 +208,23 @@ TEST_F(DeviceLossTest, Float32SymmetricAndGeneralPathsMatchTheCpu) {
       check_case(c);
     }
   }
+}
+
+// The symmetric forward's off-diagonal tiles go through the fused pass (row and column statistics
+// from one read of the tile), which merges rows over blocks of 1024 columns and columns over chunks
+// of 128 rows. 2G = 2200 in 1030-wide tiles: the tile (0, 1030) has 9 chunks (the last of 6 rows)
+// and 2 row blocks (the last of 6 columns: one float4 and a 2-column tail); the tiles (I, 2060)
+// have 140 columns (a warp with 12 of its 128). Partners sit on both sides of the 1024-column
+// boundary, so positives are picked by the rows and by the columns of the fused tiles.
+TEST_F(DeviceLossTest, Float32FusedPassAcrossItsRowBlocksAndColumnChunks) {
+  Case c;
+  c.n = 1100;
+  c.d = 8;
+  c.tile_rows = 1030;
+  c.tile_cols = 1030;
+  c.reduction = Reduction::kNone;
+  c.weights = Weights::kHost;
+  check_case(c);
 }
 
 TEST_F(DeviceLossTest, Float32StridedInputsAndGradientsAndOddDimensions) {

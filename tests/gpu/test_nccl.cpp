@@ -280,16 +280,13 @@ TEST_F(NcclTest, TheBalancedScheduleWithWorkspacesAllocatesNothingAndMatchesOwnR
 }
 #endif
 
-// The balanced schedule with the default tiles under a workspace budget: each rank's diagonal block
-// [2n, 2n] is walked with the plan of its [2n, 2G] row block, whose scratch it shares. With 350 and
-// 650 rows and a 4 MB budget the row block's tiles shrink to 700 x 500 while a plan of the diagonal
-// block alone would keep 700 x 700, more than the scratch holds (the engine checks every scratch
-// against its plan).
-TEST_F(NcclTest, TheBalancedScheduleUnderAWorkspaceBudgetStaysInsideItsScratch) {
-  if (comm_->size() != 2) GTEST_SKIP() << "needs 2 ranks";
-  const std::int64_t d = 8, G = 1000;
-  const std::vector<std::int64_t> rows{350, 650};
-  const int rank = comm_->rank();
+// Two ranks of rows[0] and rows[1] rows (d = 8, temperature 0.1, sum) on the balanced schedule with
+// `device` options, against the whole batch on the CPU: each rank's gradient and the objective
+// summed over ranks.
+void check_balanced_two_ranks(NcclCommunicator& comm, cudaStream_t stream,
+                              const std::vector<std::int64_t>& rows, cuda::DeviceOptions device) {
+  const std::int64_t d = 8, G = rows[0] + rows[1];
+  const int rank = comm.rank();
   const std::int64_t n = rows[static_cast<std::size_t>(rank)], begin = rank == 0 ? 0 : rows[0];
   const auto all_a = rounded(seeded_rows(23, 0, 0, G, d), DeviceDType::kFloat32);
   const auto all_b = rounded(seeded_rows(23, 1, 0, G, d), DeviceDType::kFloat32);
@@ -298,24 +295,51 @@ TEST_F(NcclTest, TheBalancedScheduleUnderAWorkspaceBudgetStaysInsideItsScratch) 
   auto [ref, grads] = SimCLRLoss(0.1, Reduction::kSum).value_and_gradient<double>(ma, mb);
   const std::vector<double> a(all_a.begin() + begin * d, all_a.begin() + (begin + n) * d);
   const std::vector<double> b(all_b.begin() + begin * d, all_b.begin() + (begin + n) * d);
-  DeviceMatrix za = upload(a, n, d, DeviceDType::kFloat32, stream_),
-               zb = upload(b, n, d, DeviceDType::kFloat32, stream_);
-  DeviceMatrix ga = zeros(n, d, DeviceDType::kFloat32, stream_),
-               gb = zeros(n, d, DeviceDType::kFloat32, stream_);
+  DeviceMatrix za = upload(a, n, d, DeviceDType::kFloat32, stream),
+               zb = upload(b, n, d, DeviceDType::kFloat32, stream);
+  DeviceMatrix ga = zeros(n, d, DeviceDType::kFloat32, stream),
+               gb = zeros(n, d, DeviceDType::kFloat32, stream);
   cuda::DeviceSimCLRLoss loss(0.1, Reduction::kSum);
   cuda::DeviceCallOptions options;
-  options.communicator = comm_.get();
+  options.communicator = &comm;
+  options.device = device;
   options.device.schedule = Schedule::kBalanced;
-  options.device.workspace_bytes = 4000000;
-  auto out = loss.forward(za.view(), zb.view(), stream_, nullptr, options);
-  loss.backward(out, 1.f, ga.mutable_view(), gb.mutable_view(), stream_);
+  auto out = loss.forward(za.view(), zb.view(), stream, nullptr, options);
+  loss.backward(out, 1.f, ga.mutable_view(), gb.mutable_view(), stream);
   const std::vector<double> rga(grads.grad_a.data() + begin * d,
                                 grads.grad_a.data() + (begin + n) * d);
-  EXPECT_LE(rel_err(download(ga, stream_), rga), kFloat32Tol);
-  const float mine = copy_to_host_f32(out.objective, 1, stream_)[0];
+  const std::vector<double> rgb(grads.grad_b.data() + begin * d,
+                                grads.grad_b.data() + (begin + n) * d);
+  EXPECT_LE(rel_err(download(ga, stream), rga), kFloat32Tol);
+  EXPECT_LE(rel_err(download(gb, stream), rgb), kFloat32Tol);
+  const float mine = copy_to_host_f32(out.objective, 1, stream)[0];
   float total = 0;
   MPI_Allreduce(&mine, &total, 1, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
   EXPECT_NEAR(total, ref.objective, kFloat32Tol * std::abs(ref.objective));
+}
+
+// The balanced schedule with the default tiles under a workspace budget: each rank's diagonal block
+// [2n, 2n] is walked with the plan of its [2n, 2G] row block, whose scratch it shares. With 350 and
+// 650 rows and a 4 MB budget the row block's tiles shrink to 700 x 500 while a plan of the diagonal
+// block alone would keep 700 x 700, more than the scratch holds (the engine checks every scratch
+// against its plan).
+TEST_F(NcclTest, TheBalancedScheduleUnderAWorkspaceBudgetStaysInsideItsScratch) {
+  if (comm_->size() != 2) GTEST_SKIP() << "needs 2 ranks";
+  cuda::DeviceOptions device;
+  device.workspace_bytes = 4000000;
+  check_balanced_two_ranks(*comm_, stream_, {350, 650}, device);
+}
+
+// The pair tiles of the balanced schedule go through the fused pass (kernels.cuh), which merges
+// rows over blocks of 1024 columns and columns over chunks of 128 rows. With 150 and 520 pairs,
+// rank 0's pair block is [150, 1040]: in 300 x 1030 tiles, 2 chunks (the last of 22 rows), 2
+// column blocks (the last of 6 columns), and a 10-column tile at the edge; rank 1's is [1040, 150].
+TEST_F(NcclTest, TheBalancedPairTilesAcrossTheFusedPassesBlocksAndChunks) {
+  if (comm_->size() != 2) GTEST_SKIP() << "needs 2 ranks";
+  cuda::DeviceOptions device;
+  device.tile_rows = 300;
+  device.tile_cols = 1030;
+  check_balanced_two_ranks(*comm_, stream_, {150, 520}, device);
 }
 
 TEST_F(NcclTest, ASchedulePassedOnOneRankOnlyIsAValueErrorOnEveryRank) {
