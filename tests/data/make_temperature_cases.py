@@ -3,45 +3,28 @@
 An NT-Xent written from docs/math.md section 1 alone (two directions, the self entry left out, every
 row l2-normalised with TensorFlow's clamp), in numpy long double, sharing no code with the library;
 dJ/dT by Richardson-extrapolated central differences in T (truncation O(h^4), step 1e-4 T). Run:
-python3 tests/data/make_temperature_cases.py (needs numpy).
+python3 tests/data/make_temperature_cases.py (needs numpy). The NT-Xent itself is that of
+make_negatives_cases.py, with no negatives.
 """
 
 import numpy as np
 
+# The one reference NT-Xent of the case scripts, here with no extra negatives.
+from make_negatives_cases import loss_vector as _loss_vector, objective as _objective, richardson
+
 
 def loss_vector(za, zb, t):
-    def normalise(x):
-        x = np.asarray(x, np.longdouble)
-        return x / np.sqrt(np.maximum((x * x).sum(1, keepdims=True), 1e-12))
-
-    a, b = normalise(za), normalise(zb)
-    n = len(a)
-
-    def cross_entropy(h1, h2):
-        out = []
-        for i in range(n):
-            logits = [h1[i] @ h2[j] / t for j in range(n)]
-            logits += [h1[i] @ h1[j] / t for j in range(n) if j != i]
-            m = max(logits)
-            out.append(m + np.log(sum(np.exp(z - m) for z in logits)) - logits[i])
-        return np.array(out)
-
-    return cross_entropy(a, b) + cross_entropy(b, a)
+    return _loss_vector(za, zb, [], t)
 
 
 def objective(za, zb, t, weight, reduction):
     """J = the sum of what the call returns (upstream ones)."""
-    losses = loss_vector(za, zb, t) * (1 if weight is None else np.asarray(weight, np.longdouble))
-    return losses.sum() / (len(losses) if reduction in ("auto", "sum_over_batch_size") else 1)
+    return _objective(za, zb, [], t, weight, reduction)
 
 
 def d_objective_dt(za, zb, t, weight, reduction):
     t = np.longdouble(t)
-    h = np.longdouble(1e-4) * t
-    j = lambda x: objective(za, zb, x, weight, reduction)  # noqa: E731
-    d1 = (j(t + h) - j(t - h)) / (2 * h)
-    d2 = (j(t + h / 2) - j(t - h / 2)) / h
-    return (4 * d2 - d1) / 3
+    return richardson(lambda x: objective(za, zb, x, weight, reduction), t, np.longdouble(1e-4) * t)
 
 
 if __name__ == "__main__":

@@ -92,3 +92,23 @@ def golden_inputs(case):
 def golden_arrays():
     """golden_arrays(case) -> (za, zb, sample_weight) as numpy arrays of the case's dtype."""
     return golden_inputs
+
+
+@pytest.fixture
+def spawn_ranks(tmp_path):
+    """Runs worker(rank, size, store_path, queue) in `size` spawned processes (a torch.distributed
+    group over a file store) and returns {rank: what the rank put on the queue}."""
+    def run(worker, size, timeout=240):
+        import torch.multiprocessing as mp
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        procs = [ctx.Process(target=worker, args=(r, size, str(tmp_path / "store"), queue))
+                 for r in range(size)]
+        for p in procs:
+            p.start()
+        got = dict(queue.get(timeout=timeout) for _ in procs)
+        for p in procs:
+            p.join(timeout=60)
+        assert sorted(got) == list(range(size))
+        return got
+    return run

@@ -425,22 +425,12 @@ def _gloo_worker(rank, size, path, queue):
         queue.put((rank, "failed: %s: %s\n%s" % (type(exc).__name__, exc, traceback.format_exc())))
 
 
-def test_two_ranks_local_and_global_scope_over_gloo(tmp_path):
+def test_two_ranks_local_and_global_scope_over_gloo(spawn_ranks):
     import torch.distributed as dist
-    import torch.multiprocessing as mp
     if not dist.is_available():
         pytest.skip("torch.distributed is not available")
     size = 2
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_gloo_worker, args=(r, size, str(tmp_path / "store"), queue))
-             for r in range(size)]
-    for p in procs:
-        p.start()
-    got = dict(queue.get(timeout=240) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-    assert sorted(got) == list(range(size))
+    got = spawn_ranks(_gloo_worker, size)
     for rank, out in got.items():
         assert isinstance(out, dict), out
         for r in out["results"]:

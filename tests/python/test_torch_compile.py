@@ -181,19 +181,9 @@ def _gloo_worker(rank, size, path, queue):
         queue.put((rank, "failed: %s: %s" % (type(exc).__name__, exc)))
 
 
-def test_compiled_over_a_gloo_group_equals_eager(tmp_path):
-    import torch.multiprocessing as mp
+def test_compiled_over_a_gloo_group_equals_eager(spawn_ranks):
     size = 2
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_gloo_worker, args=(r, size, str(tmp_path / "store"), queue))
-             for r in range(size)]
-    for p in procs:
-        p.start()
-    got = dict(queue.get(timeout=240) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-    assert sorted(got) == list(range(size))
+    got = spawn_ranks(_gloo_worker, size)
     for rank, message in got.items():
         assert "za has NaN at row 0, column 0" in message and "(rank %d)" % (size - 1) in message, \
             message
